@@ -1,0 +1,1 @@
+"""Analyze: metrics, significance, plots, HTML report, Perfetto export for any run directory."""

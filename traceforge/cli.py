@@ -1,0 +1,55 @@
+"""The ``traceforge`` command line (typer). The only module, with ``commands/``, that imports
+every stage. Each ``commands/<name>.py`` has ``register(app)``; heavy imports stay inside the
+command functions so ``traceforge --help`` and ``trace gen`` start fast.
+
+Exit codes (CONTRACT.md): 0 done, 1 runtime failure, 2 bad input (one line, nothing written),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import typer
+
+from traceforge.errors import BadInput, TraceforgeError
+
+COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo")
+
+app = typer.Typer(
+    name="traceforge",
+    help="Generate, replay and explain ML inference workload traces on shared GPUs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        from traceforge import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+for _name in COMMAND_MODULES:
+    # INTEGRATION: tolerant while command modules land on separate branches; made strict at merge.
+    if importlib.util.find_spec(f"traceforge.commands.{_name}") is not None:
+        importlib.import_module(f"traceforge.commands.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="traceforge")
+    except BadInput as exc:
+        print(f"traceforge: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except TraceforgeError as exc:
+        print(f"traceforge: failed: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

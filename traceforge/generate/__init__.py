@@ -1,0 +1,1 @@
+"""Generate: workload spec (TOML) -> arrival processes and request shapes -> trace table."""

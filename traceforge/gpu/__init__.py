@@ -1,0 +1,1 @@
+"""GPU plumbing: MPS daemon control, sharing modes, NVML telemetry, NVTX ranges."""

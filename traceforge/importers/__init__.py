@@ -1,0 +1,1 @@
+"""Importers: real public traces (Azure Functions/LLM, BurstGPT, Mooncake, CSV) -> trace table."""

@@ -1,0 +1,64 @@
+"""The Backend protocol, owned by the dispatcher: backends implement it and import nothing else
+from ``traceforge.replay``.
+
+A backend receives one :class:`Request` per trace row and returns an :class:`Outcome`. The
+dispatcher stamps ``scheduled_ns``, ``sent_ns`` and ``done_ns`` itself; the backend fills in what
+only it can know (worker-side times on the run clock, GPU time, batching, tokens). A backend
+reports per-request failure by returning ``Outcome(status="error", error=...)``; raising is also
+caught and recorded, but never stops the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from traceforge.clock import RunClock
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    name: str  # the model name used in the trace
+    zoo: str | None = None  # model-zoo entry (resident backend), from the spec or --zoo
+
+
+@dataclass(slots=True)
+class Request:
+    request_id: int
+    model: str
+    batch_size: int
+    seq_len: int
+    max_new_tokens: int
+    scheduled_ns: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str = "ok"
+    error: str | None = None
+    service_start_ns: int | None = None
+    first_token_ns: int | None = None
+    service_end_ns: int | None = None
+    gpu_ns: int | None = None
+    batch_id: int | None = None
+    batched_with: int | None = None
+    tokens_out: int | None = None
+    worker: str | None = None
+    itl_ns: list[int] | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
+        """Make every model ready; raise ``BadInput`` for configuration problems."""
+
+    async def submit(self, request: Request) -> Outcome:
+        """Serve one request; cancellation (timeout, Ctrl-C) may interrupt it."""
+
+    async def stop(self) -> None:
+        """Release everything; must be safe to call after a failed ``start``."""
+
+    def describe(self) -> dict[str, Any]:
+        """Settings and environment for run.json (mode, device, GPU, versions...)."""

@@ -1,0 +1,173 @@
+"""Explicit Arrow schemas for the two files every stage exchanges: the trace and the timeline.
+
+Never inferred from data: versions and units live in schema metadata (CONTRACT.md is the
+user-facing description; docs/traces.md and docs/replay.md explain each column).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from traceforge.errors import BadInput
+
+TRACE_SCHEMA_ID = "traceforge.trace/1"
+TIMELINE_SCHEMA_ID = "traceforge.timeline/1"
+RUN_SCHEMA_ID = "traceforge.run/1"
+META_KEY = b"traceforge"
+
+STATUSES = ("ok", "error", "timeout", "cancelled", "dropped")
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool, unit: str, doc: str) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable, metadata={"unit": unit, "doc": doc})
+
+
+TRACE_SCHEMA = pa.schema(
+    [
+        _f("request_id", pa.int64(), False, "", "0..n-1 in arrival order"),
+        _f("arrival_ns", pa.int64(), False, "ns", "since trace start, non-decreasing"),
+        _f("model", pa.string(), False, "", "model name from the spec"),
+        _f("batch_size", pa.int32(), False, "requests", ">= 1"),
+        _f("seq_len", pa.int32(), False, "tokens|pixels", ">= 1; image side for vision"),
+        _f("max_new_tokens", pa.int32(), False, "tokens", ">= 0; 0 = not generative"),
+    ],
+    metadata={"schema": TRACE_SCHEMA_ID},
+)
+
+_NS = "ns since run start (CLOCK_MONOTONIC)"
+TIMELINE_SCHEMA = pa.schema(
+    [
+        _f("request_id", pa.int64(), False, "", "from the trace"),
+        _f("model", pa.string(), False, "", "from the trace"),
+        _f("batch_size", pa.int32(), False, "requests", "from the trace"),
+        _f("seq_len", pa.int32(), False, "tokens|pixels", "from the trace"),
+        _f("max_new_tokens", pa.int32(), False, "tokens", "from the trace"),
+        _f("scheduled_ns", pa.int64(), False, _NS, "intended send time"),
+        _f("sent_ns", pa.int64(), True, _NS, "left the dispatcher; null if never sent"),
+        _f("service_start_ns", pa.int64(), True, _NS, "execution began (worker side)"),
+        _f("first_token_ns", pa.int64(), True, _NS, "first output token"),
+        _f("service_end_ns", pa.int64(), True, _NS, "execution ended (worker side)"),
+        _f("done_ns", pa.int64(), True, _NS, "response complete at the dispatcher"),
+        _f("status", pa.string(), False, "", "|".join(STATUSES)),
+        _f("error", pa.string(), True, "", "message for non-ok rows"),
+        _f("gpu_ns", pa.int64(), True, "ns", "device time by CUDA events"),
+        _f("batch_id", pa.int64(), True, "", "execution batch (dynamic batching)"),
+        _f("batched_with", pa.int32(), True, "requests", "requests in that execution batch"),
+        _f("tokens_out", pa.int32(), True, "tokens", "tokens produced"),
+        _f("worker", pa.string(), True, "", "which worker / endpoint served it"),
+        _f("warmup", pa.bool_(), False, "", "true for rows scheduled inside --warmup"),
+        _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
+    ],
+    metadata={"schema": TIMELINE_SCHEMA_ID},
+)
+
+
+@dataclass(frozen=True)
+class Trace:
+    table: pa.Table  # conforms to TRACE_SCHEMA
+    meta: dict[str, Any]  # the JSON under the `traceforge` metadata key
+    path: Path | None = None
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(set(self.table.column("model").unique().to_pylist()))
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None:
+    """Write a trace atomically with its metadata (``schema`` is filled in)."""
+    table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+    md = dict(meta)
+    md["schema"] = TRACE_SCHEMA_ID
+    schema = TRACE_SCHEMA.with_metadata(
+        {**TRACE_SCHEMA.metadata, META_KEY: json.dumps(md, default=str).encode()}
+    )
+    atomic_write(
+        Path(path),
+        lambda tmp: pq.write_table(table.replace_schema_metadata(schema.metadata), tmp,
+                                   compression="zstd"),
+    )
+
+
+def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
+    """Read and validate a trace file; every problem is a one-line :class:`BadInput`."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput("no such file", source=path)
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        raise BadInput(f"not a readable Parquet file ({exc})", source=path) from exc
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    try:
+        meta = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise BadInput("metadata key 'traceforge' is not JSON", source=path) from exc
+    for field in TRACE_SCHEMA:
+        if field.name not in table.column_names:
+            raise BadInput("missing column", source=path, key=field.name,
+                           allowed=", ".join(TRACE_SCHEMA.names))
+    try:
+        table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise BadInput(f"column types do not match the trace schema ({exc})",
+                       source=path) from exc
+    if validate:
+        validate_trace_table(table, source=path)
+    return Trace(table=table, meta=meta, path=path)
+
+
+def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
+    import numpy as np
+
+    n = table.num_rows
+    if n == 0:
+        return
+    for name in TRACE_SCHEMA.names:
+        if table.column(name).null_count:
+            raise BadInput("null values", source=source, key=name)
+    arrival = table.column("arrival_ns").to_numpy()
+    bad = np.flatnonzero(np.diff(arrival) < 0)
+    if bad.size:
+        i = int(bad[0]) + 1
+        raise BadInput(f"arrival_ns decreases at row {i}", source=source, key="arrival_ns",
+                       value=int(arrival[i]))
+    if arrival[0] < 0:
+        raise BadInput("must be >= 0", source=source, key="arrival_ns", value=int(arrival[0]))
+    for name, low in (("batch_size", 1), ("seq_len", 1), ("max_new_tokens", 0)):
+        col = table.column(name).to_numpy()
+        bad = np.flatnonzero(col < low)
+        if bad.size:
+            i = int(bad[0])
+            raise BadInput(f"must be >= {low} (row {i})", source=source, key=name,
+                           value=int(col[i]))
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

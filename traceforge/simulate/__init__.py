@@ -1,0 +1,1 @@
+"""Simulate: discrete-event replay in virtual time, writing the same run directory as replay."""
