@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from traceforge.schema import TIMELINE_SCHEMA, atomic_write
 
 COLUMNS = TIMELINE_SCHEMA.names
+_DEFAULTS = {"warmup": False}
 
 
 class TimelineWriter:
@@ -44,7 +45,7 @@ class TimelineWriter:
         """Append one row given as a mapping of column -> value (missing columns are null)."""
         with self._lock:
             for name, col in self._cols.items():
-                col.append(row.get(name))
+                col.append(row.get(name, _DEFAULTS.get(name)))
 
     def add_columns(self, **columns: list) -> None:
         """Append many rows given as equal-length column lists."""
@@ -52,7 +53,7 @@ class TimelineWriter:
         with self._lock:
             for name, col in self._cols.items():
                 values = columns.get(name)
-                col.extend(values if values is not None else [None] * n)
+                col.extend(values if values is not None else [_DEFAULTS.get(name)] * n)
 
     def write_table(self, table: pa.Table) -> None:
         """Write a whole table (e.g. a simulated run) as parts of at most 1M rows."""
