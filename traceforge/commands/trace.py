@@ -122,17 +122,17 @@ def import_(
                               help="Apply --rate-scale (<= 1) by random thinning instead."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed rows (counted)."),
     seed: int = typer.Option(0, "--seed", help="Seed for --thin and --spread poisson."),
-    spread: str = typer.Option("poisson", "--spread",
+    spread: str | None = typer.Option(None, "--spread",
                                help="azure-functions-2019: place a minute's calls by "
                                     "poisson|uniform."),
-    mapping: str = typer.Option("stripe", "--map",
+    mapping: str | None = typer.Option(None, "--map",
                                 help="azure-functions-2019: functions -> models by "
                                      "stripe|round-robin|top-k."),
     columns: str | None = typer.Option(
         None, "--columns", help="csv: time=COL[,seq_len=COL,max_new_tokens=COL,"
                                 "batch_size=COL,model=COL]."),
-    time_unit: str = typer.Option("s", "--time-unit", help="csv: s|ms|us|ns|iso."),
-    failed: str = typer.Option("keep", "--failed",
+    time_unit: str | None = typer.Option(None, "--time-unit", help="csv: s|ms|us|ns|iso."),
+    failed: str | None = typer.Option(None, "--failed",
                                help="burstgpt: rows with 0 response tokens: keep|drop."),
     batch_size: int = typer.Option(1, "--batch-size", help="Where the format has none."),
     seq_len: int = typer.Option(128, "--seq-len", help="Where the format has none."),
