@@ -82,27 +82,31 @@ def _fmt(x, spec: str = ".3g") -> str:
 
 
 def _print_stats(report: dict) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    console.width = max(console.width, 150)  # pipes default to 80 columns: too narrow here
     pct = round(report["confidence"] * 100)
-    table = Table(title=f"{report['trace'] or 'trace'}: {report['duration_s']:g} s",
-                  title_justify="left")
-    for col in ("model", "count", "rate/s", f"{pct}% CI (batch means)", "target/s",
-                "CV gaps", "IDC 1s", "IDC 10s", "fit law", "fit p"):
-        table.add_column(col, justify="left" if col in ("model", "fit law") else "right")
+    table = Table(title=f"{report['trace'] or 'trace'}: {report['duration_s']:g} s window",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("model", "count", "rate/s", f"{pct}% CI (batch means)", "target/s", "CV gaps",
+                "IDC 1s", "IDC 10s", "fit p", "fit law"):
+        table.add_column(col, justify="left" if col in ("model", "fit law") else "right",
+                         no_wrap=col != "fit law", min_width=40 if col == "fit law" else None)
     rows = [*report["models"].items(), ("(all)", report["aggregate"])]
     for name, s in rows:
         ci = s.get("rate_ci")
         fit = s.get("fit") or {}
-        law = fit.get("law") or f"- ({fit.get('reason', 'n/a')})"
+        law = fit.get("law") or f"none: {fit.get('reason', 'n/a')}"
         if fit.get("reference"):
-            law = f"vs {law}"
+            law = f"reference {law}"
         table.add_row(name, str(s["count"]), _fmt(s["rate"]),
                       "-" if ci is None else f"{ci[0]:.3g} – {ci[1]:.3g}",
                       _fmt(s.get("target_rate")), _fmt(s["cv"]), _fmt(s["idc_1s"]),
-                      _fmt(s["idc_10s"]), law, _fmt(fit.get("p_value"), ".3g"))
-    Console().print(table)
+                      _fmt(s["idc_10s"]), _fmt(fit.get("p_value"), ".3g"), law)
+    console.print(table)
 
 
 @trace_app.command("import")

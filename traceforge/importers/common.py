@@ -81,14 +81,13 @@ class CsvColumns:
                 raise BadInput("missing column", source=path, key=col,
                                allowed=", ".join(header[:12]) + (", ..." if len(header) > 12
                                                                  else ""))
-        self.invalid_lines: list[int] = []  # rows with the wrong number of fields (1-based)
+        # rows with the wrong number of fields: (1-based line, text, expected, found). Arrow
+        # ignores exceptions raised inside the handler, so rows are recorded and judged later.
+        self.invalid_rows: list[tuple[int, str, int, int]] = []
 
         def on_invalid(row) -> str:
-            if not skip_bad:
-                raise BadInput(f"expected {row.expected_columns} fields, found "
-                               f"{row.actual_columns} ({SKIP_HINT})",
-                               source=f"{path}:{row.number}", value=row.text[:60])
-            self.invalid_lines.append(int(row.number))
+            self.invalid_rows.append((int(row.number), row.text, row.expected_columns,
+                                      row.actual_columns))
             return "skip"
 
         def read(types: dict[str, pa.DataType]) -> pa.Table:
@@ -110,7 +109,7 @@ class CsvColumns:
                     self.table = read({c: typed.get(c, pa.string()) for c in columns})
                     self.typed = True
                 except pa.ArrowInvalid:
-                    self.invalid_lines.clear()
+                    self.invalid_rows.clear()
                     self.table = read({c: pa.string() for c in columns})
             else:
                 self.table = read({c: pa.string() for c in columns})
@@ -125,7 +124,7 @@ class CsvColumns:
     def line_of(self, row: int) -> int:
         """1-based line number of data row ``row`` (header is line 1)."""
         line = row + 2
-        for skipped in sorted(self.invalid_lines):
+        for skipped in sorted(r[0] for r in self.invalid_rows):
             if skipped <= line:
                 line += 1
             else:
@@ -214,11 +213,19 @@ class CsvColumns:
 
     def finish(self) -> tuple[np.ndarray, int]:
         """(rows to keep, number skipped); raises for the first malformed row unless skip_bad."""
-        if self._first_bad is not None and not self.skip_bad:
-            row, column, value, message = self._first_bad
-            raise BadInput(f"{message} ({SKIP_HINT})", source=f"{self.path}:{self.line_of(row)}",
-                           key=column, value=value)
-        skipped = int(self.bad.sum()) + len(self.invalid_lines)
+        if not self.skip_bad:
+            first_value = (self.line_of(self._first_bad[0]) if self._first_bad is not None
+                           else None)
+            first_short = min(self.invalid_rows) if self.invalid_rows else None
+            if first_short is not None and (first_value is None or first_short[0] < first_value):
+                line, text, expected, found = first_short
+                raise BadInput(f"expected {expected} fields, found {found} ({SKIP_HINT})",
+                               source=f"{self.path}:{line}", value=text[:60])
+            if self._first_bad is not None:
+                _, column, value, message = self._first_bad
+                raise BadInput(f"{message} ({SKIP_HINT})", source=f"{self.path}:{first_value}",
+                               key=column, value=value)
+        skipped = int(self.bad.sum()) + len(self.invalid_rows)
         return ~self.bad, skipped
 
 
