@@ -30,8 +30,8 @@ def _parse_line(text: str) -> tuple[int, int, int] | str:
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"{key} = {value!r}: missing or not a number"
-        if value < low or (key != "timestamp" and value != int(value)):
-            return f"{key} = {value!r}: must be an integer >= {low}"
+        if value < low or (key != "timestamp" and (value != int(value) or value > 2**31 - 1)):
+            return f"{key} = {value!r}: must be an integer >= {low} (int32)"
         out.append(value)
     return out[0], int(out[1]), int(out[2])
 
