@@ -294,3 +294,47 @@ def test_shapes_follow_their_laws():
     p /= p.sum()
     assert stats.chisquare(np.bincount(new, minlength=11)[1:], p * n).pvalue > 0.001
     assert math.isclose(np.bincount(new)[0], 0)
+
+
+def test_mmpp_fit_has_power_against_wrong_rates():
+    raw = spec_of({"m": {"arrival": {"process": "mmpp", "rates": [2.0, 20.0],
+                                     "mean_dwell_s": [5.0, 1.0]}}}, duration_s=20_000.0)
+    trace = generate_trace(parse_spec(raw), seed=15)
+    t = arrivals_s(trace)
+    right = goodness_of_fit(t, {"process": "mmpp", "rates": [2.0, 20.0],
+                                "mean_dwell_s": [5.0, 1.0]}, duration_s=20_000.0)
+    wrong = goodness_of_fit(t, {"process": "mmpp", "rates": [2.0, 30.0],
+                                "mean_dwell_s": [5.0, 1.0]}, duration_s=20_000.0)
+    assert right["p_value"] > 0.01
+    assert wrong["p_value"] < 1e-4
+    assert right["n"] < t.size  # one gap per expected sojourn, not all correlated gaps
+
+
+def test_tiny_window_gives_an_empty_but_valid_trace():
+    raw = spec_of({"g": {"arrival": {"process": "gamma", "rate": 0.001, "cv": 1.0}}},
+                  duration_s=0.5)
+    trace = generate_trace(parse_spec(raw), seed=0)
+    assert trace.table.num_rows == 0
+    report = trace_stats(trace)
+    assert report["models"]["g"]["count"] == 0
+    assert report["models"]["g"]["fit"]["law"] is None
+
+
+def test_oversized_spec_is_refused_before_sampling():
+    from traceforge.errors import BadInput
+
+    raw = spec_of({"p": {"arrival": {"process": "poisson", "rate": 1e6}}}, duration_s=1e4)
+    with pytest.raises(BadInput, match=r"duration_s = 10000\.0: about 1e\+10 requests"):
+        generate_trace(parse_spec(raw))
+
+
+def test_stats_targets_survive_empirical_shapes(tmp_path):
+    lengths = tmp_path / "len.csv"
+    lengths.write_text("n\n5\n9\n")
+    spec = tmp_path / "w.toml"
+    spec.write_text('duration_s = 50\n[models.m]\narrival = { process = "poisson", rate = 4.0 }\n'
+                    'seq_len = { dist = "empirical", path = "len.csv", column = "n" }\n')
+    from traceforge.generate import load_spec
+
+    report = trace_stats(generate_trace(load_spec(spec)))  # the metadata path is relative
+    assert report["models"]["m"]["target_rate"] == 4.0

@@ -319,3 +319,16 @@ def test_real_azure_llm_2023_matches_the_readme(name):
     assert np.median(column(trace, "max_new_tokens")) == facts["medians"][1]
     # neither is Poisson at its own rate (code: CV 13; conv: mildly bursty, n = 19k)
     assert report["fit"]["reference"] and report["fit"]["p_value"] < 1e-3
+
+
+def test_azure_functions_bad_count_names_its_line(tmp_path):
+    header = "HashOwner,HashApp,HashFunction,Trigger," + ",".join(map(str, range(1, 1441)))
+    good = "o,a,f1,http," + ",".join(["1"] * 1440)
+    bad = "o,a,f2,http," + ",".join(["2"] * 700 + ["lots"] + ["2"] * 739)
+    src = _write(tmp_path, "invocations_per_function_md.anon.d01.csv",
+                 "\n".join([header, good, good.replace("f1", "f3"), bad]) + "\n")
+    with pytest.raises(BadInput, match=r"d01\.csv:4: 701 = 'lots': not an integer"):
+        import_trace("azure-functions-2019", [src])
+    trace = import_trace("azure-functions-2019", [src], skip_bad=True)
+    assert trace.table.num_rows == 2 * 1440
+    assert trace.meta["source"]["skipped_bad_rows"] == 1

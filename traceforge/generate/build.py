@@ -20,6 +20,7 @@ from traceforge.generate.spec import SHAPE_FIELDS, WorkloadSpec, seed_sequence, 
 from traceforge.schema import TRACE_SCHEMA, TRACE_SCHEMA_ID, Trace
 
 DEFAULT_SEED = 0
+MAX_REQUESTS = 500_000_000
 _ARRIVALS, _SHAPE_PARTS = 0, {"batch_size": 1, "seq_len": 2, "max_new_tokens": 3}
 _MODULATION_TAG = 0x6D6F64  # keeps modulation streams apart from model streams
 
@@ -89,6 +90,12 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
     if duration_s is None and requests is None:
         raise BadInput("missing: give duration_s or requests in the spec, or --duration",
                        source=spec.path, key="duration_s")
+    expected = requests if requests is not None else spec.long_run_rate() * duration_s
+    if expected > MAX_REQUESTS:
+        raise BadInput(f"about {expected:.3g} requests expected; at most {MAX_REQUESTS:.0e} fit "
+                       "in memory (~40 bytes each while sampling)", source=spec.path,
+                       key="requests" if requests is not None else "duration_s",
+                       value=requests if requests is not None else duration_s)
     names = list(spec.models)
     if requests is None:
         columns = sample_columns(spec, seed, duration_s)

@@ -256,9 +256,11 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
     modulations = spec.get("modulations") or {}
     long_run = {}
     if (meta.get("source") or {}).get("kind") == "generate":
-        try:
-            parsed = parse_spec({k: v for k, v in spec.items() if k != "models"} | {
-                "models": spec_models})
+        try:  # only the arrival parts: shapes (e.g. empirical files) are not needed here
+            parsed = parse_spec({
+                "modulations": modulations,
+                "models": {m: {k: v for k, v in t.items() if k in ("arrival", "modulation")}
+                           for m, t in spec_models.items()}})
             long_run = {m: s.long_run_rate(parsed.modulations) for m, s in parsed.models.items()}
         except Exception:  # a hand-edited spec in metadata: stats still work without targets
             long_run = {}
