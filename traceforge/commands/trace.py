@@ -117,7 +117,9 @@ def import_(
     out: Path = typer.Option(..., "-o", "--output", help="Trace file to write (Parquet)."),
     models: str | None = typer.Option(
         None, "--models", help="Model names (comma-separated); see docs/traces.md per format."),
-    start: float = typer.Option(0.0, "--start", help="Window start, s after the first arrival."),
+    start: float = typer.Option(
+        0.0, "--start", help="Window start, s after the origin (first arrival; minute 1 of "
+                             "the first file for azure-functions-2019)."),
     duration: float | None = typer.Option(None, "--duration", help="Window length, s."),
     time_scale: float = typer.Option(1.0, "--time-scale", help="Multiply every time by X."),
     rate_scale: float = typer.Option(
