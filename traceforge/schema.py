@@ -106,8 +106,16 @@ def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None
     )
     atomic_write(
         Path(path),
-        lambda tmp: pq.write_table(table.replace_schema_metadata(schema.metadata), tmp,
-                                   compression="zstd"),
+        lambda tmp: pq.write_table(
+            table.replace_schema_metadata(schema.metadata), tmp, compression="zstd",
+            # Only the model name repeats enough to dictionary-encode; the sorted int64 columns
+            # delta-encode well; string min/max stats cost time for nothing. At 10M rows this
+            # halves the write time and shrinks the file by a quarter (benchmarks/bench_generate).
+            use_dictionary=["model"],
+            column_encoding={"request_id": "DELTA_BINARY_PACKED",
+                             "arrival_ns": "DELTA_BINARY_PACKED"},
+            write_statistics=["request_id", "arrival_ns", "batch_size", "seq_len",
+                              "max_new_tokens"]),
     )
 
 
