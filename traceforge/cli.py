@@ -44,12 +44,37 @@ for _name in COMMAND_MODULES:
         importlib.import_module(f"traceforge.commands.{_name}").register(app)
 
 
+def _click_exceptions():
+    try:  # typer >= 0.2x vendors click; older typer uses the click package
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
+
+
 def main(argv: list[str] | None = None) -> None:
+    click_exc = _click_exceptions()
     try:
-        app(args=argv, prog_name="traceforge")
+        # standalone_mode=False: click hands usage errors to us so they become one line.
+        result = app(args=argv, prog_name="traceforge", standalone_mode=False)
+    except click_exc.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            print(exc.ctx.get_help())
+            sys.exit(0)
+        where = exc.ctx.command_path if exc.ctx is not None else "traceforge"
+        print(f"traceforge: error: {where}: {exc.format_message()}".replace("\n", " "),
+              file=sys.stderr)
+        sys.exit(2)
+    except click_exc.ClickException as exc:
+        print(f"traceforge: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("traceforge: interrupted", file=sys.stderr)
+        sys.exit(130)
     except BadInput as exc:
         print(f"traceforge: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except TraceforgeError as exc:
         print(f"traceforge: failed: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)
