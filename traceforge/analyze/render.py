@@ -93,11 +93,13 @@ def latency_table(report: dict[str, Any]) -> Table:
 
 
 def ci_table(report: dict[str, Any]) -> Table:
-    table = _table("95 % bootstrap confidence intervals (ms)",
+    table = _table("95 % bootstrap confidence intervals (ms; * = fewer than 10 requests beyond"
+                   " the percentile, the interval is too narrow)",
                    ("model", "p50", "p90", "p99", "p99.9"))
     for name, s in _rows(report):
-        ci = s["latency_ci95_ms"]
-        table.add_row(name, *(_ci(ci[k]) for k in ("p50", "p90", "p99", "p999")))
+        ci, sparse = s["latency_ci95_ms"], s.get("latency_ci_sparse") or []
+        table.add_row(name, *(_ci(ci[k]) + ("*" if k in sparse and ci[k] else "")
+                              for k in ("p50", "p90", "p99", "p999")))
     return table
 
 

@@ -21,6 +21,7 @@ from traceforge.schema import STATUSES
 REPORT_SCHEMA_ID = "traceforge.report/1"
 DEFAULT_SLO_FACTOR = 5.0
 CI_LEVEL = 0.95
+SPARSE_TAIL = 10  # fewer requests than this beyond a percentile: its CI is marked
 # Used only when run.json has no self-check (e.g. a simulated run or an older replay).
 LIMITED_LAG_P99_US = 1000.0
 LIMITED_RATE_RATIO = 0.98
@@ -119,6 +120,9 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
             ci[key] = None if math.isnan(lo) else [lo / NS_PER_MS, hi / NS_PER_MS]
     out["latency_ms"] = lat
     out["latency_ci95_ms"] = ci
+    # With few requests beyond a percentile its bootstrap CI under-covers (docs/analysis.md).
+    out["latency_ci_sparse"] = [k for k, pct in PERCENTILES.items()
+                                if sorted_ns.size * (1 - pct / 100) < SPARSE_TAIL]
 
     # Decomposition over ok rows: means add up to the mean latency (percentiles do not).
     decomposition = {}
@@ -334,6 +338,7 @@ def analysis_rows(run: RunData, *, warmup_s: float | None,
         "end_s": end_ns / NS_PER_S,
         "duration_s": (end_ns - start_ns) / NS_PER_S,
         "warmup_s": warmup_s or 0.0,
+        "include_warmup_rows": include_warmup_rows,
         "rows_total": run.n,
         "rows_analysed": int(np.count_nonzero(rows)),
         "excluded_warmup_flagged": excluded_flagged,
