@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 PHASES = set("BEXiIbneCMsftPOND") | {"(", ")"}
+TOLERANCE_US = 0.0005
 METADATA_NAMES = {"process_name", "process_labels", "process_sort_index", "thread_name",
                   "thread_sort_index", "process_uptime_seconds", "num_cpus"}
 
@@ -131,9 +132,11 @@ def check_trace(obj: Any) -> list[str]:
         spans.sort(key=lambda s: (s[0], -s[1]))
         stack: list[float] = []
         for begin, end in spans:
-            while stack and stack[-1] <= begin:
+            # ts/dur are decimal µs: allow half a nanosecond of float rounding (viewers parse
+            # them to integer ns).
+            while stack and stack[-1] <= begin + TOLERANCE_US:
                 stack.pop()
-            if stack and end > stack[-1]:
+            if stack and end > stack[-1] + TOLERANCE_US:
                 problems.append(f"X events partially overlap on {thread} at ts {begin}")
                 break
             stack.append(end)

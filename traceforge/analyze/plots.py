@@ -45,6 +45,19 @@ def png(fig) -> bytes:
     return buffer.getvalue()
 
 
+def log_axis(axis, values: np.ndarray) -> None:
+    """Log scale with plain-number labels (1, 2, 5 per decade when the data spans few decades;
+    matplotlib's default labels minor ticks as overlapping 3×10^0-style text there)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    finite = values[np.isfinite(values) & (values > 0)]
+    decades = np.log10(finite.max() / finite.min()) if finite.size else 1.0
+    subs = (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
@@ -82,14 +95,16 @@ def latency_cdf(groups: dict[str, np.ndarray], colors: dict[str, Any], *,
         _empty(ax_cdf, "no ok requests")
         _empty(ax_tail, "no ok requests")
         return png(fig)
+    every = np.concatenate([g for g in groups.values() if g.size]) / NS_PER_MS
     for ax in (ax_cdf, ax_tail):
         ax.set_xscale("log")
+        log_axis(ax.xaxis, every)
         ax.set_xlabel("latency (ms, log)")
         ax.grid(True, which="both", alpha=0.3)
     ax_cdf.set_ylabel("fraction ≤ x")
     ax_cdf.set_title(title, fontsize=10)
     ax_tail.set_yscale("log")
-    ax_tail.set_ylabel("fraction > x (log)")
+    ax_tail.set_ylabel("fraction ≥ x (log)")
     ax_tail.set_title("tail", fontsize=10)
     for q in (0.99, 0.999):
         ax_tail.axhline(1 - q, color="0.6", lw=0.8, ls=":")
@@ -98,7 +113,8 @@ def latency_cdf(groups: dict[str, np.ndarray], colors: dict[str, Any], *,
 
 
 def time_bins(run: RunData, rows: np.ndarray) -> np.ndarray:
-    """Bin edges (ns) over the run: about 120 bins, at least 100 ms wide."""
+    """Bin edges (ns) from the first scheduled request to the last completion: about 120 bins,
+    at least 100 ms wide; the last bin is cut at the end (divide counts by ``np.diff``)."""
     scheduled = run.col("scheduled_ns")[rows]
     done = run.col("done_ns")[rows]
     if scheduled.size == 0:
@@ -106,7 +122,8 @@ def time_bins(run: RunData, rows: np.ndarray) -> np.ndarray:
     start = float(scheduled.min())
     end = float(max(np.nanmax(done) if np.any(~np.isnan(done)) else start, scheduled.max()))
     width = max((end - start) / 120.0, 0.1 * NS_PER_S)
-    return start + width * np.arange(int(np.ceil((end - start) / width)) + 2)
+    edges = start + width * np.arange(int(np.floor((end - start) / width)) + 1)
+    return edges if edges[-1] >= end else np.append(edges, end + 1.0)
 
 
 def latency_over_time(run: RunData, rows: np.ndarray, colors: dict[str, Any]) -> bytes:
@@ -142,12 +159,13 @@ def latency_over_time(run: RunData, rows: np.ndarray, colors: dict[str, Any]) ->
     centers = (edges[:-1] + edges[1:]) / 2 / NS_PER_S
     ax.plot(centers, p99, color="black", lw=1.2, label="p99 per bin")
     ax.set_yscale("log")
+    log_axis(ax.yaxis, latency_ms)
     ax.set_xlabel("scheduled time (s since run start)")
     ax.set_ylabel("latency (ms, log)")
     ax.grid(True, which="both", alpha=0.3)
     rate_ax = ax.twinx()
     offered, _ = np.histogram(run.col("scheduled_ns")[rows], edges)
-    width_s = (edges[1] - edges[0]) / NS_PER_S
+    width_s = np.diff(edges) / NS_PER_S
     rate_ax.step(edges[:-1] / NS_PER_S, offered / width_s, where="post", color="tab:red",
                  lw=1.0, alpha=0.8, label="offered req/s")
     rate_ax.set_ylabel("offered rate (req/s)", color="tab:red")
@@ -196,7 +214,7 @@ def throughput_over_time(run: RunData, rows: np.ndarray, slos: dict[str, float])
     """Offered, completed-ok and goodput (ok within SLO) rates per time bin."""
     fig, (ax,) = _figure(height=3.2)
     edges = time_bins(run, rows)
-    width_s = (edges[1] - edges[0]) / NS_PER_S
+    width_s = np.diff(edges) / NS_PER_S
     t = edges[:-1] / NS_PER_S
     offered, _ = np.histogram(run.col("scheduled_ns")[rows], edges)
     ok_rows = rows & run.ok
@@ -214,10 +232,10 @@ def throughput_over_time(run: RunData, rows: np.ndarray, slos: dict[str, float])
         ax.step(t, goodput / width_s, where="post", color="tab:green", lw=1.4,
                 label="goodput (ok within SLO, models with an SLO)")
     ax.set_xlabel("time (s since run start)")
-    ax.set_ylabel(f"req/s ({width_s:.3g} s bins)")
+    ax.set_ylabel(f"req/s ({width_s[0]:.3g} s bins)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.85)
     ax.set_title("throughput and goodput over time", fontsize=10)
     return png(fig)
 
