@@ -81,6 +81,8 @@ def register(app: typer.Typer) -> None:
         header: list[str] = typer.Option(None, "--header", help="http: extra 'Name: value'."),
         stream: bool = typer.Option(True, "--stream/--no-stream",
                                     help="http openai: SSE streaming (first token, ITL)."),
+        ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
+                                        help="http openai: ask for exactly max_new_tokens."),
         # resident
         mode: str = typer.Option("exclusive", "--mode",
                                  help="resident: exclusive | timeslice | mps | streams"),
@@ -131,7 +133,7 @@ def register(app: typer.Typer) -> None:
                 "url": url, "api": api, "api_key_env": api_key_env,
                 "model_name": parse_mapping(model_name, "--model-name"),
                 "body_template": body_template, "headers": parse_headers(header),
-                "stream": stream, "pool_size": options.inflight_cap or 0,
+                "stream": stream, "ignore_eos": ignore_eos, "pool_size": options.inflight_cap or 0,
             })
         else:
             from traceforge.backends.resident import from_options
