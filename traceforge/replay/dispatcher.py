@@ -119,6 +119,8 @@ class Dispatcher:
     async def _closed_loop(self) -> None:
         scheduled = self.rec.scheduled_ns
         now = self.clock.now
+        if self.n:
+            await self.pacer.wait_until(self._scheduled[0])  # the common start, like open loop
         for i in range(self.n):
             if self._free_slots == 0:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
