@@ -15,6 +15,7 @@ dispatcher is never late), worker-side service start/end, ``done_ns``; ``gpu_ns`
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,8 @@ def simulate(
                            "request at a time)", key="--max-batch", value=max_batch)
         if servers < 1:
             raise BadInput("must be >= 1", key="--servers", value=servers)
-        if not service_ms > 0:
-            raise BadInput("must be > 0", key="--service-ms", value=service_ms)
+        if not service_ms >= 0:
+            raise BadInput("must be >= 0", key="--service-ms", value=service_ms)
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
                            value=service_dist, allowed=", ".join(SERVICE_DISTS))
@@ -199,12 +200,14 @@ def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str], *
     n = scheduled.size
     start = np.empty(n, np.int64)
     end = np.empty(n, np.int64)
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(names))]
     for m, rows in enumerate(_rows_by_model(codes, len(names))):
         if dist == "const":
-            svc = np.full(rows.size, round(service_ns), np.int64)
+            svc = np.full(rows.size, int(service_ns), np.int64)
         else:
-            svc = np.rint(rngs[m].exponential(service_ns, rows.size)).astype(np.int64)
+            # The null backend's stream: one generator per (seed, model name), so a simulated
+            # run draws exactly the service times a real `replay --backend null` run draws.
+            rng = np.random.default_rng([seed, zlib.crc32(names[m].encode())])
+            svc = np.rint(rng.exponential(service_ns, rows.size)).astype(np.int64)
         s, e = fifo_servers(scheduled[rows], svc, servers)
         start[rows] = s
         end[rows] = e
