@@ -1,0 +1,371 @@
+"""Arrival processes: vectorised samplers of arrival times (float64 seconds, sorted).
+
+Each process draws from its own ``numpy.random.Generator`` and returns every arrival in
+``[0, horizon)``. Two mechanisms cover all of them:
+
+- **renewal**: i.i.d. gaps drawn in blocks and ``cumsum``-ed (constant, Poisson, Gamma, Weibull);
+  the first arrival comes one gap after 0 (an ordinary renewal process), except ``constant``,
+  whose arrivals are exactly ``k / rate`` for k = 0, 1, ...
+- **time change**: a unit-rate process run on a clock that ticks ``r(t)`` times as fast as real
+  time, where ``r`` is piecewise constant (:class:`PiecewiseClock`). A unit Poisson process under
+  the clock of a Markov state path with rates ``λᵢ`` is exactly an MMPP; the same clock with
+  multipliers ``mᵢ`` is the *shared modulation* that makes bursts correlated across models.
+
+``diurnal`` is a homogeneous Poisson process at the peak rate, thinned in real time with
+probability ``λ(t) / λmax`` (Lewis & Shedler).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from traceforge.generate.spec import SpecReader
+
+# process -> (required parameters, optional parameters)
+PROCESS_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "constant": (("rate",), ()),
+    "poisson": (("rate",), ()),
+    "gamma": (("rate", "cv"), ()),
+    "weibull": (("rate", "shape"), ()),
+    "mmpp": (("rates", "mean_dwell_s"), ()),
+    "onoff": (("rate", "mean_on_s", "mean_off_s"), ("off_rate",)),
+    "diurnal": (("rate", "amplitude", "period_s"), ("phase_s",)),
+}
+
+
+def renewal_times(rng: np.random.Generator, draw_gaps, mean_gap: float, cv: float,
+                  horizon: float) -> np.ndarray:
+    """Arrival times of a renewal process with gap sampler ``draw_gaps(n)`` in ``[0, horizon)``.
+
+    The first block is sized to cover the horizon with overwhelming probability (mean + 6 sd of
+    the count, CLT), so the loop almost never runs twice; it is deterministic either way.
+    """
+    if horizon <= 0:
+        return np.empty(0)
+    expected = horizon / mean_gap
+    block = int(expected + 6.0 * max(cv, 1.0) * math.sqrt(expected) + 16)
+    chunks = []
+    total = 0.0
+    while True:
+        times = np.cumsum(draw_gaps(block))
+        times += total
+        chunks.append(times)
+        total = float(times[-1])
+        if total >= horizon:
+            break
+        block = int(0.25 * expected) + 1024
+    times = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    return times[: np.searchsorted(times, horizon, side="left")]
+
+
+@dataclass(frozen=True)
+class PiecewiseClock:
+    """Operational time ``Λ(t) = ∫₀ᵗ r(s) ds`` for a piecewise-constant ``r``.
+
+    ``bounds`` are segment edges (``bounds[0] = 0``, last edge ≥ the horizon) and ``rates`` the
+    rate of each segment (``len(bounds) - 1`` of them, ≥ 0).
+    """
+
+    bounds: np.ndarray
+    rates: np.ndarray
+
+    @property
+    def cumulative(self) -> np.ndarray:
+        return np.concatenate(([0.0], np.cumsum(np.diff(self.bounds) * self.rates)))
+
+    def forward(self, t: np.ndarray | float) -> np.ndarray:
+        """Real time -> operational time."""
+        t = np.asarray(t, dtype=np.float64)
+        seg = np.clip(np.searchsorted(self.bounds, t, side="right") - 1, 0, len(self.rates) - 1)
+        return self.cumulative[seg] + self.rates[seg] * (t - self.bounds[seg])
+
+    def inverse(self, u: np.ndarray) -> np.ndarray:
+        """Operational time -> real time (``u`` sorted). ``side='right'`` skips zero-rate
+        segments, whose cumulative value repeats, so the division is never by zero."""
+        cum = self.cumulative
+        seg = np.clip(np.searchsorted(cum, u, side="right") - 1, 0, len(self.rates) - 1)
+        return self.bounds[seg] + (u - cum[seg]) / self.rates[seg]
+
+
+def sample_state_path(rng: np.random.Generator, mean_dwell_s: np.ndarray,
+                      horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """A continuous-time Markov state path on ``[0, horizon]``.
+
+    The first state is drawn from the stationary law (time share ``dᵢ / Σd``; dwell times are
+    memoryless, so the path is stationary from t = 0); each dwell is exponential with mean
+    ``dᵢ``; each jump goes to one of the other states uniformly at random. Returns segment
+    edges (``len = m + 1``, last edge ≥ horizon) and the state of each of the ``m`` segments.
+    """
+    k = len(mean_dwell_s)
+    state = int(rng.choice(k, p=mean_dwell_s / mean_dwell_s.sum()))
+    block = int(horizon / float(mean_dwell_s.mean()) * 1.5) + 16
+    states_chunks, dwell_chunks = [], []
+    total = 0.0
+    while True:
+        # state after each jump: previous + uniform{1..k-1} (mod k) never repeats a state
+        steps = rng.integers(1, k, size=block) if k > 2 else np.ones(block, dtype=np.int64)
+        states = (state + np.concatenate(([0], np.cumsum(steps[:-1])))) % k
+        dwell = rng.standard_exponential(block) * mean_dwell_s[states]
+        states_chunks.append(states)
+        dwell_chunks.append(dwell)
+        total += float(dwell.sum())
+        if total >= horizon:
+            break
+        state = int((states[-1] + steps[-1]) % k)
+    states = np.concatenate(states_chunks)
+    ends = np.cumsum(np.concatenate(dwell_chunks))
+    m = int(np.searchsorted(ends, horizon, side="left")) + 1  # segments needed to cover
+    bounds = np.concatenate(([0.0], ends[:m]))
+    return bounds, states[:m]
+
+
+@dataclass(frozen=True)
+class Modulation:
+    """A shared Markov state process whose state multiplies the rate of every model using it."""
+
+    name: str
+    mean_dwell_s: tuple[float, ...]
+    multipliers: tuple[float, ...]
+
+    def mean_multiplier(self, multipliers: tuple[float, ...] | None = None) -> float:
+        m = np.asarray(multipliers or self.multipliers)
+        d = np.asarray(self.mean_dwell_s)
+        return float((d * m).sum() / d.sum())
+
+    def sample_path(self, rng: np.random.Generator, horizon: float):
+        return sample_state_path(rng, np.asarray(self.mean_dwell_s), horizon)
+
+    def clock(self, path, multipliers: tuple[float, ...] | None = None) -> PiecewiseClock:
+        bounds, states = path
+        m = np.asarray(multipliers or self.multipliers, dtype=np.float64)
+        return PiecewiseClock(bounds, m[states])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean_dwell_s": list(self.mean_dwell_s), "multipliers": list(self.multipliers)}
+
+
+class ArrivalProcess:
+    """Base: ``sample`` gives times on the process's own clock; ``thin`` (diurnal only) then
+    acts in real time, after any shared modulation has mapped the times."""
+
+    process: ClassVar[str]
+
+    @property
+    def mean_rate(self) -> float:
+        raise NotImplementedError
+
+    def sample(self, rng: np.random.Generator, horizon: float) -> np.ndarray:
+        raise NotImplementedError
+
+    def thin(self, rng: np.random.Generator, times: np.ndarray) -> np.ndarray:
+        return times
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"process": self.process}
+        out.update({k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in self.__dict__.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class ConstantArrivals(ArrivalProcess):
+    rate: float
+    process: ClassVar[str] = "constant"
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate
+
+    def sample(self, rng, horizon):
+        n = max(0, math.ceil(horizon * self.rate))
+        times = np.arange(n, dtype=np.float64) / self.rate
+        return times[: np.searchsorted(times, horizon, side="left")]
+
+
+@dataclass(frozen=True)
+class PoissonArrivals(ArrivalProcess):
+    rate: float
+    process: ClassVar[str] = "poisson"
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate
+
+    def sample(self, rng, horizon):
+        scale = 1.0 / self.rate
+        return renewal_times(rng, lambda n: rng.standard_exponential(n) * scale, scale, 1.0,
+                             horizon)
+
+
+@dataclass(frozen=True)
+class GammaArrivals(ArrivalProcess):
+    """Gamma renewal: gaps ~ Gamma(shape k = 1/cv², scale θ = cv²/rate); mean 1/rate, CV cv."""
+
+    rate: float
+    cv: float
+    process: ClassVar[str] = "gamma"
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate
+
+    @property
+    def shape(self) -> float:
+        return 1.0 / self.cv**2
+
+    @property
+    def scale(self) -> float:
+        return self.cv**2 / self.rate
+
+    def sample(self, rng, horizon):
+        k, theta = self.shape, self.scale
+        return renewal_times(rng, lambda n: rng.gamma(k, theta, n), 1.0 / self.rate, self.cv,
+                             horizon)
+
+
+@dataclass(frozen=True)
+class WeibullArrivals(ArrivalProcess):
+    """Weibull renewal: gaps = λ·W(k) with scale λ = 1 / (rate·Γ(1 + 1/k)) so the mean is 1/rate."""
+
+    rate: float
+    shape: float
+    process: ClassVar[str] = "weibull"
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / (self.rate * math.gamma(1.0 + 1.0 / self.shape))
+
+    @property
+    def cv(self) -> float:
+        g1 = math.gamma(1.0 + 1.0 / self.shape)
+        return math.sqrt(math.gamma(1.0 + 2.0 / self.shape) / g1**2 - 1.0)
+
+    def sample(self, rng, horizon):
+        k, scale = self.shape, self.scale
+        return renewal_times(rng, lambda n: rng.weibull(k, n) * scale, 1.0 / self.rate,
+                             self.cv, horizon)
+
+
+@dataclass(frozen=True)
+class MMPPArrivals(ArrivalProcess):
+    """Markov-modulated Poisson: state i lasts Exp(mean dᵢ), arrivals at rate λᵢ while in it.
+    Long-run rate Σ dᵢλᵢ / Σ dᵢ."""
+
+    rates: tuple[float, ...]
+    mean_dwell_s: tuple[float, ...]
+    process: ClassVar[str] = "mmpp"
+
+    @property
+    def mean_rate(self) -> float:
+        d, lam = np.asarray(self.mean_dwell_s), np.asarray(self.rates)
+        return float((d * lam).sum() / d.sum())
+
+    def state_rates(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return self.rates, self.mean_dwell_s
+
+    def sample(self, rng, horizon):
+        rates, dwell = (np.asarray(x, dtype=np.float64) for x in self.state_rates())
+        bounds, states = sample_state_path(rng, dwell, horizon)
+        clock = PiecewiseClock(bounds, rates[states])
+        unit = renewal_times(rng, rng.standard_exponential, 1.0, 1.0,
+                             float(clock.forward(horizon)))
+        return clock.inverse(unit)
+
+
+@dataclass(frozen=True)
+class OnOffArrivals(MMPPArrivals):
+    """Two-state MMPP shorthand: Poisson at ``rate`` while on, ``off_rate`` (default 0) while off."""
+
+    rates: tuple[float, ...] = ()
+    mean_dwell_s: tuple[float, ...] = ()
+    rate: float = 1.0
+    mean_on_s: float = 1.0
+    mean_off_s: float = 1.0
+    off_rate: float = 0.0
+    process: ClassVar[str] = "onoff"
+
+    @classmethod
+    def build(cls, rate, mean_on_s, mean_off_s, off_rate=0.0) -> OnOffArrivals:
+        return cls(rates=(rate, off_rate), mean_dwell_s=(mean_on_s, mean_off_s), rate=rate,
+                   mean_on_s=mean_on_s, mean_off_s=mean_off_s, off_rate=off_rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"process": "onoff", "rate": self.rate, "mean_on_s": self.mean_on_s,
+                "mean_off_s": self.mean_off_s, "off_rate": self.off_rate}
+
+
+@dataclass(frozen=True)
+class DiurnalArrivals(ArrivalProcess):
+    """Poisson with rate λ(t) = rate·(1 + amplitude·sin(2π(t − phase_s)/period_s)), by thinning."""
+
+    rate: float
+    amplitude: float
+    period_s: float
+    phase_s: float = 0.0
+    process: ClassVar[str] = "diurnal"
+
+    @property
+    def mean_rate(self) -> float:
+        return self.rate  # over whole periods
+
+    @property
+    def peak_rate(self) -> float:
+        return self.rate * (1.0 + self.amplitude)
+
+    def rate_at(self, t: np.ndarray) -> np.ndarray:
+        phase = 2.0 * np.pi * (np.asarray(t) - self.phase_s) / self.period_s
+        return self.rate * (1.0 + self.amplitude * np.sin(phase))
+
+    def sample(self, rng, horizon):
+        scale = 1.0 / self.peak_rate
+        return renewal_times(rng, lambda n: rng.standard_exponential(n) * scale, scale, 1.0,
+                             horizon)
+
+    def thin(self, rng, times):
+        keep = rng.random(times.size) * self.peak_rate < self.rate_at(times)
+        return times[keep]
+
+
+def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalProcess:
+    """Build a validated process from its (already key-checked) spec table."""
+
+    def pos(name: str) -> float:
+        return r.number(table[name], f"{key}.{name}", low=0, low_open=True)
+
+    if process == "constant":
+        return ConstantArrivals(rate=pos("rate"))
+    if process == "poisson":
+        return PoissonArrivals(rate=pos("rate"))
+    if process == "gamma":
+        return GammaArrivals(rate=pos("rate"), cv=pos("cv"))
+    if process == "weibull":
+        return WeibullArrivals(rate=pos("rate"), shape=pos("shape"))
+    if process == "mmpp":
+        rates = r.number_list(table["rates"], f"{key}.rates", low=0, min_len=2)
+        dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=0,
+                              low_open=True, min_len=2)
+        if len(dwell) != len(rates):
+            r.fail(f"{key}.mean_dwell_s", table["mean_dwell_s"],
+                   f"needs one entry per state ({len(rates)}, as rates)")
+        if not any(x > 0 for x in rates):
+            r.fail(f"{key}.rates", table["rates"], "at least one rate must be > 0")
+        return MMPPArrivals(rates=rates, mean_dwell_s=dwell)
+    if process == "onoff":
+        off_rate = (r.number(table["off_rate"], f"{key}.off_rate", low=0)
+                    if "off_rate" in table else 0.0)
+        return OnOffArrivals.build(pos("rate"), pos("mean_on_s"), pos("mean_off_s"), off_rate)
+    if process == "diurnal":
+        amplitude = r.number(table["amplitude"], f"{key}.amplitude", low=0, high=1)
+        phase = r.number(table["phase_s"], f"{key}.phase_s") if "phase_s" in table else 0.0
+        return DiurnalArrivals(rate=pos("rate"), amplitude=amplitude, period_s=pos("period_s"),
+                               phase_s=phase)
+    raise AssertionError(process)  # PROCESS_PARAMS and this function list the same names

@@ -1,0 +1,121 @@
+"""Spec -> trace table: sample each model's stream, shapes, then merge all streams by time.
+
+Seeding: every random stream has its own ``SeedSequence(seed, spawn_key=(crc32(name), part))``,
+so a model's arrivals do not change when another model is added, and its shapes do not change
+when its arrival process does. Streams are merged with a stable sort on ``arrival_ns``: requests
+with equal nanosecond times keep spec order of models, then their own order (deterministic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from traceforge import __version__
+from traceforge.errors import BadInput
+from traceforge.generate.spec import SHAPE_FIELDS, WorkloadSpec, seed_sequence, stable_model_key
+from traceforge.schema import TRACE_SCHEMA, TRACE_SCHEMA_ID, Trace
+
+DEFAULT_SEED = 0
+_ARRIVALS, _SHAPE_PARTS = 0, {"batch_size": 1, "seq_len": 2, "max_new_tokens": 3}
+_MODULATION_TAG = 0x6D6F64  # keeps modulation streams apart from model streams
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed_sequence(seed, *keys)))
+
+
+def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str, np.ndarray]:
+    """All arrivals in ``[0, horizon_s)`` as merged numpy columns (model as int codes)."""
+    paths = {name: mod.sample_path(_rng(seed, _MODULATION_TAG, stable_model_key(name)),
+                                   horizon_s)
+             for name, mod in spec.modulations.items()}
+    arrivals, shapes = [], {f: [] for f in SHAPE_FIELDS}
+    for model in spec.models.values():
+        key = stable_model_key(model.name)
+        rng = _rng(seed, key, _ARRIVALS)
+        if model.modulation is None:
+            times = model.arrival.sample(rng, horizon_s)
+        else:
+            clock = spec.modulations[model.modulation].clock(paths[model.modulation],
+                                                             model.multipliers)
+            times = clock.inverse(model.arrival.sample(rng, float(clock.forward(horizon_s))))
+            times = times[: np.searchsorted(times, horizon_s, side="left")]
+        times = model.arrival.thin(rng, times)
+        arrivals.append(np.rint(times * 1e9).astype(np.int64))
+        for f in SHAPE_FIELDS:
+            shapes[f].append(model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
+    counts = [a.size for a in arrivals]
+    codes = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    arrival_ns = np.concatenate(arrivals)
+    # Each stream is sorted, so timsort ("stable") sees k runs and merges them in O(n log k).
+    order = np.argsort(arrival_ns, kind="stable")
+    out = {"arrival_ns": arrival_ns[order], "model_code": codes[order]}
+    for f in SHAPE_FIELDS:
+        out[f] = np.concatenate(shapes[f])[order]
+    return out
+
+
+def columns_to_table(columns: dict[str, np.ndarray], model_names: list[str]) -> pa.Table:
+    n = columns["arrival_ns"].size
+    model = pa.DictionaryArray.from_arrays(pa.array(columns["model_code"], pa.int32()),
+                                           pa.array(model_names, pa.string()))
+    return pa.table(
+        {
+            "request_id": pa.array(np.arange(n, dtype=np.int64)),
+            "arrival_ns": pa.array(columns["arrival_ns"]),
+            "model": model.cast(pa.string()),
+            **{f: pa.array(columns[f].astype(np.int32, copy=False)) for f in SHAPE_FIELDS},
+        },
+        schema=TRACE_SCHEMA,
+    )
+
+
+def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
+                   duration_s: float | None = None) -> Trace:
+    """Sample a trace. ``seed`` and ``duration_s`` override the spec's.
+
+    With ``requests = N`` (and no duration override) the horizon is grown until the merged
+    streams hold N arrivals and the first N are kept; the trace then spans up to the N-th.
+    """
+    seed = seed if seed is not None else spec.seed if spec.seed is not None else DEFAULT_SEED
+    if duration_s is not None and not (duration_s > 0 and math.isfinite(duration_s)):
+        raise BadInput("must be > 0", key="--duration", value=duration_s)
+    requests = None if duration_s is not None else spec.requests
+    duration_s = duration_s if duration_s is not None else spec.duration_s
+    if duration_s is None and requests is None:
+        raise BadInput("missing: give duration_s or requests in the spec, or --duration",
+                       source=spec.path, key="duration_s")
+    names = list(spec.models)
+    if requests is None:
+        columns = sample_columns(spec, seed, duration_s)
+        window_s = float(duration_s)
+    else:
+        rate = spec.long_run_rate()
+        longest_dwell = max((max(m.mean_dwell_s) for m in spec.modulations.values()),
+                            default=0.0)
+        horizon = requests / rate * 1.1 + 10.0 * longest_dwell + 1.0
+        while True:
+            columns = sample_columns(spec, seed, horizon)
+            if columns["arrival_ns"].size >= requests:
+                break
+            horizon *= 2.0
+        columns = {k: v[:requests] for k, v in columns.items()}
+        window_s = float(columns["arrival_ns"][-1]) / 1e9
+    table = columns_to_table(columns, names)
+
+    spec_dict = spec.to_dict()
+    spec_dict["seed"] = seed
+    if requests is None:
+        spec_dict.pop("requests", None)
+        spec_dict["duration_s"] = float(duration_s)
+    source = {"kind": "generate", "generator": f"traceforge {__version__}"}
+    if spec.path is not None:
+        source["spec_file"] = spec.path.name
+        source["spec_sha256"] = hashlib.sha256(spec.path.read_bytes()).hexdigest()
+    meta = {"schema": TRACE_SCHEMA_ID, "spec": spec_dict, "seed": seed, "source": source,
+            "duration_s": window_s}
+    return Trace(table=table, meta=meta, path=None)

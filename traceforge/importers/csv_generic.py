@@ -1,0 +1,99 @@
+"""Any CSV with a header, through a column mapping:
+``--columns time=COL[,seq_len=COL][,max_new_tokens=COL][,batch_size=COL][,model=COL]`` and
+``--time-unit s|ms|us|ns|iso``. Unmapped shapes take ``--batch-size/--seq-len/--max-new-tokens``.
+With a model column, ``--models`` keeps/renames source models (``SRC`` or ``SRC=NAME``);
+without one, each file is one model (``--models`` gives one name per file, default the stem).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from traceforge.errors import BadInput
+from traceforge.importers.azure_llm import per_file_names
+from traceforge.importers.common import (
+    TIME_UNITS_NS,
+    CsvColumns,
+    Records,
+    file_info,
+    rename_filter,
+)
+
+FIELDS = ("time", "seq_len", "max_new_tokens", "batch_size", "model")
+LOWER = {"seq_len": 1, "max_new_tokens": 0, "batch_size": 1}
+TIME_UNITS = (*TIME_UNITS_NS, "iso")
+
+
+def parse_columns(columns: str | None) -> dict[str, str]:
+    if not columns:
+        raise BadInput("required for the csv format", key="--columns",
+                       allowed="time=COL[,seq_len=COL,max_new_tokens=COL,batch_size=COL,"
+                               "model=COL]")
+    mapping: dict[str, str] = {}
+    for entry in columns.split(","):
+        field, sep, col = (s.strip() for s in entry.partition("="))
+        if not sep or not col:
+            raise BadInput("each entry must be FIELD=COLUMN", key="--columns", value=entry)
+        if field not in FIELDS:
+            raise BadInput("unknown field", key="--columns", value=field,
+                           allowed=", ".join(FIELDS))
+        if field in mapping:
+            raise BadInput("field given twice", key="--columns", value=field)
+        mapping[field] = col
+    if "time" not in mapping:
+        raise BadInput("the time column is required", key="--columns", value=columns)
+    return mapping
+
+
+def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, time_unit: str,
+         batch_size: int, seq_len: int, max_new_tokens: int, **_) -> Records:
+    mapping = parse_columns(columns)
+    if time_unit not in TIME_UNITS:
+        raise BadInput("unknown time unit", key="--time-unit", value=time_unit,
+                       allowed=", ".join(TIME_UNITS))
+    defaults = {"batch_size": batch_size, "seq_len": seq_len, "max_new_tokens": max_new_tokens}
+    per_file = "model" not in mapping
+    file_names = per_file_names(sources, models, lambda p: p.stem) if per_file else None
+    times, shape_cols, model_cols, codes, files = [], {f: [] for f in LOWER}, [], [], []
+    for code, path in enumerate(sources):
+        cols = CsvColumns(path, list(dict.fromkeys(mapping.values())), skip_bad=skip_bad)
+        t = cols.time_ns(mapping["time"], time_unit)
+        shapes = {f: cols.integers(mapping[f], low=low) if f in mapping else None
+                  for f, low in LOWER.items()}
+        model = None
+        if not per_file:
+            model = pc.utf8_trim_whitespace(cols.strings(mapping["model"]))
+            cols.mark(mapping["model"],
+                      pc.equal(pc.utf8_length(model), 0).to_numpy(zero_copy_only=False),
+                      "empty model name")
+        keep, skipped = cols.finish()
+        n = int(keep.sum())
+        times.append(t[keep])
+        for f, values in shapes.items():
+            shape_cols[f].append(values[keep] if values is not None
+                                 else np.full(n, defaults[f], dtype=np.int64))
+        if per_file:
+            codes.append(np.full(n, code, dtype=np.int32))
+        else:
+            model_cols.append(model.filter(pa.array(keep)))
+        files.append(file_info(path, cols.rows, skipped))
+    time_ns = np.concatenate(times)
+    shapes = {f: np.concatenate(v) for f, v in shape_cols.items()}
+    if per_file:
+        return Records(time_ns=time_ns, model_code=np.concatenate(codes), model_names=file_names,
+                       files=files, notes={"columns": mapping, "time_unit": time_unit}, **shapes)
+    encoded = pa.chunked_array(model_cols, pa.string()).combine_chunks().dictionary_encode()
+    present = encoded.dictionary.to_pylist()
+    src_codes = encoded.indices.to_numpy(zero_copy_only=False)
+    rename = rename_filter(models, present)
+    wanted = np.asarray([m in rename for m in present], dtype=bool)
+    keep = wanted[src_codes]
+    new_code = (np.cumsum(wanted) - 1).astype(np.int32)
+    return Records(time_ns=time_ns[keep], model_code=new_code[src_codes[keep]],
+                   model_names=[rename[m] for m in present if m in rename], files=files,
+                   notes={"columns": mapping, "time_unit": time_unit},
+                   **{f: v[keep] for f, v in shapes.items()})

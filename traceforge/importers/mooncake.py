@@ -1,0 +1,70 @@
+"""Mooncake traces (Qin et al., FAST 2025): JSON Lines with ``timestamp`` (ms since trace start),
+``input_length``, ``output_length`` (and ``hash_ids``, ignored). One model per file (default
+name: the file stem). input_length -> seq_len (>= 1), output_length -> max_new_tokens (>= 0).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from traceforge.errors import BadInput
+from traceforge.importers.azure_llm import per_file_names
+from traceforge.importers.common import SKIP_HINT, Records, file_info
+
+FIELDS = (("timestamp", 0), ("input_length", 1), ("output_length", 0))
+
+
+def _parse_line(text: str) -> tuple[int, int, int] | str:
+    """The three fields of one line, or the reason it is malformed."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not JSON ({exc.msg})"
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    out = []
+    for key, low in FIELDS:
+        value = obj.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{key} = {value!r}: missing or not a number"
+        if value < low or (key != "timestamp" and value != int(value)):
+            return f"{key} = {value!r}: must be an integer >= {low}"
+        out.append(value)
+    return out[0], int(out[1]), int(out[2])
+
+
+def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int, **_) -> Records:
+    names = per_file_names(sources, models, lambda p: p.stem)
+    times, codes, seq, new, files = [], [], [], [], []
+    for code, path in enumerate(sources):
+        rows: list[tuple] = []
+        skipped = 0
+        try:
+            with open(path, encoding="utf-8") as fh:
+                # One json.loads per line: these files hold tens of thousands of requests.
+                for line_no, text in enumerate(fh, start=1):
+                    if not text.strip():
+                        continue
+                    parsed = _parse_line(text)
+                    if isinstance(parsed, str):
+                        if not skip_bad:
+                            raise BadInput(f"{parsed} ({SKIP_HINT})",
+                                           source=f"{path}:{line_no}")
+                        skipped += 1
+                        continue
+                    rows.append(parsed)
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"not UTF-8 text ({exc.reason})", source=path) from exc
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        times.append(np.rint(arr[:, 0] * 1e6).astype(np.int64))
+        seq.append(arr[:, 1].astype(np.int64))
+        new.append(arr[:, 2].astype(np.int64))
+        codes.append(np.full(len(rows), code, dtype=np.int32))
+        files.append(file_info(path, len(rows) + skipped, skipped))
+    n = sum(len(t) for t in times)
+    return Records(time_ns=np.concatenate(times), model_code=np.concatenate(codes),
+                   model_names=names, batch_size=np.full(n, batch_size, dtype=np.int64),
+                   seq_len=np.concatenate(seq), max_new_tokens=np.concatenate(new), files=files)
