@@ -207,18 +207,42 @@ def test_parse_slo_accepts():
     assert parse_slo("bert=50, gpt=400.5") == {"bert": 50.0, "gpt": 400.5}
 
 
+LIMITED_CHECK = {"send_lag_us": {"p50": 900.0, "p99": 25000.0, "max": 80000.0},
+                 "achieved_rate_ratio": 0.71, "generator_limited": True,
+                 "warning": "dispatcher fell behind"}
+
+
 def test_generator_limited_is_flagged(tmp_path, cli):
-    check = {"send_lag_us": {"p50": 900.0, "p99": 25000.0, "max": 80000.0},
-             "achieved_rate_ratio": 0.71, "generator_limited": True,
-             "warning": "dispatcher fell behind"}
-    run = write_synthetic_run(tmp_path / "l", MODELS, requests=300, self_check=check)
+    lagging = [SyntheticModel("bert", send_lag_ms=8.0)]  # p99 of Exp(8 ms) ≈ 37 ms
+    run = write_synthetic_run(tmp_path / "l", lagging, requests=300, self_check=LIMITED_CHECK)
     report = build_report(run)
     assert report["self_check"]["generator_limited"] is True
+    assert report["self_check"]["limits_this_report"] is True
     assert report["self_check"]["source"] == "run.json"
     result = cli("report", str(run))
     assert result.returncode == 0
     head = result.stdout[:result.stdout.index("requests")]
     assert "LIMITED" in head  # shown first, before the tables
+
+
+def test_lag_only_in_excluded_warmup_rows_is_not_red(tmp_path, cli):
+    """run.json says limited, but every lagging row is a flagged warm-up row."""
+    table = synthetic_timeline(MODELS, requests=1000, seed=8)
+    flagged = np.arange(1000) < 20
+    sent = table.column("sent_ns").to_numpy() + np.where(flagged, 200_000_000, 0)
+    columns = {n: table.column(n) for n in table.column_names}
+    columns.update(sent_ns=pa.array(sent), warmup=pa.array(flagged))
+    for name in ("service_start_ns", "service_end_ns", "done_ns", "first_token_ns"):
+        columns[name] = pc.add(table.column(name), pa.array(np.where(flagged, 200_000_000, 0)))
+    run = write_synthetic_run(tmp_path / "w", MODELS, requests=0, self_check=LIMITED_CHECK,
+                              table=pa.table(columns, schema=table.schema))
+    check = build_report(run)["self_check"]
+    assert check["generator_limited"] is True and check["limits_this_report"] is False
+    assert check["from_timeline"]["send_lag_us"]["p99"] < 1000
+    result = cli("report", str(run))
+    assert "LIMITED" not in result.stdout and "only in rows this report leaves out" in (
+        " ".join(result.stdout.split()))
+    assert build_report(run, include_warmup_rows=True)["self_check"]["limits_this_report"]
 
 
 def test_cli_json_contract_keys(run_dir, cli):

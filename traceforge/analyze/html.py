@@ -63,16 +63,22 @@ def _groups(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def _self_check_html(report: dict[str, Any]) -> str:
     check = report.get("self_check") or {}
     lag = check.get("send_lag_us") or {}
-    limited = bool(check.get("generator_limited"))
+    limited = bool(check.get("limits_this_report", check.get("generator_limited")))
     lines = [f"send lag p50 {_num(lag.get('p50'), 1)} µs, p99 {_num(lag.get('p99'), 1)} µs, "
              f"max {_num(lag.get('max'), 1)} µs",
              f"achieved / offered send rate {_num(check.get('achieved_rate_ratio'), 4)}"]
     if limited:
         lines.append('<span class="bad">The load generator limited this run: latencies include '
                      "its own lag.</span>")
-    if check.get("warning"):
-        lines.append(f'<span class="{"bad" if limited else "warn"}">'
-                     f"{html.escape(str(check['warning']))}</span>")
+        if check.get("warning"):
+            lines.append(f'<span class="bad">{html.escape(str(check["warning"]))}</span>')
+    elif check.get("generator_limited"):
+        here = (check.get("from_timeline") or {}).get("send_lag_us") or {}
+        lines.append('<span class="warn">The generator lagged only in rows this report leaves '
+                     "out (warm-up); in the rows analysed, send lag p99 is "
+                     f"{_num(here.get('p99'), 1)} µs.</span>")
+    elif check.get("warning"):
+        lines.append(f'<span class="warn">{html.escape(str(check["warning"]))}</span>')
     cls = "box bad" if limited else "box"
     return (f'<div class="{cls}"><b>Generator self-check</b> '
             f'<span class="muted">({html.escape(str(check.get("source", "")))})</span><br>'

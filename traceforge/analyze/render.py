@@ -23,7 +23,7 @@ def _f(value: Any, digits: int = 2) -> str:
 
 
 def _ci(ci: list[float] | None) -> str:
-    return "–" if not ci else f"{_f(ci[0])} – {_f(ci[1])}"
+    return "–" if not ci else f"{_f(ci[0])}–{_f(ci[1])}"
 
 
 def _pct(value: float | None) -> str:
@@ -41,12 +41,19 @@ def self_check_panel(report: dict[str, Any]) -> Panel:
     ]
     text = Text("\n".join(lines))
     style = "green"
-    if check.get("generator_limited"):
+    limits_report = check.get("limits_this_report", check.get("generator_limited"))
+    if limits_report:
         style = "bold red"
         text.append("\nTHE LOAD GENERATOR LIMITED THIS RUN: latencies include its own lag.",
                     style="bold red")
         if check.get("warning"):
             text.append(f"\n{check['warning']}", style="red")
+    elif check.get("generator_limited"):
+        style = "yellow"
+        here = (check.get("from_timeline") or {}).get("send_lag_us") or {}
+        text.append("\nThe generator lagged only in rows this report leaves out (warm-up); "
+                    f"in the rows analysed, send lag p99 is {_f(here.get('p99'), 1)} µs.",
+                    style="yellow")
     elif check.get("warning"):
         style = "yellow"
         text.append(f"\n{check['warning']}", style="yellow")

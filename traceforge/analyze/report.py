@@ -227,23 +227,26 @@ def _self_check(run: RunData, rows: np.ndarray) -> dict[str, Any]:
         if offered_span > 0 and sent_span > 0:
             measured["achieved_rate_ratio"] = ((sent_sorted.size - 1) / sent_span) / (
                 (scheduled.size - 1) / offered_span)
+    limited_here = bool(
+        (measured["send_lag_us"] and measured["send_lag_us"]["p99"] > LIMITED_LAG_P99_US)
+        or (measured["achieved_rate_ratio"] is not None
+            and measured["achieved_rate_ratio"] < LIMITED_RATE_RATIO))
     if isinstance(recorded, dict) and recorded:
         out = dict(recorded)
         out["source"] = "run.json"
         out["from_timeline"] = measured
         out.setdefault("generator_limited", False)
+        # run.json judges the whole run; warm-up rows the report leaves out may be the only
+        # lagging ones (e.g. a stall at the first sends), which must not taint this report.
+        out["limits_this_report"] = bool(out["generator_limited"]) and limited_here
         return out
-    limited = bool(
-        (measured["send_lag_us"] and measured["send_lag_us"]["p99"] > LIMITED_LAG_P99_US)
-        or (measured["achieved_rate_ratio"] is not None
-            and measured["achieved_rate_ratio"] < LIMITED_RATE_RATIO))
     warning = None
-    if limited:
+    if limited_here:
         warning = (f"send lag p99 {measured['send_lag_us']['p99']:.0f} µs / achieved rate "
                    f"ratio {measured['achieved_rate_ratio'] or float('nan'):.3f}: the load "
                    "generator may have fallen behind the trace")
-    return {**measured, "generator_limited": limited, "warning": warning,
-            "source": "timeline"}
+    return {**measured, "generator_limited": limited_here, "limits_this_report": limited_here,
+            "warning": warning, "source": "timeline"}
 
 
 # -- the report -------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """``traceforge demo [-o DIR]``: the whole pipeline on the embedded default workload.
 
 generate (traceforge.generate.DEMO_SPEC) → replay against resident tiny models (CPU; real models
-under MPS where a GPU and the MPS control binary are present) → run directory → report (terminal,
+under MPS where a GPU and the MPS control binary are present, a worker process per model on the
+CPU) → run directory → report (terminal,
 JSON, HTML) → Perfetto trace. Each demo writes a fresh ``DIR/<UTC timestamp>/`` so re-running
 never overwrites an earlier result.
 """
@@ -23,7 +24,7 @@ WARMUP_S = 1.0  # the first second of arrivals meets cold caches and lazy CUDA/o
 
 
 def pick_device() -> tuple[str, str]:
-    """(device, mode): real models under MPS on a GPU when possible, else streams on the CPU."""
+    """(device, mode): real models under MPS on a GPU when possible, else timeslice on the CPU."""
     try:
         import torch
 
@@ -31,9 +32,10 @@ def pick_device() -> tuple[str, str]:
     except ImportError:
         has_cuda = False
     if not has_cuda:
-        # One process, an executor thread per model: the three tiny models overlap on the CPU
-        # cores without paying three interpreter + torch start-ups.
-        return "cpu", "streams"
+        # A worker process per model keeps the models' Python off the dispatcher's GIL: with
+        # in-process "streams" on the 2-core CI machine the send lag p99 was ~360 ms, with
+        # worker processes ~18 ms (docs/analysis.md, "The demo").
+        return "cpu", "timeslice"
     if shutil.which("nvidia-cuda-mps-control") is not None:
         return "cuda", "mps"
     return "cuda", "timeslice"
@@ -78,18 +80,18 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
     base.mkdir(parents=True)
 
     console.print(f"[bold]traceforge demo[/]: {DEMO_SPEC.name} → {base}  "
-                  f"(device {device}, mode {mode})")
+                  f"(device {device}, mode {mode})", soft_wrap=True)
     trace = generate_trace(spec, duration_s=duration_s)
     trace_path = base / "trace.parquet"
     write_trace(trace.table, trace_path, trace.meta)
     trace = read_trace(trace_path)
     console.print(f"1/4 generated {trace.table.num_rows:,} requests for "
-                  f"{', '.join(trace.models)} → {trace_path}")
+                  f"{', '.join(trace.models)} → {trace_path}", soft_wrap=True)
 
     console.print("2/4 loading models and replaying (open loop, at the trace's times)")
     summary = run_replay(trace, run_dir, backend,
                          ReplayOptions(progress=progress, warmup_s=WARMUP_S))
-    console.print(f"    run {summary.status}: {summary.counts} → {run_dir}")
+    console.print(f"    run {summary.status}: {summary.counts} → {run_dir}", soft_wrap=True)
 
     console.print("3/4 report")
     run = load_run(run_dir)
@@ -101,7 +103,8 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
     perfetto = export_perfetto(run_dir, base / "perfetto.json", run=run)
     elapsed = time.perf_counter() - started
     console.print(f"4/4 HTML report: [bold]{html}[/]\n    Perfetto trace: {perfetto} "
-                  f"(open in https://ui.perfetto.dev)\n    done in {elapsed:.1f} s")
+                  f"(open in https://ui.perfetto.dev)\n    done in {elapsed:.1f} s",
+                  soft_wrap=True)  # paths stay whole, so they can be copied
     return {"dir": base, "trace": trace_path, "run_dir": run_dir, "html": html,
             "perfetto": perfetto, "report": report, "summary": summary, "elapsed_s": elapsed}
 
@@ -112,7 +115,7 @@ def demo(
     device: Annotated[str | None, typer.Option(
         "--device", help="cpu or cuda[:i] (default: cuda when present, else cpu).")] = None,
     mode: Annotated[str | None, typer.Option(
-        "--mode", help="Sharing mode (default: mps on a GPU, streams on the CPU).")] = None,
+        "--mode", help="Sharing mode (default: mps on a GPU, timeslice on the CPU).")] = None,
     duration: Annotated[float | None, typer.Option(
         "--duration", help="Shorten the embedded workload to S seconds.")] = None,
 ) -> None:
