@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from traceforge.analyze.report import build_report, parse_slo
@@ -285,3 +286,29 @@ def test_not_a_run_dir(tmp_path, cli):
     (tmp_path / "x" / "run.json").write_text("{not json")
     result = cli("report", str(tmp_path / "x"))
     assert result.returncode == 2 and "not JSON" in result.stderr
+
+
+def test_real_null_and_simulated_runs(tmp_path, cli):
+    """The same report on a null-backend replay and a simulation of one generated trace."""
+    pytest.importorskip("traceforge.generate")
+    pytest.importorskip("traceforge.simulate")
+    pytest.importorskip("traceforge.backends.null")
+    spec = REPO / "workloads" / "demo.toml"
+    trace = tmp_path / "t.parquet"
+    assert cli("trace", "gen", str(spec), "-o", str(trace), "--duration", "1").returncode == 0
+    assert cli("replay", str(trace), "-o", str(tmp_path / "null"), "--backend", "null",
+               "--service-ms", "2").returncode == 0
+    assert cli("simulate", str(trace), "-o", str(tmp_path / "sim"),
+               "--service-ms", "2").returncode == 0
+    rows = pq.read_metadata(trace).num_rows
+    for name in ("null", "sim"):
+        result = cli("report", str(tmp_path / name), "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["overall"]["count"] == rows
+        assert report["overall"]["ok"] == rows
+        assert report["slo_source"] == "trace spec"
+        assert set(report["models"]) == {"tiny-bert", "tiny-gpt2", "tiny-llama"}
+    result = cli("compare", str(tmp_path / "null"), str(tmp_path / "sim"), "--json")
+    assert result.returncode == 0
+    assert set(json.loads(result.stdout)["models"]) == {"tiny-bert", "tiny-gpt2", "tiny-llama"}

@@ -181,26 +181,28 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
 
 
 def render_compare(result: dict[str, Any], console: Console | None = None) -> None:
-    """Print a comparison: one table per (A, B) pair."""
+    """Print a comparison: per (A, B) pair, a latency table and a significance table."""
     console = console or Console()
     verdict_style = {"faster": "green", "slower": "red", "same": ""}
     for pair in result["comparisons"]:
-        table = Table(title=f"B = {pair['b']}  vs  A = {pair['a']}  (ratios B/A; verdict at "
-                            f"{100 * result['alpha']:g} %)", title_justify="left")
-        for col in ("model", "n A", "n B", "p50 A", "p50 B", "p50 B/A", "p99 A", "p99 B",
-                    "p99 B/A", "p99 B−A [99 % CI]", "KS p", "MW p", "W1 ms", "verdict"):
-            table.add_column(col, justify="left" if col == "model" else "right")
+        console.print(Text.from_markup(f"[bold]B[/] = {pair['b']}\n[bold]A[/] = {pair['a']}"),
+                      soft_wrap=True)
+        latency = _table("latency of ok requests (ms; ratios B/A)",
+                         ("model", "n A", "n B", "p50 A", "p50 B", "B/A", "p99 A", "p99 B",
+                          "B/A"))
+        level = f"{100 * (1 - result['alpha']):g} %"
+        tests = _table(f"significance (verdict at {100 * result['alpha']:g} %)",
+                       ("model", "p99 B−A", f"{level} CI", "KS p", "MW p", "W1 ms", "verdict"))
         for name, m in pair["models"].items():
             ci = m.get("p99_diff_ci_ms")
-            table.add_row(
-                name, _f(m["n_a"]), _f(m["n_b"]), _f(m["p50_a_ms"]), _f(m["p50_b_ms"]),
-                _f(m["p50_ratio"], 3), _f(m["p99_a_ms"]), _f(m["p99_b_ms"]),
-                _f(m["p99_ratio"], 3),
-                f"{_f(m['p99_diff_ms'])} [{_f(ci[0])}, {_f(ci[1])}]" if ci else "–",
-                _p(m["ks_p"]), _p(m["mw_p"]), _f(m["wasserstein_ms"], 3),
-                Text(m["verdict"], style=verdict_style.get(m["verdict"], "")),
-            )
-        console.print(table)
+            latency.add_row(name, _f(m["n_a"]), _f(m["n_b"]), _f(m["p50_a_ms"]),
+                            _f(m["p50_b_ms"]), _f(m["p50_ratio"], 3), _f(m["p99_a_ms"]),
+                            _f(m["p99_b_ms"]), _f(m["p99_ratio"], 3))
+            tests.add_row(name, _f(m["p99_diff_ms"]), _ci(ci), _p(m["ks_p"]), _p(m["mw_p"]),
+                          _f(m["wasserstein_ms"], 3),
+                          Text(m["verdict"], style=verdict_style.get(m["verdict"], "")))
+        console.print(latency)
+        console.print(tests)
         if pair["only_in_a"] or pair["only_in_b"]:
             console.print(Text(f"not compared — only in A: {', '.join(pair['only_in_a']) or '–'};"
                                f" only in B: {', '.join(pair['only_in_b']) or '–'}",
