@@ -7,7 +7,7 @@ write_html (6 matplotlib figures). Also the bootstrap itself: the O(B) Beta-orde
 used by the report against textbook resampling (numpy and scipy.stats.bootstrap), whose cost is
 measured on a few resamples and extrapolated linearly to B = 1000.
 
-Run: PYTHONPATH=. python benchmarks/bench_report.py [--rows N]
+Run: PYTHONPATH=. python benchmarks/bench_report.py [--rows N] [--coverage]
 """
 
 from __future__ import annotations
@@ -135,7 +135,41 @@ def main(rows: int = ROWS) -> dict:
     return result
 
 
+def bootstrap_coverage(reps: int = 2000, seed: int = 2024) -> list[dict]:
+    """Coverage of the report's 95 % CIs for known Exp(1) / LogNormal(0, 1) percentiles
+    (docs/analysis.md quotes this table). Not part of main(): ~10 s."""
+    from traceforge.analyze.stats import percentile_ci
+
+    rng = np.random.default_rng(seed)
+    cases = [(500, 99.0, "exp"), (2000, 50.0, "exp"), (2000, 99.0, "exp"),
+             (5000, 99.0, "exp"), (20000, 99.9, "exp"), (2000, 99.0, "lognormal")]
+    out = []
+    print(f"{'n':>7} {'pct':>6} {'dist':>10} {'beyond':>7} {'coverage':>9}")
+    for n, pct, dist in cases:
+        if dist == "exp":
+            true_value = -np.log(1 - pct / 100)
+        else:
+            from scipy.stats import norm
+
+            true_value = float(np.exp(norm.ppf(pct / 100)))
+        hits = 0
+        for _ in range(reps):
+            x = rng.exponential(1.0, n) if dist == "exp" else rng.lognormal(0.0, 1.0, n)
+            lo, hi = percentile_ci(np.sort(x), pct, replicates=4000, rng=rng)
+            hits += lo <= true_value <= hi
+        row = {"n": n, "pct": pct, "dist": dist, "beyond": n * (1 - pct / 100),
+               "coverage": hits / reps}
+        out.append(row)
+        print(f"{n:>7} {pct:>6} {dist:>10} {row['beyond']:>7.0f} {row['coverage']:>9.3f}")
+    return out
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=ROWS)
-    main(parser.parse_args().rows)
+    parser.add_argument("--coverage", action="store_true",
+                        help="also measure the bootstrap CIs' coverage (docs/analysis.md)")
+    args = parser.parse_args()
+    main(args.rows)
+    if args.coverage:
+        bootstrap_coverage()
