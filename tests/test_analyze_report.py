@@ -312,3 +312,23 @@ def test_real_null_and_simulated_runs(tmp_path, cli):
     result = cli("compare", str(tmp_path / "null"), str(tmp_path / "sim"), "--json")
     assert result.returncode == 0
     assert set(json.loads(result.stdout)["models"]) == {"tiny-bert", "tiny-gpt2", "tiny-llama"}
+
+
+def test_http_like_run_without_worker_times(tmp_path):
+    """An HTTP backend knows no service start/end: queue and service are unknown, and
+    transport/other is everything after the send (done − sent), so the identity still holds."""
+    table = synthetic_timeline(MODELS, requests=800, seed=6)
+    columns = {n: table.column(n) for n in table.column_names}
+    for name in ("service_start_ns", "service_end_ns", "gpu_ns"):
+        columns[name] = pa.nulls(table.num_rows, pa.int64())
+    run = write_synthetic_run(tmp_path / "h", MODELS, requests=0,
+                              table=pa.table(columns, schema=table.schema), backend="http")
+    stats = build_report(run)["models"]["bert"]
+    d = stats["decomposition_ms"]
+    assert d["queue_wait"]["known"] == d["service"]["known"] == 0
+    assert d["queue_wait"]["mean"] is None
+    model = table.column("model").to_numpy(zero_copy_only=False) == "bert"
+    after_send = (_np(table, "done_ns") - _np(table, "sent_ns"))[model] / 1e6
+    assert d["transport_other"]["mean"] == pytest.approx(after_send.mean(), rel=1e-9)
+    assert d["send_lag"]["mean"] + d["transport_other"]["mean"] == pytest.approx(
+        stats["latency_ms"]["mean"], rel=1e-9)
