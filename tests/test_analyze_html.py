@@ -29,7 +29,8 @@ def write_telemetry(run_dir: Path, seconds: float) -> None:
     pq.write_table(pa.table({
         "t_ns": pa.array((t * 1e9).astype(np.int64)),
         "gpu_index": pa.array(np.zeros(n, dtype=np.int32)),
-        "util_gpu_pct": pa.array((50 + 40 * np.sin(t)).astype(np.float32)),
+        # NVML can fail a read: the resident sampler then writes null.
+        "util_gpu_pct": pa.array((50 + 40 * np.sin(t)).astype(np.float32), mask=(t > 3) & (t < 3.3)),
         "util_mem_pct": pa.array(np.full(n, 30, dtype=np.float32)),
         "mem_used_bytes": pa.array(np.full(n, 6 * 2**30, dtype=np.int64)),
         "sm_clock_mhz": pa.array(np.full(n, 1755, dtype=np.float32)),
