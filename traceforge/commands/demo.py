@@ -119,8 +119,7 @@ def demo(
     duration: Annotated[float | None, typer.Option(
         "--duration", help="Shorten the embedded workload to S seconds.")] = None,
 ) -> None:
-    """Generate the embedded bursty multi-model trace, replay it against resident tiny models,
-    and report (terminal + HTML + Perfetto)."""
+    """The whole pipeline on the embedded workload: generate, replay, report, HTML."""
     if duration is not None and not duration > 0:
         raise BadInput("must be a positive number of seconds", source="--duration",
                        value=duration)

@@ -19,8 +19,7 @@ def perfetto(
     output: Annotated[Path, typer.Option("-o", "--output", help="Trace Event JSON file to "
                                          "write (open in ui.perfetto.dev).")],
 ) -> None:
-    """Chrome Trace Event JSON: a track per model and worker, queue and service spans per
-    request, in-flight and GPU counters."""
+    """Chrome Trace Event JSON: request spans per model/worker, in-flight and GPU counters."""
     from traceforge.analyze.perfetto import export_perfetto
     from traceforge.analyze.rundata import load_run
 

@@ -74,8 +74,7 @@ def compare(
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the "
                                          "verdict.")] = 0.01,
 ) -> None:
-    """Per common model: p50/p99 ratios (B over A), p99 difference CI, KS, Mann–Whitney,
-    Wasserstein, and a verdict faster/slower/same."""
+    """Compare runs per common model (B over A): p50/p99, KS, Mann–Whitney, verdict."""
     from traceforge.analyze.compare import compare_runs
     from traceforge.analyze.jsonable import to_json
 
