@@ -59,7 +59,7 @@ class TimelineWriter:
         """Write a whole table (e.g. a simulated run) as parts of at most 1M rows."""
         table = _conform(table)
         for offset in range(0, max(table.num_rows, 1), 1_000_000):
-            self._write_part(table.slice(offset, 1_000_000))
+            self.write_part(table.slice(offset, 1_000_000))
 
     # -- flushing ----------------------------------------------------------------------------
     def flush(self) -> None:
@@ -69,9 +69,12 @@ class TimelineWriter:
             cols, self._cols = self._cols, {c: [] for c in COLUMNS}
         table = pa.table({c: pa.array(cols[c], type=TIMELINE_SCHEMA.field(c).type)
                           for c in COLUMNS}, schema=TIMELINE_SCHEMA)
-        self._write_part(table)
+        self.write_part(table)
 
-    def _write_part(self, table: pa.Table) -> None:
+    def write_part(self, table: pa.Table) -> None:
+        """Write one conforming table as the next part file, atomically."""
+        if table.num_rows == 0:
+            return
         with self._write_lock:
             self._part += 1
             path = self.dir / f"part-{self._part:06d}.parquet"

@@ -1,0 +1,40 @@
+"""Shared helpers for the replay tests: build small traces in memory or on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from traceforge.schema import Trace, write_trace
+
+
+def make_trace(arrival_ns, *, models=None, max_new_tokens=0, seq_len=16,
+               path: Path | None = None, meta: dict | None = None) -> Trace:
+    arrival_ns = np.asarray(arrival_ns, np.int64)
+    n = len(arrival_ns)
+    if models is None:
+        models = ["m"] * n
+    table = pa.table({
+        "request_id": np.arange(n, dtype=np.int64),
+        "arrival_ns": arrival_ns,
+        "model": pa.array(list(models), pa.string()),
+        "batch_size": np.ones(n, np.int32),
+        "seq_len": np.full(n, seq_len, np.int32),
+        "max_new_tokens": np.full(n, max_new_tokens, np.int32),
+    })
+    meta = meta or {"spec": {"models": {}}}
+    if path is not None:
+        from traceforge.schema import read_trace
+
+        write_trace(table, path, meta)
+        return read_trace(path)
+    from traceforge.schema import TRACE_SCHEMA
+
+    return Trace(table=table.cast(TRACE_SCHEMA), meta=meta, path=None)
+
+
+def poisson_arrivals(rate: float, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.exponential(1e9 / rate, n)).astype(np.int64)

@@ -1,0 +1,133 @@
+"""compare_runs: is run B faster, slower or the same as run A, per model, and how sure are we?
+
+The verdict rule (docs/analysis.md), at ``alpha`` = 1 %:
+
+* ``slower`` — the two-sample Kolmogorov–Smirnov test rejects "same distribution" (p < alpha)
+  AND the 100·(1-alpha) % bootstrap CI of p99(B) − p99(A) lies entirely above 0;
+* ``faster`` — KS p < alpha AND that CI lies entirely below 0;
+* ``same`` — otherwise ("no significant difference at 1 %").
+
+Requiring KS keeps the false-alarm rate at most alpha when A and B share a distribution; the
+CI makes the verdict about the tail, which is what users of a shared GPU care about. Mann–Whitney
+p and the Wasserstein distance are reported beside it, not used by the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traceforge.analyze.report import analysis_rows
+from traceforge.analyze.rundata import NS_PER_MS, load_run
+from traceforge.analyze.stats import bootstrap_percentile_replicates
+from traceforge.errors import BadInput
+
+COMPARE_SCHEMA_ID = "traceforge.compare/1"
+DEFAULT_ALPHA = 0.01
+DIFF_REPLICATES = 20_000
+
+
+def verdict_rule(alpha: float) -> str:
+    pct = f"{100 * alpha:g} %"
+    return (f"verdict: 'slower'/'faster' when KS p < {alpha:g} AND the {100 * (1 - alpha):g} % "
+            f"bootstrap CI of p99(B) − p99(A) lies above/below 0; otherwise 'same' (no "
+            f"significant difference at {pct})")
+
+
+def ok_latencies_by_model(run_dir: Path | str, *, warmup_s: float | None = None
+                          ) -> dict[str, np.ndarray]:
+    """Sorted ok latencies (ns) per model, with the report's warm-up rules."""
+    run = load_run(run_dir)
+    rows, _ = analysis_rows(run, warmup_s=warmup_s, include_warmup_rows=False)
+    keep = rows & run.ok
+    latency = run.latency
+    return {name: np.sort(latency[keep & (run.model_code == code)])
+            for code, name in enumerate(run.models)}
+
+
+def compare_model(a_ns: np.ndarray, b_ns: np.ndarray, *, alpha: float = DEFAULT_ALPHA,
+                  seed: int = 0) -> dict[str, Any]:
+    """Statistics and verdict for one model; ``a_ns``/``b_ns`` sorted latencies in ns."""
+    from scipy import stats
+
+    out: dict[str, Any] = {"n_a": int(a_ns.size), "n_b": int(b_ns.size)}
+    for tag, x in (("a", a_ns), ("b", b_ns)):
+        p50, p99 = np.percentile(x, [50, 99]) / NS_PER_MS if x.size else (None, None)
+        out[f"p50_{tag}_ms"] = None if p50 is None else float(p50)
+        out[f"p99_{tag}_ms"] = None if p99 is None else float(p99)
+    if a_ns.size < 2 or b_ns.size < 2:
+        out.update(p50_ratio=None, p99_ratio=None, p99_diff_ms=None, p99_diff_ci_ms=None,
+                   ks_p=None, mw_p=None, wasserstein_ms=None, verdict="same",
+                   insufficient_data=True)
+        return out
+    out["p50_ratio"] = _ratio(out["p50_b_ms"], out["p50_a_ms"])
+    out["p99_ratio"] = _ratio(out["p99_b_ms"], out["p99_a_ms"])
+    out["p99_diff_ms"] = out["p99_b_ms"] - out["p99_a_ms"]
+
+    rng = np.random.default_rng(seed)
+    diff = (bootstrap_percentile_replicates(b_ns, 99.0, replicates=DIFF_REPLICATES, rng=rng)
+            - bootstrap_percentile_replicates(a_ns, 99.0, replicates=DIFF_REPLICATES, rng=rng))
+    lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2]) / NS_PER_MS
+    out["p99_diff_ci_ms"] = [float(lo), float(hi)]
+    out["p99_diff_ci_level"] = 1 - alpha
+
+    out["ks_p"] = float(stats.ks_2samp(a_ns, b_ns).pvalue)
+    out["mw_p"] = float(stats.mannwhitneyu(a_ns, b_ns, alternative="two-sided").pvalue)
+    out["wasserstein_ms"] = float(stats.wasserstein_distance(a_ns, b_ns) / NS_PER_MS)
+    differs = out["ks_p"] < alpha
+    if differs and lo > 0:
+        verdict = "slower"
+    elif differs and hi < 0:
+        verdict = "faster"
+    else:
+        verdict = "same"
+    out["verdict"] = verdict
+    out["insufficient_data"] = False
+    return out
+
+
+def _ratio(b: float, a: float) -> float | None:
+    return b / a if a else None
+
+
+def compare_runs(run_dirs: list[Path | str], *, alpha: float = DEFAULT_ALPHA,
+                 warmup_s: float | None = None) -> dict[str, Any]:
+    """Each run after the first against the first, per common model (ratios are B over A).
+
+    The top-level ``models`` / ``only_in_a`` / ``only_in_b`` are those of the first pair, so
+    two-run output matches CONTRACT.md; ``comparisons`` lists every pair.
+    """
+    if len(run_dirs) < 2:
+        raise BadInput("compare needs at least two run directories", source="compare",
+                       value=len(run_dirs))
+    if not (0 < alpha < 0.5) or not math.isfinite(alpha):
+        raise BadInput("must be in (0, 0.5)", source="--alpha", value=alpha)
+    if warmup_s is not None and (not math.isfinite(warmup_s) or warmup_s < 0):
+        raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup_s)
+    runs = [ok_latencies_by_model(d, warmup_s=warmup_s) for d in run_dirs]
+    base = runs[0]
+    comparisons = []
+    for other_dir, other in zip(run_dirs[1:], runs[1:], strict=True):
+        common = sorted(set(base) & set(other))
+        models = {name: compare_model(base[name], other[name], alpha=alpha, seed=i)
+                  for i, name in enumerate(common)}
+        comparisons.append({
+            "a": str(run_dirs[0]), "b": str(other_dir), "models": models,
+            "only_in_a": sorted(set(base) - set(other)),
+            "only_in_b": sorted(set(other) - set(base)),
+        })
+    first = comparisons[0]
+    return {
+        "schema": COMPARE_SCHEMA_ID,
+        "alpha": alpha,
+        "rule": verdict_rule(alpha),
+        "baseline": str(run_dirs[0]),
+        "runs": [str(d) for d in run_dirs],
+        "models": first["models"],
+        "only_in_a": first["only_in_a"],
+        "only_in_b": first["only_in_b"],
+        "comparisons": comparisons,
+    }

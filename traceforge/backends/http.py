@@ -1,0 +1,305 @@
+"""The ``http`` backend: OpenAI-compatible completions / chat endpoints (SSE streaming) and a
+generic JSON POST template, over one shared aiohttp connection pool.
+
+Requests are built from the trace row: a synthetic prompt of ``seq_len`` tokens (``"a a a ..."``:
+one token per word for GPT-2/Llama-style BPE and SentencePiece vocabularies), ``max_new_tokens``
+→ ``max_tokens`` plus ``ignore_eos`` (vLLM, SGLang, TGI's OpenAI route accept it) so the server
+generates exactly that many tokens, ``batch_size`` > 1 → a list of prompts (completions only).
+
+Streaming stamps ``first_token_ns`` at the first chunk carrying text and keeps the gaps between
+text chunks as ``itl_ns``; ``tokens_out`` is the server's ``usage.completion_tokens`` when it
+sends one (we ask with ``stream_options.include_usage``), else the number of text chunks.
+
+Failures are rows, never crashes: HTTP >= 400 → ``error`` with the status code and the start of
+the body; a reset or broken connection → ``error``; a hang is cut by the dispatcher's ``--timeout``
+(``timeout``). Only an endpoint that cannot be reached at start is bad input (exit 2). The API key
+is read from ``--api-key-env`` into memory only; ``describe()`` names the variable, never its value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from traceforge.clock import RunClock
+from traceforge.errors import BadInput
+from traceforge.replay.protocol import ModelInfo, Outcome, Request
+
+APIS = ("openai-completions", "openai-chat", "json")
+DEFAULT_PATHS = {"openai-completions": "/v1/completions",
+                 "openai-chat": "/v1/chat/completions", "json": ""}
+PLACEHOLDERS = ("request_id", "model", "batch_size", "seq_len", "max_new_tokens", "prompt")
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
+_ERROR_BODY_CHARS = 300
+
+
+def synthetic_prompt(seq_len: int) -> str:
+    return " ".join(["a"] * seq_len)
+
+
+class BodyTemplate:
+    """A JSON body with ``{{placeholder}}`` strings, checked once and filled per request.
+
+    A string that is exactly one placeholder becomes the typed value (``"{{seq_len}}"`` → 128);
+    placeholders inside longer strings are substituted as text.
+    """
+
+    def __init__(self, text: str, *, source: str = "--body-template") -> None:
+        try:
+            self.template = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"not valid JSON ({exc.msg} at char {exc.pos})", key=source,
+                           value=text[:80]) from exc
+        for name in _PLACEHOLDER.findall(text):
+            if name not in PLACEHOLDERS:
+                raise BadInput("unknown placeholder", key=source, value="{{" + name + "}}",
+                               allowed=", ".join(PLACEHOLDERS))
+
+    def fill(self, values: dict[str, Any]) -> Any:
+        def walk(node: Any) -> Any:
+            if isinstance(node, str):
+                whole = _PLACEHOLDER.fullmatch(node)
+                if whole:
+                    return values[whole.group(1)]
+                return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), node)
+            if isinstance(node, list):
+                return [walk(v) for v in node]
+            if isinstance(node, dict):
+                return {k: walk(v) for k, v in node.items()}
+            return node
+
+        return walk(self.template)
+
+
+class HttpBackend:
+    name = "http"
+
+    def __init__(
+        self,
+        url: str,
+        api: str = "openai-completions",
+        *,
+        api_key_env: str | None = None,
+        model_name: dict[str, str] | None = None,
+        body_template: str | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = True,
+        ignore_eos: bool = True,
+        pool_size: int = 0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        if not url:
+            raise BadInput("the http backend needs --url", key="--url", value=url)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadInput("expected http://HOST[:PORT][/PATH] or https://...", key="--url",
+                           value=url)
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise BadInput("bad port", key="--url", value=url) from exc
+        if api not in APIS:
+            raise BadInput("unknown API", key="--api", value=api, allowed=", ".join(APIS))
+        self.api = api
+        self.url = url
+        self.host = parts.hostname
+        self.port = port or (443 if parts.scheme == "https" else 80)
+        path = parts.path.rstrip("/")
+        self.endpoint = url if path else url.rstrip("/") + DEFAULT_PATHS[api]
+        self.api_key_env = api_key_env
+        self._api_key: str | None = None
+        if api_key_env:
+            self._api_key = os.environ.get(api_key_env)
+            if not self._api_key:
+                raise BadInput("environment variable is not set or empty", key="--api-key-env",
+                               value=api_key_env)
+        self.template: BodyTemplate | None = None
+        self.template_text: str | None = None
+        if api == "json":
+            if not body_template:
+                raise BadInput("--api json needs --body-template JSON or @FILE",
+                               key="--body-template", value=body_template)
+            text = body_template
+            if body_template.startswith("@"):
+                path_ = Path(body_template[1:])
+                if not path_.is_file():
+                    raise BadInput("no such file", key="--body-template", value=body_template)
+                text = path_.read_text()
+            self.template = BodyTemplate(text)
+            self.template_text = text
+        elif body_template:
+            raise BadInput("only used with --api json", key="--body-template",
+                           value=body_template[:80])
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 0:
+            raise BadInput("must be an integer >= 0", key="pool_size", value=pool_size)
+        self.model_name = dict(model_name or {})
+        self.extra_headers = dict(headers or {})
+        self.stream = stream and api != "json"
+        self.ignore_eos = ignore_eos
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+        self._session = None
+        self._clock: RunClock | None = None
+        self._prompts: dict[int, str] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
+        import aiohttp
+
+        self._clock = clock
+        unknown = sorted(set(self.model_name) - {m.name for m in models})
+        if unknown:
+            raise BadInput("model not in the trace", key="--model-name", value=unknown[0],
+                           allowed=", ".join(m.name for m in models))
+        await self._probe()
+        headers = {"Content-Type": "application/json", **self.extra_headers}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0,
+                                         enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=headers,
+            # The dispatcher owns per-request timeouts (--timeout); only connecting is bounded.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
+        )
+
+    async def _probe(self) -> None:
+        """Open (and close) one TCP connection: an unreachable endpoint is bad input."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port),
+                                               self.connect_timeout_s)
+        except (TimeoutError, OSError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise BadInput(f"cannot connect ({reason})", key="--url", value=self.url) from exc
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": self.url, "endpoint": self.endpoint, "api": self.api,
+                "stream": self.stream, "ignore_eos": self.ignore_eos,
+                "pool_size": self.pool_size or "unlimited", "model_name": self.model_name,
+                "api_key_env": self.api_key_env, "header_names": sorted(self.extra_headers),
+                "body_template": self.template_text}
+
+    # -- one request -------------------------------------------------------------------------
+    def _prompt(self, seq_len: int) -> str:
+        prompt = self._prompts.get(seq_len)
+        if prompt is None:
+            prompt = self._prompts[seq_len] = synthetic_prompt(seq_len)
+        return prompt
+
+    def build_body(self, request: Request) -> Any:
+        served = self.model_name.get(request.model, request.model)
+        prompt = self._prompt(request.seq_len)
+        if self.template is not None:
+            return self.template.fill({
+                "request_id": request.request_id, "model": served,
+                "batch_size": request.batch_size, "seq_len": request.seq_len,
+                "max_new_tokens": request.max_new_tokens, "prompt": prompt})
+        body: dict[str, Any] = {"model": served,
+                                "max_tokens": max(1, request.max_new_tokens)}
+        if self.api == "openai-chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = [prompt] * request.batch_size if request.batch_size > 1 else prompt
+        if self.ignore_eos and request.max_new_tokens > 0:
+            body["ignore_eos"] = True
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def submit(self, request: Request) -> Outcome:
+        import aiohttp
+
+        body = self.build_body(request)
+        try:
+            async with self._session.post(self.endpoint, json=body) as resp:
+                if resp.status >= 400:
+                    text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS]
+                    return Outcome(status="error", error=f"HTTP {resp.status}: {text}",
+                                   worker=self.endpoint)
+                if self.stream:
+                    return await self._read_stream(resp)
+                payload = await resp.read()
+        except aiohttp.ClientError as exc:
+            return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500],
+                           worker=self.endpoint)
+        return Outcome(tokens_out=_usage_tokens(payload), worker=self.endpoint)
+
+    async def _read_stream(self, resp) -> Outcome:
+        now = self._clock.now
+        first = last = None
+        gaps: list[int] = []
+        chunks = 0
+        usage = None
+        async for raw in resp.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            t = now()
+            try:
+                event = json.loads(data)
+            except ValueError:
+                return Outcome(status="error", error=f"bad SSE chunk: {data[:200]!r}",
+                               worker=self.endpoint, first_token_ns=first)
+            if "error" in event:
+                return Outcome(status="error", error=f"stream error: {event['error']}"[:500],
+                               worker=self.endpoint, first_token_ns=first)
+            if event.get("usage"):
+                usage = event["usage"].get("completion_tokens")
+            if _has_text(event):
+                chunks += 1
+                if first is None:
+                    first = t
+                else:
+                    gaps.append(t - last)
+                last = t
+        return Outcome(first_token_ns=first, tokens_out=usage if usage is not None else chunks,
+                       itl_ns=gaps or None, worker=self.endpoint)
+
+
+def _has_text(event: dict) -> bool:
+    for choice in event.get("choices") or ():
+        if choice.get("text"):
+            return True
+        delta = choice.get("delta") or {}
+        if delta.get("content"):
+            return True
+    return False
+
+
+def _usage_tokens(payload: bytes) -> int | None:
+    try:
+        usage = json.loads(payload).get("usage") or {}
+    except (ValueError, AttributeError):
+        return None
+    value = usage.get("completion_tokens")
+    return value if isinstance(value, int) else None
+
+
+def from_options(opts: dict[str, Any]) -> HttpBackend:
+    """Build from CLI options: url, api, api_key_env, model_name {trace: served},
+    body_template, headers, stream, ignore_eos, pool_size (0 = unlimited)."""
+    return HttpBackend(
+        opts.get("url"), opts.get("api", "openai-completions"),
+        api_key_env=opts.get("api_key_env"), model_name=opts.get("model_name"),
+        body_template=opts.get("body_template"), headers=opts.get("headers"),
+        stream=opts.get("stream", True), ignore_eos=opts.get("ignore_eos", True),
+        pool_size=opts.get("pool_size", 0),
+    )

@@ -1,0 +1,369 @@
+"""The resident backend: zoo models kept loaded on one device, shared in one of four modes.
+
+    exclusive   one process (the dispatcher's), one executor thread: one request at a time across
+                all models — the no-sharing baseline
+    streams     one process, one executor thread and one CUDA stream per model (threads share
+                the GIL: the launch-bound throttling is measured in docs/resident.md)
+    timeslice   one worker process per model, no MPS: the GPU time-slices between contexts
+    mps         one worker process per model as clients of traceforge's own MPS daemon, with
+                optional per-model CUDA_MPS_ACTIVE_THREAD_PERCENTAGE (--sm-percent)
+
+Every mode uses :class:`~traceforge.backends.resident.executor.Executor` (FIFO + dynamic
+batching + CUDA-event timing + NVTX ranges), so ``exclusive``/``streams``/``timeslice`` on
+``--device cpu`` with tiny models exercise the GPU code path's logic in CI.
+
+``from_options(opts)`` validates everything it can before a run directory exists (bad flags,
+CUDA missing: BadInput, exit 2); ``start`` checks that the resident set fits in free GPU memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from traceforge.errors import BadInput
+from traceforge.replay.protocol import ModelInfo, Outcome, Request
+
+MODES = ("exclusive", "timeslice", "mps", "streams")
+PROCESS_MODES = ("timeslice", "mps")
+# Per-process CUDA context + allocator slack + activations, counted against free memory on top
+# of the weights (an H100 context with cuBLAS workspaces is ~0.5 GiB).
+PER_PROCESS_OVERHEAD_BYTES = 1 << 30
+WORKER_START_TIMEOUT_S = 600.0
+PING_SAMPLES = 200
+
+
+def from_options(opts: dict[str, Any]) -> ResidentBackend:
+    """Validate the CLI options (see INTERFACES.md) and return an unstarted backend."""
+    from traceforge.gpu.cuda import parse_device, require_cuda
+    from traceforge.zoo import get_entry
+
+    mode = opts.get("mode") or "exclusive"
+    if mode not in MODES:
+        raise BadInput("unknown mode", key="--mode", value=mode, allowed=", ".join(MODES))
+    device = opts.get("device") or "cpu"
+    kind, _ = parse_device(device)
+    max_batch = opts.get("max_batch") or 1
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
+    max_wait_ms = float(opts.get("max_wait_ms") or 0.0)
+    if max_wait_ms < 0:
+        raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    sm_percent = dict(opts.get("sm_percent") or {})
+    for model, pct in sm_percent.items():
+        if not isinstance(pct, int) or not 1 <= pct <= 100:
+            raise BadInput("must be an integer percentage 1..100", key=f"--sm-percent {model}",
+                           value=pct)
+    if sm_percent and mode != "mps":
+        raise BadInput("--sm-percent applies only to --mode mps", key="--sm-percent",
+                       value=",".join(f"{m}={p}" for m, p in sm_percent.items()))
+    zoo = dict(opts.get("zoo") or {})
+    for model, entry in zoo.items():
+        get_entry(entry, key=f"--zoo {model}")
+    if mode == "mps":
+        require_cuda(device if kind == "cuda" else "cpu", why="--mode mps")
+        if shutil.which("nvidia-cuda-mps-control") is None:
+            raise BadInput("nvidia-cuda-mps-control is not on PATH", key="--mode", value=mode)
+    elif kind == "cuda":
+        require_cuda(device)
+    return ResidentBackend(mode=mode, device=device, max_batch=max_batch,
+                           max_wait_ms=max_wait_ms, sm_percent=sm_percent, zoo=zoo,
+                           telemetry=bool(opts.get("telemetry", True)),
+                           run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0))
+
+
+class ResidentBackend:
+    name = "resident"
+
+    def __init__(self, *, mode: str = "exclusive", device: str = "cpu", max_batch: int = 1,
+                 max_wait_ms: float = 0.0, sm_percent: dict[str, int] | None = None,
+                 zoo: dict[str, str] | None = None, telemetry: bool = True,
+                 run_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
+        self.mode = mode
+        self.device = device
+        self.is_cuda = device.startswith("cuda")
+        self.cuda_index = int(device.split(":")[1]) if ":" in device else 0
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        self.sm_percent = sm_percent or {}
+        self.zoo_overrides = zoo or {}
+        self.telemetry_enabled = telemetry
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seed = seed
+        self.models: dict[str, str] = {}  # trace model -> zoo entry
+        self._executors: dict[str, Any] = {}  # trace model -> Executor (in-process modes)
+        self._workers: dict[str, Any] = {}  # trace model -> WorkerProcess (process modes)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._mps = None
+        self._sampler = None
+        self._tmp: Path | None = None
+        self._info: dict[str, Any] = {}
+        self._stopped = False
+
+    def bind_run_dir(self, run_dir: str | os.PathLike) -> None:
+        """Where telemetry.parquet and worker logs go (the dispatcher may call this)."""
+        self.run_dir = Path(run_dir)
+
+    # -- start -------------------------------------------------------------------------------
+    async def start(self, models: list[ModelInfo], clock) -> None:
+        from traceforge.zoo import get_entry, resident_bytes
+
+        self._loop = asyncio.get_running_loop()
+        self.clock = clock
+        for info in models:
+            entry = self.zoo_overrides.get(info.name) or info.zoo or info.name
+            get_entry(entry, key=f"--zoo {info.name}")
+            self.models[info.name] = entry
+        unknown = sorted(set(self.sm_percent) - set(self.models))
+        if unknown:
+            raise BadInput("not a model of this trace", key="--sm-percent", value=unknown[0],
+                           allowed=", ".join(self.models))
+        if self.is_cuda:
+            self._check_fits(resident_bytes(list(self.models.values()), self.device))
+        self._info["gpu"] = self._gpu_facts()
+        self._start_telemetry()
+        if self.mode in PROCESS_MODES:
+            await self._start_workers()
+        else:
+            await asyncio.to_thread(self._start_in_process)
+
+    def _check_fits(self, weights: int) -> None:
+        from traceforge.gpu.cuda import free_memory_bytes
+
+        processes = len(self.models) if self.mode in PROCESS_MODES else 1
+        need = weights + processes * PER_PROCESS_OVERHEAD_BYTES
+        free = free_memory_bytes(self.cuda_index)
+        if free is None:
+            import torch
+
+            free = torch.cuda.mem_get_info(self.cuda_index)[0]
+        self._info["memory_check"] = {"need_bytes": need, "free_bytes": free,
+                                      "weights_bytes": weights, "processes": processes}
+        if need > free:
+            names = ", ".join(f"{m}={z}" for m, z in self.models.items())
+            raise BadInput(
+                f"resident set ({names}) needs {need / 2**30:.1f} GiB "
+                f"({weights / 2**30:.1f} GiB weights + {processes} x 1 GiB per-process "
+                f"overhead) but {self.device} has {free / 2**30:.1f} GiB free",
+                key="--zoo", value=",".join(self.models.values()))
+
+    def _gpu_facts(self) -> dict[str, Any]:
+        if not self.is_cuda:
+            return {}
+        from traceforge.gpu.cuda import gpu_info
+
+        return gpu_info(self.cuda_index)
+
+    def _start_telemetry(self) -> None:
+        if not (self.is_cuda and self.telemetry_enabled):
+            return
+        from traceforge.gpu.telemetry import TelemetrySampler
+
+        self._sampler = TelemetrySampler(self.cuda_index, self.clock)
+        self._sampler.start()
+
+    def _start_in_process(self) -> None:
+        import torch
+
+        from traceforge.backends.resident.executor import Executor
+        from traceforge.backends.resident.worker import build_resident
+
+        if not self.is_cuda:
+            # Several executor threads on a few cores: keep torch from oversubscribing them.
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, len(self.models))))
+        loaded, info = build_resident(self.models, self.device, self.seed)
+        self._info["models"] = info
+        common = {"t0_ns": self.clock.t0_ns, "on_result": self._on_thread_result,
+                  "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms}
+        if self.mode == "exclusive":
+            executor = Executor(loaded, worker="exclusive", **common)
+            self._executors = dict.fromkeys(loaded, executor)
+            executor.start_thread()
+            return
+        for i, (name, model) in enumerate(loaded.items()):
+            stream = torch.cuda.Stream(device=self.device) if self.is_cuda else None
+            executor = Executor({name: model}, worker=f"stream-{name}",
+                                batch_id_base=i << 40, stream=stream, **common)
+            self._executors[name] = executor
+            executor.start_thread()
+
+    async def _start_workers(self) -> None:
+        from traceforge.backends.resident.process import WorkerProcess
+        from traceforge.gpu.mps import MpsDaemon, _child_env
+
+        self._tmp = Path(tempfile.mkdtemp(prefix="traceforge-workers-"))  # 0700
+        base_env = _child_env()
+        for var in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
+                    "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"):
+            base_env.pop(var, None)  # timeslice must not join anyone's MPS server
+        if self.mode == "mps":
+            self._mps = MpsDaemon()
+            await asyncio.to_thread(self._mps.start)
+        cpu_threads = max(1, (os.cpu_count() or 1) // max(1, len(self.models)))
+        for i, (name, zoo) in enumerate(self.models.items()):
+            env = dict(base_env)
+            if self._mps is not None:
+                env.update(self._mps.client_env(self.sm_percent.get(name)))
+            cfg = {"models": {name: zoo}, "device": self.device, "seed": self.seed + i,
+                   "t0_ns": self.clock.t0_ns, "worker": f"{self.mode}-{name}",
+                   "batch_id_base": i << 40, "max_batch": self.max_batch,
+                   "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads}
+            self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
+        # Models load in parallel: each worker builds on the device concurrently.
+        await asyncio.gather(*(w.start(WORKER_START_TIMEOUT_S) for w in self._workers.values()))
+        self._info["models"] = {n: {**w.info["models"][n], "pid": w.pid}
+                                for n, w in self._workers.items()}
+        if self._mps is not None:
+            pids = {n: w.pid for n, w in self._workers.items()}
+            self._info["mps_attach"] = await asyncio.to_thread(
+                self._mps.verify_attached, pids, self.cuda_index)
+        rtts: list[int] = []
+        for worker in self._workers.values():
+            rtts += await worker.ping_rtt_ns(PING_SAMPLES)
+        self._info["transport"] = {
+            "kind": "unix socketpair, multiprocessing Connection framing, pickled tuples",
+            "ping_rtt_us": _percentiles_us(rtts)}
+
+    # -- submit ------------------------------------------------------------------------------
+    def _on_thread_result(self, request_id: int, fields: dict[str, Any]) -> None:
+        # Executor thread → event loop: one thread-safe wake-up per result.
+        self._loop.call_soon_threadsafe(self._resolve, request_id, fields)
+
+    def _resolve(self, request_id: int, fields: dict[str, Any]) -> None:
+        fut = self._pending.pop(request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(fields)
+
+    async def submit(self, request: Request) -> Outcome:
+        from traceforge.backends.resident.executor import Job
+
+        model = request.model
+        if model not in self.models:
+            return Outcome(status="error", error=f"model {model!r} is not resident")
+        rid = request.request_id
+        if self.mode in PROCESS_MODES:
+            worker = self._workers[model]
+            fut = worker.submit((rid, model, request.batch_size, request.seq_len,
+                                 request.max_new_tokens))
+            try:
+                fields = await fut
+            finally:
+                worker.forget(rid)
+        else:
+            fut = self._loop.create_future()
+            self._pending[rid] = fut
+            self._executors[model].put(Job(rid, model, request.batch_size, request.seq_len,
+                                           request.max_new_tokens))
+            try:
+                fields = await fut
+            finally:
+                self._pending.pop(rid, None)
+        return Outcome(**fields)
+
+    # -- stop --------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            await self._stop_executors()
+            if self._workers:
+                await asyncio.gather(*(w.stop() for w in self._workers.values()),
+                                     return_exceptions=True)
+                self._keep_worker_logs()
+        finally:
+            if self._mps is not None:
+                await asyncio.to_thread(self._mps.quit)
+                self._info["mps"] = self._mps.describe()
+            self._finish_telemetry()
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+
+    async def _stop_executors(self) -> None:
+        executors = {id(e): e for e in self._executors.values()}.values()
+        stopped = {"status": "error", "error": "backend stopped before this request ran"}
+        for executor in executors:
+            for job in executor.stop():
+                self._resolve(job.request_id, {**stopped, "worker": executor.worker})
+        for executor in executors:
+            if executor.thread is not None:
+                await asyncio.to_thread(executor.thread.join, 60)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_result(stopped)
+        if self._executors and self.is_cuda:
+            self._executors.clear()
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _keep_worker_logs(self) -> None:
+        if self.run_dir is None or self._tmp is None:
+            return
+        for path in sorted(self._tmp.glob("worker-*.log")):
+            if path.stat().st_size:
+                with contextlib.suppress(OSError):
+                    (self.run_dir / "workers").mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, self.run_dir / "workers" / path.name)
+
+    def _finish_telemetry(self) -> None:
+        if self._sampler is None:
+            if self.is_cuda:
+                self._info["telemetry"] = {"note": "disabled"}
+            return
+        self._sampler.stop()
+        summary = self._sampler.summary()
+        if self.run_dir is not None and self._sampler.available:
+            self._sampler.write(self.run_dir / "telemetry.parquet")
+            summary["path"] = "telemetry.parquet"
+        elif self._sampler.available:
+            summary["note"] = "no run directory bound: telemetry kept in memory only"
+        self._info["telemetry"] = summary
+
+    def telemetry_table(self):
+        return None if self._sampler is None else self._sampler.table()
+
+    # -- describe ----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        versions = {"python": sys.version.split()[0]}
+        for pkg in ("torch", "transformers", "nvidia-ml-py"):
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions[pkg] = metadata.version(pkg)
+        if "torch" in sys.modules:
+            versions["torch_cuda"] = sys.modules["torch"].version.cuda
+        out: dict[str, Any] = {
+            "backend": self.name, "mode": self.mode, "device": self.device,
+            "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
+            "zoo": dict(self.models), "versions": versions, **self._info,
+        }
+        if self.mode == "mps":
+            out["sm_percent"] = {m: self.sm_percent.get(m, 100) for m in self.models}
+            if "mps" not in out and self._mps is not None:
+                out["mps"] = self._mps.describe()
+        if self.mode in PROCESS_MODES:
+            out["workers"] = {n: {"pid": w.pid, "end": w.dead_reason}
+                              for n, w in self._workers.items()}
+        if self.is_cuda and self._sampler is not None and "telemetry" not in out:
+            out["telemetry"] = {"note": self._sampler.note or "sampling"}
+        return out
+
+    def worker_pids(self) -> dict[str, int]:
+        return {n: w.pid for n, w in self._workers.items() if w.pid is not None}
+
+
+def _percentiles_us(values_ns: list[int]) -> dict[str, float]:
+    if not values_ns:
+        return {}
+    q = statistics.quantiles(values_ns, n=100, method="inclusive")
+    return {"p50": round(q[49] / 1e3, 1), "p99": round(q[98] / 1e3, 1),
+            "max": round(max(values_ns) / 1e3, 1), "n": len(values_ns)}
+

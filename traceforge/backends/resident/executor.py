@@ -1,0 +1,149 @@
+"""The executor: one thread that owns a FIFO of requests and runs them on resident models.
+
+The same class serves every mode: ``exclusive`` runs one executor for all models in the
+dispatcher's process; ``streams`` runs one per model there, each on its own CUDA stream;
+``timeslice`` and ``mps`` run one per model inside a worker process (worker.py). So the CPU tests
+exercise the code that runs on the GPU.
+
+Dynamic batching: the executor takes the oldest request, then gathers later requests *for the
+same model* until ``max_batch`` requests or until ``max_wait_ms`` after the oldest one reached
+the executor, and runs them as one batch (batch sizes summed, the longest seq_len and
+max_new_tokens: shorter members are padded, as in static batching). Every member gets the
+batch's times; ``tokens_out`` is its own ``batch_size × max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Job:
+    request_id: int
+    model: str
+    batch_size: int
+    seq_len: int
+    max_new_tokens: int
+    enqueued_ns: int = 0  # monotonic, set by put()
+
+
+# on_result(request_id, outcome_fields) — called from the executor thread.
+ResultCallback = Callable[[int, dict[str, Any]], None]
+
+
+class Executor:
+    def __init__(self, models: dict, *, t0_ns: int, on_result: ResultCallback, worker: str,
+                 batch_id_base: int = 0, max_batch: int = 1, max_wait_ms: float = 0.0,
+                 stream=None) -> None:
+        self.models = models  # model name (as in the trace) -> LoadedModel
+        self.t0_ns = t0_ns
+        self.on_result = on_result
+        self.worker = worker
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait_ns = int(max_wait_ms * 1e6)
+        self.stream = stream  # a torch.cuda.Stream (streams mode) or None
+        self._queue: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._next_batch = batch_id_base
+        self.thread: threading.Thread | None = None
+
+    # -- producer side -----------------------------------------------------------------------
+    def put(self, job: Job) -> None:
+        job.enqueued_ns = time.monotonic_ns()
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify()
+
+    def start_thread(self) -> None:
+        self.thread = threading.Thread(target=self.run_forever, name=f"executor-{self.worker}",
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> list[Job]:
+        """Stop after the batch in progress; returns the jobs that never ran."""
+        with self._cond:
+            self._stopping = True
+            left = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        return left
+
+    # -- executor thread ---------------------------------------------------------------------
+    def run_forever(self) -> None:
+        if self.stream is not None:
+            import torch
+
+            with torch.cuda.stream(self.stream):
+                self._loop()
+        else:
+            self._loop()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch_jobs()
+            if batch is None:
+                return
+            self._execute(batch)
+
+    def _next_batch_jobs(self) -> list[Job] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            head = self._queue.popleft()
+            batch = [head]
+            if self.max_batch == 1:
+                return batch
+            deadline = head.enqueued_ns + self.max_wait_ns
+            while True:
+                self._take_same_model(head.model, batch)
+                remaining = deadline - time.monotonic_ns()
+                if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
+                    return batch
+                self._cond.wait(remaining / 1e9)
+
+    def _take_same_model(self, model: str, batch: list[Job]) -> None:
+        # Called with the lock held. Other models' jobs keep their FIFO order.
+        keep: collections.deque[Job] = collections.deque()
+        while self._queue and len(batch) < self.max_batch:
+            job = self._queue.popleft()
+            (batch if job.model == model else keep).append(job)
+        keep.extend(self._queue)
+        self._queue = keep
+
+    def _execute(self, batch: list[Job]) -> None:
+        head = batch[0]
+        batch_id = self._next_batch
+        self._next_batch += 1
+        model = self.models.get(head.model)
+        common: dict[str, Any] = {"worker": self.worker, "batch_id": batch_id,
+                                  "batched_with": len(batch)}
+        try:
+            if model is None:
+                raise LookupError(f"model {head.model!r} is not resident in {self.worker}")
+            label = "req " + ",".join(str(j.request_id) for j in batch)
+            stats = model.run(sum(j.batch_size for j in batch),
+                              max(j.seq_len for j in batch),
+                              max(j.max_new_tokens for j in batch), label=label)
+        except Exception as exc:  # one failed request becomes an error row, never a crash
+            message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+            for job in batch:
+                self.on_result(job.request_id, {**common, "status": "error", "error": message})
+            return
+        t0 = self.t0_ns
+        first = None if stats.first_token_ns is None else stats.first_token_ns - t0
+        times = {"service_start_ns": stats.service_start_ns - t0,
+                 "service_end_ns": stats.service_end_ns - t0, "gpu_ns": stats.gpu_ns}
+        for job in batch:
+            generative = job.max_new_tokens > 0 and first is not None
+            self.on_result(job.request_id, {
+                **common, **times, "status": "ok",
+                "first_token_ns": first if generative else None,
+                "tokens_out": job.batch_size * job.max_new_tokens if generative else 0})

@@ -1,0 +1,176 @@
+"""Dispatcher-side handle of one worker process: start, submit, ping, detect death, stop.
+
+The socket is read by the event loop itself (``loop.add_reader``), so a result costs one
+wake-up and no thread hop. A worker that dies turns every request it held, and every later one,
+into an ``error`` result naming the exit status and the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from traceforge.errors import RunFailure
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "closed its connection while still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class WorkerProcess:
+    def __init__(self, name: str, cfg: dict[str, Any], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.cfg = cfg
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.conn: Connection | None = None
+        self.pending: dict[int, asyncio.Future] = {}
+        self.info: dict[str, Any] = {}
+        self.dead_reason: str | None = None
+        self._ready: asyncio.Future | None = None
+        self._pongs: dict[int, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    async def start(self, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "traceforge.backends.resident.worker",
+                 "--fd", str(child.fileno())],
+                pass_fds=[child.fileno()], env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self._ready = self._loop.create_future()
+        self._loop.add_reader(self.conn.fileno(), self._on_readable)
+        self.conn.send(("init", self.cfg))
+        try:
+            self.info = await asyncio.wait_for(self._ready, timeout_s)
+        except TimeoutError:
+            raise RunFailure(f"worker {self.name} (pid {self.pid}) not ready after "
+                             f"{timeout_s:.0f} s; log: {self.log_tail()}") from None
+
+    def submit(self, job: tuple) -> asyncio.Future:
+        fut = self._loop.create_future()
+        if self.dead_reason is not None:
+            fut.set_result({"status": "error", "error": self.dead_reason, "worker": self.name})
+            return fut
+        self.pending[job[0]] = fut
+        try:
+            self.conn.send(("job", job))
+        except OSError as exc:
+            self._died(f"send failed: {exc}")
+        return fut
+
+    def forget(self, request_id: int) -> None:
+        self.pending.pop(request_id, None)
+
+    async def ping_rtt_ns(self, n: int) -> list[int]:
+        """Round trips of an empty message through the worker's reader thread."""
+        rtts = []
+        for i in range(n):
+            fut = self._loop.create_future()
+            self._pongs[i] = fut
+            sent = time.perf_counter_ns()
+            self.conn.send(("ping", i))
+            await fut
+            rtts.append(time.perf_counter_ns() - sent)
+        return rtts
+
+    # -- event-loop reader -------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            while self.conn.poll():
+                msg = self.conn.recv()
+                tag = msg[0]
+                if tag == "result":
+                    fut = self.pending.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg[2])
+                elif tag == "pong":
+                    fut = self._pongs.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+                elif tag == "ready":
+                    if not self._ready.done():
+                        self._ready.set_result(msg[1])
+                elif tag == "fail":
+                    self._died(f"failed to start: {msg[1]}")
+        except (EOFError, OSError):
+            self._died(None)
+
+    def _died(self, reason: str | None) -> None:
+        if self.dead_reason is not None:
+            return
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.conn.fileno())
+        rc = None
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                rc = self.proc.wait(timeout=2)  # EOF came from its exit: this is immediate
+        what = reason or describe_exit(rc)
+        if self._stopping and reason is None:
+            what = "worker stopped"
+        tail = self.log_tail()
+        self.dead_reason = (f"worker {self.name} (pid {self.pid}) {what}"
+                            + (f"; stderr: {tail}" if tail and not self._stopping else ""))
+        err = {"status": "error", "error": self.dead_reason, "worker": self.name}
+        for fut in list(self.pending.values()) + list(self._pongs.values()):
+            if not fut.done():
+                fut.set_result(err)
+        self.pending.clear()
+        self._pongs.clear()
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(RunFailure(self.dead_reason))
+
+    def log_tail(self, n: int = 3) -> str:
+        with contextlib.suppress(OSError):
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+            return " | ".join(line.strip() for line in lines[-n:])[-600:]
+        return ""
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the worker to finish, then terminate/kill it; always reaps the process."""
+        self._stopping = True
+        if self.conn is not None and self.dead_reason is None:
+            with contextlib.suppress(OSError):
+                self.conn.send(("stop",))
+        if self.proc is not None:
+            for action in (None, self.proc.terminate, self.proc.kill):
+                if action is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        action()
+                try:
+                    await asyncio.to_thread(self.proc.wait, timeout_s if action is None else 5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.dead_reason is None:
+            self._died("stopped")
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.conn.fileno())
+            self.conn.close()

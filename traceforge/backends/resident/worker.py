@@ -1,0 +1,109 @@
+"""Worker process main (``timeslice`` and ``mps`` modes): ``python -m ...worker --fd N``.
+
+One process per model. The dispatcher hands over one end of a Unix socketpair (``--fd``) and
+talks pickled tuples over it with :class:`multiprocessing.connection.Connection` framing:
+
+    dispatcher → worker   ("init", cfg) · ("job", (request_id, model, batch, seq, new)) ·
+                          ("ping", n) · ("stop",)
+    worker → dispatcher   ("ready", info) · ("fail", message) · ("result", request_id, fields) ·
+                          ("pong", n)
+
+A reader thread feeds the executor's FIFO; the main thread runs the executor. EOF on the socket
+means the dispatcher is gone: the worker exits at once (``os._exit``), even mid-request, so it
+can never outlive its dispatcher.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+
+
+def warm_up(model) -> None:
+    """One small request per model, so CUDA/cuBLAS initialisation never lands in a timed one."""
+    entry = model.entry
+    seq = max(entry.min_side, 8) if entry.kind == "vision" else 8
+    new = 2 if entry.kind == "decoder" else 0
+    for _ in range(2):
+        model.run(1, seq, new, label="warmup")
+
+
+def build_resident(models: dict[str, str], device: str, seed: int) -> tuple[dict, dict]:
+    """Build and warm up ``{trace model: zoo entry}``; returns (loaded, info per model)."""
+    from traceforge.zoo import build_model
+
+    loaded, info = {}, {}
+    for i, (name, zoo) in enumerate(models.items()):
+        started = time.perf_counter()
+        model = build_model(zoo, device, seed=seed + i)
+        warm_up(model)
+        loaded[name] = model
+        info[name] = {"zoo": zoo, "params": model.entry.params, "dtype": model.dtype,
+                      "build_s": round(model.build_s, 3),
+                      "ready_s": round(time.perf_counter() - started, 3)}
+    return loaded, info
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the dispatcher
+    fd = int(argv[argv.index("--fd") + 1])
+    conn = Connection(fd)
+    send_lock = threading.Lock()
+
+    def send(msg) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    try:
+        kind, cfg = conn.recv()
+    except (EOFError, OSError):
+        return 0
+    assert kind == "init", kind
+    try:
+        import torch
+
+        from traceforge.backends.resident.executor import Executor, Job
+
+        if cfg["device"] == "cpu" and cfg.get("cpu_threads"):
+            torch.set_num_threads(cfg["cpu_threads"])
+        loaded, info = build_resident(cfg["models"], cfg["device"], cfg["seed"])
+    except Exception as exc:
+        send(("fail", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]))
+        return 1
+
+    executor = Executor(loaded, t0_ns=cfg["t0_ns"], worker=cfg["worker"],
+                        on_result=lambda rid, fields: send(("result", rid, fields)),
+                        batch_id_base=cfg["batch_id_base"], max_batch=cfg["max_batch"],
+                        max_wait_ms=cfg["max_wait_ms"])
+
+    def reader() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)  # the dispatcher is gone: never outlive it
+            tag = msg[0]
+            if tag == "job":
+                executor.put(Job(*msg[1]))
+            elif tag == "ping":
+                send(("pong", msg[1]))
+            elif tag == "stop":
+                executor.stop()
+                return
+
+    threading.Thread(target=reader, name="worker-reader", daemon=True).start()
+    cuda_mem = None
+    if cfg["device"].startswith("cuda"):
+        cuda_mem = int(torch.cuda.memory_allocated())
+    send(("ready", {"pid": os.getpid(), "models": info, "cuda_memory_allocated": cuda_mem}))
+    executor.run_forever()
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""``traceforge profile``: measure service times and co-run slowdowns for the simulator."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import typer
+
+from traceforge.errors import BadInput
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile_command)
+
+
+def _ints(text: str, key: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise BadInput("must be comma-separated integers", key=key, value=text) from exc
+
+
+def profile_command(
+    models: str = typer.Option(..., "--models", help="Zoo entries, comma-separated."),
+    out: Path = typer.Option(..., "-o", "--out", help="Profile JSON to write."),
+    device: str = typer.Option("cuda", "--device", help="cpu | cuda | cuda:N"),
+    modes: str | None = typer.Option(None, "--modes",
+                                     help="Sharing modes to measure (default: all the device "
+                                          "supports; the first also measures the grid)."),
+    batch_sizes: str = typer.Option("1,2,4,8", "--batch-sizes", help="Grid batch sizes."),
+    seq_lens: str = typer.Option("32,128,512", "--seq-lens", help="Grid seq_lens (text)."),
+    image_sides: str = typer.Option("224", "--image-sides", help="Grid image sides (vision)."),
+    new_tokens: int = typer.Option(16, "--new-tokens",
+                                   help="Tokens generated per generative grid request."),
+    repeats: int = typer.Option(10, "--repeats", help="Timed requests per grid point."),
+    warmup: int = typer.Option(3, "--warmup", help="Untimed requests before each point."),
+    corun_seconds: float = typer.Option(4.0, "--corun-seconds",
+                                        help="Length of each co-run phase."),
+    corun_sets: str = typer.Option("pairs+all", "--corun-sets", help="pairs+all | pairs | all"),
+    reference_batch: int = typer.Option(1, "--reference-batch",
+                                        help="Batch size of the reference/co-run requests."),
+    reference_seq: int = typer.Option(128, "--reference-seq",
+                                      help="seq_len of the reference/co-run requests."),
+    keep_runs: Path | None = typer.Option(None, "--keep-runs",
+                                          help="Keep every phase's run directory here."),
+) -> None:
+    """Measure a GPU (or CPU) profile for `traceforge simulate --profile`."""
+    from traceforge.schema import atomic_write
+    from traceforge.simulate.measure import ProfileSettings, measure_profile
+
+    settings = ProfileSettings(
+        models=[m.strip() for m in models.split(",") if m.strip()],
+        device=device,
+        modes=[m.strip() for m in modes.split(",") if m.strip()] if modes else None,
+        batch_sizes=_ints(batch_sizes, "--batch-sizes"),
+        seq_lens=_ints(seq_lens, "--seq-lens"),
+        image_sides=_ints(image_sides, "--image-sides"),
+        new_tokens=new_tokens, repeats=repeats, warmup=warmup, corun_seconds=corun_seconds,
+        corun_sets=corun_sets, reference_batch=reference_batch, reference_seq=reference_seq,
+        keep_runs=keep_runs,
+    ).validate()
+    if out.exists() and out.is_dir():
+        raise BadInput("is a directory", key="-o", value=str(out))
+    command = "traceforge profile " + " ".join(shlex.quote(a) for a in [
+        "--models", ",".join(settings.models), "--device", device,
+        "--modes", ",".join(settings.resolved_modes()),
+        "--batch-sizes", batch_sizes, "--seq-lens", seq_lens, "--image-sides", image_sides,
+        "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--warmup", str(warmup),
+        "--corun-seconds", f"{corun_seconds:g}", "--corun-sets", corun_sets,
+        "--reference-batch", str(reference_batch), "--reference-seq", str(reference_seq),
+        "-o", str(out)])
+    profile = measure_profile(settings, command=command,
+                              log=lambda line: typer.echo(line, err=True))
+    text = json.dumps(profile, indent=1, sort_keys=False)
+    atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
+    typer.echo(f"profile of {', '.join(settings.models)} on {profile['device'].get('name')} "
+               f"({profile['elapsed_s']} s) -> {out}")

@@ -1,0 +1,159 @@
+"""``traceforge replay TRACE -o RUN_DIR --backend null|http|resident [...]`` (CONTRACT.md).
+
+Everything is validated before anything is written: the trace, every flag, the backend's options
+and — inside ``run_replay`` — the run directory and ``backend.start`` (an unreachable URL). Exit
+codes: 0 complete, 1 failed, 2 bad input, 130 interrupted (the timeline so far is kept).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from traceforge.errors import BadInput
+
+BACKENDS = ("null", "http", "resident")
+
+
+def parse_mapping(text: str | None, flag: str, *, value_type=str) -> dict:
+    """``A=1,B=2`` -> {"A": 1, "B": 2}; every malformed item is a BadInput naming the flag."""
+    out: dict = {}
+    if not text:
+        return out
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise BadInput("expected MODEL=VALUE[,MODEL=VALUE...]", key=flag, value=text)
+        try:
+            out[key] = value_type(value)
+        except ValueError as exc:
+            raise BadInput(f"bad value for {key!r}", key=flag, value=value) from exc
+    return out
+
+
+def parse_headers(items: list[str] | None) -> dict[str, str]:
+    headers = {}
+    for item in items or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise BadInput("expected 'Name: value'", key="--header", value=item)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("replay")
+    def replay(
+        trace: Path = typer.Argument(..., help="Trace Parquet file."),
+        out: Path = typer.Option(..., "-o", "--out", help="Run directory to create."),
+        backend: str = typer.Option("null", "--backend", help="null | http | resident"),
+        time_scale: float = typer.Option(1.0, "--time-scale",
+                                         help="Multiply arrival times (2 = half the rate)."),
+        concurrency: int = typer.Option(None, "--concurrency",
+                                        help="Closed loop: N outstanding, arrival times ignored."),
+        max_inflight: int = typer.Option(None, "--max-inflight",
+                                         help="Open-loop cap; slot waits count in latency."),
+        timeout: float = typer.Option(None, "--timeout", help="Per-request timeout, seconds."),
+        warmup: float = typer.Option(0.0, "--warmup",
+                                     help="Seconds at the start whose rows are flagged warmup."),
+        progress: bool = typer.Option(None, "--progress/--no-progress",
+                                      help="Progress bar (default: on when stderr is a TTY)."),
+        pacer: str = typer.Option("spin", "--pacer", help="spin | thread | sleep (docs/replay.md)."),
+        event_loop: str = typer.Option("auto", "--event-loop", help="auto | asyncio | uvloop"),
+        # null
+        servers: int = typer.Option(1, "--servers", help="null: parallel servers per model."),
+        service_ms: float = typer.Option(10.0, "--service-ms", help="null: mean service time."),
+        service_dist: str = typer.Option("exp", "--service-dist", help="null: const | exp"),
+        seed: int = typer.Option(0, "--seed", help="null: service-time seed."),
+        # http
+        url: str = typer.Option(None, "--url", help="http: base URL of the endpoint."),
+        api: str = typer.Option("openai-completions", "--api",
+                                help="http: openai-completions | openai-chat | json"),
+        api_key_env: str = typer.Option(None, "--api-key-env",
+                                        help="http: environment variable holding the API key."),
+        model_name: str = typer.Option(None, "--model-name",
+                                       help="http: TRACE_MODEL=SERVED_NAME,... for the request."),
+        body_template: str = typer.Option(None, "--body-template",
+                                          help="http json: JSON template or @FILE."),
+        header: list[str] = typer.Option(None, "--header", help="http: extra 'Name: value'."),
+        stream: bool = typer.Option(True, "--stream/--no-stream",
+                                    help="http openai: SSE streaming (first token, ITL)."),
+        ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
+                                        help="http openai: ask for exactly max_new_tokens."),
+        # resident
+        mode: str = typer.Option("exclusive", "--mode",
+                                 help="resident: exclusive | timeslice | mps | streams"),
+        device: str = typer.Option("cpu", "--device", help="resident: cpu | cuda[:i]"),
+        sm_percent: str = typer.Option(None, "--sm-percent", help="resident mps: MODEL=P,..."),
+        max_batch: int = typer.Option(1, "--max-batch", help="resident: dynamic batch size."),
+        max_wait_ms: float = typer.Option(0.0, "--max-wait-ms",
+                                          help="resident: batching window."),
+        zoo: str = typer.Option(None, "--zoo", help="MODEL=ZOO_ENTRY,... (overrides the spec)."),
+        telemetry: bool = typer.Option(True, "--telemetry/--no-telemetry",
+                                       help="resident: NVML telemetry on GPU runs."),
+    ) -> None:
+        """Replay a trace open-loop at its exact times and record every request."""
+        from traceforge.replay import ReplayOptions, default_models, run_replay
+        from traceforge.replay.run import check_run_dir
+        from traceforge.replay.selfcheck import format_self_check
+        from traceforge.schema import read_trace
+
+        if backend not in BACKENDS:
+            raise BadInput("unknown backend", key="--backend", value=backend,
+                           allowed=", ".join(BACKENDS))
+        tr = read_trace(trace)
+        check_run_dir(out)
+        models = default_models(tr)
+        zoo_map = parse_mapping(zoo, "--zoo")
+        unknown = sorted(set(zoo_map) - {m.name for m in models})
+        if unknown:
+            raise BadInput("model not in the trace", key="--zoo", value=unknown[0],
+                           allowed=", ".join(m.name for m in models))
+        for m in models:
+            m.zoo = zoo_map.get(m.name, m.zoo)
+        options = ReplayOptions(
+            time_scale=time_scale, concurrency=concurrency, max_inflight=max_inflight,
+            timeout_s=timeout, warmup_s=warmup,
+            progress=sys.stderr.isatty() if progress is None else progress,
+            models=models, pacer=pacer, event_loop=event_loop,
+        ).validate()
+
+        if backend == "null":
+            from traceforge.backends.null import from_options
+
+            impl = from_options({"servers": servers, "service_ms": service_ms,
+                                 "service_dist": service_dist, "seed": seed})
+        elif backend == "http":
+            from traceforge.backends.http import from_options
+
+            impl = from_options({
+                "url": url, "api": api, "api_key_env": api_key_env,
+                "model_name": parse_mapping(model_name, "--model-name"),
+                "body_template": body_template, "headers": parse_headers(header),
+                "stream": stream, "ignore_eos": ignore_eos, "pool_size": options.inflight_cap or 0,
+            })
+        else:
+            from traceforge.backends.resident import from_options
+
+            impl = from_options({
+                "mode": mode, "device": device,
+                "sm_percent": parse_mapping(sm_percent, "--sm-percent", value_type=int),
+                "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                "zoo": {m.name: m.zoo for m in models if m.zoo},
+                "telemetry": telemetry,
+            })
+
+        try:
+            summary = run_replay(tr, out, impl, options)
+        except KeyboardInterrupt:  # Ctrl-C before the dispatcher took over the signal
+            typer.echo("interrupted before the replay started; nothing recorded", err=True)
+            raise typer.Exit(130) from None
+        counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "no rows"
+        typer.echo(f"{summary.status}: {counts} in {summary.duration_s:.1f} s -> {out}",
+                   err=True)
+        typer.echo(format_self_check(summary.self_check), err=True)
+        if summary.status == "interrupted":
+            raise typer.Exit(130)

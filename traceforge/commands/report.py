@@ -1,0 +1,99 @@
+"""``traceforge report RUN_DIR`` and ``traceforge compare RUN_A RUN_B ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from traceforge.errors import BadInput
+
+
+def _check_html_target(path: Path | None) -> None:
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInput("is a directory; expected an .html file path", source="--html",
+                       value=str(path))
+    if not path.parent.exists():
+        raise BadInput("parent directory does not exist", source="--html", value=str(path))
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained "
+                                              "HTML report to this file.")] = None,
+    warmup: Annotated[float | None, typer.Option(
+        "--warmup", help="Drop requests scheduled in the first S seconds.")] = None,
+    slo: Annotated[str | None, typer.Option(
+        "--slo", help="Per-model latency SLOs, MODEL=MS,... (overrides the trace spec).")] = None,
+    slo_from: Annotated[Path | None, typer.Option(
+        "--slo-from", help="Baseline run: SLO = --slo-factor × its p50 per model.")] = None,
+    slo_factor: Annotated[float, typer.Option(
+        "--slo-factor", help="Multiple of the baseline p50 used with --slo-from.")] = 5.0,
+    include_warmup: Annotated[bool, typer.Option(
+        "--include-warmup", help="Keep rows the replay flagged as warm-up.")] = False,
+) -> None:
+    """Latency tables (with bootstrap CIs), decomposition, SLOs and plots for one run."""
+    from traceforge.analyze.jsonable import to_json
+    from traceforge.analyze.report import build_report, parse_slo
+    from traceforge.analyze.rundata import load_run
+
+    slo_ms = parse_slo(slo) if slo is not None else None
+    if slo_from is not None and slo is not None:
+        raise BadInput("give either --slo or --slo-from, not both", source="--slo-from",
+                       value=str(slo_from))
+    _check_html_target(html)
+    run = load_run(run_dir)
+    result = build_report(run_dir, warmup_s=warmup, slo_ms=slo_ms, slo_from=slo_from,
+                          slo_factor=slo_factor, include_warmup_rows=include_warmup, run=run)
+    if html is not None:
+        from traceforge.analyze.html import write_html
+
+        write_html(run_dir, result, html, run=run)
+    if json_out:
+        typer.echo(to_json(result))
+        return
+    from traceforge.analyze.render import render_report
+
+    render_report(result)
+    if html is not None:
+        typer.echo(f"HTML report: {html}")
+
+
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories; each is "
+                                                   "compared against the first.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page with "
+                                              "CDF overlays.")] = None,
+    warmup: Annotated[float | None, typer.Option(
+        "--warmup", help="Drop requests scheduled in the first S seconds of each run.")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the "
+                                         "verdict.")] = 0.01,
+) -> None:
+    """Compare runs per common model (B over A): p50/p99, KS, Mann–Whitney, verdict."""
+    from traceforge.analyze.compare import compare_runs
+    from traceforge.analyze.jsonable import to_json
+
+    _check_html_target(html)
+    result = compare_runs(list(run_dirs), alpha=alpha, warmup_s=warmup)
+    if html is not None:
+        from traceforge.analyze.html import write_compare_html
+
+        write_compare_html(result, html, warmup_s=warmup)
+    if json_out:
+        typer.echo(to_json(result))
+        return
+    from traceforge.analyze.render import render_compare
+
+    render_compare(result)
+    if html is not None:
+        typer.echo(f"HTML comparison: {html}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("compare")(compare)

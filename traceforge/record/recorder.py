@@ -1,0 +1,216 @@
+"""The replay recorder: per-request results kept in preallocated numpy columns, flushed as parts.
+
+The dispatcher writes a finished request with :meth:`TimelineRecorder.complete` — a handful of
+numpy item assignments and one ``list.append`` (about 1 µs; ``benchmarks/bench_recorder.py``
+measures it against a bare list append). A background thread turns the finished indices into an
+Arrow table with vectorised ``take``s and writes ``timeline/part-NNNNNN.parquet`` at least every
+``flush_interval_s``, so a ``kill -9`` loses at most the last interval and the event loop never
+waits for Parquet encoding (pyarrow releases the GIL while it writes).
+
+Null handling: integer columns use the dtype's minimum as the "null" sentinel, masked out when the
+part is built; strings and the inter-token list live in sparse dicts (most rows have none).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from traceforge.record.writer import TimelineWriter
+from traceforge.schema import STATUSES, TIMELINE_SCHEMA
+
+NULL_I64 = np.iinfo(np.int64).min
+NULL_I32 = np.iinfo(np.int32).min
+PENDING = -1
+STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
+OK, ERROR, TIMEOUT, CANCELLED, DROPPED = (STATUS_CODE[s] for s in STATUSES)
+_STATUS_DICT = pa.array(list(STATUSES), pa.string())
+
+# Outcome attributes copied into int64 / int32 columns when not None.
+_I64_FIELDS = ("service_start_ns", "first_token_ns", "service_end_ns", "gpu_ns", "batch_id")
+_I32_FIELDS = ("batched_with", "tokens_out")
+
+
+class TimelineRecorder:
+    """Columns for every trace row; rows reach disk once :meth:`complete` marks them final.
+
+    ``scheduled_ns`` is shared with the dispatcher (closed loop fills it in as it goes);
+    ``sent_ns`` is written by the dispatcher directly (``recorder.sent_ns[i] = t``).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        *,
+        request_id: np.ndarray,
+        model_codes: np.ndarray,
+        model_names: list[str],
+        batch_size: np.ndarray,
+        seq_len: np.ndarray,
+        max_new_tokens: np.ndarray,
+        scheduled_ns: np.ndarray,
+        warmup_end_ns: int | None = None,
+        flush_interval_s: float = 0.5,
+        background: bool = True,
+    ) -> None:
+        n = len(request_id)
+        self.n = n
+        self.writer = TimelineWriter(run_dir, background=False)
+        self.request_id = np.asarray(request_id, np.int64)
+        self.model_codes = np.asarray(model_codes, np.int32)
+        self.model_dict = pa.array(model_names, pa.string())
+        self.batch_size = np.asarray(batch_size, np.int32)
+        self.seq_len = np.asarray(seq_len, np.int32)
+        self.max_new_tokens = np.asarray(max_new_tokens, np.int32)
+        self.scheduled_ns = scheduled_ns
+        self.warmup_end_ns = warmup_end_ns
+        self.sent_ns = np.full(n, NULL_I64, np.int64)
+        self.done_ns = np.full(n, NULL_I64, np.int64)
+        self.status = np.full(n, PENDING, np.int8)
+        self._i64 = {name: np.full(n, NULL_I64, np.int64) for name in _I64_FIELDS}
+        self._i32 = {name: np.full(n, NULL_I32, np.int32) for name in _I32_FIELDS}
+        self.error: dict[int, str] = {}
+        self.worker: dict[int, str] = {}
+        self.itl_ns: dict[int, list[int]] = {}
+        # Finished indices not yet on disk. Appended by the event loop; the flusher takes a
+        # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
+        self._finished: list[int] = []
+        self.rows_written = 0
+        self.flush_interval_s = flush_interval_s
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._flush_loop, name="timeline-flusher",
+                                            daemon=True)
+            self._thread.start()
+
+    # -- hot path (event loop) ---------------------------------------------------------------
+    def complete(self, i: int, status: int, done_ns: int | None, outcome=None,
+                 error: str | None = None) -> None:
+        """Mark row ``i`` final. ``outcome`` is a protocol ``Outcome`` or None."""
+        if done_ns is not None:
+            self.done_ns[i] = done_ns
+        if outcome is not None:
+            i64 = self._i64
+            for name in _I64_FIELDS:
+                value = getattr(outcome, name)
+                if value is not None:
+                    i64[name][i] = value
+            for name in _I32_FIELDS:
+                value = getattr(outcome, name)
+                if value is not None:
+                    self._i32[name][i] = value
+            if outcome.worker is not None:
+                self.worker[i] = outcome.worker
+            if outcome.itl_ns is not None:
+                self.itl_ns[i] = outcome.itl_ns
+            if error is None:
+                error = outcome.error
+        if error is not None:
+            self.error[i] = error
+        self.status[i] = status
+        self._finished.append(i)
+
+    def finalize_pending(self, due: np.ndarray, *, cancelled_msg: str, dropped_msg: str) -> dict:
+        """Give every due row that never finished a final status, vectorised.
+
+        Sent but unanswered rows become ``cancelled``, unsent ones ``dropped``. Returns the
+        number of each.
+        """
+        pending = np.flatnonzero((self.status == PENDING) & due)
+        sent = self.sent_ns[pending] != NULL_I64
+        cancelled, dropped = pending[sent], pending[~sent]
+        self.status[cancelled] = CANCELLED
+        self.status[dropped] = DROPPED
+        for i in cancelled.tolist():
+            self.error[i] = cancelled_msg
+        for i in dropped.tolist():
+            self.error[i] = dropped_msg
+        self._finished.extend(pending.tolist())
+        return {"cancelled": int(cancelled.size), "dropped": int(dropped.size)}
+
+    # -- flushing (background thread) --------------------------------------------------------
+    def flush(self) -> int:
+        """Write every finished row not yet on disk as one part; returns the row count."""
+        with self._flush_lock:
+            k = len(self._finished)
+            if k == 0:
+                return 0
+            idx = np.array(self._finished[:k], dtype=np.int64)
+            del self._finished[:k]
+            idx.sort()
+            table = self._build(idx)
+            self.writer.write_part(table)
+            self.rows_written += k
+            return k
+
+    def _build(self, idx: np.ndarray) -> pa.Table:
+        def i64(values: np.ndarray) -> pa.Array:
+            return pa.array(values, pa.int64(), mask=values == NULL_I64)
+
+        def i32(values: np.ndarray) -> pa.Array:
+            return pa.array(values, pa.int32(), mask=values == NULL_I32)
+
+        def sparse(d: dict, typ: pa.DataType) -> pa.Array:
+            if not d:
+                return pa.nulls(len(idx), typ)
+            return pa.array([d.pop(i, None) for i in idx.tolist()], typ)
+
+        scheduled = self.scheduled_ns[idx]
+        if self.warmup_end_ns is None:
+            warmup = np.zeros(len(idx), bool)
+        else:
+            warmup = scheduled < self.warmup_end_ns
+        models = pa.DictionaryArray.from_arrays(pa.array(self.model_codes[idx]), self.model_dict)
+        status = pa.DictionaryArray.from_arrays(pa.array(self.status[idx].astype(np.int32)),
+                                                _STATUS_DICT)
+        columns = {
+            "request_id": pa.array(self.request_id[idx], pa.int64()),
+            "model": models.cast(pa.string()),
+            "batch_size": pa.array(self.batch_size[idx], pa.int32()),
+            "seq_len": pa.array(self.seq_len[idx], pa.int32()),
+            "max_new_tokens": pa.array(self.max_new_tokens[idx], pa.int32()),
+            "scheduled_ns": pa.array(scheduled, pa.int64()),
+            "sent_ns": i64(self.sent_ns[idx]),
+            "service_start_ns": i64(self._i64["service_start_ns"][idx]),
+            "first_token_ns": i64(self._i64["first_token_ns"][idx]),
+            "service_end_ns": i64(self._i64["service_end_ns"][idx]),
+            "done_ns": i64(self.done_ns[idx]),
+            "status": status.cast(pa.string()),
+            "error": sparse(self.error, pa.string()),
+            "gpu_ns": i64(self._i64["gpu_ns"][idx]),
+            "batch_id": i64(self._i64["batch_id"][idx]),
+            "batched_with": i32(self._i32["batched_with"][idx]),
+            "tokens_out": i32(self._i32["tokens_out"][idx]),
+            "worker": sparse(self.worker, pa.string()),
+            "warmup": pa.array(warmup, pa.bool_()),
+            "itl_ns": sparse(self.itl_ns, pa.list_(pa.int64())),
+        }
+        return pa.table(columns, schema=TIMELINE_SCHEMA)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            try:
+                self.flush()
+            except BaseException as exc:  # surfaced by close(); never kill the run silently
+                self._error = exc
+                return
+
+    def close(self) -> None:
+        """Stop the flusher and write what is left; re-raises a flusher failure."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+        if self._error is not None:
+            raise self._error
+
+    # -- summaries ---------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        codes = np.bincount(self.status[self.status >= 0], minlength=len(STATUSES))
+        return {name: int(codes[k]) for k, name in enumerate(STATUSES) if codes[k]}

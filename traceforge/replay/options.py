@@ -1,0 +1,102 @@
+"""Replay configuration and result: small value classes validated once, at the edge."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from traceforge.errors import BadInput
+from traceforge.replay.protocol import ModelInfo
+
+PACERS = ("spin", "thread", "sleep")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
+@dataclass
+class ReplayOptions:
+    """How to replay a trace. Flag names in errors match the CLI (``--max-inflight``...).
+
+    ``pacer`` picks how the dispatcher waits for a send time (docs/replay.md): ``spin`` (default:
+    loop sleep to ~``spin_margin_ms`` before the target, then yield-spin on the monotonic
+    clock), ``thread`` (a pacing thread wakes the loop), ``sleep`` (plain ``asyncio.sleep`` to the
+    absolute target: the baseline, and the right choice in virtual-time tests).
+    """
+
+    time_scale: float = 1.0
+    concurrency: int | None = None
+    max_inflight: int | None = None
+    timeout_s: float | None = None
+    warmup_s: float = 0.0
+    progress: bool = False
+    models: list[ModelInfo] | None = None
+    pacer: str = "spin"
+    spin_margin_ms: float = 1.5
+    flush_interval_s: float = 0.5
+    start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
+    print_self_check: bool = False
+    event_loop: str = "auto"  # run_replay only: uvloop when installed, else asyncio
+
+    def validate(self) -> ReplayOptions:
+        def positive(name: str, value: float | None, *, integer: bool = False) -> None:
+            if value is None:
+                return
+            bad = (not isinstance(value, (int, float)) or isinstance(value, bool)
+                   or not math.isfinite(value) or value <= 0
+                   or (integer and int(value) != value))
+            if bad:
+                raise BadInput("must be a positive " + ("integer" if integer else "number"),
+                               key=name, value=value)
+
+        positive("--time-scale", self.time_scale)
+        positive("--concurrency", self.concurrency, integer=True)
+        positive("--max-inflight", self.max_inflight, integer=True)
+        positive("--timeout", self.timeout_s)
+        if (not isinstance(self.warmup_s, (int, float)) or not math.isfinite(self.warmup_s)
+                or self.warmup_s < 0):
+            raise BadInput("must be >= 0", key="--warmup", value=self.warmup_s)
+        if self.concurrency is not None and self.max_inflight is not None:
+            raise BadInput("--concurrency (closed loop) and --max-inflight (open loop cap) "
+                           "exclude each other", key="--max-inflight", value=self.max_inflight)
+        if self.pacer not in PACERS:
+            raise BadInput("unknown pacer", key="--pacer", value=self.pacer,
+                           allowed=", ".join(PACERS))
+        if self.event_loop not in EVENT_LOOPS:
+            raise BadInput("unknown event loop", key="--event-loop", value=self.event_loop,
+                           allowed=", ".join(EVENT_LOOPS))
+        if self.event_loop == "uvloop":
+            import importlib.util
+
+            if importlib.util.find_spec("uvloop") is None:
+                raise BadInput("uvloop is not installed (pip install uvloop)",
+                               key="--event-loop", value="uvloop")
+        if not (0 <= self.spin_margin_ms <= 100):
+            raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
+        if not (0 < self.flush_interval_s <= 1.0):
+            raise BadInput("must be in (0, 1] (parts are closed at least every second)",
+                           key="flush_interval_s", value=self.flush_interval_s)
+        return self
+
+    @property
+    def loop_mode(self) -> str:
+        return "closed" if self.concurrency else "open"
+
+    @property
+    def inflight_cap(self) -> int | None:
+        return self.concurrency or self.max_inflight
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["models"] = None if self.models is None else [asdict(m) for m in self.models]
+        out["loop"] = self.loop_mode
+        return out
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    status: str  # complete | interrupted | failed
+    counts: dict[str, int] = field(default_factory=dict)
+    self_check: dict[str, Any] = field(default_factory=dict)
+    duration_s: float = 0.0

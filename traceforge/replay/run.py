@@ -1,0 +1,254 @@
+"""One replay run, end to end: validate, start the backend, dispatch, record, self-check.
+
+Order matters for the "bad input writes nothing" rule: options, the run directory and the backend
+(``start`` may raise ``BadInput``, e.g. an unreachable URL) are all checked before the first byte
+is written. From then on every outcome — complete, interrupted (SIGINT/SIGTERM), failed — ends
+with the timeline flushed and ``run.json`` finalised.
+
+The run clock starts (``t0``) before ``backend.start`` so that backends can hand it to worker
+processes; the schedule starts at ``schedule_origin_ns`` on that clock, a few ms after the backend
+is ready, and ``scheduled_ns = schedule_origin_ns + round(arrival_ns × time_scale)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traceforge.clock import RunClock
+from traceforge.errors import BadInput, RunFailure
+from traceforge.record.manifest import RunManifest
+from traceforge.record.recorder import NULL_I64, TimelineRecorder
+from traceforge.replay.dispatcher import Dispatcher
+from traceforge.replay.options import ReplayOptions, RunSummary
+from traceforge.replay.pacing import make_pacer
+from traceforge.replay.protocol import Backend, ModelInfo
+from traceforge.replay.selfcheck import format_self_check, self_check
+from traceforge.schema import Trace, sha256_file
+
+
+def default_models(trace: Trace) -> list[ModelInfo]:
+    """One ModelInfo per trace model; ``zoo`` from the spec kept in the trace metadata."""
+    spec_models = ((trace.meta or {}).get("spec") or {}).get("models") or {}
+    out = []
+    for name in trace.models:
+        entry = spec_models.get(name)
+        zoo = entry.get("zoo") if isinstance(entry, dict) else None
+        out.append(ModelInfo(name=name, zoo=zoo))
+    return out
+
+
+def check_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadInput("exists and is not a directory", key="-o", value=str(run_dir))
+    if (run_dir / "run.json").exists() or any((run_dir / "timeline").glob("part-*.parquet")):
+        raise BadInput("already holds a run (choose a new directory)", key="-o",
+                       value=str(run_dir))
+
+
+def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
+               options: ReplayOptions | None = None) -> RunSummary:
+    """Synchronous entry point: owns the event loop (uvloop when installed and asked for)."""
+    options = (options or ReplayOptions()).validate()
+    factory = None
+    if options.event_loop in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            factory = None  # "uvloop" was checked by validate(); "auto" falls back silently
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(replay_async(trace, run_dir, backend, options))
+
+
+async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
+                       options: ReplayOptions | None = None, *,
+                       clock: RunClock | None = None) -> RunSummary:
+    """Replay ``trace`` against ``backend`` into ``run_dir``. ``clock`` is injectable for tests
+    (a virtual-time loop passes a clock that reads the loop's time)."""
+    options = (options or ReplayOptions()).validate()
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir)
+    models = options.models or default_models(trace)
+    known = {m.name for m in models}
+    missing = [m for m in trace.models if m not in known]
+    if missing:
+        raise BadInput("trace models without a model entry", key="models",
+                       value=",".join(missing), allowed=",".join(sorted(known)))
+    trace_info = {"path": str(trace.path) if trace.path else None,
+                  "sha256": sha256_file(trace.path) if trace.path else None,
+                  "rows": trace.table.num_rows, "meta": trace.meta}
+
+    table = trace.table
+    encoded = table.column("model").combine_chunks().dictionary_encode()
+    model_names = encoded.dictionary.to_pylist()
+    arrival_ns = table.column("arrival_ns").to_numpy()
+
+    clock = clock or RunClock()
+    try:
+        await backend.start(models, clock)
+    except BaseException:
+        await backend.stop()
+        raise
+
+    # -- from here on we write -----------------------------------------------------------------
+    loop = asyncio.get_running_loop()
+    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    if options.concurrency:
+        scheduled = np.full(len(arrival_ns), origin_ns, np.int64)
+    else:
+        scheduled = origin_ns + np.rint(arrival_ns * options.time_scale).astype(np.int64)
+    recorder = TimelineRecorder(
+        run_dir,
+        request_id=table.column("request_id").to_numpy(),
+        model_codes=encoded.indices.to_numpy(zero_copy_only=False),
+        model_names=model_names,
+        batch_size=table.column("batch_size").to_numpy(),
+        seq_len=table.column("seq_len").to_numpy(),
+        max_new_tokens=table.column("max_new_tokens").to_numpy(),
+        scheduled_ns=scheduled,
+        warmup_end_ns=origin_ns + int(options.warmup_s * 1e9) if options.warmup_s else None,
+        flush_interval_s=options.flush_interval_s,
+    )
+    describe = _safe_describe(backend)
+    manifest = RunManifest(
+        run_dir,
+        backend=backend.name,
+        backend_info=describe,
+        **{k: describe[k] for k in ("mode", "device", "gpu") if k in describe},
+        options=options.to_json(),
+        trace=trace_info,
+        models=[{"name": m.name, "zoo": m.zoo} for m in models],
+        run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
+                   "schedule_origin_ns": origin_ns, "time_scale": options.time_scale},
+    )
+    manifest.write()
+
+    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
+    dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
+                            model_names=model_names, closed_loop=bool(options.concurrency),
+                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s)
+    received: list[str] = []
+    installed = _install_signal_handlers(loop, dispatcher, received)
+    progress_task = (loop.create_task(_show_progress(dispatcher))
+                     if options.progress and len(arrival_ns) else None)
+    status, failure = "complete", None
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()  # keep the setup's objects out of every GC pass during the run
+    try:
+        await dispatcher.run()
+        if dispatcher.stopping:
+            status = "interrupted"
+    except Exception as exc:  # a dispatcher or recorder bug: record it, keep what we have
+        status, failure = "failed", exc
+        dispatcher.interrupt()
+        await dispatcher.drain()
+    finally:
+        gc.unfreeze()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        if progress_task is not None:
+            progress_task.cancel()
+            await asyncio.gather(progress_task, return_exceptions=True)
+        pacer.close()
+        try:
+            await backend.stop()
+        except Exception as exc:
+            if failure is None:
+                status, failure = "failed", exc
+    duration_s = time.perf_counter() - started
+
+    finals = recorder.finalize_pending(dispatcher.due_mask(),
+                                       cancelled_msg="cancelled: run interrupted",
+                                       dropped_msg="not sent before the run stopped")
+    try:
+        recorder.close()
+    except Exception as exc:
+        status, failure = "failed", failure or exc
+    sent_mask = recorder.sent_ns != NULL_I64
+    check = self_check(
+        scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
+        ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns), sent_mask=sent_mask,
+        slot_waits=dispatcher.slot_waits, closed_loop=bool(options.concurrency),
+        pacer=pacer.name, event_loop=type(loop).__module__.split(".")[0],
+    )
+    counts = recorder.counts()
+    extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
+                             "rows_written": recorder.rows_written,
+                             "not_due": int(len(arrival_ns) - recorder.rows_written)}
+    if received:
+        extra["interrupted_by"] = received[0]
+    if finals["dropped"]:
+        extra["dropped_unsent"] = finals["dropped"]
+    if failure is not None:
+        extra["error"] = f"{type(failure).__name__}: {failure}"
+    manifest.finish(status, **extra)
+    summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
+                         duration_s=duration_s)
+    if options.print_self_check:
+        print(format_self_check(check), file=sys.stderr)
+    if failure is not None:
+        raise RunFailure(f"replay failed: {type(failure).__name__}: {failure} "
+                         f"(partial timeline kept in {run_dir})") from failure
+    return summary
+
+
+def _safe_describe(backend: Backend) -> dict[str, Any]:
+    try:
+        info = backend.describe()
+    except Exception as exc:  # describing must never sink a run
+        return {"describe_error": f"{type(exc).__name__}: {exc}"}
+    return dict(info) if isinstance(info, dict) else {"describe": str(info)}
+
+
+def _install_signal_handlers(loop, dispatcher: Dispatcher, received: list[str]) -> list[int]:
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        def handler(sig=sig) -> None:
+            received.append(signal.Signals(sig).name)
+            dispatcher.interrupt()
+
+        try:
+            loop.add_signal_handler(sig, handler)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread / Windows
+            continue
+        installed.append(sig)
+    return installed
+
+
+async def _show_progress(dispatcher: Dispatcher) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("sent {task.fields[sent]}  in flight {task.fields[inflight]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    # Refreshed from this task 4x a second, never per request.
+    with Progress(*columns, transient=False, auto_refresh=False) as progress:
+        task = progress.add_task("replay", total=dispatcher.n, sent=0, inflight=0)
+        try:
+            while True:
+                progress.update(task, completed=dispatcher.completed,
+                                sent=dispatcher.next_index,
+                                inflight=dispatcher.next_index - dispatcher.completed)
+                progress.refresh()
+                await asyncio.sleep(0.25)
+        finally:
+            progress.update(task, completed=dispatcher.completed, sent=dispatcher.next_index,
+                            inflight=dispatcher.next_index - dispatcher.completed)
+            progress.refresh()

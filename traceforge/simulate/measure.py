@@ -1,0 +1,595 @@
+"""The measuring code behind ``traceforge profile``: service grids and co-run slowdowns.
+
+Everything is measured through the public replay API and the resident backend, so a profile
+holds exactly what a replay measures: each phase is a closed-loop ``replay_async`` run of a
+synthetic trace, and service times are read from its timeline (``service_end_ns -
+service_start_ns``). Per sharing mode the backend starts once (models load once) and a thin
+wrapper (:class:`_KeepStarted`) lets every phase's replay "start" and "stop" it without reloading,
+shifting the worker-side times onto each phase's run clock.
+
+Phases, per mode:
+
+1. grid (first mode only): every model alone (``concurrency=1``), ``warmup`` + ``repeats``
+   requests per batch size x seq_len point; generative models generate ``new_tokens`` tokens,
+   which gives time to first token and per-token decode time;
+2. reference: every model alone at its reference shape: the mode's alone time (relative to the
+   grid: ``alone_scale``) and transport overheads (``service_start - sent``, ``done -
+   service_end``, medians);
+3. co-run (not in ``exclusive``): each pair and the full set at the reference shapes,
+   ``concurrency = len(set)``, rows interleaved in proportion to 1/alone time so every model
+   stays about equally busy. The slowdown is estimated by :func:`estimate_slowdowns`, which
+   inverts the simulator's own processor-sharing model over the measured busy intervals, so a
+   co-run with imperfect overlap still gives an unbiased slowdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import math
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from traceforge.errors import BadInput, RunFailure
+from traceforge.schema import TRACE_SCHEMA, read_trace, write_trace
+from traceforge.simulate.profile import MODES, PROFILE_SCHEMA_ID, corun_key
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ProfileSettings:
+    models: list[str]  # zoo entries
+    device: str = "cuda"
+    modes: list[str] | None = None  # default: every mode the device supports
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    seq_lens: list[int] = field(default_factory=lambda: [32, 128, 512])
+    image_sides: list[int] = field(default_factory=lambda: [224])  # seq_len axis for vision
+    new_tokens: int = 16  # tokens generated per generative request in the grid
+    repeats: int = 10  # timed requests per grid point / reference phase
+    warmup: int = 3  # untimed requests first
+    corun_seconds: float = 4.0  # target length of each co-run phase
+    corun_sets: str = "pairs+all"  # pairs+all | all | pairs
+    reference_batch: int = 1
+    reference_seq: int = 128
+    reference_new_tokens: int | None = None  # default: new_tokens
+    keep_runs: Path | None = None  # keep every phase's run directory here
+
+    def resolved_modes(self) -> list[str]:
+        if self.modes:
+            return list(self.modes)
+        if self.device.startswith("cuda"):
+            return list(MODES)
+        return ["exclusive", "timeslice", "streams"]
+
+    def validate(self) -> ProfileSettings:
+        if not self.models:
+            raise BadInput("at least one model is needed", key="--models", value="")
+        if len(set(self.models)) != len(self.models):
+            raise BadInput("models repeat", key="--models", value=",".join(self.models))
+        for m in self.resolved_modes():
+            if m not in MODES:
+                raise BadInput("unknown mode", key="--modes", value=m, allowed=", ".join(MODES))
+        for key, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens),
+                            ("--image-sides", self.image_sides)):
+            if not values or any(v < 1 for v in values) or sorted(set(values)) != list(values):
+                raise BadInput("must be increasing integers >= 1", key=key,
+                               value=",".join(map(str, values)))
+        for key, value, low in (("--new-tokens", self.new_tokens, 2),
+                                ("--repeats", self.repeats, 2), ("--warmup", self.warmup, 0),
+                                ("--reference-batch", self.reference_batch, 1),
+                                ("--reference-seq", self.reference_seq, 1)):
+            if value < low:
+                raise BadInput(f"must be >= {low}", key=key, value=value)
+        if not self.corun_seconds > 0:
+            raise BadInput("must be > 0", key="--corun-seconds", value=self.corun_seconds)
+        if self.corun_sets not in ("pairs+all", "pairs", "all"):
+            raise BadInput("unknown co-run set choice", key="--corun-sets",
+                           value=self.corun_sets, allowed="pairs+all, pairs, all")
+        return self
+
+    def corun_groups(self) -> list[tuple[str, ...]]:
+        names = sorted(self.models)
+        groups: list[tuple[str, ...]] = []
+        if "pairs" in self.corun_sets:
+            groups += list(itertools.combinations(names, 2))
+        if "all" in self.corun_sets and (len(names) > 2 or not groups) and len(names) > 1:
+            groups.append(tuple(names))
+        return groups
+
+
+# -- estimation (pure functions, tested without a GPU) ------------------------------------------
+
+def busy_segments(intervals: dict[str, tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Cut time into elementary segments on which the set of busy models is constant.
+
+    ``intervals[m] = (start_ns, end_ns)``: model ``m``'s service intervals (disjoint: one worker
+    per model). Returns segment midpoints and durations, the busy bitmask of each segment (bit i = names[i]) and
+    the sorted names.
+    """
+    names = sorted(intervals)
+    bounds = np.unique(np.concatenate([np.concatenate(intervals[m]) for m in names]))
+    if bounds.size < 2:
+        return np.empty(0), np.empty(0), np.empty(0, np.int64), names
+    mid = (bounds[:-1] + bounds[1:]) / 2.0
+    mask = np.zeros(mid.size, np.int64)
+    for bit, m in enumerate(names):
+        start, end = (np.asarray(a, np.float64) for a in intervals[m])
+        order = np.argsort(start, kind="stable")
+        start, end = start[order], end[order]
+        idx = np.searchsorted(start, mid, side="right") - 1
+        inside = (idx >= 0) & (mid < end[np.maximum(idx, 0)])
+        mask |= inside.astype(np.int64) << bit
+    return mid, np.diff(bounds).astype(np.float64), mask, names
+
+
+def estimate_slowdowns(intervals: dict[str, tuple[np.ndarray, np.ndarray]],
+                       alone_ns: dict[str, float],
+                       known: Callable[[str, list[str]], float],
+                       counted: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, Any]]:
+    """Slowdown of each model while *all* the others in ``intervals`` are busy.
+
+    The simulator's model: a request needs ``alone_ns`` of work and progresses at rate
+    ``1/slowdown(m, busy set)``. Over the counted requests of ``m``, the work done equals the
+    time spent under each busy set divided by that set's slowdown; every set but the full one is
+    ``known(m, busy)`` (1 alone, pairs measured earlier), which leaves one unknown:
+
+        sum(alone) = sum_{U != full} T_U / known(U) + T_full / slowdown_full
+
+    ``counted[m]``: boolean per interval of ``m`` (default all); uncounted intervals still make
+    the others busy. Returns ``{m: {"slowdown", "overlap", "requests"}}`` where ``overlap`` is
+    T_full over m's total busy time (how much evidence there is).
+    """
+    mids, durations, masks, names = busy_segments(intervals)
+    full = (1 << len(names)) - 1
+    out: dict[str, dict[str, Any]] = {}
+    for m in names:
+        start, end = (np.asarray(a, np.float64) for a in intervals[m])
+        keep = np.ones(start.size, bool) if counted is None else np.asarray(counted[m], bool)
+        # Segments inside a counted interval of m.
+        order = np.argsort(start, kind="stable")
+        s_sorted, e_sorted, keep_sorted = start[order], end[order], keep[order]
+        idx = np.searchsorted(s_sorted, mids, side="right") - 1
+        ok = idx >= 0
+        j = np.maximum(idx, 0)
+        in_m = ok & (mids < e_sorted[j]) & keep_sorted[j]
+        seg_masks = masks[in_m]
+        seg_dur = durations[in_m]
+        work = float(keep.sum()) * float(alone_ns[m])
+        explained = 0.0
+        t_full = 0.0
+        for mask in np.unique(seg_masks):
+            t = float(seg_dur[seg_masks == mask].sum())
+            if mask == full:
+                t_full = t
+                continue
+            busy = [names[i] for i in range(len(names)) if mask >> i & 1]
+            explained += t / known(m, busy)
+        total = float(seg_dur.sum())
+        left = work - explained
+        if t_full <= 0:
+            slowdown = math.nan
+        elif left <= 0:
+            slowdown = math.inf
+        else:
+            slowdown = t_full / left
+        out[m] = {"slowdown": slowdown, "overlap": t_full / total if total else 0.0,
+                  "requests": int(keep.sum())}
+    return out
+
+
+def interleave(alone_ns: dict[str, float], seconds: float, *, minimum: int = 8,
+               maximum: int = 20000) -> list[str]:
+    """Row order for a co-run: model m's i-th row at virtual time (i + 1/2) x alone_ns[m], so
+    that in a closed loop every model keeps about one request in flight."""
+    keys: list[tuple[float, int, str]] = []
+    span = seconds * 1e9 / max(len(alone_ns), 1)
+    for k, (m, a) in enumerate(sorted(alone_ns.items())):
+        n = int(min(max(span / max(a, 1.0), minimum), maximum))
+        keys += [((i + 0.5) * a, k, m) for i in range(n)]
+    keys.sort()
+    return [m for _, _, m in keys]
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+class _KeepStarted:
+    """Wraps a started backend so consecutive replays reuse it (models stay loaded).
+
+    ``replay_async`` starts and stops its backend around every run; this wrapper's start only
+    notes the run's clock, and ``submit`` shifts the inner backend's worker-side times (stamped on
+    the clock the inner backend was started with) onto that run clock.
+    """
+
+    def __init__(self, inner, clock) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._base = clock
+        self._shift = 0
+
+    async def start(self, models, clock) -> None:
+        self._shift = self._base.t0_ns - clock.t0_ns
+
+    async def submit(self, request):
+        outcome = await self.inner.submit(request)
+        shift = self._shift
+        if shift:
+            for attr in ("service_start_ns", "first_token_ns", "service_end_ns"):
+                value = getattr(outcome, attr)
+                if value is not None:
+                    setattr(outcome, attr, value + shift)
+        return outcome
+
+    async def stop(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
+@dataclass
+class _Phase:
+    """A synthetic trace and what each row is for."""
+
+    models: list[str] = field(default_factory=list)
+    batch_size: list[int] = field(default_factory=list)
+    seq_len: list[int] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    group: list[int] = field(default_factory=list)  # grid point / reference id per row
+    timed: list[bool] = field(default_factory=list)
+
+    def add(self, model: str, bs: int, seq: int, new: int, group: int, timed: bool) -> None:
+        self.models.append(model)
+        self.batch_size.append(bs)
+        self.seq_len.append(seq)
+        self.new_tokens.append(new)
+        self.group.append(group)
+        self.timed.append(timed)
+
+    def table(self) -> pa.Table:
+        n = len(self.models)
+        return pa.table({
+            "request_id": np.arange(n, dtype=np.int64),
+            "arrival_ns": np.zeros(n, np.int64),
+            "model": self.models,
+            "batch_size": np.asarray(self.batch_size, np.int32),
+            "seq_len": np.asarray(self.seq_len, np.int32),
+            "max_new_tokens": np.asarray(self.new_tokens, np.int32),
+        }, schema=TRACE_SCHEMA)
+
+
+def measure_profile(settings: ProfileSettings, *, command: str | None = None,
+                    log: Log | None = None) -> dict[str, Any]:
+    """Measure a profile on ``settings.device``; returns the profile as a JSON-ready dict."""
+    settings.validate()
+    from traceforge.zoo import get_entry
+
+    entries = {m: get_entry(m, key="--models") for m in settings.models}
+    if settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("CUDA is not available on this machine", key="--device",
+                           value=settings.device, allowed="cpu")
+    elif settings.device != "cpu":
+        raise BadInput("unknown device", key="--device", value=settings.device,
+                       allowed="cpu, cuda, cuda:N")
+    if "mps" in settings.resolved_modes() and not settings.device.startswith("cuda"):
+        raise BadInput("mps needs a CUDA device", key="--modes", value="mps")
+    return asyncio.run(_measure(settings, entries, command=command, log=log or _stderr))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def _measure(settings: ProfileSettings, entries: dict, *, command: str | None,
+                   log: Log) -> dict[str, Any]:
+    from traceforge.backends import resident
+    from traceforge.clock import RunClock
+    from traceforge.replay import ModelInfo
+
+    started = time.perf_counter()
+    models = sorted(settings.models)
+    infos = [ModelInfo(name=m, zoo=m) for m in models]
+    ref_new = (settings.new_tokens if settings.reference_new_tokens is None
+               else settings.reference_new_tokens)
+    grids = {m: _grid_axes(settings, entries[m]) for m in models}
+    refs = {m: _reference_shape(settings, entries[m], grids[m], ref_new) for m in models}
+    tmp = tempfile.TemporaryDirectory(prefix="traceforge-profile-")
+    runs_root = Path(settings.keep_runs) if settings.keep_runs else Path(tmp.name)
+    runs_root.mkdir(parents=True, exist_ok=True)
+    profile: dict[str, Any] = {
+        "schema": PROFILE_SCHEMA_ID,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "host": platform.node(),
+        "device": _device_info(settings.device),
+        "versions": _versions(),
+        "units": {"*_ms": "milliseconds, mean over timed requests (transport: median)",
+                  "service_cv": "standard deviation / mean of alone service times",
+                  "slowdown": "co-run progress rate relative to alone (1 = no interference)"},
+        "settings": {k: (str(v) if isinstance(v, Path) else v)
+                     for k, v in asdict(settings).items()},
+        "models": {},
+        "modes": {},
+    }
+    try:
+        for mode_index, mode in enumerate(settings.resolved_modes()):
+            log(f"[{time.perf_counter() - started:7.1f} s] mode {mode}: starting backend")
+            backend = resident.from_options({
+                "mode": mode, "device": settings.device, "sm_percent": {}, "max_batch": 1,
+                "max_wait_ms": 0.0, "zoo": {m: m for m in models}, "telemetry": False})
+            clock = RunClock()
+            await backend.start(infos, clock)
+            try:
+                shared = _KeepStarted(backend, clock)
+                replay = _Replayer(shared, runs_root / mode, infos)
+                if mode_index == 0:
+                    log(f"[{time.perf_counter() - started:7.1f} s] {mode}: service grid")
+                    for m in models:
+                        profile["models"][m] = await _measure_grid(
+                            replay, m, entries[m], grids[m], refs[m], settings)
+                mode_entry = await _measure_reference(replay, models, refs, settings,
+                                                      profile["models"])
+                mode_entry["backend"] = _safe(backend.describe)
+                log(f"[{time.perf_counter() - started:7.1f} s] {mode}: alone "
+                    + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
+                if mode != "exclusive":
+                    await _measure_corun(replay, mode, mode_entry, refs, settings, log, started)
+                profile["modes"][mode] = mode_entry
+            finally:
+                await backend.stop()
+    finally:
+        tmp.cleanup()
+    profile["elapsed_s"] = round(time.perf_counter() - started, 1)
+    return profile
+
+
+class _Replayer:
+    """Runs one closed-loop phase through ``replay_async`` and returns its timeline."""
+
+    def __init__(self, backend, root: Path, infos) -> None:
+        self.backend = backend
+        self.root = root
+        self.infos = infos
+        self.count = 0
+
+    async def run(self, phase: _Phase, concurrency: int, label: str) -> pa.Table:
+        from traceforge.record import read_timeline
+        from traceforge.replay import ReplayOptions, replay_async
+
+        self.count += 1
+        run_dir = self.root / f"{self.count:02d}-{label}"
+        trace_path = self.root / f"{self.count:02d}-{label}.trace.parquet"
+        names = sorted(set(phase.models))
+        write_trace(phase.table(), trace_path, {
+            "spec": {"models": {m: {"zoo": m} for m in names}},
+            "source": {"kind": "traceforge profile", "phase": label}})
+        trace = read_trace(trace_path)
+        options = ReplayOptions(concurrency=concurrency,
+                                models=[i for i in self.infos if i.name in names])
+        summary = await replay_async(trace, run_dir, self.backend, options)
+        timeline = read_timeline(run_dir)
+        bad = timeline.filter(pa.compute.not_equal(timeline.column("status"), "ok"))
+        if summary.status != "complete" or bad.num_rows:
+            first = bad.column("error")[0].as_py() if bad.num_rows else summary.status
+            raise RunFailure(f"profile phase {label}: {bad.num_rows} requests failed "
+                             f"(first: {first}); run kept in {run_dir}")
+        return timeline
+
+
+def _grid_axes(settings: ProfileSettings, entry) -> tuple[list[int], list[int], int]:
+    if entry.kind == "vision":
+        seqs = [s for s in settings.image_sides if s >= getattr(entry, "min_side", 1)]
+        new = 0
+    else:
+        new = settings.new_tokens if entry.kind == "decoder" else 0
+        limit = getattr(entry, "max_positions", None) or 10**9
+        seqs = [s for s in settings.seq_lens if s + new <= limit]
+    if not seqs:
+        raise BadInput(f"no grid point fits {entry.name}", key="--seq-lens",
+                       value=",".join(map(str, settings.seq_lens)))
+    return list(settings.batch_sizes), seqs, new
+
+
+def _reference_shape(settings: ProfileSettings, entry, grid, ref_new: int) -> tuple[int, int, int]:
+    _, seqs, _ = grid
+    seq = settings.reference_seq
+    if entry.kind == "vision" or seq not in range(seqs[0], seqs[-1] + 1):
+        seq = seqs[len(seqs) // 2]
+    return settings.reference_batch, seq, (ref_new if entry.kind == "decoder" else 0)
+
+
+async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, settings
+                        ) -> dict[str, Any]:
+    batch_sizes, seqs, new = grid
+    phase = _Phase()
+    points = list(itertools.product(range(len(batch_sizes)), range(len(seqs))))
+    for g, (i, j) in enumerate(points):
+        for r in range(settings.warmup + settings.repeats):
+            phase.add(model, batch_sizes[i], seqs[j], new, g, r >= settings.warmup)
+    timeline = await replay.run(phase, 1, f"grid-{model}")
+    start, end, first = _times(timeline)
+    group = np.asarray(phase.group)
+    timed = np.asarray(phase.timed)
+    generative = entry.kind == "decoder"
+    service = np.zeros((len(batch_sizes), len(seqs)))
+    decode = np.zeros_like(service)
+    cvs = []
+    for g, (i, j) in enumerate(points):
+        rows = (group == g) & timed
+        total = end[rows] - start[rows]
+        cvs.append(float(np.std(total) / np.mean(total)))
+        if generative:
+            if np.isnan(first[rows]).any():
+                raise RunFailure(f"{model}: the backend reported no first_token_ns for a "
+                                 "generative request; cannot split prefill from decode")
+            service[i, j] = float(np.mean(first[rows] - start[rows])) / 1e6
+            decode[i, j] = float(np.mean(end[rows] - first[rows])) / (new - 1) / 1e6
+        else:
+            service[i, j] = float(np.mean(total)) / 1e6
+    entry_out: dict[str, Any] = {
+        "zoo": model, "kind": entry.kind, "generative": generative,
+        "batch_sizes": batch_sizes, "seq_lens": seqs,
+        "service_ms": np.round(service, 6).tolist(),
+        "service_cv": round(float(np.mean(cvs)), 4),
+        "reference": {"batch_size": ref[0], "seq_len": ref[1], "max_new_tokens": ref[2]},
+    }
+    if generative:
+        entry_out["new_tokens"] = new
+        entry_out["decode_ms_per_token"] = np.round(decode, 6).tolist()
+    return entry_out
+
+
+async def _measure_reference(replay: _Replayer, models: list[str], refs, settings,
+                             model_profiles: dict[str, Any]) -> dict[str, Any]:
+    from traceforge.simulate.profile import profile_from_dict
+
+    phase = _Phase()
+    for g, m in enumerate(models):
+        bs, seq, new = refs[m]
+        for r in range(settings.warmup + settings.repeats):
+            phase.add(m, bs, seq, new, g, r >= settings.warmup)
+    timeline = await replay.run(phase, 1, "reference")
+    start, end, _ = _times(timeline)
+    sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    group = np.asarray(phase.group)
+    timed = np.asarray(phase.timed)
+    fake = profile_from_dict({"schema": PROFILE_SCHEMA_ID, "models": model_profiles})
+    out: dict[str, Any] = {"alone_ms": {}, "alone_scale": {}, "inbound_ms": {},
+                           "outbound_ms": {}, "slowdown": {}, "corun": {}}
+    for g, m in enumerate(models):
+        rows = (group == g) & timed
+        alone = float(np.mean(end[rows] - start[rows]))
+        bs, seq, new = refs[m]
+        grid_value = float(fake.models[m].service_ns(bs, seq, new))
+        out["alone_ms"][m] = round(alone / 1e6, 6)
+        out["alone_scale"][m] = round(alone / grid_value, 4)
+        out["inbound_ms"][m] = round(float(np.median(start[rows] - sent[rows])) / 1e6, 6)
+        out["outbound_ms"][m] = round(float(np.median(done[rows] - end[rows])) / 1e6, 6)
+    return out
+
+
+async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any], refs,
+                         settings: ProfileSettings, log: Log, started: float) -> None:
+    from traceforge.simulate.profile import ModeProfile, Profile
+
+    def known(model: str, busy: list[str]) -> float:
+        view = Profile(data={}, models={}, modes={mode: ModeProfile(
+            {}, {}, {}, mode_entry["slowdown"])})
+        return view.slowdown(mode, model, busy)
+
+    refs_ms = mode_entry["alone_ms"]
+    for group in settings.corun_groups():
+        alone_ns = {m: refs_ms[m] * 1e6 for m in group}
+        # Everyone shares the device: a request takes about len(group) x its alone time.
+        order = interleave({m: a * len(group) for m, a in alone_ns.items()},
+                           settings.corun_seconds)
+        phase = _Phase()
+        seen: dict[str, int] = {}
+        for m in order:
+            bs, seq, new = refs[m]
+            phase.add(m, bs, seq, new, 0, seen.get(m, 0) >= settings.warmup)
+            seen[m] = seen.get(m, 0) + 1
+        key = corun_key(group)
+        t0 = time.perf_counter()
+        timeline = await replay.run(phase, len(group), f"corun-{key}")
+        start, end, _ = _times(timeline)
+        models_col = np.asarray(phase.models)
+        timed = np.asarray(phase.timed)
+        intervals = {m: (start[models_col == m], end[models_col == m]) for m in group}
+        counted = {m: timed[models_col == m] for m in group}
+        est = estimate_slowdowns(intervals, alone_ns, known, counted)
+        mode_entry["slowdown"][key] = {m: round(_clamp(e["slowdown"]), 4)
+                                       for m, e in est.items()}
+        mode_entry["corun"][key] = {
+            "overlap": {m: round(e["overlap"], 4) for m, e in est.items()},
+            "requests": {m: e["requests"] for m, e in est.items()},
+            "wall_s": round(time.perf_counter() - t0, 2)}
+        log(f"[{time.perf_counter() - started:7.1f} s] {mode}: co-run {key}: slowdown "
+            + ", ".join(f"{m} {v:.2f}" for m, v in mode_entry["slowdown"][key].items())
+            + " (overlap " + ", ".join(f"{v:.0%}" for v in
+                                        mode_entry["corun"][key]["overlap"].values()) + ")")
+
+
+def _clamp(slowdown: float) -> float:
+    # A slowdown outside [0.5, 100] means the co-run gave no usable evidence (e.g. no overlap
+    # or noise larger than the effect); keep the number finite and say so through "overlap".
+    if math.isnan(slowdown):
+        return 1.0
+    return float(min(max(slowdown, 0.5), 100.0))
+
+
+def _times(timeline: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def col(name: str) -> np.ndarray:
+        c = timeline.column(name)
+        return np.asarray(c.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    start = col("service_start_ns")
+    end = col("service_end_ns")
+    if np.isnan(start).any() or np.isnan(end).any():
+        raise RunFailure("the backend left service_start_ns/service_end_ns empty; a profile "
+                         "needs worker-side times")
+    return start, end, col("first_token_ns")
+
+
+def _device_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"kind": "cuda" if device.startswith("cuda") else "cpu",
+                            "device": device}
+    if info["kind"] == "cuda":
+        import torch
+
+        index = torch.device(device).index or 0
+        info.update(name=torch.cuda.get_device_name(index), index=index,
+                    cuda=torch.version.cuda,
+                    capability=".".join(map(str, torch.cuda.get_device_capability(index))))
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+            pynvml.nvmlShutdown()
+        except Exception as exc:  # NVML is optional: say why the driver is unknown
+            info["driver"] = f"unknown ({type(exc).__name__})"
+    else:
+        info["name"] = _cpu_name()
+        import os
+
+        info["cores"] = os.cpu_count()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    from traceforge.record.manifest import package_versions
+
+    return package_versions()
+
+
+def _safe(fn) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return {"describe_error": f"{type(exc).__name__}: {exc}"}

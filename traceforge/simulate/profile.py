@@ -1,0 +1,219 @@
+"""GPU profiles: what the simulator knows about a device, read from ``traceforge profile`` output.
+
+A profile is one JSON file (schema ``traceforge.profile/1``, documented in docs/simulator.md):
+
+* per model, the mean service time (ms) of one request over a grid of batch size x seq_len,
+  measured alone; for generative models the same grid holds the time to the first token, and a
+  second grid the per-token decode time at context ``seq_len + new_tokens/2``;
+* per sharing mode, the alone-time scale of each model in that mode (relative to the grid's mode),
+  the transport overhead dispatcher -> worker (``inbound_ms``) and back (``outbound_ms``), and
+  the co-run slowdown of each model for each measured set of busy models.
+
+:class:`Profile` turns that into what the engine needs: vectorised alone service times for trace
+rows (bilinear in the grid, linear beyond its top edge, flat below it) and a rate table per busy
+set. The measuring code lives in :mod:`traceforge.simulate.measure`; it imports torch only
+through the replay and resident packages, and only when called.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from traceforge.errors import BadInput
+
+PROFILE_SCHEMA_ID = "traceforge.profile/1"
+MODES = ("exclusive", "timeslice", "mps", "streams")
+
+
+def corun_key(models: list[str] | tuple[str, ...] | frozenset[str]) -> str:
+    """The JSON key of a co-run set: sorted model names joined by ``+``."""
+    return "+".join(sorted(models))
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    name: str
+    zoo: str | None
+    kind: str
+    generative: bool
+    batch_sizes: np.ndarray  # int, increasing
+    seq_lens: np.ndarray  # int, increasing
+    service_ms: np.ndarray  # [batch, seq]: forward time, or time to first token if generative
+    service_cv: float  # pooled coefficient of variation of alone service times
+    decode_ms_per_token: np.ndarray | None = None  # [batch, seq]: per-token decode time
+    new_tokens: int = 0  # tokens generated per request while measuring decode
+    reference: dict[str, int] = field(default_factory=dict)
+
+    def service_ns(self, batch_size: np.ndarray, seq_len: np.ndarray,
+                   new_tokens: np.ndarray) -> np.ndarray:
+        """Alone service time (float ns) of requests with these shapes."""
+        bs = np.asarray(batch_size, dtype=np.float64)
+        seq = np.asarray(seq_len, dtype=np.float64)
+        out = _bilinear(self.batch_sizes, self.seq_lens, self.service_ms, bs, seq)
+        if self.generative and self.decode_ms_per_token is not None:
+            n = np.asarray(new_tokens, dtype=np.float64)
+            # Decode step t attends to seq + t tokens: per-token time is (close to) linear in the
+            # context, so n-1 steps cost (n-1) x the time at the mean context seq + n/2. The
+            # decode grid's columns were measured at context seq_lens + new_tokens/2.
+            ctx_axis = self.seq_lens + self.new_tokens / 2.0
+            per_token = _bilinear(self.batch_sizes, ctx_axis, self.decode_ms_per_token,
+                                  bs, seq + n / 2.0)
+            out = out + np.maximum(n - 1.0, 0.0) * per_token
+        return out * 1e6
+
+    def prefill_fraction(self, batch_size, seq_len, new_tokens) -> np.ndarray:
+        """Share of a request's alone service time spent before its first token."""
+        total = self.service_ns(batch_size, seq_len, new_tokens)
+        first = _bilinear(self.batch_sizes, self.seq_lens, self.service_ms,
+                          np.asarray(batch_size, np.float64),
+                          np.asarray(seq_len, np.float64)) * 1e6
+        return np.clip(first / np.maximum(total, 1.0), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ModeProfile:
+    alone_scale: dict[str, float]
+    inbound_ms: dict[str, float]
+    outbound_ms: dict[str, float]
+    slowdown: dict[str, dict[str, float]]  # corun_key -> model -> slowdown (>= ~1)
+
+
+@dataclass(frozen=True)
+class Profile:
+    data: dict[str, Any]  # the JSON as loaded
+    models: dict[str, ModelProfile]
+    modes: dict[str, ModeProfile]
+    path: Path | None = None
+
+    @property
+    def device(self) -> dict[str, Any]:
+        return self.data.get("device", {})
+
+    def mode(self, mode: str, *, source: object = None) -> ModeProfile:
+        if mode not in self.modes:
+            raise BadInput("mode not measured in this profile", source=source, key="--mode",
+                           value=mode, allowed=", ".join(self.modes) or "none")
+        return self.modes[mode]
+
+    def slowdown(self, mode: str, model: str, busy: list[str]) -> float:
+        """Slowdown of ``model`` while every model in ``busy`` (which includes it) is busy.
+
+        A measured set is used as measured; any other set (e.g. a triple when only pairs and the
+        full set of four were measured) adds up the pairwise excess slowdowns.
+        """
+        if len(busy) <= 1:
+            return 1.0
+        table = self.modes[mode].slowdown
+        exact = table.get(corun_key(busy))
+        if exact is not None and model in exact:
+            return float(exact[model])
+        total = 1.0
+        for other in busy:
+            if other == model:
+                continue
+            pair = table.get(corun_key([model, other]))
+            if pair is None or model not in pair:
+                raise BadInput(f"no co-run slowdown measured for {corun_key([model, other])}",
+                               source=self.path, key=f"modes.{mode}.slowdown",
+                               allowed=", ".join(table) or "none")
+            total += float(pair[model]) - 1.0
+        return total
+
+
+def load_profile(path: Path | str) -> Profile:
+    """Read and validate a profile JSON file (every problem is a one-line BadInput)."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInput("no such file", source=path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"not JSON ({exc})", source=path) from exc
+    return profile_from_dict(data, source=path)
+
+
+def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile:
+    if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA_ID:
+        raise BadInput("not a traceforge profile", source=source, key="schema",
+                       value=data.get("schema") if isinstance(data, dict) else None,
+                       allowed=PROFILE_SCHEMA_ID)
+    models: dict[str, ModelProfile] = {}
+    for name, m in (data.get("models") or {}).items():
+        key = f"models.{name}"
+        try:
+            bs = np.asarray(m["batch_sizes"], dtype=np.float64)
+            seq = np.asarray(m["seq_lens"], dtype=np.float64)
+            svc = np.asarray(m["service_ms"], dtype=np.float64)
+            dec = m.get("decode_ms_per_token")
+            dec = None if dec is None else np.asarray(dec, dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"malformed model entry ({exc!r})", source=source, key=key) from exc
+        shape = (bs.size, seq.size)
+        if bs.size == 0 or seq.size == 0 or svc.shape != shape:
+            raise BadInput(f"service_ms must be a {shape[0]}x{shape[1]} grid", source=source,
+                           key=f"{key}.service_ms")
+        if np.any(np.diff(bs) <= 0) or np.any(np.diff(seq) <= 0):
+            raise BadInput("grid axes must increase", source=source, key=key)
+        if not np.all(np.isfinite(svc)) or np.any(svc <= 0):
+            raise BadInput("service times must be finite and > 0", source=source,
+                           key=f"{key}.service_ms")
+        if dec is not None and dec.shape != shape:
+            raise BadInput(f"decode_ms_per_token must be a {shape[0]}x{shape[1]} grid",
+                           source=source, key=f"{key}.decode_ms_per_token")
+        models[name] = ModelProfile(
+            name=name, zoo=m.get("zoo"), kind=str(m.get("kind", "")),
+            generative=bool(m.get("generative", dec is not None)),
+            batch_sizes=bs, seq_lens=seq, service_ms=svc,
+            service_cv=float(m.get("service_cv", 0.0)),
+            decode_ms_per_token=dec, new_tokens=int(m.get("new_tokens", 0)),
+            reference=dict(m.get("reference") or {}),
+        )
+    if not models:
+        raise BadInput("no models", source=source, key="models")
+    modes: dict[str, ModeProfile] = {}
+    for mode, md in (data.get("modes") or {}).items():
+        if mode not in MODES:
+            raise BadInput("unknown mode", source=source, key="modes", value=mode,
+                           allowed=", ".join(MODES))
+        slow = {k: {mm: float(v) for mm, v in d.items()}
+                for k, d in (md.get("slowdown") or {}).items()}
+        for k, d in slow.items():
+            if any(not np.isfinite(v) or v <= 0 for v in d.values()):
+                raise BadInput("slowdowns must be finite and > 0", source=source,
+                               key=f"modes.{mode}.slowdown.{k}")
+        modes[mode] = ModeProfile(
+            alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
+            inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
+            outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
+            slowdown=slow,
+        )
+    return Profile(data=data, models=models, modes=modes,
+                   path=None if source is None else Path(str(source)))
+
+
+def _axis_weights(axis: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left grid index and weight of the right neighbour: flat below the axis, linear above."""
+    if axis.size == 1:
+        return np.zeros(x.shape, np.intp), np.zeros(x.shape)
+    i = np.clip(np.searchsorted(axis, x, side="right") - 1, 0, axis.size - 2)
+    w = (x - axis[i]) / (axis[i + 1] - axis[i])
+    return i, np.maximum(w, 0.0)  # w > 1 extrapolates the last segment
+
+
+def _bilinear(ax0: np.ndarray, ax1: np.ndarray, grid: np.ndarray, x0: np.ndarray,
+              x1: np.ndarray) -> np.ndarray:
+    x0, x1 = np.broadcast_arrays(np.asarray(x0, np.float64), np.asarray(x1, np.float64))
+    i, wi = _axis_weights(np.asarray(ax0, np.float64), x0)
+    j, wj = _axis_weights(np.asarray(ax1, np.float64), x1)
+    i1 = np.minimum(i + 1, grid.shape[0] - 1)
+    j1 = np.minimum(j + 1, grid.shape[1] - 1)
+    out = ((1 - wi) * (1 - wj) * grid[i, j] + wi * (1 - wj) * grid[i1, j]
+           + (1 - wi) * wj * grid[i, j1] + wi * wj * grid[i1, j1])
+    # Linear extrapolation of a falling segment could go below zero: keep a floor at the
+    # smallest measured time.
+    return np.maximum(out, grid.min())

@@ -1,0 +1,407 @@
+"""``simulate()``: a trace in, the run directory a replay would write out, in virtual time.
+
+Two service models:
+
+* **null** (the ``null`` backend's analytic model): per model, ``servers`` parallel FIFO servers
+  with constant or exponential service of mean ``service_ms``; no transport delay.
+* **profile** (``profile=`` and ``mode=``): the resident workers of that sharing mode with the
+  alone service times, transport overheads and co-run slowdowns measured by ``traceforge
+  profile`` (see :mod:`traceforge.simulate.profile` and docs/simulator.md).
+
+The timeline holds every column a simulation can know: ``sent_ns = scheduled_ns`` (a virtual
+dispatcher is never late), worker-side service start/end, ``done_ns``; ``gpu_ns`` stays null.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from traceforge.errors import BadInput
+from traceforge.record import RunManifest, TimelineWriter
+from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
+from traceforge.simulate.engine import ModelQueue, fifo_servers, shared_workers
+from traceforge.simulate.profile import Profile, load_profile
+
+SERVICE_DISTS = ("const", "exp")
+
+
+@dataclass
+class SimulationSummary:
+    """What :func:`simulate` returns; the same fields as replay's ``RunSummary``."""
+
+    run_dir: Path
+    status: str
+    counts: dict[str, int]
+    self_check: dict[str, Any]
+    elapsed_s: float = 0.0  # wall time the simulation took
+    virtual_s: float = 0.0  # virtual time from run start to the last completion
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """Per-row results in trace order (int64 ns on the virtual run clock)."""
+
+    service_start_ns: np.ndarray
+    service_end_ns: np.ndarray
+    done_ns: np.ndarray
+    first_token_ns: np.ndarray | None = None  # float with NaN for "unknown"
+    tokens_out: np.ndarray | None = None  # int with -1 for "none"
+    batch_id: np.ndarray | None = None
+    batched_with: np.ndarray | None = None
+    worker: pa.Array | None = None  # worker name per row
+
+
+def simulate(
+    trace: Trace | Path | str,
+    run_dir: Path | str,
+    *,
+    servers: int = 1,
+    service_ms: float = 10.0,
+    service_dist: str = "exp",
+    profile: Profile | Path | str | None = None,
+    mode: str | None = None,
+    max_batch: int = 1,
+    max_wait_ms: float = 0.0,
+    seed: int = 0,
+    time_scale: float = 1.0,
+    warmup_s: float = 0.0,
+) -> SimulationSummary:
+    """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
+
+    Every input is checked before anything is written; bad values raise :class:`BadInput`.
+    """
+    t_wall = time.perf_counter()
+    if not isinstance(trace, Trace):
+        trace = read_trace(trace)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise BadInput("run directory exists and is not empty", key="-o", value=str(run_dir))
+    if time_scale <= 0:
+        raise BadInput("must be > 0", key="--time-scale", value=time_scale)
+    if warmup_s < 0:
+        raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
+    if max_batch < 1:
+        raise BadInput("must be >= 1", key="--max-batch", value=max_batch)
+    if max_wait_ms < 0:
+        raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+
+    table = trace.table
+    scheduled = _scheduled_ns(table.column("arrival_ns").to_numpy(), time_scale)
+    codes, names = _model_codes(table)
+    if profile is None:
+        if mode is not None:
+            raise BadInput("--mode needs --profile", key="--mode", value=mode)
+        if max_batch != 1 or max_wait_ms:
+            raise BadInput("dynamic batching needs --profile (the null model serves one "
+                           "request at a time)", key="--max-batch", value=max_batch)
+        if servers < 1:
+            raise BadInput("must be >= 1", key="--servers", value=servers)
+        if not service_ms >= 0:
+            raise BadInput("must be >= 0", key="--service-ms", value=service_ms)
+        if service_dist not in SERVICE_DISTS:
+            raise BadInput("unknown service distribution", key="--service-dist",
+                           value=service_dist, allowed=", ".join(SERVICE_DISTS))
+        result = _simulate_null(scheduled, codes, names, servers=servers,
+                                service_ns=service_ms * 1e6, dist=service_dist, seed=seed)
+        describe = {"name": "simulate", "service_model": "null", "servers": servers,
+                    "service_ms": service_ms, "service_dist": service_dist, "seed": seed}
+        device = "none"
+    else:
+        if not isinstance(profile, Profile):
+            profile = load_profile(profile)
+        if mode is None:
+            raise BadInput("--profile needs --mode", key="--mode",
+                           allowed=", ".join(profile.modes))
+        profile.mode(mode, source=profile.path)
+        mapping = _map_models(names, trace, profile)
+        result = _simulate_profile(table, scheduled, codes, names, mapping, profile, mode,
+                                   max_batch=max_batch, max_wait_ns=max_wait_ms * 1e6,
+                                   seed=seed)
+        describe = {"name": "simulate", "service_model": "profile", "mode": mode,
+                    "profile": {"path": str(profile.path) if profile.path else None,
+                                "sha256": (sha256_file(profile.path)
+                                           if profile.path and profile.path.exists() else None),
+                                "device": profile.device,
+                                "created_at": profile.data.get("created_at")},
+                    "models": mapping, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                    "seed": seed}
+        device = f"simulated: {profile.device.get('name', 'unknown device')}"
+
+    out = _timeline_table(table, scheduled, result, warmup_ns=round(warmup_s * 1e9))
+    n = table.num_rows
+    self_check = {"send_lag_us": {"p50": 0.0, "p99": 0.0, "max": 0.0},
+                  "achieved_rate_ratio": 1.0, "generator_limited": False, "warning": None}
+    counts = {"ok": n} if n else {}
+    virtual_s = float(result.done_ns.max()) / 1e9 if n else 0.0
+
+    manifest = RunManifest(
+        run_dir,
+        backend="simulate",
+        backend_info=describe,
+        mode=mode,
+        device=device,
+        options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
+                 "max_inflight": None, "timeout_s": None, "seed": seed},
+        trace={"path": str(trace.path) if trace.path else None,
+               "sha256": sha256_file(trace.path) if trace.path else None, "meta": trace.meta},
+        virtual_time=True,
+    )
+    manifest.write()
+    writer = TimelineWriter(run_dir, background=False)
+    writer.write_table(out)
+    writer.close()
+    elapsed = time.perf_counter() - t_wall
+    manifest.finish("complete", counts=counts, self_check=self_check,
+                    simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s})
+    return SimulationSummary(run_dir=run_dir, status="complete", counts=counts,
+                             self_check=self_check, elapsed_s=elapsed, virtual_s=virtual_s)
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+def _scheduled_ns(arrival_ns: np.ndarray, time_scale: float) -> np.ndarray:
+    arrival = np.asarray(arrival_ns, dtype=np.int64)
+    if time_scale == 1.0:
+        return arrival.copy()
+    return np.rint(arrival * float(time_scale)).astype(np.int64)
+
+
+def _model_codes(table: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Integer code per row and the sorted model names (code i = names[i])."""
+    if table.num_rows == 0:
+        return np.empty(0, np.int32), []
+    enc = pc.dictionary_encode(table.column("model")).combine_chunks()
+    labels = enc.dictionary.to_pylist()
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    remap = np.empty(len(labels), np.int32)
+    remap[order] = np.arange(len(labels), dtype=np.int32)
+    codes = remap[enc.indices.to_numpy(zero_copy_only=False)]
+    return codes, [labels[i] for i in order]
+
+
+def _rows_by_model(codes: np.ndarray, k: int) -> list[np.ndarray]:
+    # One stable argsort groups every model's rows in arrival order.
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(k + 1))
+    return [order[bounds[m]:bounds[m + 1]] for m in range(k)]
+
+
+def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str], *, servers: int,
+                   service_ns: float, dist: str, seed: int) -> SimResult:
+    n = scheduled.size
+    start = np.empty(n, np.int64)
+    end = np.empty(n, np.int64)
+    for m, rows in enumerate(_rows_by_model(codes, len(names))):
+        if dist == "const":
+            svc = np.full(rows.size, int(service_ns), np.int64)
+        else:
+            # The null backend's stream: one generator per (seed, model name), so a simulated
+            # run draws exactly the service times a real `replay --backend null` run draws.
+            rng = np.random.default_rng([seed, zlib.crc32(names[m].encode())])
+            svc = np.rint(rng.exponential(service_ns, rows.size)).astype(np.int64)
+        s, e = fifo_servers(scheduled[rows], svc, servers)
+        start[rows] = s
+        end[rows] = e
+    worker = pa.array(names, pa.string()).take(pa.array(codes, pa.int32()))
+    return SimResult(service_start_ns=start, service_end_ns=end, done_ns=end.copy(),
+                     worker=worker)
+
+
+def _map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, str]:
+    """Trace model -> profile model: the same name, else the trace spec's ``zoo`` entry."""
+    spec_models = ((trace.meta or {}).get("spec") or {}).get("models") or {}
+    by_zoo = {p.zoo: key for key, p in profile.models.items() if p.zoo}
+    mapping: dict[str, str] = {}
+    for name in names:
+        if name in profile.models:
+            mapping[name] = name
+            continue
+        zoo = (spec_models.get(name) or {}).get("zoo")
+        if zoo in profile.models:
+            mapping[name] = zoo
+        elif zoo in by_zoo:
+            mapping[name] = by_zoo[zoo]
+        else:
+            raise BadInput("trace model has no entry in the profile (matched by name, then by "
+                           "the spec's zoo entry)", source=profile.path, key="models",
+                           value=name if zoo is None else f"{name} (zoo {zoo})",
+                           allowed=", ".join(profile.models))
+    return mapping
+
+
+def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
+                      names: list[str], mapping: dict[str, str], profile: Profile, mode: str,
+                      *, max_batch: int, max_wait_ns: float, seed: int) -> SimResult:
+    n = table.num_rows
+    k = len(names)
+    mp = profile.modes[mode]
+    bs_all = table.column("batch_size").to_numpy()
+    seq_all = table.column("seq_len").to_numpy()
+    new_all = table.column("max_new_tokens").to_numpy()
+    rows_by_model = _rows_by_model(codes, k)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(k)]
+
+    queues: list[ModelQueue] = []
+    noise: list[np.ndarray] = []
+    scale: list[float] = []
+    inbound = np.zeros(k)
+    outbound = np.zeros(k)
+    for m, name in enumerate(names):
+        pm_name = mapping[name]
+        pm = profile.models[pm_name]
+        rows = rows_by_model[m]
+        scale.append(mp.alone_scale.get(pm_name, 1.0))
+        inbound[m] = mp.inbound_ms.get(pm_name, 0.0) * 1e6
+        outbound[m] = mp.outbound_ms.get(pm_name, 0.0) * 1e6
+        cv = pm.service_cv
+        if cv > 0:
+            # Gamma with mean 1 and the measured coefficient of variation.
+            noise.append(rngs[m].gamma(1.0 / cv**2, cv**2, rows.size))
+        else:
+            noise.append(np.ones(rows.size))
+        work = None
+        if max_batch == 1:
+            work = (pm.service_ns(bs_all[rows], seq_all[rows], new_all[rows])
+                    * scale[m] * noise[m])
+        queues.append(ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
+                                 work_ns=work))
+
+    batch_work = None
+    if max_batch > 1:
+        cache: dict[tuple[int, int, int, int], float] = {}
+        bs_m = [bs_all[r].tolist() for r in rows_by_model]
+        seq_m = [seq_all[r] for r in rows_by_model]
+        new_m = [new_all[r] for r in rows_by_model]
+        noise_l = [x.tolist() for x in noise]
+
+        def batch_work(m: int, i: int, j: int) -> float:
+            # A batch runs as one execution: batch sizes add up, sequences pad to the longest
+            # and generation runs for the longest max_new_tokens.
+            key = (m, int(sum(bs_m[m][i:j])), int(seq_m[m][i:j].max()),
+                   int(new_m[m][i:j].max()))
+            base = cache.get(key)
+            if base is None:
+                pm = profile.models[mapping[names[m]]]
+                base = float(pm.service_ns(key[1], key[2], key[3])) * scale[m]
+                cache[key] = base
+            return base * noise_l[m][i]
+
+    exclusive = mode == "exclusive"
+    start = np.empty(n, np.int64)
+    end = np.empty(n, np.int64)
+    batch_id = np.zeros(n, np.int64)
+    batched = np.ones(n, np.int32)
+    if exclusive and max_batch == 1:
+        # One global FIFO server and no batching: Lindley on the merged worker-arrival stream.
+        arrive = np.empty(n)
+        work = np.empty(n)
+        for m, rows in enumerate(rows_by_model):
+            arrive[rows] = queues[m].arrival_ns
+            work[rows] = queues[m].work_ns
+        order = np.argsort(arrive, kind="stable")
+        s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
+                            np.rint(work[order]).astype(np.int64), 1)
+        start[order] = s
+        end[order] = e
+        batch_id[order] = np.arange(n)
+    else:
+        rates = None if exclusive else _rate_table(profile, mode, [mapping[x] for x in names])
+        results = shared_workers(queues, exclusive=exclusive, rates=rates,
+                                 max_batch=max_batch, max_wait_ns=max_wait_ns,
+                                 batch_work=batch_work)
+        for m, rows in enumerate(rows_by_model):
+            r = results[m]
+            start[rows] = np.rint(r.start_ns).astype(np.int64)
+            end[rows] = np.rint(r.end_ns).astype(np.int64)
+            batch_id[rows] = r.batch_id
+            batched[rows] = r.batched_with
+    done = end + np.rint(outbound[codes]).astype(np.int64) if n else end.copy()
+
+    first_token = np.full(n, np.nan)
+    tokens_out = np.full(n, -1, np.int64)
+    for m, rows in enumerate(rows_by_model):
+        pm = profile.models[mapping[names[m]]]
+        if not pm.generative:
+            continue
+        gen = rows[new_all[rows] > 0]
+        if gen.size == 0:
+            continue
+        frac = pm.prefill_fraction(bs_all[gen], seq_all[gen], new_all[gen])
+        first_token[gen] = start[gen] + frac * (end[gen] - start[gen])
+        tokens_out[gen] = new_all[gen]
+    if exclusive:
+        worker = pa.repeat(pa.scalar("exclusive"), n)
+    else:
+        worker = pa.array(names, pa.string()).take(pa.array(codes, pa.int32()))
+    return SimResult(service_start_ns=start, service_end_ns=end, done_ns=done,
+                     first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
+                     batched_with=batched, worker=worker)
+
+
+def _rate_table(profile: Profile, mode: str, pnames: list[str]) -> dict[int, list[float]]:
+    k = len(pnames)
+    if k > 16:
+        raise BadInput("the interference model handles at most 16 models", key="models",
+                       value=k)
+    rates: dict[int, list[float]] = {}
+    for mask in range(1, 1 << k):
+        busy = [pnames[m] for m in range(k) if mask >> m & 1]
+        if len(busy) < 2:
+            continue
+        rates[mask] = [1.0 / profile.slowdown(mode, pnames[m], busy) if mask >> m & 1 else 1.0
+                       for m in range(k)]
+    return rates
+
+
+def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
+                    warmup_ns: int) -> pa.Table:
+    n = trace.num_rows
+    f = TIMELINE_SCHEMA.field
+
+    def opt(values: np.ndarray | None, name: str, null_mask: np.ndarray | None = None):
+        if values is None:
+            return pa.nulls(n, f(name).type)
+        return pa.array(values, type=f(name).type, mask=null_mask)
+
+    first = None
+    first_mask = None
+    if r.first_token_ns is not None:
+        first_mask = np.isnan(r.first_token_ns)
+        first = np.where(first_mask, 0, np.rint(np.nan_to_num(r.first_token_ns))).astype(np.int64)
+    tokens = None
+    tokens_mask = None
+    if r.tokens_out is not None:
+        tokens_mask = r.tokens_out < 0
+        tokens = np.where(tokens_mask, 0, r.tokens_out)
+    columns = {
+        "request_id": trace.column("request_id"),
+        "model": trace.column("model"),
+        "batch_size": trace.column("batch_size"),
+        "seq_len": trace.column("seq_len"),
+        "max_new_tokens": trace.column("max_new_tokens"),
+        "scheduled_ns": pa.array(scheduled, pa.int64()),
+        "sent_ns": pa.array(scheduled, pa.int64()),
+        "service_start_ns": pa.array(r.service_start_ns, pa.int64()),
+        "first_token_ns": opt(first, "first_token_ns", first_mask),
+        "service_end_ns": pa.array(r.service_end_ns, pa.int64()),
+        "done_ns": pa.array(r.done_ns, pa.int64()),
+        "status": pa.repeat(pa.scalar("ok"), n),
+        "error": pa.nulls(n, pa.string()),
+        "gpu_ns": pa.nulls(n, pa.int64()),
+        "batch_id": opt(r.batch_id, "batch_id"),
+        "batched_with": opt(r.batched_with, "batched_with"),
+        "tokens_out": opt(tokens, "tokens_out", tokens_mask),
+        "worker": r.worker if r.worker is not None else pa.nulls(n, pa.string()),
+        "warmup": pa.array(scheduled < warmup_ns, pa.bool_()),
+        "itl_ns": pa.nulls(n, f("itl_ns").type),
+    }
+    return pa.table(columns, schema=TIMELINE_SCHEMA)
