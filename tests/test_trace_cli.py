@@ -48,7 +48,10 @@ def test_gen_then_stats_json_and_plot(tmp_path, capsys):
     for key in ("count", "rate", "rate_ci", "rate_ci_poisson", "cv", "idc_1s", "idc_10s",
                 "target_rate", "fit", "shapes"):
         assert key in bert
-    assert bert["zoo"] == "tiny-bert" and bert["slo_ms"] == 50.0
+    # stats carry the spec's zoo entry and SLO through unchanged
+    spec_bert = trace.meta["spec"]["models"]["tiny-bert"]
+    assert bert["zoo"] == spec_bert["zoo"] == "tiny-bert"
+    assert bert["slo_ms"] == spec_bert["slo_ms"] > 0
     assert report["aggregate"]["count"] == trace.table.num_rows
     assert sum(m["count"] for m in report["models"].values()) == trace.table.num_rows
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
