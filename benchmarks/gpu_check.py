@@ -391,10 +391,11 @@ async def mode_async(mode: str, out: Path, trace_s: float, quick: bool) -> dict[
 
     result: dict[str, Any] = {"mode": mode}
     t = time.perf_counter()
-    backend = from_options({"mode": mode, "device": DEVICE, "telemetry": True,
-                            "zoo": {m: zoo_of(m) for m in SEED_MODELS}})
-    clock = RunClock()
+    backend = None
     try:
+        backend = from_options({"mode": mode, "device": DEVICE, "telemetry": True,
+                                "zoo": {m: zoo_of(m) for m in SEED_MODELS}})
+        clock = RunClock()
         await backend.start([ModelInfo(m, zoo_of(m)) for m in SEED_MODELS], clock)
         result["start_s"] = time.perf_counter() - t
         log(f"{mode}: resident set ready in {result['start_s']:.1f} s")
@@ -414,28 +415,31 @@ async def mode_async(mode: str, out: Path, trace_s: float, quick: bool) -> dict[
             log(f"{mode} {process}: {summary.counts} " + "; ".join(
                 f"{m} p50 {v['p50_ms']:.1f} p99 {v['p99_ms']:.1f} ms"
                 for m, v in result[process]["models"].items() if v["p50_ms"] is not None))
-        result["corun"] = await corun(backend, 2.0 if quick else 4.0)
+        result["corun"] = await corun(backend, 2.0 if quick else 3.0)
         log(f"{mode} co-run progress sum {result['corun']['progress_sum']:.2f}")
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        log(f"{mode}: FAILED {result['error']}")
     finally:
-        await backend.stop()
-    result["backend"] = backend.describe()
+        if backend is not None:
+            try:
+                await backend.stop()
+            except Exception as exc:
+                result["stop_error"] = f"{type(exc).__name__}: {exc}"
+            result["backend"] = backend.describe()
     if mode == "mps":
         result["mps_processes_after"] = mps_processes()
         result["mps_daemon_gone"] = not result["mps_processes_after"]
-        log(f"mps attach: {result['backend'].get('mps_attach')}; daemon gone after stop: "
-            f"{result['mps_daemon_gone']}")
+        log(f"mps attach: {result.get('backend', {}).get('mps_attach')}; daemon gone after "
+            f"stop: {result['mps_daemon_gone']}")
     return result
 
 
 def cmd_mode(mode: str, out: Path, trace_s: float, quick: bool) -> None:
-    try:
-        result = asyncio.run(mode_async(mode, out, trace_s, quick))
-    except Exception as exc:
-        result = {"mode": mode, "error": f"{type(exc).__name__}: {exc}"}
-        log(f"{mode}: FAILED {result['error']}")
-        (out / f"mode-{mode}.json").write_text(json.dumps(result, indent=2, default=str))
-        raise
+    result = asyncio.run(mode_async(mode, out, trace_s, quick))
     (out / f"mode-{mode}.json").write_text(json.dumps(result, indent=2, default=str))
+    if "error" in result:
+        sys.exit(1)
 
 
 # -- report -------------------------------------------------------------------------------------

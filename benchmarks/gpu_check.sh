@@ -30,25 +30,34 @@ step() {  # step SECONDS ARGS... : one helper process, bounded in time, logged
 { nvidia-smi --query-gpu=name,driver_version,memory.total,compute_mode,clocks.sm --format=csv
   "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|nvidia-ml-py|pyarrow|aiohttp|typer|rich|numpy|uvloop) '
   command -v nvidia-cuda-mps-control; nproc; } 2>&1 | tee -a "$LOG"
-step 60 env
-step 90 overhead --n "$([ "$QUICK" = 1 ] && echo 100 || echo 300)"
-step 160 mode exclusive --trace-s "$TRACE_S" "${q[@]}"
+step 40 env
+step 70 overhead --n "$([ "$QUICK" = 1 ] && echo 100 || echo 300)"
+step 140 mode exclusive --trace-s "$TRACE_S" "${q[@]}"
 for mode in timeslice mps streams; do
-  step 130 mode "$mode" --trace-s "$TRACE_S" "${q[@]}"
+  step 110 mode "$mode" --trace-s "$TRACE_S" "${q[@]}"
 done
-echo "MPS processes after all modes: $(pgrep -c -f nvidia-cuda-mps || true)" | tee -a "$LOG"
+echo "MPS daemons/servers after all modes: $(pgrep -l nvidia-cuda-mps || echo none)" | tee -a "$LOG"
+"$PY" benchmarks/gpu_check.py report --out "$WORK" \
+  --command "QUICK=$QUICK TRACE_S=$TRACE_S PROFILE=${PROFILE:-0} bash benchmarks/gpu_check.sh" \
+  2>&1 | tee -a "$LOG"
+cp "$WORK"/seed-study.md "$WORK"/env.json "$OUT"/ 2>/dev/null
+tar -C "$WORK" -czf "$OUT/results.tar.gz" . 2>/dev/null
+# The profile last: if it runs out of time, the seed study is already in $OUT.
 if [ "${PROFILE:-0}" = 1 ]; then
   card=$("$PY" -c "import json;n=json.load(open('$WORK/env.json'))['gpu'].get('name','gpu').lower();print('h200' if 'h200' in n else 'h100' if 'h100' in n else 'gpu')")
-  mkdir -p profiles
-  echo "---- traceforge profile -> profiles/$card.json" | tee -a "$LOG"
-  timeout -k 15 "${PROFILE_LIMIT:-170}" "$PY" -m traceforge profile \
-    --models distilbert-base,distilgpt2,mistral-7b --device cuda \
-    --batch-sizes 1,8 --seq-lens 64,128 --repeats 5 --warmup 2 --corun-seconds 3 \
-    --keep-runs "$WORK/profile-runs" -o "$WORK/profile-$card.json" 2>&1 | tee -a "$LOG"
+  left=$(( ${BUDGET_S:-570} - SECONDS ))
+  limit=$(( left < ${PROFILE_LIMIT:-170} ? left : ${PROFILE_LIMIT:-170} ))
+  echo "---- traceforge profile -> profile-$card.json (limit ${limit}s)" | tee -a "$LOG"
+  if [ "$limit" -gt 60 ]; then
+    timeout -k 10 "$limit" "$PY" -m traceforge profile \
+      --models distilbert-base,distilgpt2,mistral-7b --device cuda \
+      --batch-sizes 1,8 --seq-lens 64,128 --repeats 5 --warmup 2 --corun-seconds 3 \
+      --keep-runs "$WORK/profile-runs" -o "$OUT/profile-$card.json" 2>&1 | tee -a "$LOG"
+    tar -C "$WORK" -czf "$OUT/profile-runs.tar.gz" profile-runs 2>/dev/null
+  else
+    echo "---- profile skipped: only ${left}s left" | tee -a "$LOG"
+  fi
+  echo "MPS daemons/servers after profile: $(pgrep -l nvidia-cuda-mps || echo none)" | tee -a "$LOG"
 fi
-"$PY" benchmarks/gpu_check.py report --out "$WORK" \
-  --command "QUICK=$QUICK TRACE_S=$TRACE_S bash benchmarks/gpu_check.sh" 2>&1 | tee -a "$LOG"
-cp "$WORK"/seed-study.md "$WORK"/env.json "$LOG" "$OUT"/ 2>/dev/null
-cp "$WORK"/profile-*.json "$OUT"/ 2>/dev/null
-tar -C "$WORK" -czf "$OUT/results.tar.gz" --exclude '*.log.tmp' . 2>/dev/null
+cp "$LOG" "$OUT"/
 ls -la "$OUT"

@@ -96,8 +96,10 @@ class MpsDaemon:
             env=_child_env())
         atexit.register(self.quit)
         try:
+            # No pipes: the daemonised child could keep them open and block run() forever.
             subprocess.run([CONTROL, "-d"], env={**os.environ, **self.env}, check=True,
-                           capture_output=True, timeout=30)
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             self.quit()
             raise RunFailure(f"could not start the MPS control daemon: {exc}") from exc

@@ -312,6 +312,7 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     torch.manual_seed(seed)  # seeds the CUDA generators too
     dev = torch.device(device)
     if dev.type == "cuda":
+        dev = torch.device("cuda", dev.index or 0)  # set_device needs an index
         torch.cuda.set_device(dev)
     cls = getattr(transformers, entry.model_class)
     # Parameters are created and initialised where they will live, in the serving dtype
@@ -321,7 +322,7 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     model = model.eval().requires_grad_(False)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return LoadedModel(entry, model, device, dtype, seed, time.perf_counter() - started)
+    return LoadedModel(entry, model, str(dev), dtype, seed, time.perf_counter() - started)
 
 
 def resident_bytes(names: list[str], device: str) -> int:

@@ -50,7 +50,9 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if mode not in MODES:
         raise BadInput("unknown mode", key="--mode", value=mode, allowed=", ".join(MODES))
     device = opts.get("device") or "cpu"
-    kind, _ = parse_device(device)
+    kind, index = parse_device(device)
+    if kind == "cuda":
+        device = f"cuda:{index}"  # one spelling everywhere (torch.cuda.set_device needs it)
     max_batch = opts.get("max_batch") or 1
     if not isinstance(max_batch, int) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
@@ -88,6 +90,8 @@ class ResidentBackend:
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
         self.mode = mode
+        if device == "cuda":
+            device = "cuda:0"
         self.device = device
         self.is_cuda = device.startswith("cuda")
         self.cuda_index = int(device.split(":")[1]) if ":" in device else 0
