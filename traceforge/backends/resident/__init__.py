@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -53,12 +54,13 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     kind, index = parse_device(device)
     if kind == "cuda":
         device = f"cuda:{index}"  # one spelling everywhere (torch.cuda.set_device needs it)
-    max_batch = opts.get("max_batch") or 1
-    if not isinstance(max_batch, int) or max_batch < 1:
+    max_batch = 1 if opts.get("max_batch") is None else opts["max_batch"]
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
-    max_wait_ms = float(opts.get("max_wait_ms") or 0.0)
-    if max_wait_ms < 0:
-        raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    max_wait_ms = opts.get("max_wait_ms") or 0.0
+    if not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms < float("inf"):
+        raise BadInput("must be a number >= 0", key="--max-wait-ms", value=max_wait_ms)
+    max_wait_ms = float(max_wait_ms)
     sm_percent = dict(opts.get("sm_percent") or {})
     for model, pct in sm_percent.items():
         if not isinstance(pct, int) or not 1 <= pct <= 100:
@@ -134,6 +136,7 @@ class ResidentBackend:
         if self.is_cuda:
             self._check_fits(resident_bytes(list(self.models.values()), self.device))
         self._info["gpu"] = self._gpu_facts()
+        _versions()  # read package metadata now, not when the dispatcher is about to send
         self._start_telemetry()
         if self.mode in PROCESS_MODES:
             await self._start_workers()
@@ -338,16 +341,10 @@ class ResidentBackend:
 
     # -- describe ----------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        versions = {"python": sys.version.split()[0]}
-        for pkg in ("torch", "transformers", "nvidia-ml-py"):
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                versions[pkg] = metadata.version(pkg)
-        if "torch" in sys.modules:
-            versions["torch_cuda"] = sys.modules["torch"].version.cuda
         out: dict[str, Any] = {
             "backend": self.name, "mode": self.mode, "device": self.device,
             "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
-            "zoo": dict(self.models), "versions": versions, **self._info,
+            "zoo": dict(self.models), "versions": _versions(), **self._info,
         }
         if self.mode == "mps":
             out["sm_percent"] = {m: self.sm_percent.get(m, 100) for m in self.models}
@@ -362,6 +359,18 @@ class ResidentBackend:
 
     def worker_pids(self) -> dict[str, int]:
         return {n: w.pid for n, w in self._workers.items() if w.pid is not None}
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    # importlib.metadata scans site-packages (~0.1 s in a large environment): once per process.
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "nvidia-ml-py"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    if "torch" in sys.modules:
+        versions["torch_cuda"] = sys.modules["torch"].version.cuda
+    return versions
 
 
 def _percentiles_us(values_ns: list[int]) -> dict[str, float]:
