@@ -184,9 +184,9 @@ class ResidentBackend:
         from traceforge.backends.resident.executor import Executor
         from traceforge.backends.resident.worker import build_resident
 
-        if not self.is_cuda:
-            # Several executor threads on a few cores: keep torch from oversubscribing them.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, len(self.models))))
+        if not self.is_cuda and self.mode == "streams":
+            # One executor thread per model on a few cores: split torch's intra-op threads.
+            torch.set_num_threads(max(1, torch.get_num_threads() // max(1, len(self.models))))
         loaded, info = build_resident(self.models, self.device, self.seed)
         self._info["models"] = info
         common = {"t0_ns": self.clock.t0_ns, "on_result": self._on_thread_result,
@@ -215,7 +215,7 @@ class ResidentBackend:
         if self.mode == "mps":
             self._mps = MpsDaemon()
             await asyncio.to_thread(self._mps.start)
-        cpu_threads = max(1, (os.cpu_count() or 1) // max(1, len(self.models)))
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(self.models)))
         for i, (name, zoo) in enumerate(self.models.items()):
             env = dict(base_env)
             if self._mps is not None:
