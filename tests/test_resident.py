@@ -93,6 +93,8 @@ def test_mode_end_to_end_on_cpu(tmp_path, mode):
     assert info["mode"] == mode and info["zoo"] == ZOO
     if mode == "timeslice":
         assert info["transport"]["ping_rtt_us"]["n"] == 3 * 200
+        # Written at start, updated in place by stop(): run.json shows how each worker ended.
+        assert all(w["end"] and "stopped" in w["end"] for w in info["workers"].values())
         assert wait_gone(backend.worker_pids().values()) == []
 
 
@@ -156,6 +158,7 @@ def test_worker_crash_becomes_error_rows_and_leaves_no_process():
     assert after.status == "error" and "SIGKILL" in after.error  # later requests too
     assert other.status == "ok"  # the other model's worker is unaffected
     assert "SIGKILL" in info["workers"]["gpt"]["end"]
+    assert "stopped" in info["workers"]["bert"]["end"]
     assert wait_gone(pids.values()) == []
 
 

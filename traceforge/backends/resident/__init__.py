@@ -171,12 +171,16 @@ class ResidentBackend:
         return gpu_info(self.cuda_index)
 
     def _start_telemetry(self) -> None:
-        if not (self.is_cuda and self.telemetry_enabled):
+        if not self.is_cuda:
+            return
+        if not self.telemetry_enabled:
+            self._live("telemetry", {"note": "disabled (--no-telemetry)"})
             return
         from traceforge.gpu.telemetry import TelemetrySampler
 
         self._sampler = TelemetrySampler(self.cuda_index, self.clock)
         self._sampler.start()
+        self._live("telemetry", {"note": self._sampler.note or "sampling until stop()"})
 
     def _start_in_process(self) -> None:
         import torch
@@ -215,6 +219,7 @@ class ResidentBackend:
         if self.mode == "mps":
             self._mps = MpsDaemon()
             await asyncio.to_thread(self._mps.start)
+            self._live("mps", self._mps.describe())
         cpu_threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(self.models)))
         for i, (name, zoo) in enumerate(self.models.items()):
             env = dict(base_env)
@@ -225,10 +230,12 @@ class ResidentBackend:
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads}
             self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
+        self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
         await asyncio.gather(*(w.start(WORKER_START_TIMEOUT_S) for w in self._workers.values()))
         self._info["models"] = {n: {**w.info["models"][n], "pid": w.pid}
                                 for n, w in self._workers.items()}
+        self._live("workers", self._worker_states())
         if self._mps is not None:
             pids = {n: w.pid for n, w in self._workers.items()}
             self._info["mps_attach"] = await asyncio.to_thread(
@@ -286,11 +293,12 @@ class ResidentBackend:
             if self._workers:
                 await asyncio.gather(*(w.stop() for w in self._workers.values()),
                                      return_exceptions=True)
+                self._live("workers", self._worker_states())
                 self._keep_worker_logs()
         finally:
             if self._mps is not None:
                 await asyncio.to_thread(self._mps.quit)
-                self._info["mps"] = self._mps.describe()
+                self._live("mps", self._mps.describe())
             self._finish_telemetry()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
@@ -324,8 +332,6 @@ class ResidentBackend:
 
     def _finish_telemetry(self) -> None:
         if self._sampler is None:
-            if self.is_cuda:
-                self._info["telemetry"] = {"note": "disabled"}
             return
         self._sampler.stop()
         summary = self._sampler.summary()
@@ -334,13 +340,19 @@ class ResidentBackend:
             summary["path"] = "telemetry.parquet"
         elif self._sampler.available:
             summary["note"] = "no run directory bound: telemetry kept in memory only"
-        self._info["telemetry"] = summary
+        self._live("telemetry", summary)
 
     def telemetry_table(self):
         return None if self._sampler is None else self._sampler.table()
 
     # -- describe ----------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """Settings and environment for run.json.
+
+        The "telemetry", "mps" and "workers" sub-dicts are *live*: created at start and updated
+        in place by ``stop()``, so a manifest that stored this dict at start (a shallow copy)
+        still writes the end-of-run facts (telemetry summary, daemon quit, worker exits).
+        """
         out: dict[str, Any] = {
             "backend": self.name, "mode": self.mode, "device": self.device,
             "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
@@ -348,14 +360,15 @@ class ResidentBackend:
         }
         if self.mode == "mps":
             out["sm_percent"] = {m: self.sm_percent.get(m, 100) for m in self.models}
-            if "mps" not in out and self._mps is not None:
-                out["mps"] = self._mps.describe()
-        if self.mode in PROCESS_MODES:
-            out["workers"] = {n: {"pid": w.pid, "end": w.dead_reason}
-                              for n, w in self._workers.items()}
-        if self.is_cuda and self._sampler is not None and "telemetry" not in out:
-            out["telemetry"] = {"note": self._sampler.note or "sampling"}
         return out
+
+    def _live(self, key: str, values: dict[str, Any]) -> None:
+        live = self._info.setdefault(key, {})
+        live.clear()
+        live.update(values)
+
+    def _worker_states(self) -> dict[str, Any]:
+        return {n: {"pid": w.pid, "end": w.dead_reason} for n, w in self._workers.items()}
 
     def worker_pids(self) -> dict[str, int]:
         return {n: w.pid for n, w in self._workers.items() if w.pid is not None}

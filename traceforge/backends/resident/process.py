@@ -133,7 +133,7 @@ class WorkerProcess:
                 rc = self.proc.wait(timeout=2)  # EOF came from its exit: this is immediate
         what = reason or describe_exit(rc)
         if self._stopping and reason is None:
-            what = "worker stopped"
+            what = f"stopped ({describe_exit(rc)})"
         tail = self.log_tail()
         self.dead_reason = (f"worker {self.name} (pid {self.pid}) {what}"
                             + (f"; stderr: {tail}" if tail and not self._stopping else ""))
