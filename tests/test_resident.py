@@ -264,3 +264,17 @@ def test_gpu_modes(tmp_path, mode):
     if mode == "mps":
         assert backend.describe()["mps_attach"]["all_attached"] is True
         assert mps_processes() == []
+
+
+def test_cli_replay_resident_streams_on_cpu(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t.parquet", n=9)
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", str(trace), "-o", str(tmp_path / "run"), "--backend", "resident",
+              "--mode", "streams", "--device", "cpu", "--max-batch", "2", "--no-progress"])
+    assert exit_.value.code in (0, None), capsys.readouterr().err
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["backend_info"]["mode"] == "streams"
+    assert manifest["backend_info"]["max_batch"] == 2
+    rows = read_timeline(tmp_path / "run").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 9
