@@ -14,6 +14,7 @@ from traceforge.errors import BadInput
 from traceforge.gpu import mps
 from traceforge.gpu.cuda import parse_device
 from traceforge.gpu.telemetry import TELEMETRY_SCHEMA, TelemetrySampler
+from traceforge.zoo import ZOO
 
 
 class FakeNvml:
@@ -86,3 +87,17 @@ def test_mps_processes_scan_finds_nothing_here():
                                               ("cuda:3", ("cuda", 3))])
 def test_parse_device(text, parsed):
     assert parse_device(text) == parsed
+
+
+def test_resident_set_that_does_not_fit_is_refused_before_loading(monkeypatch):
+    from traceforge.backends.resident import ResidentBackend
+    from traceforge.gpu import cuda
+
+    monkeypatch.setattr(cuda, "free_memory_bytes", lambda index: 10 << 30)  # 10 GiB free
+    backend = ResidentBackend(mode="timeslice", device="cuda")
+    backend.models = {"bert": "distilbert-base", "llm": "mistral-7b"}
+    with pytest.raises(BadInput, match=r"needs 15\.\d GiB .* but cuda:0 has 10\.0 GiB free"):
+        backend._check_fits(sum(ZOO[z].weight_bytes() for z in backend.models.values()))
+    backend.models = {"bert": "distilbert-base"}
+    backend._check_fits(ZOO["distilbert-base"].weight_bytes())  # 0.1 GiB + 1 GiB: fits
+    assert backend._info["memory_check"]["processes"] == 1
