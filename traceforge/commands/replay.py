@@ -144,6 +144,7 @@ def register(app: typer.Typer) -> None:
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
                 "telemetry": telemetry,
+                "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
             })
 
         try:

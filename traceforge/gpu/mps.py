@@ -41,9 +41,11 @@ def mps_processes(pipe_dir: str | None = None) -> list[dict]:
             continue
         try:
             name = (entry / "comm").read_text().strip()
-        except OSError:
+            # stat: "pid (comm) S ..." — a zombie (Z) has exited and only awaits reaping.
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
             continue
-        if not name.startswith("nvidia-cuda-mps"):
+        if not name.startswith("nvidia-cuda-mps") or state in ("Z", "X"):
             continue
         env_pipe: str | None = None
         try:
@@ -67,6 +69,7 @@ class MpsDaemon:
         self.quit_ok: bool | None = None
         self.quit_note: str | None = None
         self._guard: subprocess.Popen | None = None
+        self.pids: set[int] = set()  # our daemon and server processes
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,8 +99,10 @@ class MpsDaemon:
             env=_child_env())
         atexit.register(self.quit)
         try:
+            # No pipes: the daemonised child could keep them open and block run() forever.
             subprocess.run([CONTROL, "-d"], env={**os.environ, **self.env}, check=True,
-                           capture_output=True, timeout=30)
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             self.quit()
             raise RunFailure(f"could not start the MPS control daemon: {exc}") from exc
@@ -109,6 +114,8 @@ class MpsDaemon:
                 raise RunFailure(f"MPS control daemon did not create {self.pipe_dir}/control; "
                                  f"log: {self.log_tail()}")
             time.sleep(0.02)
+        # Remember our daemon's pid: once it is exiting its environment may be unreadable.
+        self.pids.update(p["pid"] for p in mps_processes(str(self.pipe_dir)))
 
     def client_env(self, sm_percent: int | None = None) -> dict[str, str]:
         env = dict(self.env)
@@ -182,19 +189,25 @@ class MpsDaemon:
             return self.quit_ok
         pipe = str(self.pipe_dir)
         if self.started and (self.pipe_dir / "control").exists():
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError, ValueError):
+                self.pids.update(self.server_pids())
             with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                 self.control("quit", timeout=20)
+
+        def ours() -> list[dict]:
+            return [p for p in mps_processes() if p["pipe_dir"] == pipe or p["pid"] in self.pids]
+
         deadline = time.monotonic() + 15
-        while mps_processes(pipe) and time.monotonic() < deadline:
+        while ours() and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = mps_processes(pipe)
+        left = ours()
         for proc in left:  # only processes we started: identified by our private pipe dir
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc["pid"], 15)
         if left:
             time.sleep(1)
             self.quit_note = f"daemon did not quit in 15 s; sent SIGTERM to {left}"
-        self.quit_ok = not mps_processes(pipe)
+        self.quit_ok = not ours()
         if self._guard is not None:
             with contextlib.suppress(OSError):
                 self._guard.stdin.close()
@@ -207,7 +220,7 @@ class MpsDaemon:
 
     def describe(self) -> dict:
         return {"own_daemon": True, "pipe_dir": str(self.pipe_dir), "log_dir": str(self.log_dir),
-                "quit_ok": self.quit_ok, "quit_note": self.quit_note}
+                "pids": sorted(self.pids), "quit_ok": self.quit_ok, "quit_note": self.quit_note}
 
 
 def _nvml_mps_pids(cuda_index: int) -> set[int] | None:

@@ -95,7 +95,9 @@ class TelemetrySampler:
         return self.table()
 
     def table(self) -> pa.Table:
-        return pa.table({f.name: pa.array(self._cols[f.name], type=f.type)
+        """The samples so far (safe while sampling: only complete samples are taken)."""
+        n = min(len(c) for c in self._cols.values())
+        return pa.table({f.name: pa.array(self._cols[f.name][:n], type=f.type)
                          for f in TELEMETRY_SCHEMA}, schema=TELEMETRY_SCHEMA)
 
     def write(self, path: Path) -> None:

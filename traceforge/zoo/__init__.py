@@ -263,12 +263,13 @@ class LoadedModel:
         # ViT's position embeddings are for config.image_size; other sides are interpolated.
         return {"interpolate_pos_encoding": True} if self.entry.model_class == "ViTModel" else {}
 
-    def _decode(self, input_ids, max_new_tokens: int) -> int:
+    def _decode(self, input_ids, max_new_tokens: int, collect: list | None = None) -> int:
         """Prefill + greedy decode of exactly ``max_new_tokens`` tokens with a KV cache.
 
         The host synchronises once, after the first token (its time is the TTFT a streaming
         server would see); the remaining steps are queued without host round trips, as a
-        serving engine would. Returns the first token's monotonic time.
+        serving engine would. Returns the first token's monotonic time; ``collect`` (tests)
+        receives each step's token ids.
         """
         import torch
 
@@ -279,10 +280,23 @@ class LoadedModel:
         first_token = time.monotonic_ns()
         key = self._cache_key
         for _ in range(max_new_tokens - 1):
+            if collect is not None:
+                collect.append(next_ids)
             out = self.model(input_ids=next_ids, use_cache=True, logits_to_keep=1,
                              **{key: getattr(out, key)})
             next_ids = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+        if collect is not None:
+            collect.append(next_ids)
         return first_token
+
+    def greedy_ids(self, input_ids, max_new_tokens: int):
+        """The token ids the serving loop generates (for checks against ``generate``)."""
+        import torch
+
+        steps: list = []
+        with torch.inference_mode():
+            self._decode(input_ids, max_new_tokens, collect=steps)
+        return torch.cat(steps, dim=1)
 
 
 def build_model(name: str, device: str = "cpu", dtype: str | None = None,
@@ -298,6 +312,7 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     torch.manual_seed(seed)  # seeds the CUDA generators too
     dev = torch.device(device)
     if dev.type == "cuda":
+        dev = torch.device("cuda", dev.index or 0)  # set_device needs an index
         torch.cuda.set_device(dev)
     cls = getattr(transformers, entry.model_class)
     # Parameters are created and initialised where they will live, in the serving dtype
@@ -307,7 +322,7 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     model = model.eval().requires_grad_(False)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    return LoadedModel(entry, model, device, dtype, seed, time.perf_counter() - started)
+    return LoadedModel(entry, model, str(dev), dtype, seed, time.perf_counter() - started)
 
 
 def resident_bytes(names: list[str], device: str) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import statistics
@@ -50,13 +51,16 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if mode not in MODES:
         raise BadInput("unknown mode", key="--mode", value=mode, allowed=", ".join(MODES))
     device = opts.get("device") or "cpu"
-    kind, _ = parse_device(device)
-    max_batch = opts.get("max_batch") or 1
-    if not isinstance(max_batch, int) or max_batch < 1:
+    kind, index = parse_device(device)
+    if kind == "cuda":
+        device = f"cuda:{index}"  # one spelling everywhere (torch.cuda.set_device needs it)
+    max_batch = 1 if opts.get("max_batch") is None else opts["max_batch"]
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
-    max_wait_ms = float(opts.get("max_wait_ms") or 0.0)
-    if max_wait_ms < 0:
-        raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    max_wait_ms = opts.get("max_wait_ms") or 0.0
+    if not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms < float("inf"):
+        raise BadInput("must be a number >= 0", key="--max-wait-ms", value=max_wait_ms)
+    max_wait_ms = float(max_wait_ms)
     sm_percent = dict(opts.get("sm_percent") or {})
     for model, pct in sm_percent.items():
         if not isinstance(pct, int) or not 1 <= pct <= 100:
@@ -88,6 +92,8 @@ class ResidentBackend:
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
         self.mode = mode
+        if device == "cuda":
+            device = "cuda:0"
         self.device = device
         self.is_cuda = device.startswith("cuda")
         self.cuda_index = int(device.split(":")[1]) if ":" in device else 0
@@ -130,6 +136,7 @@ class ResidentBackend:
         if self.is_cuda:
             self._check_fits(resident_bytes(list(self.models.values()), self.device))
         self._info["gpu"] = self._gpu_facts()
+        _versions()  # read package metadata now, not when the dispatcher is about to send
         self._start_telemetry()
         if self.mode in PROCESS_MODES:
             await self._start_workers()
@@ -164,12 +171,16 @@ class ResidentBackend:
         return gpu_info(self.cuda_index)
 
     def _start_telemetry(self) -> None:
-        if not (self.is_cuda and self.telemetry_enabled):
+        if not self.is_cuda:
+            return
+        if not self.telemetry_enabled:
+            self._live("telemetry", {"note": "disabled (--no-telemetry)"})
             return
         from traceforge.gpu.telemetry import TelemetrySampler
 
         self._sampler = TelemetrySampler(self.cuda_index, self.clock)
         self._sampler.start()
+        self._live("telemetry", {"note": self._sampler.note or "sampling until stop()"})
 
     def _start_in_process(self) -> None:
         import torch
@@ -177,9 +188,9 @@ class ResidentBackend:
         from traceforge.backends.resident.executor import Executor
         from traceforge.backends.resident.worker import build_resident
 
-        if not self.is_cuda:
-            # Several executor threads on a few cores: keep torch from oversubscribing them.
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, len(self.models))))
+        if not self.is_cuda and self.mode == "streams":
+            # One executor thread per model on a few cores: split torch's intra-op threads.
+            torch.set_num_threads(max(1, torch.get_num_threads() // max(1, len(self.models))))
         loaded, info = build_resident(self.models, self.device, self.seed)
         self._info["models"] = info
         common = {"t0_ns": self.clock.t0_ns, "on_result": self._on_thread_result,
@@ -208,7 +219,8 @@ class ResidentBackend:
         if self.mode == "mps":
             self._mps = MpsDaemon()
             await asyncio.to_thread(self._mps.start)
-        cpu_threads = max(1, (os.cpu_count() or 1) // max(1, len(self.models)))
+            self._live("mps", self._mps.describe())
+        cpu_threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(self.models)))
         for i, (name, zoo) in enumerate(self.models.items()):
             env = dict(base_env)
             if self._mps is not None:
@@ -218,10 +230,12 @@ class ResidentBackend:
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads}
             self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
+        self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
         await asyncio.gather(*(w.start(WORKER_START_TIMEOUT_S) for w in self._workers.values()))
         self._info["models"] = {n: {**w.info["models"][n], "pid": w.pid}
                                 for n, w in self._workers.items()}
+        self._live("workers", self._worker_states())
         if self._mps is not None:
             pids = {n: w.pid for n, w in self._workers.items()}
             self._info["mps_attach"] = await asyncio.to_thread(
@@ -279,11 +293,12 @@ class ResidentBackend:
             if self._workers:
                 await asyncio.gather(*(w.stop() for w in self._workers.values()),
                                      return_exceptions=True)
+                self._live("workers", self._worker_states())
                 self._keep_worker_logs()
         finally:
             if self._mps is not None:
                 await asyncio.to_thread(self._mps.quit)
-                self._info["mps"] = self._mps.describe()
+                self._live("mps", self._mps.describe())
             self._finish_telemetry()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
@@ -317,8 +332,6 @@ class ResidentBackend:
 
     def _finish_telemetry(self) -> None:
         if self._sampler is None:
-            if self.is_cuda:
-                self._info["telemetry"] = {"note": "disabled"}
             return
         self._sampler.stop()
         summary = self._sampler.summary()
@@ -327,37 +340,50 @@ class ResidentBackend:
             summary["path"] = "telemetry.parquet"
         elif self._sampler.available:
             summary["note"] = "no run directory bound: telemetry kept in memory only"
-        self._info["telemetry"] = summary
+        self._live("telemetry", summary)
 
     def telemetry_table(self):
         return None if self._sampler is None else self._sampler.table()
 
     # -- describe ----------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        versions = {"python": sys.version.split()[0]}
-        for pkg in ("torch", "transformers", "nvidia-ml-py"):
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                versions[pkg] = metadata.version(pkg)
-        if "torch" in sys.modules:
-            versions["torch_cuda"] = sys.modules["torch"].version.cuda
+        """Settings and environment for run.json.
+
+        The "telemetry", "mps" and "workers" sub-dicts are *live*: created at start and updated
+        in place by ``stop()``, so a manifest that stored this dict at start (a shallow copy)
+        still writes the end-of-run facts (telemetry summary, daemon quit, worker exits).
+        """
         out: dict[str, Any] = {
             "backend": self.name, "mode": self.mode, "device": self.device,
             "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
-            "zoo": dict(self.models), "versions": versions, **self._info,
+            "zoo": dict(self.models), "versions": _versions(), **self._info,
         }
         if self.mode == "mps":
             out["sm_percent"] = {m: self.sm_percent.get(m, 100) for m in self.models}
-            if "mps" not in out and self._mps is not None:
-                out["mps"] = self._mps.describe()
-        if self.mode in PROCESS_MODES:
-            out["workers"] = {n: {"pid": w.pid, "end": w.dead_reason}
-                              for n, w in self._workers.items()}
-        if self.is_cuda and self._sampler is not None and "telemetry" not in out:
-            out["telemetry"] = {"note": self._sampler.note or "sampling"}
         return out
+
+    def _live(self, key: str, values: dict[str, Any]) -> None:
+        live = self._info.setdefault(key, {})
+        live.clear()
+        live.update(values)
+
+    def _worker_states(self) -> dict[str, Any]:
+        return {n: {"pid": w.pid, "end": w.dead_reason} for n, w in self._workers.items()}
 
     def worker_pids(self) -> dict[str, int]:
         return {n: w.pid for n, w in self._workers.items() if w.pid is not None}
+
+
+@functools.cache
+def _versions() -> dict[str, str | None]:
+    # importlib.metadata scans site-packages (~0.1 s in a large environment): once per process.
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "nvidia-ml-py"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[pkg] = metadata.version(pkg)
+    if "torch" in sys.modules:
+        versions["torch_cuda"] = sys.modules["torch"].version.cuda
+    return versions
 
 
 def _percentiles_us(values_ns: list[int]) -> dict[str, float]:

@@ -76,6 +76,11 @@ class Executor:
 
     # -- executor thread ---------------------------------------------------------------------
     def run_forever(self) -> None:
+        devices = {m.device for m in self.models.values()}
+        if any(d.type == "cuda" for d in devices):
+            import torch
+
+            torch.cuda.set_device(next(iter(devices)))  # events and streams use this thread's
         if self.stream is not None:
             import torch
 

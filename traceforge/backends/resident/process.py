@@ -129,11 +129,14 @@ class WorkerProcess:
                 self._loop.remove_reader(self.conn.fileno())
         rc = None
         if self.proc is not None:
+            # A crash: EOF came from the exit, so the status is there at once (the short wait
+            # covers the kernel closing the socket a moment before the process is reapable).
+            # A requested stop: stop() reaps it; never block the event loop here.
             with contextlib.suppress(subprocess.TimeoutExpired):
-                rc = self.proc.wait(timeout=2)  # EOF came from its exit: this is immediate
+                rc = self.proc.poll() if self._stopping else self.proc.wait(timeout=0.5)
         what = reason or describe_exit(rc)
         if self._stopping and reason is None:
-            what = "worker stopped"
+            what = "stopped" if rc is None else f"stopped ({describe_exit(rc)})"
         tail = self.log_tail()
         self.dead_reason = (f"worker {self.name} (pid {self.pid}) {what}"
                             + (f"; stderr: {tail}" if tail and not self._stopping else ""))

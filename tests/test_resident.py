@@ -1,0 +1,280 @@
+"""The resident backend on the CPU with tiny models: every mode but mps, batching, a worker
+crash, bad flags, and no orphan processes. The GPU path is the same code (see test_gpu_*)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from traceforge.backends.resident import from_options  # noqa: E402
+from traceforge.cli import main  # noqa: E402
+from traceforge.clock import RunClock  # noqa: E402
+from traceforge.errors import BadInput  # noqa: E402
+from traceforge.record import read_timeline  # noqa: E402
+from traceforge.replay import ModelInfo, ReplayOptions, Request, run_replay  # noqa: E402
+from traceforge.schema import TRACE_SCHEMA, read_trace, write_trace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = {"bert": "tiny-bert", "gpt": "tiny-gpt2", "vit": "tiny-vit"}
+
+
+def write_tiny_trace(path: Path, n: int = 24, spacing_ms: float = 4.0) -> Path:
+    models = [("bert", "gpt", "vit")[i % 3] for i in range(n)]
+    shapes = {"bert": (2, 16, 0), "gpt": (1, 8, 5), "vit": (1, 32, 0)}
+    table = pa.table({
+        "request_id": np.arange(n, dtype=np.int64),
+        "arrival_ns": (np.arange(n) * spacing_ms * 1e6).astype(np.int64),
+        "model": models,
+        "batch_size": np.array([shapes[m][0] for m in models], np.int32),
+        "seq_len": np.array([shapes[m][1] for m in models], np.int32),
+        "max_new_tokens": np.array([shapes[m][2] for m in models], np.int32),
+    }, schema=TRACE_SCHEMA)
+    meta = {"spec": {"models": {m: {"zoo": z} for m, z in ZOO.items()}}}
+    write_trace(table, path, meta)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie or a vanished pid counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if pid_alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if pid_alive(p)]
+
+
+@pytest.mark.parametrize("mode", ["exclusive", "streams", "timeslice"])
+def test_mode_end_to_end_on_cpu(tmp_path, mode):
+    trace = read_trace(write_tiny_trace(tmp_path / "t.parquet"))
+    backend = from_options({"mode": mode, "device": "cpu", "run_dir": tmp_path / "run"})
+    summary = run_replay(trace, tmp_path / "run", backend, ReplayOptions())
+    assert summary.status == "complete"
+    t = read_timeline(tmp_path / "run").to_pylist()
+    assert len(t) == 24 and {r["status"] for r in t} == {"ok"}, t[0]
+    for r in t:
+        # Worker-side times lie inside the dispatcher's send..done window, on one clock.
+        assert r["sent_ns"] <= r["service_start_ns"] <= r["service_end_ns"] <= r["done_ns"]
+        assert r["gpu_ns"] is None  # CPU
+        if r["model"] == "gpt":
+            assert r["service_start_ns"] < r["first_token_ns"] <= r["service_end_ns"]
+            assert r["tokens_out"] == 5
+        else:
+            assert r["first_token_ns"] is None and r["tokens_out"] == 0
+    workers = {r["worker"] for r in t}
+    expected = {"exclusive": {"exclusive"},
+                "streams": {f"stream-{m}" for m in ZOO},
+                "timeslice": {f"timeslice-{m}" for m in ZOO}}[mode]
+    assert workers == expected
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["backend_info"]
+    assert info["mode"] == mode and info["zoo"] == ZOO
+    if mode == "timeslice":
+        assert info["transport"]["ping_rtt_us"]["n"] == 3 * 200
+        # Written at start, updated in place by stop(): run.json shows how each worker ended.
+        assert all(w["end"] and "stopped" in w["end"] for w in info["workers"].values())
+        assert wait_gone(backend.worker_pids().values()) == []
+
+
+def test_dynamic_batching_groups_same_model_requests():
+    async def go():
+        backend = from_options({"mode": "exclusive", "device": "cpu", "max_batch": 4,
+                                "max_wait_ms": 50})
+        await backend.start([ModelInfo("bert", "tiny-bert"), ModelInfo("gpt", "tiny-gpt2")],
+                            RunClock())
+        try:
+            reqs = [Request(i, "bert" if i < 6 else "gpt", 1, 16, 0 if i < 6 else 3, 0)
+                    for i in range(8)]
+            return await asyncio.gather(*(backend.submit(r) for r in reqs))
+        finally:
+            await backend.stop()
+
+    outs = asyncio.run(go())
+    assert all(o.status == "ok" for o in outs)
+    bert_batches = {o.batch_id for o in outs[:6]}
+    # 6 bert requests arrive together: batches of at most 4, never mixed with gpt.
+    assert sorted(o.batched_with for o in outs[:6]) == [2, 2, 4, 4, 4, 4]
+    assert len(bert_batches) == 2 and not bert_batches & {o.batch_id for o in outs[6:]}
+    assert [o.tokens_out for o in outs[6:]] == [3, 3]
+    same = [o for o in outs[:6] if o.batch_id == outs[0].batch_id]
+    assert len({(o.service_start_ns, o.service_end_ns) for o in same}) == 1
+
+
+def test_impossible_request_is_an_error_row_and_the_run_goes_on(tmp_path):
+    path = write_tiny_trace(tmp_path / "t.parquet", n=6)
+    table = read_trace(path).table.to_pydict()
+    table["seq_len"][0] = 600  # > 512 positions of tiny-bert
+    write_trace(pa.table(table, schema=TRACE_SCHEMA), path, read_trace(path).meta)
+    run_replay(read_trace(path), tmp_path / "run", from_options({"mode": "exclusive"}),
+               ReplayOptions())
+    rows = read_timeline(tmp_path / "run").to_pylist()
+    assert rows[0]["status"] == "error" and "600 > 512" in rows[0]["error"]
+    assert [r["status"] for r in rows[1:]] == ["ok"] * 5
+
+
+def test_worker_crash_becomes_error_rows_and_leaves_no_process():
+    async def go():
+        backend = from_options({"mode": "timeslice", "device": "cpu"})
+        await backend.start([ModelInfo("gpt", "tiny-gpt2"), ModelInfo("bert", "tiny-bert")],
+                            RunClock())
+        pids = backend.worker_pids()
+        try:
+            # A long decode (1000 greedy steps) is in flight when its worker is killed.
+            long_one = asyncio.ensure_future(backend.submit(Request(0, "gpt", 1, 8, 1000, 0)))
+            await asyncio.sleep(0.3)
+            os.kill(pids["gpt"], signal.SIGKILL)
+            crashed = await asyncio.wait_for(long_one, 10)
+            after = await backend.submit(Request(1, "gpt", 1, 8, 2, 0))
+            other = await backend.submit(Request(2, "bert", 1, 8, 0, 0))
+        finally:
+            await backend.stop()
+        return pids, crashed, after, other, backend.describe()
+
+    pids, crashed, after, other, info = asyncio.run(go())
+    assert crashed.status == "error" and "SIGKILL" in crashed.error
+    assert f"pid {pids['gpt']}" in crashed.error
+    assert after.status == "error" and "SIGKILL" in after.error  # later requests too
+    assert other.status == "ok"  # the other model's worker is unaffected
+    assert "SIGKILL" in info["workers"]["gpt"]["end"]
+    assert "stopped" in info["workers"]["bert"]["end"]
+    assert wait_gone(pids.values()) == []
+
+
+ORPHAN_SCRIPT = textwrap.dedent("""
+    import asyncio, sys
+    from traceforge.backends.resident import from_options
+    from traceforge.clock import RunClock
+    from traceforge.replay import ModelInfo, Request
+
+    async def main():
+        b = from_options({"mode": "timeslice", "device": "cpu"})
+        await b.start([ModelInfo("gpt", "tiny-gpt2"), ModelInfo("bert", "tiny-bert")],
+                      RunClock())
+        print(" ".join(str(p) for p in b.worker_pids().values()), flush=True)
+        asyncio.ensure_future(b.submit(Request(0, "gpt", 1, 8, 1000, 0)))
+        await asyncio.sleep(60)
+
+    asyncio.run(main())
+""")
+
+
+def test_no_orphan_workers_when_the_dispatcher_is_killed(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+        time.sleep(0.3)  # one worker is mid-request
+        proc.kill()  # SIGKILL: no cleanup code runs in the dispatcher
+        proc.wait(10)
+        assert wait_gone(pids) == [], "workers outlived their dispatcher"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("opts", "needle"), [
+    ({"mode": "turbo"}, "unknown mode"),
+    ({"device": "tpu"}, "not a device"),
+    ({"device": "cpu:1"}, "not a device"),
+    ({"max_batch": 0}, "--max-batch"),
+    ({"max_wait_ms": -1}, "--max-wait-ms"),
+    ({"mode": "timeslice", "sm_percent": {"gpt": 50}}, "only to --mode mps"),
+    ({"mode": "mps", "sm_percent": {"gpt": 150}}, "1..100"),
+    ({"zoo": {"gpt": "gpt-17"}}, "unknown model-zoo entry"),
+])
+def test_bad_options_are_bad_input(opts, needle):
+    with pytest.raises(BadInput, match=needle):
+        from_options(opts)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+@pytest.mark.parametrize("opts", [{"mode": "mps", "device": "cuda"},
+                                  {"mode": "mps", "device": "cpu"},
+                                  {"mode": "exclusive", "device": "cuda"}])
+def test_cuda_without_cuda_is_bad_input(opts):
+    with pytest.raises(BadInput, match="CUDA"):
+        from_options(opts)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit")
+def test_cli_mps_without_cuda_exits_2_and_writes_nothing(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t.parquet", n=3)
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", str(trace), "-o", str(tmp_path / "run"), "--backend", "resident",
+              "--mode", "mps"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--mode mps needs a CUDA device" in err[0]  # one line, no trace
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_unknown_model_without_zoo_entry_is_bad_input():
+    async def go():
+        backend = from_options({"mode": "exclusive"})
+        try:
+            await backend.start([ModelInfo("mystery")], RunClock())
+        finally:
+            await backend.stop()
+
+    with pytest.raises(BadInput, match="--zoo mystery"):
+        asyncio.run(go())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", ["exclusive", "streams", "timeslice", "mps"])
+def test_gpu_modes(tmp_path, mode):
+    from traceforge.gpu.mps import mps_processes
+
+    if mode == "mps" and mps_processes():
+        pytest.skip("an MPS daemon is already running here")
+    trace = read_trace(write_tiny_trace(tmp_path / "t.parquet"))
+    backend = from_options({"mode": mode, "device": "cuda", "run_dir": tmp_path / "run"})
+    run_replay(trace, tmp_path / "run", backend, ReplayOptions())
+    rows = read_timeline(tmp_path / "run").to_pylist()
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(r["gpu_ns"] and r["gpu_ns"] > 0 for r in rows)
+    assert (tmp_path / "run" / "telemetry.parquet").exists()
+    if mode == "mps":
+        assert backend.describe()["mps_attach"]["all_attached"] is True
+        assert mps_processes() == []
+
+
+def test_cli_replay_resident_streams_on_cpu(tmp_path, capsys):
+    trace = write_tiny_trace(tmp_path / "t.parquet", n=9)
+    with pytest.raises(SystemExit) as exit_:
+        main(["replay", str(trace), "-o", str(tmp_path / "run"), "--backend", "resident",
+              "--mode", "streams", "--device", "cpu", "--max-batch", "2", "--no-progress"])
+    assert exit_.value.code in (0, None), capsys.readouterr().err
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["backend_info"]["mode"] == "streams"
+    assert manifest["backend_info"]["max_batch"] == 2
+    rows = read_timeline(tmp_path / "run").to_pylist()
+    assert [r["status"] for r in rows] == ["ok"] * 9
