@@ -11,7 +11,7 @@ from traceforge.errors import BadInput
 from traceforge.replay.protocol import ModelInfo
 
 PACERS = ("spin", "thread", "sleep")
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+EVENT_LOOPS = ("auto", "precise", "asyncio", "uvloop")
 
 
 @dataclass
@@ -36,7 +36,9 @@ class ReplayOptions:
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False
-    event_loop: str = "auto"  # run_replay only: uvloop when installed, else asyncio
+    # run_replay only. auto = precise: asyncio with timerfd-backed timers (replay/loop.py) where
+    # available, else stock asyncio; uvloop (optional dependency) on request.
+    event_loop: str = "auto"
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:

@@ -27,6 +27,7 @@ from traceforge.errors import BadInput, RunFailure
 from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I64, TimelineRecorder
 from traceforge.replay.dispatcher import Dispatcher
+from traceforge.replay.loop import describe_loop
 from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
@@ -55,16 +56,17 @@ def check_run_dir(run_dir: Path) -> None:
 
 def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
                options: ReplayOptions | None = None) -> RunSummary:
-    """Synchronous entry point: owns the event loop (uvloop when installed and asked for)."""
+    """Synchronous entry point: owns the event loop (``options.event_loop``)."""
     options = (options or ReplayOptions()).validate()
     factory = None
-    if options.event_loop in ("auto", "uvloop"):
-        try:
-            import uvloop
+    if options.event_loop in ("auto", "precise"):
+        from traceforge.replay.loop import new_event_loop
 
-            factory = uvloop.new_event_loop
-        except ImportError:
-            factory = None  # "uvloop" was checked by validate(); "auto" falls back silently
+        factory = new_event_loop
+    elif options.event_loop == "uvloop":
+        import uvloop  # presence checked by validate()
+
+        factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(replay_async(trace, run_dir, backend, options))
 
@@ -101,11 +103,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 
     # -- from here on we write -----------------------------------------------------------------
     loop = asyncio.get_running_loop()
-    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
     if options.concurrency:
-        scheduled = np.full(len(arrival_ns), origin_ns, np.int64)
+        offsets = np.zeros(len(arrival_ns), np.int64)  # filled in as slots free up
     else:
-        scheduled = origin_ns + np.rint(arrival_ns * options.time_scale).astype(np.int64)
+        offsets = np.rint(arrival_ns * options.time_scale).astype(np.int64)
     recorder = TimelineRecorder(
         run_dir,
         request_id=table.column("request_id").to_numpy(),
@@ -114,8 +115,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         batch_size=table.column("batch_size").to_numpy(),
         seq_len=table.column("seq_len").to_numpy(),
         max_new_tokens=table.column("max_new_tokens").to_numpy(),
-        scheduled_ns=scheduled,
-        warmup_end_ns=origin_ns + int(options.warmup_s * 1e9) if options.warmup_s else None,
+        scheduled_ns=offsets,  # made absolute by Dispatcher.run(origin_ns)
         flush_interval_s=options.flush_interval_s,
     )
     describe = _safe_describe(backend)
@@ -127,10 +127,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         options=options.to_json(),
         trace=trace_info,
         models=[{"name": m.name, "zoo": m.zoo} for m in models],
-        run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
-                   "schedule_origin_ns": origin_ns, "time_scale": options.time_scale},
     )
-    manifest.write()
 
     pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
@@ -144,8 +141,16 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     started = time.perf_counter()
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
+    # The origin is taken last, after all preparation, so the first sends are not late.
+    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    if options.warmup_s:
+        recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
+    manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
+                               "schedule_origin_ns": origin_ns,
+                               "time_scale": options.time_scale})
+    manifest.write()
     try:
-        await dispatcher.run()
+        await dispatcher.run(origin_ns)
         if dispatcher.stopping:
             status = "interrupted"
     except Exception as exc:  # a dispatcher or recorder bug: record it, keep what we have
@@ -179,7 +184,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
         ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns), sent_mask=sent_mask,
         slot_waits=dispatcher.slot_waits, closed_loop=bool(options.concurrency),
-        pacer=pacer.name, event_loop=type(loop).__module__.split(".")[0],
+        pacer=pacer.name, event_loop=describe_loop(loop),
     )
     counts = recorder.counts()
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
