@@ -127,24 +127,27 @@ def register(app: typer.Typer) -> None:
             impl = from_options({"servers": servers, "service_ms": service_ms,
                                  "service_dist": service_dist, "seed": seed})
         elif backend == "http":
-            from traceforge.backends.http import from_options
-
-            impl = from_options({
+            http_opts = {
                 "url": url, "api": api, "api_key_env": api_key_env,
                 "model_name": parse_mapping(model_name, "--model-name"),
                 "body_template": body_template, "headers": parse_headers(header),
-                "stream": stream, "ignore_eos": ignore_eos, "pool_size": options.inflight_cap or 0,
-            })
-        else:
-            from traceforge.backends.resident import from_options
+                "stream": stream, "ignore_eos": ignore_eos,
+                "pool_size": options.inflight_cap or 0,
+            }
+            from traceforge.backends.http import from_options
 
-            impl = from_options({
+            impl = from_options(http_opts)
+        else:
+            resident_opts = {
                 "mode": mode, "device": device,
                 "sm_percent": parse_mapping(sm_percent, "--sm-percent", value_type=int),
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
                 "telemetry": telemetry,
-            })
+            }
+            from traceforge.backends.resident import from_options
+
+            impl = from_options(resident_opts)
 
         try:
             summary = run_replay(tr, out, impl, options)
