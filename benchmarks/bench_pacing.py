@@ -14,7 +14,7 @@ server (aiohttp, started here in a subprocess on other cores), we measure per re
 All cells run in this one process, pinned to one core (the HTTP server gets the others), one
 after the other, so every ratio is measured under the same conditions. Usage:
 
-    python benchmarks/bench_pacing.py [--seconds 1.5] [--rates 1000,5000,20000] [--no-http]
+    python benchmarks/bench_pacing.py [--seconds 1.0] [--rates 1000,5000,20000] [--no-http]
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def variants() -> list[tuple[str, str, str]]:
     return out
 
 
-def main(seconds: float = 1.5, rates: tuple[int, ...] = (1000, 5000, 20000), http: bool = True,
+def main(seconds: float = 1.0, rates: tuple[int, ...] = (1000, 5000, 20000), http: bool = True,
          ladder: tuple[int, ...] = (10000, 40000)) -> dict:
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cpus) >= 2:
@@ -243,7 +243,7 @@ def print_table(results: dict) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=1.5)
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rates", default="1000,5000,20000")
     parser.add_argument("--ladder", default="10000,40000")
     parser.add_argument("--no-http", action="store_true")

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from traceforge.record.recorder import OK, TimelineRecorder  # noqa: E402
-from traceforge.replay.protocol import Outcome  # noqa: E402
+from traceforge.record.recorder import OK, TimelineRecorder
+from traceforge.replay.protocol import Outcome
 
 
 def _recorder(run_dir: Path, n: int) -> TimelineRecorder:
