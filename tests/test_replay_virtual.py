@@ -190,3 +190,47 @@ def test_bad_options_raise_before_anything_is_written(tmp_path):
             replay_virtual(make_trace([0]), run_dir, NullBackend(), **opts)
         assert err.value.key == key
     assert not run_dir.exists()
+
+
+def test_cancelling_replay_async_records_an_interrupted_run(tmp_path):
+    import asyncio
+
+    arrival = [k * 10 * MS for k in range(50)]
+    run_dir = tmp_path / "run"
+    loop = VirtualTimeLoop()
+
+    async def main():
+        task = asyncio.ensure_future(replay_async(
+            make_trace(arrival), run_dir, NullBackend(service_ms=5, service_dist="const"),
+            ReplayOptions(pacer="sleep"), clock=VirtualClock(loop)))
+        loop.call_at((ORIGIN + 102 * MS) / 1e9, task.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["interrupted_by"] == "cancelled"
+    tl = read_timeline(run_dir).to_pydict()
+    assert tl["status"] == ["ok"] * 10 + ["cancelled"]  # 100 ms sent at 100, cut at 102
+
+
+class BrokenStopBackend(NullBackend):
+    async def stop(self):
+        raise RuntimeError("driver crashed on shutdown")
+
+
+def test_a_failing_backend_stop_is_a_failed_run_with_the_timeline_kept(tmp_path):
+    from traceforge.errors import RunFailure
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunFailure, match="driver crashed"):
+        replay_virtual(make_trace([0, MS]), run_dir,
+                       BrokenStopBackend(service_ms=1, service_dist="const"))
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == "RuntimeError: driver crashed on shutdown"
+    assert read_timeline(run_dir).column("status").to_pylist() == ["ok", "ok"]

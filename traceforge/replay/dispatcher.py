@@ -201,13 +201,16 @@ class Dispatcher:
             task.cancel()
 
     # -- stopping ----------------------------------------------------------------------------
-    def interrupt(self) -> None:
-        """Stop sending and cancel everything in flight (safe to call from a signal handler)."""
+    def interrupt(self, *, cancel_main: bool = True) -> None:
+        """Stop sending and cancel everything in flight (safe to call from a signal handler).
+
+        ``cancel_main=False`` when called from the task running :meth:`run` itself (after it
+        was cancelled from outside or failed), which must not cancel itself again."""
         if self.stopping:
             return
         self.stopping = True
         self.stopped_at_ns = self.clock.now()
-        if self._main is not None:
+        if cancel_main and self._main is not None:
             self._main.cancel()
         for task in list(self._inflight.values()):
             task.cancel()

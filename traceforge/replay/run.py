@@ -140,8 +140,6 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
                      if options.progress and len(arrival_ns) else None)
-    status, failure = "complete", None
-    started = time.perf_counter()
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
     # The origin is taken last, after all preparation, so the first sends are not late.
@@ -153,17 +151,43 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                                "time_scale": options.time_scale})
     manifest.write()
     try:
-        await dispatcher.run(origin_ns)
+        summary, failure, cancelled = await _dispatch_and_finish(
+            dispatcher, recorder, manifest, backend, pacer, progress_task, options,
+            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
+    finally:
+        # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if options.print_self_check:
+        print(format_self_check(summary.self_check), file=sys.stderr)
+    if cancelled:  # the caller cancelled us: the run is recorded as interrupted, then re-raise
+        raise asyncio.CancelledError
+    if failure is not None:
+        raise RunFailure(f"replay failed: {type(failure).__name__}: {failure} "
+                         f"(partial timeline kept in {run_dir})") from failure
+    return summary
+
+
+async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
+                               manifest: RunManifest, backend: Backend, pacer, progress_task,
+                               options: ReplayOptions, *, n_rows: int, received: list[str],
+                               loop, run_dir: Path):
+    status, failure, cancelled = "complete", None, False
+    started = time.perf_counter()
+    try:
+        await dispatcher.run(manifest.data["run_clock"]["schedule_origin_ns"])
         if dispatcher.stopping:
             status = "interrupted"
+    except asyncio.CancelledError:  # cancelled from outside (replay_async inside a bigger app)
+        status, cancelled = "interrupted", True
+        dispatcher.interrupt(cancel_main=False)
+        await dispatcher.drain()
     except Exception as exc:  # a dispatcher or recorder bug: record it, keep what we have
         status, failure = "failed", exc
-        dispatcher.interrupt()
+        dispatcher.interrupt(cancel_main=False)
         await dispatcher.drain()
     finally:
         gc.unfreeze()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         if progress_task is not None:
             progress_task.cancel()
             await asyncio.gather(progress_task, return_exceptions=True)
@@ -182,19 +206,20 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         recorder.close()
     except Exception as exc:
         status, failure = "failed", failure or exc
-    sent_mask = recorder.sent_ns != NULL_I64
     check = self_check(
         scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
-        ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns), sent_mask=sent_mask,
-        slot_waits=dispatcher.slot_waits, closed_loop=bool(options.concurrency),
-        pacer=pacer.name, event_loop=describe_loop(loop),
+        ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
+        sent_mask=recorder.sent_ns != NULL_I64, slot_waits=dispatcher.slot_waits,
+        closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
     )
     counts = recorder.counts()
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": recorder.rows_written,
-                             "not_due": int(len(arrival_ns) - recorder.rows_written)}
+                             "not_due": int(n_rows - recorder.rows_written)}
     if received:
         extra["interrupted_by"] = received[0]
+    elif cancelled:
+        extra["interrupted_by"] = "cancelled"
     if finals["dropped"]:
         extra["dropped_unsent"] = finals["dropped"]
     if failure is not None:
@@ -202,12 +227,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     manifest.finish(status, **extra)
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
-    if options.print_self_check:
-        print(format_self_check(check), file=sys.stderr)
-    if failure is not None:
-        raise RunFailure(f"replay failed: {type(failure).__name__}: {failure} "
-                         f"(partial timeline kept in {run_dir})") from failure
-    return summary
+    return summary, failure, cancelled
 
 
 def _safe_describe(backend: Backend) -> dict[str, Any]:
