@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(None, "--progress/--no-progress",
                                       help="Progress bar (default: on when stderr is a TTY)."),
         pacer: str = typer.Option("spin", "--pacer", help="spin | thread | sleep (docs/replay.md)."),
-        event_loop: str = typer.Option("auto", "--event-loop", help="auto | asyncio | uvloop"),
+        event_loop: str = typer.Option("auto", "--event-loop",
+                                       help="auto (= precise) | precise | asyncio | uvloop"),
         # null
         servers: int = typer.Option(1, "--servers", help="null: parallel servers per model."),
         service_ms: float = typer.Option(10.0, "--service-ms", help="null: mean service time."),
