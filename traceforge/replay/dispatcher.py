@@ -57,7 +57,8 @@ class Dispatcher:
         self.cap = inflight_cap
         self.timeout_s = timeout_s
         self.n = recorder.n
-        # Plain Python lists: per-request indexing of a list is ~10x cheaper than of an ndarray.
+        # Plain Python lists: indexing one is several times cheaper than indexing an ndarray, and
+        # yields Python ints (numpy scalars would leak into backends, e.g. into JSON bodies).
         self._request_id = recorder.request_id.tolist()
         self._model = [model_names[c] for c in recorder.model_codes.tolist()]
         self._batch_size = recorder.batch_size.tolist()
