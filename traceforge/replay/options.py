@@ -32,10 +32,11 @@ class ReplayOptions:
     progress: bool = False
     models: list[ModelInfo] | None = None
     pacer: str = "spin"
-    # How long before a send time the spin pacer stops sleeping on the loop and starts spinning:
-    # None = 0.3 ms on the timerfd loop (wakes within tens of µs), 1.5 ms on stock loops (whose
-    # timers wake up to ~1 ms late).
-    spin_margin_ms: float | None = None
+    # How long before a send time the spin pacer stops sleeping and starts spinning. It must
+    # cover the loop's timer error (up to 1 ms on stock loops) *and* the time a sleeping process
+    # takes to get a CPU back on a busy machine; 0.3 ms on the timerfd loop gave clearly worse
+    # p99s than 1.5 ms on the shared 2-vCPU VM (docs/replay.md).
+    spin_margin_ms: float = 1.5
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False
@@ -76,7 +77,7 @@ class ReplayOptions:
             if importlib.util.find_spec("uvloop") is None:
                 raise BadInput("uvloop is not installed (pip install uvloop)",
                                key="--event-loop", value="uvloop")
-        if self.spin_margin_ms is not None and not (0 <= self.spin_margin_ms <= 100):
+        if not (0 <= self.spin_margin_ms <= 100):
             raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
         if not (0 < self.flush_interval_s <= 1.0):
             raise BadInput("must be in (0, 1] (parts are closed at least every second)",

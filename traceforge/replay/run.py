@@ -129,10 +129,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         models=[{"name": m.name, "zoo": m.zoo} for m in models],
     )
 
-    margin_ms = options.spin_margin_ms
-    if margin_ms is None:
-        margin_ms = 0.3 if describe_loop(loop) == "asyncio+timerfd" else 1.5
-    pacer = make_pacer(options.pacer, clock, margin_ns=int(margin_ms * 1e6))
+    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s)
