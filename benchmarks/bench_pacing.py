@@ -7,9 +7,9 @@ server (aiohttp, started here in a subprocess on other cores), we measure per re
 - ``baseline``: the loop most generators use — stock asyncio, ``await asyncio.sleep(target -
   now)`` to each absolute time, one Task per request, ``sent`` stamped inside the task just as
   traceforge does;
-- traceforge variants: ``precise+spin`` (the default: timerfd-backed loop, yield-spin pacer),
-  ``precise+sleep``, ``asyncio+spin``, ``precise+thread``, and ``uvloop+spin`` when uvloop is
-  installed.
+- traceforge variants: ``precise+spin`` (the default: timerfd-backed loop, yield-spin pacer
+  with a 1.5 ms margin), ``precise+spin/0.3`` (0.3 ms margin), ``precise+sleep``,
+  ``asyncio+spin``, ``precise+thread``, and ``uvloop+spin`` when uvloop is installed.
 
 All cells run in this one process, pinned to one core (the HTTP server gets the others), one
 after the other, so every ratio is measured under the same conditions. Usage:
@@ -80,9 +80,10 @@ def make_backend(target: str, url: str | None):
     return HttpBackend(url, "openai-completions", stream=False, pool_size=256)
 
 
-def run_traceforge(trace: Trace, target: str, url: str | None, pacer: str, loop: str) -> dict:
+def run_traceforge(trace: Trace, target: str, url: str | None, pacer: str, loop: str,
+                   margin_ms: float = 1.5) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ReplayOptions(pacer=pacer, event_loop=loop, max_inflight=None)
+        opts = ReplayOptions(pacer=pacer, event_loop=loop, spin_margin_ms=margin_ms)
         summary = run_replay(trace, Path(tmp) / "run", make_backend(target, url), opts)
     check = summary.self_check
     return {"p50_us": check["send_lag_us"]["p50"], "p99_us": check["send_lag_us"]["p99"],
@@ -193,13 +194,15 @@ def stall_probe(seconds: float = 1.0) -> dict:
             "max_stall_us": round(max(gaps, default=0) / 1e3, 1)}
 
 
-def variants() -> list[tuple[str, str, str]]:
-    out = [("precise+spin", "spin", "precise"), ("precise+sleep", "sleep", "precise"),
-           ("asyncio+spin", "spin", "asyncio"), ("precise+thread", "thread", "precise")]
+def variants() -> list[tuple[str, str, str, float]]:
+    """(name, pacer, event loop, spin margin ms); the first is the default configuration."""
+    out = [("precise+spin", "spin", "precise", 1.5), ("precise+spin/0.3", "spin", "precise", 0.3),
+           ("precise+sleep", "sleep", "precise", 1.5), ("asyncio+spin", "spin", "asyncio", 1.5),
+           ("precise+thread", "thread", "precise", 1.5)]
     try:
         import uvloop  # noqa: F401
 
-        out.append(("uvloop+spin", "spin", "uvloop"))
+        out.append(("uvloop+spin", "spin", "uvloop", 1.5))
     except ImportError:
         pass
     return out
@@ -222,10 +225,10 @@ def main(seconds: float = 1.0, rates: tuple[int, ...] = (1000, 5000, 20000), htt
             for rate in rates:
                 trace = poisson_trace(rate, seconds)
                 cells = [("baseline", run_baseline(trace, target, url))]
-                for name, pacer, loop in variants():
+                for name, pacer, loop, margin in variants():
                     if target == "http" and name not in ("precise+spin", "uvloop+spin"):
                         continue  # keep the bench short: pacing variants are compared on null
-                    cells.append((name, run_traceforge(trace, target, url, pacer, loop)))
+                    cells.append((name, run_traceforge(trace, target, url, pacer, loop, margin)))
                 for name, cell in cells:
                     results["cells"].append({"target": target, "rate": rate, "variant": name,
                                              **cell})
@@ -249,11 +252,11 @@ def main(seconds: float = 1.0, rates: tuple[int, ...] = (1000, 5000, 20000), htt
 
 
 def print_table(results: dict) -> None:
-    print(f"{'target':6} {'rate':>6} {'variant':15} {'lag p50 µs':>10} {'lag p99 µs':>10} "
+    print(f"{'target':6} {'rate':>6} {'variant':16} {'lag p50 µs':>10} {'lag p99 µs':>10} "
           f"{'achieved':>9} {'errors':>6}")
     for c in results["cells"]:
         achieved = f"{c['achieved']:.2%}" if c["achieved"] else "-"
-        print(f"{c['target']:6} {c['rate']:>6} {c['variant']:15} {c['p50_us']:>10.1f} "
+        print(f"{c['target']:6} {c['rate']:>6} {c['variant']:16} {c['p50_us']:>10.1f} "
               f"{c['p99_us']:>10.1f} {achieved:>9} {c['errors']:>6}")
     print(f"CPU per request, burst of 50k through null (incl. run setup): {results['dispatch_cost']}")
     print(f"stall probe (bare spin loop on the generator core): before "
