@@ -150,3 +150,10 @@ def test_sigkill_keeps_all_but_the_last_second(tmp_path):
     t0 = manifest["run_clock"]["t0_monotonic_ns"]
     done = np.array(tl.column("done_ns").to_pylist())
     assert killed_at_ns - (t0 + done.max()) < 1.5e9
+
+
+def test_progress_bar_reports_the_final_count(tmp_path, trace_path, capsys):
+    code, err = cli(["replay", str(trace_path), "-o", str(tmp_path / "run"), "--progress",
+                     "--service-ms", "1"], capsys)
+    assert code in (0, None)
+    assert "20/20" in err  # rich's M/N column, refreshed one last time at the end

@@ -264,7 +264,11 @@ async def _show_progress(dispatcher: Dispatcher) -> None:
                TextColumn("sent {task.fields[sent]}  in flight {task.fields[inflight]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     # Refreshed from this task 4x a second, never per request.
-    with Progress(*columns, transient=False, auto_refresh=False) as progress:
+    from rich.console import Console
+
+    # stderr: stdout stays clean for whatever a script pipes out of the command.
+    with Progress(*columns, console=Console(stderr=True), transient=False,
+                  auto_refresh=False) as progress:
         task = progress.add_task("replay", total=dispatcher.n, sent=0, inflight=0)
         try:
             while True:
