@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(None, "--progress/--no-progress",
                                       help="Progress bar (default: on when stderr is a TTY)."),
         pacer: str = typer.Option("spin", "--pacer", help="spin | thread | sleep (docs/replay.md)."),
-        event_loop: str = typer.Option("auto", "--event-loop", help="auto | asyncio | uvloop"),
+        event_loop: str = typer.Option("auto", "--event-loop",
+                                       help="auto (= precise) | precise | asyncio | uvloop"),
         # null
         servers: int = typer.Option(1, "--servers", help="null: parallel servers per model."),
         service_ms: float = typer.Option(10.0, "--service-ms", help="null: mean service time."),
@@ -127,25 +128,28 @@ def register(app: typer.Typer) -> None:
             impl = from_options({"servers": servers, "service_ms": service_ms,
                                  "service_dist": service_dist, "seed": seed})
         elif backend == "http":
-            from traceforge.backends.http import from_options
-
-            impl = from_options({
+            http_opts = {
                 "url": url, "api": api, "api_key_env": api_key_env,
                 "model_name": parse_mapping(model_name, "--model-name"),
                 "body_template": body_template, "headers": parse_headers(header),
-                "stream": stream, "ignore_eos": ignore_eos, "pool_size": options.inflight_cap or 0,
-            })
-        else:
-            from traceforge.backends.resident import from_options
+                "stream": stream, "ignore_eos": ignore_eos,
+                "pool_size": options.inflight_cap or 0,
+            }
+            from traceforge.backends.http import from_options
 
-            impl = from_options({
+            impl = from_options(http_opts)
+        else:
+            resident_opts = {
                 "mode": mode, "device": device,
                 "sm_percent": parse_mapping(sm_percent, "--sm-percent", value_type=int),
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
                 "telemetry": telemetry,
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
-            })
+            }
+            from traceforge.backends.resident import from_options
+
+            impl = from_options(resident_opts)
 
         try:
             summary = run_replay(tr, out, impl, options)

@@ -73,7 +73,11 @@ class TimelineRecorder:
         self._i64 = {name: np.full(n, NULL_I64, np.int64) for name in _I64_FIELDS}
         self._i32 = {name: np.full(n, NULL_I32, np.int32) for name in _I32_FIELDS}
         self.error: dict[int, str] = {}
-        self.worker: dict[int, str] = {}
+        # Workers repeat (a few servers or endpoints serve every row): dictionary-encoded, so the
+        # flusher builds the column without a Python loop over rows.
+        self.worker_code = np.full(n, -1, np.int32)
+        self._worker_codes: dict[str, int] = {}
+        self._worker_names: list[str] = []
         self.itl_ns: dict[int, list[int]] = {}
         # Finished indices not yet on disk. Appended by the event loop; the flusher takes a
         # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
@@ -84,6 +88,7 @@ class TimelineRecorder:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._warm_up()
         if background:
             self._thread = threading.Thread(target=self._flush_loop, name="timeline-flusher",
                                             daemon=True)
@@ -105,8 +110,13 @@ class TimelineRecorder:
                 value = getattr(outcome, name)
                 if value is not None:
                     self._i32[name][i] = value
-            if outcome.worker is not None:
-                self.worker[i] = outcome.worker
+            worker = outcome.worker
+            if worker is not None:
+                code = self._worker_codes.get(worker)
+                if code is None:
+                    code = self._worker_codes[worker] = len(self._worker_names)
+                    self._worker_names.append(worker)
+                self.worker_code[i] = code
             if outcome.itl_ns is not None:
                 self.itl_ns[i] = outcome.itl_ns
             if error is None:
@@ -187,11 +197,27 @@ class TimelineRecorder:
             "batch_id": i64(self._i64["batch_id"][idx]),
             "batched_with": i32(self._i32["batched_with"][idx]),
             "tokens_out": i32(self._i32["tokens_out"][idx]),
-            "worker": sparse(self.worker, pa.string()),
+            "worker": self._workers(idx),
             "warmup": pa.array(warmup, pa.bool_()),
             "itl_ns": sparse(self.itl_ns, pa.list_(pa.int64())),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
+
+    def _warm_up(self) -> None:
+        """Pay pyarrow's lazy first-call costs (~15 ms: compute kernels, the Parquet writer) now,
+        before the schedule starts, rather than in the first flush, where the flusher would hold
+        the GIL while requests are due."""
+        import io
+
+        import pyarrow.parquet as pq
+
+        pq.write_table(self._build(np.zeros(0, np.int64)), io.BytesIO(), compression="zstd")
+
+    def _workers(self, idx: np.ndarray) -> pa.Array:
+        codes = self.worker_code[idx]
+        names = pa.array(list(self._worker_names), pa.string())  # a snapshot: appends may race
+        return pa.DictionaryArray.from_arrays(
+            pa.array(codes, pa.int32(), mask=codes < 0), names).cast(pa.string())
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_interval_s):

@@ -57,13 +57,16 @@ class Dispatcher:
         self.cap = inflight_cap
         self.timeout_s = timeout_s
         self.n = recorder.n
-        # Plain Python lists: per-request indexing of a list is ~10x cheaper than of an ndarray.
+        # Plain Python lists: indexing one is several times cheaper than indexing an ndarray, and
+        # yields Python ints (numpy scalars would leak into backends, e.g. into JSON bodies).
         self._request_id = recorder.request_id.tolist()
         self._model = [model_names[c] for c in recorder.model_codes.tolist()]
         self._batch_size = recorder.batch_size.tolist()
         self._seq_len = recorder.seq_len.tolist()
         self._max_new_tokens = recorder.max_new_tokens.tolist()
-        self._scheduled = recorder.scheduled_ns.tolist()
+        # Offsets from the schedule origin; run(origin_ns) makes recorder.scheduled_ns absolute.
+        self._offset = recorder.scheduled_ns.tolist()
+        self.origin_ns = 0
         # When a request was ready to leave, if later than scheduled (it waited for a slot).
         self.ready_ns = np.full(self.n, NULL_I64, np.int64)
         self.slot_waits = 0
@@ -78,9 +81,14 @@ class Dispatcher:
         self._main: asyncio.Task | None = None
 
     # -- the schedule walk -------------------------------------------------------------------
-    async def run(self) -> None:
-        """Send every request, then wait for all of them. Returns early after interrupt()."""
+    async def run(self, origin_ns: int) -> None:
+        """Send every request (request i at ``origin_ns + offset_i``), then wait for all of
+        them. Returns early after interrupt()."""
         self._main = asyncio.current_task()
+        self.origin_ns = origin_ns
+        self.rec.scheduled_ns += origin_ns  # in place: the recorder shares this array
+        if self.stopping:  # interrupted while the run was being prepared
+            return
         try:
             if self.closed_loop:
                 await self._closed_loop()
@@ -95,19 +103,20 @@ class Dispatcher:
             await self.drain()
 
     async def _open_loop(self) -> None:
-        scheduled = self._scheduled
+        offset = self._offset
+        origin = self.origin_ns
         now = self.clock.now
         wait_until = self.pacer.wait_until
         capped = self.cap is not None
         n = self.n
         i = 0
         while i < n:
-            target = scheduled[i]
+            target = origin + offset[i]
             if now() < target:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
             t = now()
-            while i < n and scheduled[i] <= t:
+            while i < n and origin + offset[i] <= t:
                 if capped and self._free_slots == 0:
                     self.slot_waits += 1
                     self.ready_ns[i] = await self._wait_slot()
@@ -120,14 +129,14 @@ class Dispatcher:
         scheduled = self.rec.scheduled_ns
         now = self.clock.now
         if self.n:
-            await self.pacer.wait_until(self._scheduled[0])  # the common start, like open loop
+            await self.pacer.wait_until(self.origin_ns)  # the common start, like open loop
         for i in range(self.n):
             if self._free_slots == 0:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
                 scheduled[i] = await self._wait_slot()
             else:
                 scheduled[i] = now()
-            self._scheduled[i] = int(scheduled[i])
+            self._offset[i] = int(scheduled[i]) - self.origin_ns
             self._launch(i)
             self.next_index = i + 1
 
@@ -151,7 +160,8 @@ class Dispatcher:
         sent = False
         try:
             request = Request(self._request_id[i], self._model[i], self._batch_size[i],
-                              self._seq_len[i], self._max_new_tokens[i], self._scheduled[i])
+                              self._seq_len[i], self._max_new_tokens[i],
+                              self.origin_ns + self._offset[i])
             if self.timeout_s is not None:
                 timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, i)
             rec.sent_ns[i] = now()
@@ -192,13 +202,16 @@ class Dispatcher:
             task.cancel()
 
     # -- stopping ----------------------------------------------------------------------------
-    def interrupt(self) -> None:
-        """Stop sending and cancel everything in flight (safe to call from a signal handler)."""
+    def interrupt(self, *, cancel_main: bool = True) -> None:
+        """Stop sending and cancel everything in flight (safe to call from a signal handler).
+
+        ``cancel_main=False`` when called from the task running :meth:`run` itself (after it
+        was cancelled from outside or failed), which must not cancel itself again."""
         if self.stopping:
             return
         self.stopping = True
         self.stopped_at_ns = self.clock.now()
-        if self._main is not None:
+        if cancel_main and self._main is not None:
             self._main.cancel()
         for task in list(self._inflight.values()):
             task.cancel()

@@ -11,7 +11,7 @@ from traceforge.errors import BadInput
 from traceforge.replay.protocol import ModelInfo
 
 PACERS = ("spin", "thread", "sleep")
-EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+EVENT_LOOPS = ("auto", "precise", "asyncio", "uvloop")
 
 
 @dataclass
@@ -32,11 +32,17 @@ class ReplayOptions:
     progress: bool = False
     models: list[ModelInfo] | None = None
     pacer: str = "spin"
+    # How long before a send time the spin pacer stops sleeping and starts spinning. It must
+    # cover the loop's timer error (up to 1 ms on stock loops) *and* the time a sleeping process
+    # takes to get a CPU back on a busy machine; 0.3 ms on the timerfd loop gave clearly worse
+    # p99s than 1.5 ms on the shared 2-vCPU VM (docs/replay.md).
     spin_margin_ms: float = 1.5
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False
-    event_loop: str = "auto"  # run_replay only: uvloop when installed, else asyncio
+    # run_replay only. auto = precise: asyncio with timerfd-backed timers (replay/loop.py) where
+    # available, else stock asyncio; uvloop (optional dependency) on request.
+    event_loop: str = "auto"
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:

@@ -27,6 +27,7 @@ from traceforge.errors import BadInput, RunFailure
 from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I64, TimelineRecorder
 from traceforge.replay.dispatcher import Dispatcher
+from traceforge.replay.loop import describe_loop
 from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
@@ -55,16 +56,17 @@ def check_run_dir(run_dir: Path) -> None:
 
 def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
                options: ReplayOptions | None = None) -> RunSummary:
-    """Synchronous entry point: owns the event loop (uvloop when installed and asked for)."""
+    """Synchronous entry point: owns the event loop (``options.event_loop``)."""
     options = (options or ReplayOptions()).validate()
     factory = None
-    if options.event_loop in ("auto", "uvloop"):
-        try:
-            import uvloop
+    if options.event_loop in ("auto", "precise"):
+        from traceforge.replay.loop import new_event_loop
 
-            factory = uvloop.new_event_loop
-        except ImportError:
-            factory = None  # "uvloop" was checked by validate(); "auto" falls back silently
+        factory = new_event_loop
+    elif options.event_loop == "uvloop":
+        import uvloop  # presence checked by validate()
+
+        factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(replay_async(trace, run_dir, backend, options))
 
@@ -101,11 +103,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 
     # -- from here on we write -----------------------------------------------------------------
     loop = asyncio.get_running_loop()
-    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
     if options.concurrency:
-        scheduled = np.full(len(arrival_ns), origin_ns, np.int64)
+        offsets = np.zeros(len(arrival_ns), np.int64)  # filled in as slots free up
     else:
-        scheduled = origin_ns + np.rint(arrival_ns * options.time_scale).astype(np.int64)
+        offsets = np.rint(arrival_ns * options.time_scale).astype(np.int64)
     recorder = TimelineRecorder(
         run_dir,
         request_id=table.column("request_id").to_numpy(),
@@ -114,8 +115,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         batch_size=table.column("batch_size").to_numpy(),
         seq_len=table.column("seq_len").to_numpy(),
         max_new_tokens=table.column("max_new_tokens").to_numpy(),
-        scheduled_ns=scheduled,
-        warmup_end_ns=origin_ns + int(options.warmup_s * 1e9) if options.warmup_s else None,
+        scheduled_ns=offsets,  # made absolute by Dispatcher.run(origin_ns)
         flush_interval_s=options.flush_interval_s,
     )
     describe = _safe_describe(backend)
@@ -127,10 +127,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         options=options.to_json(),
         trace=trace_info,
         models=[{"name": m.name, "zoo": m.zoo} for m in models],
-        run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
-                   "schedule_origin_ns": origin_ns, "time_scale": options.time_scale},
     )
-    manifest.write()
 
     pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
@@ -140,22 +137,54 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
                      if options.progress and len(arrival_ns) else None)
-    status, failure = "complete", None
-    started = time.perf_counter()
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
+    # The origin is taken last, after all preparation, so the first sends are not late.
+    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    if options.warmup_s:
+        recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
+    manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
+                               "schedule_origin_ns": origin_ns,
+                               "time_scale": options.time_scale})
+    manifest.write()
     try:
-        await dispatcher.run()
+        summary, failure, cancelled = await _dispatch_and_finish(
+            dispatcher, recorder, manifest, backend, pacer, progress_task, options,
+            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
+    finally:
+        # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    if options.print_self_check:
+        print(format_self_check(summary.self_check), file=sys.stderr)
+    if cancelled:  # the caller cancelled us: the run is recorded as interrupted, then re-raise
+        raise asyncio.CancelledError
+    if failure is not None:
+        raise RunFailure(f"replay failed: {type(failure).__name__}: {failure} "
+                         f"(partial timeline kept in {run_dir})") from failure
+    return summary
+
+
+async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
+                               manifest: RunManifest, backend: Backend, pacer, progress_task,
+                               options: ReplayOptions, *, n_rows: int, received: list[str],
+                               loop, run_dir: Path):
+    status, failure, cancelled = "complete", None, False
+    started = time.perf_counter()
+    try:
+        await dispatcher.run(manifest.data["run_clock"]["schedule_origin_ns"])
         if dispatcher.stopping:
             status = "interrupted"
+    except asyncio.CancelledError:  # cancelled from outside (replay_async inside a bigger app)
+        status, cancelled = "interrupted", True
+        dispatcher.interrupt(cancel_main=False)
+        await dispatcher.drain()
     except Exception as exc:  # a dispatcher or recorder bug: record it, keep what we have
         status, failure = "failed", exc
-        dispatcher.interrupt()
+        dispatcher.interrupt(cancel_main=False)
         await dispatcher.drain()
     finally:
         gc.unfreeze()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         if progress_task is not None:
             progress_task.cancel()
             await asyncio.gather(progress_task, return_exceptions=True)
@@ -174,19 +203,20 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         recorder.close()
     except Exception as exc:
         status, failure = "failed", failure or exc
-    sent_mask = recorder.sent_ns != NULL_I64
     check = self_check(
         scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
-        ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns), sent_mask=sent_mask,
-        slot_waits=dispatcher.slot_waits, closed_loop=bool(options.concurrency),
-        pacer=pacer.name, event_loop=type(loop).__module__.split(".")[0],
+        ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
+        sent_mask=recorder.sent_ns != NULL_I64, slot_waits=dispatcher.slot_waits,
+        closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
     )
     counts = recorder.counts()
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": recorder.rows_written,
-                             "not_due": int(len(arrival_ns) - recorder.rows_written)}
+                             "not_due": int(n_rows - recorder.rows_written)}
     if received:
         extra["interrupted_by"] = received[0]
+    elif cancelled:
+        extra["interrupted_by"] = "cancelled"
     if finals["dropped"]:
         extra["dropped_unsent"] = finals["dropped"]
     if failure is not None:
@@ -194,12 +224,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     manifest.finish(status, **extra)
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
-    if options.print_self_check:
-        print(format_self_check(check), file=sys.stderr)
-    if failure is not None:
-        raise RunFailure(f"replay failed: {type(failure).__name__}: {failure} "
-                         f"(partial timeline kept in {run_dir})") from failure
-    return summary
+    return summary, failure, cancelled
 
 
 def _safe_describe(backend: Backend) -> dict[str, Any]:
@@ -239,7 +264,11 @@ async def _show_progress(dispatcher: Dispatcher) -> None:
                TextColumn("sent {task.fields[sent]}  in flight {task.fields[inflight]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     # Refreshed from this task 4x a second, never per request.
-    with Progress(*columns, transient=False, auto_refresh=False) as progress:
+    from rich.console import Console
+
+    # stderr: stdout stays clean for whatever a script pipes out of the command.
+    with Progress(*columns, console=Console(stderr=True), transient=False,
+                  auto_refresh=False) as progress:
         task = progress.add_task("replay", total=dispatcher.n, sent=0, inflight=0)
         try:
             while True:
