@@ -22,11 +22,12 @@ from traceforge.errors import BadInput
 DEFAULT_DIR = Path("demo-out")
 # On a GPU the demo serves the real zoo model of each tiny entry in the embedded spec. Its rates
 # are sized for the tiny CPU models; the real decoders are launch-bound (distilgpt2 decodes at
-# ~6.5 ms/token on an H200, docs/results/seed-study-h200.md), so arrivals are stretched 3x and the
-# workload shortened to 10 s of trace time (30 s of replay) to keep the GPU demo's load moderate.
+# ~6.5 ms/token on an H200, docs/results/seed-study-h200.md). At 3x stretch the H200 demo ran with
+# every model's queue building (mean queue 0.3-3 s, docs/resident.md), so arrivals are stretched
+# 6x and the workload shortened to 6 s of trace time (36 s of replay).
 GPU_MODELS = {"tiny-bert": "distilbert-base", "tiny-gpt2": "distilgpt2", "tiny-llama": "llama-1b"}
-GPU_TIME_SCALE = 3.0
-GPU_DURATION_S = 10.0
+GPU_TIME_SCALE = 6.0
+GPU_DURATION_S = 6.0
 WARMUP_S = 1.0  # the first second of arrivals meets cold caches and lazy CUDA/oneDNN setup
 
 
