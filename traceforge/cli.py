@@ -9,7 +9,6 @@ Exit codes (CONTRACT.md): 0 done, 1 runtime failure, 2 bad input (one line, noth
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 
 import typer
@@ -39,9 +38,7 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    # INTEGRATION: tolerant while command modules land on separate branches; made strict at merge.
-    if importlib.util.find_spec(f"traceforge.commands.{_name}") is not None:
-        importlib.import_module(f"traceforge.commands.{_name}").register(app)
+    importlib.import_module(f"traceforge.commands.{_name}").register(app)
 
 
 def _click_exceptions():
