@@ -35,15 +35,21 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
 
     ``arrival_ns`` must be non-decreasing; ``service_ns`` holds each request's service time.
     """
+    start, end, _ = fifo_servers_assigned(arrival_ns, service_ns, servers)
+    return start, end
+
+
+def fifo_servers_assigned(arrival_ns: np.ndarray, service_ns: np.ndarray, servers: int = 1
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`fifo_servers`, plus the index of the server each request ran on (the
+    earliest-free server, ties to the lowest index, as the ``null`` backend picks)."""
     arrival = np.asarray(arrival_ns, dtype=np.int64)
     service = np.asarray(service_ns, dtype=np.int64)
     n = arrival.size
     if n == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
     if servers == 1:
-        return _lindley(arrival, service)
-    if servers >= n:
-        return arrival.copy(), arrival + service
+        return (*_lindley(arrival, service), np.zeros(n, np.int32))
     if np.all(service == service[0]):
         # Equal service times: ends are non-decreasing in FIFO order, so request i takes the
         # server freed by request i - c; each residue class mod c is a one-server queue.
@@ -53,7 +59,7 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
             s, e = _lindley(arrival[r::servers], service[r::servers])
             start[r::servers] = s
             end[r::servers] = e
-        return start, end
+        return start, end, (np.arange(n) % servers).astype(np.int32)
     return _heap_servers(arrival, service, servers)
 
 
@@ -64,19 +70,21 @@ def _lindley(arrival: np.ndarray, service: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _heap_servers(arrival: np.ndarray, service: np.ndarray,
-                  servers: int) -> tuple[np.ndarray, np.ndarray]:
+                  servers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Hand-written loop: no vectorised form exists for FIFO c-server queues with random service
-    # (completions overtake each other); a heap of free times is O(n log c) with small constants.
-    free = [0] * servers
+    # (completions overtake each other); a heap of (free time, server) is O(n log c).
+    free = [(-(2**62), k) for k in range(servers)]
     starts = [0] * arrival.size
+    which = [0] * arrival.size
     replace = heapq.heapreplace
     for i, (a, s) in enumerate(zip(arrival.tolist(), service.tolist(), strict=True)):
-        earliest = free[0]
+        earliest, k = free[0]
         st = a if a > earliest else earliest
-        replace(free, st + s)
+        replace(free, (st + s, k))
         starts[i] = st
+        which[i] = k
     start = np.array(starts, dtype=np.int64)
-    return start, start + service
+    return start, start + service, np.array(which, dtype=np.int32)
 
 
 @dataclass(slots=True)

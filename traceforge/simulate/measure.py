@@ -16,7 +16,7 @@ Phases, per mode:
    grid: ``alone_scale``) and transport overheads (``service_start - sent``, ``done -
    service_end``, medians);
 3. co-run (not in ``exclusive``): each pair and the full set at the reference shapes,
-   ``concurrency = len(set)``, rows interleaved in proportion to 1/alone time so every model
+   ``concurrency = corun_depth x len(set)``, rows interleaved in proportion to 1/alone time so every model
    stays about equally busy. The slowdown is estimated by :func:`estimate_slowdowns`, which
    inverts the simulator's own processor-sharing model over the measured busy intervals, so a
    co-run with imperfect overlap still gives an unbiased slowdown.
@@ -60,6 +60,7 @@ class ProfileSettings:
     warmup: int = 3  # untimed requests first
     corun_seconds: float = 4.0  # target length of each co-run phase
     corun_sets: str = "pairs+all"  # pairs+all | all | pairs
+    corun_depth: int = 2  # requests in flight per model during a co-run (closed loop)
     reference_batch: int = 1
     reference_seq: int = 128
     reference_new_tokens: int | None = None  # default: new_tokens
@@ -506,7 +507,9 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
             seen[m] = seen.get(m, 0) + 1
         key = corun_key(group)
         t0 = time.perf_counter()
-        timeline = await replay.run(phase, len(group), f"corun-{key}")
+        # Two requests in flight per model: the next one already waits at the worker when the
+        # current one ends, so transport round trips do not open gaps in the overlap.
+        timeline = await replay.run(phase, settings.corun_depth * len(group), f"corun-{key}")
         start, end, _ = _times(timeline)
         models_col = np.asarray(phase.models)
         timed = np.asarray(phase.timed)

@@ -27,7 +27,12 @@ import pyarrow.compute as pc
 from traceforge.errors import BadInput
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
-from traceforge.simulate.engine import ModelQueue, fifo_servers, shared_workers
+from traceforge.simulate.engine import (
+    ModelQueue,
+    fifo_servers,
+    fifo_servers_assigned,
+    shared_workers,
+)
 from traceforge.simulate.profile import Profile, load_profile
 
 SERVICE_DISTS = ("const", "exp")
@@ -110,7 +115,8 @@ def simulate(
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
                            value=service_dist, allowed=", ".join(SERVICE_DISTS))
-        result = _simulate_null(scheduled, codes, names, servers=servers,
+        result = _simulate_null(scheduled, codes, names,
+                                table.column("max_new_tokens").to_numpy(), servers=servers,
                                 service_ns=service_ms * 1e6, dist=service_dist, seed=seed)
         describe = {"name": "simulate", "service_model": "null", "servers": servers,
                     "service_ms": service_ms, "service_dist": service_dist, "seed": seed}
@@ -195,11 +201,13 @@ def _rows_by_model(codes: np.ndarray, k: int) -> list[np.ndarray]:
     return [order[bounds[m]:bounds[m + 1]] for m in range(k)]
 
 
-def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str], *, servers: int,
-                   service_ns: float, dist: str, seed: int) -> SimResult:
+def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
+                   new_tokens: np.ndarray, *, servers: int, service_ns: float, dist: str,
+                   seed: int) -> SimResult:
     n = scheduled.size
     start = np.empty(n, np.int64)
     end = np.empty(n, np.int64)
+    server = np.zeros(n, np.int32)
     for m, rows in enumerate(_rows_by_model(codes, len(names))):
         if dist == "const":
             svc = np.full(rows.size, int(service_ns), np.int64)
@@ -208,12 +216,14 @@ def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str], *
             # run draws exactly the service times a real `replay --backend null` run draws.
             rng = np.random.default_rng([seed, zlib.crc32(names[m].encode())])
             svc = np.rint(rng.exponential(service_ns, rows.size)).astype(np.int64)
-        s, e = fifo_servers(scheduled[rows], svc, servers)
-        start[rows] = s
-        end[rows] = e
-    worker = pa.array(names, pa.string()).take(pa.array(codes, pa.int32()))
+        start[rows], end[rows], server[rows] = fifo_servers_assigned(scheduled[rows], svc,
+                                                                     servers)
+    # Worker names as the null backend writes them: "<model>/<server index>".
+    labels = pa.array([f"{m}/{k}" for m in names for k in range(servers)], pa.string())
+    worker = labels.take(pa.array(codes.astype(np.int64) * servers + server))
+    tokens = new_tokens.astype(np.int64)
     return SimResult(service_start_ns=start, service_end_ns=end, done_ns=end.copy(),
-                     worker=worker)
+                     tokens_out=np.where(tokens > 0, tokens, -1), worker=worker)
 
 
 def _map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, str]:
@@ -327,7 +337,8 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     done = end + np.rint(outbound[codes]).astype(np.int64) if n else end.copy()
 
     first_token = np.full(n, np.nan)
-    tokens_out = np.full(n, -1, np.int64)
+    # As the resident executor reports it: batch_size x max_new_tokens for generation, else 0.
+    tokens_out = np.zeros(n, np.int64)
     for m, rows in enumerate(rows_by_model):
         pm = profile.models[mapping[names[m]]]
         if not pm.generative:
@@ -337,7 +348,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             continue
         frac = pm.prefill_fraction(bs_all[gen], seq_all[gen], new_all[gen])
         first_token[gen] = start[gen] + frac * (end[gen] - start[gen])
-        tokens_out[gen] = new_all[gen]
+        tokens_out[gen] = bs_all[gen].astype(np.int64) * new_all[gen]
     if exclusive:
         worker = pa.repeat(pa.scalar("exclusive"), n)
     else:
