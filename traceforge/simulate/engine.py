@@ -21,6 +21,7 @@ Both are deterministic: ties go to the lower model index, then the lower request
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Callable, Sequence
@@ -132,8 +133,7 @@ def shared_workers(
     without it, ``queues[m].work_ns`` must be set and batches add up their rows' work.
     """
     k = len(queues)
-    arrivals = [q.arrival_ns.tolist() for q in queues]
-    arrival_arrays = [np.asarray(q.arrival_ns, dtype=np.float64) for q in queues]
+    arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
     sizes = [len(a) for a in arrivals]
     if batch_work is None:
         works = [np.asarray(q.work_ns, dtype=np.float64) for q in queues]
@@ -146,122 +146,121 @@ def shared_workers(
             return cums[m][j] - cums[m][i]
 
     max_batch = max(1, int(max_batch))
-    wait = float(max_wait_ns)
+    wait = float(max_wait_ns) if max_batch > 1 else 0.0
     rate_table = rates or {}
-    one = [1.0] * k
+    inf = math.inf
+    n_workers = 1 if exclusive else k
+    ones = [1.0] * n_workers
 
     starts = [[0.0] * n for n in sizes]
     ends = [[0.0] * n for n in sizes]
-    batch_ids = [np.zeros(n, np.int64) for n in sizes]
-    batched = [np.ones(n, np.int32) for n in sizes]
+    batch_ids = [[0] * n for n in sizes]
+    batched = [[1] * n for n in sizes]
 
     head = [0] * k  # first request of each model not yet dispatched
-    inf = math.inf
-    n_workers = 1 if exclusive else k
-    # Per worker: model being served (-1 idle), batch rows, remaining work, start time.
-    serving = [-1] * n_workers
+    # Per worker, one event time: when its batch ends (busy, at the current rates) or when its
+    # next batch will start (idle; inf if its queue is empty for good).
+    event = [inf] * n_workers
+    busy = [False] * n_workers
+    serving = [0] * n_workers  # model of the batch in progress / of the next batch
     row_lo = [0] * n_workers
     row_hi = [0] * n_workers
-    remaining = [0.0] * n_workers
     began = [0.0] * n_workers
-    rate = [1.0] * n_workers
-    next_start = [inf] * n_workers  # when an idle worker will dispatch its next batch
-    next_model = [-1] * n_workers
+    rate = list(ones)
     batch_counter = 0
-    t = 0.0
-
-    def dispatch_time(m: int, now: float) -> float:
-        h = head[m]
-        arr = arrivals[m]
-        if max_batch == 1 or wait <= 0.0:
-            a = arr[h]
-            return a if a > now else now
-        full = arr[h + max_batch - 1] if h + max_batch - 1 < sizes[m] else inf
-        ready = arr[h] + wait
-        if full < ready:
-            ready = full
-        return ready if ready > now else now
+    busy_mask = 0
+    workers = range(n_workers)
+    interference = not exclusive and bool(rate_table)
+    bisect_right = bisect.bisect_right
 
     def plan(w: int, now: float) -> None:
-        # Decide when idle worker w starts next, and with which model.
+        """Set idle worker w's next start time and model (the batching rule)."""
         if exclusive:
-            best_m, best_a = -1, inf
-            for m in range(k):
-                if head[m] < sizes[m]:
-                    a = arrivals[m][head[m]]
-                    if a < best_a:
-                        best_a, best_m = a, m
-            if best_m < 0:
-                next_start[w] = inf
+            m, a = -1, inf
+            for mm in range(k):  # global FIFO: the oldest head of any model
+                if head[mm] < sizes[mm]:
+                    am = arrivals[mm][head[mm]]
+                    if am < a:
+                        a, m = am, mm
+            if m < 0:
+                event[w] = inf
                 return
-            next_model[w] = best_m
-            next_start[w] = dispatch_time(best_m, now)
         else:
-            if head[w] < sizes[w]:
-                next_model[w] = w
-                next_start[w] = dispatch_time(w, now)
-            else:
-                next_start[w] = inf
+            m = w
+            if head[m] >= sizes[m]:
+                event[w] = inf
+                return
+            a = arrivals[m][head[m]]
+        serving[w] = m
+        if wait > 0.0:
+            last = head[m] + max_batch - 1
+            full = arrivals[m][last] if last < sizes[m] else inf
+            ready = a + wait
+            if full < ready:
+                ready = full
+            a = ready
+        event[w] = a if a > now else now
 
-    for w in range(n_workers):
+    def start(w: int, now: float) -> None:
+        nonlocal batch_counter, busy_mask
+        m = serving[w]
+        h = head[m]
+        if max_batch == 1:
+            hi = h + 1
+        else:
+            # Every request that has reached the worker by now joins, up to max_batch.
+            arrived = bisect_right(arrivals[m], now, h)
+            hi = min(h + max_batch, max(arrived, h + 1))
+        head[m] = hi
+        row_lo[w], row_hi[w] = h, hi
+        began[w] = now
+        b_ids, b_n = batch_ids[m], batched[m]
+        for i in range(h, hi):
+            b_ids[i] = batch_counter
+            b_n[i] = hi - h
+        batch_counter += 1
+        busy[w] = True
+        busy_mask |= 1 << w
+        # Remaining work stored as an end time at rate 1; rescaled when rates are applied.
+        rate[w] = 1.0
+        event[w] = now + batch_work(m, h, hi)
+
+    for w in workers:
         plan(w, 0.0)
 
-    busy_mask = 0
     while True:
-        # Next event: the earliest batch completion or batch start.
-        t_next = inf
-        kind = 0
-        who = -1
-        for w in range(n_workers):
-            if serving[w] >= 0:
-                te = t + remaining[w] / rate[w]
-                if te < t_next:
-                    t_next, kind, who = te, 1, w
-            elif next_start[w] < t_next:
-                t_next, kind, who = next_start[w], 2, w
-        if who < 0:
+        # The earliest event; ties go to the lower worker index (list.index finds the first).
+        t = min(event)
+        if t == inf:
             break
-        dt = t_next - t
-        if dt > 0.0:
-            for w in range(n_workers):
-                if serving[w] >= 0:
-                    remaining[w] -= rate[w] * dt
-        t = t_next
-        if kind == 1:
-            m = serving[who]
-            lo, hi = row_lo[who], row_hi[who]
-            st = began[who]
+        w = event.index(t)
+        if busy[w]:
+            m = serving[w]
+            st = began[w]
             s_m, e_m = starts[m], ends[m]
-            for i in range(lo, hi):
+            for i in range(row_lo[w], row_hi[w]):
                 s_m[i] = st
                 e_m[i] = t
-            serving[who] = -1
-            busy_mask &= ~(1 << who)
-            plan(who, t)
+            busy[w] = False
+            busy_mask &= ~(1 << w)
+            plan(w, t)
+            if event[w] == t:  # the next batch is ready: start it in the same step
+                start(w, t)
         else:
-            m = next_model[who]
-            h = head[m]
-            # Every request that has reached the worker by now joins, up to max_batch.
-            if max_batch == 1:
-                hi = h + 1
-            else:
-                arrived = int(np.searchsorted(arrival_arrays[m], t, side="right"))
-                hi = min(h + max_batch, max(arrived, h + 1))
-            head[m] = hi
-            serving[who] = m
-            row_lo[who], row_hi[who] = h, hi
-            remaining[who] = batch_work(m, h, hi)
-            began[who] = t
-            batch_ids[m][h:hi] = batch_counter
-            batched[m][h:hi] = hi - h
-            batch_counter += 1
-            next_start[who] = inf
-            busy_mask |= 1 << who
-        if not exclusive:
-            r = rate_table.get(busy_mask, one)
-            for w in range(n_workers):
-                rate[w] = r[w]
+            start(w, t)
+        if interference:
+            # Apply the rates of the new busy set: a busy worker with remaining work
+            # (event - t) * old rate finishes at t + remaining / new rate.
+            new = rate_table.get(busy_mask, ones)
+            for u in workers:
+                if busy[u]:
+                    r = new[u]
+                    if r != rate[u]:
+                        event[u] = t + (event[u] - t) * rate[u] / r
+                        rate[u] = r
     return [
-        WorkerResult(np.array(starts[m]), np.array(ends[m]), batch_ids[m], batched[m])
+        WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                     np.array(batch_ids[m], dtype=np.int64),
+                     np.array(batched[m], dtype=np.int32))
         for m in range(k)
     ]

@@ -289,15 +289,14 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     if max_batch > 1:
         cache: dict[tuple[int, int, int, int], float] = {}
         bs_m = [bs_all[r].tolist() for r in rows_by_model]
-        seq_m = [seq_all[r] for r in rows_by_model]
-        new_m = [new_all[r] for r in rows_by_model]
+        seq_m = [seq_all[r].tolist() for r in rows_by_model]
+        new_m = [new_all[r].tolist() for r in rows_by_model]
         noise_l = [x.tolist() for x in noise]
 
         def batch_work(m: int, i: int, j: int) -> float:
             # A batch runs as one execution: batch sizes add up, sequences pad to the longest
-            # and generation runs for the longest max_new_tokens.
-            key = (m, int(sum(bs_m[m][i:j])), int(seq_m[m][i:j].max()),
-                   int(new_m[m][i:j].max()))
+            # and generation runs for the longest max_new_tokens (as the resident executor).
+            key = (m, sum(bs_m[m][i:j]), max(seq_m[m][i:j]), max(new_m[m][i:j]))
             base = cache.get(key)
             if base is None:
                 pm = profile.models[mapping[names[m]]]
