@@ -355,3 +355,24 @@ def test_slowdown_estimator_recovers_the_simulators_slowdowns():
         # Service noise (cv 0.1 over >1000 requests) leaves ~1 % error in the work balance.
         assert est[m]["slowdown"] == pytest.approx(truth[7][m], rel=0.03)
         assert est[m]["overlap"] > 0.5
+
+
+def test_fidelity_of_a_run_against_itself_is_exact(tmp_path):
+    # A simulated run stands in for a measured one: re-simulating its trace with the same
+    # profile, mode, batching and seed must give zero error (checks how fidelity reads run.json).
+    from traceforge.simulate.fidelity import compare_run, render_markdown
+
+    profile = make_profile({"a": model_profile(0.5, cv=0.2), "b": model_profile(0.9, cv=0.2)},
+                           {"timeslice": {"slowdown": {"a+b": {"a": 1.3, "b": 1.1}}}})
+    rng = np.random.default_rng(15)
+    trace = make_trace(poisson_ns(1.0, 3000, seed=16),
+                       models=np.array(["a", "b"])[rng.integers(0, 2, 3000)])
+    write_trace(trace.table, tmp_path / "t.parquet", {})
+    simulate(read_trace(tmp_path / "t.parquet"), tmp_path / "run", profile=profile,
+             mode="timeslice", max_batch=2, max_wait_ms=0.1, warmup_s=0.2, seed=3)
+    result = compare_run(tmp_path / "run", profile, seed=3)
+    assert result["mode"] == "timeslice"
+    for row in result["models"].values():
+        assert row["error_p50"] == 0.0 and row["error_p99"] == 0.0
+        assert row["count"] < 1500  # warmup rows left out
+    assert "| run | timeslice | a |" in render_markdown([result])

@@ -19,8 +19,9 @@ def simulate_command(
                                      help="Null model: mean service time (ms)."),
     service_dist: str = typer.Option("exp", "--service-dist",
                                      help="Null model: const or exp service times."),
-    profile: Path | None = typer.Option(None, "--profile",
-                                        help="Profile JSON from `traceforge profile`."),
+    profile: Path | None = typer.Option(
+        None, "--profile",
+        help="Profile JSON from `traceforge profile`, or a shipped profile's name."),
     mode: str | None = typer.Option(None, "--mode",
                                     help="With --profile: exclusive|timeslice|mps|streams."),
     max_batch: int = typer.Option(1, "--max-batch", help="With --profile: dynamic batch cap."),

@@ -125,11 +125,24 @@ class Profile:
         return total
 
 
+def shipped_profiles() -> dict[str, Path]:
+    """Profiles that ship with traceforge (``traceforge/data/profiles/NAME.json``), by name."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "profiles"
+    return {p.stem: p for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
 def load_profile(path: Path | str) -> Profile:
-    """Read and validate a profile JSON file (every problem is a one-line BadInput)."""
+    """Read and validate a profile: a JSON file, or the name of a shipped profile (``h100``).
+
+    Every problem is a one-line BadInput."""
     path = Path(path)
     if not path.exists():
-        raise BadInput("no such file", source=path)
+        shipped = shipped_profiles()
+        if path.name == str(path) and path.name in shipped:
+            path = shipped[path.name]
+        else:
+            raise BadInput("no such file or shipped profile", source=path,
+                           allowed=", ".join(shipped) or "no shipped profiles")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -1,0 +1,131 @@
+"""How far to trust a simulation: simulate the traces of real runs and compare the latencies.
+
+For every measured run directory (a ``replay --backend resident`` run), the trace it replayed is
+simulated with a profile in the run's mode, batching settings and time scale, and per model the
+measured and simulated p50/p99 latency (``done_ns - scheduled_ns``, ok rows outside warmup) are
+set side by side with their relative error ``simulated / measured - 1``.
+
+    python -m traceforge.simulate.fidelity --profile P.json RUN_DIR... [-o TABLE.md] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from traceforge.errors import BadInput
+from traceforge.record import RunManifest, read_timeline
+from traceforge.schema import read_trace
+from traceforge.simulate.profile import Profile, load_profile
+from traceforge.simulate.simulator import simulate
+
+
+def latencies_by_model(run_dir: Path | str) -> dict[str, dict[str, Any]]:
+    """Per model: latencies (ms) of ok rows outside warmup, and the count of other rows."""
+    t = read_timeline(run_dir)
+    keep = pc.invert(t.column("warmup"))
+    t = t.filter(keep)
+    out: dict[str, dict[str, Any]] = {}
+    for model in sorted(set(t.column("model").to_pylist())):
+        rows = t.filter(pc.equal(t.column("model"), model))
+        ok = rows.filter(pc.equal(rows.column("status"), "ok"))
+        lat = pc.subtract(ok.column("done_ns"), ok.column("scheduled_ns")).to_numpy(
+            zero_copy_only=False) / 1e6
+        out[model] = {"latency_ms": lat, "not_ok": rows.num_rows - ok.num_rows}
+    return out
+
+
+def _trace_of(run_dir: Path, manifest: dict[str, Any]) -> Path:
+    local = run_dir / "trace.parquet"
+    if local.exists():
+        return local
+    recorded = (manifest.get("trace") or {}).get("path")
+    if recorded and Path(recorded).exists():
+        return Path(recorded)
+    raise BadInput("cannot find the trace this run replayed (looked for trace.parquet in the "
+                   "run directory and the path in run.json)", source=run_dir, key="trace.path",
+                   value=recorded)
+
+
+def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    manifest = RunManifest.load(run_dir)
+    info = manifest.get("backend_info") or {}
+    mode = manifest.get("mode") or info.get("mode")
+    if mode is None:
+        raise BadInput("run.json names no sharing mode", source=run_dir, key="mode")
+    options = manifest.get("options") or {}
+    trace = read_trace(_trace_of(run_dir, manifest))
+    measured = latencies_by_model(run_dir)
+    with tempfile.TemporaryDirectory(prefix="traceforge-fidelity-") as tmp:
+        simulate(trace, Path(tmp) / "sim", profile=profile, mode=mode,
+                 max_batch=int(info.get("max_batch") or 1),
+                 max_wait_ms=float(info.get("max_wait_ms") or 0.0),
+                 time_scale=float(options.get("time_scale") or 1.0),
+                 warmup_s=float(options.get("warmup_s") or 0.0), seed=seed)
+        simulated = latencies_by_model(Path(tmp) / "sim")
+    models: dict[str, Any] = {}
+    for model, real in measured.items():
+        sim = simulated.get(model, {}).get("latency_ms", np.empty(0))
+        row: dict[str, Any] = {"count": int(real["latency_ms"].size), "not_ok": real["not_ok"]}
+        for q in (50, 99):
+            m = float(np.percentile(real["latency_ms"], q)) if real["latency_ms"].size else None
+            s = float(np.percentile(sim, q)) if sim.size else None
+            row[f"measured_p{q}_ms"] = m
+            row[f"simulated_p{q}_ms"] = s
+            row[f"error_p{q}"] = (s / m - 1.0) if (m and s is not None) else None
+        models[model] = row
+    return {"run_dir": str(run_dir), "mode": mode, "trace": str(_trace_of(run_dir, manifest)),
+            "models": models}
+
+
+def render_markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| run | mode | model | n | measured p50 ms | simulated p50 ms | error p50 | "
+             "measured p99 ms | simulated p99 ms | error p99 |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def num(x, fmt="{:.2f}"):
+        return "-" if x is None else fmt.format(x)
+
+    for r in results:
+        for model, row in r["models"].items():
+            lines.append(
+                f"| {Path(r['run_dir']).name} | {r['mode']} | {model} | {row['count']} | "
+                f"{num(row['measured_p50_ms'])} | {num(row['simulated_p50_ms'])} | "
+                f"{num(row['error_p50'], '{:+.1%}')} | {num(row['measured_p99_ms'])} | "
+                f"{num(row['simulated_p99_ms'])} | {num(row['error_p99'], '{:+.1%}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m traceforge.simulate.fidelity",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", required=True, type=Path)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("-o", "--out", type=Path)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        profile = load_profile(args.profile)
+        results = [compare_run(run, profile, seed=args.seed) for run in args.runs]
+    except BadInput as exc:
+        print(f"fidelity: error: {exc}", file=sys.stderr)
+        return 2
+    text = (json.dumps(results, indent=1) + "\n") if args.json else render_markdown(results)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
