@@ -376,3 +376,16 @@ def test_fidelity_of_a_run_against_itself_is_exact(tmp_path):
         assert row["error_p50"] == 0.0 and row["error_p99"] == 0.0
         assert row["count"] < 1500  # warmup rows left out
     assert "| run | timeslice | a |" in render_markdown([result])
+
+
+def test_inlined_loop_matches_the_general_loop():
+    rng = np.random.default_rng(17)
+    rates = {3: [0.6, 0.8, 1.0], 5: [0.7, 1.0, 0.9], 6: [1.0, 0.5, 0.75],
+             7: [0.4, 0.45, 0.6]}
+    queues = [ModelQueue(np.sort(rng.uniform(0, 1e9, 3000)), rng.exponential(4e5, 3000))
+              for _ in range(3)]
+    fast = shared_workers(queues, exclusive=False, rates=rates)
+    general = shared_workers(queues, exclusive=False, rates=rates, fast_path=False)
+    for f, g in zip(fast, general, strict=True):
+        np.testing.assert_allclose(f.start_ns, g.start_ns, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(f.end_ns, g.end_ns, rtol=0, atol=1e-3)

@@ -115,6 +115,7 @@ def shared_workers(
     max_batch: int = 1,
     max_wait_ns: float = 0.0,
     batch_work: BatchWork | None = None,
+    fast_path: bool = True,
 ) -> list[WorkerResult]:
     """Simulate the resident workers.
 
@@ -131,7 +132,13 @@ def shared_workers(
     reached the worker, whichever is first, taking every waiting request up to ``max_batch``.
     ``batch_work(m, i, j)`` gives the alone time of rows ``i:j`` of model ``m`` run as one batch;
     without it, ``queues[m].work_ns`` must be set and batches add up their rows' work.
+
+    ``fast_path=False`` forces the general loop where the inlined one would apply (tests check
+    that both give the same timelines). Batch ids are unique per batch.
     """
+    if fast_path and not exclusive and max(1, int(max_batch)) == 1 and all(q.work_ns is not None
+                                                              for q in queues):
+        return _concurrent_unbatched(queues, rates or {})
     k = len(queues)
     arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
     sizes = [len(a) for a in arrivals]
@@ -221,9 +228,9 @@ def shared_workers(
         batch_counter += 1
         busy[w] = True
         busy_mask |= 1 << w
-        # Remaining work stored as an end time at rate 1; rescaled when rates are applied.
-        rate[w] = 1.0
-        event[w] = now + batch_work(m, h, hi)
+        r = rate_table.get(busy_mask, ones)[w] if interference else 1.0
+        rate[w] = r
+        event[w] = now + batch_work(m, h, hi) / r
 
     for w in workers:
         plan(w, 0.0)
@@ -234,6 +241,7 @@ def shared_workers(
         if t == inf:
             break
         w = event.index(t)
+        mask_before = busy_mask
         if busy[w]:
             m = serving[w]
             st = began[w]
@@ -248,9 +256,10 @@ def shared_workers(
                 start(w, t)
         else:
             start(w, t)
-        if interference:
+        if interference and busy_mask != mask_before:
             # Apply the rates of the new busy set: a busy worker with remaining work
-            # (event - t) * old rate finishes at t + remaining / new rate.
+            # (event - t) * old rate finishes at t + remaining / new rate. (A worker that
+            # started at t already runs at its new rate.)
             new = rate_table.get(busy_mask, ones)
             for u in workers:
                 if busy[u]:
@@ -264,3 +273,73 @@ def shared_workers(
                      np.array(batched[m], dtype=np.int32))
         for m in range(k)
     ]
+
+
+def _concurrent_unbatched(queues: Sequence[ModelQueue],
+                          rates: dict[int, Sequence[float]]) -> list[WorkerResult]:
+    """:func:`shared_workers` for one worker per model and no batching, inlined.
+
+    The same event rules; kept separate because it is the common case and the per-event Python
+    work decides the speed (1M requests in about a second). A worker that finishes and finds its
+    next request waiting restarts at once: the busy set is unchanged, so no rate changes.
+    """
+    k = len(queues)
+    arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
+    works = [np.asarray(q.work_ns, dtype=np.float64).tolist() for q in queues]
+    sizes = [len(a) for a in arrivals]
+    starts = [[0.0] * n for n in sizes]
+    ends = [[0.0] * n for n in sizes]
+    inf = math.inf
+    ones = [1.0] * k
+    workers = range(k)
+    event = [a[0] if a else inf for a in arrivals]
+    busy = [False] * k
+    current = [0] * k  # request in service (busy) or next to start (idle)
+    rate = list(ones)
+    mask = 0
+    get_rates = rates.get
+    while True:
+        t = min(event)
+        if t == inf:
+            break
+        w = event.index(t)
+        before = mask
+        if busy[w]:
+            i = current[w]
+            ends[w][i] = t
+            i += 1
+            current[w] = i
+            if i < sizes[w]:
+                a = arrivals[w][i]
+                if a <= t:  # waiting already: restart, same busy set, same rate
+                    starts[w][i] = t
+                    event[w] = t + works[w][i] / rate[w]
+                    continue
+                event[w] = a
+            else:
+                event[w] = inf
+            busy[w] = False
+            mask &= ~(1 << w)
+        else:
+            i = current[w]
+            starts[w][i] = t
+            busy[w] = True
+            mask |= 1 << w
+            r = get_rates(mask, ones)[w]
+            rate[w] = r
+            event[w] = t + works[w][i] / r
+        if mask != before and rates:
+            new = get_rates(mask, ones)
+            for u in workers:
+                if busy[u] and u != w:
+                    r = new[u]
+                    if r != rate[u]:
+                        event[u] = t + (event[u] - t) * rate[u] / r
+                        rate[u] = r
+    batch_ids = []
+    offset = 0
+    for n in sizes:
+        batch_ids.append(np.arange(offset, offset + n, dtype=np.int64))
+        offset += n
+    return [WorkerResult(np.array(starts[m]), np.array(ends[m]), batch_ids[m],
+                         np.ones(sizes[m], np.int32)) for m in range(k)]
