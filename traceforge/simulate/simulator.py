@@ -296,7 +296,10 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         def batch_work(m: int, i: int, j: int) -> float:
             # A batch runs as one execution: batch sizes add up, sequences pad to the longest
             # and generation runs for the longest max_new_tokens (as the resident executor).
-            key = (m, sum(bs_m[m][i:j]), max(seq_m[m][i:j]), max(new_m[m][i:j]))
+            if j == i + 1:
+                key = (m, bs_m[m][i], seq_m[m][i], new_m[m][i])
+            else:
+                key = (m, sum(bs_m[m][i:j]), max(seq_m[m][i:j]), max(new_m[m][i:j]))
             base = cache.get(key)
             if base is None:
                 pm = profile.models[mapping[names[m]]]
