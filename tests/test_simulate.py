@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -389,3 +390,18 @@ def test_inlined_loop_matches_the_general_loop():
     for f, g in zip(fast, general, strict=True):
         np.testing.assert_allclose(f.start_ns, g.start_ns, rtol=0, atol=1e-3)
         np.testing.assert_allclose(f.end_ns, g.end_ns, rtol=0, atol=1e-3)
+
+
+def test_shipped_profiles_load_by_name_and_match_the_repo_copies():
+    from traceforge.simulate import load_profile
+    from traceforge.simulate.profile import shipped_profiles
+
+    shipped = shipped_profiles()
+    assert "cpu-tiny" in shipped
+    repo = Path(__file__).resolve().parents[1] / "profiles"
+    for name, path in shipped.items():
+        assert path.read_bytes() == (repo / f"{name}.json").read_bytes()
+        profile = load_profile(name)
+        assert profile.data["status"] == "complete" and profile.data["command"]
+    with pytest.raises(BadInput, match=r"allowed: .*cpu-tiny"):
+        load_profile("no-such-profile")
