@@ -368,36 +368,49 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
         "models": {},
         "modes": {},
     }
-    try:
-        for mode_index, mode in enumerate(settings.resolved_modes()):
-            log(f"[{time.perf_counter() - started:7.1f} s] mode {mode}: starting backend")
-            backend = resident.from_options({
-                "mode": mode, "device": settings.device, "sm_percent": {}, "max_batch": 1,
-                "max_wait_ms": 0.0, "zoo": {m: m for m in models}, "telemetry": False})
-            clock = RunClock()
+
+    async def _measure_mode(mode: str, *, grid_first: bool) -> None:
+        log(f"[{time.perf_counter() - started:7.1f} s] mode {mode}: starting backend")
+        backend = resident.from_options({
+            "mode": mode, "device": settings.device, "sm_percent": {}, "max_batch": 1,
+            "max_wait_ms": 0.0, "zoo": {m: m for m in models}, "telemetry": False})
+        clock = RunClock()
+        try:
             await backend.start(infos, clock)
-            try:
-                shared = _KeepStarted(backend, clock)
-                replay = _Replayer(shared, runs_root / mode, infos)
-                if mode_index == 0:
-                    log(f"[{time.perf_counter() - started:7.1f} s] {mode}: service grid")
-                    for m in models:
-                        profile["models"][m] = await _measure_grid(
-                            replay, m, entries[m], grids[m], refs[m], settings)
-                    profile["elapsed_s"] = round(time.perf_counter() - started, 1)
-                    on_update(profile)
-                mode_entry = await _measure_reference(replay, models, refs, settings,
-                                                      profile["models"])
-                mode_entry["backend"] = _safe(backend.describe)
-                log(f"[{time.perf_counter() - started:7.1f} s] {mode}: alone "
-                    + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
-                if mode != "exclusive":
-                    await _measure_corun(replay, mode, mode_entry, refs, settings, log, started)
-                profile["modes"][mode] = mode_entry
+            replay = _Replayer(_KeepStarted(backend, clock), runs_root / mode, infos)
+            if grid_first:
+                log(f"[{time.perf_counter() - started:7.1f} s] {mode}: service grid")
+                for m in models:
+                    profile["models"][m] = await _measure_grid(
+                        replay, m, entries[m], grids[m], refs[m], settings)
                 profile["elapsed_s"] = round(time.perf_counter() - started, 1)
                 on_update(profile)
-            finally:
-                await backend.stop()
+            mode_entry = await _measure_reference(replay, models, refs, settings,
+                                                  profile["models"])
+            mode_entry["backend"] = _safe(backend.describe)
+            log(f"[{time.perf_counter() - started:7.1f} s] {mode}: alone "
+                + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
+            if mode != "exclusive":
+                await _measure_corun(replay, mode, mode_entry, refs, settings, log, started)
+            profile["modes"][mode] = mode_entry
+            profile["elapsed_s"] = round(time.perf_counter() - started, 1)
+            on_update(profile)
+        finally:
+            await backend.stop()
+
+    try:
+        for mode_index, mode in enumerate(settings.resolved_modes()):
+            try:
+                await _measure_mode(mode, grid_first=mode_index == 0)
+            except (BadInput, RunFailure, OSError, RuntimeError) as exc:
+                if mode_index == 0:  # no grid, no profile
+                    raise
+                # One mode failing (e.g. no MPS on this host) must not lose the others.
+                message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+                profile.setdefault("errors", {})[mode] = message
+                log(f"[{time.perf_counter() - started:7.1f} s] {mode}: FAILED, skipped: "
+                    f"{message}")
+                on_update(profile)
     finally:
         tmp.cleanup()
     profile["elapsed_s"] = round(time.perf_counter() - started, 1)
