@@ -9,6 +9,7 @@ off-by-one in the recursion (which moves these numbers by 10 % or more) cannot p
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import optimize, stats
 
 from traceforge.errors import BadInput
@@ -405,3 +408,50 @@ def test_shipped_profiles_load_by_name_and_match_the_repo_copies():
         assert profile.data["status"] == "complete" and profile.data["command"]
     with pytest.raises(BadInput, match=r"allowed: .*cpu-tiny"):
         load_profile("no-such-profile")
+
+
+def test_empty_trace_writes_an_empty_run(tmp_path):
+    empty = Trace(table=TRACE_SCHEMA.empty_table(), meta={})
+    profile = make_profile({"m": model_profile(1.0)})
+    for i, kwargs in enumerate([{}, dict(profile=profile, mode="timeslice"),
+                                dict(profile=profile, mode="exclusive", max_batch=4)]):
+        summary = simulate(empty, tmp_path / f"r{i}", **kwargs)
+        assert summary.counts == {} and read_timeline(tmp_path / f"r{i}").num_rows == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.integers(0, 3_000_000), min_size=1, max_size=60),
+    model_ix=st.lists(st.integers(0, 2), min_size=60, max_size=60),
+    mode=st.sampled_from(["exclusive", "timeslice"]),
+    max_batch=st.integers(1, 4),
+    max_wait_ms=st.sampled_from([0.0, 0.5, 2.0]),
+)
+def test_worker_invariants(tmp_path_factory, gaps, model_ix, mode, max_batch, max_wait_ms):
+    """Whatever the trace: service starts after the request reached its worker, per-model FIFO,
+    batches respect max_batch, and in exclusive mode no two batches overlap."""
+    n = len(gaps)
+    names = np.array(["a", "b", "c"])[model_ix[:n]]
+    profile = make_profile(
+        {m: model_profile([[0.4 + k * 0.3], [0.9 + k * 0.3]], batch_sizes=(1, 4), cv=0.2)
+         for k, m in enumerate("abc")},
+        {"exclusive": {}, "timeslice": {"inbound_ms": {"a": 0.1}, "slowdown": {
+            "a+b": {"a": 1.5, "b": 1.2}, "a+c": {"a": 1.3, "c": 2.0},
+            "b+c": {"b": 1.1, "c": 1.4}, "a+b+c": {"a": 2.0, "b": 1.6, "c": 2.2}}}})
+    trace = make_trace(np.cumsum(gaps), models=names)
+    run = tmp_path_factory.mktemp("run") / "r"
+    simulate(trace, run, profile=profile, mode=mode, max_batch=max_batch,
+             max_wait_ms=max_wait_ms, seed=1)
+    t = read_timeline(run).to_pydict()
+    inbound = {"a": 100_000} if mode == "timeslice" else {}
+    for i in range(n):
+        assert t["service_start_ns"][i] >= t["scheduled_ns"][i] + inbound.get(names[i], 0) - 1
+        assert t["service_end_ns"][i] > t["service_start_ns"][i]
+        assert 1 <= t["batched_with"][i] <= max_batch
+    for m in "abc":
+        starts = [t["service_start_ns"][i] for i in range(n) if names[i] == m]
+        assert starts == sorted(starts)
+    if mode == "exclusive":
+        batches = sorted({(t["service_start_ns"][i], t["service_end_ns"][i]) for i in range(n)})
+        for (_, end), (start, _) in itertools.pairwise(batches):
+            assert start >= end

@@ -140,6 +140,8 @@ def shared_workers(
                                                               for q in queues):
         return _concurrent_unbatched(queues, rates or {})
     k = len(queues)
+    if k == 0:
+        return []
     arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
     sizes = [len(a) for a in arrivals]
     if batch_work is None:
@@ -284,6 +286,8 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue],
     next request waiting restarts at once: the busy set is unchanged, so no rate changes.
     """
     k = len(queues)
+    if k == 0:
+        return []
     arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
     works = [np.asarray(q.work_ns, dtype=np.float64).tolist() for q in queues]
     sizes = [len(a) for a in arrivals]

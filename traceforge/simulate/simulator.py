@@ -14,6 +14,7 @@ dispatcher is never late), worker-side service start/end, ``done_ns``; ``gpu_ns`
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -90,13 +91,14 @@ def simulate(
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise BadInput("run directory exists and is not empty", key="-o", value=str(run_dir))
-    if time_scale <= 0:
-        raise BadInput("must be > 0", key="--time-scale", value=time_scale)
-    if warmup_s < 0:
+    # Written as "not (x > 0)" so that NaN is refused too.
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
+    if not (math.isfinite(warmup_s) and warmup_s >= 0):
         raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
-    if max_batch < 1:
-        raise BadInput("must be >= 1", key="--max-batch", value=max_batch)
-    if max_wait_ms < 0:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
+    if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
 
     table = trace.table
@@ -108,9 +110,9 @@ def simulate(
         if max_batch != 1 or max_wait_ms:
             raise BadInput("dynamic batching needs --profile (the null model serves one "
                            "request at a time)", key="--max-batch", value=max_batch)
-        if servers < 1:
-            raise BadInput("must be >= 1", key="--servers", value=servers)
-        if not service_ms >= 0:
+        if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
+            raise BadInput("must be an integer >= 1", key="--servers", value=servers)
+        if not (math.isfinite(service_ms) and service_ms >= 0):
             raise BadInput("must be >= 0", key="--service-ms", value=service_ms)
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
@@ -158,7 +160,8 @@ def simulate(
         options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
                  "max_inflight": None, "timeout_s": None, "seed": seed},
         trace={"path": str(trace.path) if trace.path else None,
-               "sha256": sha256_file(trace.path) if trace.path else None, "meta": trace.meta},
+               "sha256": sha256_file(trace.path) if trace.path else None,
+               "rows": table.num_rows, "meta": trace.meta},
         virtual_time=True,
     )
     manifest.write()
