@@ -65,6 +65,16 @@ def test_simulate_command_and_bad_input(tmp_path):
         assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()
 
+    for args, needle in [
+        (["--models", "nope"], "--models = 'nope'"),
+        (["--models", "tiny-bert", "--batch-sizes", "4,2"], "--batch-sizes = '4,2'"),
+        (["--models", "tiny-bert", "--reference", "tiny-bert=8"], "--reference"),
+    ]:
+        bad = cli("profile", "--device", "cpu", *args, "-o", str(tmp_path / "p.json"))
+        assert bad.returncode == 2, bad.stderr
+        assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "p.json").exists()
+
 
 @pytest.mark.realtime
 def test_simulate_matches_real_null_replay(tmp_path):
