@@ -12,12 +12,12 @@ Phases, per mode:
 1. grid (first mode only): every model alone (``concurrency=1``), ``warmup`` + ``repeats``
    requests per batch size x seq_len point; generative models generate ``new_tokens`` tokens,
    which gives time to first token and per-token decode time;
-2. reference: every model alone at its reference shape: the mode's alone time (relative to the
-   grid: ``alone_scale``) and transport overheads (``service_start - sent``, ``done -
-   service_end``, medians);
+2. reference: every model alone at its reference shape: the mode's alone time, its ratio to the
+   first mode's (``alone_scale``, applied only when it differs from 1 by more than two standard
+   errors) and transport overheads (``service_start - sent``, ``done - service_end``, medians);
 3. co-run (not in ``exclusive``): each pair and the full set at the reference shapes,
-   ``concurrency = corun_depth x len(set)``, rows interleaved in proportion to 1/alone time so every model
-   stays about equally busy. The slowdown is estimated by :func:`estimate_slowdowns`, which
+   ``concurrency = corun_depth x len(set)``, rows interleaved in proportion to 1/alone time so
+   every model stays about equally busy. The slowdown is estimated by :func:`estimate_slowdowns`, which
    inverts the simulator's own processor-sharing model over the measured busy intervals, so a
    co-run with imperfect overlap still gives an unbiased slowdown.
 """
@@ -385,8 +385,8 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                         replay, m, entries[m], grids[m], refs[m], settings)
                 profile["elapsed_s"] = round(time.perf_counter() - started, 1)
                 on_update(profile)
-            mode_entry = await _measure_reference(replay, models, refs, settings,
-                                                  profile["models"])
+            baseline = next(iter(profile["modes"].values()), None)
+            mode_entry = await _measure_reference(replay, models, refs, settings, baseline)
             mode_entry["backend"] = _safe(backend.describe)
             log(f"[{time.perf_counter() - started:7.1f} s] {mode}: alone "
                 + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
@@ -523,9 +523,8 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
 
 
 async def _measure_reference(replay: _Replayer, models: list[str], refs, settings,
-                             model_profiles: dict[str, Any]) -> dict[str, Any]:
-    from traceforge.simulate.profile import profile_from_dict
-
+                             baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """Alone times at the reference shapes in this mode; ``baseline`` is the first mode's."""
     phase = _Phase()
     for g, m in enumerate(models):
         bs, seq, new = refs[m]
@@ -537,16 +536,25 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
     done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     group = np.asarray(phase.group)
     timed = np.asarray(phase.timed)
-    fake = profile_from_dict({"schema": PROFILE_SCHEMA_ID, "models": model_profiles})
-    out: dict[str, Any] = {"alone_ms": {}, "alone_scale": {}, "inbound_ms": {},
-                           "outbound_ms": {}, "slowdown": {}, "corun": {}}
+    out: dict[str, Any] = {"alone_ms": {}, "alone_se_ms": {}, "alone_ratio": {},
+                           "alone_scale": {}, "inbound_ms": {}, "outbound_ms": {},
+                           "slowdown": {}, "corun": {}}
     for g, m in enumerate(models):
         rows = (group == g) & timed
-        alone = float(np.mean(end[rows] - start[rows]))
-        bs, seq, new = refs[m]
-        grid_value = float(fake.models[m].service_ns(bs, seq, new))
-        out["alone_ms"][m] = round(alone / 1e6, 6)
-        out["alone_scale"][m] = round(alone / grid_value, 4)
+        service = (end[rows] - start[rows]) / 1e6
+        alone = float(np.mean(service))
+        se = float(np.std(service, ddof=1) / np.sqrt(service.size)) if service.size > 1 else 0.0
+        out["alone_ms"][m] = round(alone, 6)
+        out["alone_se_ms"][m] = round(se, 6)
+        ratio, scale = 1.0, 1.0
+        if baseline is not None:
+            base, base_se = baseline["alone_ms"][m], baseline["alone_se_ms"][m]
+            ratio = alone / base
+            ratio_se = ratio * math.hypot(se / alone, base_se / base)
+            # Noise in two small samples must not rescale every service time of the mode.
+            scale = ratio if abs(ratio - 1.0) > 2.0 * ratio_se else 1.0
+        out["alone_ratio"][m] = round(ratio, 4)
+        out["alone_scale"][m] = round(scale, 4)
         out["inbound_ms"][m] = round(float(np.median(start[rows] - sent[rows])) / 1e6, 6)
         out["outbound_ms"][m] = round(float(np.median(done[rows] - end[rows])) / 1e6, 6)
     return out
