@@ -38,7 +38,9 @@ def latencies_by_model(run_dir: Path | str) -> dict[str, dict[str, Any]]:
         ok = rows.filter(pc.equal(rows.column("status"), "ok"))
         lat = pc.subtract(ok.column("done_ns"), ok.column("scheduled_ns")).to_numpy(
             zero_copy_only=False) / 1e6
-        out[model] = {"latency_ms": lat, "not_ok": rows.num_rows - ok.num_rows}
+        service = pc.subtract(ok.column("service_end_ns"), ok.column("service_start_ns"))
+        out[model] = {"latency_ms": lat, "not_ok": rows.num_rows - ok.num_rows,
+                      "service_ms": service.to_numpy(zero_copy_only=False) / 1e6}
     return out
 
 
@@ -75,6 +77,12 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict
     for model, real in measured.items():
         sim = simulated.get(model, {}).get("latency_ms", np.empty(0))
         row: dict[str, Any] = {"count": int(real["latency_ms"].size), "not_ok": real["not_ok"]}
+        # Mean service time (service_end - service_start) on both sides separates an error in
+        # the service model (profile) from one in the queueing/interference model.
+        sim_service = simulated.get(model, {}).get("service_ms", np.empty(0))
+        row["measured_service_ms"] = (float(np.nanmean(real["service_ms"]))
+                                      if real["service_ms"].size else None)
+        row["simulated_service_ms"] = float(np.mean(sim_service)) if sim_service.size else None
         for q in (50, 99):
             m = float(np.percentile(real["latency_ms"], q)) if real["latency_ms"].size else None
             s = float(np.percentile(sim, q)) if sim.size else None
@@ -88,8 +96,9 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict
 
 def render_markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| run | mode | model | n | measured p50 ms | simulated p50 ms | error p50 | "
-             "measured p99 ms | simulated p99 ms | error p99 |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "measured p99 ms | simulated p99 ms | error p99 | service ms measured / "
+             "simulated |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def num(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
@@ -100,7 +109,8 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
                 f"| {Path(r['run_dir']).name} | {r['mode']} | {model} | {row['count']} | "
                 f"{num(row['measured_p50_ms'])} | {num(row['simulated_p50_ms'])} | "
                 f"{num(row['error_p50'], '{:+.1%}')} | {num(row['measured_p99_ms'])} | "
-                f"{num(row['simulated_p99_ms'])} | {num(row['error_p99'], '{:+.1%}')} |")
+                f"{num(row['simulated_p99_ms'])} | {num(row['error_p99'], '{:+.1%}')} | "
+                f"{num(row['measured_service_ms'])} / {num(row['simulated_service_ms'])} |")
     return "\n".join(lines) + "\n"
 
 
