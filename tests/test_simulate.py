@@ -455,3 +455,20 @@ def test_worker_invariants(tmp_path_factory, gaps, model_ix, mode, max_batch, ma
         batches = sorted({(t["service_start_ns"][i], t["service_end_ns"][i]) for i in range(n)})
         for (_, end), (start, _) in itertools.pairwise(batches):
             assert start >= end
+
+
+def test_exclusive_batching_takes_the_oldest_model_first(tmp_path):
+    profile = make_profile({"a": model_profile([[1.0], [1.5]], batch_sizes=(1, 2)),
+                            "b": model_profile(2.0)})
+    ms = 1_000_000
+    trace = make_trace([0, ms // 10, ms // 5, 3 * ms // 10], models=["a", "b", "a", "a"])
+    simulate(trace, tmp_path / "run", profile=profile, mode="exclusive", max_batch=2,
+             max_wait_ms=0.5)
+    # a@0 is the oldest: its batch fills with a@0.2 and runs 0.2 -> 1.7 while b@0.1 waits (other
+    # model). Then b (older than a@0.3) 1.7 -> 3.7; a@0.3, past its deadline, alone 3.7 -> 4.7.
+    assert timeline_ms(tmp_path / "run", "service_start_ns") == pytest.approx(
+        [0.2, 1.7, 0.2, 3.7])
+    assert timeline_ms(tmp_path / "run", "service_end_ns") == pytest.approx(
+        [1.7, 3.7, 1.7, 4.7])
+    assert read_timeline(tmp_path / "run").column("worker").unique().to_pylist() == [
+        "exclusive"]
