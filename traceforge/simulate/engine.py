@@ -134,7 +134,8 @@ def shared_workers(
     without it, ``queues[m].work_ns`` must be set and batches add up their rows' work.
 
     ``fast_path=False`` forces the general loop where the inlined one would apply (tests check
-    that both give the same timelines). Batch ids are unique per batch.
+    that both give the same timelines). Batch ids count per worker from ``worker << 40``, as the
+    resident workers number them.
     """
     if fast_path and not exclusive and max(1, int(max_batch)) == 1 and all(q.work_ns is not None
                                                               for q in queues):
@@ -176,7 +177,7 @@ def shared_workers(
     row_hi = [0] * n_workers
     began = [0.0] * n_workers
     rate = list(ones)
-    batch_counter = 0
+    batch_counter = [0] * n_workers
     busy_mask = 0
     workers = range(n_workers)
     interference = not exclusive and bool(rate_table)
@@ -211,7 +212,7 @@ def shared_workers(
         event[w] = a if a > now else now
 
     def start(w: int, now: float) -> None:
-        nonlocal batch_counter, busy_mask
+        nonlocal busy_mask
         m = serving[w]
         h = head[m]
         if max_batch == 1:
@@ -224,10 +225,11 @@ def shared_workers(
         row_lo[w], row_hi[w] = h, hi
         began[w] = now
         b_ids, b_n = batch_ids[m], batched[m]
+        batch_id = batch_counter[w] + (w << 40)  # per-worker ids, as the resident workers
         for i in range(h, hi):
-            b_ids[i] = batch_counter
+            b_ids[i] = batch_id
             b_n[i] = hi - h
-        batch_counter += 1
+        batch_counter[w] += 1
         busy[w] = True
         busy_mask |= 1 << w
         r = rate_table.get(busy_mask, ones)[w] if interference else 1.0
@@ -340,10 +342,6 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue],
                     if r != rate[u]:
                         event[u] = t + (event[u] - t) * rate[u] / r
                         rate[u] = r
-    batch_ids = []
-    offset = 0
-    for n in sizes:
-        batch_ids.append(np.arange(offset, offset + n, dtype=np.int64))
-        offset += n
-    return [WorkerResult(np.array(starts[m]), np.array(ends[m]), batch_ids[m],
+    return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                         np.arange(sizes[m], dtype=np.int64) + (m << 40),
                          np.ones(sizes[m], np.int32)) for m in range(k)]

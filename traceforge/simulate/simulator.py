@@ -354,10 +354,13 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         frac = pm.prefill_fraction(bs_all[gen], seq_all[gen], new_all[gen])
         first_token[gen] = start[gen] + frac * (end[gen] - start[gen])
         tokens_out[gen] = bs_all[gen].astype(np.int64) * new_all[gen]
+    # Worker names as the resident backend writes them.
     if exclusive:
         worker = pa.repeat(pa.scalar("exclusive"), n)
     else:
-        worker = pa.array(names, pa.string()).take(pa.array(codes, pa.int32()))
+        prefix = "stream" if mode == "streams" else mode
+        labels = pa.array([f"{prefix}-{m}" for m in names], pa.string())
+        worker = labels.take(pa.array(codes, pa.int32()))
     return SimResult(service_start_ns=start, service_end_ns=end, done_ns=done,
                      first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
                      batched_with=batched, worker=worker)
