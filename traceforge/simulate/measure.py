@@ -402,9 +402,12 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
         for mode_index, mode in enumerate(settings.resolved_modes()):
             try:
                 await _measure_mode(mode, grid_first=mode_index == 0)
-            except (BadInput, RunFailure, OSError, RuntimeError) as exc:
+            except Exception as exc:
                 if mode_index == 0:  # no grid, no profile
-                    raise
+                    if isinstance(exc, (BadInput, RunFailure)):
+                        raise
+                    raise RunFailure(f"profile failed in mode {mode}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
                 # One mode failing (e.g. no MPS on this host) must not lose the others.
                 message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
                 profile.setdefault("errors", {})[mode] = message
