@@ -577,7 +577,7 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
         alone_ns = {m: refs_ms[m] * 1e6 for m in group}
         # Everyone shares the device: a request takes about len(group) x its alone time.
         order = interleave({m: a * len(group) for m, a in alone_ns.items()},
-                           settings.corun_seconds)
+                           settings.corun_seconds, minimum=settings.warmup + 6)
         phase = _Phase()
         seen: dict[str, int] = {}
         for m in order:
