@@ -472,3 +472,21 @@ def test_exclusive_batching_takes_the_oldest_model_first(tmp_path):
         [1.7, 3.7, 1.7, 4.7])
     assert read_timeline(tmp_path / "run").column("worker").unique().to_pylist() == [
         "exclusive"]
+
+
+@pytest.mark.parametrize("max_wait_ns", [0.0, 3e5])
+def test_inlined_batching_loop_matches_the_general_loop(max_wait_ns):
+    rng = np.random.default_rng(18)
+    rates = {3: [0.6, 0.8, 1.0], 5: [0.7, 1.0, 0.9], 6: [1.0, 0.5, 0.75],
+             7: [0.4, 0.45, 0.6]}
+    queues = [ModelQueue(np.sort(rng.uniform(0, 1e9, 3000)), rng.exponential(4e5, 3000))
+              for _ in range(3)]
+    kwargs = dict(exclusive=False, rates=rates, max_batch=4, max_wait_ns=max_wait_ns)
+    fast = shared_workers(queues, **kwargs)
+    general = shared_workers(queues, **kwargs, fast_path=False)
+    for f, g in zip(fast, general, strict=True):
+        np.testing.assert_allclose(f.start_ns, g.start_ns, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(f.end_ns, g.end_ns, rtol=0, atol=1e-3)
+        np.testing.assert_array_equal(f.batch_id, g.batch_id)
+        np.testing.assert_array_equal(f.batched_with, g.batched_with)
+    assert max(r.batched_with.max() for r in fast) == 4  # batching really happened

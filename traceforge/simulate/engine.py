@@ -158,6 +158,8 @@ def shared_workers(
     max_batch = max(1, int(max_batch))
     wait = float(max_wait_ns) if max_batch > 1 else 0.0
     rate_table = rates or {}
+    if fast_path and not exclusive:
+        return _concurrent_batched(arrivals, sizes, batch_work, rate_table, max_batch, wait)
     inf = math.inf
     n_workers = 1 if exclusive else k
     ones = [1.0] * n_workers
@@ -345,3 +347,103 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue],
     return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
                          np.arange(sizes[m], dtype=np.int64) + (m << 40),
                          np.ones(sizes[m], np.int32)) for m in range(k)]
+
+
+def _concurrent_batched(arrivals: list[list[float]], sizes: list[int], batch_work: BatchWork,
+                        rates: dict[int, Sequence[float]], max_batch: int,
+                        wait: float) -> list[WorkerResult]:
+    """:func:`shared_workers` for one worker per model with dynamic batching, inlined (the
+    general loop's rules, checked against it in the tests)."""
+    k = len(arrivals)
+    starts = [[0.0] * n for n in sizes]
+    ends = [[0.0] * n for n in sizes]
+    batch_ids = [[0] * n for n in sizes]
+    batched = [[1] * n for n in sizes]
+    inf = math.inf
+    ones = [1.0] * k
+    workers = range(k)
+    event = [inf] * k
+    busy = [False] * k
+    head = [0] * k
+    row_lo = [0] * k
+    row_hi = [0] * k
+    began = [0.0] * k
+    rate = list(ones)
+    counter = [0] * k
+    mask = 0
+    get_rates = rates.get
+    bisect_right = bisect.bisect_right
+
+    def ready(w: int, h: int) -> float:
+        # When the batch headed by request h may leave: max_batch waiting, or h waited `wait`.
+        arr = arrivals[w]
+        a = arr[h]
+        if wait > 0.0:
+            last = h + max_batch - 1
+            a += wait
+            if last < sizes[w] and arr[last] < a:
+                a = arr[last]
+        return a
+
+    for w in workers:
+        if sizes[w]:
+            event[w] = ready(w, 0)
+    while True:
+        t = min(event)
+        if t == inf:
+            break
+        w = event.index(t)
+        before = mask
+        start_now = True
+        if busy[w]:
+            st = began[w]
+            s_w, e_w = starts[w], ends[w]
+            for i in range(row_lo[w], row_hi[w]):
+                s_w[i] = st
+                e_w[i] = t
+            busy[w] = False
+            mask &= ~(1 << w)
+            h = head[w]
+            if h >= sizes[w]:
+                event[w] = inf
+                start_now = False
+            else:
+                a = ready(w, h)
+                if a > t:
+                    event[w] = a
+                    start_now = False
+        if start_now:
+            h = head[w]
+            if max_batch == 1:
+                j = h + 1
+            else:
+                # Every request that has reached the worker by now joins, up to max_batch.
+                j = min(h + max_batch, max(bisect_right(arrivals[w], t, h), h + 1))
+            head[w] = j
+            row_lo[w], row_hi[w] = h, j
+            began[w] = t
+            batch_id = counter[w] + (w << 40)
+            counter[w] += 1
+            if j == h + 1:
+                batch_ids[w][h] = batch_id
+            else:
+                b_ids, b_n = batch_ids[w], batched[w]
+                for i in range(h, j):
+                    b_ids[i] = batch_id
+                    b_n[i] = j - h
+            busy[w] = True
+            mask |= 1 << w
+            r = get_rates(mask, ones)[w]
+            rate[w] = r
+            event[w] = t + batch_work(w, h, j) / r
+        if mask != before and rates:
+            new = get_rates(mask, ones)
+            for u in workers:
+                if busy[u] and u != w:
+                    r = new[u]
+                    if r != rate[u]:
+                        event[u] = t + (event[u] - t) * rate[u] / r
+                        rate[u] = r
+    return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                         np.array(batch_ids[m], dtype=np.int64),
+                         np.array(batched[m], dtype=np.int32)) for m in range(k)]
