@@ -490,3 +490,14 @@ def test_inlined_batching_loop_matches_the_general_loop(max_wait_ns):
         np.testing.assert_array_equal(f.batch_id, g.batch_id)
         np.testing.assert_array_equal(f.batched_with, g.batched_with)
     assert max(r.batched_with.max() for r in fast) == 4  # batching really happened
+
+
+def test_corun_rows_of_every_model_span_the_same_window():
+    from traceforge.simulate.measure import interleave
+
+    # A fast model and one whose minimum of 6 rows needs 6 s: both must cover the 6 s, and the
+    # slow model's rows must be spread through the fast one's, not appended after them.
+    order = interleave({"fast": 5e6, "slow": 1e9}, 3.0, minimum=6)
+    assert order.count("slow") == 6 and order.count("fast") == 1200
+    slow_at = [i for i, m in enumerate(order) if m == "slow"]
+    assert slow_at[0] < 150 and slow_at[-1] > 1000

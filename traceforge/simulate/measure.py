@@ -228,11 +228,16 @@ def demand_starts(reached_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarr
 def interleave(alone_ns: dict[str, float], seconds: float, *, minimum: int = 8,
                maximum: int = 20000) -> list[str]:
     """Row order for a co-run: model m's i-th row at virtual time (i + 1/2) x alone_ns[m], so
-    that in a closed loop every model keeps about one request in flight."""
+    that in a closed loop every model keeps about one request in flight.
+
+    Every model's rows span the same window — ``seconds``, or longer if the slowest model needs
+    it for its ``minimum`` rows — so that all of them are busy together until the end (a model
+    whose rows ran out early would leave the others running alone).
+    """
+    window = max(seconds * 1e9, max(minimum * max(a, 1.0) for a in alone_ns.values()))
     keys: list[tuple[float, int, str]] = []
-    span = seconds * 1e9 / max(len(alone_ns), 1)
     for k, (m, a) in enumerate(sorted(alone_ns.items())):
-        n = int(min(max(span / max(a, 1.0), minimum), maximum))
+        n = int(min(max(math.ceil(window / max(a, 1.0)), minimum), maximum))
         keys += [((i + 0.5) * a, k, m) for i in range(n)]
     keys.sort()
     return [m for _, _, m in keys]
@@ -577,12 +582,14 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
         alone_ns = {m: refs_ms[m] * 1e6 for m in group}
         # Everyone shares the device: a request takes about len(group) x its alone time.
         order = interleave({m: a * len(group) for m, a in alone_ns.items()},
-                           settings.corun_seconds, minimum=settings.warmup + 6)
+                           settings.corun_seconds, minimum=5)
         phase = _Phase()
         seen: dict[str, int] = {}
         for m in order:
             bs, seq, new = refs[m]
-            phase.add(m, bs, seq, new, 0, seen.get(m, 0) >= settings.warmup)
+            # The reference phase just ran these shapes: one uncounted request per model is
+            # enough to get past the start of the co-run.
+            phase.add(m, bs, seq, new, 0, seen.get(m, 0) >= 1)
             seen[m] = seen.get(m, 0) + 1
         key = corun_key(group)
         t0 = time.perf_counter()
