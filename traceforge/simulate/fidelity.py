@@ -6,6 +6,7 @@ measured and simulated p50/p99 latency (``done_ns - scheduled_ns``, ok rows outs
 set side by side with their relative error ``simulated / measured - 1``.
 
     python -m traceforge.simulate.fidelity --profile P.json RUN_DIR... [-o TABLE.md] [--json]
+    python -m traceforge.simulate.fidelity --oracle RUN_DIR...   (the queueing model alone)
 """
 
 from __future__ import annotations
@@ -94,6 +95,65 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict
             "models": models}
 
 
+def oracle_run(run_dir: Path | str) -> dict[str, Any]:
+    """Re-queue a measured run with its own measured service times: the simulator's queueing
+    rules (per-model FIFO, or one global FIFO worker in ``exclusive``) with each request's
+    measured ``service_end - service_start``, measured send times, and per-model transport
+    (5th percentile of ``service_start - sent``; median of ``done - service_end``).
+
+    If this reproduces the measured latencies, the queueing model is right and any error of a
+    full simulation comes from the service and interference model (the profile).
+    """
+    from traceforge.simulate.engine import fifo_servers
+
+    run_dir = Path(run_dir)
+    manifest = RunManifest.load(run_dir)
+    mode = manifest.get("mode") or (manifest.get("backend_info") or {}).get("mode")
+    t = read_timeline(run_dir)
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    d = {c: t.column(c).to_numpy(zero_copy_only=False) for c in
+         ("scheduled_ns", "sent_ns", "service_start_ns", "service_end_ns", "done_ns")}
+    models = np.asarray(t.column("model").to_pylist())
+    warm = t.column("warmup").to_numpy(zero_copy_only=False)
+    service = (d["service_end_ns"] - d["service_start_ns"]).astype(np.int64)
+    groups = [np.ones(t.num_rows, bool)] if mode == "exclusive" else [
+        models == m for m in set(models.tolist())]
+    # Hand-off delay of each request: from when it was sent, or its worker freed up if later,
+    # to its start (queueing excluded, so a long queue does not pass for transport).
+    handoff = np.empty(t.num_rows, np.int64)
+    for rows in groups:
+        idx = np.flatnonzero(rows)
+        idx = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
+        prev_end = np.concatenate(([np.iinfo(np.int64).min], d["service_end_ns"][idx][:-1]))
+        handoff[idx] = d["service_start_ns"][idx] - np.maximum(d["sent_ns"][idx], prev_end)
+    reach = np.empty(t.num_rows, np.int64)
+    back = np.empty(t.num_rows, np.int64)
+    for m in set(models.tolist()):
+        rows = models == m
+        reach[rows] = d["sent_ns"][rows] + int(np.median(handoff[rows]))
+        back[rows] = int(np.median(d["done_ns"][rows] - d["service_end_ns"][rows]))
+    end = np.empty(t.num_rows, np.int64)
+    for rows in groups:
+        idx = np.flatnonzero(rows)
+        idx = idx[np.argsort(reach[idx], kind="stable")]
+        _, end[idx] = fifo_servers(reach[idx], service[idx], 1)
+    latency = (end + back - d["scheduled_ns"]) / 1e6
+    measured = (d["done_ns"] - d["scheduled_ns"]) / 1e6
+    out: dict[str, Any] = {"run_dir": str(run_dir), "mode": mode, "models": {}}
+    for m in sorted(set(models.tolist())):
+        rows = (models == m) & ~warm
+        row: dict[str, Any] = {"count": int(rows.sum()), "not_ok": 0}
+        for q in (50, 99):
+            mv = float(np.percentile(measured[rows], q))
+            sv = float(np.percentile(latency[rows], q))
+            row[f"measured_p{q}_ms"], row[f"simulated_p{q}_ms"] = mv, sv
+            row[f"error_p{q}"] = sv / mv - 1.0 if mv else None
+        row["measured_service_ms"] = row["simulated_service_ms"] = float(
+            service[rows].mean() / 1e6)
+        out["models"][m] = row
+    return out
+
+
 def render_markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| run | mode | model | n | measured p50 ms | simulated p50 ms | error p50 | "
              "measured p99 ms | simulated p99 ms | error p99 | service ms measured / "
@@ -117,15 +177,23 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m traceforge.simulate.fidelity",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", required=True, type=Path)
+    parser.add_argument("--profile", type=Path)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("-o", "--out", type=Path)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--oracle", action="store_true",
+                        help="re-queue each run with its own measured service times instead "
+                             "of simulating them (checks the queueing model alone)")
     args = parser.parse_args(argv)
+    if not args.oracle and args.profile is None:
+        parser.error("--profile is required (or --oracle)")
     try:
-        profile = load_profile(args.profile)
-        results = [compare_run(run, profile, seed=args.seed) for run in args.runs]
+        if args.oracle:
+            results = [oracle_run(run) for run in args.runs]
+        else:
+            profile = load_profile(args.profile)
+            results = [compare_run(run, profile, seed=args.seed) for run in args.runs]
     except BadInput as exc:
         print(f"fidelity: error: {exc}", file=sys.stderr)
         return 2
