@@ -501,3 +501,22 @@ def test_corun_rows_of_every_model_span_the_same_window():
     assert order.count("slow") == 6 and order.count("fast") == 1200
     slow_at = [i for i, m in enumerate(order) if m == "slow"]
     assert slow_at[0] < 150 and slow_at[-1] > 1000
+
+
+@pytest.mark.parametrize("max_batch", [1, 2])
+def test_cold_start_charges_the_first_request_of_each_shape(tmp_path, max_batch):
+    # 1 ms warm for seq 64, 2 ms for seq 128; the first request of a shape costs 10 ms more.
+    profile = make_profile({"m": model_profile([[1.0, 2.0]], seq_lens=(64, 128),
+                                               cold_extra_ms=[[10.0, 10.0]])})
+    ms = 1_000_000
+    trace = make_trace([0, 20 * ms, 40 * ms, 60 * ms], seq_len=[64, 64, 128, 128])
+    simulate(trace, tmp_path / "cold", profile=profile, mode="timeslice", max_batch=max_batch)
+    simulate(trace, tmp_path / "warm", profile=profile, mode="timeslice", max_batch=max_batch,
+             cold_start=False)
+    service = [e - s for s, e in zip(timeline_ms(tmp_path / "cold", "service_start_ns"),
+                                     timeline_ms(tmp_path / "cold", "service_end_ns"),
+                                     strict=True)]
+    assert service == pytest.approx([11.0, 1.0, 12.0, 2.0])
+    warm = [e - s for s, e in zip(timeline_ms(tmp_path / "warm", "service_start_ns"),
+                                  timeline_ms(tmp_path / "warm", "service_end_ns"), strict=True)]
+    assert warm == pytest.approx([1.0, 1.0, 2.0, 2.0])

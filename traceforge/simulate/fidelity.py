@@ -57,7 +57,12 @@ def _trace_of(run_dir: Path, manifest: dict[str, Any]) -> Path:
                    value=recorded)
 
 
-def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict[str, Any]:
+def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
+                cold_start: bool = True) -> dict[str, Any]:
+    """Simulate the trace a measured run replayed and compare per-model latencies.
+
+    ``cold_start=False`` for a run whose backend had already served these shapes (e.g. a
+    second run on a backend kept loaded)."""
     run_dir = Path(run_dir)
     manifest = RunManifest.load(run_dir)
     info = manifest.get("backend_info") or {}
@@ -72,7 +77,8 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict
                  max_batch=int(info.get("max_batch") or 1),
                  max_wait_ms=float(info.get("max_wait_ms") or 0.0),
                  time_scale=float(options.get("time_scale") or 1.0),
-                 warmup_s=float(options.get("warmup_s") or 0.0), seed=seed)
+                 warmup_s=float(options.get("warmup_s") or 0.0), seed=seed,
+                 cold_start=cold_start)
         simulated = latencies_by_model(Path(tmp) / "sim")
     models: dict[str, Any] = {}
     for model, real in measured.items():
@@ -92,7 +98,7 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0) -> dict
             row[f"error_p{q}"] = (s / m - 1.0) if (m and s is not None) else None
         models[model] = row
     return {"run_dir": str(run_dir), "mode": mode, "trace": str(_trace_of(run_dir, manifest)),
-            "models": models}
+            "cold_start": cold_start, "models": models}
 
 
 def oracle_run(run_dir: Path | str) -> dict[str, Any]:
@@ -182,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", type=Path)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warm", default="",
+                        help="comma-separated run directory names whose backend was already "
+                             "warm (simulated with cold_start=False)")
     parser.add_argument("--oracle", action="store_true",
                         help="re-queue each run with its own measured service times instead "
                              "of simulating them (checks the queueing model alone)")
@@ -193,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             results = [oracle_run(run) for run in args.runs]
         else:
             profile = load_profile(args.profile)
-            results = [compare_run(run, profile, seed=args.seed) for run in args.runs]
+            warm = {w.strip() for w in args.warm.split(",") if w.strip()}
+            results = [compare_run(run, profile, seed=args.seed,
+                                   cold_start=Path(run).name not in warm) for run in args.runs]
     except BadInput as exc:
         print(f"fidelity: error: {exc}", file=sys.stderr)
         return 2

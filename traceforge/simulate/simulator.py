@@ -80,8 +80,13 @@ def simulate(
     seed: int = 0,
     time_scale: float = 1.0,
     warmup_s: float = 0.0,
+    cold_start: bool = True,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
+
+    ``cold_start`` (profile model): the backend has just started, as in a fresh ``replay``:
+    the first request of each shape per model pays the profile's ``cold_extra_ms``. False
+    simulates a backend that already served these shapes.
 
     Every input is checked before anything is written; bad values raise :class:`BadInput`.
     """
@@ -133,7 +138,7 @@ def simulate(
         mapping = _map_models(names, trace, profile)
         result = _simulate_profile(table, scheduled, codes, names, mapping, profile, mode,
                                    max_batch=max_batch, max_wait_ns=max_wait_ms * 1e6,
-                                   seed=seed)
+                                   seed=seed, cold_start=cold_start)
         describe = {"name": "simulate", "service_model": "profile", "mode": mode,
                     "profile": {"path": str(profile.path) if profile.path else None,
                                 "sha256": (sha256_file(profile.path)
@@ -141,6 +146,7 @@ def simulate(
                                 "device": profile.device,
                                 "created_at": profile.data.get("created_at")},
                     "models": mapping, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                    "cold_start": cold_start,
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -253,7 +259,8 @@ def _map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, s
 
 def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                       names: list[str], mapping: dict[str, str], profile: Profile, mode: str,
-                      *, max_batch: int, max_wait_ns: float, seed: int) -> SimResult:
+                      *, max_batch: int, max_wait_ns: float, seed: int,
+                      cold_start: bool) -> SimResult:
     n = table.num_rows
     k = len(names)
     mp = profile.modes[mode]
@@ -285,6 +292,13 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         if max_batch == 1:
             work = (pm.service_ns(bs_all[rows], seq_all[rows], new_all[rows])
                     * scale[m] * noise[m])
+            if cold_start and rows.size:
+                # The first request of each shape (in this worker's FIFO order) pays the
+                # profile's first-request excess.
+                shape = ((bs_all[rows].astype(np.int64) << 42) | (seq_all[rows].astype(np.int64)
+                                                                   << 21) | new_all[rows])
+                _, first = np.unique(shape, return_index=True)
+                work[first] += pm.cold_ns(bs_all[rows][first], seq_all[rows][first])
         queues.append(ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
                                  work_ns=work))
 
@@ -304,10 +318,12 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             else:
                 key = (m, sum(bs_m[m][i:j]), max(seq_m[m][i:j]), max(new_m[m][i:j]))
             base = cache.get(key)
-            if base is None:
+            if base is None:  # the first batch of this shape
                 pm = profile.models[mapping[names[m]]]
                 base = float(pm.service_ns(key[1], key[2], key[3])) * scale[m]
                 cache[key] = base
+                if cold_start:
+                    return base * noise_l[m][i] + float(pm.cold_ns(key[1], key[2]))
             return base * noise_l[m][i]
 
     exclusive = mode == "exclusive"
