@@ -9,9 +9,9 @@ shifting the worker-side times onto each phase's run clock.
 
 Phases, per mode:
 
-1. grid (first mode only): every model alone (``concurrency=1``), ``warmup`` + ``repeats``
-   requests per batch size x seq_len point; generative models generate ``new_tokens`` tokens,
-   which gives time to first token and per-token decode time;
+1. grid (first mode only): every model alone (``concurrency=1``), ``warmup`` requests per batch
+   size x seq_len point back to back, then ``repeats`` rounds over all points; generative models
+   generate ``new_tokens`` tokens, which gives time to first token and per-token decode time;
 2. reference: every model alone at its reference shape: the mode's alone time, its ratio to the
    first mode's (recorded; ``alone_scale`` stays 1, see _measure_reference) and transport
    overheads (``service_start - sent``, ``done - service_end``, medians);
@@ -494,9 +494,16 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
     batch_sizes, seqs, new = grid
     phase = _Phase()
     points = list(itertools.product(range(len(batch_sizes)), range(len(seqs))))
+    # Each point's warm-up requests back to back (the first one gives the cold-start excess),
+    # then the timed requests round-robin over the points: every point's samples spread over
+    # the whole phase, so a drift of the host's state biases no point against another, and no
+    # shape runs twice in a row (as in serving).
     for g, (i, j) in enumerate(points):
-        for r in range(settings.warmup + settings.repeats):
-            phase.add(model, batch_sizes[i], seqs[j], new, g, r >= settings.warmup)
+        for _ in range(max(settings.warmup, 1)):
+            phase.add(model, batch_sizes[i], seqs[j], new, g, False)
+    for _ in range(settings.repeats):
+        for g, (i, j) in enumerate(points):
+            phase.add(model, batch_sizes[i], seqs[j], new, g, True)
     timeline = await replay.run(phase, 1, f"grid-{model}")
     start, end, first = _times(timeline)
     group = np.asarray(phase.group)
@@ -541,9 +548,11 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
     """Alone times at the reference shapes in this mode; ``baseline`` is the first mode's."""
     phase = _Phase()
     for g, m in enumerate(models):
-        bs, seq, new = refs[m]
-        for r in range(settings.warmup + settings.repeats):
-            phase.add(m, bs, seq, new, g, r >= settings.warmup)
+        for _ in range(settings.warmup):
+            phase.add(m, *refs[m], g, False)
+    for _ in range(settings.repeats):  # round-robin, as in the grid
+        for g, m in enumerate(models):
+            phase.add(m, *refs[m], g, True)
     timeline = await replay.run(phase, 1, "reference")
     start, end, _ = _times(timeline)
     sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
