@@ -22,6 +22,25 @@ def _ints(text: str, key: str) -> list[int]:
         raise BadInput("must be comma-separated integers", key=key, value=text) from exc
 
 
+def _references(text: str | None) -> dict[str, tuple[int, int, int | None]]:
+    """``MODEL=BxS[xN],...`` -> {model: (batch, seq_len, new tokens or None)}."""
+    out: dict[str, tuple[int, int, int | None]] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        model, _, shape = item.partition("=")
+        parts = shape.lower().split("x")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError
+            nums = [int(p) for p in parts]
+        except ValueError as exc:
+            raise BadInput("expected MODEL=BATCHxSEQ[xNEW_TOKENS]", key="--reference",
+                           value=item) from exc
+        out[model.strip()] = (nums[0], nums[1], nums[2] if len(nums) == 3 else None)
+    return out
+
+
 def profile_command(
     models: str = typer.Option(..., "--models", help="Zoo entries, comma-separated."),
     out: Path = typer.Option(..., "-o", "--out", help="Profile JSON to write."),
@@ -38,11 +57,15 @@ def profile_command(
     warmup: int = typer.Option(3, "--warmup", help="Untimed requests before each point."),
     corun_seconds: float = typer.Option(4.0, "--corun-seconds",
                                         help="Length of each co-run phase."),
-    corun_sets: str = typer.Option("pairs+all", "--corun-sets", help="pairs+all | pairs | all"),
+    corun_sets: str = typer.Option("pairs+all", "--corun-sets", help="pairs+all | pairs"),
     reference_batch: int = typer.Option(1, "--reference-batch",
                                         help="Batch size of the reference/co-run requests."),
     reference_seq: int = typer.Option(128, "--reference-seq",
                                       help="seq_len of the reference/co-run requests."),
+    reference: str | None = typer.Option(
+        None, "--reference",
+        help="Per-model co-run shapes MODEL=BATCHxSEQ[xNEW],... (default: the --reference-* "
+             "values); best set to the shapes the workload serves."),
     keep_runs: Path | None = typer.Option(None, "--keep-runs",
                                           help="Keep every phase's run directory here."),
 ) -> None:
@@ -59,7 +82,7 @@ def profile_command(
         image_sides=_ints(image_sides, "--image-sides"),
         new_tokens=new_tokens, repeats=repeats, warmup=warmup, corun_seconds=corun_seconds,
         corun_sets=corun_sets, reference_batch=reference_batch, reference_seq=reference_seq,
-        keep_runs=keep_runs,
+        references=_references(reference), keep_runs=keep_runs,
     ).validate()
     if out.exists() and out.is_dir():
         raise BadInput("is a directory", key="-o", value=str(out))
@@ -70,10 +93,15 @@ def profile_command(
         "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--warmup", str(warmup),
         "--corun-seconds", f"{corun_seconds:g}", "--corun-sets", corun_sets,
         "--reference-batch", str(reference_batch), "--reference-seq", str(reference_seq),
-        "-o", str(out)])
+        *(["--reference", reference] if reference else []), "-o", str(out)])
+
+    def save(profile: dict) -> None:
+        # Rewritten after every mode: a run cut short keeps what it measured ("partial").
+        text = json.dumps(profile, indent=1)
+        atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
+
     profile = measure_profile(settings, command=command,
-                              log=lambda line: typer.echo(line, err=True))
-    text = json.dumps(profile, indent=1, sort_keys=False)
-    atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
+                              log=lambda line: typer.echo(line, err=True), on_update=save)
+    save(profile)
     typer.echo(f"profile of {', '.join(settings.models)} on {profile['device'].get('name')} "
                f"({profile['elapsed_s']} s) -> {out}")

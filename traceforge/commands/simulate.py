@@ -19,8 +19,9 @@ def simulate_command(
                                      help="Null model: mean service time (ms)."),
     service_dist: str = typer.Option("exp", "--service-dist",
                                      help="Null model: const or exp service times."),
-    profile: Path | None = typer.Option(None, "--profile",
-                                        help="Profile JSON from `traceforge profile`."),
+    profile: Path | None = typer.Option(
+        None, "--profile",
+        help="Profile JSON from `traceforge profile`, or a shipped profile's name."),
     mode: str | None = typer.Option(None, "--mode",
                                     help="With --profile: exclusive|timeslice|mps|streams."),
     max_batch: int = typer.Option(1, "--max-batch", help="With --profile: dynamic batch cap."),
@@ -29,6 +30,10 @@ def simulate_command(
     seed: int = typer.Option(0, "--seed", help="Seed for sampled service times."),
     time_scale: float = typer.Option(1.0, "--time-scale", help="Stretch arrival times."),
     warmup: float = typer.Option(0.0, "--warmup", help="Flag rows scheduled in the first S s."),
+    cold_start: bool = typer.Option(
+        True, "--cold-start/--warm-start",
+        help="With --profile: a freshly started backend (first request of each shape pays the "
+             "profile's cold_extra_ms), or one that already served these shapes."),
 ) -> None:
     """Simulate TRACE in virtual time and write the run directory a replay would write."""
     from traceforge.simulate import simulate
@@ -36,7 +41,7 @@ def simulate_command(
     summary = simulate(trace, out, servers=servers, service_ms=service_ms,
                        service_dist=service_dist, profile=profile, mode=mode,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
-                       time_scale=time_scale, warmup_s=warmup)
+                       time_scale=time_scale, warmup_s=warmup, cold_start=cold_start)
     n = sum(summary.counts.values())
     typer.echo(f"simulated {n} requests ({summary.virtual_s:.3f} s of virtual time) in "
                f"{summary.elapsed_s:.3f} s -> {summary.run_dir}")

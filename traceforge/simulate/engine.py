@@ -21,6 +21,7 @@ Both are deterministic: ties go to the lower model index, then the lower request
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Callable, Sequence
@@ -35,15 +36,21 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
 
     ``arrival_ns`` must be non-decreasing; ``service_ns`` holds each request's service time.
     """
+    start, end, _ = fifo_servers_assigned(arrival_ns, service_ns, servers)
+    return start, end
+
+
+def fifo_servers_assigned(arrival_ns: np.ndarray, service_ns: np.ndarray, servers: int = 1
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`fifo_servers`, plus the index of the server each request ran on (the
+    earliest-free server, ties to the lowest index, as the ``null`` backend picks)."""
     arrival = np.asarray(arrival_ns, dtype=np.int64)
     service = np.asarray(service_ns, dtype=np.int64)
     n = arrival.size
     if n == 0:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32)
     if servers == 1:
-        return _lindley(arrival, service)
-    if servers >= n:
-        return arrival.copy(), arrival + service
+        return (*_lindley(arrival, service), np.zeros(n, np.int32))
     if np.all(service == service[0]):
         # Equal service times: ends are non-decreasing in FIFO order, so request i takes the
         # server freed by request i - c; each residue class mod c is a one-server queue.
@@ -53,7 +60,7 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
             s, e = _lindley(arrival[r::servers], service[r::servers])
             start[r::servers] = s
             end[r::servers] = e
-        return start, end
+        return start, end, (np.arange(n) % servers).astype(np.int32)
     return _heap_servers(arrival, service, servers)
 
 
@@ -64,19 +71,21 @@ def _lindley(arrival: np.ndarray, service: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _heap_servers(arrival: np.ndarray, service: np.ndarray,
-                  servers: int) -> tuple[np.ndarray, np.ndarray]:
+                  servers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # Hand-written loop: no vectorised form exists for FIFO c-server queues with random service
-    # (completions overtake each other); a heap of free times is O(n log c) with small constants.
-    free = [0] * servers
+    # (completions overtake each other); a heap of (free time, server) is O(n log c).
+    free = [(-(2**62), k) for k in range(servers)]
     starts = [0] * arrival.size
+    which = [0] * arrival.size
     replace = heapq.heapreplace
     for i, (a, s) in enumerate(zip(arrival.tolist(), service.tolist(), strict=True)):
-        earliest = free[0]
+        earliest, k = free[0]
         st = a if a > earliest else earliest
-        replace(free, st + s)
+        replace(free, (st + s, k))
         starts[i] = st
+        which[i] = k
     start = np.array(starts, dtype=np.int64)
-    return start, start + service
+    return start, start + service, np.array(which, dtype=np.int32)
 
 
 @dataclass(slots=True)
@@ -106,6 +115,7 @@ def shared_workers(
     max_batch: int = 1,
     max_wait_ns: float = 0.0,
     batch_work: BatchWork | None = None,
+    fast_path: bool = True,
 ) -> list[WorkerResult]:
     """Simulate the resident workers.
 
@@ -122,10 +132,18 @@ def shared_workers(
     reached the worker, whichever is first, taking every waiting request up to ``max_batch``.
     ``batch_work(m, i, j)`` gives the alone time of rows ``i:j`` of model ``m`` run as one batch;
     without it, ``queues[m].work_ns`` must be set and batches add up their rows' work.
+
+    ``fast_path=False`` forces the general loop where the inlined one would apply (tests check
+    that both give the same timelines). Batch ids count per worker from ``worker << 40``, as the
+    resident workers number them.
     """
+    if fast_path and not exclusive and max(1, int(max_batch)) == 1 and all(q.work_ns is not None
+                                                              for q in queues):
+        return _concurrent_unbatched(queues, rates or {})
     k = len(queues)
-    arrivals = [q.arrival_ns.tolist() for q in queues]
-    arrival_arrays = [np.asarray(q.arrival_ns, dtype=np.float64) for q in queues]
+    if k == 0:
+        return []
+    arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
     sizes = [len(a) for a in arrivals]
     if batch_work is None:
         works = [np.asarray(q.work_ns, dtype=np.float64) for q in queues]
@@ -138,122 +156,294 @@ def shared_workers(
             return cums[m][j] - cums[m][i]
 
     max_batch = max(1, int(max_batch))
-    wait = float(max_wait_ns)
+    wait = float(max_wait_ns) if max_batch > 1 else 0.0
     rate_table = rates or {}
-    one = [1.0] * k
+    if fast_path and not exclusive:
+        return _concurrent_batched(arrivals, sizes, batch_work, rate_table, max_batch, wait)
+    inf = math.inf
+    n_workers = 1 if exclusive else k
+    ones = [1.0] * n_workers
 
     starts = [[0.0] * n for n in sizes]
     ends = [[0.0] * n for n in sizes]
-    batch_ids = [np.zeros(n, np.int64) for n in sizes]
-    batched = [np.ones(n, np.int32) for n in sizes]
+    batch_ids = [[0] * n for n in sizes]
+    batched = [[1] * n for n in sizes]
 
     head = [0] * k  # first request of each model not yet dispatched
-    inf = math.inf
-    n_workers = 1 if exclusive else k
-    # Per worker: model being served (-1 idle), batch rows, remaining work, start time.
-    serving = [-1] * n_workers
+    # Per worker, one event time: when its batch ends (busy, at the current rates) or when its
+    # next batch will start (idle; inf if its queue is empty for good).
+    event = [inf] * n_workers
+    busy = [False] * n_workers
+    serving = [0] * n_workers  # model of the batch in progress / of the next batch
     row_lo = [0] * n_workers
     row_hi = [0] * n_workers
-    remaining = [0.0] * n_workers
     began = [0.0] * n_workers
-    rate = [1.0] * n_workers
-    next_start = [inf] * n_workers  # when an idle worker will dispatch its next batch
-    next_model = [-1] * n_workers
-    batch_counter = 0
-    t = 0.0
-
-    def dispatch_time(m: int, now: float) -> float:
-        h = head[m]
-        arr = arrivals[m]
-        if max_batch == 1 or wait <= 0.0:
-            a = arr[h]
-            return a if a > now else now
-        full = arr[h + max_batch - 1] if h + max_batch - 1 < sizes[m] else inf
-        ready = arr[h] + wait
-        if full < ready:
-            ready = full
-        return ready if ready > now else now
+    rate = list(ones)
+    batch_counter = [0] * n_workers
+    busy_mask = 0
+    workers = range(n_workers)
+    interference = not exclusive and bool(rate_table)
+    bisect_right = bisect.bisect_right
 
     def plan(w: int, now: float) -> None:
-        # Decide when idle worker w starts next, and with which model.
+        """Set idle worker w's next start time and model (the batching rule)."""
         if exclusive:
-            best_m, best_a = -1, inf
-            for m in range(k):
-                if head[m] < sizes[m]:
-                    a = arrivals[m][head[m]]
-                    if a < best_a:
-                        best_a, best_m = a, m
-            if best_m < 0:
-                next_start[w] = inf
+            m, a = -1, inf
+            for mm in range(k):  # global FIFO: the oldest head of any model
+                if head[mm] < sizes[mm]:
+                    am = arrivals[mm][head[mm]]
+                    if am < a:
+                        a, m = am, mm
+            if m < 0:
+                event[w] = inf
                 return
-            next_model[w] = best_m
-            next_start[w] = dispatch_time(best_m, now)
         else:
-            if head[w] < sizes[w]:
-                next_model[w] = w
-                next_start[w] = dispatch_time(w, now)
-            else:
-                next_start[w] = inf
+            m = w
+            if head[m] >= sizes[m]:
+                event[w] = inf
+                return
+            a = arrivals[m][head[m]]
+        serving[w] = m
+        if wait > 0.0:
+            last = head[m] + max_batch - 1
+            full = arrivals[m][last] if last < sizes[m] else inf
+            ready = a + wait
+            if full < ready:
+                ready = full
+            a = ready
+        event[w] = a if a > now else now
 
-    for w in range(n_workers):
+    def start(w: int, now: float) -> None:
+        nonlocal busy_mask
+        m = serving[w]
+        h = head[m]
+        if max_batch == 1:
+            hi = h + 1
+        else:
+            # Every request that has reached the worker by now joins, up to max_batch.
+            arrived = bisect_right(arrivals[m], now, h)
+            hi = min(h + max_batch, max(arrived, h + 1))
+        head[m] = hi
+        row_lo[w], row_hi[w] = h, hi
+        began[w] = now
+        b_ids, b_n = batch_ids[m], batched[m]
+        batch_id = batch_counter[w] + (w << 40)  # per-worker ids, as the resident workers
+        for i in range(h, hi):
+            b_ids[i] = batch_id
+            b_n[i] = hi - h
+        batch_counter[w] += 1
+        busy[w] = True
+        busy_mask |= 1 << w
+        r = rate_table.get(busy_mask, ones)[w] if interference else 1.0
+        rate[w] = r
+        event[w] = now + batch_work(m, h, hi) / r
+
+    for w in workers:
         plan(w, 0.0)
 
-    busy_mask = 0
     while True:
-        # Next event: the earliest batch completion or batch start.
-        t_next = inf
-        kind = 0
-        who = -1
-        for w in range(n_workers):
-            if serving[w] >= 0:
-                te = t + remaining[w] / rate[w]
-                if te < t_next:
-                    t_next, kind, who = te, 1, w
-            elif next_start[w] < t_next:
-                t_next, kind, who = next_start[w], 2, w
-        if who < 0:
+        # The earliest event; ties go to the lower worker index (list.index finds the first).
+        t = min(event)
+        if t == inf:
             break
-        dt = t_next - t
-        if dt > 0.0:
-            for w in range(n_workers):
-                if serving[w] >= 0:
-                    remaining[w] -= rate[w] * dt
-        t = t_next
-        if kind == 1:
-            m = serving[who]
-            lo, hi = row_lo[who], row_hi[who]
-            st = began[who]
+        w = event.index(t)
+        mask_before = busy_mask
+        if busy[w]:
+            m = serving[w]
+            st = began[w]
             s_m, e_m = starts[m], ends[m]
-            for i in range(lo, hi):
+            for i in range(row_lo[w], row_hi[w]):
                 s_m[i] = st
                 e_m[i] = t
-            serving[who] = -1
-            busy_mask &= ~(1 << who)
-            plan(who, t)
+            busy[w] = False
+            busy_mask &= ~(1 << w)
+            plan(w, t)
+            if event[w] == t:  # the next batch is ready: start it in the same step
+                start(w, t)
         else:
-            m = next_model[who]
-            h = head[m]
-            # Every request that has reached the worker by now joins, up to max_batch.
-            if max_batch == 1:
-                hi = h + 1
-            else:
-                arrived = int(np.searchsorted(arrival_arrays[m], t, side="right"))
-                hi = min(h + max_batch, max(arrived, h + 1))
-            head[m] = hi
-            serving[who] = m
-            row_lo[who], row_hi[who] = h, hi
-            remaining[who] = batch_work(m, h, hi)
-            began[who] = t
-            batch_ids[m][h:hi] = batch_counter
-            batched[m][h:hi] = hi - h
-            batch_counter += 1
-            next_start[who] = inf
-            busy_mask |= 1 << who
-        if not exclusive:
-            r = rate_table.get(busy_mask, one)
-            for w in range(n_workers):
-                rate[w] = r[w]
+            start(w, t)
+        if interference and busy_mask != mask_before:
+            # Apply the rates of the new busy set: a busy worker with remaining work
+            # (event - t) * old rate finishes at t + remaining / new rate. (A worker that
+            # started at t already runs at its new rate.)
+            new = rate_table.get(busy_mask, ones)
+            for u in workers:
+                if busy[u]:
+                    r = new[u]
+                    if r != rate[u]:
+                        event[u] = t + (event[u] - t) * rate[u] / r
+                        rate[u] = r
     return [
-        WorkerResult(np.array(starts[m]), np.array(ends[m]), batch_ids[m], batched[m])
+        WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                     np.array(batch_ids[m], dtype=np.int64),
+                     np.array(batched[m], dtype=np.int32))
         for m in range(k)
     ]
+
+
+def _concurrent_unbatched(queues: Sequence[ModelQueue],
+                          rates: dict[int, Sequence[float]]) -> list[WorkerResult]:
+    """:func:`shared_workers` for one worker per model and no batching, inlined.
+
+    The same event rules; kept separate because it is the common case and the per-event Python
+    work decides the speed (1M requests in about a second). A worker that finishes and finds its
+    next request waiting restarts at once: the busy set is unchanged, so no rate changes.
+    """
+    k = len(queues)
+    if k == 0:
+        return []
+    arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
+    works = [np.asarray(q.work_ns, dtype=np.float64).tolist() for q in queues]
+    sizes = [len(a) for a in arrivals]
+    starts = [[0.0] * n for n in sizes]
+    ends = [[0.0] * n for n in sizes]
+    inf = math.inf
+    ones = [1.0] * k
+    workers = range(k)
+    event = [a[0] if a else inf for a in arrivals]
+    busy = [False] * k
+    current = [0] * k  # request in service (busy) or next to start (idle)
+    rate = list(ones)
+    mask = 0
+    get_rates = rates.get
+    while True:
+        t = min(event)
+        if t == inf:
+            break
+        w = event.index(t)
+        before = mask
+        if busy[w]:
+            i = current[w]
+            ends[w][i] = t
+            i += 1
+            current[w] = i
+            if i < sizes[w]:
+                a = arrivals[w][i]
+                if a <= t:  # waiting already: restart, same busy set, same rate
+                    starts[w][i] = t
+                    event[w] = t + works[w][i] / rate[w]
+                    continue
+                event[w] = a
+            else:
+                event[w] = inf
+            busy[w] = False
+            mask &= ~(1 << w)
+        else:
+            i = current[w]
+            starts[w][i] = t
+            busy[w] = True
+            mask |= 1 << w
+            r = get_rates(mask, ones)[w]
+            rate[w] = r
+            event[w] = t + works[w][i] / r
+        if mask != before and rates:
+            new = get_rates(mask, ones)
+            for u in workers:
+                if busy[u] and u != w:
+                    r = new[u]
+                    if r != rate[u]:
+                        event[u] = t + (event[u] - t) * rate[u] / r
+                        rate[u] = r
+    return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                         np.arange(sizes[m], dtype=np.int64) + (m << 40),
+                         np.ones(sizes[m], np.int32)) for m in range(k)]
+
+
+def _concurrent_batched(arrivals: list[list[float]], sizes: list[int], batch_work: BatchWork,
+                        rates: dict[int, Sequence[float]], max_batch: int,
+                        wait: float) -> list[WorkerResult]:
+    """:func:`shared_workers` for one worker per model with dynamic batching, inlined (the
+    general loop's rules, checked against it in the tests)."""
+    k = len(arrivals)
+    starts = [[0.0] * n for n in sizes]
+    ends = [[0.0] * n for n in sizes]
+    batch_ids = [[0] * n for n in sizes]
+    batched = [[1] * n for n in sizes]
+    inf = math.inf
+    ones = [1.0] * k
+    workers = range(k)
+    event = [inf] * k
+    busy = [False] * k
+    head = [0] * k
+    row_lo = [0] * k
+    row_hi = [0] * k
+    began = [0.0] * k
+    rate = list(ones)
+    counter = [0] * k
+    mask = 0
+    get_rates = rates.get
+    bisect_right = bisect.bisect_right
+
+    def ready(w: int, h: int) -> float:
+        # When the batch headed by request h may leave: max_batch waiting, or h waited `wait`.
+        arr = arrivals[w]
+        a = arr[h]
+        if wait > 0.0:
+            last = h + max_batch - 1
+            a += wait
+            if last < sizes[w] and arr[last] < a:
+                a = arr[last]
+        return a
+
+    for w in workers:
+        if sizes[w]:
+            event[w] = ready(w, 0)
+    while True:
+        t = min(event)
+        if t == inf:
+            break
+        w = event.index(t)
+        before = mask
+        start_now = True
+        if busy[w]:
+            st = began[w]
+            s_w, e_w = starts[w], ends[w]
+            for i in range(row_lo[w], row_hi[w]):
+                s_w[i] = st
+                e_w[i] = t
+            busy[w] = False
+            mask &= ~(1 << w)
+            h = head[w]
+            if h >= sizes[w]:
+                event[w] = inf
+                start_now = False
+            else:
+                a = ready(w, h)
+                if a > t:
+                    event[w] = a
+                    start_now = False
+        if start_now:
+            h = head[w]
+            if max_batch == 1:
+                j = h + 1
+            else:
+                # Every request that has reached the worker by now joins, up to max_batch.
+                j = min(h + max_batch, max(bisect_right(arrivals[w], t, h), h + 1))
+            head[w] = j
+            row_lo[w], row_hi[w] = h, j
+            began[w] = t
+            batch_id = counter[w] + (w << 40)
+            counter[w] += 1
+            if j == h + 1:
+                batch_ids[w][h] = batch_id
+            else:
+                b_ids, b_n = batch_ids[w], batched[w]
+                for i in range(h, j):
+                    b_ids[i] = batch_id
+                    b_n[i] = j - h
+            busy[w] = True
+            mask |= 1 << w
+            r = get_rates(mask, ones)[w]
+            rate[w] = r
+            event[w] = t + batch_work(w, h, j) / r
+        if mask != before and rates:
+            new = get_rates(mask, ones)
+            for u in workers:
+                if busy[u] and u != w:
+                    r = new[u]
+                    if r != rate[u]:
+                        event[u] = t + (event[u] - t) * rate[u] / r
+                        rate[u] = r
+    return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                         np.array(batch_ids[m], dtype=np.int64),
+                         np.array(batched[m], dtype=np.int32)) for m in range(k)]

@@ -48,6 +48,15 @@ class ModelProfile:
     decode_ms_per_token: np.ndarray | None = None  # [batch, seq]: per-token decode time
     new_tokens: int = 0  # tokens generated per request while measuring decode
     reference: dict[str, int] = field(default_factory=dict)
+    cold_extra_ms: np.ndarray | None = None  # [batch, seq]: first-request excess, fresh backend
+
+    def cold_ns(self, batch_size, seq_len) -> np.ndarray:
+        """Extra time (float ns) of the first request of a shape after the backend starts."""
+        if self.cold_extra_ms is None:
+            return np.zeros(np.broadcast(np.asarray(batch_size), np.asarray(seq_len)).shape)
+        return _bilinear(self.batch_sizes, self.seq_lens, self.cold_extra_ms,
+                         np.asarray(batch_size, np.float64),
+                         np.asarray(seq_len, np.float64)) * 1e6
 
     def service_ns(self, batch_size: np.ndarray, seq_len: np.ndarray,
                    new_tokens: np.ndarray) -> np.ndarray:
@@ -125,11 +134,24 @@ class Profile:
         return total
 
 
+def shipped_profiles() -> dict[str, Path]:
+    """Profiles that ship with traceforge (``traceforge/data/profiles/NAME.json``), by name."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "profiles"
+    return {p.stem: p for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
 def load_profile(path: Path | str) -> Profile:
-    """Read and validate a profile JSON file (every problem is a one-line BadInput)."""
+    """Read and validate a profile: a JSON file, or the name of a shipped profile (``h100``).
+
+    Every problem is a one-line BadInput."""
     path = Path(path)
     if not path.exists():
-        raise BadInput("no such file", source=path)
+        shipped = shipped_profiles()
+        if path.name == str(path) and path.name in shipped:
+            path = shipped[path.name]
+        else:
+            raise BadInput("no such file or shipped profile", source=path,
+                           allowed=", ".join(shipped) or "no shipped profiles")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -151,6 +173,8 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             svc = np.asarray(m["service_ms"], dtype=np.float64)
             dec = m.get("decode_ms_per_token")
             dec = None if dec is None else np.asarray(dec, dtype=np.float64)
+            cold = m.get("cold_extra_ms")
+            cold = None if cold is None else np.asarray(cold, dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise BadInput(f"malformed model entry ({exc!r})", source=source, key=key) from exc
         shape = (bs.size, seq.size)
@@ -165,13 +189,17 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
         if dec is not None and dec.shape != shape:
             raise BadInput(f"decode_ms_per_token must be a {shape[0]}x{shape[1]} grid",
                            source=source, key=f"{key}.decode_ms_per_token")
+        if cold is not None and (cold.shape != shape or np.any(~np.isfinite(cold))
+                                 or np.any(cold < 0)):
+            raise BadInput(f"cold_extra_ms must be a {shape[0]}x{shape[1]} grid of values >= 0",
+                           source=source, key=f"{key}.cold_extra_ms")
         models[name] = ModelProfile(
             name=name, zoo=m.get("zoo"), kind=str(m.get("kind", "")),
             generative=bool(m.get("generative", dec is not None)),
             batch_sizes=bs, seq_lens=seq, service_ms=svc,
             service_cv=float(m.get("service_cv", 0.0)),
             decode_ms_per_token=dec, new_tokens=int(m.get("new_tokens", 0)),
-            reference=dict(m.get("reference") or {}),
+            reference=dict(m.get("reference") or {}), cold_extra_ms=cold,
         )
     if not models:
         raise BadInput("no models", source=source, key="models")

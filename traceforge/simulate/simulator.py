@@ -14,6 +14,7 @@ dispatcher is never late), worker-side service start/end, ``done_ns``; ``gpu_ns`
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -27,7 +28,12 @@ import pyarrow.compute as pc
 from traceforge.errors import BadInput
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
-from traceforge.simulate.engine import ModelQueue, fifo_servers, shared_workers
+from traceforge.simulate.engine import (
+    ModelQueue,
+    fifo_servers,
+    fifo_servers_assigned,
+    shared_workers,
+)
 from traceforge.simulate.profile import Profile, load_profile
 
 SERVICE_DISTS = ("const", "exp")
@@ -74,8 +80,13 @@ def simulate(
     seed: int = 0,
     time_scale: float = 1.0,
     warmup_s: float = 0.0,
+    cold_start: bool = True,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
+
+    ``cold_start`` (profile model): the backend has just started, as in a fresh ``replay``:
+    the first request of each shape per model pays the profile's ``cold_extra_ms``. False
+    simulates a backend that already served these shapes.
 
     Every input is checked before anything is written; bad values raise :class:`BadInput`.
     """
@@ -85,13 +96,14 @@ def simulate(
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise BadInput("run directory exists and is not empty", key="-o", value=str(run_dir))
-    if time_scale <= 0:
-        raise BadInput("must be > 0", key="--time-scale", value=time_scale)
-    if warmup_s < 0:
+    # Written as "not (x > 0)" so that NaN is refused too.
+    if not (math.isfinite(time_scale) and time_scale > 0):
+        raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
+    if not (math.isfinite(warmup_s) and warmup_s >= 0):
         raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
-    if max_batch < 1:
-        raise BadInput("must be >= 1", key="--max-batch", value=max_batch)
-    if max_wait_ms < 0:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
+    if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
 
     table = trace.table
@@ -103,14 +115,15 @@ def simulate(
         if max_batch != 1 or max_wait_ms:
             raise BadInput("dynamic batching needs --profile (the null model serves one "
                            "request at a time)", key="--max-batch", value=max_batch)
-        if servers < 1:
-            raise BadInput("must be >= 1", key="--servers", value=servers)
-        if not service_ms >= 0:
+        if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
+            raise BadInput("must be an integer >= 1", key="--servers", value=servers)
+        if not (math.isfinite(service_ms) and service_ms >= 0):
             raise BadInput("must be >= 0", key="--service-ms", value=service_ms)
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
                            value=service_dist, allowed=", ".join(SERVICE_DISTS))
-        result = _simulate_null(scheduled, codes, names, servers=servers,
+        result = _simulate_null(scheduled, codes, names,
+                                table.column("max_new_tokens").to_numpy(), servers=servers,
                                 service_ns=service_ms * 1e6, dist=service_dist, seed=seed)
         describe = {"name": "simulate", "service_model": "null", "servers": servers,
                     "service_ms": service_ms, "service_dist": service_dist, "seed": seed}
@@ -125,7 +138,7 @@ def simulate(
         mapping = _map_models(names, trace, profile)
         result = _simulate_profile(table, scheduled, codes, names, mapping, profile, mode,
                                    max_batch=max_batch, max_wait_ns=max_wait_ms * 1e6,
-                                   seed=seed)
+                                   seed=seed, cold_start=cold_start)
         describe = {"name": "simulate", "service_model": "profile", "mode": mode,
                     "profile": {"path": str(profile.path) if profile.path else None,
                                 "sha256": (sha256_file(profile.path)
@@ -133,6 +146,7 @@ def simulate(
                                 "device": profile.device,
                                 "created_at": profile.data.get("created_at")},
                     "models": mapping, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                    "cold_start": cold_start,
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -152,7 +166,8 @@ def simulate(
         options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
                  "max_inflight": None, "timeout_s": None, "seed": seed},
         trace={"path": str(trace.path) if trace.path else None,
-               "sha256": sha256_file(trace.path) if trace.path else None, "meta": trace.meta},
+               "sha256": sha256_file(trace.path) if trace.path else None,
+               "rows": table.num_rows, "meta": trace.meta},
         virtual_time=True,
     )
     manifest.write()
@@ -195,11 +210,13 @@ def _rows_by_model(codes: np.ndarray, k: int) -> list[np.ndarray]:
     return [order[bounds[m]:bounds[m + 1]] for m in range(k)]
 
 
-def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str], *, servers: int,
-                   service_ns: float, dist: str, seed: int) -> SimResult:
+def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
+                   new_tokens: np.ndarray, *, servers: int, service_ns: float, dist: str,
+                   seed: int) -> SimResult:
     n = scheduled.size
     start = np.empty(n, np.int64)
     end = np.empty(n, np.int64)
+    server = np.zeros(n, np.int32)
     for m, rows in enumerate(_rows_by_model(codes, len(names))):
         if dist == "const":
             svc = np.full(rows.size, int(service_ns), np.int64)
@@ -208,12 +225,14 @@ def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str], *
             # run draws exactly the service times a real `replay --backend null` run draws.
             rng = np.random.default_rng([seed, zlib.crc32(names[m].encode())])
             svc = np.rint(rng.exponential(service_ns, rows.size)).astype(np.int64)
-        s, e = fifo_servers(scheduled[rows], svc, servers)
-        start[rows] = s
-        end[rows] = e
-    worker = pa.array(names, pa.string()).take(pa.array(codes, pa.int32()))
+        start[rows], end[rows], server[rows] = fifo_servers_assigned(scheduled[rows], svc,
+                                                                     servers)
+    # Worker names as the null backend writes them: "<model>/<server index>".
+    labels = pa.array([f"{m}/{k}" for m in names for k in range(servers)], pa.string())
+    worker = labels.take(pa.array(codes.astype(np.int64) * servers + server))
+    tokens = new_tokens.astype(np.int64)
     return SimResult(service_start_ns=start, service_end_ns=end, done_ns=end.copy(),
-                     worker=worker)
+                     tokens_out=np.where(tokens > 0, tokens, -1), worker=worker)
 
 
 def _map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, str]:
@@ -240,7 +259,8 @@ def _map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, s
 
 def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                       names: list[str], mapping: dict[str, str], profile: Profile, mode: str,
-                      *, max_batch: int, max_wait_ns: float, seed: int) -> SimResult:
+                      *, max_batch: int, max_wait_ns: float, seed: int,
+                      cold_start: bool) -> SimResult:
     n = table.num_rows
     k = len(names)
     mp = profile.modes[mode]
@@ -272,6 +292,13 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         if max_batch == 1:
             work = (pm.service_ns(bs_all[rows], seq_all[rows], new_all[rows])
                     * scale[m] * noise[m])
+            if cold_start and rows.size:
+                # The first request of each shape (in this worker's FIFO order) pays the
+                # profile's first-request excess.
+                shape = ((bs_all[rows].astype(np.int64) << 42) | (seq_all[rows].astype(np.int64)
+                                                                   << 21) | new_all[rows])
+                _, first = np.unique(shape, return_index=True)
+                work[first] += pm.cold_ns(bs_all[rows][first], seq_all[rows][first])
         queues.append(ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
                                  work_ns=work))
 
@@ -279,20 +306,24 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     if max_batch > 1:
         cache: dict[tuple[int, int, int, int], float] = {}
         bs_m = [bs_all[r].tolist() for r in rows_by_model]
-        seq_m = [seq_all[r] for r in rows_by_model]
-        new_m = [new_all[r] for r in rows_by_model]
+        seq_m = [seq_all[r].tolist() for r in rows_by_model]
+        new_m = [new_all[r].tolist() for r in rows_by_model]
         noise_l = [x.tolist() for x in noise]
 
         def batch_work(m: int, i: int, j: int) -> float:
             # A batch runs as one execution: batch sizes add up, sequences pad to the longest
-            # and generation runs for the longest max_new_tokens.
-            key = (m, int(sum(bs_m[m][i:j])), int(seq_m[m][i:j].max()),
-                   int(new_m[m][i:j].max()))
+            # and generation runs for the longest max_new_tokens (as the resident executor).
+            if j == i + 1:
+                key = (m, bs_m[m][i], seq_m[m][i], new_m[m][i])
+            else:
+                key = (m, sum(bs_m[m][i:j]), max(seq_m[m][i:j]), max(new_m[m][i:j]))
             base = cache.get(key)
-            if base is None:
+            if base is None:  # the first batch of this shape
                 pm = profile.models[mapping[names[m]]]
                 base = float(pm.service_ns(key[1], key[2], key[3])) * scale[m]
                 cache[key] = base
+                if cold_start:
+                    return base * noise_l[m][i] + float(pm.cold_ns(key[1], key[2]))
             return base * noise_l[m][i]
 
     exclusive = mode == "exclusive"
@@ -327,7 +358,8 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     done = end + np.rint(outbound[codes]).astype(np.int64) if n else end.copy()
 
     first_token = np.full(n, np.nan)
-    tokens_out = np.full(n, -1, np.int64)
+    # As the resident executor reports it: batch_size x max_new_tokens for generation, else 0.
+    tokens_out = np.zeros(n, np.int64)
     for m, rows in enumerate(rows_by_model):
         pm = profile.models[mapping[names[m]]]
         if not pm.generative:
@@ -337,11 +369,14 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             continue
         frac = pm.prefill_fraction(bs_all[gen], seq_all[gen], new_all[gen])
         first_token[gen] = start[gen] + frac * (end[gen] - start[gen])
-        tokens_out[gen] = new_all[gen]
+        tokens_out[gen] = bs_all[gen].astype(np.int64) * new_all[gen]
+    # Worker names as the resident backend writes them.
     if exclusive:
         worker = pa.repeat(pa.scalar("exclusive"), n)
     else:
-        worker = pa.array(names, pa.string()).take(pa.array(codes, pa.int32()))
+        prefix = "stream" if mode == "streams" else mode
+        labels = pa.array([f"{prefix}-{m}" for m in names], pa.string())
+        worker = labels.take(pa.array(codes, pa.int32()))
     return SimResult(service_start_ns=start, service_end_ns=end, done_ns=done,
                      first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
                      batched_with=batched, worker=worker)
