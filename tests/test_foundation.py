@@ -80,37 +80,37 @@ def test_read_trace_missing_column_and_not_parquet(tmp_path):
         read_trace(tmp_path / "absent.parquet")
 
 
-def test_timeline_writer_parts_and_readback(tmp_path):
-    writer = TimelineWriter(tmp_path, background=False)
-    for i in range(3):
-        writer.add({"request_id": 2 - i, "model": "a", "batch_size": 1, "seq_len": 1,
-                    "max_new_tokens": 0, "scheduled_ns": i, "sent_ns": i, "done_ns": i + 5,
-                    "status": "ok", "warmup": False})
-    writer.flush()
-    writer.add({"request_id": 3, "model": "a", "batch_size": 1, "seq_len": 1,
-                "max_new_tokens": 0, "scheduled_ns": 9, "status": "cancelled", "warmup": False})
-    writer.close()
+def test_timeline_writer_parts_conform_and_read_back_sorted(tmp_path, monkeypatch):
+    import traceforge.record.writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "PART_ROWS", 2)  # force several parts from one table
+    table = pa.table({
+        "request_id": [2, 1, 0, 3], "model": ["a"] * 4, "batch_size": [1] * 4,
+        "seq_len": [1] * 4, "max_new_tokens": [0] * 4, "scheduled_ns": [0, 1, 2, 9],
+        "sent_ns": [0, 1, 2, None], "done_ns": [5, 6, 7, None],
+        "status": ["ok", "ok", "ok", "cancelled"],
+    })
+    writer = TimelineWriter(tmp_path)
+    writer.write_table(table)
+    writer.write_part(TIMELINE_SCHEMA.empty_table())  # an empty part is not written
     parts = sorted((tmp_path / "timeline").glob("part-*.parquet"))
     assert [p.name for p in parts] == ["part-000001.parquet", "part-000002.parquet"]
-    table = read_timeline(tmp_path)
-    assert table.schema.equals(TIMELINE_SCHEMA, check_metadata=False)
-    assert table.column("request_id").to_pylist() == [0, 1, 2, 3]
-    assert table.column("sent_ns").to_pylist()[3] is None
+    back = read_timeline(tmp_path)
+    assert back.schema.equals(TIMELINE_SCHEMA, check_metadata=False)
+    assert back.column("request_id").to_pylist() == [0, 1, 2, 3]
+    assert back.column("sent_ns").to_pylist()[3] is None
+    assert back.column("warmup").to_pylist() == [False] * 4  # missing column filled, not null
+    assert back.column("gpu_ns").null_count == 4
     assert writer.rows_written == 4
 
 
-def test_timeline_writer_background_flush_closes_parts_while_running(tmp_path):
-    import time
-
-    writer = TimelineWriter(tmp_path, flush_interval_s=0.05)
-    writer.add({"request_id": 0, "model": "a", "batch_size": 1, "seq_len": 1,
-                "max_new_tokens": 0, "scheduled_ns": 0, "status": "ok", "warmup": False})
-    deadline = time.monotonic() + 5
-    while not list((tmp_path / "timeline").glob("part-*.parquet")):
-        assert time.monotonic() < deadline, "background flush never wrote a part"
-        time.sleep(0.01)
-    writer.close()
+def test_read_timeline_ignores_half_written_dot_files(tmp_path):
+    TimelineWriter(tmp_path).write_table(pa.table({
+        "request_id": [0], "model": ["a"], "batch_size": [1], "seq_len": [1],
+        "max_new_tokens": [0], "scheduled_ns": [0], "status": ["ok"]}))
+    (tmp_path / "timeline" / ".part-000002.parquet.x.tmp").write_bytes(b"PAR1 truncated")
     assert read_timeline(tmp_path).num_rows == 1
+    assert read_timeline(tmp_path / "absent").num_rows == 0
 
 
 def test_manifest_written_running_then_finished(tmp_path):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from traceforge.record import TimelineWriter, read_timeline
+from traceforge.record import read_timeline
 from traceforge.record.recorder import CANCELLED, ERROR, OK, TIMEOUT, TimelineRecorder
 from traceforge.replay import Outcome
 from traceforge.schema import TIMELINE_SCHEMA
@@ -85,11 +85,3 @@ def test_background_thread_closes_parts_while_running(tmp_path):
         time.sleep(0.02)
     assert read_timeline(tmp_path).column("request_id").to_pylist() == [102]
     rec.close()
-
-
-def test_row_writer_api_still_works(tmp_path):
-    writer = TimelineWriter(tmp_path, background=False)
-    writer.add({"request_id": 1, "model": "m", "batch_size": 1, "seq_len": 2,
-                "max_new_tokens": 0, "scheduled_ns": 5, "status": "ok", "warmup": False})
-    writer.close()
-    assert read_timeline(tmp_path).column("scheduled_ns").to_pylist() == [5]

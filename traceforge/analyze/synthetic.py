@@ -127,7 +127,7 @@ def write_synthetic_run(run_dir: Path | str, models: list[SyntheticModel], *, re
     if self_check is not None:
         manifest.update(self_check=self_check)
     manifest.write()
-    writer = TimelineWriter(run_dir, background=False)
+    writer = TimelineWriter(run_dir)
     writer.write_table(table)
     writer.close()
     counts = {row["values"]: row["counts"]

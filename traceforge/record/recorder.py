@@ -58,7 +58,7 @@ class TimelineRecorder:
     ) -> None:
         n = len(request_id)
         self.n = n
-        self.writer = TimelineWriter(run_dir, background=False)
+        self.writer = TimelineWriter(run_dir)
         self.request_id = np.asarray(request_id, np.int64)
         self.model_codes = np.asarray(model_codes, np.int32)
         self.model_dict = pa.array(model_names, pa.string())

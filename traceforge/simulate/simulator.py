@@ -171,7 +171,7 @@ def simulate(
         virtual_time=True,
     )
     manifest.write()
-    writer = TimelineWriter(run_dir, background=False)
+    writer = TimelineWriter(run_dir)
     writer.write_table(out)
     writer.close()
     elapsed = time.perf_counter() - t_wall
