@@ -17,7 +17,8 @@
    here land well inside (sample-path offsets from theory: M/M/1 +4.6 % mean, +7.3 % p99;
    M/D/1 -1.1 % mean, -3.8 % p99), so a failure means the replay, not the dice. These asserts
    need a generator that kept time: when the run's own self-check reports it was generator
-   limited (send-lag p99 > 1 ms: the machine was too busy), the test skips them and says so.
+   limited (send-lag p99 > 1 ms: the machine was too busy), the run is repeated (at most three
+   runs); if every run was limited, the test skips them and says so.
 """
 
 from __future__ import annotations
@@ -81,8 +82,19 @@ def assert_sample_path(recorded, predicted, summary):
         pytest.skip("machine too busy for the theory check: " + summary.self_check["warning"])
 
 
+def replay_until_generator_kept_time(tmp_path, dist: str, seed: int, attempts: int = 3):
+    """The same seeded run, repeated (at most ``attempts`` times) while the run's own self-check
+    says a busy machine limited the generator: a preempted 10 s run is retried rather than
+    skipping the theory check outright."""
+    for attempt in range(attempts):
+        result = replay_queue(tmp_path / f"try{attempt}", dist, seed)
+        if not result[2].self_check["generator_limited"]:
+            break
+    return result
+
+
 def test_mm1_matches_theory(tmp_path):
-    recorded, predicted, summary = replay_queue(tmp_path, "exp", seed=11)
+    recorded, predicted, summary = replay_until_generator_kept_time(tmp_path, "exp", seed=11)
     assert_sample_path(recorded, predicted, summary)
     mean_theory = S_MS / (1 - RHO)
     p99_theory = math.log(100) * S_MS / (1 - RHO)
@@ -92,7 +104,7 @@ def test_mm1_matches_theory(tmp_path):
 
 
 def test_md1_matches_theory(tmp_path):
-    recorded, predicted, summary = replay_queue(tmp_path, "const", seed=12)
+    recorded, predicted, summary = replay_until_generator_kept_time(tmp_path, "const", seed=12)
     assert_sample_path(recorded, predicted, summary)
     mean_theory = S_MS + RHO * S_MS / (2 * (1 - RHO))
     p99_theory = md1_p99_sojourn_ms(S_MS, RHO)
