@@ -106,7 +106,8 @@ def test_simulate_matches_real_null_replay(tmp_path):
         return pc.subtract(t.column("done_ns"), t.column("scheduled_ns")).to_numpy() / 1e6
 
     real, sim = lat(tmp_path / "real"), lat(tmp_path / "sim")
-    assert stats.ks_2samp(real, sim).pvalue > 0.01
+    # asymptotic p-value: the exact one fails for these sample sizes and scipy warns as it falls back
+    assert stats.ks_2samp(real, sim, method="asymp").pvalue > 0.01
     assert np.median(np.abs(real - sim)) < 3.0
 
 
