@@ -291,34 +291,33 @@ def _parse_model(r: SpecReader, name: str, table: object,
                      modulation=modulation, multipliers=multipliers, **shapes)
 
 
-def _parse_arrival(r: SpecReader, key: str, value: object) -> ArrivalProcess:
-    table = r.table(value, key)
-    if "process" not in table:
-        r.missing(f"{key}.process", ", ".join(PROCESS_PARAMS))
-    process = table["process"]
-    if process not in PROCESS_PARAMS:
-        r.fail(f"{key}.process", process, "unknown arrival process", ", ".join(PROCESS_PARAMS))
-    required, optional = PROCESS_PARAMS[process]
-    r.check_keys(table, key, ("process", *required, *optional))
+def _checked_tagged_table(r: SpecReader, key: str, table: dict, tag: str,
+                          params: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
+                          what: str) -> str:
+    """Validate a ``{tag = NAME, ...params}`` table against ``params[NAME]``; return NAME."""
+    if tag not in table:
+        r.missing(f"{key}.{tag}", ", ".join(params))
+    name = table[tag]
+    if name not in params:
+        r.fail(f"{key}.{tag}", name, f"unknown {what}", ", ".join(params))
+    required, optional = params[name]
+    r.check_keys(table, key, (tag, *required, *optional))
     for k in required:
         if k not in table:
-            r.missing(f"{key}.{k}", f"{process} takes {', '.join(required + optional)}")
+            r.missing(f"{key}.{k}", f"{name} takes {', '.join(required + optional)}")
+    return name
+
+
+def _parse_arrival(r: SpecReader, key: str, value: object) -> ArrivalProcess:
+    table = r.table(value, key)
+    process = _checked_tagged_table(r, key, table, "process", PROCESS_PARAMS, "arrival process")
     return make_process(r, key, process, table)
 
 
 def _parse_shape(r: SpecReader, key: str, value: object, low: int) -> ShapeDist:
     if not isinstance(value, dict):
         return make_dist(r, key, "const", {"value": value}, low)
-    if "dist" not in value:
-        r.missing(f"{key}.dist", ", ".join(DIST_PARAMS))
-    dist = value["dist"]
-    if dist not in DIST_PARAMS:
-        r.fail(f"{key}.dist", dist, "unknown distribution", ", ".join(DIST_PARAMS))
-    required, optional = DIST_PARAMS[dist]
-    r.check_keys(value, key, ("dist", *required, *optional))
-    for k in required:
-        if k not in value:
-            r.missing(f"{key}.{k}", f"{dist} takes {', '.join(required + optional)}")
+    dist = _checked_tagged_table(r, key, value, "dist", DIST_PARAMS, "distribution")
     return make_dist(r, key, dist, value, low)
 
 
