@@ -93,13 +93,9 @@ def _ratio(b: float, a: float) -> float | None:
     return b / a if a else None
 
 
-def compare_runs(run_dirs: list[Path | str], *, alpha: float = DEFAULT_ALPHA,
-                 warmup_s: float | None = None) -> dict[str, Any]:
-    """Each run after the first against the first, per common model (ratios are B over A).
-
-    The top-level ``models`` / ``only_in_a`` / ``only_in_b`` are those of the first pair, so
-    two-run output matches CONTRACT.md; ``comparisons`` lists every pair.
-    """
+def check_compare_args(run_dirs: list[Path | str], *, alpha: float,
+                       warmup_s: float | None) -> None:
+    """The argument checks of :func:`compare_runs`, before any run is read."""
     if len(run_dirs) < 2:
         raise BadInput("compare needs at least two run directories", source="compare",
                        value=len(run_dirs))
@@ -107,7 +103,21 @@ def compare_runs(run_dirs: list[Path | str], *, alpha: float = DEFAULT_ALPHA,
         raise BadInput("must be in (0, 0.5)", source="--alpha", value=alpha)
     if warmup_s is not None and (not math.isfinite(warmup_s) or warmup_s < 0):
         raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup_s)
-    runs = [ok_latencies_by_model(d, warmup_s=warmup_s) for d in run_dirs]
+
+
+def compare_runs(run_dirs: list[Path | str], *, alpha: float = DEFAULT_ALPHA,
+                 warmup_s: float | None = None,
+                 latencies: list[dict[str, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Each run after the first against the first, per common model (ratios are B over A).
+
+    The top-level ``models`` / ``only_in_a`` / ``only_in_b`` are those of the first pair, so
+    two-run output matches CONTRACT.md; ``comparisons`` lists every pair. ``latencies`` (one
+    :func:`ok_latencies_by_model` dict per run) saves reading the runs again when the caller
+    already has them.
+    """
+    check_compare_args(run_dirs, alpha=alpha, warmup_s=warmup_s)
+    runs = latencies if latencies is not None else [
+        ok_latencies_by_model(d, warmup_s=warmup_s) for d in run_dirs]
     base = runs[0]
     comparisons = []
     for other_dir, other in zip(run_dirs[1:], runs[1:], strict=True):

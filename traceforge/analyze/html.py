@@ -222,11 +222,14 @@ def write_html(run_dir: Path | str, report: dict[str, Any], path: Path | str, *,
 
 
 def write_compare_html(result: dict[str, Any], path: Path | str, *,
-                       warmup_s: float | None = None) -> Path:
-    """Comparison tables and per-model CDF overlays of every run (the first is the baseline)."""
+                       warmup_s: float | None = None,
+                       latencies: list[dict[str, np.ndarray]] | None = None) -> Path:
+    """Comparison tables and per-model CDF overlays of every run (the first is the baseline);
+    ``latencies`` as given to :func:`~traceforge.analyze.compare.compare_runs`."""
     from traceforge.analyze.compare import ok_latencies_by_model
 
-    runs = [ok_latencies_by_model(d, warmup_s=warmup_s) for d in result["runs"]]
+    runs = latencies if latencies is not None else [
+        ok_latencies_by_model(d, warmup_s=warmup_s) for d in result["runs"]]
     labels = [f"{i}: {Path(d).name or d}" for i, d in enumerate(result["runs"])]
     colors = plots.model_colors(labels)
     parts = [f"<h1>traceforge compare — baseline {html.escape(result['baseline'])}</h1>",

@@ -75,15 +75,22 @@ def compare(
                                          "verdict.")] = 0.01,
 ) -> None:
     """Compare runs per common model (B over A): p50/p99, KS, Mann–Whitney, verdict."""
-    from traceforge.analyze.compare import compare_runs
+    from traceforge.analyze.compare import (
+        check_compare_args,
+        compare_runs,
+        ok_latencies_by_model,
+    )
     from traceforge.analyze.jsonable import to_json
 
     _check_html_target(html)
-    result = compare_runs(list(run_dirs), alpha=alpha, warmup_s=warmup)
+    check_compare_args(run_dirs, alpha=alpha, warmup_s=warmup)
+    # each run is read once, for the tables and the plots alike
+    latencies = [ok_latencies_by_model(d, warmup_s=warmup) for d in run_dirs]
+    result = compare_runs(list(run_dirs), alpha=alpha, warmup_s=warmup, latencies=latencies)
     if html is not None:
         from traceforge.analyze.html import write_compare_html
 
-        write_compare_html(result, html, warmup_s=warmup)
+        write_compare_html(result, html, warmup_s=warmup, latencies=latencies)
     if json_out:
         typer.echo(to_json(result))
         return
