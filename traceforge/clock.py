@@ -10,8 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-monotonic_ns = time.monotonic_ns
-
 
 @dataclass(frozen=True, slots=True)
 class RunClock:
@@ -21,7 +19,3 @@ class RunClock:
     def now(self) -> int:
         """Nanoseconds since run start."""
         return time.monotonic_ns() - self.t0_ns
-
-    def to_run(self, monotonic: int) -> int:
-        """Convert an absolute ``time.monotonic_ns()`` reading to run time."""
-        return monotonic - self.t0_ns

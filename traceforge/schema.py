@@ -71,6 +71,27 @@ TIMELINE_SCHEMA = pa.schema(
 )
 
 
+def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_len,
+                max_new_tokens) -> pa.Table:
+    """A TRACE_SCHEMA table from numpy columns: rows already in arrival order, models as integer
+    codes into ``model_names``; request_id is assigned 0..n-1."""
+    import numpy as np
+
+    model = pa.DictionaryArray.from_arrays(pa.array(model_code, pa.int32()),
+                                           pa.array(model_names, pa.string()))
+    return pa.table(
+        {
+            "request_id": pa.array(np.arange(len(arrival_ns), dtype=np.int64)),
+            "arrival_ns": pa.array(np.asarray(arrival_ns).astype(np.int64, copy=False)),
+            "model": model.cast(pa.string()),
+            **{name: pa.array(np.asarray(col).astype(np.int32, copy=False))
+               for name, col in (("batch_size", batch_size), ("seq_len", seq_len),
+                                 ("max_new_tokens", max_new_tokens))},
+        },
+        schema=TRACE_SCHEMA,
+    )
+
+
 @dataclass(frozen=True)
 class Trace:
     table: pa.Table  # conforms to TRACE_SCHEMA

@@ -269,11 +269,9 @@ class MMPPArrivals(ArrivalProcess):
         d, lam = np.asarray(self.mean_dwell_s), np.asarray(self.rates)
         return float((d * lam).sum() / d.sum())
 
-    def state_rates(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        return self.rates, self.mean_dwell_s
-
     def sample(self, rng, horizon):
-        rates, dwell = (np.asarray(x, dtype=np.float64) for x in self.state_rates())
+        rates = np.asarray(self.rates, dtype=np.float64)
+        dwell = np.asarray(self.mean_dwell_s, dtype=np.float64)
         bounds, states = sample_state_path(rng, dwell, horizon)
         clock = PiecewiseClock(bounds, rates[states])
         unit = renewal_times(rng, rng.standard_exponential, 1.0, 1.0,
@@ -326,9 +324,8 @@ class DiurnalArrivals(ArrivalProcess):
         return self.rate * (1.0 + self.amplitude * np.sin(phase))
 
     def sample(self, rng, horizon):
-        scale = 1.0 / self.peak_rate
-        return renewal_times(rng, lambda n: rng.standard_exponential(n) * scale, scale, 1.0,
-                             horizon)
+        # candidates at the peak rate, thinned by thin() to the sinusoidal rate
+        return PoissonArrivals(self.peak_rate).sample(rng, horizon)
 
     def thin(self, rng, times):
         keep = rng.random(times.size) * self.peak_rate < self.rate_at(times)

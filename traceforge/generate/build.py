@@ -8,16 +8,14 @@ with equal nanosecond times keep spec order of models, then their own order (det
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
-import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.generate.spec import SHAPE_FIELDS, WorkloadSpec, seed_sequence, stable_model_key
-from traceforge.schema import TRACE_SCHEMA, TRACE_SCHEMA_ID, Trace
+from traceforge.schema import TRACE_SCHEMA_ID, Trace, sha256_file, trace_table
 
 DEFAULT_SEED = 0
 MAX_REQUESTS = 500_000_000
@@ -60,21 +58,6 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
     return out
 
 
-def columns_to_table(columns: dict[str, np.ndarray], model_names: list[str]) -> pa.Table:
-    n = columns["arrival_ns"].size
-    model = pa.DictionaryArray.from_arrays(pa.array(columns["model_code"], pa.int32()),
-                                           pa.array(model_names, pa.string()))
-    return pa.table(
-        {
-            "request_id": pa.array(np.arange(n, dtype=np.int64)),
-            "arrival_ns": pa.array(columns["arrival_ns"]),
-            "model": model.cast(pa.string()),
-            **{f: pa.array(columns[f].astype(np.int32, copy=False)) for f in SHAPE_FIELDS},
-        },
-        schema=TRACE_SCHEMA,
-    )
-
-
 def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
                    duration_s: float | None = None) -> Trace:
     """Sample a trace. ``seed`` and ``duration_s`` override the spec's.
@@ -112,7 +95,8 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
             horizon *= 2.0
         columns = {k: v[:requests] for k, v in columns.items()}
         window_s = float(columns["arrival_ns"][-1]) / 1e9
-    table = columns_to_table(columns, names)
+    table = trace_table(columns["arrival_ns"], columns["model_code"], names,
+                        columns["batch_size"], columns["seq_len"], columns["max_new_tokens"])
 
     spec_dict = spec.to_dict()
     spec_dict["seed"] = seed
@@ -122,7 +106,7 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
     source = {"kind": "generate", "generator": f"traceforge {__version__}"}
     if spec.path is not None:
         source["spec_file"] = spec.path.name
-        source["spec_sha256"] = hashlib.sha256(spec.path.read_bytes()).hexdigest()
+        source["spec_sha256"] = sha256_file(spec.path)
     meta = {"schema": TRACE_SCHEMA_ID, "spec": spec_dict, "seed": seed, "source": source,
             "duration_s": window_s}
     return Trace(table=table, meta=meta, path=None)

@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
-from traceforge.schema import TRACE_SCHEMA, TRACE_SCHEMA_ID, Trace
+from traceforge.schema import TRACE_SCHEMA_ID, Trace, trace_table
 
 READERS = {
     "azure-functions-2019": azure_functions.read,
@@ -161,19 +160,8 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     else:
         factor = time_scale / rate_scale
     arrival_ns = rel if factor == 1.0 else np.rint(rel * factor).astype(np.int64)
-    model = pa.DictionaryArray.from_arrays(pa.array(rec.model_code[idx], pa.int32()),
-                                           pa.array(rec.model_names, pa.string()))
-    table = pa.table(
-        {
-            "request_id": pa.array(np.arange(idx.size, dtype=np.int64)),
-            "arrival_ns": pa.array(arrival_ns.astype(np.int64)),
-            "model": model.cast(pa.string()),
-            "batch_size": pa.array(rec.batch_size[idx].astype(np.int32)),
-            "seq_len": pa.array(rec.seq_len[idx].astype(np.int32)),
-            "max_new_tokens": pa.array(rec.max_new_tokens[idx].astype(np.int32)),
-        },
-        schema=TRACE_SCHEMA,
-    )
+    table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
+                        rec.seq_len[idx], rec.max_new_tokens[idx])
     return table, window_s, origin_ns
 
 

@@ -9,7 +9,6 @@ rows), so clean files never take a Python loop and dirty ones still get the exac
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
+from traceforge.schema import sha256_file
 
 SKIP_HINT = "--skip-bad skips malformed rows"
 _INT_RE = r"^\s*[+-]?\d+\s*$"
@@ -44,11 +44,8 @@ class Records:
 
 
 def file_info(path: Path, rows: int, skipped: int) -> dict[str, Any]:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return {"name": path.name, "sha256": h.hexdigest(), "rows": rows, "skipped_bad_rows": skipped}
+    return {"name": path.name, "sha256": sha256_file(path), "rows": rows,
+            "skipped_bad_rows": skipped}
 
 
 def read_header(path: Path) -> list[str]:

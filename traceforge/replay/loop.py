@@ -84,10 +84,6 @@ class TimerfdEpollSelector(selectors.EpollSelector):  # type: ignore[misc, name-
         super().close()
 
 
-def timerfd_available() -> bool:
-    return _LIBC is not None
-
-
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """A SelectorEventLoop on :class:`TimerfdEpollSelector`, or the stock loop where unavailable."""
     if _LIBC is None:

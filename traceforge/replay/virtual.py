@@ -65,5 +65,3 @@ class VirtualClock(RunClock):
     def now(self) -> int:
         return self.loop.time_ns()
 
-    def to_run(self, monotonic: int) -> int:
-        return monotonic

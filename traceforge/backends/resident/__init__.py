@@ -115,10 +115,6 @@ class ResidentBackend:
         self._info: dict[str, Any] = {}
         self._stopped = False
 
-    def bind_run_dir(self, run_dir: str | os.PathLike) -> None:
-        """Where telemetry.parquet and worker logs go (the dispatcher may call this)."""
-        self.run_dir = Path(run_dir)
-
     # -- start -------------------------------------------------------------------------------
     async def start(self, models: list[ModelInfo], clock) -> None:
         from traceforge.zoo import get_entry, resident_bytes
