@@ -100,7 +100,9 @@ def test_mm1_matches_theory(tmp_path):
     p99_theory = math.log(100) * S_MS / (1 - RHO)
     assert abs(recorded.mean() / mean_theory - 1) <= 0.20, recorded.mean()
     assert abs(np.percentile(recorded, 99) / p99_theory - 1) <= 0.45
-    assert summary.self_check["send_lag_us"]["p50"] < 1000
+    # a generator on ms-rounded stock asyncio timers sits at ~550 µs (benchmarks/bench_pacing.py);
+    # the precise loop measured 7-15 µs. (< 1000 would already follow from an unflagged p99.)
+    assert summary.self_check["send_lag_us"]["p50"] < 200
 
 
 def test_md1_matches_theory(tmp_path):

@@ -70,7 +70,6 @@ class Dispatcher:
         # When a request was ready to leave, if later than scheduled (it waited for a slot).
         self.ready_ns = np.full(self.n, NULL_I64, np.int64)
         self.slot_waits = 0
-        self._free_slots = inflight_cap or 0
         self._slot_waiter: asyncio.Future | None = None
         self._inflight: dict[int, asyncio.Task] = {}
         self._expired: set[int] = set()
@@ -117,7 +116,7 @@ class Dispatcher:
             # Everything due by now leaves in this burst.
             t = now()
             while i < n and origin + offset[i] <= t:
-                if capped and self._free_slots == 0:
+                if capped and len(self._inflight) >= self.cap:
                     self.slot_waits += 1
                     self.ready_ns[i] = await self._wait_slot()
                     t = now()
@@ -131,7 +130,7 @@ class Dispatcher:
         if self.n:
             await self.pacer.wait_until(self.origin_ns)  # the common start, like open loop
         for i in range(self.n):
-            if self._free_slots == 0:
+            if len(self._inflight) >= self.cap:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
                 scheduled[i] = await self._wait_slot()
             else:
@@ -148,8 +147,6 @@ class Dispatcher:
             self._slot_waiter = None
 
     def _launch(self, i: int) -> None:
-        if self.cap is not None:
-            self._free_slots -= 1
         self._inflight[i] = asyncio.get_running_loop().create_task(self._serve(i))
 
     # -- one request -------------------------------------------------------------------------
@@ -188,11 +185,9 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            if self.cap is not None:
-                self._free_slots += 1
-                waiter = self._slot_waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(now())
+            waiter = self._slot_waiter  # set only while the dispatcher waits for a slot
+            if waiter is not None and not waiter.done():
+                waiter.set_result(now())
         rec.complete(i, status, done, outcome, error)
 
     def _expire(self, i: int) -> None:

@@ -26,11 +26,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from traceforge.backends.resident.executor import Job
 from traceforge.errors import BadInput
+from traceforge.record.manifest import package_versions
 from traceforge.replay.protocol import ModelInfo, Outcome, Request
 
 MODES = ("exclusive", "timeslice", "mps", "streams")
@@ -51,9 +52,7 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if mode not in MODES:
         raise BadInput("unknown mode", key="--mode", value=mode, allowed=", ".join(MODES))
     device = opts.get("device") or "cpu"
-    kind, index = parse_device(device)
-    if kind == "cuda":
-        device = f"cuda:{index}"  # one spelling everywhere (torch.cuda.set_device needs it)
+    kind, _ = parse_device(device)
     max_batch = 1 if opts.get("max_batch") is None else opts["max_batch"]
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
@@ -91,12 +90,14 @@ class ResidentBackend:
                  max_wait_ms: float = 0.0, sm_percent: dict[str, int] | None = None,
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
+        from traceforge.gpu.cuda import parse_device
+
         self.mode = mode
-        if device == "cuda":
-            device = "cuda:0"
-        self.device = device
-        self.is_cuda = device.startswith("cuda")
-        self.cuda_index = int(device.split(":")[1]) if ":" in device else 0
+        kind, index = parse_device(device)
+        self.is_cuda = kind == "cuda"
+        self.cuda_index = index or 0
+        # one spelling everywhere (torch.cuda.set_device needs "cuda:N")
+        self.device = f"cuda:{self.cuda_index}" if self.is_cuda else "cpu"
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         self.sm_percent = sm_percent or {}
@@ -254,8 +255,6 @@ class ResidentBackend:
             fut.set_result(fields)
 
     async def submit(self, request: Request) -> Outcome:
-        from traceforge.backends.resident.executor import Job
-
         model = request.model
         if model not in self.models:
             return Outcome(status="error", error=f"model {model!r} is not resident")
@@ -373,10 +372,7 @@ class ResidentBackend:
 @functools.cache
 def _versions() -> dict[str, str | None]:
     # importlib.metadata scans site-packages (~0.1 s in a large environment): once per process.
-    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "nvidia-ml-py"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[pkg] = metadata.version(pkg)
+    versions: dict[str, str | None] = package_versions(("torch", "transformers", "nvidia-ml-py"))
     if "torch" in sys.modules:
         versions["torch_cuda"] = sys.modules["torch"].version.cuda
     return versions
