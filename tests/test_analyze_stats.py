@@ -53,8 +53,9 @@ def test_ci_covers_true_percentile_at_stated_rate(pct):
     """95 % CIs of a percentile of Exp(1) at n = 2000 cover the true value ~95 % of the time.
 
     2000 repetitions: the binomial s.d. of the coverage is sqrt(.95·.05/2000) ≈ 0.005. The
-    percentile bootstrap slightly under-covers in the tail (we measured 0.937 for p99 and 0.945
-    for p50 with these seeds; docs/analysis.md has the table), so the band is [0.915, 0.965]:
+    percentile bootstrap slightly under-covers in the tail (this test's seed gives 0.937 for p99
+    and 0.9575 for p50, by running its loop and printing the coverage; docs/analysis.md has the
+    bench_report --coverage table), so the band is [0.915, 0.965]:
     a CI that is too narrow by a quarter (coverage ~0.86) or a wrong rank fails it.
     """
     rng = np.random.default_rng(2024)

@@ -393,6 +393,9 @@ def test_inlined_loop_matches_the_general_loop():
     for f, g in zip(fast, general, strict=True):
         np.testing.assert_allclose(f.start_ns, g.start_ns, rtol=0, atol=1e-3)
         np.testing.assert_allclose(f.end_ns, g.end_ns, rtol=0, atol=1e-3)
+        # the inlined loop numbers its (single-request) batches on its own
+        np.testing.assert_array_equal(f.batch_id, g.batch_id)
+        np.testing.assert_array_equal(f.batched_with, g.batched_with)
 
 
 def test_shipped_profiles_load_by_name_and_match_the_repo_copies():

@@ -144,14 +144,13 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
         tail["count"] = int(np.count_nonzero(in_tail))
     out["tail_decomposition_ms"] = tail or None
 
-    out["generative"] = _generative(run, rows, ok_rows, duration_s)
+    out["generative"] = _generative(run, ok_rows, duration_s)
     out["batching"] = _batching(run, ok_rows)
     out["slo"] = _slo(counts, latency_ns, slo_ms, duration_s)
     return out
 
 
-def _generative(run: RunData, rows: np.ndarray, ok_rows: np.ndarray,
-                duration_s: float) -> dict[str, Any] | None:
+def _generative(run: RunData, ok_rows: np.ndarray, duration_s: float) -> dict[str, Any] | None:
     gen_rows = ok_rows & (run.col("max_new_tokens") > 0)
     if not np.any(gen_rows):
         return None

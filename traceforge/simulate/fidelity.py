@@ -29,19 +29,19 @@ from traceforge.simulate.simulator import simulate
 
 
 def latencies_by_model(run_dir: Path | str) -> dict[str, dict[str, Any]]:
-    """Per model: latencies (ms) of ok rows outside warmup, and the count of other rows."""
-    t = read_timeline(run_dir)
-    keep = pc.invert(t.column("warmup"))
-    t = t.filter(keep)
+    """Per model: latencies and service times (ms) of ok rows outside warmup, and the count of
+    the model's other rows outside warmup. Reads the run with the report's loader."""
+    from traceforge.analyze.rundata import NS_PER_MS, load_run
+
+    run = load_run(run_dir)
+    keep = ~run.col("warmup")
     out: dict[str, dict[str, Any]] = {}
-    for model in sorted(set(t.column("model").to_pylist())):
-        rows = t.filter(pc.equal(t.column("model"), model))
-        ok = rows.filter(pc.equal(rows.column("status"), "ok"))
-        lat = pc.subtract(ok.column("done_ns"), ok.column("scheduled_ns")).to_numpy(
-            zero_copy_only=False) / 1e6
-        service = pc.subtract(ok.column("service_end_ns"), ok.column("service_start_ns"))
-        out[model] = {"latency_ms": lat, "not_ok": rows.num_rows - ok.num_rows,
-                      "service_ms": service.to_numpy(zero_copy_only=False) / 1e6}
+    for code, name in enumerate(run.models):
+        rows = keep & (run.model_code == code)
+        ok = rows & run.ok
+        out[name] = {"latency_ms": run.latency[ok] / NS_PER_MS,
+                     "not_ok": int(rows.sum() - ok.sum()),
+                     "service_ms": run.service[ok] / NS_PER_MS}
     return out
 
 
@@ -70,7 +70,8 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
     if mode is None:
         raise BadInput("run.json names no sharing mode", source=run_dir, key="mode")
     options = manifest.get("options") or {}
-    trace = read_trace(_trace_of(run_dir, manifest))
+    trace_path = _trace_of(run_dir, manifest)
+    trace = read_trace(trace_path)
     measured = latencies_by_model(run_dir)
     with tempfile.TemporaryDirectory(prefix="traceforge-fidelity-") as tmp:
         simulate(trace, Path(tmp) / "sim", profile=profile, mode=mode,
@@ -89,7 +90,7 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
         sim_service = simulated.get(model, {}).get("service_ms", np.empty(0))
         row["measured_service_ms"] = (float(np.nanmean(real["service_ms"]))
                                       if real["service_ms"].size else None)
-        row["simulated_service_ms"] = float(np.mean(sim_service)) if sim_service.size else None
+        row["simulated_service_ms"] = float(np.nanmean(sim_service)) if sim_service.size else None
         for q in (50, 99):
             m = float(np.percentile(real["latency_ms"], q)) if real["latency_ms"].size else None
             s = float(np.percentile(sim, q)) if sim.size else None
@@ -97,7 +98,7 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
             row[f"simulated_p{q}_ms"] = s
             row[f"error_p{q}"] = (s / m - 1.0) if (m and s is not None) else None
         models[model] = row
-    return {"run_dir": str(run_dir), "mode": mode, "trace": str(_trace_of(run_dir, manifest)),
+    return {"run_dir": str(run_dir), "mode": mode, "trace": str(trace_path),
             "cold_start": cold_start, "models": models}
 
 
