@@ -171,9 +171,20 @@ def test_azure_functions_stripe_is_stable_across_windows():
     b = import_trace("azure-functions-2019", FUNCTIONS, models="m0,m1,m2", start_s=36000,
                      duration_s=7200)
     assert a.meta["source"]["mapping"] == "stripe"
-    # the same function keeps its model whatever the window (crc32 of its key)
     assert set(column(a, "model")) <= {"m0", "m1", "m2"}
     assert set(column(b, "model")) <= {"m0", "m1", "m2"}
+    # the same function keeps its model whatever the window: model = crc32(owner/app/fn) mod 3.
+    # Rank-based mappings (round-robin, top-k) give other per-model counts on this fixture.
+    import zlib
+
+    for trace, first_minute in ((a, 0), (b, 600)):
+        expected = np.zeros(3, dtype=np.int64)
+        for r in rows_of(FUNCTIONS[0]):
+            key = f"{r['HashOwner']}/{r['HashApp']}/{r['HashFunction']}"
+            window = sum(int(r[str(m)]) for m in range(first_minute + 1, first_minute + 121))
+            expected[zlib.crc32(key.encode()) % 3] += window
+        got = [int((np.asarray(column(trace, "model")) == f"m{j}").sum()) for j in range(3)]
+        assert got == expected.tolist()
 
 
 # -- malformed rows ---------------------------------------------------------------------------
