@@ -25,6 +25,8 @@ RUN_SCHEMA_ID = "traceforge.run/1"
 META_KEY = b"traceforge"
 
 STATUSES = ("ok", "error", "timeout", "cancelled", "dropped")
+SHAPE_LOWER = {"batch_size": 1, "seq_len": 1, "max_new_tokens": 0}  # inclusive lower bounds
+INT32_MAX = 2**31 - 1  # the shape columns are int32
 
 
 def _f(name: str, typ: pa.DataType, nullable: bool, unit: str, doc: str) -> pa.Field:
@@ -192,7 +194,7 @@ def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
                        value=int(arrival[i]))
     if arrival[0] < 0:
         raise BadInput("must be >= 0", source=source, key="arrival_ns", value=int(arrival[0]))
-    for name, low in (("batch_size", 1), ("seq_len", 1), ("max_new_tokens", 0)):
+    for name, low in SHAPE_LOWER.items():
         col = table.column(name).to_numpy()
         bad = np.flatnonzero(col < low)
         if bad.size:

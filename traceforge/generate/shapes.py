@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from traceforge.errors import BadInput
+from traceforge.schema import INT32_MAX
 
 if TYPE_CHECKING:
     from traceforge.generate.spec import SpecReader
@@ -256,7 +257,7 @@ def make_dist(r: SpecReader, key: str, dist: str, table: dict, low: int) -> Shap
         values = read_column(path, column, source=r.source, key=key)
         if values.size == 0:
             r.fail(f"{key}.column", column, "column is empty")
-        bad = np.flatnonzero((values != np.rint(values)) | (values < low) | (values > 2**31 - 1))
+        bad = np.flatnonzero((values != np.rint(values)) | (values < low) | (values > INT32_MAX))
         if bad.size:
             i = int(bad[0])
             r.fail(f"{key}.column", column,

@@ -30,14 +30,14 @@ from traceforge.generate.shapes import (
     ShapeDist,
     make_dist,
 )
+from traceforge.schema import INT32_MAX, SHAPE_LOWER
 
 # Lower bounds of the trace schema (CONTRACT.md): batch_size >= 1, seq_len >= 1, max_new_tokens >= 0.
-SHAPE_FIELDS = {"batch_size": 1, "seq_len": 1, "max_new_tokens": 0}
+SHAPE_FIELDS = SHAPE_LOWER
 SHAPE_DEFAULTS = {"batch_size": 1, "seq_len": 128, "max_new_tokens": 0}
 TOP_KEYS = ("name", "description", "duration_s", "requests", "seed", "models", "modulations")
 MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS)
 MODULATION_KEYS = ("mean_dwell_s", "multipliers")
-INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)

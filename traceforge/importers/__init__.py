@@ -26,7 +26,7 @@ from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
-from traceforge.schema import TRACE_SCHEMA_ID, Trace, trace_table
+from traceforge.schema import INT32_MAX, TRACE_SCHEMA_ID, Trace, trace_table
 
 READERS = {
     "azure-functions-2019": azure_functions.read,
@@ -41,7 +41,6 @@ FORMAT_OPTIONS = {"spread": ("--spread", "azure-functions-2019"),
                   "mapping": ("--map", "azure-functions-2019"),
                   "columns": ("--columns", "csv"), "time_unit": ("--time-unit", "csv"),
                   "failed": ("--failed", "burstgpt")}
-INT32_MAX = 2**31 - 1
 
 
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:

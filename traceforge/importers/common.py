@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
-from traceforge.schema import sha256_file
+from traceforge.schema import INT32_MAX, sha256_file
 
 SKIP_HINT = "--skip-bad skips malformed rows"
 _INT_RE = r"^\s*[+-]?\d+\s*$"
@@ -165,7 +165,7 @@ class CsvColumns:
             self._mark(column, overflow, "integer out of range")
             return values
 
-    def integers(self, column: str, *, low: int, high: int = 2**31 - 1) -> np.ndarray:
+    def integers(self, column: str, *, low: int, high: int = INT32_MAX) -> np.ndarray:
         values = self._numeric(column, "int")
         self._mark(column, (values < low) & ~self.bad, f"must be an integer >= {low}")
         self._mark(column, (values > high) & ~self.bad, f"must be <= {high}")

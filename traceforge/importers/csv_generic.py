@@ -22,9 +22,10 @@ from traceforge.importers.common import (
     file_info,
     rename_filter,
 )
+from traceforge.schema import SHAPE_LOWER
 
 FIELDS = ("time", "seq_len", "max_new_tokens", "batch_size", "model")
-LOWER = {"seq_len": 1, "max_new_tokens": 0, "batch_size": 1}
+LOWER = SHAPE_LOWER
 TIME_UNITS = (*TIME_UNITS_NS, "iso")
 
 

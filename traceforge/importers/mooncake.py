@@ -13,6 +13,7 @@ import numpy as np
 from traceforge.errors import BadInput
 from traceforge.importers.azure_llm import per_file_names
 from traceforge.importers.common import SKIP_HINT, Records, file_info
+from traceforge.schema import INT32_MAX
 
 FIELDS = (("timestamp", 0), ("input_length", 1), ("output_length", 0))
 
@@ -30,7 +31,7 @@ def _parse_line(text: str) -> tuple[int, int, int] | str:
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"{key} = {value!r}: missing or not a number"
-        if value < low or (key != "timestamp" and (value != int(value) or value > 2**31 - 1)):
+        if value < low or (key != "timestamp" and (value != int(value) or value > INT32_MAX)):
             return f"{key} = {value!r}: must be an integer >= {low} (int32)"
         out.append(value)
     return out[0], int(out[1]), int(out[2])

@@ -82,7 +82,6 @@ class TimelineRecorder:
         # Finished indices not yet on disk. Appended by the event loop; the flusher takes a
         # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
         self._finished: list[int] = []
-        self.rows_written = 0
         self.flush_interval_s = flush_interval_s
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -156,8 +155,11 @@ class TimelineRecorder:
             idx.sort()
             table = self._build(idx)
             self.writer.write_part(table)
-            self.rows_written += k
             return k
+
+    @property
+    def rows_written(self) -> int:
+        return self.writer.rows_written
 
     def _build(self, idx: np.ndarray) -> pa.Table:
         def i64(values: np.ndarray) -> pa.Array:
