@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from traceforge.generate.arrivals import GammaArrivals, OnOffArrivals, WeibullArrivals
 from traceforge.schema import Trace
 
 CONFIDENCE = 0.95
@@ -109,18 +110,20 @@ def _target_law(arrival: dict, multipliers=None, mod=None):
         return f"mmpp(rates={rates}, mean_dwell_s={mod['mean_dwell_s']})", lambda x: 1 - sf(x)
     if process == "poisson":
         return f"exponential(rate={rate})", stats.expon(scale=1 / rate).cdf
+    # The laws' parameters come from the process classes that sample them (one definition).
     if process == "gamma":
-        cv = arrival["cv"]
-        return (f"gamma(shape={1 / cv**2:g}, mean={1 / rate:g})",
-                stats.gamma(1 / cv**2, scale=cv**2 / rate).cdf)
+        law = GammaArrivals(rate, arrival["cv"])
+        return (f"gamma(shape={law.shape:g}, mean={1 / rate:g})",
+                stats.gamma(law.shape, scale=law.scale).cdf)
     if process == "weibull":
-        k = arrival["shape"]
-        scale = 1.0 / (rate * math.gamma(1 + 1 / k))
-        return f"weibull(shape={k:g}, scale={scale:g})", stats.weibull_min(k, scale=scale).cdf
+        law = WeibullArrivals(rate, arrival["shape"])
+        return (f"weibull(shape={law.shape:g}, scale={law.scale:g})",
+                stats.weibull_min(law.shape, scale=law.scale).cdf)
     if process in ("mmpp", "onoff"):
         if process == "onoff":
-            rates = [arrival["rate"], arrival.get("off_rate", 0.0)]
-            dwell = [arrival["mean_on_s"], arrival["mean_off_s"]]
+            onoff = OnOffArrivals.build(arrival["rate"], arrival["mean_on_s"],
+                                        arrival["mean_off_s"], arrival.get("off_rate", 0.0))
+            rates, dwell = list(onoff.rates), list(onoff.mean_dwell_s)
         else:
             rates, dwell = arrival["rates"], arrival["mean_dwell_s"]
         sf = mmpp_interarrival_sf(rates, dwell)
