@@ -117,6 +117,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         max_new_tokens=table.column("max_new_tokens").to_numpy(),
         scheduled_ns=offsets,  # made absolute by Dispatcher.run(origin_ns)
         flush_interval_s=options.flush_interval_s,
+        flusher_cpus=options.flusher_cpus,
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
@@ -132,7 +133,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
-                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s)
+                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
+                            gc_safe_points=options.gc_safe_points)
     received: list[str] = []
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
@@ -147,9 +149,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                                "schedule_origin_ns": origin_ns,
                                "time_scale": options.time_scale})
     manifest.write()
+    quiet = _QuietRuntime(options)  # GC at safe points, short GIL switch interval (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
-            dispatcher, recorder, manifest, backend, pacer, progress_task, options,
+            dispatcher, recorder, manifest, backend, pacer, progress_task, options, quiet,
             n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
     finally:
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
@@ -167,7 +170,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 
 async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
                                manifest: RunManifest, backend: Backend, pacer, progress_task,
-                               options: ReplayOptions, *, n_rows: int, received: list[str],
+                               options: ReplayOptions, quiet: _QuietRuntime, *, n_rows: int,
+                               received: list[str],
                                loop, run_dir: Path):
     status, failure, cancelled = "complete", None, False
     started = time.perf_counter()
@@ -184,6 +188,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         dispatcher.interrupt(cancel_main=False)
         await dispatcher.drain()
     finally:
+        quiet.restore()
         gc.unfreeze()
         if progress_task is not None:
             progress_task.cancel()
@@ -209,6 +214,9 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         sent_mask=recorder.sent_ns != NULL_I64, slot_waits=dispatcher.slot_waits,
         closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
     )
+    check["runtime"] = {"gc": "safe points" if options.gc_safe_points else "automatic",
+                        "gc_passes": dispatcher.gc_passes,
+                        "switch_interval_us": round(quiet.switch_s * 1e6, 1)}
     counts = recorder.counts()
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": recorder.rows_written,
@@ -225,6 +233,24 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
     return summary, failure, cancelled
+
+
+class _QuietRuntime:
+    """Process-wide settings for the schedule's duration, restored by :meth:`restore`."""
+
+    def __init__(self, options: ReplayOptions) -> None:
+        self._gc_was_enabled = gc.isenabled()
+        self._switch_was = sys.getswitchinterval()
+        if options.gc_safe_points:
+            gc.disable()
+        if options.switch_interval_us is not None:
+            sys.setswitchinterval(options.switch_interval_us / 1e6)
+        self.switch_s = sys.getswitchinterval()
+
+    def restore(self) -> None:
+        sys.setswitchinterval(self._switch_was)
+        if self._gc_was_enabled:
+            gc.enable()
 
 
 def _safe_describe(backend: Backend) -> dict[str, Any]:
