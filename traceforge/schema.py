@@ -68,6 +68,8 @@ TIMELINE_SCHEMA = pa.schema(
         _f("worker", pa.string(), True, "", "which worker / endpoint served it"),
         _f("warmup", pa.bool_(), False, "", "true for rows scheduled inside --warmup"),
         _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
+        _f("replay_worker", pa.int32(), True, "",
+           "replay worker (process or Ray actor) that sent it, with --workers; else null"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )

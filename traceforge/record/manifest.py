@@ -29,9 +29,9 @@ def package_versions(names: tuple[str, ...] = ("traceforge", "numpy", "pyarrow",
 class RunManifest:
     """The run's manifest. ``data`` is a plain dict so backends can add their own keys."""
 
-    def __init__(self, run_dir: Path | str, **fields: Any) -> None:
+    def __init__(self, run_dir: Path | str, *, name: str = "run.json", **fields: Any) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "run.json"
+        self.path = self.run_dir / name
         self.data: dict[str, Any] = {
             "schema": RUN_SCHEMA_ID,
             "status": "running",

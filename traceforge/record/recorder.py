@@ -64,10 +64,13 @@ class TimelineRecorder:
         flush_interval_s: float = 0.5,
         background: bool = True,
         flusher_cpus: set[int] | None = None,
+        replay_worker: int | None = None,
     ) -> None:
         n = len(request_id)
         self.n = n
-        self.writer = TimelineWriter(run_dir)
+        self.replay_worker = replay_worker
+        tag = "" if replay_worker is None else f"w{replay_worker:02d}"
+        self.writer = TimelineWriter(run_dir, tag=tag)
         self.request_id = np.asarray(request_id, np.int64)
         self.model_codes = np.asarray(model_codes, np.int32)
         self.model_dict = pa.array(model_names, pa.string())
@@ -212,6 +215,8 @@ class TimelineRecorder:
             "worker": self._workers(idx),
             "warmup": pa.array(warmup, pa.bool_()),
             "itl_ns": sparse(self.itl_ns, pa.list_(pa.int64())),
+            "replay_worker": (pa.nulls(len(idx), pa.int32()) if self.replay_worker is None else
+                              pa.array(np.full(len(idx), self.replay_worker, np.int32))),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 

@@ -32,6 +32,7 @@ from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
 from traceforge.replay.selfcheck import format_self_check, self_check
+from traceforge.replay.shard import WorkerRole
 from traceforge.schema import Trace, sha256_file
 
 
@@ -58,36 +59,50 @@ def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
                options: ReplayOptions | None = None) -> RunSummary:
     """Synchronous entry point: owns the event loop (``options.event_loop``)."""
     options = (options or ReplayOptions()).validate()
-    factory = None
-    if options.event_loop in ("auto", "precise"):
+    with asyncio.Runner(loop_factory=loop_factory(options.event_loop)) as runner:
+        return runner.run(replay_async(trace, run_dir, backend, options))
+
+
+def loop_factory(event_loop: str):
+    """The event-loop constructor for ``ReplayOptions.event_loop`` (None: asyncio's default)."""
+    if event_loop in ("auto", "precise"):
         from traceforge.replay.loop import new_event_loop
 
-        factory = new_event_loop
-    elif options.event_loop == "uvloop":
+        return new_event_loop
+    if event_loop == "uvloop":
         import uvloop  # presence checked by validate()
 
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(replay_async(trace, run_dir, backend, options))
+        return uvloop.new_event_loop
+    return None
 
 
 async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                        options: ReplayOptions | None = None, *,
-                       clock: RunClock | None = None) -> RunSummary:
+                       clock: RunClock | None = None,
+                       worker: WorkerRole | None = None) -> RunSummary:
     """Replay ``trace`` against ``backend`` into ``run_dir``. ``clock`` is injectable for tests
-    (a virtual-time loop passes a clock that reads the loop's time)."""
+    (a virtual-time loop passes a clock that reads the loop's time).
+
+    ``worker``: this replay is one shard of a ``--workers`` run (``replay/workers.py``): its parts
+    are tagged with the worker's index, its manifest goes to ``workers/wNN.json`` (the driver
+    writes run.json), the schedule origin comes from the driver's start barrier, and the
+    per-row arrays the merged self-check needs are handed to ``worker.finished``."""
     options = (options or ReplayOptions()).validate()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
+    if worker is None:
+        check_run_dir(run_dir)
     models = options.models or default_models(trace)
     known = {m.name for m in models}
     missing = [m for m in trace.models if m not in known]
     if missing:
         raise BadInput("trace models without a model entry", key="models",
                        value=",".join(missing), allowed=",".join(sorted(known)))
-    trace_info = {"path": str(trace.path) if trace.path else None,
-                  "sha256": sha256_file(trace.path) if trace.path else None,
-                  "rows": trace.table.num_rows, "meta": trace.meta}
+    if worker is not None and worker.trace_info is not None:
+        trace_info = dict(worker.trace_info, shard_rows=trace.table.num_rows)
+    else:
+        trace_info = {"path": str(trace.path) if trace.path else None,
+                      "sha256": sha256_file(trace.path) if trace.path else None,
+                      "rows": trace.table.num_rows, "meta": trace.meta}
 
     table = trace.table
     encoded = table.column("model").combine_chunks().dictionary_encode()
@@ -118,10 +133,12 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         scheduled_ns=offsets,  # made absolute by Dispatcher.run(origin_ns)
         flush_interval_s=options.flush_interval_s,
         flusher_cpus=options.flusher_cpus,
+        replay_worker=None if worker is None else worker.index,
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
         run_dir,
+        name="run.json" if worker is None else f"workers/w{worker.index:02d}.json",
         backend=backend.name,
         backend_info=describe,
         **{k: describe[k] for k in ("mode", "device", "gpu") if k in describe},
@@ -142,7 +159,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
     # The origin is taken last, after all preparation, so the first sends are not late.
-    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    if worker is None:
+        origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    else:  # the driver's start barrier: every worker is ready, one origin for all
+        origin_ns = await loop.run_in_executor(None, worker.wait_origin)
     if options.warmup_s:
         recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
     manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
@@ -153,7 +173,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
             dispatcher, recorder, manifest, backend, pacer, progress_task, options, quiet,
-            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
+            worker=worker, n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
     finally:
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
         for sig in installed:
@@ -170,7 +190,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 
 async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
                                manifest: RunManifest, backend: Backend, pacer, progress_task,
-                               options: ReplayOptions, quiet: _QuietRuntime, *, n_rows: int,
+                               options: ReplayOptions, quiet: _QuietRuntime, *,
+                               worker: WorkerRole | None, n_rows: int,
                                received: list[str],
                                loop, run_dir: Path):
     status, failure, cancelled = "complete", None, False
@@ -230,6 +251,11 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
     if failure is not None:
         extra["error"] = f"{type(failure).__name__}: {failure}"
     manifest.finish(status, **extra)
+    if worker is not None:
+        worker.finished({"manifest": manifest.data, "scheduled_ns": recorder.scheduled_ns,
+                         "sent_ns": recorder.sent_ns,
+                         "ready_ns": np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
+                         "slot_waits": dispatcher.slot_waits})
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
     return summary, failure, cancelled
