@@ -152,6 +152,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
                             gc_safe_points=options.gc_safe_points)
+    if worker is not None:
+        worker.attach(loop, dispatcher)
     received: list[str] = []
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))

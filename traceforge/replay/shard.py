@@ -70,6 +70,22 @@ class WorkerRole:
     def __init__(self, index: int, trace_info: dict | None = None) -> None:
         self.index = index
         self.trace_info = trace_info
+        self._loop = None
+        self._dispatcher = None
+        self._interrupt_early = False
+
+    def attach(self, loop, dispatcher) -> None:
+        """Called by replay_async once the dispatcher exists, so :meth:`interrupt` can reach it."""
+        self._loop, self._dispatcher = loop, dispatcher
+        if self._interrupt_early:
+            dispatcher.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop this worker like SIGINT would (callable from any thread)."""
+        if self._dispatcher is None:
+            self._interrupt_early = True
+            return
+        self._loop.call_soon_threadsafe(self._dispatcher.interrupt)
 
     def wait_origin(self) -> int:
         raise NotImplementedError

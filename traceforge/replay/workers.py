@@ -318,9 +318,16 @@ def _barrier_error(failed: dict[int, tuple]) -> Exception:
         return BadInput(msg[1]["message"])  # already the one line the worker's BadInput made
     if msg[0] == "error" and msg[1] and msg[1]["type"] == "KeyboardInterrupt":
         return KeyboardInterrupt()
-    what = (f"exited with code {msg[1]}" if msg[0] == "died"
-            else f"{msg[1]['type']}: {msg[1]['message']}")
+    what = describe_failure(msg)
     return RunFailure(f"replay worker w{k:02d} failed before the start: {what}; nothing recorded")
+
+
+def describe_failure(msg: tuple) -> str:
+    if msg[0] == "died":
+        return f"exited with code {msg[1]}" if isinstance(msg[1], int) else str(msg[1])
+    if not msg[1]:
+        return "failed without a report"
+    return f"{msg[1]['type']}: {msg[1]['message']}"
 
 
 def _remove_partial(run_dir: Path, existed: bool) -> None:
@@ -378,8 +385,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
                 problems.append(f"w{k:02d}: {entry['error']}")
         else:
             statuses.append("failed")
-            what = (f"exited with code {msg[1]}" if msg[0] == "died"
-                    else f"{msg[1]['type']}: {msg[1]['message']}")
+            what = describe_failure(msg)
             entry = {"worker": k, "status": "failed", "error": what}
             problems.append(f"w{k:02d}: {what}")
         per_worker.append(entry)
