@@ -177,3 +177,27 @@ def test_http_replay_sends_prefix_faithful_prompts(tmp_path, vocab):
     for a, b in itertools.combinations(range(len(order)), 2):
         assert common_prefix(ids[a], ids[b]) == expected_shared(rows[order[a]],
                                                                 rows[order[b]], 512)
+
+
+def test_model_token_ids_are_unique_per_request_and_share_blocks():
+    from traceforge.prompts import model_token_ids
+
+    ids = model_token_ids(1000, [4, 5, 6], 40, batch_sizes=[1, 2, 1],
+                          prefix_blocks=[[1, 2], [1, 3], None], block_tokens=16)
+    assert ids.shape == (4, 40) and ids.min() >= 0 and ids.max() < 1000
+    assert (ids[0, :16] == ids[1, :16]).all() and (ids[1, :32] == ids[2, :32]).all()
+    assert (ids[0, 16:32] != ids[1, 16:32]).any()  # blocks 2 vs 3 differ
+    assert (ids[1, 32:] != ids[2, 32:]).any()  # batch items have their own tails
+    again = model_token_ids(1000, [4], 40, prefix_blocks=[[1, 2]], block_tokens=16)
+    assert (again[0] == ids[0]).all()  # seeded by request id, not by call order
+
+
+def test_zoo_synthesise_uses_request_ids():
+    pytest.importorskip("torch")
+    from traceforge.prompts import model_token_ids
+    from traceforge.zoo import build_model
+
+    model = build_model("tiny-gpt2")
+    x = model.synthesise(3, 12, request_ids=[7, 8])  # third row: padding
+    want = model_token_ids(model.vocab_size, [7, 8], 12)
+    assert (x[:2].numpy() == want).all() and x.shape == (3, 12)

@@ -389,3 +389,18 @@ class PromptTexts:
         return {**self.vocab.describe(), "prefix_block_tokens": self.builder.block_tokens,
                 "planned": self.builder.planned, "max_divergence_tokens":
                     self.builder.max_digits if self.builder.planned else None}
+
+
+def model_token_ids(vocab_size: int, request_ids, seq_len: int, *, batch_sizes=None,
+                    prefix_blocks=None, block_tokens: int | None = None,
+                    seed: int = 0) -> np.ndarray:
+    """Token ids for a resident model (no tokenizer: ids in ``[0, vocab_size)``), one row per
+    batch item of each request, ``seq_len`` each: unique per request (seeded by its id) and
+    identical over equal prefix blocks, exactly as the HTTP prompts (unplanned first tokens)."""
+    builder = PromptBuilder(vocab_size, block_tokens=block_tokens, seed=seed)
+    batch_sizes = [1] * len(request_ids) if batch_sizes is None else batch_sizes
+    blocks = [None] * len(request_ids) if prefix_blocks is None else prefix_blocks
+    rows = [builder.tokens(int(r), seq_len, b, item)
+            for r, n, b in zip(request_ids, batch_sizes, blocks, strict=True)
+            for item in range(int(n))]
+    return np.stack(rows) if rows else np.empty((0, seq_len), np.int64)
