@@ -84,6 +84,11 @@ def register(app: typer.Typer) -> None:
                                     help="http openai: SSE streaming (first token, ITL)."),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
                                         help="http openai: ask for exactly max_new_tokens."),
+        tokenizer: str = typer.Option(None, "--tokenizer",
+                                      help="http: tokenizer.json, a directory, tiny-bpe, or a "
+                                           "name in the local HF cache; prompts are exactly "
+                                           "seq_len tokens under it (default: one word per "
+                                           "token)."),
         # resident
         mode: str = typer.Option("exclusive", "--mode",
                                  help="resident: exclusive | timeslice | mps | streams"),
@@ -150,7 +155,7 @@ def register(app: typer.Typer) -> None:
                 "model_name": parse_mapping(model_name, "--model-name"),
                 "body_template": body_template, "headers": parse_headers(header),
                 "stream": stream, "ignore_eos": ignore_eos,
-                "pool_size": options.inflight_cap or 0,
+                "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
             }
             if sharded:  # each worker's pool serves its share of the cap
                 from traceforge.replay.shard import split_cap

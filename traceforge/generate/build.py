@@ -36,7 +36,10 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
     for model in spec.models.values():
         key = stable_model_key(model.name)
         rng = _rng(seed, key, _ARRIVALS)
-        if model.modulation is None:
+        provided: dict[str, np.ndarray] = {}  # shapes the arrival process draws itself
+        if hasattr(model.arrival, "sample_with_shapes"):  # servegen (never modulated)
+            times, provided = model.arrival.sample_with_shapes(rng, horizon_s)
+        elif model.modulation is None:
             times = model.arrival.sample(rng, horizon_s)
         else:
             clock = spec.modulations[model.modulation].clock(paths[model.modulation],
@@ -46,7 +49,8 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
         times = model.arrival.thin(rng, times)
         arrivals.append(np.rint(times * 1e9).astype(np.int64))
         for f in SHAPE_FIELDS:
-            shapes[f].append(model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
+            shapes[f].append(provided[f] if f in provided else
+                             model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
     counts = [a.size for a in arrivals]
     codes = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     arrival_ns = np.concatenate(arrivals)

@@ -109,6 +109,9 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     model_names = encoded.dictionary.to_pylist()
     arrival_ns = table.column("arrival_ns").to_numpy()
 
+    bind = getattr(backend, "bind_trace", None)
+    if bind is not None:  # backends that build inputs from the whole trace (prompts.py)
+        bind(trace)
     clock = clock or RunClock()
     try:
         await backend.start(models, clock)
