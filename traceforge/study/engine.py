@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,6 +141,7 @@ class StudyRecord:
         self.order: dict[str, tuple] = {}
         self.search_order: dict[str, int] = {}
         self.search_ranks: dict[str, int] = {}  # capacity key -> plan order
+        self.last_write = 0.0
 
     # cells
     def plan_cell(self, cell: CellTask, order: tuple) -> None:
@@ -200,6 +202,8 @@ class StudyRecord:
                 rec["outcome"] = outcome
             if event.where:
                 rec["where"] = event.where
+        elif time.monotonic() - self.last_write < 1.0:
+            return  # "running" is written at most once a second; finished cells always are
         self.write()
 
     def mark_interrupted(self) -> None:
@@ -217,10 +221,19 @@ class StudyRecord:
                        key=lambda c: (self.order.get(c["name"], big), c["name"]))
         caps = sorted(self.capacity.values(),
                       key=lambda c: (c["kind"] != "prescreen", self.search_rank(c), c["key"]))
-        data = {**self.data, "cells": cells, "capacity": caps,
-                "counts": _status_counts(cells)}
-        text = json.dumps(data, indent=2, default=str)
+        counts = _status_counts(cells)
+        # One cell / capacity entry per line: readable, and json's C encoder (indent=None) is
+        # ~20x faster than its indenting one on a study of hundreds of cells.
+        head = {**self.data, "counts": counts}
+        lines = ["{"]
+        lines += [f"{json.dumps(k)}: {json.dumps(v, default=str)}," for k, v in head.items()]
+        for key, items in (("cells", cells), ("capacity", caps)):
+            body = ",\n".join("  " + json.dumps(c, default=str) for c in items)
+            lines.append(f'{json.dumps(key)}: [\n{body}\n]' + ("," if key == "cells" else ""))
+        lines.append("}")
+        text = "\n".join(lines)
         atomic_write(self.path, lambda tmp: tmp.write_text(text + "\n"))
+        self.last_write = time.monotonic()
 
     def search_rank(self, cap: dict[str, Any]) -> int:
         return self.search_ranks.get(cap["key"], 1 << 30)
