@@ -74,7 +74,7 @@ def test_workload_file_mix_and_missing_file(tmp_path):
     missing = write(tmp_path, BASE.replace(
         "[mixes.a.models.m]\narrival = { process = \"poisson\", rate = 20.0 }\n",
         "[mixes.a]\nworkload = \"nope.toml\"\n"), "s2.toml")
-    with pytest.raises(BadInput, match="mixes.a.workload = 'nope.toml': no such file"):
+    with pytest.raises(BadInput, match=r"mixes\.a\.workload = 'nope\.toml': no such file"):
         load_study(missing)
 
 

@@ -46,19 +46,23 @@ def prescreen_factor(tolerance: float) -> float:
 def evaluate_slo(run_dir: Path, slo: dict[str, Any], model_slo_ms: dict[str, float]
                  ) -> dict[str, Any]:
     """``{"met": bool, "value": float | None, "models": {MODEL: value}}`` for one run dir."""
+    import pyarrow.compute as pc
+
     from traceforge.record import read_timeline
 
     table = read_timeline(run_dir)
-    keep = ~np.asarray(table.column("warmup").fill_null(False).to_numpy(zero_copy_only=False),
-                       dtype=bool)
-    models = np.asarray(table.column("model").to_pylist(), dtype=object)[keep]
-    ok = np.asarray(table.column("status").to_pylist(), dtype=object)[keep] == "ok"
-    sched = table.column("scheduled_ns").to_numpy(zero_copy_only=False)[keep].astype(np.float64)
-    done = table.column("done_ns").fill_null(-1).to_numpy(zero_copy_only=False)[keep]
+    keep = pc.invert(pc.fill_null(table.column("warmup"), False))
+    table = table.filter(keep)
+    models = pc.dictionary_encode(table.column("model")).combine_chunks()
+    codes = models.indices.to_numpy(zero_copy_only=False)
+    names = models.dictionary.to_pylist()
+    ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
+    sched = table.column("scheduled_ns").to_numpy().astype(np.float64)
+    done = table.column("done_ns").fill_null(-1).to_numpy()
     latency_ms = np.where(ok & (done >= 0), (done - sched) / 1e6, np.inf)
     per_model: dict[str, float | None] = {}
-    for model in sorted(set(models.tolist())):
-        lat = latency_ms[models == model]
+    for code, model in sorted(enumerate(names), key=lambda x: x[1]):
+        lat = latency_ms[codes == code]
         if "attainment" in slo:
             per_model[model] = float(np.mean(lat <= model_slo_ms[model]))
         else:
