@@ -159,3 +159,31 @@ def test_sigint_exits_130_and_resume_finishes(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert study_json(out)["counts"] == {"complete": len(study_json(out)["cells"])}
+
+
+def test_sigterm_between_or_during_replay_cells_exits_130(tmp_path):
+    # null backend: real-time replays, whose loop signal handlers come and go with each cell
+    spec = tmp_path / "s.toml"
+    spec.write_text("""
+name = "term"
+backend = "null"
+duration_s = 0.4
+[mixes.a.models.m]
+arrival = { process = "poisson", rate = 50.0 }
+[axes]
+load = [0.5, 1.0, 1.5, 2.0]
+servers = [1, 2, 3]
+[options]
+service_ms = 2.0
+pacer = "sleep"
+""")
+    out = tmp_path / "o"
+    proc = cli(str(spec), "-o", str(out))
+    wait_for_complete(out, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    data = study_json(out)
+    assert data["status"] == "interrupted"
+    assert data["counts"].get("complete", 0) >= 3 and "running" not in data["counts"]
+    assert data["counts"].get("complete", 0) < len(data["cells"])
