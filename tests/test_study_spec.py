@@ -137,3 +137,11 @@ def test_shipped_studies_parse(monkeypatch):
     assert seed.capacity.prescreen == "simulate" and seed.capacity.profile == "h200"
     assert set(seed.axes["mode"]) == {"exclusive", "timeslice", "mps", "streams"}
     json.dumps(seed.to_dict())
+
+
+def test_prescreen_needs_profile_models(tmp_path, capsys):
+    spec = write(tmp_path, BASE.replace('backend = "simulate"', 'backend = "null"')
+                 + "[capacity]\nslo = { metric = \"p99\", ms = 5 }\nprescreen = \"simulate\"\n")
+    code, _, err = run_cli(["study", spec, "-o", tmp_path / "o"], capsys)
+    assert_one_line_error(code, err, "capacity.prescreen", "no entry in the profile",
+                          "tiny-bert")

@@ -89,10 +89,7 @@ def searches_for(spec: StudySpec, mix: str, config: dict[str, Any], *, kind: str
         return []
     backend, options = spec.backend, {**spec.options, **config}
     if kind == "prescreen":
-        backend = "simulate"
-        options = {k: v for k, v in options.items()
-                   if k in ("mode", "max_batch", "max_wait_ms", "seed")}
-        options["profile"] = cap.profile
+        backend, options = "simulate", prescreen_options(spec, config)
     out = []
     for repeat in range(cap.repeats):
         start, factor = cap.start, 2.0
@@ -110,6 +107,16 @@ def searches_for(spec: StudySpec, mix: str, config: dict[str, Any], *, kind: str
             slo={**cap.slo, "model_slo_ms": spec.model_slo_ms(mix)},
             tolerance=cap.tolerance, start=start, factor=factor, min_load=cap.min_load,
             max_load=cap.max_load, known=dict(known or {})))
+    return out
+
+
+def prescreen_options(spec: StudySpec, config: dict[str, Any]) -> dict[str, Any]:
+    """The simulate options that model a configuration: its sharing mode and batching, with
+    ``[capacity] profile`` (mode ``exclusive`` when the study does not set one)."""
+    options = {**spec.options, **config}
+    out = {k: v for k, v in options.items() if k in ("mode", "max_batch", "max_wait_ms")}
+    out.setdefault("mode", "exclusive")
+    out["profile"] = spec.capacity.profile
     return out
 
 

@@ -342,14 +342,26 @@ def _parse_capacity(r: SpecReader, table: object, backend: str, options: dict[st
 def _check_combinations(spec: StudySpec, source: object) -> None:
     """Build (without starting) the backend of every configuration, so a bad combination
     (``mode = "mps"`` with ``sm_percent`` on another mode, a missing profile...) fails now."""
-    from traceforge.study.plan import configurations, validate_backend_options
+    from traceforge.study.plan import (
+        configurations,
+        prescreen_options,
+        validate_backend_options,
+    )
 
     for mix in spec.mixes:
         for config in configurations(spec):
             opts = {**spec.options, **config}
             try:
                 validate_backend_options(spec.backend, opts, spec.mixes[mix])
+                if spec.capacity is not None and spec.capacity.prescreen:
+                    try:
+                        validate_backend_options("simulate", prescreen_options(spec, config),
+                                                 spec.mixes[mix])
+                    except BadInput as exc:
+                        raise _rekey_flat(exc, source, "capacity.prescreen") from None
             except BadInput as exc:
+                if exc.key == "capacity.prescreen":
+                    raise
                 name = (exc.key or "").split()[0].lstrip("-").replace("-", "_")
                 where = (f"axes.{name}" if name in config else
                          f"options.{name}" if name in spec.options else
