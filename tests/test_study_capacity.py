@@ -89,3 +89,23 @@ def test_mm1_closed_form_is_the_c1_case():
     # the M/M/c formula must reduce to e^{-(μ-λ)t} for c = 1 (guards the oracle itself)
     assert mmc_sojourn_tail(50.0, 100.0, 1, 0.1) == pytest.approx(math.exp(-50 * 0.1))
     assert mmc_capacity(100.0, 1, 0.3) == pytest.approx(100 - math.log(100) / 0.3)
+
+
+def test_capacity_fraction_cells_run_after_the_search(tmp_path):
+    raw = {"name": "frac", "backend": "simulate", "seed": 1, "repeats": 2, "duration_s": 20.0,
+           "mixes": {"a": {"models": {"m": {"arrival": {"process": "poisson", "rate": 50.0}}}}},
+           "axes": {"load": {"capacity": [0.5, 0.9]}, "servers": [1, 2]},
+           "options": {"service_ms": 10.0},
+           "capacity": {"slo": {"metric": "p99", "ms": 100.0}, "tolerance": 0.02,
+                        "repeats": 1}}
+    result = run_study(parse_study(raw, source="test"), tmp_path / "s")
+    assert result["status"] == "complete"
+    caps = {c["config"]["servers"]: c["load"] for c in result["capacity"]}
+    assert caps[2] > caps[1] > 0  # two servers carry more
+    grid = [c for c in result["cells"] if c["kind"] == "grid"]
+    assert len(grid) == 2 * 2 * 2
+    for cell in grid:
+        frac = cell["coords"]["capacity"]
+        assert cell["name"].startswith(f"a__capacity={frac:g}__servers=")
+        # repeat 1 was not searched: it uses repeat 0's capacity
+        assert cell["load"] == pytest.approx(frac * caps[cell["coords"]["servers"]], rel=1e-5)
