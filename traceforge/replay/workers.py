@@ -85,13 +85,13 @@ def run_shard(job: ShardJob, role: WorkerRole) -> None:
     import asyncio
 
     from traceforge.backends import make_backend
-    from traceforge.replay.run import loop_factory, replay_async
+    from traceforge.replay.run import event_loop_factory, replay_async
 
     table = pa.ipc.open_stream(job.table_ipc).read_all()
     trace = Trace(table=table, meta=job.trace_meta, path=None)
     backend = make_backend(job.backend, job.backend_options)
     clock = RunClock(t0_ns=job.t0_ns, wall_t0_ns=job.wall_t0_ns)
-    with asyncio.Runner(loop_factory=loop_factory(job.options.event_loop)) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory(job.options.event_loop)) as runner:
         runner.run(replay_async(trace, job.run_dir, backend, job.options, clock=clock,
                                 worker=role))
 
