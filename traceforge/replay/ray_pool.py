@@ -126,7 +126,7 @@ class RayPool:
     executor = "ray"
 
     def __init__(self, *, address: str | None, workers: int) -> None:
-        self.ray = init_ray(address)
+        self.ray, self._owned = init_ray(address)
         self.actors: list = []
         self.clock_offsets: list[dict] = []
         self.run_dir: Path | None = None
@@ -201,3 +201,6 @@ class RayPool:
             with contextlib.suppress(Exception):
                 self.ray.kill(actor)
         self.actors = []
+        if self._owned:
+            self.ray.shutdown()
+            self._owned = False

@@ -43,10 +43,11 @@ def import_ray(address: str | None = None):
 
 
 def init_ray(address: str | None):
-    """Connect (or start a loopback-only local instance); reuse a connection already made."""
+    """Connect (or start a loopback-only local instance); reuse a connection already made.
+    Returns ``(ray, owned)``: ``owned`` when this call connected, so the caller disconnects."""
     ray = import_ray(address)
     if ray.is_initialized():
-        return ray
+        return ray, False
     if address is None:
         ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
@@ -56,4 +57,4 @@ def init_ray(address: str | None):
         except (ConnectionError, ValueError) as exc:
             raise BadInput(f"cannot connect to Ray: {exc}", key="--address",
                            value=address) from exc
-    return ray
+    return ray, True
