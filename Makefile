@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,resident]"
+	$(PY) -m pip install -q -e ".[dev,resident,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)
