@@ -12,7 +12,9 @@ from traceforge.backends.options import BACKEND_OPTIONS, option_fields
 
 # CLI parameters that are not options of a run (inputs, outputs, display) and CLI spellings
 # that differ from the field name.
-NOT_OPTIONS = {"trace", "out", "backend", "progress"}
+NOT_OPTIONS = {"trace", "out", "backend", "progress",
+               # how one replay is spread over processes (docs/scale.md), not a cell's option
+               "workers", "shard_by", "executor", "address"}
 RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers"}
 
 

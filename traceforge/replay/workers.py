@@ -196,7 +196,7 @@ class LocalPool:
 
     def abort(self, ready: list[int]) -> None:
         for k in ready:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, IndexError):
                 self.conns[k].send(("abort",))
 
     def results(self) -> dict[int, tuple]:
@@ -279,8 +279,15 @@ def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: 
            options: ReplayOptions, trace_info: dict, models, backend: str,
            shard_by: str) -> RunSummary:
     started = time.perf_counter()
-    pool.start(jobs, clock)
-    ready = pool.wait_ready()
+    try:
+        pool.start(jobs, clock)
+        ready = pool.wait_ready()
+    except KeyboardInterrupt:  # Ctrl-C before the start: call every worker off, keep nothing
+        with contextlib.suppress(Exception):
+            pool.abort(list(range(len(jobs))))
+        pool.close()  # every worker has exited before its files are removed
+        _remove_partial(run_dir, existed)
+        raise
     failed = {k: msg for k, msg in ready.items() if msg[0] != "ready"}
     if failed:
         pool.abort([k for k, msg in ready.items() if msg[0] == "ready"])
