@@ -41,9 +41,14 @@ TRACE_SCHEMA = pa.schema(
         _f("batch_size", pa.int32(), False, "requests", ">= 1"),
         _f("seq_len", pa.int32(), False, "tokens|pixels", ">= 1; image side for vision"),
         _f("max_new_tokens", pa.int32(), False, "tokens", ">= 0; 0 = not generative"),
+        # Optional (absent in a file = all null): multi-turn sessions (docs/traces.md).
+        _f("session_id", pa.int64(), True, "", "session this row is a turn of; null = none"),
+        _f("turn", pa.int32(), True, "", "1-based turn within the session; null = none"),
     ],
     metadata={"schema": TRACE_SCHEMA_ID},
 )
+# Trace columns a file may lack (read as all-null); the others are required and never null.
+OPTIONAL_TRACE_COLUMNS = ("session_id", "turn")
 
 _NS = "ns since run start (CLOCK_MONOTONIC)"
 TIMELINE_SCHEMA = pa.schema(
@@ -68,16 +73,26 @@ TIMELINE_SCHEMA = pa.schema(
         _f("worker", pa.string(), True, "", "which worker / endpoint served it"),
         _f("warmup", pa.bool_(), False, "", "true for rows scheduled inside --warmup"),
         _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
+        _f("session_id", pa.int64(), True, "", "from the trace"),
+        _f("turn", pa.int32(), True, "", "from the trace"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )
 
 
 def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_len,
-                max_new_tokens) -> pa.Table:
+                max_new_tokens, session_id=None, turn=None) -> pa.Table:
     """A TRACE_SCHEMA table from numpy columns: rows already in arrival order, models as integer
-    codes into ``model_names``; request_id is assigned 0..n-1."""
+    codes into ``model_names``; request_id is assigned 0..n-1. ``session_id``/``turn``: optional
+    int arrays with negative values for "no session"."""
     import numpy as np
+
+    n = len(arrival_ns)
+    sessions = {"session_id": pa.nulls(n, pa.int64()), "turn": pa.nulls(n, pa.int32())}
+    if session_id is not None:
+        sid = np.asarray(session_id, np.int64)
+        sessions = {"session_id": pa.array(sid, pa.int64(), mask=sid < 0),
+                    "turn": pa.array(np.asarray(turn, np.int32), pa.int32(), mask=sid < 0)}
 
     model = pa.DictionaryArray.from_arrays(pa.array(model_code, pa.int32()),
                                            pa.array(model_names, pa.string()))
@@ -89,9 +104,19 @@ def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_
             **{name: pa.array(np.asarray(col).astype(np.int32, copy=False))
                for name, col in (("batch_size", batch_size), ("seq_len", seq_len),
                                  ("max_new_tokens", max_new_tokens))},
+            **sessions,
         },
         schema=TRACE_SCHEMA,
     )
+
+
+def conform_trace_table(table: pa.Table) -> pa.Table:
+    """``table`` with TRACE_SCHEMA's columns in order and types; optional columns it lacks are
+    added as nulls (raises ``KeyError`` for a missing required column)."""
+    for field in TRACE_SCHEMA:
+        if field.name not in table.column_names and field.name in OPTIONAL_TRACE_COLUMNS:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+    return table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -128,7 +153,7 @@ def _umask() -> int:
 
 def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None:
     """Write a trace atomically with its metadata (``schema`` is filled in)."""
-    table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+    table = conform_trace_table(table)
     md = dict(meta)
     md["schema"] = TRACE_SCHEMA_ID
     schema = TRACE_SCHEMA.with_metadata(
@@ -145,7 +170,7 @@ def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None
             column_encoding={"request_id": "DELTA_BINARY_PACKED",
                              "arrival_ns": "DELTA_BINARY_PACKED"},
             write_statistics=["request_id", "arrival_ns", "batch_size", "seq_len",
-                              "max_new_tokens"]),
+                              "max_new_tokens", "session_id"]),
     )
 
 
@@ -165,6 +190,9 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
         raise BadInput("metadata key 'traceforge' is not JSON", source=path) from exc
     for field in TRACE_SCHEMA:
         if field.name not in table.column_names:
+            if field.name in OPTIONAL_TRACE_COLUMNS:
+                table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
+                continue
             raise BadInput("missing column", source=path, key=field.name,
                            allowed=", ".join(TRACE_SCHEMA.names))
     try:
@@ -184,7 +212,7 @@ def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
     if n == 0:
         return
     for name in TRACE_SCHEMA.names:
-        if table.column(name).null_count:
+        if name not in OPTIONAL_TRACE_COLUMNS and table.column(name).null_count:
             raise BadInput("null values", source=source, key=name)
     arrival = table.column("arrival_ns").to_numpy()
     bad = np.flatnonzero(np.diff(arrival) < 0)
@@ -201,6 +229,39 @@ def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
             i = int(bad[0])
             raise BadInput(f"must be >= {low} (row {i})", source=source, key=name,
                            value=int(col[i]))
+    validate_sessions(table, source=source)
+
+
+def validate_sessions(table: pa.Table, *, source: object = None) -> None:
+    """``session_id`` and ``turn`` are null together; within a session, turns are >= 1 and
+    strictly increasing in row (= arrival) order. The first row of a session is its start."""
+    import numpy as np
+
+    sid_col, turn_col = table.column("session_id"), table.column("turn")
+    if sid_col.null_count == table.num_rows and turn_col.null_count == table.num_rows:
+        return
+    sid_null = sid_col.is_null().to_numpy(zero_copy_only=False)
+    turn_null = turn_col.is_null().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(sid_null != turn_null)
+    if bad.size:
+        i = int(bad[0])
+        raise BadInput(f"session_id and turn must be null together (row {i})", source=source,
+                       key="turn")
+    rows = np.flatnonzero(~sid_null)
+    sid = sid_col.fill_null(0).to_numpy()[rows]
+    turn = turn_col.fill_null(0).to_numpy()[rows]
+    if (turn < 1).any():
+        i = int(rows[np.flatnonzero(turn < 1)[0]])
+        raise BadInput(f"must be >= 1 (row {i})", source=source, key="turn",
+                       value=int(turn_col[i].as_py()))
+    order = np.argsort(sid, kind="stable")  # rows of one session stay in row order
+    same = sid[order][1:] == sid[order][:-1]
+    bad = np.flatnonzero(same & (np.diff(turn[order]) <= 0))
+    if bad.size:
+        i = int(rows[order[bad[0] + 1]])
+        raise BadInput(f"turns of session {int(sid[order[bad[0]]])} must increase in arrival "
+                       f"order (row {i})", source=source, key="turn",
+                       value=int(turn_col[i].as_py()))
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:

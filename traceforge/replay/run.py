@@ -25,7 +25,7 @@ import numpy as np
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput, RunFailure
 from traceforge.record.manifest import RunManifest
-from traceforge.record.recorder import NULL_I64, TimelineRecorder
+from traceforge.record.recorder import NULL_I32, NULL_I64, TimelineRecorder
 from traceforge.replay.dispatcher import Dispatcher
 from traceforge.replay.loop import describe_loop
 from traceforge.replay.options import ReplayOptions, RunSummary
@@ -94,6 +94,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     model_names = encoded.dictionary.to_pylist()
     arrival_ns = table.column("arrival_ns").to_numpy()
 
+    if options.concurrency and table.column("session_id").null_count < table.num_rows:
+        raise BadInput("a trace with sessions replays open loop (each session is closed loop "
+                       "by itself); use --max-inflight to cap what is in flight",
+                       key="--concurrency", value=options.concurrency)
     clock = clock or RunClock()
     try:
         await backend.start(models, clock)
@@ -117,6 +121,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         max_new_tokens=table.column("max_new_tokens").to_numpy(),
         scheduled_ns=offsets,  # made absolute by Dispatcher.run(origin_ns)
         flush_interval_s=options.flush_interval_s,
+        session_id=table.column("session_id").fill_null(NULL_I64).to_numpy(),
+        turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
@@ -273,11 +279,11 @@ async def _show_progress(dispatcher: Dispatcher) -> None:
         try:
             while True:
                 progress.update(task, completed=dispatcher.completed,
-                                sent=dispatcher.next_index,
-                                inflight=dispatcher.next_index - dispatcher.completed)
+                                sent=dispatcher.launched,
+                                inflight=dispatcher.launched - dispatcher.completed)
                 progress.refresh()
                 await asyncio.sleep(0.25)
         finally:
-            progress.update(task, completed=dispatcher.completed, sent=dispatcher.next_index,
-                            inflight=dispatcher.next_index - dispatcher.completed)
+            progress.update(task, completed=dispatcher.completed, sent=dispatcher.launched,
+                            inflight=dispatcher.launched - dispatcher.completed)
             progress.refresh()

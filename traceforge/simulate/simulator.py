@@ -438,5 +438,7 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "worker": r.worker if r.worker is not None else pa.nulls(n, pa.string()),
         "warmup": pa.array(scheduled < warmup_ns, pa.bool_()),
         "itl_ns": pa.nulls(n, f("itl_ns").type),
+        "session_id": trace.column("session_id"),
+        "turn": trace.column("turn"),
     }
     return pa.table(columns, schema=TIMELINE_SCHEMA)
