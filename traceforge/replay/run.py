@@ -153,11 +153,20 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                                "schedule_origin_ns": origin_ns,
                                "time_scale": options.time_scale})
     manifest.write()
+    scraper = None
+    if options.scrape_url:
+        from traceforge.replay.scrape import MetricsScraper
+
+        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock)
+        scraper.start()
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
             dispatcher, recorder, manifest, backend, pacer, progress_task, options,
-            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
+            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
+            scraper=scraper)
     finally:
+        if scraper is not None:
+            scraper.stop()
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -174,7 +183,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
                                manifest: RunManifest, backend: Backend, pacer, progress_task,
                                options: ReplayOptions, *, n_rows: int, received: list[str],
-                               loop, run_dir: Path):
+                               loop, run_dir: Path, scraper=None):
     status, failure, cancelled = "complete", None, False
     started = time.perf_counter()
     try:
@@ -227,6 +236,12 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         extra["dropped_unsent"] = finals["dropped"]
     if failure is not None:
         extra["error"] = f"{type(failure).__name__}: {failure}"
+    if scraper is not None:
+        scraper.stop()
+        try:
+            extra["scrape"] = scraper.summary(scraper.write(run_dir))
+        except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
+            extra["scrape"] = {**scraper.summary(0), "write_error": str(exc)}
     manifest.finish(status, **extra)
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
