@@ -4,6 +4,7 @@ time, then once against a real local HTTP server."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -146,11 +147,9 @@ def test_generated_sessions_grow_context_by_previous_prompt_and_output(tmp_path)
     assert len(sessions) > 80  # ~120 sessions at 1/s over 120 s
     lengths = {len(v) for v in sessions.values()}
     assert lengths == {1, 2, 3, 4, 5}
-    firsts = []
     for turns in sessions.values():
         assert [t["turn"] for t in turns] == list(range(1, len(turns) + 1))
-        firsts.append(turns[0]["request_id"])
-        for prev, cur in zip(turns, turns[1:], strict=False):
+        for prev, cur in itertools.pairwise(turns):
             new_user = cur["seq_len"] - prev["seq_len"] - prev["max_new_tokens"]
             assert 10 <= new_user <= 50  # the user's new text, from the seq_len distribution
             assert cur["arrival_ns"] >= prev["arrival_ns"]
@@ -159,7 +158,7 @@ def test_generated_sessions_grow_context_by_previous_prompt_and_output(tmp_path)
     assert order == sorted(sessions)
     # think times (arrival gaps within a session) have the spec's mean, 2 s, within 4 SE
     gaps = np.array([(b["arrival_ns"] - a["arrival_ns"]) / 1e9 for t in sessions.values()
-                     for a, b in zip(t, t[1:], strict=False)])
+                     for a, b in itertools.pairwise(t)])
     assert abs(gaps.mean() - 2.0) < 4 * 2.0 / np.sqrt(gaps.size)
     # the file round trip keeps the columns; the spec round trip keeps the sessions table
     path = tmp_path / "t.parquet"
