@@ -41,14 +41,17 @@ TRACE_SCHEMA = pa.schema(
         _f("batch_size", pa.int32(), False, "requests", ">= 1"),
         _f("seq_len", pa.int32(), False, "tokens|pixels", ">= 1; image side for vision"),
         _f("max_new_tokens", pa.int32(), False, "tokens", ">= 0; 0 = not generative"),
-        # Optional (absent in a file = all null): multi-turn sessions (docs/traces.md).
+        # -- optional columns (nullable; a file without them reads as all-null) --
+        _f("prefix_blocks", pa.list_(pa.int64()), True, "block ids",
+           "prompt prefix blocks of prefix_block_tokens tokens; equal ids = identical text"),
         _f("session_id", pa.int64(), True, "", "session this row is a turn of; null = none"),
         _f("turn", pa.int32(), True, "", "1-based turn within the session; null = none"),
     ],
     metadata={"schema": TRACE_SCHEMA_ID},
 )
-# Trace columns a file may lack (read as all-null); the others are required and never null.
-OPTIONAL_TRACE_COLUMNS = ("session_id", "turn")
+# Columns a trace file may omit (older files, formats without them): read as nulls.
+OPTIONAL_TRACE_COLUMNS = tuple(f.name for f in TRACE_SCHEMA if f.nullable)
+PREFIX_BLOCK_TOKENS_KEY = "prefix_block_tokens"  # trace metadata: tokens per prefix block
 
 _NS = "ns since run start (CLOCK_MONOTONIC)"
 TIMELINE_SCHEMA = pa.schema(
@@ -80,20 +83,26 @@ TIMELINE_SCHEMA = pa.schema(
 )
 
 
+def conform_trace_table(table: pa.Table) -> pa.Table:
+    """``table`` with TRACE_SCHEMA's columns in order: missing optional columns become nulls
+    (raises ``KeyError`` for a missing required column, Arrow errors for bad types)."""
+    for name in OPTIONAL_TRACE_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(TRACE_SCHEMA.field(name),
+                                        pa.nulls(table.num_rows, TRACE_SCHEMA.field(name).type))
+    return table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+
+
 def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_len,
-                max_new_tokens, session_id=None, turn=None) -> pa.Table:
+                max_new_tokens, **optional) -> pa.Table:
     """A TRACE_SCHEMA table from numpy columns: rows already in arrival order, models as integer
-    codes into ``model_names``; request_id is assigned 0..n-1. ``session_id``/``turn``: optional
-    int arrays with negative values for "no session"."""
+    codes into ``model_names``; request_id is assigned 0..n-1. ``optional`` columns (e.g.
+    ``prefix_blocks``, an Arrow list array) are taken as given; absent ones are null."""
     import numpy as np
 
-    n = len(arrival_ns)
-    sessions = {"session_id": pa.nulls(n, pa.int64()), "turn": pa.nulls(n, pa.int32())}
-    if session_id is not None:
-        sid = np.asarray(session_id, np.int64)
-        sessions = {"session_id": pa.array(sid, pa.int64(), mask=sid < 0),
-                    "turn": pa.array(np.asarray(turn, np.int32), pa.int32(), mask=sid < 0)}
-
+    unknown = sorted(set(optional) - set(OPTIONAL_TRACE_COLUMNS))
+    if unknown:
+        raise TypeError(f"not an optional trace column: {unknown[0]}")
     model = pa.DictionaryArray.from_arrays(pa.array(model_code, pa.int32()),
                                            pa.array(model_names, pa.string()))
     return pa.table(
@@ -104,19 +113,12 @@ def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_
             **{name: pa.array(np.asarray(col).astype(np.int32, copy=False))
                for name, col in (("batch_size", batch_size), ("seq_len", seq_len),
                                  ("max_new_tokens", max_new_tokens))},
-            **sessions,
+            **{name: optional.get(name) if optional.get(name) is not None
+               else pa.nulls(len(arrival_ns), TRACE_SCHEMA.field(name).type)
+               for name in OPTIONAL_TRACE_COLUMNS},
         },
         schema=TRACE_SCHEMA,
     )
-
-
-def conform_trace_table(table: pa.Table) -> pa.Table:
-    """``table`` with TRACE_SCHEMA's columns in order and types; optional columns it lacks are
-    added as nulls (raises ``KeyError`` for a missing required column)."""
-    for field in TRACE_SCHEMA:
-        if field.name not in table.column_names and field.name in OPTIONAL_TRACE_COLUMNS:
-            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
-    return table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -189,30 +191,30 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
     except json.JSONDecodeError as exc:
         raise BadInput("metadata key 'traceforge' is not JSON", source=path) from exc
     for field in TRACE_SCHEMA:
-        if field.name not in table.column_names:
-            if field.name in OPTIONAL_TRACE_COLUMNS:
-                table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
-                continue
+        if field.name not in table.column_names and not field.nullable:
             raise BadInput("missing column", source=path, key=field.name,
                            allowed=", ".join(TRACE_SCHEMA.names))
     try:
-        table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+        table = conform_trace_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInput(f"column types do not match the trace schema ({exc})",
                        source=path) from exc
     if validate:
-        validate_trace_table(table, source=path)
+        validate_trace_table(table, source=path, meta=meta)
     return Trace(table=table, meta=meta, path=path)
 
 
-def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
+def validate_trace_table(table: pa.Table, *, source: object = None,
+                         meta: dict[str, Any] | None = None) -> None:
     import numpy as np
 
     n = table.num_rows
     if n == 0:
         return
     for name in TRACE_SCHEMA.names:
-        if name not in OPTIONAL_TRACE_COLUMNS and table.column(name).null_count:
+        if name in OPTIONAL_TRACE_COLUMNS:
+            continue
+        if table.column(name).null_count:
             raise BadInput("null values", source=source, key=name)
     arrival = table.column("arrival_ns").to_numpy()
     bad = np.flatnonzero(np.diff(arrival) < 0)
@@ -229,7 +231,44 @@ def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
             i = int(bad[0])
             raise BadInput(f"must be >= {low} (row {i})", source=source, key=name,
                            value=int(col[i]))
+    if "prefix_blocks" in table.column_names:
+        validate_prefix_blocks(table, meta or {}, source=source)
     validate_sessions(table, source=source)
+
+
+def prefix_block_tokens(meta: dict[str, Any] | None) -> int | None:
+    """The trace's prefix block size (tokens), or None when it has none."""
+    value = (meta or {}).get(PREFIX_BLOCK_TOKENS_KEY)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def validate_prefix_blocks(table: pa.Table, meta: dict[str, Any], *,
+                           source: object = None) -> None:
+    """Block ids are non-null integers; a row's blocks cover at most its prompt (the last block
+    may be partial): ``len(prefix_blocks) <= ceil(seq_len / prefix_block_tokens)``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    col = table.column("prefix_blocks").combine_chunks()
+    if col.null_count == len(col) or pc.sum(pc.list_value_length(col)).as_py() in (None, 0):
+        return
+    block = meta.get(PREFIX_BLOCK_TOKENS_KEY)
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= INT32_MAX:
+        raise BadInput("the trace has prefix_blocks, so its metadata needs a positive integer",
+                       source=source, key=PREFIX_BLOCK_TOKENS_KEY, value=block)
+    if col.values.null_count:
+        offsets = col.offsets.to_numpy()
+        first = int(np.flatnonzero(~col.values.is_valid().to_numpy(zero_copy_only=False))[0])
+        row = int(np.searchsorted(offsets, first, side="right")) - 1
+        raise BadInput(f"null block id (row {row})", source=source, key="prefix_blocks")
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    seq = table.column("seq_len").to_numpy()
+    bad = np.flatnonzero(lengths > -(-seq // block))
+    if bad.size:
+        i = int(bad[0])
+        raise BadInput(f"{lengths[i]} blocks of {block} tokens exceed seq_len {seq[i]} "
+                       f"(row {i}; at most ceil(seq_len / {block}))", source=source,
+                       key="prefix_blocks", value=lengths[i])
 
 
 def validate_sessions(table: pa.Table, *, source: object = None) -> None:

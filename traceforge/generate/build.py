@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
@@ -128,9 +129,15 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
             horizon *= 2.0
         columns = {k: v[:requests] for k, v in columns.items()}
         window_s = float(columns["arrival_ns"][-1]) / 1e9
+    optional = {}
+    if "session_id" in columns:
+        sid, no_session = columns["session_id"], columns["session_id"] < 0
+        optional = {"session_id": pa.array(sid, pa.int64(), mask=no_session),
+                    "turn": pa.array(columns["turn"].astype(np.int32), pa.int32(),
+                                     mask=no_session)}
     table = trace_table(columns["arrival_ns"], columns["model_code"], names,
                         columns["batch_size"], columns["seq_len"], columns["max_new_tokens"],
-                        columns.get("session_id"), columns.get("turn"))
+                        **optional)
 
     spec_dict = spec.to_dict()
     spec_dict["seed"] = seed

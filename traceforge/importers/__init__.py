@@ -21,12 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
-from traceforge.schema import INT32_MAX, TRACE_SCHEMA_ID, Trace, trace_table
+from traceforge.schema import (
+    INT32_MAX,
+    PREFIX_BLOCK_TOKENS_KEY,
+    TRACE_SCHEMA_ID,
+    Trace,
+    trace_table,
+)
 
 READERS = {
     "azure-functions-2019": azure_functions.read,
@@ -125,6 +132,8 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     }
     meta = {"schema": TRACE_SCHEMA_ID, "spec": spec, "seed": seed, "source": source,
             "duration_s": window_s * factor}
+    if records.prefix_block_tokens is not None:
+        meta[PREFIX_BLOCK_TOKENS_KEY] = records.prefix_block_tokens
     return Trace(table=table, meta=meta, path=None)
 
 
@@ -159,8 +168,9 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     else:
         factor = time_scale / rate_scale
     arrival_ns = rel if factor == 1.0 else np.rint(rel * factor).astype(np.int64)
+    blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
-                        rec.seq_len[idx], rec.max_new_tokens[idx])
+                        rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks)
     return table, window_s, origin_ns
 
 
