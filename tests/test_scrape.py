@@ -95,6 +95,17 @@ def test_samples_land_at_the_interval_on_the_run_clock(tmp_path):
     # on the run clock: the first sample is taken at the schedule's start, before the last done
     origin = manifest["run_clock"]["schedule_origin_ns"]
     assert origin - 50 * MS <= t[0] <= origin + 150 * MS
+    # the report summarises it; the HTML plots it under the latency-over-time plot
+    from traceforge.analyze.html import report_html
+    from traceforge.analyze.report import build_report
+    from traceforge.analyze.rundata import load_run
+
+    report = build_report(run_dir)
+    m = report["server_metrics"]
+    assert m["running"] == {"name": "vllm:num_requests_running", "mean": 3.0, "max": 3.0}
+    assert m["waiting"] is None and m["samples"] == t.size
+    page = report_html(load_run(run_dir), report)
+    assert page.index("latency over time") < page.index("server running/waiting requests")
 
 
 def test_a_dead_endpoint_costs_warnings_only(tmp_path):

@@ -216,3 +216,22 @@ def test_trace_validation_of_session_columns(tmp_path):
     pq.write_table(old, tmp_path / "old.parquet")
     table = read_trace(tmp_path / "old.parquet").table
     assert table.column("turn").null_count == table.num_rows == 3
+
+
+def test_report_gives_per_turn_latency_and_session_duration(tmp_path):
+    from traceforge.analyze.html import report_html
+    from traceforge.analyze.report import build_report
+    from traceforge.analyze.rundata import load_run
+
+    replay_virtual(session_trace(ARRIVAL, SESSION, TURN), tmp_path / "run",
+                   FailTurn2(servers=4, service_ms=20, service_dist="const"))
+    report = build_report(tmp_path / "run")
+    s = report["sessions"]
+    assert (s["sessions"], s["complete"], s["stopped"]) == (2, 1, 1)
+    assert s["turn_latency_ms"]["1"]["count"] == 2 and s["turn_latency_ms"]["1"]["p50"] == 20.0
+    assert s["turn_latency_ms"]["2"] == {"rows": 1, "count": 0, "mean": None, "p50": None,
+                                         "p90": None, "p99": None, "max": None}
+    assert s["turn_latency_ms"]["3"]["rows"] == 1
+    assert s["duration_s"]["count"] == 1 and s["duration_s"]["max"] == pytest.approx(0.020)
+    page = report_html(load_run(tmp_path / "run"), report)
+    assert "<h2>Sessions</h2>" in page and "stopped by a failed turn" in page
