@@ -235,3 +235,31 @@ def test_report_gives_per_turn_latency_and_session_duration(tmp_path):
     assert s["duration_s"]["count"] == 1 and s["duration_s"]["max"] == pytest.approx(0.020)
     page = report_html(load_run(tmp_path / "run"), report)
     assert "<h2>Sessions</h2>" in page and "stopped by a failed turn" in page
+
+
+@pytest.mark.parametrize(("servers", "dist"), [(1, "const"), (1, "exp"), (3, "exp")])
+def test_simulator_honours_sessions_like_the_replay(tmp_path, servers, dist):
+    from traceforge.record import read_timeline
+    from traceforge.simulate.simulator import simulate
+
+    spec = json.loads(json.dumps(SPEC))
+    spec["duration_s"] = 30
+    spec["models"]["chat"]["arrival"]["rate"] = 20.0  # busy: turns queue behind others
+    spec["models"]["chat"]["sessions"]["think_time_s"] = {"dist": "exponential", "mean": 0.05}
+    trace = generate_trace(parse_spec(spec))
+    path = tmp_path / "t.parquet"
+    write_trace(trace.table, path, trace.meta)
+    trace = read_trace(path)
+    _, replayed = replay_virtual(trace, tmp_path / "replay",
+                                 NullBackend(servers=servers, service_ms=30, service_dist=dist))
+    summary = simulate(trace, tmp_path / "sim", servers=servers, service_ms=30,
+                       service_dist=dist)
+    simulated = read_timeline(tmp_path / "sim").to_pydict()
+    assert summary.status == "complete"
+    assert replayed["request_id"] == simulated["request_id"]
+    shift = ORIGIN  # the replay's schedule starts 10 ms after the backend starts
+    for col in ("scheduled_ns", "service_start_ns", "done_ns"):
+        assert [v - shift for v in replayed[col]] == simulated[col], col
+    assert simulated["turn"] == replayed["turn"]
+    manifest = json.loads((tmp_path / "sim" / "run.json").read_text())
+    assert manifest["simulation"]["session_rounds"] >= 2
