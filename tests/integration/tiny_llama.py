@@ -34,8 +34,9 @@ def build(out: Path) -> None:
                                    unk_token="<unk>")
     fast.chat_template = ("{% for m in messages %}{{ m['content'] }} {% endfor %}")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    # head_dim 64: vLLM's CPU attention kernels refuse small head sizes (16 fails).
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=4096, bos_token_id=0, eos_token_id=1,
                          tie_word_embeddings=True)
     model = LlamaForCausalLM(config).to(torch.float32)
