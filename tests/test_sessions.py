@@ -263,3 +263,43 @@ def test_simulator_honours_sessions_like_the_replay(tmp_path, servers, dist):
     assert simulated["turn"] == replayed["turn"]
     manifest = json.loads((tmp_path / "sim" / "run.json").read_text())
     assert manifest["simulation"]["session_rounds"] >= 2
+
+
+def test_a_real_http_replay_releases_turns_after_answers_and_grows_prompts(tmp_path):
+    """Against a local aiohttp server: turn k+1 leaves no earlier than done_k + think, and its
+    prompt starts with turn k's prompt (the conversation so far), token for token."""
+    import asyncio
+
+    from test_http_backend import FakeServer
+
+    from traceforge.backends.http import HttpBackend
+    from traceforge.record import read_timeline
+    from traceforge.replay import ReplayOptions, replay_async
+
+    # two sessions of three turns (think 30 ms) and a plain row; seq_len grows per turn
+    trace = session_trace([0, 5 * MS, 10 * MS, 40 * MS, 45 * MS, 70 * MS, 80 * MS],
+                          [0, 1, -1, 0, 1, 0, 1], [1, 1, -1, 2, 2, 3, 3])
+    seq = pa.array([20, 25, 8, 50, 55, 90, 95], pa.int32())
+    trace = Trace(table=trace.table.set_column(trace.table.schema.get_field_index("seq_len"),
+                                               "seq_len", seq), meta=trace.meta)
+
+    async def main():
+        async with FakeServer() as server:
+            backend = HttpBackend(server.url, model_name={"m": "ok"})
+            await replay_async(trace, tmp_path / "run", backend, ReplayOptions(pacer="sleep"))
+            return server.bodies
+
+    bodies = asyncio.run(main())
+    tl = read_timeline(tmp_path / "run").to_pydict()
+    assert tl["status"] == ["ok"] * 7
+    arrival = trace.table.column("arrival_ns").to_pylist()
+    for prev, cur in ((0, 3), (3, 5), (1, 4), (4, 6)):
+        think = arrival[cur] - arrival[prev]
+        assert tl["scheduled_ns"][cur] == tl["done_ns"][prev] + think
+        assert tl["sent_ns"][cur] >= tl["scheduled_ns"][cur]
+    prompts = {len(b["prompt"].split()): b["prompt"] for b in bodies}  # words = tokens
+    assert sorted(prompts) == [8, 20, 25, 50, 55, 90, 95]
+    assert prompts[50].startswith(prompts[20]) and prompts[90].startswith(prompts[50])
+    assert prompts[55].startswith(prompts[25]) and prompts[95].startswith(prompts[55])
+    assert prompts[20].split()[0] != prompts[25].split()[0]  # sessions share nothing
+    assert prompts[8].split()[0] not in (prompts[20].split()[0], prompts[25].split()[0])

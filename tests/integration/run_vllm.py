@@ -240,13 +240,13 @@ def run_sessions(table: Table, work: Path, server: Server) -> None:
 
 def run_mooncake(table: Table, work: Path, server: Server) -> None:
     name = "mooncake: prefix-cache hit rate ≈ shared-prefix fraction"
-    data = ROOT.parent / "shared" / "data" / "mooncake-fast25" / "conversation_trace.jsonl"
+    shared = Path(os.environ.get("TRACEFORGE_SHARED_DATA") or ROOT.parent / "shared" / "data")
+    data = shared / "mooncake-fast25" / "conversation_trace.jsonl"
     if not data.is_file():
         table.add(name, None, f"{data} absent")
         return
     try:
         import traceforge.prompts  # noqa: F401  (prefix-faithful prompts, issue 12 part 1)
-
         from traceforge.backends.http import HttpBackend
         from traceforge.replay.protocol import Request
     except ImportError:

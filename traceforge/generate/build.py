@@ -40,7 +40,10 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
     for model in spec.models.values():
         key = stable_model_key(model.name)
         rng = _rng(seed, key, _ARRIVALS)
-        if model.modulation is None:
+        provided: dict[str, np.ndarray] = {}  # shapes the arrival process draws itself
+        if hasattr(model.arrival, "sample_with_shapes"):  # servegen (never modulated)
+            times, provided = model.arrival.sample_with_shapes(rng, horizon_s)
+        elif model.modulation is None:
             times = model.arrival.sample(rng, horizon_s)
         else:
             clock = spec.modulations[model.modulation].clock(paths[model.modulation],
@@ -62,7 +65,8 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
             continue
         arrivals.append(np.rint(times * 1e9).astype(np.int64))
         for f in SHAPE_FIELDS:
-            shapes[f].append(model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
+            shapes[f].append(provided[f] if f in provided else
+                             model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
         sessions.append(np.full(times.size, -1, np.int64))
         turns.append(np.full(times.size, -1, np.int64))
     counts = [a.size for a in arrivals]

@@ -77,6 +77,8 @@ class ModelSpec:
                 else {"name": self.modulation, "multipliers": list(self.multipliers)}
             )
         for name in SHAPE_FIELDS:
+            if self.arrival.process == "servegen" and name != "batch_size":
+                continue  # drawn from the pool, not from the spec
             out[name] = self.shape(name).to_spec()
         if self.sessions is not None:
             out["sessions"] = self.sessions.to_dict()
@@ -289,6 +291,14 @@ def _parse_model(r: SpecReader, name: str, table: object,
         if isinstance(value, dict) and "multipliers" in value:
             multipliers = _multipliers(r, value["multipliers"], f"{mkey}.multipliers",
                                        len(modulations[modulation].mean_dwell_s))
+    if arrival.process == "servegen":  # the pool draws each arrival's lengths itself
+        for f in ("seq_len", "max_new_tokens"):
+            if f in table:
+                r.fail(f"{key}.{f}", table[f], "a servegen arrival draws lengths from the pool's "
+                       "distributions: remove this key")
+        if modulation is not None:
+            r.fail(f"{key}.modulation", modulation, "a servegen pool has its own time-varying "
+                   "rate: a shared modulation does not apply")
     shapes = {f: _parse_shape(r, f"{key}.{f}", table.get(f, SHAPE_DEFAULTS[f]), low)
               for f, low in SHAPE_FIELDS.items()}
     sessions = (parse_sessions(r, f"{key}.sessions", table["sessions"])

@@ -43,12 +43,12 @@ READERS = {
     "mooncake": mooncake.read,
     "csv": csv_generic.read,
 }
-FORMATS = tuple(READERS)
+FORMATS = (*READERS, "servegen")
 # options that only one format understands -> that format
 FORMAT_OPTIONS = {"spread": ("--spread", "azure-functions-2019"),
                   "mapping": ("--map", "azure-functions-2019"),
                   "columns": ("--columns", "csv"), "time_unit": ("--time-unit", "csv"),
-                  "failed": ("--failed", "burstgpt")}
+                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen")}
 
 
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:
@@ -63,17 +63,18 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                  skip_bad: bool = False, seed: int = 0, spread: str | None = None,
                  mapping: str | None = None, columns: str | None = None,
                  time_unit: str | None = None, failed: str | None = None, batch_size: int = 1,
-                 seq_len: int = 128, max_new_tokens: int = 0) -> Trace:
+                 seq_len: int = 128, max_new_tokens: int = 0,
+                 clients: str | None = None) -> Trace:
     """Import ``sources`` of format ``fmt`` into a :class:`~traceforge.schema.Trace`.
 
     ``models`` is a comma-separated string or a list (meaning per format: docs/traces.md).
     Raises :class:`BadInput` for any bad option, file or row; nothing is written here.
     """
-    if fmt not in READERS:
+    if fmt not in FORMATS:
         raise BadInput("unknown import format", key="FORMAT", value=fmt,
                        allowed=", ".join(FORMATS))
     given = {"spread": spread, "mapping": mapping, "columns": columns, "time_unit": time_unit,
-             "failed": failed}
+             "failed": failed, "clients": clients}
     for name, value in given.items():
         flag, owner = FORMAT_OPTIONS[name]
         if value is not None and owner != fmt:
@@ -81,6 +82,12 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     paths = [Path(s) for s in sources]
     if not paths:
         raise BadInput("at least one source file is required", key="SRC")
+    if fmt == "servegen":
+        from traceforge.importers.servegen import import_servegen
+
+        return import_servegen(paths, models=models, start_s=start_s, duration_s=duration_s,
+                               time_scale=time_scale, rate_scale=rate_scale, thin=thin,
+                               seed=seed, clients=clients, batch_size=batch_size)
     for p in paths:
         if not p.is_file():
             raise BadInput("no such file", source=p)

@@ -98,6 +98,9 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         raise BadInput("a trace with sessions replays open loop (each session is closed loop "
                        "by itself); use --max-inflight to cap what is in flight",
                        key="--concurrency", value=options.concurrency)
+    bind = getattr(backend, "bind_trace", None)
+    if bind is not None:  # backends that build inputs from the whole trace (prompts.py)
+        bind(trace)
     clock = clock or RunClock()
     try:
         await backend.start(models, clock)
