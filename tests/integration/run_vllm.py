@@ -6,14 +6,16 @@ Llama built here (tests/integration/tiny_llama.py; nothing downloaded), then run
 ``--scrape`` on the server's ``/metrics`` and prints a pass/fail table:
 
 - synthetic: a Poisson trace; every row ok; ``tokens_out == max_new_tokens`` (the body asks for
-  ``ignore_eos``); the server's prefix-cache hit rate ≈ 0 when the prompts are unique (checked
-  only when this tree's HTTP backend builds unique prompts; otherwise SKIP says so);
-  server metrics scraped with no warnings.
+  ``ignore_eos``); the server's prefix-cache hit rate ≈ 0 (unique prompts); server metrics
+  scraped with no warnings.
 - sessions: workloads/sessions.toml (shortened); every row ok; every released turn scheduled at
-  exactly ``done_k + think`` (think from the trace); the report's session count.
-- mooncake: a slice of Mooncake FAST'25 (../shared/data) with ``prefix_blocks``: the server's
-  prefix-cache hit rate close to the trace's shared-prefix fraction. Needs prefix-faithful
-  prompts from the HTTP backend; SKIP with the reason where this tree or the data lacks them.
+  exactly ``done_k + think`` (think from the trace); the prefix-cache hit rate ≈ the fraction of
+  prompt tokens that repeat the previous turn's prompt; the report's session count.
+- mooncake: the first 40 s of Mooncake FAST'25's conversation trace (../shared/data; SKIP where
+  absent), token counts ÷ 8 (64-token blocks: the same block structure at CPU speed): the
+  server's prefix-cache hit rate within 5 points of the trace's shared-prefix fraction.
+
+All replays use ``--tokenizer tiny-bpe``, the server's own tokenizer: prompt lengths are exact.
 
 Exit status: 0 every check passed or skipped, 1 a check failed, 3 the server could not be
 started (the reason and the log's tail are printed).
@@ -43,7 +45,7 @@ from traceforge.record import read_timeline  # noqa: E402
 from traceforge.schema import read_trace  # noqa: E402
 
 SERVED = "tiny"
-MAX_MODEL_LEN = 4096
+MAX_MODEL_LEN = 8192
 
 
 def free_port() -> int:
@@ -170,17 +172,6 @@ def _first_error(tl: dict) -> str:
     return next((e for e in tl["error"] if e), "?")[:120]
 
 
-def prompts_unique() -> bool:
-    """Does this tree's HTTP backend give two requests of one length different prompts?"""
-    from traceforge.backends.http import HttpBackend
-    from traceforge.replay.protocol import Request
-
-    backend = HttpBackend("http://127.0.0.1:1")
-    a = backend.build_body(Request(0, "m", 1, 64, 8, 0))
-    b = backend.build_body(Request(1, "m", 1, 64, 8, 0))
-    return a["prompt"] != b["prompt"]
-
-
 def run_synthetic(table: Table, work: Path, server: Server) -> None:
     spec = work / "synthetic.toml"
     spec.write_text('name = "synthetic"\nduration_s = 20\nseed = 11\n[models.chat]\n'
@@ -192,16 +183,12 @@ def run_synthetic(table: Table, work: Path, server: Server) -> None:
     res = traceforge("trace", "gen", str(spec), "-o", str(trace))
     if res.returncode != 0:
         raise RuntimeError(res.stderr)
-    tl, manifest, report = replay(trace, work / "run-synthetic", server)
+    tl, manifest, report = replay(trace, work / "run-synthetic", server, "--tokenizer",
+                                  "tiny-bpe")
     check_common(table, "synthetic", tl, manifest)
     rate = (report.get("server_metrics") or {}).get("prefix_cache_hit_rate")
-    if prompts_unique():
-        table.add("synthetic: prefix-cache hit rate ≈ 0", rate is not None and rate < 0.05,
-                  f"{_pct(rate)} of prompt tokens hit the cache (unique prompts; < 5 %)")
-    else:
-        table.add("synthetic: prefix-cache hit rate ≈ 0", None,
-                  f"{_pct(rate)} hit: this tree's HTTP backend sends the same prompt for equal "
-                  "lengths (unique prompts arrive with issue 12 part 1)")
+    table.add("synthetic: prefix-cache hit rate ≈ 0", rate is not None and rate < 0.02,
+              f"{_pct(rate)} of prompt tokens hit the cache (unique prompts; < 2 %)")
 
 
 def run_sessions(table: Table, work: Path, server: Server) -> None:
@@ -211,7 +198,8 @@ def run_sessions(table: Table, work: Path, server: Server) -> None:
                      "--duration", "30")
     if res.returncode != 0:
         raise RuntimeError(res.stderr)
-    tl, manifest, report = replay(trace, work / "run-sessions", server)
+    tl, manifest, report = replay(trace, work / "run-sessions", server, "--tokenizer",
+                                  "tiny-bpe")
     check_common(table, "sessions", tl, manifest)
     rows = read_trace(trace).table.to_pylist()
     by_id = {r: i for i, r in enumerate(tl["request_id"])}
@@ -231,11 +219,29 @@ def run_sessions(table: Table, work: Path, server: Server) -> None:
         last[sid] = r
     table.add("sessions: turn k+1 scheduled at done_k + think", checked > 0 and wrong == 0,
               f"{checked - wrong}/{checked} follow-up turns exact")
+    # Each turn's prompt extends the previous one, so a prefix cache serves the previous
+    # prompt's full 16-token blocks (the previous *output* is stand-in text, never a hit).
+    prev_len = {}
+    reusable = total = 0
+    for r in rows:
+        total += r["seq_len"]
+        if r["session_id"] is not None:
+            reusable += prev_len.get(r["session_id"], 0) // 16 * 16
+            prev_len[r["session_id"]] = r["seq_len"]
+    expected = reusable / total
+    rate = (report.get("server_metrics") or {}).get("prefix_cache_hit_rate")
+    table.add("sessions: prefix-cache hit rate ≈ previous-prompt fraction",
+              rate is not None and abs(rate - expected) <= 0.05,
+              f"server {_pct(rate)} vs trace {_pct(expected)} (|diff| <= 5 points)")
     s = report.get("sessions") or {}
     table.add("sessions: report counts every session complete",
               s.get("sessions") == len(last) and s.get("complete") == len(last),
               f"{s.get('complete')}/{s.get('sessions')} complete of {len(last)} in the trace; "
               f"duration p50 {(s.get('duration_s') or {}).get('p50')} s")
+
+
+MOONCAKE_SCALE = 8  # tokens ÷ 8 (blocks of 64): the same block structure at CPU speed
+MOONCAKE_WINDOW_S = 40
 
 
 def run_mooncake(table: Table, work: Path, server: Server) -> None:
@@ -245,19 +251,58 @@ def run_mooncake(table: Table, work: Path, server: Server) -> None:
     if not data.is_file():
         table.add(name, None, f"{data} absent")
         return
-    try:
-        import traceforge.prompts  # noqa: F401  (prefix-faithful prompts, issue 12 part 1)
-        from traceforge.backends.http import HttpBackend
-        from traceforge.replay.protocol import Request
-    except ImportError:
-        table.add(name, None, "this tree has no prefix-faithful prompts (traceforge.prompts)")
-        return
-    if "prefix_blocks" not in Request.__dataclass_fields__ and not hasattr(
-            HttpBackend, "plan_prompts"):
-        table.add(name, None, "this tree's HTTP backend does not build prompts from "
-                              "prefix_blocks yet")
-        return
-    table.add(name, None, "not wired yet: see the report of the sessions branch")
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from traceforge.schema import PREFIX_BLOCK_TOKENS_KEY, write_trace
+
+    raw = work / "mooncake-raw.parquet"
+    raw.unlink(missing_ok=True)
+    res = traceforge("trace", "import", "mooncake", str(data), "-o", str(raw), "--models", "chat",
+                     "--duration", str(MOONCAKE_WINDOW_S))
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr)
+    src = read_trace(raw)
+    block = src.meta[PREFIX_BLOCK_TOKENS_KEY] // MOONCAKE_SCALE
+    t = src.table
+    seq = pc.ceil(pc.divide(pc.cast(t.column("seq_len"), pa.float64()), MOONCAKE_SCALE))
+    new = pc.max_element_wise(pc.divide(t.column("max_new_tokens"), MOONCAKE_SCALE), 1)
+    t = t.set_column(t.schema.get_field_index("seq_len"), "seq_len", pc.cast(seq, pa.int32()))
+    t = t.set_column(t.schema.get_field_index("max_new_tokens"), "max_new_tokens",
+                     pc.cast(new, pa.int32()))
+    fits = pc.less_equal(pc.add(t.column("seq_len"), t.column("max_new_tokens")), MAX_MODEL_LEN)
+    t = t.filter(fits)
+    t = t.set_column(0, "request_id", pa.array(range(t.num_rows), pa.int64()))
+    trace = work / "mooncake.parquet"
+    write_trace(t, trace, {**src.meta, PREFIX_BLOCK_TOKENS_KEY: block})
+    expected = shared_prefix_fraction(t, block)
+    tl, manifest, report = replay(trace, work / "run-mooncake", server, "--tokenizer",
+                                  "tiny-bpe")
+    check_common(table, "mooncake", tl, manifest)
+    rate = (report.get("server_metrics") or {}).get("prefix_cache_hit_rate")
+    table.add(name, rate is not None and abs(rate - expected) <= 0.05,
+              f"server {_pct(rate)} vs trace {_pct(expected)} (|diff| <= 5 points; "
+              f"{t.num_rows} requests, first {MOONCAKE_WINDOW_S} s, tokens / {MOONCAKE_SCALE})")
+
+
+def shared_prefix_fraction(t, block: int, cache_block: int = 16) -> float:
+    """Prompt tokens a perfect prefix cache serves: per request, its leading blocks already
+    seen in an earlier request (Mooncake's ids hash the whole prefix, so an id seen before is
+    that very prefix), cut to the prompt, counted in the server's 16-token cache blocks, and
+    never the prompt's last token (vLLM always computes one); over all prompt tokens."""
+    seen: set[int] = set()
+    hit = total = 0
+    for blocks, seq in zip(t.column("prefix_blocks").to_pylist(), t.column("seq_len").to_pylist(),
+                           strict=True):
+        blocks = blocks or []
+        k = 0
+        while k < len(blocks) and blocks[k] in seen:
+            k += 1
+        cached = min(k * block, seq - 1)
+        hit += cached // cache_block * cache_block
+        total += seq
+        seen.update(blocks)
+    return hit / total if total else 0.0
 
 
 def _pct(x: float | None) -> str:
