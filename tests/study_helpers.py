@@ -23,6 +23,7 @@ class Config:
 
     coords: dict[str, Any]
     sim: dict[str, Any] = field(default_factory=dict)
+    seed_offset: int = 0  # added to every repeat's trace seed (0: configs share seeds)
 
 
 def _label(value: Any) -> str:
@@ -34,31 +35,28 @@ def cell_name(mix: str, coords: dict[str, Any], repeat: int) -> str:
     return "__".join(parts)
 
 
-def write_study(root: Path, *, mixes: dict[str, dict[str, dict[str, float]]],
-                configs: list[Config], loads: list[float], repeats: int = 3,
-                requests: int = 1000, backend: str = "simulate", kind: str = "grid",
-                statuses: dict[str, str] | None = None,
-                capacity: list[dict[str, Any]] | None = None,
-                capacity_spec: dict[str, Any] | None = None,
-                extra_cells: list[dict[str, Any]] | None = None) -> Path:
-    """``mixes``: {mix: {model: {"rate": r, "slo_ms": s}}}. ``statuses``: cell name -> status
-    for cells that are not run (their directory is not written, as for a pending or failed
-    cell whose run never started)."""
+def run_cells(root: Path, *, mixes: dict[str, dict[str, dict[str, Any]]],
+              configs: list[Config], loads: list[float], repeats: int = 3,
+              requests: int = 1000, backend: str = "simulate", kind: str = "grid",
+              statuses: dict[str, str] | None = None, suffix: str = "") -> list[dict[str, Any]]:
+    """Simulate every (mix, config, load, repeat) cell into root/cells/<name> and return the
+    study.json cell entries. ``mixes``: {mix: {model: {"rate": r, "slo_ms": s, ...any other
+    workload-spec model key}}}. ``statuses``: cell name -> status for cells that are not run
+    (no directory is written, as for a pending cell or one whose run never started)."""
     statuses = statuses or {}
-    root.mkdir(parents=True, exist_ok=True)
     cells = []
     for mix, models in mixes.items():
         for config in configs:
             for load in loads:
                 coords = {"load": load, **config.coords}
                 for repeat in range(repeats):
-                    name = cell_name(mix, coords, repeat)
-                    seed = 1000 + repeat
+                    name = cell_name(mix, coords, repeat) + suffix
+                    seed = 1000 + repeat + config.seed_offset
                     status = statuses.get(name, "complete")
                     if status == "complete":
                         spec = parse_spec({
                             "name": mix, "requests": requests, "seed": seed,
-                            "models": {m: {"slo_ms": v["slo_ms"],
+                            "models": {m: {**{k: x for k, x in v.items() if k != "rate"},
                                            "arrival": {"process": "poisson",
                                                        "rate": v["rate"] * load}}
                                        for m, v in models.items()}})
@@ -68,15 +66,31 @@ def write_study(root: Path, *, mixes: dict[str, dict[str, dict[str, float]]],
                                   "repeat": repeat, "seed": seed, "status": status,
                                   "run_dir": f"cells/{name}", "kind": kind,
                                   "backend": backend})
-    cells += extra_cells or []
-    spec = {"name": root.name, "backend": backend, "repeats": repeats,
+    return cells
+
+
+def write_study_json(root: Path, cells: list[dict[str, Any]], *,
+                     spec: dict[str, Any] | None = None,
+                     capacity: list[dict[str, Any]] | None = None) -> Path:
+    study = {"schema": "traceforge.study/1", "name": root.name,
+             "spec": spec or {"name": root.name}, "cells": cells, "capacity": capacity or []}
+    (root / "study.json").write_text(json.dumps(study, indent=1))
+    return root
+
+
+def write_study(root: Path, *, mixes: dict[str, dict[str, dict[str, Any]]],
+                configs: list[Config], loads: list[float], repeats: int = 3,
+                capacity: list[dict[str, Any]] | None = None,
+                capacity_spec: dict[str, Any] | None = None, **kwargs: Any) -> Path:
+    """A whole STUDY_DIR: :func:`run_cells` then study.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    cells = run_cells(root, mixes=mixes, configs=configs, loads=loads, repeats=repeats,
+                      **kwargs)
+    spec = {"name": root.name, "repeats": repeats,
             "mixes": {m: {"models": v} for m, v in mixes.items()},
             "axes": {"load": loads,
-                     **{k: sorted({c.coords[k] for c in configs}, key=str)
+                     **{k: [c.coords[k] for c in configs]
                         for k in (configs[0].coords if configs else {})}}}
     if capacity_spec is not None:
         spec["capacity"] = capacity_spec
-    study = {"schema": "traceforge.study/1", "name": root.name, "spec": spec, "cells": cells,
-             "capacity": capacity or []}
-    (root / "study.json").write_text(json.dumps(study, indent=1))
-    return root
+    return write_study_json(root, cells, spec=spec, capacity=capacity)

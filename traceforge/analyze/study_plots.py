@@ -64,6 +64,9 @@ def load_curves(curves: dict[str, dict[str, list[tuple[float, dict[str, Any]]]]]
                 if np.nanmin(values) > 0:
                     ax.set_yscale("log")
                     log_axis(ax.yaxis, values)
+                    # a t interval reaching 0 would stretch a log axis over decades of nothing:
+                    # bars and bands are cut at a fifth of the lowest mean
+                    ax.set_ylim(bottom=np.nanmin(values) / 5)
             ax.grid(True, alpha=0.3)
             ax.set_title(f"{model}: {label}", fontsize=9)
             if r == rows - 1:
