@@ -31,6 +31,8 @@ class ReplayFields:
     warmup_s: float = 0.0
     pacer: str = "spin"
     event_loop: str = "auto"
+    scrape_url: str | None = None
+    scrape_interval_s: float = 0.5
 
 
 @dataclass
@@ -51,6 +53,7 @@ class HttpOptions:
     headers: dict[str, str] = field(default_factory=dict)
     stream: bool = True
     ignore_eos: bool = True
+    tokenizer: str | None = None
 
 
 @dataclass
