@@ -201,5 +201,6 @@ def plan_groups(spec: StudySpec, *, skip: set[str] | frozenset[str] = frozenset(
             options = found[0].options if found else {**spec.options, **config}
             groups.append(CellGroup(key=stem, backend=backend, cells=tuple(cells),
                                     searches=tuple(found),
-                                    resources=resources_for(backend, options)))
+                                    resources=resources_for(backend, options),
+                                    max_attempts=1 + spec.retries))
     return groups

@@ -25,7 +25,7 @@ from traceforge.generate.spec import SpecReader, parse_spec
 from traceforge.study.capacity import PERCENTILES
 
 TOP_KEYS = ("name", "description", "backend", "repeats", "seed", "duration_s", "requests",
-            "mixes", "axes", "options", "capacity")
+            "retries", "mixes", "axes", "options", "capacity")
 MIX_KEYS = ("workload", "models", "modulations", "duration_s", "requests", "description")
 CAPACITY_KEYS = ("slo", "tolerance", "start", "min_load", "max_load", "prescreen", "profile",
                  "repeats")
@@ -66,6 +66,7 @@ class StudySpec:
     options: dict[str, Any] = field(default_factory=dict)
     capacity: CapacitySpec | None = None
     description: str | None = None
+    retries: int = 0  # extra attempts for a failed cell (each attempt counts in study.json)
     path: Path | None = None
 
     @property
@@ -99,6 +100,8 @@ class StudySpec:
                                "mixes": self.mixes, "axes": axes, "options": options}
         if self.description:
             out["description"] = self.description
+        if self.retries:
+            out["retries"] = self.retries
         if self.capacity:
             out["capacity"] = self.capacity.to_dict()
         return out
@@ -165,6 +168,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
             r.fail("backend", backend, "unknown backend", ", ".join(BACKENDS))
     repeats = r.integer(raw.get("repeats", 1), "repeats", low=1, high=10_000)
     seed = r.integer(raw.get("seed", 0), "seed", low=0, high=None)
+    retries = r.integer(raw.get("retries", 0), "retries", low=0, high=10)
     duration_s = requests = None
     if "duration_s" in raw:
         duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
@@ -221,7 +225,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
                "[capacity] table")
     spec = StudySpec(name=name, backend=backend, repeats=repeats, seed=seed, mixes=mixes,
                      axes=axes, load_basis=load_basis, options=options, capacity=capacity,
-                     description=description, path=path)
+                     description=description, retries=retries, path=path)
     _check_combinations(spec, source)
     return spec
 
