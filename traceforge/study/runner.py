@@ -130,7 +130,9 @@ class _GroupRuntime:
             from traceforge.simulate import simulate
 
             (opts,) = split_options("simulate", cell.options)
-            summary = simulate(trace, run_dir, **opts)
+            # None means "simulate()'s own default" (e.g. cold_start follows the profile)
+            summary = simulate(trace, run_dir,
+                               **{k: v for k, v in opts.items() if v is not None})
             return summary.status, summary.counts
         from traceforge.replay import ReplayOptions, default_models
         from traceforge.replay.run import replay_async
