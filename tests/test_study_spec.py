@@ -47,6 +47,7 @@ def write(tmp_path, text, name="s.toml"):
     ("[capacity]\nslo = { attainment = 0.99 }\n",
      ["mixes.a.models.m.slo_ms", "attainment needs"]),
     ("[axes]\nload = { capacity = [0.5] }\n", ["axes.load.capacity", "need a [capacity]"]),
+    ("[axes]\nload = [0.1, 0.1000000001]\n", ["axes.load", "look the same in cell names"]),
 ])
 def test_bad_study_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, needles):
     spec = write(tmp_path, BASE + extra)

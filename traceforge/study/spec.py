@@ -23,6 +23,7 @@ from traceforge.backends.options import BACKENDS, coerce_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec
 from traceforge.study.capacity import PERCENTILES
+from traceforge.study.cells import format_value
 
 TOP_KEYS = ("name", "description", "backend", "repeats", "seed", "duration_s", "requests",
             "retries", "mixes", "axes", "options", "capacity")
@@ -217,6 +218,14 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
             r.fail(key, values, "values must be distinct")
         axes[axis] = checked
 
+    for axis, values in axes.items():  # cell names are coordinates: they must stay distinct
+        names = [format_value(v) for v in values]
+        if len(set(names)) != len(names):
+            r.fail(f"axes.{axis}", values, "values that look the same in cell names (6 "
+                   "significant digits, unsafe characters as _)")
+    mix_names = [format_value(m) for m in mixes]
+    if len(set(mix_names)) != len(mix_names):
+        r.fail("mixes", list(mixes), "mix names that look the same in cell names")
     capacity = None
     if "capacity" in raw:
         capacity = _parse_capacity(r, raw["capacity"], backend, options, repeats, mixes)
