@@ -107,6 +107,12 @@ def _print_stats(report: dict) -> None:
                       _fmt(s.get("target_rate")), _fmt(s["cv"]), _fmt(s["idc_1s"]),
                       _fmt(s["idc_10s"]), _fmt(fit.get("p_value"), ".3g"), law)
     console.print(table)
+    reuse = report["aggregate"].get("prefix_reuse")
+    if reuse:
+        console.print(f"prefix blocks ({reuse['block_tokens']} tokens): "
+                      f"{reuse['token_fraction']:.1%} of prompt tokens lie in blocks an earlier "
+                      f"request sent (an unbounded prefix cache's hit rate); "
+                      f"{reuse['unique_blocks']} distinct blocks", highlight=False)
 
 
 @trace_app.command("import")
