@@ -154,3 +154,18 @@ def test_all_null_optional_columns_stay_out_of_the_file(tmp_path):
     write_trace(_table([None, None], [3, 4]), path, {})
     assert "prefix_blocks" not in pq.read_schema(path).names
     assert read_trace(path).table.column("prefix_blocks").to_pylist() == [None, None]
+
+
+def test_mooncake_block_size_option(tmp_path, capsys):
+    src = tmp_path / "m.jsonl"
+    src.write_text('{"timestamp": 0, "input_length": 100, "output_length": 1, '
+                   '"hash_ids": [0, 1, 2, 3]}\n')
+    trace = import_trace("mooncake", [src], block_tokens=32)
+    assert trace.meta["prefix_block_tokens"] == 32
+    assert trace.table.column("prefix_blocks").to_pylist() == [[0, 1, 2, 3]]
+    out = tmp_path / "t.parquet"
+    code, _, err = run_cli(["trace", "import", "mooncake", src, "-o", out], capsys)
+    assert_one_line_error(code, err, "hash_ids has 4 blocks of 512 tokens", "--block-tokens")
+    code, _, err = run_cli(["trace", "import", "csv", src, "--block-tokens", "8", "-o", out],
+                           capsys)
+    assert_one_line_error(code, err, "--block-tokens", "mooncake")
