@@ -139,6 +139,9 @@ def test_spec_servegen_process_generates_and_rejects_lengths(tmp_path):
     bad = {**raw, "models": {"r1": {**raw["models"]["r1"], "seq_len": 128}}}
     with pytest.raises(BadInput, match="draws lengths from the pool"):
         parse_spec(bad)
+    bad = {**raw, "models": {"r1": {**raw["models"]["r1"], "sessions": {"turns": 2}}}}
+    with pytest.raises(BadInput, match="sessions"):
+        parse_spec(bad)
     bad = {**raw, "models": {"r1": {"arrival": {**raw["models"]["r1"]["arrival"],
                                                  "clients": [5]}}}}
     with pytest.raises(BadInput, match="client 5 is not in the pool"):
