@@ -76,3 +76,13 @@ def test_demo_study_cells_are_ordinary_run_directories(tmp_path, capsys):
     for mix in ("steady", "bursty"):
         by_mode = {c["config"]["mode"]: c["load"] for c in caps if c["mix"] == mix}
         assert by_mode["exclusive"] > by_mode["timeslice"] > by_mode["streams"], by_mode
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(["study", REPO / "studies" / "demo-study.toml", "-o", out,
+                                 "--dry-run"], capsys)
+    assert code == 0, err
+    assert not out.exists()
+    assert "6 groups, 36 grid cells; traces 360 s" in stdout
+    assert "group bursty__mode=streams: 6 grid cells, 1 capacity searches" in stdout
