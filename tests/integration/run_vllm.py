@@ -46,6 +46,10 @@ from traceforge.schema import read_trace  # noqa: E402
 
 SERVED = "tiny"
 MAX_MODEL_LEN = 8192
+# The server's KV block (the prefix cache's unit): vLLM's CPU backend defaults to 128; set it so
+# the expected hit rates below can be computed in the same unit. CPU kernels prefer multiples of
+# 32.
+CACHE_BLOCK = 32
 
 
 def free_port() -> int:
@@ -72,7 +76,7 @@ class Server:
                "--enable-prefix-caching",
                # The CPU backend reserves --gpu-memory-utilization of host RAM: keep it small.
                "--gpu-memory-utilization", "0.1", "--kv-cache-memory-bytes", str(256 << 20),
-               "--max-num-seqs", "64",
+               "--max-num-seqs", "64", "--block-size", str(CACHE_BLOCK),
                "--optimization-level", "0"]  # no torch.compile: starts in about a minute
         self.fh = open(log, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.fh, stderr=subprocess.STDOUT,
@@ -220,13 +224,13 @@ def run_sessions(table: Table, work: Path, server: Server) -> None:
     table.add("sessions: turn k+1 scheduled at done_k + think", checked > 0 and wrong == 0,
               f"{checked - wrong}/{checked} follow-up turns exact")
     # Each turn's prompt extends the previous one, so a prefix cache serves the previous
-    # prompt's full 16-token blocks (the previous *output* is stand-in text, never a hit).
+    # prompt's full cache blocks (the previous *output* is stand-in text, never a hit).
     prev_len = {}
     reusable = total = 0
     for r in rows:
         total += r["seq_len"]
         if r["session_id"] is not None:
-            reusable += prev_len.get(r["session_id"], 0) // 16 * 16
+            reusable += prev_len.get(r["session_id"], 0) // CACHE_BLOCK * CACHE_BLOCK
             prev_len[r["session_id"]] = r["seq_len"]
     expected = reusable / total
     rate = (report.get("server_metrics") or {}).get("prefix_cache_hit_rate")
@@ -285,10 +289,10 @@ def run_mooncake(table: Table, work: Path, server: Server) -> None:
               f"{t.num_rows} requests, first {MOONCAKE_WINDOW_S} s, tokens / {MOONCAKE_SCALE})")
 
 
-def shared_prefix_fraction(t, block: int, cache_block: int = 16) -> float:
+def shared_prefix_fraction(t, block: int, cache_block: int = CACHE_BLOCK) -> float:
     """Prompt tokens a perfect prefix cache serves: per request, its leading blocks already
     seen in an earlier request (Mooncake's ids hash the whole prefix, so an id seen before is
-    that very prefix), cut to the prompt, counted in the server's 16-token cache blocks, and
+    that very prefix), cut to the prompt, counted in the server's whole cache blocks, and
     never the prompt's last token (vLLM always computes one); over all prompt tokens."""
     seen: set[int] = set()
     hit = total = 0
