@@ -69,7 +69,9 @@ class Server:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+        # Dev mode for POST /reset_prefix_cache: each check starts from an empty prefix cache
+        # (prompts are seeded by request id, so two traces' request 0 share a prompt prefix).
+        env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_SERVER_DEV_MODE": "1"}
         cmd = [vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
                "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32",
@@ -86,7 +88,7 @@ class Server:
         """None when /health answers 200; else why not."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:
                 return f"the server exited with status {self.proc.returncode}"
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
@@ -118,9 +120,6 @@ class Attached(Server):
         self.log = Path("(attached)")
         self.proc = None
 
-    def wait_ready(self, timeout_s: float) -> str | None:
-        return None
-
     def stop(self) -> None:
         pass
 
@@ -144,8 +143,16 @@ class Table:
         return any(r[1] == "FAIL" for r in self.rows)
 
 
+def reset_prefix_cache(url: str) -> None:
+    req = urllib.request.Request(url + "/reset_prefix_cache", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        if not json.loads(r.read()).get("success"):
+            raise RuntimeError("the server refused to reset its prefix cache")
+
+
 def replay(trace: Path, out: Path, server: Server, *extra: str) -> tuple[dict, dict, dict]:
     shutil.rmtree(out, ignore_errors=True)
+    reset_prefix_cache(server.url)
     res = traceforge("replay", str(trace), "-o", str(out), "--backend", "http", "--url",
                      server.url, "--model-name", f"chat={SERVED}", "--scrape",
                      server.url + "/metrics", "--scrape-interval", "0.5", "--timeout", "60",
