@@ -54,19 +54,24 @@ def check_run_dir(run_dir: Path) -> None:
                        value=str(run_dir))
 
 
+def event_loop_factory(event_loop: str):
+    """The ``asyncio.Runner`` loop factory for ``--event-loop`` (None: stock asyncio)."""
+    if event_loop in ("auto", "precise"):
+        from traceforge.replay.loop import new_event_loop
+
+        return new_event_loop
+    if event_loop == "uvloop":
+        import uvloop  # presence checked by ReplayOptions.validate()
+
+        return uvloop.new_event_loop
+    return None
+
+
 def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
                options: ReplayOptions | None = None) -> RunSummary:
     """Synchronous entry point: owns the event loop (``options.event_loop``)."""
     options = (options or ReplayOptions()).validate()
-    factory = None
-    if options.event_loop in ("auto", "precise"):
-        from traceforge.replay.loop import new_event_loop
-
-        factory = new_event_loop
-    elif options.event_loop == "uvloop":
-        import uvloop  # presence checked by validate()
-
-        factory = uvloop.new_event_loop
+    factory = event_loop_factory(options.event_loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(replay_async(trace, run_dir, backend, options))
 
