@@ -7,7 +7,8 @@
 # call continues it with --resume, as long as STUDY_DIR is still there (keep the machine warm, or
 # carry the directory). Files for the record go to $OUT.
 # Environment: SPEC (default studies/seed-study.toml), STUDY_DIR (default out/seed-study),
-# LIMIT_S (default 540), OUT (default out/gpu-study), PYTHON.
+# LIMIT_S (default 540), OUT (default out/gpu-study), STUDY_ARGS (extra flags, e.g.
+# "--gpus 0,1,2,3,4,5,6,7" once an executor for them is in the build), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -20,7 +21,7 @@ mkdir -p "$OUT"
 resume=(); [ -f "$STUDY_DIR/study.json" ] && resume=(--resume)
 echo "---- traceforge study $SPEC -o $STUDY_DIR ${resume[*]} (limit ${LIMIT_S}s)"
 timeout -s INT -k 60 "$LIMIT_S" "$PY" -m traceforge study "$SPEC" -o "$STUDY_DIR" \
-  "${resume[@]}" --no-progress
+  "${resume[@]}" --no-progress ${STUDY_ARGS:-}
 rc=$?
 echo "---- study exit code $rc (0 complete, 1 some cell failed, 130 stopped: call again to resume)"
 cp "$STUDY_DIR/study.json" "$OUT/" 2>/dev/null

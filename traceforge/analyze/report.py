@@ -306,6 +306,13 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         notes.append(f"run status is {status!r}: the report covers the requests recorded")
     if run.n == 0:
         notes.append("the timeline has no rows")
+    extra = {}  # sections present only when the run has them (analyze/sessions.py)
+    from traceforge.analyze.sessions import server_metrics_report, session_report
+
+    if (sessions := session_report(run, rows)) is not None:
+        extra["sessions"] = sessions
+    if (server := server_metrics_report(run)) is not None:
+        extra["server_metrics"] = server
     return {
         "schema": REPORT_SCHEMA_ID,
         "run_dir": str(run.run_dir),
@@ -317,6 +324,7 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         "models": models,
         "overall": overall,
         "notes": notes,
+        **extra,
     }
 
 
