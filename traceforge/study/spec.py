@@ -84,12 +84,19 @@ class StudySpec:
         return {m: t.get("slo_ms", default) for m, t in self.mixes[mix]["models"].items()}
 
     def to_dict(self) -> dict[str, Any]:
+        """The parsed spec as written into study.json (header values redacted: they may carry
+        credentials, and no secret reaches disk)."""
         axes: dict[str, Any] = dict(self.axes)
         if self.load_basis == "capacity":
             axes["load"] = {"capacity": self.axes["load"]}
+        if "headers" in axes:
+            axes["headers"] = [_redacted(h) for h in axes["headers"]]
+        options = dict(self.options)
+        if "headers" in options:
+            options["headers"] = _redacted(options["headers"])
         out: dict[str, Any] = {"name": self.name, "backend": self.backend,
                                "repeats": self.repeats, "seed": self.seed,
-                               "mixes": self.mixes, "axes": axes, "options": self.options}
+                               "mixes": self.mixes, "axes": axes, "options": options}
         if self.description:
             out["description"] = self.description
         if self.capacity:
@@ -99,6 +106,11 @@ class StudySpec:
     def spec_hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _redacted(headers: dict[str, str]) -> dict[str, str]:
+    # A digest keeps "did the headers change" answerable (--resume) without the value itself.
+    return {k: "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12] for k, v in headers.items()}
 
 
 def scale_workload(workload: dict[str, Any], load: float) -> dict[str, Any]:
