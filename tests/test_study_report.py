@@ -309,3 +309,14 @@ def test_report_of_a_study_run_by_the_engine(tmp_path):
         assert b["config"] == {"servers": 2}
         # repeat r of every configuration ran trace seed 3 + r: the repeat test is paired
         assert b["lead"]["repeats"]["test"] == "paired t (same seeds)"
+
+
+def test_slo_option_applies_to_every_cell(study):
+    from traceforge.analyze.study import StudyOptions
+
+    result = build_study_report(study, StudyOptions(slo_ms={"a": 1e6}))
+    cells = [c for c in result["cells"] if c["models"]]
+    assert cells and all(c["models"]["a"]["attainment"] == 1.0 for c in cells)
+    assert all(c["models"]["a"]["slo_ms"] == 1e6 and c["slo_source"] == "--slo" for c in cells)
+    with pytest.raises(BadInput, match=r"--slo: zzz: no such model in any cell"):
+        build_study_report(study, StudyOptions(slo_ms={"zzz": 5.0}))

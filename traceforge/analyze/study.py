@@ -471,6 +471,12 @@ def read_study(study_dir: Path | str, options: StudyOptions | None = None, *,
             # One broken cell must not hide the study: it is listed with the reason.
             study.data[cell.name] = _CellData(entry={"error": str(exc)}, latencies={},
                                               slo={}, duration_s=0.0)
+    if options.slo_ms:
+        seen = {m for d in study.data.values() for m in d.entry.get("models", {})}
+        unknown = sorted(set(options.slo_ms) - seen)
+        if seen and unknown:
+            raise BadInput("no such model in any cell of the study", source="--slo",
+                           key=unknown[0], allowed=", ".join(sorted(seen)))
     return study
 
 
@@ -529,6 +535,9 @@ def build_study_report(study_dir: Path | str, options: StudyOptions | None = Non
     if incomplete:
         notes.append(f"{len(incomplete)} of {len(study.cells)} cells are not in the numbers "
                      "(not complete, or unreadable): see the list of cells not in the numbers")
+    if study.raw.get("status") not in (None, "complete"):
+        notes.append(f"the study's status is {study.raw.get('status')!r}: this report covers "
+                     "the cells complete so far")
     single = sum(1 for a in grid if a["repeats"] == 1)
     if single:
         notes.append(f"{single} of {len(grid)} grid groups have one repeat: their intervals "
