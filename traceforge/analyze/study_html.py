@@ -112,8 +112,8 @@ def _capacity_html(report: dict[str, Any]) -> list[str]:
     for mix in dict.fromkeys(c["mix"] for c in entries):
         parts.append(_img(study_plots.capacity_bars(
             [s for s in report["capacity_summary"] if s["mix"] == mix],
-            title=f"{mix}: capacity per configuration (bar: mean over searches; whiskers: "
-                  "widest bracket)"), f"capacity {mix}"))
+            title=f"{mix}: capacity (mean over searches; whiskers: widest bracket)"),
+            f"capacity {mix}"))
     return parts
 
 

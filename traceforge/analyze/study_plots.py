@@ -87,7 +87,7 @@ def load_curves(curves: dict[str, dict[str, list[tuple[float, dict[str, Any]]]]]
 def capacity_bars(summary: list[dict[str, Any]], *, title: str) -> bytes:
     """One bar per configuration and search kind: the mean capacity over its searches, with the
     widest [low, high] bracket as whiskers (the study report's ``capacity_summary``)."""
-    fig, (ax,) = _figure(height=3.2, width=max(5.0, 1.1 * len(summary) + 2.5))
+    fig, (ax,) = _figure(height=3.2, width=max(6.5, 1.1 * len(summary) + 2.5))
     if not summary:
         _empty(ax, "no capacity search")
         return png(fig)
