@@ -320,3 +320,51 @@ def test_slo_option_applies_to_every_cell(study):
     assert all(c["models"]["a"]["slo_ms"] == 1e6 and c["slo_source"] == "--slo" for c in cells)
     with pytest.raises(BadInput, match=r"--slo: zzz: no such model in any cell"):
         build_study_report(study, StudyOptions(slo_ms={"zzz": 5.0}))
+
+
+def test_capacity_over_repeats_and_prescreen(tmp_path):
+    def search(kind: str, repeat: int, load: float, step: float = 0.03) -> dict:
+        return {"key": f"k{kind}{repeat}", "mix": "m", "config": {"mode": "fast"},
+                "repeat": repeat, "kind": kind, "load": load, "low": load,
+                "high": load + step, "tolerance": 0.02, "converged": True, "probes": []}
+
+    loads = [1.40, 1.46, 1.43]
+    capacity = ([search("prescreen", r, 1.6) for r in range(3)]
+                + [search("capacity", r, x) for r, x in enumerate(loads)])
+    root = tmp_path / "cap"
+    root.mkdir()
+    result = build_study_report(write_study_json(root, [], capacity=capacity))
+    assert [c["load"] for c in result["capacity"]] == loads
+    assert [c["load"] for c in result["capacity_prescreen"]] == [1.6] * 3
+    (real,) = [s for s in result["capacity_summary"] if s["kind"] == "capacity"]
+    half = stats.t.ppf(0.975, 2) * np.std(loads, ddof=1) / math.sqrt(3)
+    assert real["load"]["mean"] == pytest.approx(np.mean(loads))
+    assert real["load"]["ci95"] == pytest.approx([np.mean(loads) - half, np.mean(loads) + half])
+    assert (real["low"], real["high"]) == (1.40, pytest.approx(1.49))
+    pairs = result["sim_vs_measured_capacity"]
+    assert [p["repeat"] for p in pairs] == [0, 1, 2]
+    assert [p["ratio"] for p in pairs] == pytest.approx([x / 1.6 for x in loads])
+    text = write_study_html(result, tmp_path / "cap.html").read_text()
+    assert 'alt="capacity m"' in text and "simulated prescreen vs measured search" in text
+
+
+def test_capacity_based_load_axis(tmp_path):
+    """`load = [fractions]` of each configuration's capacity: coords hold `capacity`, the cell
+    its actual multiplier as `load`; the report's x axis is the fraction."""
+    root = tmp_path / "frac"
+    cells = run_cells(root, mixes={"m": MIX}, configs=[FAST, SLOW], loads=[0.5, 1.0],
+                      repeats=2, requests=400)
+    for c in cells:
+        fraction = c["coords"].pop("load")
+        c["coords"] = {"capacity": fraction, **c["coords"]}
+        c["load"] = fraction * (3.0 if c["coords"]["mode"] == "fast" else 1.2)
+    result = build_study_report(write_study_json(root, cells))
+    grid = [a for a in result["aggregates"] if a["kind"] == "grid"]
+    assert sorted((a["config_label"], a["level"], a["repeats"]) for a in grid) == [
+        ("mode=fast", 0.5, 2), ("mode=fast", 1.0, 2), ("mode=slow", 0.5, 2),
+        ("mode=slow", 1.0, 2)]
+    assert {a["level_axis"] for a in grid} == {"capacity"}
+    assert {c["load"] for c in result["cells"]} == {1.5, 3.0, 0.6, 1.2}
+    assert {b["level"] for b in result["best"]} == {0.5, 1.0}
+    text = write_study_html(result, tmp_path / "frac.html").read_text()
+    assert "capacity 0.5" in text and "Best configuration per capacity" in text
