@@ -49,6 +49,16 @@ def test_shard_by_request_keeps_each_models_order_and_covers_every_row():
         assert np.all(np.diff(shard) > 0)  # a subsequence: arrival order kept per model
 
 
+def test_shard_by_request_keeps_a_session_on_one_worker():
+    import pyarrow as pa
+
+    sessions = pa.array([None, 5, 5, None, 7, 5, 7, None], pa.int64())
+    table = pa.table({"model": ["a"] * 8, "session_id": sessions})
+    shards = shard_rows(table, 2, "request")
+    # units in order of first appearance: row 0, session 5, row 3, session 7, row 7
+    assert [s.tolist() for s in shards] == [[0, 3, 7], [1, 2, 4, 5, 6]]
+
+
 def test_shard_by_model_gives_each_model_one_worker_largest_first():
     table = make_trace(np.arange(10), models=list("aaaaabbbcc")).table
     a, b = shard_rows(table, 2, "model")

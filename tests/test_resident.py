@@ -26,7 +26,7 @@ from traceforge.clock import RunClock  # noqa: E402
 from traceforge.errors import BadInput  # noqa: E402
 from traceforge.record import read_timeline  # noqa: E402
 from traceforge.replay import ModelInfo, ReplayOptions, Request, run_replay  # noqa: E402
-from traceforge.schema import TRACE_SCHEMA, conform_trace_table, read_trace, write_trace  # noqa: E402
+from traceforge.schema import conform_trace_table, read_trace, write_trace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = {"bert": "tiny-bert", "gpt": "tiny-gpt2", "vit": "tiny-vit"}
@@ -126,7 +126,7 @@ def test_impossible_request_is_an_error_row_and_the_run_goes_on(tmp_path):
     path = write_tiny_trace(tmp_path / "t.parquet", n=6)
     table = read_trace(path).table.to_pydict()
     table["seq_len"][0] = 600  # > 512 positions of tiny-bert
-    write_trace(pa.table(table, schema=TRACE_SCHEMA), path, read_trace(path).meta)
+    write_trace(conform_trace_table(pa.table(table)), path, read_trace(path).meta)
     run_replay(read_trace(path), tmp_path / "run", from_options({"mode": "exclusive"}),
                ReplayOptions())
     rows = read_timeline(tmp_path / "run").to_pylist()

@@ -151,6 +151,7 @@ class HttpBackend:
         self._request_ids = None  # sorted request ids of the bound trace
         self._row_of = None  # their rows
         self._blocks = None  # the trace's prefix_blocks column (Arrow), or None
+        self._session_root: dict[int, int] = {}  # session id -> its first request id
 
     # -- lifecycle ---------------------------------------------------------------------------
     def bind_trace(self, trace) -> None:
@@ -171,6 +172,16 @@ class HttpBackend:
             else None
         has = blocks is not None and block is not None and blocks.null_count < len(blocks)
         self._blocks = blocks.combine_chunks() if has else None
+        # Sessions: every turn draws its prompt from its session's first request's stream, so
+        # turn k+1's prompt (longer: the previous prompt + output + new text) starts with turn
+        # k's prompt token for token, as a chat client's would (docs/replay.md, "Sessions").
+        sid = table.column("session_id")
+        if sid.null_count < len(sid):
+            first: dict[int, int] = {}
+            for s, r in zip(sid.to_pylist(), ids.tolist(), strict=True):
+                if s is not None:
+                    first.setdefault(s, r)
+            self._session_root = first
 
     async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
         import aiohttp
@@ -226,8 +237,10 @@ class HttpBackend:
         return self._blocks[int(self._row_of[i])].as_py()
 
     def prompt(self, request: Request, item: int = 0) -> str:
-        return self.prompts.text(request.request_id, request.seq_len,
-                                 self._prefix_blocks(request.request_id), item)
+        root = (self._session_root.get(request.session_id, request.request_id)
+                if request.session_id is not None else request.request_id)
+        return self.prompts.text(root, request.seq_len, self._prefix_blocks(request.request_id),
+                                 item)
 
     def build_body(self, request: Request) -> Any:
         served = self.model_name.get(request.model, request.model)

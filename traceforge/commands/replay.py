@@ -84,6 +84,10 @@ def register(app: typer.Typer) -> None:
                                     help="http openai: SSE streaming (first token, ITL)."),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
                                         help="http openai: ask for exactly max_new_tokens."),
+        scrape: str = typer.Option(None, "--scrape",
+                                   help="Prometheus URL sampled into server_metrics.parquet."),
+        scrape_interval: float = typer.Option(0.5, "--scrape-interval",
+                                              help="--scrape: seconds between samples."),
         tokenizer: str = typer.Option(None, "--tokenizer",
                                       help="http: tokenizer.json, a directory, tiny-bpe, or a "
                                            "name in the local HF cache; prompts are exactly "
@@ -144,6 +148,7 @@ def register(app: typer.Typer) -> None:
             timeout_s=timeout, warmup_s=warmup,
             progress=sys.stderr.isatty() if progress is None else progress,
             models=models, pacer=pacer, event_loop=event_loop,
+            scrape_url=scrape, scrape_interval_s=scrape_interval,
         ).validate()
 
         if backend == "null":

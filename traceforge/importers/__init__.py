@@ -33,6 +33,7 @@ from traceforge.schema import (
     TRACE_SCHEMA_ID,
     Trace,
     trace_table,
+    validate_sessions,
 )
 
 READERS = {
@@ -47,7 +48,8 @@ FORMATS = (*READERS, "servegen")
 FORMAT_OPTIONS = {"spread": ("--spread", "azure-functions-2019"),
                   "mapping": ("--map", "azure-functions-2019"),
                   "columns": ("--columns", "csv"), "time_unit": ("--time-unit", "csv"),
-                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen")}
+                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen"),
+                  "block_tokens": ("--block-tokens", "mooncake")}
 
 
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:
@@ -63,7 +65,7 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                  mapping: str | None = None, columns: str | None = None,
                  time_unit: str | None = None, failed: str | None = None, batch_size: int = 1,
                  seq_len: int = 128, max_new_tokens: int = 0,
-                 clients: str | None = None) -> Trace:
+                 clients: str | None = None, block_tokens: int | None = None) -> Trace:
     """Import ``sources`` of format ``fmt`` into a :class:`~traceforge.schema.Trace`.
 
     ``models`` is a comma-separated string or a list (meaning per format: docs/traces.md).
@@ -73,7 +75,7 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
         raise BadInput("unknown import format", key="FORMAT", value=fmt,
                        allowed=", ".join(FORMATS))
     given = {"spread": spread, "mapping": mapping, "columns": columns, "time_unit": time_unit,
-             "failed": failed, "clients": clients}
+             "failed": failed, "clients": clients, "block_tokens": block_tokens}
     for name, value in given.items():
         flag, owner = FORMAT_OPTIONS[name]
         if value is not None and owner != fmt:
@@ -104,10 +106,15 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                             ("--max-new-tokens", max_new_tokens, 0)):
         if not low <= value <= INT32_MAX:
             raise BadInput(f"must be between {low} and {INT32_MAX}", key=key, value=value)
+    if block_tokens is not None and not 1 <= block_tokens <= INT32_MAX:
+        raise BadInput(f"must be between 1 and {INT32_MAX}", key="--block-tokens",
+                       value=block_tokens)
     model_list = parse_model_names(",".join(models) if isinstance(models, list) else models)
 
     options = {"spread": spread or "poisson", "mapping": mapping or "stripe", "columns": columns,
                "time_unit": time_unit or "s", "failed": failed or "keep"}
+    if fmt == "mooncake":
+        options["block_tokens"] = block_tokens or mooncake.BLOCK_TOKENS
     records = READERS[fmt](paths, models=model_list, skip_bad=skip_bad, seed=seed,
                            start_s=start_s, duration_s=duration_s, batch_size=batch_size,
                            seq_len=seq_len, max_new_tokens=max_new_tokens, **options)
@@ -177,8 +184,40 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     arrival_ns = rel if factor == 1.0 else np.rint(rel * factor).astype(np.int64)
     blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
-                        rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks)
+                        rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
+                        **_sessions(rec, order, idx))
+    if rec.session_key is not None:
+        validate_sessions(table, source="SRC")
     return table, window_s, origin_ns
+
+
+def _sessions(rec: Records, order: np.ndarray, idx: np.ndarray) -> dict[str, pa.Array]:
+    """session_id 0..S-1 in order of each session's first request in the window; turn from
+    the source, else 1, 2, ... by time within the session over the whole source (``order``:
+    all records in time order), so a session cut by the window keeps its turn numbers."""
+    if rec.session_key is None:
+        return {}
+    turn_all = rec.turn
+    if turn_all is None:
+        key = rec.session_key[order]
+        by_key = np.argsort(key, kind="stable")  # time order within each session
+        grouped = key[by_key]
+        starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+        count = np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size]))
+        turn_all = np.empty(key.size, np.int64)
+        turn_all[order[by_key]] = count + 1
+    key = rec.session_key[idx]
+    none = key < 0
+    sid = np.full(key.size, -1, np.int64)
+    rows = np.flatnonzero(~none)
+    if rows.size:
+        _, first, inverse = np.unique(key[rows], return_index=True, return_inverse=True)
+        rank = np.empty(first.size, np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        sid[rows] = rank[inverse]
+    turn = np.where(none, 0, turn_all[idx])
+    return {"session_id": pa.array(sid, pa.int64(), mask=none),
+            "turn": pa.array(turn.astype(np.int32), pa.int32(), mask=none)}
 
 
 __all__ = ["FORMATS", "import_trace"]

@@ -5,7 +5,10 @@ Two ways to shard (``--shard-by``):
 
 - ``request`` (default): row *j* of the trace (arrival order) goes to worker ``j mod N``. Every
   worker gets an even share of every model and of every burst, and — since each shard is a
-  subsequence of the trace — each model's requests stay in arrival order within a shard.
+  subsequence of the trace — each model's requests stay in arrival order within a shard. A
+  multi-turn session (``session_id``) is one unit: all its turns go to one worker (sessions are
+  dealt round-robin in order of their first turn), since a turn is released by the completion
+  of the one before it.
 - ``model``: every model's requests go to one worker; models are dealt largest first to the
   least-loaded worker. A model's queue then lives in one process (the null backend's fake
   servers, an HTTP client's connection pool per model), at the price of uneven shards when one
@@ -29,7 +32,11 @@ def shard_rows(table: pa.Table, workers: int, by: str = "request") -> list[np.nd
     """Row positions for each worker, each sorted (so arrival order is kept)."""
     n = table.num_rows
     if by == "request":
-        return [np.arange(k, n, workers, dtype=np.int64) for k in range(workers)]
+        units = _units(table)
+        if units is None:
+            return [np.arange(k, n, workers, dtype=np.int64) for k in range(workers)]
+        owner = units % workers
+        return [np.flatnonzero(owner == k) for k in range(workers)]
     if by != "model":
         raise BadInput("unknown sharding", key="--shard-by", value=by, allowed=", ".join(SHARD_BY))
     encoded = table.column("model").combine_chunks().dictionary_encode()
@@ -47,6 +54,20 @@ def shard_rows(table: pa.Table, workers: int, by: str = "request") -> list[np.nd
         load[k] += int(counts[code])
     row_owner = owner[codes]
     return [np.flatnonzero(row_owner == k) for k in range(workers)]
+
+
+def _units(table: pa.Table) -> np.ndarray | None:
+    """Per row, the index of its dealing unit (a session, or the row alone) in order of first
+    appearance; None when the trace has no sessions."""
+    if "session_id" not in table.column_names or table.column("session_id").null_count == \
+            table.num_rows:
+        return None
+    session = table.column("session_id").to_numpy(zero_copy_only=False)
+    key = np.where(np.isnan(session.astype(float)), -(np.arange(table.num_rows) + 1.0),
+                   session.astype(float))
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # rank of each unique key by first appearance
+    return order[inverse]
 
 
 def split_cap(cap: int | None, workers: int) -> list[int | None]:

@@ -264,7 +264,9 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
                 options, progress=False, print_self_check=False,
                 models=[m for m in models if m.name in shard_models or shard_by == "request"],
                 concurrency=caps[k] if options.concurrency else None,
-                max_inflight=caps[k] if options.max_inflight else None)
+                max_inflight=caps[k] if options.max_inflight else None,
+                # one server_metrics.parquet per run: worker 0 scrapes
+                scrape_url=options.scrape_url if k == 0 else None)
             jobs.append(ShardJob(index=k, workers=workers, table_ipc=table_to_ipc(table),
                                  trace_meta=trace.meta, trace_info=trace_info, backend=backend,
                                  backend_options=backend_options, options=opts,
