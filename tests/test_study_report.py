@@ -368,3 +368,70 @@ def test_capacity_based_load_axis(tmp_path):
     assert {b["level"] for b in result["best"]} == {0.5, 1.0}
     text = write_study_html(result, tmp_path / "frac.html").read_text()
     assert "capacity 0.5" in text and "Best configuration per capacity" in text
+
+
+MIX_216 = """
+[mixes.{name}.models.distilbert-base]
+zoo = "distilbert-base"
+slo_ms = 50.0
+arrival = {{ process = "{process}", rate = 4.0{extra} }}
+batch_size = 8
+seq_len = 128
+[mixes.{name}.models.distilgpt2]
+zoo = "distilgpt2"
+slo_ms = 400.0
+arrival = {{ process = "{process}", rate = 1.2{extra} }}
+seq_len = 64
+max_new_tokens = 32
+[mixes.{name}.models.mistral-7b]
+zoo = "mistral-7b"
+slo_ms = 1500.0
+arrival = {{ process = "{process}", rate = 0.6{extra} }}
+seq_len = 128
+max_new_tokens = 16
+"""
+SPEC_216 = """
+name = "issue-216"
+backend = "simulate"
+repeats = 3
+seed = 1
+duration_s = 120.0
+""" + MIX_216.format(name="poisson", process="poisson", extra="") + MIX_216.format(
+    name="gamma", process="gamma", extra=", cv = 4.0") + MIX_216.format(
+    name="weibull", process="weibull", extra=", shape = 0.5") + """
+[axes]
+load = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+mode = ["exclusive", "timeslice", "mps", "streams"]
+[options]
+profile = "h200"
+"""
+
+
+def test_216_cell_study_report_renders(tmp_path):
+    """The issue's study (3 mixes × 6 loads × 4 modes × 3 repeats on the simulator, the
+    benchmarks/bench_study.py spec, plus SLOs): `report --json --html` covers every cell, and the page
+    renders in headless Chromium where installed. Timings: benchmarks/bench_study_report.py."""
+    from traceforge.study.engine import run_study
+    from traceforge.study.spec import load_study
+
+    spec = tmp_path / "issue.toml"
+    spec.write_text(SPEC_216)
+    result = run_study(load_study(spec), tmp_path / "study")
+    assert result["status"] == "complete" and len(result["cells"]) == 216
+    page = tmp_path / "study.html"
+    done = cli("report", str(tmp_path / "study"), "--json", "--html", str(page), timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["counts"] == {"cells": 216, "usable": 216, "by_status": {"complete": 216}}
+    grid = [a for a in report["aggregates"] if a["kind"] == "grid"]
+    assert len(grid) == 3 * 6 * 4 and {a["repeats"] for a in grid} == {3}
+    # per mix and load: p99 and goodput, for each of the 3 models and (all), against a runner-up
+    assert len(report["best"]) == 3 * 6 * 4 * 2
+    assert all(b["runner_up"] and b["lead"] for b in report["best"])
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 3  # one curve figure per mix
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: the page was written but not rendered")
+    dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "p")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<img") == 3 and "Mix weibull (simulated)" in dom.stdout
