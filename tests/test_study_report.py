@@ -157,6 +157,7 @@ def test_best_config_clearly_faster_is_significant(report):
         assert b["config"] == {"mode": "fast"} and b["runner_up"]["config"] == {"mode": "slow"}
         lead = b["lead"]
         assert lead["verdict"] == "faster" and lead["significant"], lead
+        assert lead["reason"] is None
         # both configurations ran the same three trace seeds: the repeat test is paired
         assert lead["repeats"]["test"] == "paired t (same seeds)"
         assert lead["repeats"]["n"] == [3, 3] and lead["repeats"]["p"] < 0.01
@@ -174,10 +175,12 @@ def test_identical_configs_are_not_significant(tmp_path):
                        configs=[twin_a, twin_b], loads=[0.6], repeats=4, requests=1500)
     result = build_study_report(root)
     leads = [b["lead"] for b in result["best"]]
-    assert len(leads) == 4  # p99 and goodput, for model a and (all)
+    assert len(leads) == 2  # p99 and goodput of model a (one model: no separate (all))
     for lead in leads:
         assert not lead["significant"], lead
         assert lead["p_value"] > 0.05, lead
+        assert lead["reason"] in ("KS p >= alpha", "rate test p >= alpha",
+                                  "no lead (equal means)")
 
 
 def test_cells_not_complete_are_listed(report, study):

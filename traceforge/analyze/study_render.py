@@ -78,11 +78,14 @@ def cell_lines(m: dict[str, Any] | None) -> list[str]:
 
 
 def significance(lead: dict[str, Any] | None) -> tuple[str, str]:
-    """(p-value text, verdict text) of a best configuration's lead."""
+    """(p-value text, verdict text) of a best configuration's lead; a lead that is not
+    significant says which condition failed."""
     if lead is None:
         return "–", "only configuration"
     p = _p(lead.get("p_value"))
-    return p, ("significant" if lead["significant"] else "not significant")
+    if lead["significant"]:
+        return p, "significant"
+    return p, f"not significant ({lead['reason']})" if lead.get("reason") else "not significant"
 
 
 def render_study(report: dict[str, Any], console: Console | None = None) -> None:
