@@ -232,6 +232,14 @@ def test_html_inside_the_inputs_is_refused(study, target):
     assert not (study / "cells" / cell / "r.html").exists()
 
 
+def test_alpha_is_for_studies_only(study):
+    cell = study / "cells" / cell_name("m", {"load": 0.5, "mode": "fast"}, 0)
+    done = cli("report", str(cell), "--alpha", "0.05")
+    assert done.returncode == 2 and "--alpha" in done.stderr and "study" in done.stderr
+    done = cli("report", str(study), "--alpha", "0.7")
+    assert done.returncode == 2 and "--alpha = 0.7" in done.stderr
+
+
 def test_bad_study_json(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
