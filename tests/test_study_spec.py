@@ -47,6 +47,7 @@ def write(tmp_path, text, name="s.toml"):
     ("[capacity]\nslo = { attainment = 0.99 }\n",
      ["mixes.a.models.m.slo_ms", "attainment needs"]),
     ("[axes]\nload = { capacity = [0.5] }\n", ["axes.load.capacity", "need a [capacity]"]),
+    ("[axes]\nload = [0.1, 0.1000000001]\n", ["axes.load", "look the same in cell names"]),
 ])
 def test_bad_study_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, needles):
     spec = write(tmp_path, BASE + extra)
@@ -147,11 +148,12 @@ def test_prescreen_needs_profile_models(tmp_path, capsys):
                           "tiny-bert")
 
 
-def test_header_values_never_reach_study_json(tmp_path, capsys):
+def test_header_values_never_reach_study_json_and_retries_count(tmp_path, capsys):
     spec = write(tmp_path, """
 name = "h"
 backend = "http"
 duration_s = 0.2
+retries = 1
 [mixes.a.models.m]
 arrival = { process = "poisson", rate = 20.0 }
 [options]
@@ -163,6 +165,7 @@ headers = { Authorization = "Bearer s3cr3t-token" }
     assert code == 1, err  # nothing listens on port 9: the cell fails, recorded
     data = json.loads((out / "study.json").read_text())
     assert data["cells"][0]["status"] == "failed" and "cannot connect" in data["cells"][0]["error"]
+    assert data["cells"][0]["attempts"] == 2  # retries = 1: tried twice, both recorded
     assert data["spec"]["options"]["headers"]["Authorization"].startswith("sha256:")
     for path in out.rglob("*"):
         if path.is_file():

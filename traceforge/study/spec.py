@@ -23,9 +23,10 @@ from traceforge.backends.options import BACKENDS, coerce_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec
 from traceforge.study.capacity import PERCENTILES
+from traceforge.study.cells import format_value
 
 TOP_KEYS = ("name", "description", "backend", "repeats", "seed", "duration_s", "requests",
-            "mixes", "axes", "options", "capacity")
+            "retries", "mixes", "axes", "options", "capacity")
 MIX_KEYS = ("workload", "models", "modulations", "duration_s", "requests", "description")
 CAPACITY_KEYS = ("slo", "tolerance", "start", "min_load", "max_load", "prescreen", "profile",
                  "repeats")
@@ -66,6 +67,7 @@ class StudySpec:
     options: dict[str, Any] = field(default_factory=dict)
     capacity: CapacitySpec | None = None
     description: str | None = None
+    retries: int = 0  # extra attempts for a failed cell (each attempt counts in study.json)
     path: Path | None = None
 
     @property
@@ -99,6 +101,8 @@ class StudySpec:
                                "mixes": self.mixes, "axes": axes, "options": options}
         if self.description:
             out["description"] = self.description
+        if self.retries:
+            out["retries"] = self.retries
         if self.capacity:
             out["capacity"] = self.capacity.to_dict()
         return out
@@ -165,6 +169,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
             r.fail("backend", backend, "unknown backend", ", ".join(BACKENDS))
     repeats = r.integer(raw.get("repeats", 1), "repeats", low=1, high=10_000)
     seed = r.integer(raw.get("seed", 0), "seed", low=0, high=None)
+    retries = r.integer(raw.get("retries", 0), "retries", low=0, high=10)
     duration_s = requests = None
     if "duration_s" in raw:
         duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
@@ -213,6 +218,14 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
             r.fail(key, values, "values must be distinct")
         axes[axis] = checked
 
+    for axis, values in axes.items():  # cell names are coordinates: they must stay distinct
+        names = [format_value(v) for v in values]
+        if len(set(names)) != len(names):
+            r.fail(f"axes.{axis}", values, "values that look the same in cell names (6 "
+                   "significant digits, unsafe characters as _)")
+    mix_names = [format_value(m) for m in mixes]
+    if len(set(mix_names)) != len(mix_names):
+        r.fail("mixes", list(mixes), "mix names that look the same in cell names")
     capacity = None
     if "capacity" in raw:
         capacity = _parse_capacity(r, raw["capacity"], backend, options, repeats, mixes)
@@ -221,7 +234,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
                "[capacity] table")
     spec = StudySpec(name=name, backend=backend, repeats=repeats, seed=seed, mixes=mixes,
                      axes=axes, load_basis=load_basis, options=options, capacity=capacity,
-                     description=description, path=path)
+                     description=description, retries=retries, path=path)
     _check_combinations(spec, source)
     return spec
 
