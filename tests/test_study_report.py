@@ -320,6 +320,14 @@ def test_report_of_a_study_run_by_the_engine(tmp_path):
         assert b["config"] == {"servers": 2}
         # repeat r of every configuration ran trace seed 3 + r: the repeat test is paired
         assert b["lead"]["repeats"]["test"] == "paired t (same seeds)"
+    # The same spec and seeds elsewhere give the same report, path aside (fixed bootstrap seeds,
+    # no set-order dependence): what a resumed study's report is compared against.
+    run_study(parse_study(raw, source="test"), tmp_path / "again")
+    from traceforge.analyze.jsonable import to_json
+
+    again = to_json(build_study_report(tmp_path / "again"))
+    assert again.replace(str(tmp_path / "again"), "X") == to_json(report).replace(
+        str(tmp_path / "study"), "X")
 
 
 def test_slo_option_applies_to_every_cell(study):
