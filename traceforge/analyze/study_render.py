@@ -146,8 +146,8 @@ def best_rows(report: dict[str, Any], mix: str, source: str) -> Table | None:
     table = Table(title=f"{mix} · {source} — best configuration per {level_name(report, mix, source)}"
                         f" (alpha {report['alpha']:g}; p: larger of pooled and repeat tests)",
                   box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("level", "model", "best", "config", "mean [95 % CI]", "runner-up", "p",
-                "lead"):
+    for col in (level_name(report, mix, source), "model", "best", "config", "mean [95 % CI]",
+                "runner-up", "p", "lead"):
         table.add_column(col, justify="right" if col in ("mean [95 % CI]", "p") else "left")
     for b in rows:
         p, verdict = significance(b["lead"])
