@@ -21,7 +21,8 @@ def _check_html_target(path: Path | None) -> None:
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/), or a "
+                                            "study directory (study.json + cells/).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained "
                                               "HTML report to this file.")] = None,
