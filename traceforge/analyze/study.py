@@ -607,7 +607,7 @@ def _aggregates(usable: list[tuple[StudyCell, _CellData]]) -> list[dict[str, Any
                   for model in (*names, ALL)}
         out.append({"mix": mix, "source": source, "kind": kind, "config": config,
                     "config_label": config_label(config), "level_axis": level_axis,
-                    "level": level, "load": level if level_axis == "load" else None,
+                    "level": level, "load": level if level_axis in ("load", None) else None,
                     "repeats": len(members), "cells": [c.name for c, _ in members],
                     "models": models})
     return out
