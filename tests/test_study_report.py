@@ -454,3 +454,30 @@ def test_216_cell_study_report_renders(tmp_path):
     dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "p")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<img") == 3 and "Mix weibull (simulated)" in dom.stdout
+
+
+def test_configuration_without_ok_requests(tmp_path):
+    """Every request of one configuration timed out: it has no p99 (never 'best', named in
+    without_value), attainment 0, and it still runs for goodput (and loses)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "to"
+    mixes = {"m": {"a": {"rate": 50.0, "slo_ms": 40.0}}}
+    cells = run_cells(root, mixes=mixes, configs=[FAST, SLOW], loads=[1.0], repeats=2,
+                      requests=300)
+    for part in root.glob("cells/*mode=slow*/timeline/*.parquet"):
+        t = pq.read_table(part)
+        for column, values in (("status", pa.array(["timeout"] * t.num_rows)),
+                               ("done_ns", pa.nulls(t.num_rows, pa.int64()))):
+            i = t.schema.get_field_index(column)
+            t = t.set_column(i, t.schema.field(i), values.cast(t.schema.field(i).type))
+        pq.write_table(t, part)
+    result = build_study_report(write_study_json(root, cells))
+    slow = _agg(result, "slow", 1.0)["models"]["a"]
+    assert slow["p99_ms"] is None and slow["attainment"]["values"] == [0.0, 0.0]
+    best = {b["metric"]: b for b in result["best"]}
+    assert best["p99_ms"]["config"] == {"mode": "fast"} and best["p99_ms"]["lead"] is None
+    assert best["p99_ms"]["without_value"] == ["mode=slow"]
+    assert best["goodput_rps"]["runner_up"]["value"] == 0.0
+    assert "no value for mode=slow" in write_study_html(result, tmp_path / "t.html").read_text()

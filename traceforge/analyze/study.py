@@ -675,6 +675,9 @@ def _best(grid: list[dict], alpha: float) -> list[dict[str, Any]]:
                          "config_label": best_agg["config_label"],
                          "value": best[metric]["mean"], "ci95": best[metric]["ci95"],
                          "repeats": best[metric]["n"], "candidates": len(ranked),
+                         # configurations at this level with no value (e.g. no ok request)
+                         "without_value": [a["config_label"] for a in aggs
+                                           if not (a["models"].get(model) or {}).get(metric)],
                          "runner_up": None, "lead": None}
                 if runner is not None:
                     runner_agg, runner_m = runner
