@@ -30,6 +30,7 @@ from traceforge.generate.shapes import (
     ShapeDist,
     make_dist,
 )
+from traceforge.limits import INT64_MAX
 from traceforge.schema import INT32_MAX, SHAPE_LOWER
 
 # Lower bounds of the trace schema (CONTRACT.md): batch_size >= 1, seq_len >= 1, max_new_tokens >= 0.
@@ -212,7 +213,7 @@ def parse_spec(raw: dict, *, source: object = "<spec>", base_dir: Path | None = 
     if "duration_s" in raw:
         duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
     if "requests" in raw:
-        requests = r.integer(raw["requests"], "requests", low=1, high=None)
+        requests = r.integer(raw["requests"], "requests", low=1, high=INT64_MAX)
     if duration_s is not None and requests is not None:
         r.fail("requests", requests, "give either duration_s or requests, not both")
     seed = r.integer(raw["seed"], "seed", low=0, high=None) if "seed" in raw else None
@@ -260,9 +261,16 @@ def _multipliers(r: SpecReader, value: object, key: str, n_states: int) -> tuple
 def _parse_model(r: SpecReader, name: str, table: object,
                  modulations: dict[str, Modulation]) -> ModelSpec:
     key = f"models.{name}"
+    if not name.strip():
+        r.fail(key, name, "a model name must not be empty")
     table = r.table(table, key)
     r.check_keys(table, key, MODEL_KEYS)
     zoo = r.string(table["zoo"], f"{key}.zoo") if "zoo" in table else None
+    if zoo is not None:
+        from traceforge.zoo import ZOO  # plain data: no torch import
+
+        if zoo not in ZOO:
+            r.fail(f"{key}.zoo", zoo, "unknown model-zoo entry", ", ".join(ZOO))
     slo_ms = (r.number(table["slo_ms"], f"{key}.slo_ms", low=0, low_open=True)
               if "slo_ms" in table else None)
     if "arrival" not in table:
