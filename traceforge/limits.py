@@ -45,10 +45,11 @@ def check_seconds(value: float, *, key: str, source: object = None, shown: objec
 
 def scaled_ns(ns: np.ndarray, factor: float, *, key: str, value: object,
               source: object = None) -> np.ndarray:
-    """``rint(ns * factor)`` as int64, refusing (naming ``key``) where it would wrap."""
+    """``rint(ns * factor)`` as a new int64 array, refusing (naming ``key``) where it would
+    wrap."""
     ns = np.asarray(ns)
     if factor == 1.0 and ns.dtype == np.int64:
-        return ns
+        return ns.copy()
     if ns.size:
         top = float(np.max(np.abs(ns))) * factor
         if not np.isfinite(top) or top >= _NS_CEILING:

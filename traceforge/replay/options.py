@@ -43,6 +43,7 @@ class ReplayOptions:
     # run_replay only. auto = precise: asyncio with timerfd-backed timers (replay/loop.py) where
     # available, else stock asyncio; uvloop (optional dependency) on request.
     event_loop: str = "auto"
+    rate: dict[str, Any] | None = None  # what --rate did (replay/rate.py), kept in run.json
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
+from traceforge.limits import scaled_ns
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
 from traceforge.simulate.engine import (
@@ -81,6 +82,7 @@ def simulate(
     time_scale: float = 1.0,
     warmup_s: float = 0.0,
     cold_start: bool = True,
+    rate: str | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
 
@@ -106,6 +108,9 @@ def simulate(
     if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
 
+    from traceforge.replay.rate import apply_rate
+
+    trace, time_scale, rate_info = apply_rate(trace, rate, time_scale)  # --rate (replay/rate.py)
     table = trace.table
     scheduled = _scheduled_ns(table.column("arrival_ns").to_numpy(), time_scale)
     codes, names = _model_codes(table)
@@ -164,7 +169,7 @@ def simulate(
         mode=mode,
         device=device,
         options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
-                 "max_inflight": None, "timeout_s": None, "seed": seed},
+                 "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info},
         trace={"path": str(trace.path) if trace.path else None,
                "sha256": sha256_file(trace.path) if trace.path else None,
                "rows": table.num_rows, "meta": trace.meta},
@@ -184,10 +189,8 @@ def simulate(
 # -- building blocks ----------------------------------------------------------------------------
 
 def _scheduled_ns(arrival_ns: np.ndarray, time_scale: float) -> np.ndarray:
-    arrival = np.asarray(arrival_ns, dtype=np.int64)
-    if time_scale == 1.0:
-        return arrival.copy()
-    return np.rint(arrival * float(time_scale)).astype(np.int64)
+    return scaled_ns(np.asarray(arrival_ns, dtype=np.int64), float(time_scale),
+                     key="--time-scale", value=time_scale)
 
 
 def _model_codes(table: pa.Table) -> tuple[np.ndarray, list[str]]:
