@@ -194,6 +194,12 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
         if field.name not in table.column_names and not field.nullable:
             raise BadInput("missing column", source=path, key=field.name,
                            allowed=", ".join(TRACE_SCHEMA.names))
+        if not field.nullable and table.column(field.name).null_count:
+            # before the cast, which refuses nulls in a non-nullable field with a ValueError
+            i = next(i for i, v in enumerate(table.column(field.name).is_null().to_pylist())
+                     if v)
+            raise BadInput(f"null value (row {i}); the column must be complete", source=path,
+                           key=field.name, value=None)
     try:
         table = conform_trace_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

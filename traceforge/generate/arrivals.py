@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from traceforge.limits import TooManyArrivals, max_elements
+from traceforge.limits import MAX_TIME_S, TooManyArrivals, max_elements
 
 if TYPE_CHECKING:
     from traceforge.generate.spec import SpecReader
@@ -47,6 +47,11 @@ WEIBULL_MIN_SHAPE = 0.02
 # Above this Gamma CV (shape 1e-6) nearly every gap is below 1 ns and a window's count is a few
 # giant bursts; far above it numpy's sampler returns only zeros. cv → 0 is handled exactly.
 GAMMA_MAX_CV = 1000.0
+# Every rate is at most one request per nanosecond (the trace's resolution), and every time
+# parameter (dwell, period) between 1 ns and the int64-ns range: outside these, float64
+# products of rates and times overflow, and the trace could not hold the result anyway.
+MAX_RATE = 1e9
+MIN_TIME_S = 1e-9
 
 
 def renewal_times(rng: np.random.Generator, draw_gaps, mean_gap: float, cv: float,
@@ -473,7 +478,9 @@ def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalP
     """Build a validated process from its (already key-checked) spec table."""
 
     def pos(name: str) -> float:
-        return r.number(table[name], f"{key}.{name}", low=0, low_open=True)
+        if name.endswith("rate"):
+            return r.number(table[name], f"{key}.{name}", low=0, low_open=True, high=MAX_RATE)
+        return r.number(table[name], f"{key}.{name}", low=MIN_TIME_S, high=MAX_TIME_S)
 
     if process == "constant":
         return ConstantArrivals(rate=pos("rate"))
@@ -486,9 +493,9 @@ def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalP
         shape = r.number(table["shape"], f"{key}.shape", low=WEIBULL_MIN_SHAPE)
         return WeibullArrivals(rate=pos("rate"), shape=shape)
     if process == "mmpp":
-        rates = r.number_list(table["rates"], f"{key}.rates", low=0, min_len=2)
-        dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=0,
-                              low_open=True, min_len=2)
+        rates = r.number_list(table["rates"], f"{key}.rates", low=0, min_len=2, high=MAX_RATE)
+        dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=MIN_TIME_S,
+                              min_len=2, high=MAX_TIME_S)
         if len(dwell) != len(rates):
             r.fail(f"{key}.mean_dwell_s", table["mean_dwell_s"],
                    f"needs one entry per state ({len(rates)}, as rates)")
@@ -496,14 +503,15 @@ def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalP
             r.fail(f"{key}.rates", table["rates"], "at least one rate must be > 0")
         return MMPPArrivals(rates=rates, mean_dwell_s=dwell)
     if process == "onoff":
-        off_rate = (r.number(table["off_rate"], f"{key}.off_rate", low=0)
+        off_rate = (r.number(table["off_rate"], f"{key}.off_rate", low=0, high=MAX_RATE)
                     if "off_rate" in table else 0.0)
         return OnOffArrivals.build(pos("rate"), pos("mean_on_s"), pos("mean_off_s"), off_rate)
     if process == "servegen":
         return _make_servegen(r, key, table)
     if process == "diurnal":
         amplitude = r.number(table["amplitude"], f"{key}.amplitude", low=0, high=1)
-        phase = r.number(table["phase_s"], f"{key}.phase_s") if "phase_s" in table else 0.0
+        phase = (r.number(table["phase_s"], f"{key}.phase_s", low=-MAX_TIME_S, high=MAX_TIME_S)
+                 if "phase_s" in table else 0.0)
         return DiurnalArrivals(rate=pos("rate"), amplitude=amplitude, period_s=pos("period_s"),
                                phase_s=phase)
     raise AssertionError(process)  # PROCESS_PARAMS and this function list the same names
