@@ -4,7 +4,6 @@ the simulator (virtual time: fast and exact)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from replay_helpers import make_trace, poisson_arrivals
 
