@@ -135,3 +135,44 @@ def test_dash_h_is_help_everywhere(argv, capsys):
 def test_every_writing_command_takes_dash_o_and_output(command, capsys):
     _, out, _ = run_cli([*command, "--help"], capsys)
     assert "-o" in out and "--output" in out
+
+
+def test_cpu_workers_yield_to_the_pacer_and_loading_reports_progress():
+    """CPU worker processes run niced (the pacer wins a core at once: issue 10's demo send lag)
+    and each model's loading prints a status line."""
+    import asyncio
+    import os
+
+    from traceforge.backends.resident import CPU_WORKER_NICE, from_options
+    from traceforge.clock import RunClock
+    from traceforge.replay import ModelInfo
+
+    lines: list[str] = []
+
+    async def go():
+        backend = from_options({"mode": "timeslice", "device": "cpu", "status": lines.append})
+        await backend.start([ModelInfo("bert", "tiny-bert")], RunClock())
+        try:
+            pid = backend.worker_pids()["bert"]
+            return os.getpriority(os.PRIO_PROCESS, pid)
+        finally:
+            await backend.stop()
+
+    worker_nice = asyncio.run(go())
+    assert worker_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + CPU_WORKER_NICE)
+    assert lines[0].startswith("loading 1 model(s) on cpu (timeslice): bert = tiny-bert")
+    assert "bert (tiny-bert) ready in" in lines[1]
+
+
+def test_self_check_names_what_limited_the_run():
+    from traceforge.replay.selfcheck import self_check
+
+    n = 100
+    sched = np.arange(n, dtype=np.int64) * 10 * MS
+    sent = sched + 5 * MS  # 5 ms late throughout
+    check = self_check(scheduled_ns=sched, sent_ns=sent, ready_ns=sched,
+                       sent_mask=np.ones(n, bool), slot_waits=0, closed_loop=False,
+                       pacer="spin", event_loop="precise")
+    assert check["generator_limited"]
+    assert "load average" in check["cause"] and check["cause"] in check["warning"]
+    assert check["warning"].count("limited this run") == 1

@@ -46,7 +46,10 @@ def self_check_panel(report: dict[str, Any]) -> Panel:
         style = "bold red"
         text.append("\nTHE LOAD GENERATOR LIMITED THIS RUN: latencies include its own lag.",
                     style="bold red")
-        if check.get("warning"):
+        if check.get("problems"):  # said once: the headline above, then why
+            text.append(f"\n{'; '.join(check['problems'])}; {check.get('cause', '')}",
+                        style="red")
+        elif check.get("warning"):
             text.append(f"\n{check['warning']}", style="red")
     elif check.get("generator_limited"):
         style = "yellow"

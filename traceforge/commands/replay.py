@@ -161,6 +161,7 @@ def register(app: typer.Typer) -> None:
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
                 "telemetry": telemetry,
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
+                "status": lambda line: typer.echo(line, err=True),  # a line per model loaded
             }
             from traceforge.backends.resident import from_options
 
