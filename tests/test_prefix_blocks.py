@@ -133,3 +133,39 @@ def test_real_mooncake_fast25_matches_the_readme(name, tmp_path):
     src = [json.loads(x)["hash_ids"] for x in path.read_text().splitlines() if x.strip()]
     assert back.table.column("prefix_blocks").to_pylist() == src
     assert back.meta["prefix_block_tokens"] == 512
+
+
+def test_prefix_reuse_counts_leading_blocks_sent_before():
+    from traceforge.generate.stats import prefix_reuse
+
+    blocks = [[0, 1], [0, 2], [0, 1, 3], None, [4], [0, 2, 5]]
+    seq = [20, 20, 24, 5, 8, 18]
+    # reusable: row1 block 0 (8); row2 blocks 0,1 (16); row5 blocks 0,2 (16); others 0
+    reuse = prefix_reuse(_table(blocks, seq), 8)
+    assert reuse["reusable_tokens"] == 8 + 16 + 16
+    assert reuse["token_fraction"] == pytest.approx(40 / sum(seq))
+    assert reuse["unique_blocks"] == 6 and reuse["rows_with_blocks"] == 5
+    # a partial last block caps the reuse at seq_len
+    assert prefix_reuse(_table([[0, 1], [0, 1]], [16, 12]), 8)["reusable_tokens"] == 12
+
+
+def test_all_null_optional_columns_stay_out_of_the_file(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_trace(_table([None, None], [3, 4]), path, {})
+    assert "prefix_blocks" not in pq.read_schema(path).names
+    assert read_trace(path).table.column("prefix_blocks").to_pylist() == [None, None]
+
+
+def test_mooncake_block_size_option(tmp_path, capsys):
+    src = tmp_path / "m.jsonl"
+    src.write_text('{"timestamp": 0, "input_length": 100, "output_length": 1, '
+                   '"hash_ids": [0, 1, 2, 3]}\n')
+    trace = import_trace("mooncake", [src], block_tokens=32)
+    assert trace.meta["prefix_block_tokens"] == 32
+    assert trace.table.column("prefix_blocks").to_pylist() == [[0, 1, 2, 3]]
+    out = tmp_path / "t.parquet"
+    code, _, err = run_cli(["trace", "import", "mooncake", src, "-o", out], capsys)
+    assert_one_line_error(code, err, "hash_ids has 4 blocks of 512 tokens", "--block-tokens")
+    code, _, err = run_cli(["trace", "import", "csv", src, "--block-tokens", "8", "-o", out],
+                           capsys)
+    assert_one_line_error(code, err, "--block-tokens", "mooncake")

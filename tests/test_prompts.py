@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from test_http_backend import FakeServer
-from trace_cli_helpers import FIXTURES
+from trace_cli_helpers import FIXTURES, REPO
 
 from traceforge.backends.http import from_options
 from traceforge.errors import BadInput
@@ -201,3 +201,42 @@ def test_zoo_synthesise_uses_request_ids():
     x = model.synthesise(3, 12, request_ids=[7, 8])  # third row: padding
     want = model_token_ids(model.vocab_size, [7, 8], 12)
     assert (x[:2].numpy() == want).all() and x.shape == (3, 12)
+
+
+def _cache_hits(rows, builder, block: int = 16) -> tuple[int, int]:
+    """Prompt tokens a vLLM-style prefix cache (hash chains of full `block`-token blocks,
+    unbounded) would serve from cache, and all prompt tokens."""
+    seen: set[int] = set()
+    hits = total = 0
+    for r in rows:
+        toks = builder.tokens(r["request_id"], r["seq_len"], r["prefix_blocks"])
+        h, n_full = 0, len(toks) // block
+        hit = True
+        for i in range(n_full):
+            h = hash((h, toks[i * block:(i + 1) * block].tobytes()))
+            if hit and h in seen:
+                hits += block
+            else:
+                hit = False
+            seen.add(h)
+        total += len(toks)
+    return hits, total
+
+
+def test_a_prefix_cache_sees_the_traces_shared_prefixes():
+    """The shipped Mooncake slice through a simulated prefix cache: hits match the trace's own
+    prefix reuse (trace stats), up to partial 16-token blocks; unique prompts never hit."""
+    from traceforge.generate.stats import prefix_reuse
+    from traceforge.schema import read_trace
+
+    trace = read_trace(REPO / "traces" / "mooncake-conversation-10min.parquet")
+    table = trace.table.slice(0, 250)
+    builder = PromptBuilder(1606, block_tokens=512).plan_table(table)
+    hits, total = _cache_hits(table.to_pylist(), builder)
+    want = prefix_reuse(table, 512)
+    assert want["token_fraction"] > 0.05  # 6.4 % in the first 250 rows
+    # a reused partial block counts whole in prefix_reuse, but only its full 16-token blocks hit
+    assert want["reusable_tokens"] - 16 * 250 <= hits <= want["reusable_tokens"]
+    unique = PromptBuilder(1606).plan_table(table.drop_columns(["prefix_blocks"]))
+    rows = [{**r, "prefix_blocks": None} for r in table.to_pylist()]
+    assert _cache_hits(rows, unique) == (0, total)

@@ -139,6 +139,9 @@ def test_spec_servegen_process_generates_and_rejects_lengths(tmp_path):
     bad = {**raw, "models": {"r1": {**raw["models"]["r1"], "seq_len": 128}}}
     with pytest.raises(BadInput, match="draws lengths from the pool"):
         parse_spec(bad)
+    bad = {**raw, "models": {"r1": {**raw["models"]["r1"], "sessions": {"turns": 2}}}}
+    with pytest.raises(BadInput, match="sessions"):
+        parse_spec(bad)
     bad = {**raw, "models": {"r1": {"arrival": {**raw["models"]["r1"]["arrival"],
                                                  "clients": [5]}}}}
     with pytest.raises(BadInput, match="client 5 is not in the pool"):
@@ -206,3 +209,17 @@ def test_real_r1_per_client_cvs_reproduced(r1_pool):
             assert ratio == pytest.approx(1.0, abs=0.10), (client, window, len(g))
     assert judged >= 50  # 72 of 101 such windows with seeds 0-19
     assert np.median(ratios) == pytest.approx(1.0, abs=0.05)
+
+
+def test_start_window_length_and_day_wrap(tmp_path):
+    pool = load_pool(str(make_pool(tmp_path / "p", {
+        0: ["0,1.0,1.0,Gamma,1.0,1.0", "600,3.0,1.0,Gamma,1.0,1.0"]})))
+    rng = np.random.default_rng(0)
+    # start in the second window: 300 s of it, then the day wraps to the first window
+    s = sample_pool(pool, rng, 600.0, start_s=900.0)
+    assert s.expected.tolist() == pytest.approx([900.0, 300.0])
+    # window_s = 60 replays each 600 s window in 60 s, rates unchanged
+    s = sample_pool(pool, rng, 120.0, window_s=60.0)
+    assert s.expected.tolist() == pytest.approx([60.0, 180.0])
+    assert s.window_edges.tolist() == [0.0, 60.0, 120.0]
+    assert np.histogram(s.time_s, [0, 60, 120])[0].sum() == len(s.time_s)

@@ -310,6 +310,9 @@ def _parse_model(r: SpecReader, name: str, table: object,
         if modulation is not None:
             r.fail(f"{key}.modulation", modulation, "a servegen pool has its own time-varying "
                    "rate: a shared modulation does not apply")
+        if "sessions" in table:
+            r.fail(f"{key}.sessions", table["sessions"], "a servegen pool draws each request's "
+                   "lengths itself; sessions (which grow prompts turn by turn) do not apply")
     shapes = {f: _parse_shape(r, f"{key}.{f}", table.get(f, SHAPE_DEFAULTS[f]), low)
               for f, low in SHAPE_FIELDS.items()}
     sessions = (parse_sessions(r, f"{key}.sessions", table["sessions"])

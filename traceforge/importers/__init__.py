@@ -49,7 +49,8 @@ FORMATS = (*READERS, "servegen")
 FORMAT_OPTIONS = {"spread": ("--spread", "azure-functions-2019"),
                   "mapping": ("--map", "azure-functions-2019"),
                   "columns": ("--columns", "csv"), "time_unit": ("--time-unit", "csv"),
-                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen")}
+                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen"),
+                  "block_tokens": ("--block-tokens", "mooncake")}
 
 
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:
@@ -65,7 +66,7 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                  mapping: str | None = None, columns: str | None = None,
                  time_unit: str | None = None, failed: str | None = None, batch_size: int = 1,
                  seq_len: int = 128, max_new_tokens: int = 0,
-                 clients: str | None = None) -> Trace:
+                 clients: str | None = None, block_tokens: int | None = None) -> Trace:
     """Import ``sources`` of format ``fmt`` into a :class:`~traceforge.schema.Trace`.
 
     ``models`` is a comma-separated string or a list (meaning per format: docs/traces.md).
@@ -75,7 +76,7 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
         raise BadInput("unknown import format", key="FORMAT", value=fmt,
                        allowed=", ".join(FORMATS))
     given = {"spread": spread, "mapping": mapping, "columns": columns, "time_unit": time_unit,
-             "failed": failed, "clients": clients}
+             "failed": failed, "clients": clients, "block_tokens": block_tokens}
     for name, value in given.items():
         flag, owner = FORMAT_OPTIONS[name]
         if value is not None and owner != fmt:
@@ -107,10 +108,15 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                             ("--max-new-tokens", max_new_tokens, 0)):
         if not low <= value <= INT32_MAX:
             raise BadInput(f"must be between {low} and {INT32_MAX}", key=key, value=value)
+    if block_tokens is not None and not 1 <= block_tokens <= INT32_MAX:
+        raise BadInput(f"must be between 1 and {INT32_MAX}", key="--block-tokens",
+                       value=block_tokens)
     model_list = parse_model_names(",".join(models) if isinstance(models, list) else models)
 
     options = {"spread": spread or "poisson", "mapping": mapping or "stripe", "columns": columns,
                "time_unit": time_unit or "s", "failed": failed or "keep"}
+    if fmt == "mooncake":
+        options["block_tokens"] = block_tokens or mooncake.BLOCK_TOKENS
     records = READERS[fmt](paths, models=model_list, skip_bad=skip_bad, seed=seed,
                            start_s=start_s, duration_s=duration_s, batch_size=batch_size,
                            seq_len=seq_len, max_new_tokens=max_new_tokens, **options)

@@ -7,6 +7,7 @@ One model per file (default name: the file stem). input_length -> seq_len (>= 1)
 output_length -> max_new_tokens (>= 0), hash_ids -> prefix_blocks (block ids of 512 tokens;
 equal ids = identical prompt prefix blocks; the last block may be partial, so a line holds at
 most ceil(input_length / 512) ids). A line without ``hash_ids`` gets a null prefix_blocks.
+Files made by other tools with another block size: ``--block-tokens N``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ BLOCK_TOKENS = 512  # Mooncake's KV block size (FAST'25 release README)
 INT64_MAX = 2**63 - 1
 
 
-def _parse_line(text: str) -> tuple[float, int, int, list[int] | None] | str:
+def _parse_line(text: str, block_tokens: int = BLOCK_TOKENS
+                ) -> tuple[float, int, int, list[int] | None] | str:
     """The fields of one line, or the reason it is malformed."""
     try:
         obj = json.loads(text)
@@ -54,13 +56,14 @@ def _parse_line(text: str) -> tuple[float, int, int, list[int] | None] | str:
                 isinstance(b, bool) or not isinstance(b, int) or not 0 <= b <= INT64_MAX
                 for b in blocks):
             return f"hash_ids = {str(blocks)[:40]}: must be a list of integers >= 0"
-        if len(blocks) > -(-int(out[1]) // BLOCK_TOKENS):
-            return (f"hash_ids has {len(blocks)} blocks of {BLOCK_TOKENS} tokens, more than "
-                    f"input_length {int(out[1])} holds")
+        if len(blocks) > -(-int(out[1]) // block_tokens):
+            return (f"hash_ids has {len(blocks)} blocks of {block_tokens} tokens, more than "
+                    f"input_length {int(out[1])} holds (--block-tokens sets the block size)")
     return out[0], int(out[1]), int(out[2]), blocks
 
 
-def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int, **_) -> Records:
+def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int,
+         block_tokens: int = BLOCK_TOKENS, **_) -> Records:
     names = per_file_names(sources, models, lambda p: p.stem)
     times, codes, seq, new, blocks, files = [], [], [], [], [], []
     for code, path in enumerate(sources):
@@ -72,7 +75,7 @@ def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int, **_) -
                 for line_no, text in enumerate(fh, start=1):
                     if not text.strip():
                         continue
-                    parsed = _parse_line(text)
+                    parsed = _parse_line(text, block_tokens)
                     if isinstance(parsed, str):
                         if not skip_bad:
                             raise BadInput(f"{parsed} ({SKIP_HINT})",
@@ -95,4 +98,4 @@ def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int, **_) -
                    model_names=names, batch_size=np.full(n, batch_size, dtype=np.int64),
                    seq_len=np.concatenate(seq), max_new_tokens=np.concatenate(new), files=files,
                    prefix_blocks=pa.array(blocks, pa.list_(pa.int64())) if has_blocks else None,
-                   prefix_block_tokens=BLOCK_TOKENS if has_blocks else None)
+                   prefix_block_tokens=block_tokens if has_blocks else None)
