@@ -176,3 +176,25 @@ def test_self_check_names_what_limited_the_run():
     assert check["generator_limited"]
     assert "load average" in check["cause"] and check["cause"] in check["warning"]
     assert check["warning"].count("limited this run") == 1
+
+
+@pytest.mark.parametrize("argv", [["make", "--no-print-directory", "gpu-check"],
+                                  ["bash", "benchmarks/gpu_check.sh"]])
+def test_gpu_check_without_a_gpu_is_one_line_and_nonzero(argv, tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"],
+                                                     capture_output=True).returncode == 0:
+        pytest.skip("this machine has a GPU")
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "OUT": str(tmp_path / "out"),
+                               "WORK": str(tmp_path / "work")})
+    assert proc.returncode != 0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and "NVIDIA GPU" in lines[0], lines
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
