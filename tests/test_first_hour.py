@@ -198,3 +198,17 @@ def test_gpu_check_without_a_gpu_is_one_line_and_nonzero(argv, tmp_path):
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and "NVIDIA GPU" in lines[0], lines
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("command, args, key", [
+    (["replay"], ["--warmup", "1e300"], "--warmup"),
+    (["simulate"], ["--warmup", "1e300"], "--warmup"),
+    (["simulate"], ["--time-scale", "1e300"], "--time-scale"),
+    (["simulate"], ["--profile", "cpu-tiny", "--max-wait-ms", "1e308"], "--max-wait-ms"),
+])
+def test_other_time_flags_beyond_int64_are_bad_input(tmp_path, trace_path, capsys, command,
+                                                     args, key):
+    run = tmp_path / "run"
+    code, _, err = run_cli([*command, trace_path, "-o", run, *args], capsys)
+    assert_one_line_error(code, err, key)
+    assert not run.exists()

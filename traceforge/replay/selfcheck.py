@@ -90,8 +90,8 @@ def limiting_cause() -> str:
     except (OSError, AttributeError):
         return "cause unknown (no load average on this platform)"
     if load > cpus:
-        return (f"the CPU was oversubscribed (load average {load:.1f} on {cpus} cores, this "
-                "run's own worker processes included), so the pacer waited for a core")
+        return (f"the CPU was oversubscribed (load average {load:.1f} on {cpus} cores, any "
+                "worker processes of this run included), so the pacer waited for a core")
     return (f"the CPU was not oversubscribed (load average {load:.1f} on {cpus} cores), so the "
             "generator's own work per request (event loop, backend client) was the limit")
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
-from traceforge.limits import scaled_ns
+from traceforge.limits import check_seconds, scaled_ns
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
 from traceforge.simulate.engine import (
@@ -103,10 +103,12 @@ def simulate(
         raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
     if not (math.isfinite(warmup_s) and warmup_s >= 0):
         raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
+    check_seconds(warmup_s, key="--warmup")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
     if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
 
     from traceforge.replay.rate import apply_rate
 

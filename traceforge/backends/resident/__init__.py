@@ -64,6 +64,9 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms < float("inf"):
         raise BadInput("must be a number >= 0", key="--max-wait-ms", value=max_wait_ms)
     max_wait_ms = float(max_wait_ms)
+    from traceforge.limits import check_seconds
+
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
     sm_percent = dict(opts.get("sm_percent") or {})
     for model, pct in sm_percent.items():
         if not isinstance(pct, int) or not 1 <= pct <= 100:
