@@ -253,8 +253,9 @@ def test_import_duration_past_the_data_is_clipped_not_padded(tmp_path, capsys):
     code, stdout, _ = run_cli(["trace", "stats", out, "--json"], capsys)
     import json
 
-    ci = json.loads(stdout)["aggregate"]["rate_ci"]
-    assert ci is None or ci[0] >= 0 or ci[1] > 1.0  # a rate near 1.5/s, not 0.03/s
+    agg = json.loads(stdout)["aggregate"]
+    assert agg["rate"] == pytest.approx(1.5)  # 3 requests over 2 s, not 3 over 100 s
+    assert agg["rate_ci"] is None or agg["rate_ci"][0] >= 0
 
 
 def test_gen_unknown_zoo_names_the_key(tmp_path, capsys):
@@ -263,3 +264,19 @@ def test_gen_unknown_zoo_names_the_key(tmp_path, capsys):
                          'arrival = { process = "poisson", rate = 1 }\n')
     code, _, err = run_cli(["trace", "gen", spec_path, "-o", tmp_path / "t.parquet"], capsys)
     assert_one_line_error(code, err, "models.a.zoo", "'nope'", "tiny-bert")
+
+
+def test_import_scaling_below_a_nanosecond_is_refused(tmp_path, capsys):
+    src = tmp_path / "src.csv"
+    src.write_text("t\n1\n2\n3\n")
+    code, _, err = run_cli(["trace", "import", "csv", src, "--columns", "time=t", "--time-unit",
+                            "ns", "--time-scale", "1e-30", "-o", tmp_path / "o.parquet"], capsys)
+    assert_one_line_error(code, err, "--time-scale", "under 1 ns")
+
+
+def test_rate_ci_lower_bound_is_never_negative():
+    from traceforge.generate.stats import rate_ci_batch_means
+
+    arrivals = np.array([0.1, 0.2, 0.3])  # all in the first of 20 batches: huge spread
+    lo, hi = rate_ci_batch_means(arrivals, 100.0)
+    assert lo == 0.0 and hi > 0.03

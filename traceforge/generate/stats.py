@@ -51,7 +51,7 @@ def rate_ci_batch_means(arrival_s: np.ndarray, duration_s: float,
     half = student_t.ppf(0.5 + confidence / 2, batches - 1) * rates.std(ddof=1) / math.sqrt(
         batches)
     mean = float(rates.mean())
-    return [mean - float(half), mean + float(half)]
+    return [max(0.0, mean - float(half)), mean + float(half)]  # a rate is never negative
 
 
 def index_of_dispersion(arrival_s: np.ndarray, duration_s: float, window_s: float):

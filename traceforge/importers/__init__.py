@@ -204,6 +204,10 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
                   else ("--rate-scale", rate_scale))
     arrival_ns = scaled_ns(rel, factor, key=key, value=value)
     check_seconds(value, key=key, seconds=window_s * factor)
+    if window_s > 0 and window_s * factor < 1e-9:
+        raise BadInput(f"the {window_s:.6g} s window would last {window_s * factor:.3g} s, under "
+                       "1 ns (the trace's resolution): every arrival would fall on one "
+                       "nanosecond", key=key, value=value)
     blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
                         rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
