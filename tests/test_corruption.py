@@ -77,11 +77,17 @@ shapes = st.one_of(
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(arrival=arrivals, seq_len=shapes,
        horizon=st.one_of(st.builds(lambda d: {"duration_s": d}, extreme),
-                         st.builds(lambda n: {"requests": n}, st.integers(1, 10**19))))
-def test_fuzzed_specs_generate_readable_traces_or_refuse(arrival, seq_len, horizon, tmp_path,
-                                                          small_memory):
+                         st.builds(lambda n: {"requests": n}, st.integers(1, 10**19))),
+       modulation=st.one_of(st.none(), st.tuples(extreme, extreme, extreme, unit)))
+def test_fuzzed_specs_generate_readable_traces_or_refuse(arrival, seq_len, horizon, modulation,
+                                                          tmp_path, small_memory):
     raw = {"name": "fuzz", "seed": 1, **horizon,
-           "models": {"m": {"arrival": arrival, "seq_len": seq_len}}}
+           "models": {"m": {"arrival": arrival, "seq_len": seq_len},
+                      "p": {"arrival": {"process": "poisson", "rate": 5.0}}}}
+    if modulation is not None:  # a shared modulation on the second model
+        d1, d2, m1, m2 = modulation
+        raw["modulations"] = {"s": {"mean_dwell_s": [d1, d2], "multipliers": [m1, m2]}}
+        raw["models"]["p"]["modulation"] = "s"
     gen_roundtrip(raw, tmp_path)
 
 
