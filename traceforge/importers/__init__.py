@@ -180,7 +180,8 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     hi = int(np.searchsorted(rel, end_ns, side="left")) if end_ns is not None else rel.size
     if hi <= lo:
         raise BadInput(f"the window holds no requests (the source spans "
-                       f"{rel[-1] / 1e9:.6g} s from its origin)", key="--start", value=start_s)
+                       f"{rel[-1] / 1e9:.6g} s from its origin)", source=source, key="--start",
+                       value=start_s)
     data_end_ns = rec.end_ns - origin_ns if rec.end_ns is not None else int(rel[-1])
     clipped = duration_s is not None and end_ns > data_end_ns
     if clipped:
@@ -207,7 +208,7 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     if window_s > 0 and window_s * factor < 1e-9:
         raise BadInput(f"the {window_s:.6g} s window would last {window_s * factor:.3g} s, under "
                        "1 ns (the trace's resolution): every arrival would fall on one "
-                       "nanosecond", key=key, value=value)
+                       "nanosecond", source=source, key=key, value=value)
     blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
                         rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
