@@ -187,6 +187,7 @@ class Dispatcher:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
             t = now()
+            held = None  # when the last slot wait of this burst ended
             while k < n and origin + offset[walk[k]] <= t:
                 i = walk[k]
                 if capped and len(self._inflight) >= self.cap:
@@ -194,7 +195,12 @@ class Dispatcher:
                     # A loop: a released session turn may take the freed slot first.
                     while len(self._inflight) >= self.cap:
                         self.ready_ns[i] = await self._wait_slot()
+                    held = self.ready_ns[i]
                     t = now()
+                elif held is not None and self.ready_ns[i] < held:
+                    # Queued behind a request that waited for a slot: the target held it back
+                    # until then (two slots freeing at once let it leave without a wait).
+                    self.ready_ns[i] = held
                 self._launch(i)
                 k += 1
                 self.next_index = k
