@@ -68,6 +68,8 @@ TIMELINE_SCHEMA = pa.schema(
         _f("worker", pa.string(), True, "", "which worker / endpoint served it"),
         _f("warmup", pa.bool_(), False, "", "true for rows scheduled inside --warmup"),
         _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
+        _f("bucket_seq_len", pa.int32(), True, "tokens|pixels", "padded seq_len that ran"),
+        _f("bucket_batch_size", pa.int32(), True, "requests", "padded batch that ran"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )

@@ -36,7 +36,7 @@ from traceforge.schema import INT32_MAX, SHAPE_LOWER
 SHAPE_FIELDS = SHAPE_LOWER
 SHAPE_DEFAULTS = {"batch_size": 1, "seq_len": 128, "max_new_tokens": 0}
 TOP_KEYS = ("name", "description", "duration_s", "requests", "seed", "models", "modulations")
-MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS)
+MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS, "seq_buckets")
 MODULATION_KEYS = ("mean_dwell_s", "multipliers")
 
 
@@ -51,6 +51,7 @@ class ModelSpec:
     slo_ms: float | None = None
     modulation: str | None = None  # name of a shared modulation
     multipliers: tuple[float, ...] | None = None  # per-state rate multipliers for this model
+    seq_buckets: tuple[int, ...] | None = None  # resident backend: padding buckets (override)
 
     def shape(self, name: str) -> ShapeDist:
         return getattr(self, name)
@@ -68,6 +69,8 @@ class ModelSpec:
             out["zoo"] = self.zoo
         if self.slo_ms is not None:
             out["slo_ms"] = self.slo_ms
+        if self.seq_buckets is not None:
+            out["seq_buckets"] = list(self.seq_buckets)
         out["arrival"] = self.arrival.to_dict()
         if self.modulation is not None:
             out["modulation"] = (
@@ -265,6 +268,15 @@ def _parse_model(r: SpecReader, name: str, table: object,
     zoo = r.string(table["zoo"], f"{key}.zoo") if "zoo" in table else None
     slo_ms = (r.number(table["slo_ms"], f"{key}.slo_ms", low=0, low_open=True)
               if "slo_ms" in table else None)
+    seq_buckets = None
+    if "seq_buckets" in table:
+        from traceforge.zoo.buckets import parse_buckets
+
+        parsed = parse_buckets(table["seq_buckets"], key=f"{key}.seq_buckets",
+                               source=r.source)
+        if not parsed:
+            r.fail(f"{key}.seq_buckets", table["seq_buckets"], "must list at least one bucket")
+        seq_buckets = tuple(parsed)
     if "arrival" not in table:
         r.missing(f"{key}.arrival", ", ".join(PROCESS_PARAMS))
     arrival = _parse_arrival(r, f"{key}.arrival", table["arrival"])
@@ -287,7 +299,7 @@ def _parse_model(r: SpecReader, name: str, table: object,
                                        len(modulations[modulation].mean_dwell_s))
     shapes = {f: _parse_shape(r, f"{key}.{f}", table.get(f, SHAPE_DEFAULTS[f]), low)
               for f, low in SHAPE_FIELDS.items()}
-    return ModelSpec(name=name, arrival=arrival, zoo=zoo, slo_ms=slo_ms,
+    return ModelSpec(name=name, arrival=arrival, zoo=zoo, slo_ms=slo_ms, seq_buckets=seq_buckets,
                      modulation=modulation, multipliers=multipliers, **shapes)
 
 

@@ -9,7 +9,9 @@ Dynamic batching: the executor takes the oldest request, then gathers later requ
 same model* until ``max_batch`` requests or until ``max_wait_ms`` after the oldest one reached
 the executor, and runs them as one batch (batch sizes summed, the longest seq_len and
 max_new_tokens: shorter members are padded, as in static batching). Every member gets the
-batch's times; ``tokens_out`` is its own ``batch_size × max_new_tokens``.
+batch's times; ``tokens_out`` is its own ``batch_size × max_new_tokens``. The model then pads
+the batch's shape up to its bucket (zoo/buckets.py); ``bucket_seq_len`` / ``bucket_batch_size``
+record the shape that ran.
 """
 
 from __future__ import annotations
@@ -145,7 +147,9 @@ class Executor:
         t0 = self.t0_ns
         first = None if stats.first_token_ns is None else stats.first_token_ns - t0
         times = {"service_start_ns": stats.service_start_ns - t0,
-                 "service_end_ns": stats.service_end_ns - t0, "gpu_ns": stats.gpu_ns}
+                 "service_end_ns": stats.service_end_ns - t0, "gpu_ns": stats.gpu_ns,
+                 "bucket_seq_len": stats.bucket_seq_len,
+                 "bucket_batch_size": stats.bucket_batch_size}
         for job in batch:
             generative = job.max_new_tokens > 0 and first is not None
             self.on_result(job.request_id, {
