@@ -64,6 +64,8 @@ class SimResult:
     batch_id: np.ndarray | None = None
     batched_with: np.ndarray | None = None
     worker: pa.Array | None = None  # worker name per row
+    bucket_seq_len: np.ndarray | None = None  # the padded shape the profile's bucket policy
+    bucket_batch_size: np.ndarray | None = None  # gives (profile model with buckets)
 
 
 def simulate(
@@ -438,5 +440,7 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "worker": r.worker if r.worker is not None else pa.nulls(n, pa.string()),
         "warmup": pa.array(scheduled < warmup_ns, pa.bool_()),
         "itl_ns": pa.nulls(n, f("itl_ns").type),
+        "bucket_seq_len": opt(r.bucket_seq_len, "bucket_seq_len"),
+        "bucket_batch_size": opt(r.bucket_batch_size, "bucket_batch_size"),
     }
     return pa.table(columns, schema=TIMELINE_SCHEMA)

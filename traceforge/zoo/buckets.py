@@ -133,9 +133,14 @@ class BucketPolicy:
         if self.kind == "decoder" and max_new_tokens > 0:
             new_cap = pow2_at_least(max_new_tokens, SMALLEST_NEW_BUCKET)
             if self.max_positions:
-                if seq + max_new_tokens > self.max_positions:
-                    raise ValueError(f"seq bucket {seq} + max_new_tokens {max_new_tokens} > "
-                                     f"{self.max_positions} positions")
+                room = self.max_positions - max_new_tokens
+                if seq > room:
+                    # The padded prompt leaves too little room for the new tokens: pad only as
+                    # far as the positions allow (the request itself fits: check_shape).
+                    if seq_len > room:
+                        raise ValueError(f"seq_len {seq_len} + max_new_tokens "
+                                         f"{max_new_tokens} > {self.max_positions} positions")
+                    seq = room
                 new_cap = min(new_cap, self.max_positions - seq)
         return Bucket(batch, seq, new_cap)
 
