@@ -187,7 +187,7 @@ def test_spec_seq_buckets_validated(tmp_path):
     p = tmp_path / "w.toml"
     p.write_text('duration_s = 1\n[models.a]\nzoo = "tiny-bert"\n'
                  'arrival = { process = "poisson", rate = 5.0 }\nseq_buckets = [64, 32]\n')
-    with pytest.raises(BadInput, match="models.a.seq_buckets"):
+    with pytest.raises(BadInput, match=r"models\.a\.seq_buckets"):
         load_spec(p)
 
 
