@@ -97,7 +97,8 @@ def register(app: typer.Typer) -> None:
                                        help="resident: NVML telemetry on GPU runs."),
         compile_: str = typer.Option(None, "--compile",
                                      help="resident: graphs (CUDA graphs + static KV cache; "
-                                          "default on CUDA) | eager (default on the CPU)."),
+                                          "default on CUDA) | compiled (graphs + TorchInductor"
+                                          "-fused decode step) | eager (default on the CPU)."),
         seq_buckets: str = typer.Option(None, "--seq-buckets",
                                         help="resident: seq_len padding buckets, e.g. "
                                              "16,32,64 (default: powers of two to the "

@@ -150,7 +150,7 @@ def resolve_dtype(entry: ZooEntry, device: str, dtype: str | None = None) -> str
     return entry.cuda_dtype if device.startswith("cuda") else "float32"
 
 
-COMPILE_MODES = ("eager", "graphs")
+COMPILE_MODES = ("eager", "graphs", "compiled")
 
 
 class BucketDoesNotFit(RuntimeError):
@@ -212,14 +212,14 @@ class LoadedModel:
         if compile not in COMPILE_MODES:
             raise BadInput("unknown compile variant", key="--compile", value=compile,
                            allowed=", ".join(COMPILE_MODES))
-        if compile == "graphs" and not self.is_cuda:
+        if compile in ("graphs", "compiled") and not self.is_cuda:
             raise BadInput("CUDA graphs need a CUDA device (use --compile eager on the CPU)",
                            key="--compile", value=compile)
         self.compile = compile
         self.policy = BucketPolicy.for_entry(self.entry, seq_buckets, batch_buckets)
         self._runners: dict = {}
         self._pool = None
-        if compile == "graphs":
+        if compile in ("graphs", "compiled"):
             import torch
 
             self._pool = torch.cuda.graph_pool_handle()  # one memory pool for all its graphs
@@ -273,7 +273,7 @@ class LoadedModel:
         bucket = self.bucket(batch_size, seq_len, max_new_tokens)
         cuda = self.is_cuda
         runner = None
-        if self.compile == "graphs":
+        if self.compile != "eager":
             runner = self._runner(bucket, max_new_tokens)  # captured at first use
         if cuda:
             torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
@@ -302,6 +302,43 @@ class LoadedModel:
                 torch.cuda.nvtx.range_pop()
         return RunStats(service_start, first_token, service_end, gpu_ns, tokens,
                         bucket.seq, bucket.batch)
+
+    def launch(self, batch_size: int, seq_len: int, max_new_tokens: int, *,
+               label: str | None = None):
+        """Enqueue one graph-captured forward on the current stream and return at once (the
+        executor pipelines one request ahead); :meth:`finish` waits for it. None when this
+        request must run synchronously (:meth:`run`): eager, CPU, or decode (the host waits
+        for the first token)."""
+        import torch
+
+        if (self.compile == "eager" or not self.is_cuda
+                or (self.entry.kind == "decoder" and max_new_tokens > 0)):
+            return None
+        bucket = self.bucket(batch_size, seq_len, max_new_tokens)
+        runner = self._runner(bucket, max_new_tokens)
+        torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
+        try:
+            start_ev = torch.cuda.Event(enable_timing=True)
+            end_ev = torch.cuda.Event(enable_timing=True)
+            launched = time.monotonic_ns()
+            start_ev.record()
+            runner.fill(batch_size, seq_len)
+            runner.run()
+            output = runner.result()  # copied out: the next replay overwrites the buffers
+            end_ev.record()
+        finally:
+            torch.cuda.nvtx.range_pop()
+        return (bucket, start_ev, end_ev, launched, output)
+
+    def finish(self, handle) -> RunStats:
+        """Wait for a :meth:`launch`; the service interval is the GPU's (it may have started
+        after the launch, behind the previous request)."""
+        bucket, start_ev, end_ev, launched, _output = handle
+        end_ev.synchronize()
+        end = time.monotonic_ns()
+        gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
+        return RunStats(max(launched, end - gpu_ns), None, end, gpu_ns, 0, bucket.seq,
+                        bucket.batch)
 
     def _run_eager(self, bucket, batch_size: int, seq_len: int, new: int) -> int | None:
         import torch
@@ -335,7 +372,8 @@ class LoadedModel:
             self._check_room(key, decode)
             cls = DecodeRunner if decode else ForwardRunner
             try:
-                runner = cls(self, key, graphs=self.compile == "graphs", pool=self._pool)
+                runner = cls(self, key, graphs=self.compile != "eager", pool=self._pool,
+                             inductor=self.compile == "compiled")
             except Exception as exc:
                 if "out of memory" in str(exc).lower():
                     raise BucketDoesNotFit(self._no_room(key, None)) from exc

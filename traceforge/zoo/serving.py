@@ -124,7 +124,7 @@ class _Graphs:
 class ForwardRunner:
     """One forward per request at a fixed bucket (encoders, vision, 0-token decoder calls)."""
 
-    def __init__(self, lm, bucket, *, graphs: bool, pool=None) -> None:
+    def __init__(self, lm, bucket, *, graphs: bool, pool=None, inductor: bool = False) -> None:
         torch = _torch()
         self.lm = lm
         self.bucket = bucket
@@ -191,7 +191,7 @@ class ForwardRunner:
 class DecodeRunner:
     """Greedy decode through a static KV cache at a fixed (batch, seq, new_cap) bucket."""
 
-    def __init__(self, lm, bucket, *, graphs: bool, pool=None) -> None:
+    def __init__(self, lm, bucket, *, graphs: bool, pool=None, inductor: bool = False) -> None:
         torch = _torch()
         self.lm = lm
         self.bucket = bucket
@@ -210,11 +210,18 @@ class DecodeRunner:
         self._eye = self._ar_l[None, :] == ar_s[:, None]
         self._key = lm._cache_key
         self.prefill_graph = self.step_graph = None
+        step = self._step
+        if inductor:
+            # ``compiled``: the decode step's ~30 small kernels per layer (norms, rotary, SiLU,
+            # residuals) fused by TorchInductor, then captured like the eager kernels. Compiled
+            # once per bucket shape during the warm-up below (pre-warm pays it).
+            step = torch.compile(self._step, dynamic=False)
+        self._step_fn = step
         if graphs:
             g = _Graphs(pool)
             self.prefill_graph = g.capture(self._prefill)
             # Each warm-up step starts from the prompt's end, so a 1-token cache never overflows.
-            self.step_graph = g.capture(self._step, reset=lambda: self.cache.pos.fill_(s))
+            self.step_graph = g.capture(step, reset=lambda: self.cache.pos.fill_(s))
 
     def _valid_prompt(self):
         # Left padding: positions [s - real, s) of the prompt are real.
@@ -262,7 +269,7 @@ class DecodeRunner:
         if self.step_graph is not None:
             self.step_graph.replay()
         else:
-            self._step()
+            self._step_fn()
 
     def generated(self, n: int):
         """The first ``n`` generated token ids, [batch, n] (a copy)."""

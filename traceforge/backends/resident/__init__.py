@@ -84,7 +84,7 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if compile_ not in COMPILE_MODES:
         raise BadInput("unknown compile variant", key="--compile", value=compile_,
                        allowed=", ".join(COMPILE_MODES))
-    if compile_ == "graphs" and kind != "cuda":
+    if compile_ in ("graphs", "compiled") and kind != "cuda":
         raise BadInput("CUDA graphs need a CUDA device; on the CPU use --compile eager",
                        key="--compile", value=compile_)
     seq_buckets = parse_buckets(opts.get("seq_buckets"))
