@@ -220,3 +220,51 @@ def test_graph_forward_equals_eager_on_gpu():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     st = m.run(2, 20, 0)
     assert (st.bucket_batch_size, st.bucket_seq_len) == (2, 32) and st.gpu_ns > 0
+
+
+# -- simulator: a request's service is its bucket's ----------------------------------------------
+def _bucketed_profile(tmp_path: Path, buckets) -> Path:
+    prof = {"schema": "traceforge.profile/1", "device": {"name": "test"},
+            "models": {"enc": {"zoo": "tiny-bert", "kind": "encoder", "generative": False,
+                               "batch_sizes": [1, 4], "seq_lens": [32, 64, 128],
+                               "service_ms": [[1.0, 2.0, 4.0], [3.0, 6.0, 12.0]],
+                               "service_cv": 0.0,
+                               "cold_extra_ms": [[50.0] * 3, [50.0] * 3]}},
+            "modes": {"exclusive": {"alone_scale": {}, "inbound_ms": {}, "outbound_ms": {},
+                                    "slowdown": {}}}}
+    if buckets is not None:
+        prof["models"]["enc"]["buckets"] = {"seq_buckets": buckets}
+    path = tmp_path / f"p{buckets is not None}.json"
+    path.write_text(json.dumps(prof))
+    return path
+
+
+def test_simulator_uses_the_bucket_service_time(tmp_path):
+    import pyarrow.dataset as ds
+
+    from traceforge.schema import TRACE_SCHEMA, write_trace
+    from traceforge.simulate import simulate
+
+    seqs = [20, 33, 64, 100]
+    table = pa.table({"request_id": np.arange(4, dtype=np.int64),
+                      "arrival_ns": np.arange(4, dtype=np.int64) * 10**9,  # never queued
+                      "model": ["enc"] * 4, "batch_size": np.ones(4, np.int32),
+                      "seq_len": np.array(seqs, np.int32),
+                      "max_new_tokens": np.zeros(4, np.int32)}, schema=TRACE_SCHEMA)
+    write_trace(table, tmp_path / "t.parquet", {})
+    svc = {}
+    for buckets in ([32, 64, 128], None):
+        run = tmp_path / f"sim{buckets is not None}"
+        simulate(tmp_path / "t.parquet", run, profile=_bucketed_profile(tmp_path, buckets),
+                 mode="exclusive")
+        t = ds.dataset(run / "timeline").to_table().to_pylist()
+        svc[buckets is not None] = [(r["service_end_ns"] - r["service_start_ns"]) / 1e6
+                                    for r in t]
+        if buckets:
+            assert [r["bucket_seq_len"] for r in t] == [32, 64, 64, 128]
+            assert [r["bucket_batch_size"] for r in t] == [1, 1, 1, 1]
+    # Bucketed: exactly the bucket's grid time, and warm (pre-warmed backend: no cold extra).
+    assert svc[True] == pytest.approx([1.0, 2.0, 2.0, 4.0])
+    # An older profile without buckets: interpolated at the request's own seq_len, cold first.
+    assert svc[False][0] == pytest.approx(1.0 + 50.0)
+    assert svc[False][1] == pytest.approx(1.0 + 1.0 / 32 + 50.0)  # its own shape: cold too
