@@ -74,6 +74,9 @@ def profile_command(
     corun_utilisation: float = typer.Option(0.5, "--corun-utilisation",
                                             help="Open-loop co-run load per model, as a "
                                                  "share of its alone capacity."),
+    alone_utilisation: float = typer.Option(0.5, "--alone-utilisation",
+                                            help="Alone service times measured open loop at "
+                                                 "this load (0: closed loop only)."),
     corun_repeats: int = typer.Option(3, "--corun-repeats",
                                       help="Co-run repeats (median kept, spread reported)."),
     keep_runs: Path | None = typer.Option(None, "--keep-runs",
@@ -95,7 +98,7 @@ def profile_command(
         corun_sets=corun_sets, reference_batch=reference_batch, reference_seq=reference_seq,
         references=_references(reference), keep_runs=keep_runs, compile=compile_,
         seq_buckets=parse_buckets(seq_buckets), corun_utilisation=corun_utilisation,
-        corun_repeats=corun_repeats,
+        corun_repeats=corun_repeats, alone_utilisation=alone_utilisation,
     ).validate()
     if out.exists() and out.is_dir():
         raise BadInput("is a directory", key="-o", value=str(out))
@@ -110,6 +113,7 @@ def profile_command(
         *(["--compile", compile_] if compile_ else []),
         *(["--seq-buckets", seq_buckets] if seq_buckets else []),
         "--corun-utilisation", f"{corun_utilisation:g}", "--corun-repeats", str(corun_repeats),
+        "--alone-utilisation", f"{alone_utilisation:g}",
         "-o", str(out)])
 
     def save(profile: dict) -> None:

@@ -85,6 +85,11 @@ class ProfileSettings:
     # its alone capacity, repeated with different seeds (the spread goes into the profile).
     corun_utilisation: float = 0.5
     corun_repeats: int = 3
+    # Alone service times (grid and reference) are re-measured open loop at this utilisation
+    # (Poisson gaps of mean service / utilisation), because a GPU that idles between requests
+    # runs them slower than back to back (clocks, caches): replays run at such loads. 0 keeps
+    # the closed-loop measurement.
+    alone_utilisation: float = 0.5
 
     def resolved_modes(self) -> list[str]:
         if self.modes:
@@ -121,6 +126,9 @@ class ProfileSettings:
                                key=f"--reference {model}", value=shape)
         if not self.corun_seconds > 0:
             raise BadInput("must be > 0", key="--corun-seconds", value=self.corun_seconds)
+        if not 0 <= self.alone_utilisation < 1:
+            raise BadInput("must be in [0, 1)", key="--alone-utilisation",
+                           value=self.alone_utilisation)
         if not 0 < self.corun_utilisation < 1:
             raise BadInput("must be in (0, 1)", key="--corun-utilisation",
                            value=self.corun_utilisation)
@@ -542,6 +550,18 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
     group = np.asarray(phase.group)
     timed = np.asarray(phase.timed)
     generative = entry.kind == "decoder"
+    cold_start, cold_end = start, end
+    cold_group = group
+    if settings.alone_utilisation > 0:
+        # Open-loop pass at a realistic utilisation: each point's timed requests again, spaced
+        # by Poisson gaps of mean (its closed-loop service) / utilisation; these give the grid.
+        est = {g: float(np.mean(end[(group == g) & timed] - start[(group == g) & timed]))
+               for g in range(len(points))}
+        phase = _open_loop_phase(model, points, batch_sizes, seqs, new, est, settings)
+        timeline = await replay.run(phase, None, f"grid-open-{model}")
+        start, end, first = _times(timeline)
+        group = np.asarray(phase.group)
+        timed = np.asarray(phase.timed)
     service = np.zeros((len(batch_sizes), len(seqs)))
     decode = np.zeros_like(service)
     cold = np.zeros_like(service)
@@ -552,8 +572,9 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
         cvs.append(float(np.std(total) / np.mean(total)))
         # The first request of a shape in a fresh backend pays one-time costs (kernel selection,
         # allocator growth, lazy module loading): its excess over the warm mean.
-        first_row = int(np.flatnonzero(group == g)[0])
-        cold[i, j] = max(0.0, float(end[first_row] - start[first_row] - np.mean(total)) / 1e6)
+        first_row = int(np.flatnonzero(cold_group == g)[0])
+        cold[i, j] = max(0.0, float(cold_end[first_row] - cold_start[first_row]
+                                    - np.mean(total)) / 1e6)
         if generative:
             if np.isnan(first[rows]).any():
                 raise RunFailure(f"{model}: the backend reported no first_token_ns for a "
@@ -577,6 +598,18 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
     return entry_out
 
 
+def _open_loop_phase(model: str, points, batch_sizes, seqs, new: int, est_ns: dict,
+                     settings: ProfileSettings) -> _Phase:
+    rng = np.random.default_rng(len(points))
+    phase = _Phase()
+    t = 0.0
+    for _ in range(settings.repeats):
+        for g, (i, j) in enumerate(points):
+            t += rng.exponential(est_ns[g] / settings.alone_utilisation)
+            phase.add(model, batch_sizes[i], seqs[j], new, g, True, arrival_ns=int(t))
+    return phase
+
+
 def _bucket_info(entry, settings: ProfileSettings) -> dict[str, Any]:
     from traceforge.zoo.buckets import BucketPolicy
 
@@ -598,10 +631,27 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
             phase.add(m, *refs[m], g, True)
     timeline = await replay.run(phase, 1, "reference")
     start, end, _ = _times(timeline)
-    sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
-    done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     group = np.asarray(phase.group)
     timed = np.asarray(phase.timed)
+    if settings.alone_utilisation > 0:
+        # Open loop at the same utilisation as the grid (see _measure_grid), one model at a
+        # time: alone times, transport and the co-runs' baseline all at a realistic load.
+        est = {g: float(np.mean(end[(group == g) & timed] - start[(group == g) & timed]))
+               for g in range(len(models))}
+        rng = np.random.default_rng(7)
+        phase = _Phase()
+        t = 0.0
+        for g, m in enumerate(models):
+            for _ in range(max(settings.repeats, 10)):
+                t += rng.exponential(est[g] / settings.alone_utilisation)
+                phase.add(m, *refs[m], g, True, arrival_ns=int(t))
+            t += 10 * est[g]  # a gap between models: never both busy
+        timeline = await replay.run(phase, None, "reference-open")
+        start, end, _ = _times(timeline)
+        group = np.asarray(phase.group)
+        timed = np.asarray(phase.timed)
+    sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     out: dict[str, Any] = {"alone_ms": {}, "alone_se_ms": {}, "alone_ratio": {},
                            "alone_ratio_se": {}, "alone_scale": {}, "inbound_ms": {},
                            "outbound_ms": {}, "slowdown": {}, "corun": {}}
