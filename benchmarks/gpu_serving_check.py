@@ -127,6 +127,8 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
     for name, variants in (("distilgpt2", ("graphs", "compiled", "eager")),
                            ("mistral-7b", ("graphs", "compiled", "eager"))):
         variants = [v for v in variants if v in wanted]
+        if name not in os.environ.get("DECODE_MODELS", "distilgpt2,mistral-7b").split(","):
+            continue
         m = build_model(zoo(name), DEVICE, seed=0)
         r: dict = {"dtype": m.dtype, "weight_bytes": m.entry.weight_bytes(m.dtype)}
         for v in variants:
