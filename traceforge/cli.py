@@ -15,7 +15,8 @@ import typer
 
 from traceforge.errors import BadInput, TraceforgeError
 
-COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo")
+COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo",
+                   "study")
 
 app = typer.Typer(
     name="traceforge",

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from traceforge.analyze.report import analysis_rows
-from traceforge.analyze.rundata import NS_PER_MS, load_run
+from traceforge.analyze.rundata import NS_PER_MS, RunData, load_run
 from traceforge.analyze.stats import bootstrap_percentile_replicates
 from traceforge.errors import BadInput
 
@@ -37,11 +37,13 @@ def verdict_rule(alpha: float) -> str:
             f"significant difference at {pct})")
 
 
-def ok_latencies_by_model(run_dir: Path | str, *, warmup_s: float | None = None
+def ok_latencies_by_model(run_dir: Path | str, *, warmup_s: float | None = None,
+                          include_warmup_rows: bool = False, run: RunData | None = None
                           ) -> dict[str, np.ndarray]:
-    """Sorted ok latencies (ns) per model, with the report's warm-up rules."""
-    run = load_run(run_dir)
-    rows, _ = analysis_rows(run, warmup_s=warmup_s, include_warmup_rows=False)
+    """Sorted ok latencies (ns) per model, with the report's warm-up rules (``run``: the run
+    already loaded)."""
+    run = run if run is not None else load_run(run_dir)
+    rows, _ = analysis_rows(run, warmup_s=warmup_s, include_warmup_rows=include_warmup_rows)
     keep = rows & run.ok
     latency = run.latency
     return {name: np.sort(latency[keep & (run.model_code == code)])

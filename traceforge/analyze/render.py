@@ -174,10 +174,44 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
         parts.append(Text(note, style="yellow"))
     parts += [requests_table(report), latency_table(report), ci_table(report),
               decomposition_table(report)]
-    for extra in (generative_table(report), slo_table(report)):
+    for extra in (generative_table(report), slo_table(report), sessions_table(report),
+                  server_metrics_table(report)):
         if extra is not None:
             parts.append(extra)
     console.print(Group(*parts))
+
+
+def sessions_table(report: dict[str, Any]) -> Table | None:
+    s = report.get("sessions")
+    if not s:
+        return None
+    d = s["duration_s"]
+    table = _table(f"sessions: {s['sessions']:,} ({s['complete']:,} complete, {s['stopped']:,} "
+                   f"stopped by a failed turn); duration of complete ones p50 {_f(d['p50'])} s, "
+                   f"p99 {_f(d['p99'])} s — per-turn latency (ms, think time excluded)",
+                   ("turn", "rows", "ok", "mean", "p50", "p90", "p99", "max"))
+    for k, t in s["turn_latency_ms"].items():
+        table.add_row(k, _f(t["rows"]), _f(t["count"]), _f(t["mean"]), _f(t["p50"]),
+                      _f(t["p90"]), _f(t["p99"]), _f(t["max"]))
+    return table
+
+
+def server_metrics_table(report: dict[str, Any]) -> Table | None:
+    m = report.get("server_metrics")
+    if not m:
+        return None
+    scrape = m.get("scrape") or {}
+    table = _table(f"server metrics ({m['samples']:,} samples"
+                   + (f", {scrape['warnings']} scrape warnings" if scrape.get("warnings") else "")
+                   + ")", ("metric", "name", "mean", "max"))
+    for key in ("running", "waiting", "cache_usage"):
+        v = m.get(key)
+        if v is not None:
+            table.add_row(key, v["name"], _f(v["mean"], 3), _f(v["max"], 3))
+    if m.get("prefix_cache_hit_rate") is not None:
+        table.add_row("prefix cache hit rate", "hits / queries (tokens)",
+                      _pct(m["prefix_cache_hit_rate"]), "")
+    return table
 
 
 def render_compare(result: dict[str, Any], console: Console | None = None) -> None:

@@ -85,8 +85,9 @@ def baseline_slos(baseline_dir: Path | str, factor: float) -> dict[str, float]:
 
 # -- per-group statistics ---------------------------------------------------------------------
 def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: float | None,
-                 seed: int) -> dict[str, Any]:
-    """Statistics of the rows selected by the boolean mask ``rows``."""
+                 seed: int, ci_keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Statistics of the rows selected by the boolean mask ``rows`` (bootstrap CIs for the
+    percentiles named in ``ci_keys``, default all)."""
     per_code = np.bincount(run.status_code[rows] + 1, minlength=len(STATUSES) + 1)
     counts = {s: int(per_code[i + 1]) for i, s in enumerate(STATUSES)}
     unknown = int(per_code[0])
@@ -116,6 +117,8 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
                "std": float(sorted_ns.std() / NS_PER_MS)}
         rng = np.random.default_rng(seed)  # fixed: the same run always reports the same CI
         for key, pct in PERCENTILES.items():
+            if ci_keys is not None and key not in ci_keys:
+                continue
             lo, hi = percentile_ci(sorted_ns, pct, level=CI_LEVEL, rng=rng)
             ci[key] = None if math.isnan(lo) else [lo / NS_PER_MS, hi / NS_PER_MS]
     out["latency_ms"] = lat
@@ -263,13 +266,15 @@ def resolve_slos(run: RunData, *, slo_ms: dict[str, float] | None,
 def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
                  slo_ms: dict[str, float] | None = None, slo_from: Path | str | None = None,
                  slo_factor: float = DEFAULT_SLO_FACTOR, include_warmup_rows: bool = False,
-                 run: RunData | None = None) -> dict[str, Any]:
+                 run: RunData | None = None,
+                 ci_percentiles: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The ``report --json`` object for one run directory (docs/analysis.md).
 
     ``warmup_s`` drops rows scheduled in the first S seconds after the first scheduled request;
     rows the replay flagged ``warmup`` are dropped unless ``include_warmup_rows``. ``slo_ms``
     ({model: ms}) overrides ``slo_from`` (a baseline run: SLO = ``slo_factor`` × its p50), which
-    overrides the spec's per-model ``slo_ms``.
+    overrides the spec's per-model ``slo_ms``. ``ci_percentiles`` (e.g. ``("p50", "p99")``)
+    limits the bootstrap CIs to those percentiles (the others' CIs are null); default all.
     """
     if warmup_s is not None and (not math.isfinite(warmup_s) or warmup_s < 0):
         raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup_s)
@@ -288,8 +293,10 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         mask = rows & (run.model_code == code)
         if np.any(mask):
             models[name] = _group_stats(run, mask, duration_s=duration_s,
-                                        slo_ms=slos.get(name), seed=code + 1)
-    overall = _group_stats(run, rows, duration_s=duration_s, slo_ms=None, seed=0)
+                                        slo_ms=slos.get(name), seed=code + 1,
+                                        ci_keys=ci_percentiles)
+    overall = _group_stats(run, rows, duration_s=duration_s, slo_ms=None, seed=0,
+                           ci_keys=ci_percentiles)
     overall["slo"] = _overall_slo(models, duration_s)
 
     manifest = run.manifest
@@ -299,6 +306,13 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         notes.append(f"run status is {status!r}: the report covers the requests recorded")
     if run.n == 0:
         notes.append("the timeline has no rows")
+    extra = {}  # sections present only when the run has them (analyze/sessions.py)
+    from traceforge.analyze.sessions import server_metrics_report, session_report
+
+    if (sessions := session_report(run, rows)) is not None:
+        extra["sessions"] = sessions
+    if (server := server_metrics_report(run)) is not None:
+        extra["server_metrics"] = server
     return {
         "schema": REPORT_SCHEMA_ID,
         "run_dir": str(run.run_dir),
@@ -310,6 +324,7 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         "models": models,
         "overall": overall,
         "notes": notes,
+        **extra,
     }
 
 

@@ -84,6 +84,15 @@ def register(app: typer.Typer) -> None:
                                     help="http openai: SSE streaming (first token, ITL)."),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
                                         help="http openai: ask for exactly max_new_tokens."),
+        scrape: str = typer.Option(None, "--scrape",
+                                   help="Prometheus URL sampled into server_metrics.parquet."),
+        scrape_interval: float = typer.Option(0.5, "--scrape-interval",
+                                              help="--scrape: seconds between samples."),
+        tokenizer: str = typer.Option(None, "--tokenizer",
+                                      help="http: tokenizer.json, a directory, tiny-bpe, or a "
+                                           "name in the local HF cache; prompts are exactly "
+                                           "seq_len tokens under it (default: one word per "
+                                           "token)."),
         # resident
         mode: str = typer.Option("exclusive", "--mode",
                                  help="resident: exclusive | timeslice | mps | streams"),
@@ -131,6 +140,7 @@ def register(app: typer.Typer) -> None:
             timeout_s=timeout, warmup_s=warmup,
             progress=sys.stderr.isatty() if progress is None else progress,
             models=models, pacer=pacer, event_loop=event_loop,
+            scrape_url=scrape, scrape_interval_s=scrape_interval,
         ).validate()
 
         if backend == "null":
@@ -144,7 +154,7 @@ def register(app: typer.Typer) -> None:
                 "model_name": parse_mapping(model_name, "--model-name"),
                 "body_template": body_template, "headers": parse_headers(header),
                 "stream": stream, "ignore_eos": ignore_eos,
-                "pool_size": options.inflight_cap or 0,
+                "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
             }
             from traceforge.backends.http import from_options
 

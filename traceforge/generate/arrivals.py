@@ -35,6 +35,7 @@ PROCESS_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mmpp": (("rates", "mean_dwell_s"), ()),
     "onoff": (("rate", "mean_on_s", "mean_off_s"), ("off_rate",)),
     "diurnal": (("rate", "amplitude", "period_s"), ("phase_s",)),
+    "servegen": (("pool",), ("clients", "window_s", "rate_scale", "start_s", "mode")),
 }
 
 
@@ -332,6 +333,95 @@ class DiurnalArrivals(ArrivalProcess):
         return times[keep]
 
 
+@dataclass(frozen=True)
+class ServeGenArrivals(ArrivalProcess):
+    """A ServeGen client pool (generate/servegen.py): each client a stationary renewal process
+    per window with the window's fitted law, summed; it also draws each arrival's lengths."""
+
+    pool: str  # the pool folder (resolved)
+    clients: str | int | tuple[int, ...] = "all"
+    window_s: float | None = None  # None: the pool's own (600 s)
+    rate_scale: float = 1.0
+    start_s: float = 0.0
+    mode: str = "renewal"
+    process: ClassVar[str] = "servegen"
+
+    def _pool(self):
+        from traceforge.generate.servegen import load_pool
+
+        return load_pool(self.pool)
+
+    @property
+    def mean_rate(self) -> float:
+        """Over the pool's whole day (the rate varies from window to window)."""
+        pool = self._pool()
+        return float(pool.rate[pool.select(self._clients())].sum(axis=0).mean()
+                     * self.rate_scale)
+
+    def _clients(self):
+        return list(self.clients) if isinstance(self.clients, tuple) else self.clients
+
+    def sample_with_shapes(self, rng, horizon):
+        from traceforge.generate.servegen import sample_pool
+
+        s = sample_pool(self._pool(), rng, horizon, clients=self._clients(),
+                        rate_scale=self.rate_scale, start_s=self.start_s,
+                        window_s=self.window_s, mode=self.mode)
+        return s.time_s, {"seq_len": s.seq_len, "max_new_tokens": s.max_new_tokens}
+
+    def sample(self, rng, horizon):
+        return self.sample_with_shapes(rng, horizon)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"process": "servegen", "pool": self.pool,
+                               "clients": self._clients(), "rate_scale": self.rate_scale,
+                               "start_s": self.start_s, "mode": self.mode}
+        if self.window_s is not None:
+            out["window_s"] = self.window_s
+        return out
+
+
+def _make_servegen(r: SpecReader, key: str, table: dict) -> ServeGenArrivals:
+    from pathlib import Path
+
+    from traceforge.errors import BadInput
+    from traceforge.generate.servegen import MODES, load_pool
+
+    raw = r.string(table["pool"], f"{key}.pool")
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and r.base_dir is not None:
+        path = r.base_dir / path
+    if not path.is_dir():
+        r.fail(f"{key}.pool", raw, "no such ServeGen pool folder")
+    try:
+        pool = load_pool(str(path.resolve()))
+    except BadInput as exc:
+        r.fail(f"{key}.pool", raw, str(exc))
+    clients: str | int | tuple[int, ...] = table.get("clients", "all")
+    if isinstance(clients, list):
+        ids = r.int_list(clients, f"{key}.clients", low=0)
+        missing = sorted(set(ids) - set(pool.clients.tolist()))
+        if missing:
+            r.fail(f"{key}.clients", clients, f"client {missing[0]} is not in the pool",
+                   ", ".join(map(str, pool.clients[:20].tolist())))
+        clients = tuple(sorted(set(ids)))
+    elif isinstance(clients, int) and not isinstance(clients, bool):
+        clients = r.integer(clients, f"{key}.clients", low=1, high=len(pool.clients))
+    elif clients != "all":
+        r.fail(f"{key}.clients", clients, 'must be "all", a number of clients, or a list of '
+               "client ids")
+    mode = table.get("mode", "renewal")
+    if mode not in MODES:
+        r.fail(f"{key}.mode", mode, "unknown mode", ", ".join(MODES))
+    window_s = (r.number(table["window_s"], f"{key}.window_s", low=0, low_open=True)
+                if "window_s" in table else None)
+    rate_scale = (r.number(table["rate_scale"], f"{key}.rate_scale", low=0, low_open=True)
+                  if "rate_scale" in table else 1.0)
+    start_s = r.number(table["start_s"], f"{key}.start_s", low=0) if "start_s" in table else 0.0
+    return ServeGenArrivals(pool=str(path.resolve()), clients=clients, window_s=window_s,
+                            rate_scale=rate_scale, start_s=start_s, mode=mode)
+
+
 def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalProcess:
     """Build a validated process from its (already key-checked) spec table."""
 
@@ -360,6 +450,8 @@ def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalP
         off_rate = (r.number(table["off_rate"], f"{key}.off_rate", low=0)
                     if "off_rate" in table else 0.0)
         return OnOffArrivals.build(pos("rate"), pos("mean_on_s"), pos("mean_off_s"), off_rate)
+    if process == "servegen":
+        return _make_servegen(r, key, table)
     if process == "diurnal":
         amplitude = r.number(table["amplitude"], f"{key}.amplitude", low=0, high=1)
         phase = r.number(table["phase_s"], f"{key}.phase_s") if "phase_s" in table else 0.0

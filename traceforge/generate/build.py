@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
+from traceforge.generate.sessions import expand_sessions
 from traceforge.generate.spec import SHAPE_FIELDS, WorkloadSpec, seed_sequence, stable_model_key
 from traceforge.schema import TRACE_SCHEMA_ID, Trace, sha256_file, trace_table
 
 DEFAULT_SEED = 0
 MAX_REQUESTS = 500_000_000
 _ARRIVALS, _SHAPE_PARTS = 0, {"batch_size": 1, "seq_len": 2, "max_new_tokens": 3}
+_SESSION_PARTS = {"turns": 4, "think": 5}  # sessions: two more streams per model
 _MODULATION_TAG = 0x6D6F64  # keeps modulation streams apart from model streams
 
 
@@ -33,10 +36,14 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
                                    horizon_s)
              for name, mod in spec.modulations.items()}
     arrivals, shapes = [], {f: [] for f in SHAPE_FIELDS}
+    sessions, turns = [], []
     for model in spec.models.values():
         key = stable_model_key(model.name)
         rng = _rng(seed, key, _ARRIVALS)
-        if model.modulation is None:
+        provided: dict[str, np.ndarray] = {}  # shapes the arrival process draws itself
+        if hasattr(model.arrival, "sample_with_shapes"):  # servegen (never modulated)
+            times, provided = model.arrival.sample_with_shapes(rng, horizon_s)
+        elif model.modulation is None:
             times = model.arrival.sample(rng, horizon_s)
         else:
             clock = spec.modulations[model.modulation].clock(paths[model.modulation],
@@ -44,9 +51,24 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
             times = clock.inverse(model.arrival.sample(rng, float(clock.forward(horizon_s))))
             times = times[: np.searchsorted(times, horizon_s, side="left")]
         times = model.arrival.thin(rng, times)
+        if model.sessions is not None:  # the arrivals start sessions; one row per turn
+            parts = {**_SHAPE_PARTS, **_SESSION_PARTS}
+            rows = expand_sessions(model.sessions, times,
+                                   {p: _rng(seed, key, k) for p, k in parts.items()},
+                                   model.seq_len, model.max_new_tokens, model.batch_size)
+            by_time = np.argsort(rows["times"], kind="stable")
+            arrivals.append(np.rint(rows["times"][by_time] * 1e9).astype(np.int64))
+            for f in SHAPE_FIELDS:
+                shapes[f].append(rows[f][by_time])
+            sessions.append(rows["session"][by_time])
+            turns.append(rows["turn"][by_time])
+            continue
         arrivals.append(np.rint(times * 1e9).astype(np.int64))
         for f in SHAPE_FIELDS:
-            shapes[f].append(model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
+            shapes[f].append(provided[f] if f in provided else
+                             model.shape(f).sample(_rng(seed, key, _SHAPE_PARTS[f]), times.size))
+        sessions.append(np.full(times.size, -1, np.int64))
+        turns.append(np.full(times.size, -1, np.int64))
     counts = [a.size for a in arrivals]
     codes = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     arrival_ns = np.concatenate(arrivals)
@@ -55,7 +77,23 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
     out = {"arrival_ns": arrival_ns[order], "model_code": codes[order]}
     for f in SHAPE_FIELDS:
         out[f] = np.concatenate(shapes[f])[order]
+    if any(m.sessions is not None for m in spec.models.values()):
+        out["session_id"], out["turn"] = _number_sessions(
+            out["model_code"], np.concatenate(sessions)[order], np.concatenate(turns)[order])
     return out
+
+
+def _number_sessions(codes: np.ndarray, local: np.ndarray, turn: np.ndarray):
+    """Global session ids 0..S-1 in order of each session's first turn (-1: no session)."""
+    sid = np.full(local.size, -1, np.int64)
+    rows = np.flatnonzero(local >= 0)
+    if rows.size:
+        key = codes[rows].astype(np.int64) << 40 | local[rows]
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        rank = np.empty(first.size, np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        sid[rows] = rank[inverse]
+    return sid, np.where(sid >= 0, turn, -1)
 
 
 def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
@@ -95,8 +133,15 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
             horizon *= 2.0
         columns = {k: v[:requests] for k, v in columns.items()}
         window_s = float(columns["arrival_ns"][-1]) / 1e9
+    optional = {}
+    if "session_id" in columns:
+        sid, no_session = columns["session_id"], columns["session_id"] < 0
+        optional = {"session_id": pa.array(sid, pa.int64(), mask=no_session),
+                    "turn": pa.array(columns["turn"].astype(np.int32), pa.int32(),
+                                     mask=no_session)}
     table = trace_table(columns["arrival_ns"], columns["model_code"], names,
-                        columns["batch_size"], columns["seq_len"], columns["max_new_tokens"])
+                        columns["batch_size"], columns["seq_len"], columns["max_new_tokens"],
+                        **optional)
 
     spec_dict = spec.to_dict()
     spec_dict["seed"] = seed

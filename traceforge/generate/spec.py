@@ -25,6 +25,7 @@ from traceforge.generate.arrivals import (
     Modulation,
     make_process,
 )
+from traceforge.generate.sessions import SessionSpec, parse_sessions
 from traceforge.generate.shapes import (
     DIST_PARAMS,
     ShapeDist,
@@ -36,7 +37,8 @@ from traceforge.schema import INT32_MAX, SHAPE_LOWER
 SHAPE_FIELDS = SHAPE_LOWER
 SHAPE_DEFAULTS = {"batch_size": 1, "seq_len": 128, "max_new_tokens": 0}
 TOP_KEYS = ("name", "description", "duration_s", "requests", "seed", "models", "modulations")
-MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS, "seq_buckets")
+MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS, "sessions",
+              "seq_buckets")
 MODULATION_KEYS = ("mean_dwell_s", "multipliers")
 
 
@@ -51,6 +53,7 @@ class ModelSpec:
     slo_ms: float | None = None
     modulation: str | None = None  # name of a shared modulation
     multipliers: tuple[float, ...] | None = None  # per-state rate multipliers for this model
+    sessions: SessionSpec | None = None  # multi-turn sessions (generate/sessions.py)
     seq_buckets: tuple[int, ...] | None = None  # resident backend: padding buckets (override)
 
     def shape(self, name: str) -> ShapeDist:
@@ -78,7 +81,11 @@ class ModelSpec:
                 else {"name": self.modulation, "multipliers": list(self.multipliers)}
             )
         for name in SHAPE_FIELDS:
+            if self.arrival.process == "servegen" and name != "batch_size":
+                continue  # drawn from the pool, not from the spec
             out[name] = self.shape(name).to_spec()
+        if self.sessions is not None:
+            out["sessions"] = self.sessions.to_dict()
         return out
 
 
@@ -297,10 +304,25 @@ def _parse_model(r: SpecReader, name: str, table: object,
         if isinstance(value, dict) and "multipliers" in value:
             multipliers = _multipliers(r, value["multipliers"], f"{mkey}.multipliers",
                                        len(modulations[modulation].mean_dwell_s))
+    if arrival.process == "servegen":  # the pool draws each arrival's lengths itself
+        for f in ("seq_len", "max_new_tokens"):
+            if f in table:
+                r.fail(f"{key}.{f}", table[f], "a servegen arrival draws lengths from the pool's "
+                       "distributions: remove this key")
+        if modulation is not None:
+            r.fail(f"{key}.modulation", modulation, "a servegen pool has its own time-varying "
+                   "rate: a shared modulation does not apply")
+        if "sessions" in table:
+            r.fail(f"{key}.sessions", table["sessions"], "a servegen pool draws each request's "
+                   "lengths itself; sessions (which grow prompts turn by turn) do not apply")
     shapes = {f: _parse_shape(r, f"{key}.{f}", table.get(f, SHAPE_DEFAULTS[f]), low)
               for f, low in SHAPE_FIELDS.items()}
-    return ModelSpec(name=name, arrival=arrival, zoo=zoo, slo_ms=slo_ms, seq_buckets=seq_buckets,
-                     modulation=modulation, multipliers=multipliers, **shapes)
+    sessions = (parse_sessions(r, f"{key}.sessions", table["sessions"])
+                if "sessions" in table else None)
+    return ModelSpec(name=name, arrival=arrival, zoo=zoo, slo_ms=slo_ms,
+                     modulation=modulation, multipliers=multipliers, sessions=sessions,
+                     seq_buckets=seq_buckets,
+                     **shapes)
 
 
 def _checked_tagged_table(r: SpecReader, key: str, table: dict, tag: str,

@@ -306,6 +306,11 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
     else:
         aggregate["fit"] = goodness_of_fit(arrival_s, None)
     aggregate["shapes"] = {f: _shape_summary(v) for f, v in shapes.items()}
+    from traceforge.schema import prefix_block_tokens
+
+    block = prefix_block_tokens(meta)
+    if block is not None and "prefix_blocks" in table.column_names:
+        aggregate["prefix_reuse"] = prefix_reuse(table, block)
     return {
         "trace": str(trace.path) if trace.path else None,
         "source": meta.get("source"),
@@ -314,6 +319,37 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
         "models": models,
         "aggregate": aggregate,
     }
+
+
+def prefix_reuse(table, block_tokens: int) -> dict[str, Any]:
+    """How much prompt a prefix cache could reuse, by the trace's ``prefix_blocks``: a row's
+    leading blocks that an earlier row already sent (ids chain, as Mooncake's do: a block seen
+    before means its whole prefix was) count as reusable, up to seq_len. Vectorised.
+
+    ``token_fraction`` is the hit rate an unbounded cache would see on prompt tokens."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column("prefix_blocks").combine_chunks()
+    col = pc.if_else(pc.is_null(col), pa.scalar([], col.type), col)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    seq = table.column("seq_len").to_numpy().astype(np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    _, first_at, inverse = np.unique(values, return_index=True, return_inverse=True)
+    seen = row[first_at][inverse] < row  # sent by an earlier row
+    starts = np.concatenate(([0], np.cumsum(lengths)))[:-1]
+    pos = np.arange(len(values)) - np.repeat(starts, lengths)
+    # leading run of seen blocks: the first unseen position in each row (or its length)
+    first_unseen = lengths.copy()
+    unseen = ~seen
+    np.minimum.at(first_unseen, row[unseen], pos[unseen])
+    reused = np.minimum(first_unseen * block_tokens, seq)
+    total = int(seq.sum())
+    return {"block_tokens": block_tokens, "rows_with_blocks": int((lengths > 0).sum()),
+            "unique_blocks": len(first_at), "reusable_tokens": int(reused.sum()),
+            "prompt_tokens": total,
+            "token_fraction": float(reused.sum() / total) if total else 0.0}
 
 
 def plot_arrivals(trace: Trace, path, *, bin_s: float = 1.0) -> None:

@@ -21,12 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
-from traceforge.schema import INT32_MAX, TRACE_SCHEMA_ID, Trace, trace_table
+from traceforge.schema import (
+    INT32_MAX,
+    PREFIX_BLOCK_TOKENS_KEY,
+    TRACE_SCHEMA_ID,
+    Trace,
+    trace_table,
+    validate_sessions,
+)
 
 READERS = {
     "azure-functions-2019": azure_functions.read,
@@ -35,12 +43,13 @@ READERS = {
     "mooncake": mooncake.read,
     "csv": csv_generic.read,
 }
-FORMATS = tuple(READERS)
+FORMATS = (*READERS, "servegen")
 # options that only one format understands -> that format
 FORMAT_OPTIONS = {"spread": ("--spread", "azure-functions-2019"),
                   "mapping": ("--map", "azure-functions-2019"),
                   "columns": ("--columns", "csv"), "time_unit": ("--time-unit", "csv"),
-                  "failed": ("--failed", "burstgpt")}
+                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen"),
+                  "block_tokens": ("--block-tokens", "mooncake")}
 
 
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:
@@ -55,17 +64,18 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                  skip_bad: bool = False, seed: int = 0, spread: str | None = None,
                  mapping: str | None = None, columns: str | None = None,
                  time_unit: str | None = None, failed: str | None = None, batch_size: int = 1,
-                 seq_len: int = 128, max_new_tokens: int = 0) -> Trace:
+                 seq_len: int = 128, max_new_tokens: int = 0,
+                 clients: str | None = None, block_tokens: int | None = None) -> Trace:
     """Import ``sources`` of format ``fmt`` into a :class:`~traceforge.schema.Trace`.
 
     ``models`` is a comma-separated string or a list (meaning per format: docs/traces.md).
     Raises :class:`BadInput` for any bad option, file or row; nothing is written here.
     """
-    if fmt not in READERS:
+    if fmt not in FORMATS:
         raise BadInput("unknown import format", key="FORMAT", value=fmt,
                        allowed=", ".join(FORMATS))
     given = {"spread": spread, "mapping": mapping, "columns": columns, "time_unit": time_unit,
-             "failed": failed}
+             "failed": failed, "clients": clients, "block_tokens": block_tokens}
     for name, value in given.items():
         flag, owner = FORMAT_OPTIONS[name]
         if value is not None and owner != fmt:
@@ -73,6 +83,12 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     paths = [Path(s) for s in sources]
     if not paths:
         raise BadInput("at least one source file is required", key="SRC")
+    if fmt == "servegen":
+        from traceforge.importers.servegen import import_servegen
+
+        return import_servegen(paths, models=models, start_s=start_s, duration_s=duration_s,
+                               time_scale=time_scale, rate_scale=rate_scale, thin=thin,
+                               seed=seed, clients=clients, batch_size=batch_size)
     for p in paths:
         if not p.is_file():
             raise BadInput("no such file", source=p)
@@ -90,10 +106,15 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                             ("--max-new-tokens", max_new_tokens, 0)):
         if not low <= value <= INT32_MAX:
             raise BadInput(f"must be between {low} and {INT32_MAX}", key=key, value=value)
+    if block_tokens is not None and not 1 <= block_tokens <= INT32_MAX:
+        raise BadInput(f"must be between 1 and {INT32_MAX}", key="--block-tokens",
+                       value=block_tokens)
     model_list = parse_model_names(",".join(models) if isinstance(models, list) else models)
 
     options = {"spread": spread or "poisson", "mapping": mapping or "stripe", "columns": columns,
                "time_unit": time_unit or "s", "failed": failed or "keep"}
+    if fmt == "mooncake":
+        options["block_tokens"] = block_tokens or mooncake.BLOCK_TOKENS
     records = READERS[fmt](paths, models=model_list, skip_bad=skip_bad, seed=seed,
                            start_s=start_s, duration_s=duration_s, batch_size=batch_size,
                            seq_len=seq_len, max_new_tokens=max_new_tokens, **options)
@@ -125,6 +146,8 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     }
     meta = {"schema": TRACE_SCHEMA_ID, "spec": spec, "seed": seed, "source": source,
             "duration_s": window_s * factor}
+    if records.prefix_block_tokens is not None:
+        meta[PREFIX_BLOCK_TOKENS_KEY] = records.prefix_block_tokens
     return Trace(table=table, meta=meta, path=None)
 
 
@@ -159,9 +182,41 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     else:
         factor = time_scale / rate_scale
     arrival_ns = rel if factor == 1.0 else np.rint(rel * factor).astype(np.int64)
+    blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
-                        rec.seq_len[idx], rec.max_new_tokens[idx])
+                        rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
+                        **_sessions(rec, idx))
+    if rec.session_key is not None:
+        validate_sessions(table, source="SRC")
     return table, window_s, origin_ns
+
+
+def _sessions(rec: Records, idx: np.ndarray) -> dict[str, pa.Array]:
+    """session_id 0..S-1 in order of each session's first request in the window; turn from
+    the source, else 1, 2, ... by time within the session. A session cut by the window starts
+    at its first request inside it (replay sends that one on schedule)."""
+    if rec.session_key is None:
+        return {}
+    key = rec.session_key[idx]
+    none = key < 0
+    sid = np.full(key.size, -1, np.int64)
+    turn = np.full(key.size, 0, np.int64)
+    rows = np.flatnonzero(~none)
+    if rows.size:
+        _, first, inverse = np.unique(key[rows], return_index=True, return_inverse=True)
+        rank = np.empty(first.size, np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        sid[rows] = rank[inverse]
+        if rec.turn is not None:
+            turn[rows] = rec.turn[idx][rows]
+        else:  # k-th request of its session in time order (idx is in time order)
+            order = np.argsort(sid[rows], kind="stable")
+            grouped = sid[rows][order]
+            starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+            count = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, rows.size]))
+            turn[rows[order]] = count + 1
+    return {"session_id": pa.array(sid, pa.int64(), mask=none),
+            "turn": pa.array(turn.astype(np.int32), pa.int32(), mask=none)}
 
 
 __all__ = ["FORMATS", "import_trace"]

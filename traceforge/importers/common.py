@@ -41,6 +41,13 @@ class Records:
     origin_ns: int | None = None  # window origin; None: the first arrival
     end_ns: int | None = None  # natural end of the source (e.g. last minute of a count table)
     notes: dict[str, Any] = field(default_factory=dict)  # format-specific counts for provenance
+    prefix_blocks: pa.Array | None = None  # list<int64> per request (None: the format has none)
+    prefix_block_tokens: int | None = None  # tokens per prefix block
+    # Multi-turn sessions where the format has them (csv --columns session=COL[,turn=COL]):
+    # int64 session keys (any values, -1 = none) and optional turn numbers (None: numbered by
+    # time within each session).
+    session_key: np.ndarray | None = None
+    turn: np.ndarray | None = None
 
 
 def file_info(path: Path, rows: int, skipped: int) -> dict[str, Any]:

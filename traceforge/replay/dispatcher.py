@@ -12,6 +12,14 @@ requests due at the same wake-up leave in one burst.
 - closed loop (``concurrency``): N outstanding, arrival times ignored; ``scheduled_ns`` is the
   moment the request's slot became free.
 
+Sessions (trace rows with ``session_id``/``turn``): the first turn of a session leaves on the
+schedule like any row; turn k+1 is released only when turn k completes, ``think`` later, where
+``think = arrival_{k+1} − arrival_k`` (× time scale) from the trace: ``scheduled_ns`` of turn k+1
+= ``done_k + think`` (its latency excludes the think time but includes any slot wait). Released
+turns are timed by the event loop's timer and count against ``max_inflight``. A turn that ends
+in anything but ``ok`` stops its session: every later turn becomes a ``dropped`` row saying why,
+scheduled at the moment the session stopped.
+
 Per request the dispatcher stamps ``sent_ns`` right before handing the request to the backend,
 and ``done_ns`` when ``submit`` returns. Timeouts cancel the request's task (status ``timeout``);
 :meth:`Dispatcher.interrupt` (SIGINT/SIGTERM) cancels everything in flight (``cancelled``) and
@@ -21,19 +29,38 @@ stops sending; due rows that never left become ``dropped``.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import numpy as np
 
 from traceforge.clock import RunClock
 from traceforge.record.recorder import (
     CANCELLED,
+    DROPPED,
     ERROR,
     NULL_I64,
+    OK,
     STATUS_CODE,
     TIMEOUT,
     TimelineRecorder,
 )
 from traceforge.replay.protocol import Backend, Outcome, Request
+from traceforge.schema import STATUSES
+
+
+def session_links(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(next_turn, prev_turn)``: per row, the row index of the same session's next / previous
+    turn in row order, -1 where none (rows with ``session_id == NULL_I64`` have no session)."""
+    n = len(session_id)
+    nxt = np.full(n, -1, np.int64)
+    prev = np.full(n, -1, np.int64)
+    rows = np.flatnonzero(session_id != NULL_I64)
+    if rows.size:
+        order = rows[np.argsort(session_id[rows], kind="stable")]  # each session in row order
+        same = session_id[order][1:] == session_id[order][:-1]
+        nxt[order[:-1][same]] = order[1:][same]
+        prev[order[1:][same]] = order[:-1][same]
+    return nxt, prev
 
 
 class Dispatcher:
@@ -70,10 +97,26 @@ class Dispatcher:
         # When a request was ready to leave, if later than scheduled (it waited for a slot).
         self.ready_ns = np.full(self.n, NULL_I64, np.int64)
         self.slot_waits = 0
-        self._slot_waiter: asyncio.Future | None = None
+        self._slot_waiters: deque[asyncio.Future] = deque()
         self._inflight: dict[int, asyncio.Task] = {}
+        self.launched = 0
+        # Sessions: follow-up turns leave when released by their previous turn (module doc).
+        self._sessions = bool((recorder.session_id != NULL_I64).any())
+        self._session_id = self._turn = None
+        self._turn_tasks: dict[int, asyncio.Task] = {}
+        if self._sessions:
+            nxt, prev = session_links(recorder.session_id)
+            self._next_turn = nxt.tolist()
+            self._walk = np.flatnonzero(prev < 0).tolist()  # rows the schedule sends
+            has_prev = prev >= 0
+            think = np.zeros(self.n, np.int64)
+            think[has_prev] = recorder.scheduled_ns[has_prev] - recorder.scheduled_ns[
+                prev[has_prev]]
+            self._think = think.tolist()
+            self._session_id = recorder.session_id.tolist()
+            self._turn = recorder.turn.tolist()
         self._expired: set[int] = set()
-        self.next_index = 0  # requests [0, next_index) have been handed to a task
+        self.next_index = 0  # rows [0, next_index) of the schedule walk have been handed out
         self.completed = 0
         self.stopping = False
         self.stopped_at_ns: int | None = None
@@ -93,8 +136,9 @@ class Dispatcher:
                 await self._closed_loop()
             else:
                 await self._open_loop()
-            while self._inflight:
-                await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            while self._inflight or self._turn_tasks:
+                await asyncio.gather(*self._inflight.values(), *self._turn_tasks.values(),
+                                     return_exceptions=True)
         except asyncio.CancelledError:
             if not self.stopping:
                 raise
@@ -107,22 +151,26 @@ class Dispatcher:
         now = self.clock.now
         wait_until = self.pacer.wait_until
         capped = self.cap is not None
-        n = self.n
-        i = 0
-        while i < n:
-            target = origin + offset[i]
+        # The rows the schedule sends, in order: all of them, or without session follow-ups
+        # (those are released by their previous turn).
+        walk = self._walk if self._sessions else range(self.n)
+        n = len(walk)
+        k = 0
+        while k < n:
+            target = origin + offset[walk[k]]
             if now() < target:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
             t = now()
-            while i < n and origin + offset[i] <= t:
+            while k < n and origin + offset[walk[k]] <= t:
+                i = walk[k]
                 if capped and len(self._inflight) >= self.cap:
                     self.slot_waits += 1
                     self.ready_ns[i] = await self._wait_slot()
                     t = now()
                 self._launch(i)
-                i += 1
-                self.next_index = i
+                k += 1
+                self.next_index = k
 
     async def _closed_loop(self) -> None:
         scheduled = self.rec.scheduled_ns
@@ -140,14 +188,50 @@ class Dispatcher:
             self.next_index = i + 1
 
     async def _wait_slot(self) -> int:
-        self._slot_waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
         try:
-            return await self._slot_waiter
+            return await waiter
         finally:
-            self._slot_waiter = None
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
 
     def _launch(self, i: int) -> None:
+        self.launched += 1
         self._inflight[i] = asyncio.get_running_loop().create_task(self._serve(i))
+
+    # -- sessions ----------------------------------------------------------------------------
+    def _after_turn(self, i: int, status: int, done: int | None) -> None:
+        """Turn ``i`` is final: release the session's next turn, or stop the session."""
+        j = self._next_turn[i]
+        if j < 0 or self.stopping:  # after an interrupt, finalize_pending() settles the rest
+            return
+        if status == OK:
+            at = done + self._think[j]
+            self.rec.scheduled_ns[j] = at
+            self._offset[j] = at - self.origin_ns
+            self._turn_tasks[j] = asyncio.get_running_loop().create_task(self._release(j, at))
+            return
+        stopped = self.clock.now()
+        why = (f"session {self._session_id[i]} stopped: turn {self._turn[i]} ended "
+               f"{STATUSES[status]}")
+        while j >= 0:
+            self.rec.scheduled_ns[j] = stopped
+            self.rec.complete(j, DROPPED, None, None, why)
+            self.completed += 1
+            j = self._next_turn[j]
+
+    async def _release(self, j: int, at: int) -> None:
+        try:
+            delay = at - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+            if self.cap is not None and len(self._inflight) >= self.cap:
+                self.slot_waits += 1
+                self.ready_ns[j] = await self._wait_slot()
+            self._launch(j)
+        finally:
+            del self._turn_tasks[j]
 
     # -- one request -------------------------------------------------------------------------
     async def _serve(self, i: int) -> None:
@@ -159,6 +243,8 @@ class Dispatcher:
             request = Request(self._request_id[i], self._model[i], self._batch_size[i],
                               self._seq_len[i], self._max_new_tokens[i],
                               self.origin_ns + self._offset[i])
+            if self._sessions and self._session_id[i] != NULL_I64:
+                request.session_id, request.turn = self._session_id[i], self._turn[i]
             if self.timeout_s is not None:
                 timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, i)
             rec.sent_ns[i] = now()
@@ -185,10 +271,15 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            waiter = self._slot_waiter  # set only while the dispatcher waits for a slot
-            if waiter is not None and not waiter.done():
-                waiter.set_result(now())
+            waiters = self._slot_waiters  # the first still waiting takes the freed slot
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(now())
+                    break
         rec.complete(i, status, done, outcome, error)
+        if self._sessions:
+            self._after_turn(i, status, done if done is not None else now())
 
     def _expire(self, i: int) -> None:
         task = self._inflight.get(i)
@@ -208,14 +299,15 @@ class Dispatcher:
         self.stopped_at_ns = self.clock.now()
         if cancel_main and self._main is not None:
             self._main.cancel()
-        for task in list(self._inflight.values()):
+        for task in [*self._inflight.values(), *self._turn_tasks.values()]:
             task.cancel()
 
     async def drain(self) -> None:
-        for task in list(self._inflight.values()):
+        for task in [*self._inflight.values(), *self._turn_tasks.values()]:
             task.cancel()
-        while self._inflight:
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        while self._inflight or self._turn_tasks:
+            await asyncio.gather(*self._inflight.values(), *self._turn_tasks.values(),
+                                 return_exceptions=True)
 
     def due_mask(self) -> np.ndarray:
         """Rows that were due: all in a finished run; after an interrupt, those scheduled by then

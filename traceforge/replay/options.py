@@ -43,6 +43,10 @@ class ReplayOptions:
     # run_replay only. auto = precise: asyncio with timerfd-backed timers (replay/loop.py) where
     # available, else stock asyncio; uvloop (optional dependency) on request.
     event_loop: str = "auto"
+    # Sample this Prometheus text endpoint during the run into server_metrics.parquet
+    # (replay/scrape.py); warnings, never failures, when it is dead or malformed.
+    scrape_url: str | None = None
+    scrape_interval_s: float = 0.5
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:
@@ -77,6 +81,9 @@ class ReplayOptions:
             if importlib.util.find_spec("uvloop") is None:
                 raise BadInput("uvloop is not installed (pip install uvloop)",
                                key="--event-loop", value="uvloop")
+        from traceforge.replay.scrape import check_url
+
+        check_url(self.scrape_url, self.scrape_interval_s)
         if not (0 <= self.spin_margin_ms <= 100):
             raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
         if not (0 < self.flush_interval_s <= 1.0):
