@@ -163,6 +163,15 @@ def test_prewarm_covers_every_bucket_before_the_first_request(tmp_path):
         assert label in pre["buckets"][r["model"]], (label, pre["buckets"])
         assert r["sent_ns"] > pre["ready_ns"]  # warm before the first scheduled request
     assert pre["seconds"]["enc"] > 0
+    # The report's bucket statistics: rows per bucket that ran, and how much was padding.
+    from traceforge.analyze.report import build_report
+
+    stats = build_report(run)["models"]["enc"]["buckets"]
+    assert {k: v["count"] for k, v in stats["by_bucket"].items()} == {
+        "b1s32": 1, "b1s64": 1, "b2s32": 1, "b2s128": 1}
+    real = 20 + 2 * 70 + 33 + 2 * 20
+    assert stats["padding_token_share"] == pytest.approx(1 - real / (32 + 2 * 128 + 64 + 2 * 32))
+    assert stats["padded_share"] == 1.0
 
 
 def test_no_prewarm_keeps_shapes_cold(tmp_path):
