@@ -118,18 +118,18 @@ def test_compile_graphs_on_cpu_exits_2(tmp_path):
 
 
 def _small_trace(path: Path, shapes=None) -> None:
-    from traceforge.schema import TRACE_SCHEMA, write_trace
+    from traceforge.schema import conform_trace_table, write_trace
 
     shapes = shapes or [("enc", 1, 20, 0), ("enc", 2, 70, 0), ("dec", 1, 9, 5),
                         ("enc", 1, 33, 0), ("dec", 1, 40, 3), ("enc", 2, 20, 0)]
     n = len(shapes)
-    table = pa.table({
+    table = conform_trace_table(pa.table({
         "request_id": np.arange(n, dtype=np.int64),
         "arrival_ns": np.arange(n, dtype=np.int64) * 20_000_000,
         "model": [s[0] for s in shapes],
         "batch_size": np.array([s[1] for s in shapes], np.int32),
         "seq_len": np.array([s[2] for s in shapes], np.int32),
-        "max_new_tokens": np.array([s[3] for s in shapes], np.int32)}, schema=TRACE_SCHEMA)
+        "max_new_tokens": np.array([s[3] for s in shapes], np.int32)}))
     spec = {"models": {"enc": {"zoo": "tiny-bert", "seq_buckets": [32, 64, 128]},
                        "dec": {"zoo": "tiny-gpt2"}}}
     write_trace(table, path, {"spec": spec})
@@ -251,15 +251,15 @@ def _bucketed_profile(tmp_path: Path, buckets) -> Path:
 def test_simulator_uses_the_bucket_service_time(tmp_path):
     import pyarrow.dataset as ds
 
-    from traceforge.schema import TRACE_SCHEMA, write_trace
+    from traceforge.schema import conform_trace_table, write_trace
     from traceforge.simulate import simulate
 
     seqs = [20, 33, 64, 100]
-    table = pa.table({"request_id": np.arange(4, dtype=np.int64),
+    table = conform_trace_table(pa.table({"request_id": np.arange(4, dtype=np.int64),
                       "arrival_ns": np.arange(4, dtype=np.int64) * 10**9,  # never queued
                       "model": ["enc"] * 4, "batch_size": np.ones(4, np.int32),
                       "seq_len": np.array(seqs, np.int32),
-                      "max_new_tokens": np.zeros(4, np.int32)}, schema=TRACE_SCHEMA)
+                      "max_new_tokens": np.zeros(4, np.int32)}))
     write_trace(table, tmp_path / "t.parquet", {})
     svc = {}
     for buckets in ([32, 64, 128], None):
