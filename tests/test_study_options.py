@@ -13,7 +13,7 @@ from traceforge.backends.options import BACKEND_OPTIONS, option_fields
 # CLI parameters that are not options of a run (inputs, outputs, display) and CLI spellings
 # that differ from the field name.
 NOT_OPTIONS = {"trace", "out", "backend", "progress"}
-RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers"}
+RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers", "compile_": "compile"}
 
 
 def command_params(name: str) -> set[str]:

@@ -62,6 +62,9 @@ class ResidentOptions:
     max_wait_ms: float = 0.0
     zoo: dict[str, str] = field(default_factory=dict)
     telemetry: bool = True
+    compile: str | None = None  # graphs | compiled | eager (None: graphs on CUDA, eager on CPU)
+    seq_buckets: list[int] | None = None  # padding buckets (None: each model's defaults)
+    prewarm: bool = True
 
 
 @dataclass
@@ -74,7 +77,7 @@ class SimulateOptions:
     max_batch: int = 1
     max_wait_ms: float = 0.0
     seed: int = 0
-    cold_start: bool = True
+    cold_start: bool | None = None  # None: warm for a bucketed profile (see simulate())
     time_scale: float = 1.0
     warmup_s: float = 0.0
 

@@ -143,6 +143,14 @@ class _GroupRuntime:
         options = ReplayOptions(models=models, progress=False, **replay_opts).validate()
         runner = self._loop(options.event_loop)
         if self.backend == "resident":
+            if self.shared is None:
+                # The shared backend pre-warms the buckets of the first cell's trace (a mix's
+                # shapes are the same in every cell; other buckets warm at first use).
+                from traceforge.replay.run import trace_shapes
+
+                shapes = trace_shapes(trace)
+                for m in models:
+                    m.shapes = shapes.get(m.name, [])
             backend = KeepStarted(self._shared(models, backend_opts), self.base_clock, run_dir)
         elif self.backend == "null":
             from traceforge.backends.null import from_options
