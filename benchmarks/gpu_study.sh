@@ -19,6 +19,7 @@ OUT=${OUT:-out/gpu-study}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 resume=(); [ -f "$STUDY_DIR/study.json" ] && resume=(--resume)
+"$PY" -m traceforge study "$SPEC" -o "$STUDY_DIR" --dry-run ${STUDY_ARGS:-}
 echo "---- traceforge study $SPEC -o $STUDY_DIR ${resume[*]} (limit ${LIMIT_S}s)"
 timeout -s INT -k 60 "$LIMIT_S" "$PY" -m traceforge study "$SPEC" -o "$STUDY_DIR" \
   "${resume[@]}" --no-progress ${STUDY_ARGS:-}

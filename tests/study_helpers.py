@@ -62,7 +62,7 @@ def run_cells(root: Path, *, mixes: dict[str, dict[str, dict[str, Any]]],
                                        for m, v in models.items()}})
                         simulate(generate_trace(spec), root / "cells" / name, seed=seed,
                                  **config.sim)
-                    cells.append({"name": name, "mix": mix, "coords": coords,
+                    cells.append({"name": name, "mix": mix, "coords": dict(coords),
                                   "repeat": repeat, "seed": seed, "status": status,
                                   "run_dir": f"cells/{name}", "kind": kind,
                                   "backend": backend})

@@ -303,3 +303,42 @@ def test_a_real_http_replay_releases_turns_after_answers_and_grows_prompts(tmp_p
     assert prompts[55].startswith(prompts[25]) and prompts[95].startswith(prompts[55])
     assert prompts[20].split()[0] != prompts[25].split()[0]  # sessions share nothing
     assert prompts[8].split()[0] not in (prompts[20].split()[0], prompts[25].split()[0])
+
+
+def test_csv_import_keeps_sessions_from_a_session_column(tmp_path):
+    from traceforge.importers import import_trace
+
+    src = tmp_path / "chat.csv"
+    src.write_text("t,conv,tokens\n"
+                   "0.0,alice,10\n0.5,bob,12\n1.0,,7\n2.0,alice,30\n3.5,bob,40\n4.0,alice,55\n")
+    trace = import_trace("csv", [src], columns="time=t,session=conv,seq_len=tokens")
+    rows = trace.table.to_pylist()
+    assert [r["session_id"] for r in rows] == [0, 1, None, 0, 1, 0]
+    assert [r["turn"] for r in rows] == [1, 1, None, 2, 2, 3]
+    # a window starting mid-session: bob's turn 2 is the first of his rows left
+    cut = import_trace("csv", [src], columns="time=t,session=conv,seq_len=tokens",
+                       start_s=3.0).table.to_pylist()
+    assert [(r["session_id"], r["turn"]) for r in cut] == [(0, 2), (1, 3)]
+    # explicit turn numbers must increase with time
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,conv,k\n0.0,a,2\n1.0,a,1\n")
+    with pytest.raises(BadInput, match="turns of session 0 must increase"):
+        import_trace("csv", [bad], columns="time=t,session=conv,turn=k")
+    with pytest.raises(BadInput, match="turn=COL needs session=COL"):
+        import_trace("csv", [bad], columns="time=t,turn=k")
+
+
+def test_max_inflight_is_never_exceeded_with_released_turns(tmp_path):
+    spec = json.loads(json.dumps(SPEC))
+    spec["duration_s"] = 10
+    spec["models"]["chat"]["arrival"]["rate"] = 30.0
+    spec["models"]["chat"]["sessions"]["think_time_s"] = {"dist": "exponential", "mean": 0.02}
+    trace = generate_trace(parse_spec(spec))
+    summary, tl = replay_virtual(trace, tmp_path / "run",
+                                 NullBackend(servers=8, service_ms=30, service_dist="exp"),
+                                 max_inflight=3)
+    assert summary.counts == {"ok": trace.table.num_rows}
+    events = sorted([(s, 1) for s in tl["sent_ns"]] + [(d, -1) for d in tl["done_ns"]],
+                    key=lambda e: (e[0], e[1]))  # at a tie a completion frees its slot first
+    depth = np.cumsum([e[1] for e in events])
+    assert depth.max() == 3  # the cap binds (30 req/s x 30 ms with turns) and holds

@@ -12,8 +12,12 @@ from traceforge.backends.options import BACKEND_OPTIONS, option_fields
 
 # CLI parameters that are not options of a run (inputs, outputs, display) and CLI spellings
 # that differ from the field name.
-NOT_OPTIONS = {"trace", "out", "backend", "progress"}
-RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers", "compile_": "compile"}
+# --workers/--shard-by/--executor/--address shard one replay over processes or Ray actors; a
+# study runs each cell unsharded and places whole groups with its own --executor instead.
+NOT_OPTIONS = {"trace", "out", "backend", "progress", "workers", "shard_by", "executor",
+               "address"}
+RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers", "compile_": "compile",
+           "scrape": "scrape_url", "scrape_interval": "scrape_interval_s"}
 
 
 def command_params(name: str) -> set[str]:
@@ -32,6 +36,23 @@ def test_every_replay_and_simulate_flag_is_an_option_field():
     sim = {RENAMED.get(p, p) for p in command_params("simulate") - NOT_OPTIONS}
     assert not sim - set(option_fields("simulate")), sim - set(option_fields("simulate"))
     assert set(BACKEND_OPTIONS) == {"null", "http", "resident", "simulate"}
+
+
+def test_list_and_optional_fields_are_type_checked():
+    from traceforge.backends.options import coerce_options
+    from traceforge.errors import BadInput
+
+    out = coerce_options("resident", {"seq_buckets": [16, 32], "compile": None},
+                         source="s", keys={})
+    assert out == {"seq_buckets": [16, 32], "compile": None}
+    for bad in ([16, "x"], 16, [1.5]):
+        try:
+            coerce_options("resident", {"seq_buckets": bad}, source="s",
+                           keys={"seq_buckets": "axes.seq_buckets[0]"})
+        except BadInput as exc:
+            assert "axes.seq_buckets[0]" in str(exc) and "a list of integers" in str(exc)
+        else:
+            raise AssertionError(bad)
 
 
 def test_demo_study_cells_are_ordinary_run_directories(tmp_path, capsys):
@@ -55,3 +76,13 @@ def test_demo_study_cells_are_ordinary_run_directories(tmp_path, capsys):
     for mix in ("steady", "bursty"):
         by_mode = {c["config"]["mode"]: c["load"] for c in caps if c["mix"] == mix}
         assert by_mode["exclusive"] > by_mode["timeslice"] > by_mode["streams"], by_mode
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(["study", REPO / "studies" / "demo-study.toml", "-o", out,
+                                 "--dry-run"], capsys)
+    assert code == 0, err
+    assert not out.exists()
+    assert "6 groups, 36 grid cells; traces 360 s" in stdout
+    assert "group bursty__mode=streams: 6 grid cells, 1 capacity searches" in stdout

@@ -65,10 +65,22 @@ def study(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(study) -> dict:
-    done = cli("report", str(study), "--json")
+def cli_outputs(study, tmp_path_factory) -> tuple[dict, Path]:
+    """One `report --json --html` call: the JSON it printed and the page it wrote."""
+    page = tmp_path_factory.mktemp("html") / "study.html"
+    done = cli("report", str(study), "--json", "--html", str(page))
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout), page
+
+
+@pytest.fixture(scope="module")
+def report(cli_outputs) -> dict:
+    return cli_outputs[0]
+
+
+@pytest.fixture(scope="module")
+def html_file(cli_outputs) -> Path:
+    return cli_outputs[1]
 
 
 def _agg(report: dict, mode: str, load: float, source: str = "simulated") -> dict:
@@ -229,14 +241,6 @@ def test_bad_study_json(tmp_path):
         build_study_report(bad)
 
 
-@pytest.fixture(scope="module")
-def html_file(study, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("html") / "study.html"
-    done = cli("report", str(study), "--html", str(out))
-    assert done.returncode == 0, done.stderr
-    return out
-
-
 def test_html_is_self_contained(html_file):
     text = html_file.read_text()
     assert text.startswith("<!DOCTYPE html>")
@@ -273,3 +277,94 @@ def test_html_renders_in_chromium(html_file, tmp_path):
     # The curves drew: tab:blue (#1f77b4, the first configuration's colour) in quantity.
     tab_blue = np.all(np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.06, axis=-1)
     assert tab_blue.sum() > 500, tab_blue.sum()
+
+
+def test_report_of_a_study_run_by_the_engine(tmp_path):
+    """The layout `traceforge study` writes: grid cells, capacity probes (kind 'capacity') and
+    searches; every cell of study.json is in the report, probes stay out of the grid."""
+    from traceforge.study.engine import run_study
+    from traceforge.study.spec import parse_study
+
+    raw = {"name": "e", "backend": "simulate", "seed": 3, "requests": 600, "repeats": 3,
+           "mixes": {"m": {"models": {"a": {"arrival": {"process": "poisson", "rate": 50.0},
+                                            "slo_ms": 40.0}}}},
+           "axes": {"load": [0.5, 1.0], "servers": [1, 2]},
+           "options": {"service_ms": 8.0, "service_dist": "exp"},
+           "capacity": {"slo": {"metric": "p99", "ms": 60.0}, "tolerance": 0.05}}
+    result = run_study(parse_study(raw, source="test"), tmp_path / "study")
+    report = build_study_report(tmp_path / "study")
+    assert [c["name"] for c in report["cells"]] == [c["name"] for c in result["cells"]]
+    assert report["counts"]["usable"] == len(result["cells"]) and not report["incomplete"]
+    grid = [a for a in report["aggregates"] if a["kind"] == "grid"]
+    assert sorted((a["config_label"], a["level"], a["repeats"]) for a in grid) == [
+        ("servers=1", 0.5, 3), ("servers=1", 1.0, 3), ("servers=2", 0.5, 3),
+        ("servers=2", 1.0, 3)]
+    probes = [c for c in result["cells"] if c["kind"] == "capacity"]
+    assert probes and all(a["kind"] == "search" for a in report["aggregates"]
+                          if set(a["cells"]) & {c["name"] for c in probes})
+    assert [{k: c[k] for k in ("mix", "config", "load", "low", "high")}
+            for c in report["capacity"]] == [
+        {k: c[k] for k in ("mix", "config", "load", "low", "high")} for c in result["capacity"]]
+    for b in (b for b in report["best"] if b["metric"] == "p99_ms"):
+        assert b["config"] == {"servers": 2}
+        # repeat r of every configuration ran trace seed 3 + r: the repeat test is paired
+        assert b["lead"]["repeats"]["test"] == "paired t (same seeds)"
+
+
+def test_slo_option_applies_to_every_cell(study):
+    from traceforge.analyze.study import StudyOptions
+
+    result = build_study_report(study, StudyOptions(slo_ms={"a": 1e6}))
+    cells = [c for c in result["cells"] if c["models"]]
+    assert cells and all(c["models"]["a"]["attainment"] == 1.0 for c in cells)
+    assert all(c["models"]["a"]["slo_ms"] == 1e6 and c["slo_source"] == "--slo" for c in cells)
+    with pytest.raises(BadInput, match=r"--slo: zzz: no such model in any cell"):
+        build_study_report(study, StudyOptions(slo_ms={"zzz": 5.0}))
+
+
+def test_capacity_over_repeats_and_prescreen(tmp_path):
+    def search(kind: str, repeat: int, load: float, step: float = 0.03) -> dict:
+        return {"key": f"k{kind}{repeat}", "mix": "m", "config": {"mode": "fast"},
+                "repeat": repeat, "kind": kind, "load": load, "low": load,
+                "high": load + step, "tolerance": 0.02, "converged": True, "probes": []}
+
+    loads = [1.40, 1.46, 1.43]
+    capacity = ([search("prescreen", r, 1.6) for r in range(3)]
+                + [search("capacity", r, x) for r, x in enumerate(loads)])
+    root = tmp_path / "cap"
+    root.mkdir()
+    result = build_study_report(write_study_json(root, [], capacity=capacity))
+    assert [c["load"] for c in result["capacity"]] == loads
+    assert [c["load"] for c in result["capacity_prescreen"]] == [1.6] * 3
+    (real,) = [s for s in result["capacity_summary"] if s["kind"] == "capacity"]
+    half = stats.t.ppf(0.975, 2) * np.std(loads, ddof=1) / math.sqrt(3)
+    assert real["load"]["mean"] == pytest.approx(np.mean(loads))
+    assert real["load"]["ci95"] == pytest.approx([np.mean(loads) - half, np.mean(loads) + half])
+    assert (real["low"], real["high"]) == (1.40, pytest.approx(1.49))
+    pairs = result["sim_vs_measured_capacity"]
+    assert [p["repeat"] for p in pairs] == [0, 1, 2]
+    assert [p["ratio"] for p in pairs] == pytest.approx([x / 1.6 for x in loads])
+    text = write_study_html(result, tmp_path / "cap.html").read_text()
+    assert 'alt="capacity m"' in text and "simulated prescreen vs measured search" in text
+
+
+def test_capacity_based_load_axis(tmp_path):
+    """`load = [fractions]` of each configuration's capacity: coords hold `capacity`, the cell
+    its actual multiplier as `load`; the report's x axis is the fraction."""
+    root = tmp_path / "frac"
+    cells = run_cells(root, mixes={"m": MIX}, configs=[FAST, SLOW], loads=[0.5, 1.0],
+                      repeats=2, requests=400)
+    for c in cells:
+        fraction = c["coords"].pop("load")
+        c["coords"] = {"capacity": fraction, **c["coords"]}
+        c["load"] = fraction * (3.0 if c["coords"]["mode"] == "fast" else 1.2)
+    result = build_study_report(write_study_json(root, cells))
+    grid = [a for a in result["aggregates"] if a["kind"] == "grid"]
+    assert sorted((a["config_label"], a["level"], a["repeats"]) for a in grid) == [
+        ("mode=fast", 0.5, 2), ("mode=fast", 1.0, 2), ("mode=slow", 0.5, 2),
+        ("mode=slow", 1.0, 2)]
+    assert {a["level_axis"] for a in grid} == {"capacity"}
+    assert {c["load"] for c in result["cells"]} == {1.5, 3.0, 0.6, 1.2}
+    assert {b["level"] for b in result["best"]} == {0.5, 1.0}
+    text = write_study_html(result, tmp_path / "frac.html").read_text()
+    assert "capacity 0.5" in text and "Best configuration per capacity" in text

@@ -22,6 +22,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
+@pytest.mark.slow
 def test_cpu_resident_study_reuses_backends_per_mode(tmp_path):
     raw = {"name": "cpu", "backend": "resident", "seed": 2, "duration_s": 1.0,
            "mixes": {"tiny": {"models": {
@@ -60,6 +61,7 @@ def test_cpu_resident_study_reuses_backends_per_mode(tmp_path):
     assert pids["timeslice"][0] == pids["timeslice"][1] and "None" not in pids["timeslice"][0]
 
 
+@pytest.mark.slow
 def test_prescreened_capacity_search_confirms_around_the_simulated_edge(tmp_path):
     raw = {"name": "pre", "backend": "resident", "seed": 4, "duration_s": 1.0,
            "mixes": {"bert": {"models": {

@@ -49,9 +49,8 @@ def study_json(path: Path) -> dict:
 
 
 def stable(data: dict) -> tuple[list, list]:
-    cells = sorted(({k: c.get(k) for k in STABLE} for c in data["cells"]),
-                   key=lambda c: c["name"])
-    return cells, data["capacity"]
+    # in study.json's own order: a resumed study must list cells exactly as an uninterrupted one
+    return [{k: c.get(k) for k in STABLE} for c in data["cells"]], data["capacity"]
 
 
 def tree_hashes(root: Path) -> dict[str, str]:

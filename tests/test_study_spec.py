@@ -47,6 +47,7 @@ def write(tmp_path, text, name="s.toml"):
     ("[capacity]\nslo = { attainment = 0.99 }\n",
      ["mixes.a.models.m.slo_ms", "attainment needs"]),
     ("[axes]\nload = { capacity = [0.5] }\n", ["axes.load.capacity", "need a [capacity]"]),
+    ("[axes]\nload = [0.1, 0.1000000001]\n", ["axes.load", "look the same in cell names"]),
 ])
 def test_bad_study_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, extra, needles):
     spec = write(tmp_path, BASE + extra)
@@ -145,3 +146,27 @@ def test_prescreen_needs_profile_models(tmp_path, capsys):
     code, _, err = run_cli(["study", spec, "-o", tmp_path / "o"], capsys)
     assert_one_line_error(code, err, "capacity.prescreen", "no entry in the profile",
                           "tiny-bert")
+
+
+def test_header_values_never_reach_study_json_and_retries_count(tmp_path, capsys):
+    spec = write(tmp_path, """
+name = "h"
+backend = "http"
+duration_s = 0.2
+retries = 1
+[mixes.a.models.m]
+arrival = { process = "poisson", rate = 20.0 }
+[options]
+url = "http://127.0.0.1:9"
+headers = { Authorization = "Bearer s3cr3t-token" }
+""")
+    out = tmp_path / "o"
+    code, _, err = run_cli(["study", spec, "-o", out], capsys)
+    assert code == 1, err  # nothing listens on port 9: the cell fails, recorded
+    data = json.loads((out / "study.json").read_text())
+    assert data["cells"][0]["status"] == "failed" and "cannot connect" in data["cells"][0]["error"]
+    assert data["cells"][0]["attempts"] == 2  # retries = 1: tried twice, both recorded
+    assert data["spec"]["options"]["headers"]["Authorization"].startswith("sha256:")
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert b"s3cr3t-token" not in path.read_bytes(), path

@@ -46,6 +46,10 @@ from traceforge.schema import read_trace  # noqa: E402
 
 SERVED = "tiny"
 MAX_MODEL_LEN = 8192
+# The server's KV block (the prefix cache's unit): vLLM's CPU backend defaults to 128; set it so
+# the expected hit rates below can be computed in the same unit. CPU kernels prefer multiples of
+# 32.
+CACHE_BLOCK = 32
 
 
 def free_port() -> int:
@@ -65,14 +69,16 @@ class Server:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
+        # Dev mode for POST /reset_prefix_cache: each check starts from an empty prefix cache
+        # (prompts are seeded by request id, so two traces' request 0 share a prompt prefix).
+        env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_SERVER_DEV_MODE": "1"}
         cmd = [vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port),
                "--max-model-len", str(MAX_MODEL_LEN), "--dtype", "float32",
                "--enable-prefix-caching",
                # The CPU backend reserves --gpu-memory-utilization of host RAM: keep it small.
                "--gpu-memory-utilization", "0.1", "--kv-cache-memory-bytes", str(256 << 20),
-               "--max-num-seqs", "64",
+               "--max-num-seqs", "64", "--block-size", str(CACHE_BLOCK),
                "--optimization-level", "0"]  # no torch.compile: starts in about a minute
         self.fh = open(log, "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.fh, stderr=subprocess.STDOUT,
@@ -82,7 +88,7 @@ class Server:
         """None when /health answers 200; else why not."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc is not None and self.proc.poll() is not None:
                 return f"the server exited with status {self.proc.returncode}"
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
@@ -114,9 +120,6 @@ class Attached(Server):
         self.log = Path("(attached)")
         self.proc = None
 
-    def wait_ready(self, timeout_s: float) -> str | None:
-        return None
-
     def stop(self) -> None:
         pass
 
@@ -140,8 +143,16 @@ class Table:
         return any(r[1] == "FAIL" for r in self.rows)
 
 
+def reset_prefix_cache(url: str) -> None:
+    req = urllib.request.Request(url + "/reset_prefix_cache", method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        if not json.loads(r.read()).get("success"):
+            raise RuntimeError("the server refused to reset its prefix cache")
+
+
 def replay(trace: Path, out: Path, server: Server, *extra: str) -> tuple[dict, dict, dict]:
     shutil.rmtree(out, ignore_errors=True)
+    reset_prefix_cache(server.url)
     res = traceforge("replay", str(trace), "-o", str(out), "--backend", "http", "--url",
                      server.url, "--model-name", f"chat={SERVED}", "--scrape",
                      server.url + "/metrics", "--scrape-interval", "0.5", "--timeout", "60",
@@ -220,13 +231,13 @@ def run_sessions(table: Table, work: Path, server: Server) -> None:
     table.add("sessions: turn k+1 scheduled at done_k + think", checked > 0 and wrong == 0,
               f"{checked - wrong}/{checked} follow-up turns exact")
     # Each turn's prompt extends the previous one, so a prefix cache serves the previous
-    # prompt's full 16-token blocks (the previous *output* is stand-in text, never a hit).
+    # prompt's full cache blocks (the previous *output* is stand-in text, never a hit).
     prev_len = {}
     reusable = total = 0
     for r in rows:
         total += r["seq_len"]
         if r["session_id"] is not None:
-            reusable += prev_len.get(r["session_id"], 0) // 16 * 16
+            reusable += prev_len.get(r["session_id"], 0) // CACHE_BLOCK * CACHE_BLOCK
             prev_len[r["session_id"]] = r["seq_len"]
     expected = reusable / total
     rate = (report.get("server_metrics") or {}).get("prefix_cache_hit_rate")
@@ -285,10 +296,10 @@ def run_mooncake(table: Table, work: Path, server: Server) -> None:
               f"{t.num_rows} requests, first {MOONCAKE_WINDOW_S} s, tokens / {MOONCAKE_SCALE})")
 
 
-def shared_prefix_fraction(t, block: int, cache_block: int = 16) -> float:
+def shared_prefix_fraction(t, block: int, cache_block: int = CACHE_BLOCK) -> float:
     """Prompt tokens a perfect prefix cache serves: per request, its leading blocks already
     seen in an earlier request (Mooncake's ids hash the whole prefix, so an id seen before is
-    that very prefix), cut to the prompt, counted in the server's 16-token cache blocks, and
+    that very prefix), cut to the prompt, counted in the server's whole cache blocks, and
     never the prompt's last token (vLLM always computes one); over all prompt tokens."""
     seen: set[int] = set()
     hit = total = 0

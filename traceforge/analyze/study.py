@@ -52,6 +52,7 @@ STUDY_REPORT_SCHEMA_ID = "traceforge.study-report/1"
 ALL = "(all)"  # the group of every model of a mix together
 SIMULATED, MEASURED = "simulated", "measured"
 METRICS = ("p50_ms", "p99_ms", "attainment", "goodput_rps")
+LEVEL_AXES = ("load", "capacity")
 _PCT = {"p50_ms": 50.0, "p99_ms": 99.0}
 
 METHODS = {
@@ -87,6 +88,11 @@ class StudyOptions:
     alpha: float = DEFAULT_ALPHA
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
+
+
 @dataclass
 class StudyCell:
     """One cell of study.json."""
@@ -100,20 +106,33 @@ class StudyCell:
     kind: str | None
     backend: str | None
     seed: Any = None
+    load_run: float | None = None  # the cell's top-level "load": the multiplier it ran at
+    error: str | None = None
 
     @property
-    def load(self) -> float | None:
-        load = self.coords.get("load")
-        return float(load) if isinstance(load, int | float) and not isinstance(load, bool) \
-            else None
+    def level_axis(self) -> str | None:
+        """The coordinate that is the x axis: ``load``, or ``capacity`` (fractions of each
+        configuration's capacity) in a study whose load axis is capacity-based."""
+        return next((a for a in LEVEL_AXES if a in self.coords), None)
+
+    @property
+    def level(self) -> float | None:
+        axis = self.level_axis
+        return _number(self.coords[axis]) if axis else self.load_run
 
     @property
     def config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.coords.items() if k != "load"}
+        return {k: v for k, v in self.coords.items() if k != self.level_axis}
 
     @property
     def source(self) -> str:
         return SIMULATED if self.backend == "simulate" or self.kind == "prescreen" else MEASURED
+
+    @property
+    def is_grid(self) -> bool:
+        """Grid cells make the tables; capacity-search probes (kinds ``capacity`` and
+        ``prescreen``) sit at loads the search picked and are reported with their search."""
+        return self.kind in (None, "grid")
 
 
 @dataclass
@@ -201,7 +220,10 @@ def load_study(study_dir: Path | str) -> Study:
         cells.append(StudyCell(name=c["name"], mix=c["mix"], coords=c["coords"], repeat=repeat,
                                status=c["status"], run_dir=study_dir / run_dir,
                                kind=c.get("kind"), backend=c.get("backend"),
-                               seed=c.get("seed")))
+                               seed=c.get("seed"),
+                               load_run=_number(c.get("load", c["coords"].get("load"))),
+                               error=c.get("error") if isinstance(c.get("error"), str)
+                               else None))
     capacity = raw.get("capacity", [])
     if not isinstance(capacity, list):
         raise BadInput("must be a list", source=path, key="capacity",
@@ -449,6 +471,12 @@ def read_study(study_dir: Path | str, options: StudyOptions | None = None, *,
             # One broken cell must not hide the study: it is listed with the reason.
             study.data[cell.name] = _CellData(entry={"error": str(exc)}, latencies={},
                                               slo={}, duration_s=0.0)
+    if options.slo_ms:
+        seen = {m for d in study.data.values() for m in d.entry.get("models", {})}
+        unknown = sorted(set(options.slo_ms) - seen)
+        if seen and unknown:
+            raise BadInput("no such model in any cell of the study", source="--slo",
+                           key=unknown[0], allowed=", ".join(sorted(seen)))
     return study
 
 
@@ -469,74 +497,57 @@ def build_study_report(study_dir: Path | str, options: StudyOptions | None = Non
         entry = {"name": cell.name, "mix": cell.mix, "coords": cell.coords,
                  "repeat": cell.repeat, "status": cell.status, "kind": cell.kind,
                  "backend": cell.backend, "source": cell.source, "seed": cell.seed,
-                 "run_dir": str(cell.run_dir), "models": {}}
+                 "load": cell.load_run, "run_dir": str(cell.run_dir), "models": {}}
         if data is not None:
-            entry.update({k: v for k, v in data.entry.items()})
+            entry.update(data.entry)
         cells_out.append(entry)
         if data is None or "error" in data.entry:
+            reason = (data.entry["error"] if data is not None
+                      else cell.error or f"status {cell.status}")
             incomplete.append({"name": cell.name, "mix": cell.mix, "coords": cell.coords,
-                               "repeat": cell.repeat, "status": cell.status,
-                               "reason": (data.entry["error"] if data is not None
-                                          else f"status {cell.status}")})
+                               "repeat": cell.repeat, "kind": cell.kind,
+                               "status": cell.status, "reason": reason})
         else:
             usable.append((cell, data))
 
-    # -- aggregates per (mix, source, config, load) --
-    groups: dict[tuple, list[tuple[StudyCell, _CellData]]] = {}
-    for cell, data in usable:
-        key = (cell.mix, cell.source, _config_key(cell.config), cell.load)
-        groups.setdefault(key, []).append((cell, data))
-    aggregates = []
-    for (mix, source, config_key, load), members in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or 0.0)):
-        config = json.loads(config_key)
-        datas = [d for _, d in members]
-        names = sorted({m for d in datas for m in d.entry["models"]})
-        models = {}
-        for model in (*names, ALL):
-            models[model] = _aggregate_model(model, members,
-                                             _seed(mix, source, config_key, load, model))
-        aggregates.append({
-            "mix": mix, "source": source, "config": config, "config_label": config_label(config),
-            "load": load, "repeats": len(members), "cells": [c.name for c, _ in members],
-            "kinds": sorted({str(c.kind) for c, _ in members}), "models": models})
-    # -- which loads each (mix, source) table shows: the grid's (capacity probes have their own
-    #    table); where a mix has no grid cells, every load --
+    aggregates = _aggregates(usable)
+    grid = [a for a in aggregates if a["kind"] == "grid"]
     display: dict[tuple[str, str], list[float]] = {}
-    for mix, source in {(a["mix"], a["source"]) for a in aggregates}:
-        mine = [c for c, _ in usable if c.mix == mix and c.source == source
-                and c.load is not None]
-        grid = {c.load for c in mine if c.kind in (None, "grid")} or {c.load for c in mine}
-        display[(mix, source)] = sorted(grid)
-
-    best = _best(aggregates, display, options.alpha)
+    for agg in grid:
+        display.setdefault((agg["mix"], agg["source"]), []).append(agg["level"])
+    display = {k: sorted(set(v)) for k, v in display.items()}
+    best = _best(grid, options.alpha)
     sim_vs_measured = _sim_vs_measured(aggregates, options.alpha)
     for agg in aggregates:
         for m in agg["models"].values():
             m.pop("_pooled_ns", None)
             m.pop("_by_seed", None)
 
-    capacity = []
+    capacity, prescreen = [], []
     for entry in study.raw.get("capacity") or []:
         out = {"mix": entry["mix"], "config": entry.get("config", {}),
                "load": entry.get("load"), "low": entry.get("low"), "high": entry.get("high")}
         out.update({k: v for k, v in entry.items() if k not in out})
         out["config_label"] = config_label(out["config"])
-        capacity.append(out)
+        (prescreen if entry.get("kind") == "prescreen" else capacity).append(out)
 
     notes = []
     if incomplete:
-        notes.append(f"{len(incomplete)} of {len(study.cells)} cells are not in the aggregates "
-                     "(not complete or unreadable); see 'incomplete'")
-    single = sum(1 for a in aggregates if a["repeats"] == 1)
+        notes.append(f"{len(incomplete)} of {len(study.cells)} cells are not in the numbers "
+                     "(not complete, or unreadable): see the list of cells not in the numbers")
+    if study.raw.get("status") not in (None, "complete"):
+        notes.append(f"the study's status is {study.raw.get('status')!r}: this report covers "
+                     "the cells complete so far")
+    single = sum(1 for a in grid if a["repeats"] == 1)
     if single:
-        notes.append(f"{single} of {len(aggregates)} groups have one repeat: their intervals "
+        notes.append(f"{single} of {len(grid)} grid groups have one repeat: their intervals "
                      "are within-run (bootstrap/Wilson/Poisson), not across repeats")
     spec = study.raw.get("spec") or {}
     return {
         "schema": STUDY_REPORT_SCHEMA_ID,
         "study_dir": str(study.study_dir),
         "name": study.raw.get("name"),
+        "status": study.raw.get("status"),
         "alpha": options.alpha,
         "ci_level": CI_LEVEL,
         "methods": METHODS,
@@ -544,23 +555,92 @@ def build_study_report(study_dir: Path | str, options: StudyOptions | None = Non
         "counts": {"cells": len(study.cells), "usable": len(usable), "by_status": status_counts},
         "cells": cells_out,
         "capacity": capacity,
-        "loads": {f"{mix}/{source}": loads for (mix, source), loads in display.items()},
+        "capacity_prescreen": prescreen,
+        "capacity_summary": _capacity_summary(capacity + prescreen),
+        "levels": {f"{mix}/{source}": levels for (mix, source), levels in display.items()},
         "aggregates": aggregates,
         "best": best,
         "sim_vs_measured": sim_vs_measured,
+        "sim_vs_measured_capacity": _capacity_pairs(prescreen, capacity),
         "incomplete": incomplete,
         "notes": notes,
     }
 
 
-def _best(aggregates: list[dict], display: dict[tuple[str, str], list[float]],
-          alpha: float) -> list[dict[str, Any]]:
-    by_level: dict[tuple, list[dict]] = {}
-    for agg in aggregates:
-        if agg["load"] in display.get((agg["mix"], agg["source"]), []):
-            by_level.setdefault((agg["mix"], agg["source"], agg["load"]), []).append(agg)
+def _aggregates(usable: list[tuple[StudyCell, _CellData]]) -> list[dict[str, Any]]:
+    """One entry per (mix, source, kind, configuration, level), in study.json order."""
+    groups: dict[tuple, list[tuple[StudyCell, _CellData]]] = {}
+    for cell, data in usable:
+        key = (cell.mix, cell.source, "grid" if cell.is_grid else "search",
+               _config_key(cell.config), cell.level_axis, cell.level)
+        groups.setdefault(key, []).append((cell, data))
+    mix_order = {m: i for i, m in enumerate(dict.fromkeys(c.mix for c, _ in usable))}
+    config_order = {k: i for i, k in enumerate(dict.fromkeys(
+        (c.mix, _config_key(c.config)) for c, _ in usable))}
     out = []
-    for (mix, source, load), aggs in sorted(by_level.items()):
+    for key in sorted(groups, key=lambda k: (mix_order[k[0]], k[1], k[2],
+                                             config_order[(k[0], k[3])],
+                                             -1.0 if k[5] is None else k[5])):
+        mix, source, kind, config_key, level_axis, level = key
+        members = groups[key]
+        config = json.loads(config_key)
+        names = sorted({m for _, d in members for m in d.entry["models"]})
+        models = {model: _aggregate_model(model, members,
+                                          _seed(mix, source, kind, config_key, level, model))
+                  for model in (*names, ALL)}
+        out.append({"mix": mix, "source": source, "kind": kind, "config": config,
+                    "config_label": config_label(config), "level_axis": level_axis,
+                    "level": level, "load": level if level_axis == "load" else None,
+                    "repeats": len(members), "cells": [c.name for c, _ in members],
+                    "models": models})
+    return out
+
+
+def _capacity_summary(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (mix, configuration, kind): the capacity over the searched repeats — mean with a t
+    interval when >= 2 repeats found one — and the widest bracket."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for e in entries:
+        groups.setdefault((e["mix"], _config_key(e["config"]), e.get("kind", "capacity")),
+                          []).append(e)
+    out = []
+    for (mix, config_key, kind), items in groups.items():
+        loads = [e["load"] for e in items if e["load"] is not None]
+        lows = [e["low"] for e in items if e["low"] is not None]
+        highs = [e["high"] for e in items if e["high"] is not None]
+        config = json.loads(config_key)
+        out.append({"mix": mix, "config": config, "config_label": config_label(config),
+                    "kind": kind, "searches": len(items), "none_met": len(items) - len(loads),
+                    "load": across_repeats(loads), "low": min(lows) if lows else None,
+                    "high": max(highs) if len(highs) == len(items) else None})
+    return out
+
+
+def _capacity_pairs(prescreen: list[dict], capacity: list[dict]) -> list[dict[str, Any]]:
+    """A prescreen (simulated) search beside the real one of the same configuration and
+    repeat: how far the simulator's capacity was from the measured one."""
+    real = {(c["mix"], _config_key(c["config"]), c.get("repeat")): c for c in capacity}
+    out = []
+    for pre in prescreen:
+        match = real.get((pre["mix"], _config_key(pre["config"]), pre.get("repeat")))
+        if match is None:
+            continue
+        out.append({"mix": pre["mix"], "config": pre["config"],
+                    "config_label": pre["config_label"], "repeat": pre.get("repeat"),
+                    "simulated": {k: pre[k] for k in ("load", "low", "high")},
+                    "measured": {k: match[k] for k in ("load", "low", "high")},
+                    "ratio": (match["load"] / pre["load"] if match["load"] is not None
+                              and pre["load"] else None)})
+    return out
+
+
+def _best(grid: list[dict], alpha: float) -> list[dict[str, Any]]:
+    by_level: dict[tuple, list[dict]] = {}
+    for agg in grid:
+        if agg["level"] is not None:
+            by_level.setdefault((agg["mix"], agg["source"], agg["level"]), []).append(agg)
+    out = []
+    for (mix, source, level), aggs in by_level.items():
         models = [*sorted({m for a in aggs for m in a["models"] if m != ALL}), ALL]
         for model in models:
             for metric, sign in (("p99_ms", 1.0), ("goodput_rps", -1.0)):
@@ -571,7 +651,8 @@ def _best(aggregates: list[dict], display: dict[tuple[str, str], list[float]],
                 if not ranked:
                     continue
                 (best_agg, best), runner = ranked[0], (ranked[1] if len(ranked) > 1 else None)
-                entry = {"mix": mix, "source": source, "load": load, "model": model,
+                entry = {"mix": mix, "source": source, "level_axis": best_agg["level_axis"],
+                         "level": level, "load": best_agg["load"], "model": model,
                          "metric": metric, "config": best_agg["config"],
                          "config_label": best_agg["config_label"],
                          "value": best[metric]["mean"], "ci95": best[metric]["ci95"],
@@ -586,7 +667,7 @@ def _best(aggregates: list[dict], display: dict[tuple[str, str], list[float]],
                                           "repeats": runner_m[metric]["n"]}
                     if metric == "p99_ms":
                         entry["lead"] = _lead_p99(best, runner_m, alpha,
-                                                  _seed(mix, source, load, model))
+                                                  _seed(mix, source, level, model))
                     else:
                         entry["lead"] = _lead_goodput(best, runner_m, alpha)
                 out.append(entry)
@@ -594,13 +675,17 @@ def _best(aggregates: list[dict], display: dict[tuple[str, str], list[float]],
 
 
 def _sim_vs_measured(aggregates: list[dict], alpha: float) -> list[dict[str, Any]]:
+    """Simulated and measured cells at the same (mix, configuration, load): grid groups where
+    a source has them, else capacity-search probes that landed on that load."""
     by_coords: dict[tuple, dict[str, dict]] = {}
     for agg in aggregates:
-        key = (agg["mix"], _config_key(agg["config"]), agg["load"])
-        by_coords.setdefault(key, {})[agg["source"]] = agg
+        if agg["load"] is None:
+            continue
+        pair = by_coords.setdefault((agg["mix"], _config_key(agg["config"]), agg["load"]), {})
+        if agg["source"] not in pair or agg["kind"] == "grid":
+            pair[agg["source"]] = agg
     out = []
-    for (mix, _, load), pair in sorted(by_coords.items(), key=lambda kv: (kv[0][0], kv[0][1],
-                                                                           kv[0][2] or 0.0)):
+    for (mix, _, load), pair in by_coords.items():
         if SIMULATED not in pair or MEASURED not in pair:
             continue
         sim, meas = pair[SIMULATED], pair[MEASURED]
@@ -612,15 +697,17 @@ def _sim_vs_measured(aggregates: list[dict], alpha: float) -> list[dict[str, Any
 
             entry = {"mix": mix, "config": sim["config"], "config_label": sim["config_label"],
                      "load": load, "model": model,
-                     "simulated": {k: mean(s, k) for k in METRICS} | {"repeats": sim["repeats"]},
-                     "measured": {k: mean(m, k) for k in METRICS} | {"repeats": meas["repeats"]}}
+                     "simulated": {k: mean(s, k) for k in METRICS} | {
+                         "repeats": sim["repeats"], "kind": sim["kind"]},
+                     "measured": {k: mean(m, k) for k in METRICS} | {
+                         "repeats": meas["repeats"], "kind": meas["kind"]}}
             for k in ("p50_ms", "p99_ms"):
                 a, b = entry["simulated"][k], entry["measured"][k]
                 entry[f"{k[:3]}_ratio"] = b / a if a and b is not None else None
             a, b = entry["simulated"]["attainment"], entry["measured"]["attainment"]
             entry["attainment_diff"] = b - a if a is not None and b is not None else None
-            cmp = compare_model(s["_pooled_ns"], m["_pooled_ns"],
-                                alpha=alpha, seed=_seed(mix, load, model))
+            cmp = compare_model(s["_pooled_ns"], m["_pooled_ns"], alpha=alpha,
+                                seed=_seed(mix, load, model))
             entry["compare"] = {k: cmp.get(k) for k in ("ks_p", "mw_p", "verdict",
                                                         "p99_diff_ms", "p99_diff_ci_ms",
                                                         "wasserstein_ms")}

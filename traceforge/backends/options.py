@@ -31,6 +31,8 @@ class ReplayFields:
     warmup_s: float = 0.0
     pacer: str = "spin"
     event_loop: str = "auto"
+    scrape_url: str | None = None
+    scrape_interval_s: float = 0.5
 
 
 @dataclass
@@ -51,6 +53,7 @@ class HttpOptions:
     headers: dict[str, str] = field(default_factory=dict)
     stream: bool = True
     ignore_eos: bool = True
+    tokenizer: str | None = None
 
 
 @dataclass
@@ -62,8 +65,9 @@ class ResidentOptions:
     max_wait_ms: float = 0.0
     zoo: dict[str, str] = field(default_factory=dict)
     telemetry: bool = True
-    compile: str | None = None  # graphs | compiled | eager (None: graphs on CUDA, eager on CPU)
-    seq_buckets: list[int] | None = None  # padding buckets (None: each model's defaults)
+    # graphs | compiled | eager (None: the backend's default for the device)
+    compile: str | None = None
+    seq_buckets: list[int] | None = None  # seq_len padding buckets (None: the default ladder)
     prewarm: bool = True
 
 
@@ -77,7 +81,7 @@ class SimulateOptions:
     max_batch: int = 1
     max_wait_ms: float = 0.0
     seed: int = 0
-    cold_start: bool | None = None  # None: warm for a bucketed profile (see simulate())
+    cold_start: bool | None = None  # None: simulate()'s default
     time_scale: float = 1.0
     warmup_s: float = 0.0
 
@@ -115,8 +119,11 @@ def split_options(backend: str, values: dict[str, Any]) -> list[dict[str, Any]]:
 def _type_name(tp: Any) -> str:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
+    plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
     if origin is dict:
-        return f"a table of {_type_name(args[1])}s"
+        return f"a table of {plural.get(args[1], str(args[1]))}"
+    if origin is list:
+        return f"a list of {plural.get(args[0], str(args[0]))}"
     if args and origin is not dict:
         return _type_name(args[0]) + " (or omit it)"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
@@ -146,6 +153,16 @@ def _check(tp: Any, value: Any) -> tuple[bool, Any]:
                 return False, value
             out[k] = conv
         return True, out
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        out_list = []
+        for v in value:
+            ok, conv = _check(args[0], v)
+            if not ok:
+                return False, value
+            out_list.append(conv)
+        return True, out_list
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:

@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
         address: str = typer.Option(None, "--address", help="Ray cluster address."),
         progress: bool = typer.Option(None, "--progress/--no-progress",
                                       help="Progress bar (default: on when stderr is a TTY)."),
+        dry_run: bool = typer.Option(False, "--dry-run",
+                                     help="Validate and print the plan (groups, cells, replay "
+                                          "time); write nothing."),
     ) -> None:
         """Run every cell of a study (mixes × axes × repeats) and its capacity searches."""
         from traceforge.study.engine import run_study
@@ -49,6 +52,11 @@ def register(app: typer.Typer) -> None:
         from traceforge.study.spec import load_study
 
         spec = load_study(spec_path, backend=backend)
+        if dry_run:
+            from traceforge.study.plan import describe_plan
+
+            typer.echo(describe_plan(spec))
+            return
         impl = make_executor(executor, gpus=parse_gpus(gpus), address=address)
         try:
             result = run_study(spec, out, resume=resume, executor=impl,

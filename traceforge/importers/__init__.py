@@ -185,36 +185,37 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
                         rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
-                        **_sessions(rec, idx))
+                        **_sessions(rec, order, idx))
     if rec.session_key is not None:
         validate_sessions(table, source="SRC")
     return table, window_s, origin_ns
 
 
-def _sessions(rec: Records, idx: np.ndarray) -> dict[str, pa.Array]:
+def _sessions(rec: Records, order: np.ndarray, idx: np.ndarray) -> dict[str, pa.Array]:
     """session_id 0..S-1 in order of each session's first request in the window; turn from
-    the source, else 1, 2, ... by time within the session. A session cut by the window starts
-    at its first request inside it (replay sends that one on schedule)."""
+    the source, else 1, 2, ... by time within the session over the whole source (``order``:
+    all records in time order), so a session cut by the window keeps its turn numbers."""
     if rec.session_key is None:
         return {}
+    turn_all = rec.turn
+    if turn_all is None:
+        key = rec.session_key[order]
+        by_key = np.argsort(key, kind="stable")  # time order within each session
+        grouped = key[by_key]
+        starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+        count = np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size]))
+        turn_all = np.empty(key.size, np.int64)
+        turn_all[order[by_key]] = count + 1
     key = rec.session_key[idx]
     none = key < 0
     sid = np.full(key.size, -1, np.int64)
-    turn = np.full(key.size, 0, np.int64)
     rows = np.flatnonzero(~none)
     if rows.size:
         _, first, inverse = np.unique(key[rows], return_index=True, return_inverse=True)
         rank = np.empty(first.size, np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(first.size)
         sid[rows] = rank[inverse]
-        if rec.turn is not None:
-            turn[rows] = rec.turn[idx][rows]
-        else:  # k-th request of its session in time order (idx is in time order)
-            order = np.argsort(sid[rows], kind="stable")
-            grouped = sid[rows][order]
-            starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
-            count = np.arange(rows.size) - np.repeat(starts, np.diff(np.r_[starts, rows.size]))
-            turn[rows[order]] = count + 1
+    turn = np.where(none, 0, turn_all[idx])
     return {"session_id": pa.array(sid, pa.int64(), mask=none),
             "turn": pa.array(turn.astype(np.int32), pa.int32(), mask=none)}
 

@@ -166,7 +166,9 @@ class Dispatcher:
                 i = walk[k]
                 if capped and len(self._inflight) >= self.cap:
                     self.slot_waits += 1
-                    self.ready_ns[i] = await self._wait_slot()
+                    # A loop: a released session turn may take the freed slot first.
+                    while len(self._inflight) >= self.cap:
+                        self.ready_ns[i] = await self._wait_slot()
                     t = now()
                 self._launch(i)
                 k += 1
@@ -228,7 +230,8 @@ class Dispatcher:
                 await asyncio.sleep(delay / 1e9)
             if self.cap is not None and len(self._inflight) >= self.cap:
                 self.slot_waits += 1
-                self.ready_ns[j] = await self._wait_slot()
+                while len(self._inflight) >= self.cap:
+                    self.ready_ns[j] = await self._wait_slot()
             self._launch(j)
         finally:
             del self._turn_tasks[j]

@@ -139,7 +139,6 @@ class StudyRecord:
         self.capacity: dict[str, dict[str, Any]] = {c["key"]: c for c in prev.get("capacity", [])
                                                     if "key" in c}
         self.order: dict[str, tuple] = {}
-        self.search_order: dict[str, int] = {}
         self.search_ranks: dict[str, int] = {}  # capacity key -> plan order
         self.last_write = 0.0
 
@@ -186,11 +185,6 @@ class StudyRecord:
         if rec is None:
             rec = self._new_record(cell)
             self.cells[cell.name] = rec
-        if cell.name not in self.order:  # a capacity probe: after the grid, in search order
-            search = f"{config_stem(cell.mix, {k: v for k, v in cell.coords.items() if k != 'load'})}"
-            idx = self.search_order.setdefault(f"{cell.kind}:{search}:{cell.repeat}",
-                                               len(self.search_order))
-            self.order[cell.name] = (1 if cell.kind == "prescreen" else 2, idx, cell.load)
         rec["status"] = event.status
         rec["attempts"] = max(rec.get("attempts", 0), 0) + (1 if event.status == "running"
                                                              else 0)
@@ -216,9 +210,7 @@ class StudyRecord:
         if status is not None:
             self.data["status"] = status
         self.data["updated_at"] = _now()
-        big = (9, 0, 0)
-        cells = sorted(self.cells.values(),
-                       key=lambda c: (self.order.get(c["name"], big), c["name"]))
+        cells = sorted(self.cells.values(), key=self._cell_order)
         caps = sorted(self.capacity.values(),
                       key=lambda c: (c["kind"] != "prescreen", self.search_rank(c), c["key"]))
         counts = _status_counts(cells)
@@ -234,6 +226,17 @@ class StudyRecord:
         text = "\n".join(lines)
         atomic_write(self.path, lambda tmp: tmp.write_text(text + "\n"))
         self.last_write = time.monotonic()
+
+    def _cell_order(self, rec: dict[str, Any]) -> tuple:
+        """Grid cells in plan order, then prescreen and capacity probes by search (in plan
+        order), then load — computed from the record, so a resumed study lists the same order."""
+        if rec["name"] in self.order:
+            return (0, *self.order[rec["name"]], rec["name"])
+        config = {k: v for k, v in rec["coords"].items() if k != "load"}
+        tag = "__pre" if rec["kind"] == "prescreen" else ""
+        key = f"{config_stem(rec['mix'], config)}{tag}__r{rec['repeat']}"
+        return (1 if rec["kind"] == "prescreen" else 2, self.search_ranks.get(key, 1 << 30),
+                rec["load"] or 0.0, rec["name"])
 
     def search_rank(self, cap: dict[str, Any]) -> int:
         return self.search_ranks.get(cap["key"], 1 << 30)

@@ -8,7 +8,9 @@ and how groups run. Contract for every implementation:
   :class:`~traceforge.study.cells.CellGroup` objects. A group's cells share loaded models and
   must run in order on one backend instance (one process, one device); different groups are
   independent and may run in parallel, on any GPU or host. ``group.resources`` says what a group
-  needs (``num_gpus`` 1 for a resident backend on CUDA, else 0; ``num_cpus``).
+  needs (``num_gpus`` 1 for a resident backend on CUDA, else 0; ``num_cpus``). Cells name their
+  device as the study does (``device = "cuda"``): to place a group on GPU i, run it in a process
+  with ``CUDA_VISIBLE_DEVICES=i`` (Ray does this for ``num_gpus=1`` tasks and actors).
 * **Running a group** — call :func:`traceforge.study.runner.run_group` (the one way a cell is
   run: it builds the trace from the cell's spec and seed and runs it with exactly the code
   ``replay``/``simulate`` use) with a scratch directory local to the worker. No shared filesystem

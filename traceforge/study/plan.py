@@ -201,5 +201,48 @@ def plan_groups(spec: StudySpec, *, skip: set[str] | frozenset[str] = frozenset(
             options = found[0].options if found else {**spec.options, **config}
             groups.append(CellGroup(key=stem, backend=backend, cells=tuple(cells),
                                     searches=tuple(found),
-                                    resources=resources_for(backend, options)))
+                                    resources=resources_for(backend, options),
+                                    max_attempts=1 + spec.retries))
     return groups
+
+
+def cell_seconds(spec: StudySpec, mix: str, load: float) -> float:
+    """How long a cell's trace lasts at ``load`` (a replay takes at least that long)."""
+    from traceforge.generate import parse_spec
+    from traceforge.study.spec import scale_workload
+
+    workload = spec.mixes[mix]
+    if "duration_s" in workload:
+        return float(workload["duration_s"])
+    rate = parse_spec(scale_workload(workload, load), source=mix).long_run_rate()
+    return workload["requests"] / rate
+
+
+def describe_plan(spec: StudySpec) -> str:
+    """The plan in words: groups, grid cells, searches, and the replay time they need."""
+    groups = plan_groups(spec, searches={
+        (m, config_stem(m, c)): searches_for(spec, m, c, kind="capacity")
+        for m in spec.mixes for c in configurations(spec)} if spec.capacity else None)
+    lines = [f"study {spec.name}: backend {spec.backend}, {len(spec.mixes)} mixes, "
+             f"{len(configurations(spec))} configurations per mix, {spec.repeats} repeats"]
+    total = 0.0
+    for group in groups:
+        seconds = sum(cell_seconds(spec, c.mix, c.load) for c in group.cells
+                      if c.load == c.load)
+        total += seconds
+        gpu = " (1 GPU)" if group.resources.num_gpus else ""
+        searches = f", {len(group.searches)} capacity searches" if group.searches else ""
+        lines.append(f"  group {group.key}{gpu}: {len(group.cells)} grid cells{searches}, "
+                     f"grid traces {seconds:.0f} s")
+    n_cells = sum(len(g.cells) for g in groups)
+    note = ("virtual seconds: the study itself takes seconds" if spec.backend == "simulate" else
+            "real time: the least the grid cells take, plus model loads and drains")
+    lines.append(f"{len(groups)} groups, {n_cells} grid cells; traces {total:.0f} s ({note})")
+    if spec.capacity:
+        cap = spec.capacity
+        start_s = cell_seconds(spec, next(iter(spec.mixes)), cap.start)
+        lines.append(f"capacity: every configuration x {cap.repeats} repeat(s), bracketing from "
+                     f"load {cap.start:g} ({start_s:.0f} s a probe there) then bisection to "
+                     f"{cap.tolerance:g}" + (" after a simulator prescreen"
+                                             if cap.prescreen else ""))
+    return "\n".join(lines)

@@ -130,7 +130,9 @@ class _GroupRuntime:
             from traceforge.simulate import simulate
 
             (opts,) = split_options("simulate", cell.options)
-            summary = simulate(trace, run_dir, **opts)
+            # None means "simulate()'s own default" (e.g. cold_start follows the profile)
+            summary = simulate(trace, run_dir,
+                               **{k: v for k, v in opts.items() if v is not None})
             return summary.status, summary.counts
         from traceforge.replay import ReplayOptions, default_models
         from traceforge.replay.run import replay_async
@@ -143,15 +145,8 @@ class _GroupRuntime:
         options = ReplayOptions(models=models, progress=False, **replay_opts).validate()
         runner = self._loop(options.event_loop)
         if self.backend == "resident":
-            if self.shared is None:
-                # The shared backend pre-warms the buckets of the first cell's trace (a mix's
-                # shapes are the same in every cell; other buckets warm at first use).
-                from traceforge.replay.run import trace_shapes
-
-                shapes = trace_shapes(trace)
-                for m in models:
-                    m.shapes = shapes.get(m.name, [])
-            backend = KeepStarted(self._shared(models, backend_opts), self.base_clock, run_dir)
+            backend = KeepStarted(self._shared(models, backend_opts, trace), self.base_clock,
+                                  run_dir)
         elif self.backend == "null":
             from traceforge.backends.null import from_options
 
@@ -169,11 +164,13 @@ class _GroupRuntime:
             _restore_sigterm(previous)
         return summary.status, summary.counts
 
-    def _shared(self, models, backend_opts: dict[str, Any]):
+    def _shared(self, models, backend_opts: dict[str, Any], trace):
         if self.shared_error is not None:
             raise self.shared_error
         if self.shared is None:
             from traceforge.backends.resident import from_options
+
+            _add_shapes(models, trace)
 
             backend = from_options({**backend_opts,
                                     "zoo": {m.name: m.zoo for m in models if m.zoo},
@@ -187,6 +184,23 @@ class _GroupRuntime:
                 raise
             self.shared = backend
         return self.shared
+
+
+def _add_shapes(models, trace) -> None:
+    """Where ModelInfo carries ``shapes`` (what a resident backend pre-warms at start), give the
+    shared backend the first cell's: shape streams are seeded apart from arrivals, so the
+    group's other cells draw the same shapes (more or fewer of them)."""
+    if not models or "shapes" not in getattr(type(models[0]), "__dataclass_fields__", {}):
+        return
+    table = trace.table.select(["model", "batch_size", "seq_len", "max_new_tokens"])
+    rows = table.group_by(table.column_names).aggregate([]).to_pylist()
+    shapes: dict[str, list[tuple[int, int, int]]] = {}
+    for row in rows:
+        shapes.setdefault(row["model"], []).append(
+            (row["batch_size"], row["seq_len"], row["max_new_tokens"]))
+    for m in models:
+        if m.shapes is None:
+            m.shapes = sorted(shapes.get(m.name, []))
 
 
 def _sigterm_handler():

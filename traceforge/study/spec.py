@@ -23,9 +23,10 @@ from traceforge.backends.options import BACKENDS, coerce_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec
 from traceforge.study.capacity import PERCENTILES
+from traceforge.study.cells import format_value
 
 TOP_KEYS = ("name", "description", "backend", "repeats", "seed", "duration_s", "requests",
-            "mixes", "axes", "options", "capacity")
+            "retries", "mixes", "axes", "options", "capacity")
 MIX_KEYS = ("workload", "models", "modulations", "duration_s", "requests", "description")
 CAPACITY_KEYS = ("slo", "tolerance", "start", "min_load", "max_load", "prescreen", "profile",
                  "repeats")
@@ -66,6 +67,7 @@ class StudySpec:
     options: dict[str, Any] = field(default_factory=dict)
     capacity: CapacitySpec | None = None
     description: str | None = None
+    retries: int = 0  # extra attempts for a failed cell (each attempt counts in study.json)
     path: Path | None = None
 
     @property
@@ -84,14 +86,23 @@ class StudySpec:
         return {m: t.get("slo_ms", default) for m, t in self.mixes[mix]["models"].items()}
 
     def to_dict(self) -> dict[str, Any]:
+        """The parsed spec as written into study.json (header values redacted: they may carry
+        credentials, and no secret reaches disk)."""
         axes: dict[str, Any] = dict(self.axes)
         if self.load_basis == "capacity":
             axes["load"] = {"capacity": self.axes["load"]}
+        if "headers" in axes:
+            axes["headers"] = [_redacted(h) for h in axes["headers"]]
+        options = dict(self.options)
+        if "headers" in options:
+            options["headers"] = _redacted(options["headers"])
         out: dict[str, Any] = {"name": self.name, "backend": self.backend,
                                "repeats": self.repeats, "seed": self.seed,
-                               "mixes": self.mixes, "axes": axes, "options": self.options}
+                               "mixes": self.mixes, "axes": axes, "options": options}
         if self.description:
             out["description"] = self.description
+        if self.retries:
+            out["retries"] = self.retries
         if self.capacity:
             out["capacity"] = self.capacity.to_dict()
         return out
@@ -99,6 +110,11 @@ class StudySpec:
     def spec_hash(self) -> str:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _redacted(headers: dict[str, str]) -> dict[str, str]:
+    # A digest keeps "did the headers change" answerable (--resume) without the value itself.
+    return {k: "sha256:" + hashlib.sha256(v.encode()).hexdigest()[:12] for k, v in headers.items()}
 
 
 def scale_workload(workload: dict[str, Any], load: float) -> dict[str, Any]:
@@ -153,6 +169,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
             r.fail("backend", backend, "unknown backend", ", ".join(BACKENDS))
     repeats = r.integer(raw.get("repeats", 1), "repeats", low=1, high=10_000)
     seed = r.integer(raw.get("seed", 0), "seed", low=0, high=None)
+    retries = r.integer(raw.get("retries", 0), "retries", low=0, high=10)
     duration_s = requests = None
     if "duration_s" in raw:
         duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
@@ -201,6 +218,14 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
             r.fail(key, values, "values must be distinct")
         axes[axis] = checked
 
+    for axis, values in axes.items():  # cell names are coordinates: they must stay distinct
+        names = [format_value(v) for v in values]
+        if len(set(names)) != len(names):
+            r.fail(f"axes.{axis}", values, "values that look the same in cell names (6 "
+                   "significant digits, unsafe characters as _)")
+    mix_names = [format_value(m) for m in mixes]
+    if len(set(mix_names)) != len(mix_names):
+        r.fail("mixes", list(mixes), "mix names that look the same in cell names")
     capacity = None
     if "capacity" in raw:
         capacity = _parse_capacity(r, raw["capacity"], backend, options, repeats, mixes)
@@ -209,7 +234,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
                "[capacity] table")
     spec = StudySpec(name=name, backend=backend, repeats=repeats, seed=seed, mixes=mixes,
                      axes=axes, load_basis=load_basis, options=options, capacity=capacity,
-                     description=description, path=path)
+                     description=description, retries=retries, path=path)
     _check_combinations(spec, source)
     return spec
 
