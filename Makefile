@@ -17,10 +17,14 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 .PHONY: install demo test integration bench lint gpu-check clean
 
 $(STAMP): pyproject.toml
+	@echo "== creating the virtualenv $(VENV) ($(PYTHON))"
 	$(PYTHON) -m venv $(VENV)
+	@echo "== installing $(TORCH_SPEC) (the largest download: a few minutes on a fresh machine)"
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	@echo "== installing traceforge with its dev and resident extras (editable)"
 	$(PY) -m pip install -q -e ".[dev,resident]"
 	touch $(STAMP)
+	@echo "== installed into $(VENV)"
 
 install: $(STAMP)
 
@@ -46,8 +50,12 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check traceforge tests benchmarks
 
+# One line and exit 2 on a machine without an NVIDIA GPU (before any install); else the venv's
+# Python runs the check.
 gpu-check:
-	bash benchmarks/gpu_check.sh
+	$(if $(shell nvidia-smi -L 2>/dev/null),,$(error gpu-check needs an NVIDIA GPU: nvidia-smi finds none on this machine))
+	@$(MAKE) --no-print-directory $(STAMP)
+	PYTHON=$(abspath $(PY)) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .integration demo-out

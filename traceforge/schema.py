@@ -200,6 +200,12 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
         if field.name not in table.column_names and not field.nullable:
             raise BadInput("missing column", source=path, key=field.name,
                            allowed=", ".join(TRACE_SCHEMA.names))
+        if not field.nullable and table.column(field.name).null_count:
+            # before the cast, which refuses nulls in a non-nullable field with a ValueError
+            i = next(i for i, v in enumerate(table.column(field.name).is_null().to_pylist())
+                     if v)
+            raise BadInput(f"null value (row {i}); the column must be complete", source=path,
+                           key=field.name, value=None)
     try:
         table = conform_trace_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -213,6 +219,7 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
 def validate_trace_table(table: pa.Table, *, source: object = None,
                          meta: dict[str, Any] | None = None) -> None:
     import numpy as np
+    import pyarrow.compute as pc
 
     n = table.num_rows
     if n == 0:
@@ -221,7 +228,19 @@ def validate_trace_table(table: pa.Table, *, source: object = None,
         if name in OPTIONAL_TRACE_COLUMNS:
             continue
         if table.column(name).null_count:
-            raise BadInput("null values", source=source, key=name)
+            i = int(np.argmax(table.column(name).is_null().to_numpy(zero_copy_only=False)))
+            raise BadInput(f"null value (row {i}); the column must be complete", source=source,
+                           key=name, value=None)
+    ids = table.column("request_id").to_numpy()
+    bad = np.flatnonzero(ids != np.arange(n, dtype=np.int64))
+    if bad.size:  # CONTRACT.md: ids are 0..n-1 in row order (duplicates would merge rows)
+        i = int(bad[0])
+        raise BadInput(f"must be 0..n-1 in row order; row {i} holds {int(ids[i])}",
+                       source=source, key="request_id", value=int(ids[i]))
+    empty = pc.equal(pc.utf8_length(table.column("model")), 0)
+    if pc.any(empty).as_py():
+        i = int(np.argmax(empty.to_numpy(zero_copy_only=False)))
+        raise BadInput(f"empty model name (row {i})", source=source, key="model", value="")
     arrival = table.column("arrival_ns").to_numpy()
     bad = np.flatnonzero(np.diff(arrival) < 0)
     if bad.size:

@@ -419,12 +419,23 @@ def _lead_p99(best: dict, runner: dict, alpha: float, seed: int) -> dict[str, An
     cmp = compare_model(runner["_pooled_ns"], best["_pooled_ns"], alpha=alpha, seed=seed)
     repeats = repeat_test(best, runner, "p99_ms", log=True)
     repeat_p = repeats["p"] if repeats else None
-    significant = cmp["verdict"] == "faster" and (repeat_p is None or repeat_p < alpha)
+    # Why a lead is not significant, first failing condition (None when it is significant).
+    if cmp["ks_p"] is None:
+        reason = "too few ok requests to test"
+    elif cmp["ks_p"] >= alpha:
+        reason = "KS p >= alpha"
+    elif cmp["verdict"] != "faster":
+        reason = "bootstrap CI of the p99 difference includes 0"
+    elif repeat_p is not None and repeat_p >= alpha:
+        reason = "repeat test p >= alpha"
+    else:
+        reason = None
     ps = [p for p in (cmp["ks_p"], repeat_p) if p is not None]
     return {"pooled_test": "compare: KS + bootstrap CI of p99(best) - p99(runner-up)",
             "ks_p": cmp["ks_p"], "mw_p": cmp["mw_p"], "verdict": cmp["verdict"],
             "p99_diff_ms": cmp["p99_diff_ms"], "p99_diff_ci_ms": cmp["p99_diff_ci_ms"],
-            "repeats": repeats, "p_value": max(ps) if ps else None, "significant": significant}
+            "repeats": repeats, "p_value": max(ps) if ps else None,
+            "significant": reason is None, "reason": reason}
 
 
 def _lead_goodput(best: dict, runner: dict, alpha: float) -> dict[str, Any]:
@@ -442,14 +453,20 @@ def _lead_goodput(best: dict, runner: dict, alpha: float) -> dict[str, Any]:
         poisson_p = float(stats.binomtest(b["attained"], k, share).pvalue) if k else 1.0
     repeats = repeat_test(best, runner, "goodput_rps", log=False)
     repeat_p = repeats["p"] if repeats else None
-    leads = best["goodput_rps"]["mean"] > runner["goodput_rps"]["mean"]
-    significant = (leads and poisson_p is not None and poisson_p < alpha
-                   and (repeat_p is None or repeat_p < alpha))
+    if best["goodput_rps"]["mean"] <= runner["goodput_rps"]["mean"]:
+        reason = "no lead (equal means)"
+    elif poisson_p is None or poisson_p >= alpha:
+        reason = "rate test p >= alpha"
+    elif repeat_p is not None and repeat_p >= alpha:
+        reason = "repeat test p >= alpha"
+    else:
+        reason = None
     ps = [p for p in (poisson_p, repeat_p) if p is not None]
     return {"pooled_test": "conditional binomial test of two Poisson rates (attained "
                            "counts over the pooled windows)",
             "poisson_p": poisson_p, "repeats": repeats,
-            "p_value": max(ps) if ps else None, "significant": significant}
+            "p_value": max(ps) if ps else None, "significant": reason is None,
+            "reason": reason}
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -590,7 +607,7 @@ def _aggregates(usable: list[tuple[StudyCell, _CellData]]) -> list[dict[str, Any
                   for model in (*names, ALL)}
         out.append({"mix": mix, "source": source, "kind": kind, "config": config,
                     "config_label": config_label(config), "level_axis": level_axis,
-                    "level": level, "load": level if level_axis == "load" else None,
+                    "level": level, "load": level if level_axis in ("load", None) else None,
                     "repeats": len(members), "cells": [c.name for c, _ in members],
                     "models": models})
     return out
@@ -641,7 +658,8 @@ def _best(grid: list[dict], alpha: float) -> list[dict[str, Any]]:
             by_level.setdefault((agg["mix"], agg["source"], agg["level"]), []).append(agg)
     out = []
     for (mix, source, level), aggs in by_level.items():
-        models = [*sorted({m for a in aggs for m in a["models"] if m != ALL}), ALL]
+        names = sorted({m for a in aggs for m in a["models"] if m != ALL})
+        models = [*names, ALL] if len(names) > 1 else names  # one model: (all) is the same
         for model in models:
             for metric, sign in (("p99_ms", 1.0), ("goodput_rps", -1.0)):
                 ranked = sorted(((a, a["models"][model]) for a in aggs
@@ -657,6 +675,9 @@ def _best(grid: list[dict], alpha: float) -> list[dict[str, Any]]:
                          "config_label": best_agg["config_label"],
                          "value": best[metric]["mean"], "ci95": best[metric]["ci95"],
                          "repeats": best[metric]["n"], "candidates": len(ranked),
+                         # configurations at this level with no value (e.g. no ok request)
+                         "without_value": [a["config_label"] for a in aggs
+                                           if not (a["models"].get(model) or {}).get(metric)],
                          "runner_up": None, "lead": None}
                 if runner is not None:
                     runner_agg, runner_m = runner

@@ -53,7 +53,7 @@ def _best_table(report: dict[str, Any], mix: str, source: str) -> str:
     for b in report["best"]:
         if b["mix"] != mix or b["source"] != source:
             continue
-        p, verdict = significance(b["lead"])
+        p, verdict = significance(b["lead"], b.get("without_value"))
         runner = b["runner_up"] or {}
         cls = "ok" if b["lead"] and b["lead"]["significant"] else "muted"
         lead = b["lead"] or {}

@@ -71,18 +71,26 @@ def cell_lines(m: dict[str, Any] | None) -> list[str]:
             return "–"
         return f"{_f(s['mean'])} [{_ci(s['ci95'])}]" if s.get("ci95") else _f(s["mean"])
 
-    att, good, p99 = m.get("attainment"), m.get("goodput_rps"), m.get("p99_ms")
+    att, good = m.get("attainment"), m.get("goodput_rps")
+    n = max((m[k]["n"] for k in ("p50_ms", "p99_ms", "attainment", "goodput_rps") if m.get(k)),
+            default=None)
     return [f"p50 {metric('p50_ms')}", f"p99 {metric('p99_ms')}",
             f"SLO {_pct(att['mean']) if att else '–'} · {_f(good['mean'], 1) if good else '–'}/s"
-            + (f" n={p99['n']}" if p99 else "")]
+            + (f" n={n}" if n else "")]
 
 
-def significance(lead: dict[str, Any] | None) -> tuple[str, str]:
-    """(p-value text, verdict text) of a best configuration's lead."""
+def significance(lead: dict[str, Any] | None, without_value: list[str] | None = None
+                 ) -> tuple[str, str]:
+    """(p-value text, verdict text) of a best configuration's lead; a lead that is not
+    significant says which condition failed."""
     if lead is None:
+        if without_value:
+            return "–", f"no value for {', '.join(without_value)}"
         return "–", "only configuration"
     p = _p(lead.get("p_value"))
-    return p, ("significant" if lead["significant"] else "not significant")
+    if lead["significant"]:
+        return p, "significant"
+    return p, f"not significant ({lead['reason']})" if lead.get("reason") else "not significant"
 
 
 def render_study(report: dict[str, Any], console: Console | None = None) -> None:
@@ -143,11 +151,11 @@ def best_rows(report: dict[str, Any], mix: str, source: str) -> Table | None:
     table = Table(title=f"{mix} · {source} — best configuration per {level_name(report, mix, source)}"
                         f" (alpha {report['alpha']:g}; p: larger of pooled and repeat tests)",
                   box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
-    for col in ("level", "model", "best", "config", "mean [95 % CI]", "runner-up", "p",
-                "lead"):
+    for col in (level_name(report, mix, source), "model", "best", "config", "mean [95 % CI]",
+                "runner-up", "p", "lead"):
         table.add_column(col, justify="right" if col in ("mean [95 % CI]", "p") else "left")
     for b in rows:
-        p, verdict = significance(b["lead"])
+        p, verdict = significance(b["lead"], b.get("without_value"))
         runner = b["runner_up"]
         style = "green" if b["lead"] and b["lead"]["significant"] else "dim"
         table.add_row(_load(b["level"]), b["model"], METRIC_LABELS[b["metric"]],

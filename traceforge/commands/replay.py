@@ -48,13 +48,16 @@ def register(app: typer.Typer) -> None:
     @app.command("replay")
     def replay(
         trace: Path = typer.Argument(..., help="Trace Parquet file."),
-        out: Path = typer.Option(..., "-o", "--out", help="Run directory to create."),
+        out: Path = typer.Option(..., "-o", "--output", "--out", help="Run directory to create."),
         backend: str = typer.Option("null", "--backend", help="null | http | resident"),
         time_scale: float = typer.Option(1.0, "--time-scale",
                                          help="Multiply arrival times (2 = half the rate)."),
+        rate: str = typer.Option(None, "--rate",
+                                 help="R or MODEL=R,...: rescale to a mean of R req/s, keeping "
+                                      "the burstiness (docs/replay.md)."),
         concurrency: int = typer.Option(None, "--concurrency",
                                         help="Closed loop: N outstanding, arrival times ignored."),
-        max_inflight: int = typer.Option(None, "--max-inflight",
+        max_inflight: int = typer.Option(None, "--max-inflight", "--max-concurrency",
                                          help="Open-loop cap; slot waits count in latency."),
         timeout: float = typer.Option(None, "--timeout", help="Per-request timeout, seconds."),
         warmup: float = typer.Option(0.0, "--warmup",
@@ -118,6 +121,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay a trace open-loop at its exact times and record every request."""
         from traceforge.replay import ReplayOptions, default_models, run_replay
+        from traceforge.replay.rate import apply_rate
         from traceforge.replay.run import check_run_dir
         from traceforge.replay.selfcheck import format_self_check
         from traceforge.schema import read_trace
@@ -126,6 +130,7 @@ def register(app: typer.Typer) -> None:
             raise BadInput("unknown backend", key="--backend", value=backend,
                            allowed=", ".join(BACKENDS))
         tr = read_trace(trace)
+        tr, time_scale, rate_info = apply_rate(tr, rate, time_scale)
         check_run_dir(out)
         models = default_models(tr)
         zoo_map = parse_mapping(zoo, "--zoo")
@@ -139,7 +144,7 @@ def register(app: typer.Typer) -> None:
             time_scale=time_scale, concurrency=concurrency, max_inflight=max_inflight,
             timeout_s=timeout, warmup_s=warmup,
             progress=sys.stderr.isatty() if progress is None else progress,
-            models=models, pacer=pacer, event_loop=event_loop,
+            models=models, pacer=pacer, event_loop=event_loop, rate=rate_info,
             scrape_url=scrape, scrape_interval_s=scrape_interval,
         ).validate()
 
@@ -168,6 +173,7 @@ def register(app: typer.Typer) -> None:
                 "telemetry": telemetry, "compile": compile_, "seq_buckets": seq_buckets,
                 "prewarm": prewarm,
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
+                "status": lambda line: typer.echo(line, err=True),  # a line per model loaded
             }
             from traceforge.backends.resident import from_options
 

@@ -21,9 +21,10 @@ def _check_html_target(path: Path | None) -> None:
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/), or a "
+                                            "study directory (study.json + cells/).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained "
+    html: Annotated[Path | None, typer.Option("--html", "-o", "--output", help="Also write a self-contained "
                                               "HTML report to this file.")] = None,
     warmup: Annotated[float | None, typer.Option(
         "--warmup", help="Drop requests scheduled in the first S seconds.")] = None,
@@ -131,7 +132,7 @@ def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories; each is "
                                                    "compared against the first.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page with "
+    html: Annotated[Path | None, typer.Option("--html", "-o", "--output", help="Also write an HTML page with "
                                               "CDF overlays.")] = None,
     warmup: Annotated[float | None, typer.Option(
         "--warmup", help="Drop requests scheduled in the first S seconds of each run.")] = None,

@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
     @app.command("study")
     def study(
         spec_path: Path = typer.Argument(..., metavar="STUDY.toml", help="Study spec (TOML)."),
-        out: Path = typer.Option(..., "-o", "--out", help="Study directory to create."),
+        out: Path = typer.Option(..., "-o", "--output", "--out",
+                                 help="Study directory to create."),
         resume: bool = typer.Option(False, "--resume",
                                     help="Continue a study: redo only cells not complete."),
         backend: str = typer.Option(None, "--backend",

@@ -171,5 +171,8 @@ def import_(
     src = trace.meta["source"]
     skipped = f", {src['skipped_bad_rows']} bad rows skipped" if src.get("skipped_bad_rows") \
         else ""
+    if src.get("duration_clipped_from_s") is not None:
+        skipped += (f" (--duration {src['duration_clipped_from_s']:g} s reaches past the data: "
+                    f"window clipped to where the data ends)")
     typer.echo(f"wrote {out}: {trace.table.num_rows} requests, {len(trace.models)} models, "
                f"{trace.meta['duration_s']:g} s{skipped}")

@@ -20,6 +20,8 @@ import numpy as np
 
 from traceforge.errors import BadInput
 from traceforge.generate.arrivals import (
+    MAX_RATE,
+    MIN_TIME_S,
     PROCESS_PARAMS,
     ArrivalProcess,
     Modulation,
@@ -31,6 +33,7 @@ from traceforge.generate.shapes import (
     ShapeDist,
     make_dist,
 )
+from traceforge.limits import INT64_MAX, MAX_TIME_S
 from traceforge.schema import INT32_MAX, SHAPE_LOWER
 
 # Lower bounds of the trace schema (CONTRACT.md): batch_size >= 1, seq_len >= 1, max_new_tokens >= 0.
@@ -173,12 +176,12 @@ class SpecReader:
         return value
 
     def number_list(self, value: object, key: str, *, low: float, low_open: bool = False,
-                    min_len: int = 1) -> tuple[float, ...]:
+                    min_len: int = 1, high: float | None = None) -> tuple[float, ...]:
         if not isinstance(value, list):
             self.fail(key, value, "must be a list of numbers")
         if len(value) < min_len:
             self.fail(key, value, f"must have at least {min_len} entries")
-        return tuple(self.number(v, f"{key}[{i}]", low=low, low_open=low_open)
+        return tuple(self.number(v, f"{key}[{i}]", low=low, low_open=low_open, high=high)
                      for i, v in enumerate(value))
 
     def int_list(self, value: object, key: str, *, low: int) -> tuple[int, ...]:
@@ -220,9 +223,10 @@ def parse_spec(raw: dict, *, source: object = "<spec>", base_dir: Path | None = 
     description = r.string(raw["description"], "description") if "description" in raw else None
     duration_s = requests = None
     if "duration_s" in raw:
-        duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
+        duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True,
+                              high=MAX_TIME_S)
     if "requests" in raw:
-        requests = r.integer(raw["requests"], "requests", low=1, high=None)
+        requests = r.integer(raw["requests"], "requests", low=1, high=INT64_MAX)
     if duration_s is not None and requests is not None:
         r.fail("requests", requests, "give either duration_s or requests, not both")
     seed = r.integer(raw["seed"], "seed", low=0, high=None) if "seed" in raw else None
@@ -252,14 +256,14 @@ def _parse_modulation(r: SpecReader, name: str, table: object) -> Modulation:
     for k in MODULATION_KEYS:
         if k not in table:
             r.missing(f"{key}.{k}")
-    dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=0, low_open=True,
-                          min_len=2)
+    dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=MIN_TIME_S,
+                          high=MAX_TIME_S, min_len=2)
     mult = _multipliers(r, table["multipliers"], f"{key}.multipliers", len(dwell))
     return Modulation(name=name, mean_dwell_s=dwell, multipliers=mult)
 
 
 def _multipliers(r: SpecReader, value: object, key: str, n_states: int) -> tuple[float, ...]:
-    mult = r.number_list(value, key, low=0)
+    mult = r.number_list(value, key, low=0, high=MAX_RATE)
     if len(mult) != n_states:
         r.fail(key, value, f"needs one entry per state ({n_states}, as mean_dwell_s)")
     if not any(m > 0 for m in mult):
@@ -270,9 +274,16 @@ def _multipliers(r: SpecReader, value: object, key: str, n_states: int) -> tuple
 def _parse_model(r: SpecReader, name: str, table: object,
                  modulations: dict[str, Modulation]) -> ModelSpec:
     key = f"models.{name}"
+    if not name.strip():
+        r.fail(key, name, "a model name must not be empty")
     table = r.table(table, key)
     r.check_keys(table, key, MODEL_KEYS)
     zoo = r.string(table["zoo"], f"{key}.zoo") if "zoo" in table else None
+    if zoo is not None:
+        from traceforge.zoo import ZOO  # plain data: no torch import
+
+        if zoo not in ZOO:
+            r.fail(f"{key}.zoo", zoo, "unknown model-zoo entry", ", ".join(ZOO))
     slo_ms = (r.number(table["slo_ms"], f"{key}.slo_ms", low=0, low_open=True)
               if "slo_ms" in table else None)
     seq_buckets = None

@@ -51,7 +51,7 @@ def rate_ci_batch_means(arrival_s: np.ndarray, duration_s: float,
     half = student_t.ppf(0.5 + confidence / 2, batches - 1) * rates.std(ddof=1) / math.sqrt(
         batches)
     mean = float(rates.mean())
-    return [mean - float(half), mean + float(half)]
+    return [max(0.0, mean - float(half)), mean + float(half)]  # a rate is never negative
 
 
 def index_of_dispersion(arrival_s: np.ndarray, duration_s: float, window_s: float):
@@ -113,6 +113,8 @@ def _target_law(arrival: dict, multipliers=None, mod=None):
     # The laws' parameters come from the process classes that sample them (one definition).
     if process == "gamma":
         law = GammaArrivals(rate, arrival["cv"])
+        if not math.isfinite(law.shape):
+            return None, "cv so small that every gap is 1/rate (no spread to test)"
         return (f"gamma(shape={law.shape:g}, mean={1 / rate:g})",
                 stats.gamma(law.shape, scale=law.scale).cdf)
     if process == "weibull":
@@ -132,10 +134,18 @@ def _target_law(arrival: dict, multipliers=None, mod=None):
 
 
 def _ks_with_short_gaps(gaps_s: np.ndarray, cdf) -> dict[str, Any]:
+    # Extreme spec parameters (a Weibull shape of 1e300) overflow inside scipy's cdf to values
+    # that are still right (0 or 1); the float warnings would only alarm the user.
+    with np.errstate(all="ignore"):
+        return _ks_checked(gaps_s, cdf)
+
+
+def _ks_checked(gaps_s: np.ndarray, cdf) -> dict[str, Any]:
     from scipy import stats
 
     n = gaps_s.size
     f_short = float(cdf(SHORT_GAP_S))
+    f_short = f_short if math.isfinite(f_short) else 0.0
     long_gaps = gaps_s[gaps_s >= SHORT_GAP_S]
     n_short = n - long_gaps.size
     p_short = float(stats.binomtest(n_short, n, min(max(f_short, 0.0), 1.0)).pvalue)

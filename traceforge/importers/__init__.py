@@ -27,6 +27,7 @@ from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
+from traceforge.limits import check_seconds, scaled_ns
 from traceforge.schema import (
     INT32_MAX,
     PREFIX_BLOCK_TOKENS_KEY,
@@ -92,9 +93,10 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     for p in paths:
         if not p.is_file():
             raise BadInput("no such file", source=p)
-    start_s = _positive(start_s, "--start", allow_zero=True)
+    start_s = check_seconds(_positive(start_s, "--start", allow_zero=True), key="--start")
     if duration_s is not None:
-        duration_s = _positive(duration_s, "--duration")
+        duration_s = check_seconds(_positive(duration_s, "--duration"), key="--duration")
+        check_seconds(duration_s, key="--duration", seconds=start_s + duration_s)
     time_scale = _positive(time_scale, "--time-scale")
     rate_scale = _positive(rate_scale, "--rate-scale")
     if thin and not rate_scale < 1:
@@ -118,8 +120,9 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     records = READERS[fmt](paths, models=model_list, skip_bad=skip_bad, seed=seed,
                            start_s=start_s, duration_s=duration_s, batch_size=batch_size,
                            seq_len=seq_len, max_new_tokens=max_new_tokens, **options)
-    table, window_s, origin_ns = _window_and_scale(records, start_s, duration_s, time_scale,
-                                                   rate_scale, thin, seed)
+    table, window_s, origin_ns, clipped = _window_and_scale(
+        records, start_s, duration_s, time_scale, rate_scale, thin, seed,
+        source=", ".join(str(p) for p in paths))
     factor = time_scale if thin else time_scale / rate_scale
     source: dict[str, Any] = {
         "kind": "import",
@@ -137,6 +140,8 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
         "skipped_bad_rows": sum(f["skipped_bad_rows"] for f in records.files),
         **records.notes,
     }
+    if clipped:
+        source["duration_clipped_from_s"] = duration_s
     if fmt == "azure-llm" or (fmt == "csv" and options["time_unit"] == "iso"):
         source["origin_utc"] = dt.datetime.fromtimestamp(origin_ns / 1e9, dt.UTC).isoformat()
     spec = {
@@ -152,12 +157,22 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
 
 
 def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, time_scale: float,
-                      rate_scale: float, thin: bool, seed: int):
+                      rate_scale: float, thin: bool, seed: int, *, source: str):
+    """The window's table, its length in source seconds, the origin, and whether
+    ``duration_s`` reached past the data and was clipped to it.
+
+    A ``--duration`` longer than the data is clipped to the data's end (the last arrival, or
+    the source's natural end such as a count table's last minute), never padded with silence:
+    a padded window would understate the rate (and give a nonsense CI). The trace records
+    ``duration_clipped_from_s`` and the CLI says so.
+    """
     order = np.argsort(rec.time_ns, kind="stable")
     time_ns = rec.time_ns[order]
     if time_ns.size == 0:
-        raise BadInput("the source holds no requests", key="SRC")
+        raise BadInput("the source holds no requests (no data rows)", source=source)
     origin_ns = int(rec.origin_ns if rec.origin_ns is not None else time_ns[0])
+    span = float(time_ns[-1]) - float(min(origin_ns, int(time_ns[0])))
+    check_seconds(span / 1e9, key="time span", source=source)
     rel = time_ns - origin_ns
     start_ns = round(start_s * 1e9)
     end_ns = start_ns + round(duration_s * 1e9) if duration_s is not None else None
@@ -165,8 +180,13 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     hi = int(np.searchsorted(rel, end_ns, side="left")) if end_ns is not None else rel.size
     if hi <= lo:
         raise BadInput(f"the window holds no requests (the source spans "
-                       f"{rel[-1] / 1e9:.6g} s from its origin)", key="--start", value=start_s)
-    if duration_s is not None:
+                       f"{rel[-1] / 1e9:.6g} s from its origin)", source=source, key="--start",
+                       value=start_s)
+    data_end_ns = rec.end_ns - origin_ns if rec.end_ns is not None else int(rel[-1])
+    clipped = duration_s is not None and end_ns > data_end_ns
+    if clipped:
+        window_s = (data_end_ns - start_ns) / 1e9
+    elif duration_s is not None:
         window_s = duration_s
     elif rec.end_ns is not None:
         window_s = (rec.end_ns - origin_ns - start_ns) / 1e9
@@ -181,14 +201,21 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
         factor = time_scale
     else:
         factor = time_scale / rate_scale
-    arrival_ns = rel if factor == 1.0 else np.rint(rel * factor).astype(np.int64)
+    key, value = (("--time-scale", time_scale) if time_scale != 1.0 or thin
+                  else ("--rate-scale", rate_scale))
+    arrival_ns = scaled_ns(rel, factor, key=key, value=value)
+    check_seconds(value, key=key, seconds=window_s * factor)
+    if window_s > 0 and window_s * factor < 1e-9:
+        raise BadInput(f"the {window_s:.6g} s window would last {window_s * factor:.3g} s, under "
+                       "1 ns (the trace's resolution): every arrival would fall on one "
+                       "nanosecond", source=source, key=key, value=value)
     blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
                         rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
                         **_sessions(rec, order, idx))
     if rec.session_key is not None:
         validate_sessions(table, source="SRC")
-    return table, window_s, origin_ns
+    return table, window_s, origin_ns, clipped
 
 
 def _sessions(rec: Records, order: np.ndarray, idx: np.ndarray) -> dict[str, pa.Array]:

@@ -209,7 +209,12 @@ class CsvColumns:
         if unit == "iso":
             return self.timestamps_ns(column)
         values = self.floats(column)
-        return np.rint(values * TIME_UNITS_NS[unit]).astype(np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ns = values * TIME_UNITS_NS[unit]
+        # beyond int64 ns (292 years) a float would wrap silently into a wrong time
+        self._mark(column, ~(np.abs(ns) < 2.0**63) & ~self.bad,
+                   "time beyond the int64-nanosecond range (about 292 years)")
+        return np.rint(np.where(np.abs(ns) < 2.0**63, ns, 0.0)).astype(np.int64)
 
     def mark(self, column: str, bad: np.ndarray, message: str) -> None:
         """Let a reader flag rows by its own rule (e.g. a value no other row may take)."""

@@ -13,6 +13,7 @@ Files made by other tools with another block size: ``--block-tokens N``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,10 @@ def _parse_line(text: str, block_tokens: int = BLOCK_TOKENS
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"{key} = {value!r}: missing or not a number"
+        if not math.isfinite(value):
+            return f"{key} = {value!r}: not a finite number"
+        if key == "timestamp" and abs(value) * 1e6 >= 2.0**63:
+            return f"{key} = {value!r}: beyond the int64-nanosecond range (about 292 years)"
         if value < low or (key != "timestamp" and (value != int(value) or value > INT32_MAX)):
             return f"{key} = {value!r}: must be an integer >= {low} (int32)"
         out.append(value)

@@ -47,6 +47,7 @@ class ReplayOptions:
     # (replay/scrape.py); warnings, never failures, when it is dead or malformed.
     scrape_url: str | None = None
     scrape_interval_s: float = 0.5
+    rate: dict[str, Any] | None = None  # what --rate did (replay/rate.py), kept in run.json
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:
@@ -66,6 +67,9 @@ class ReplayOptions:
         if (not isinstance(self.warmup_s, (int, float)) or not math.isfinite(self.warmup_s)
                 or self.warmup_s < 0):
             raise BadInput("must be >= 0", key="--warmup", value=self.warmup_s)
+        from traceforge.limits import check_seconds
+
+        check_seconds(self.warmup_s, key="--warmup")  # it becomes an int64 ns bound
         if self.concurrency is not None and self.max_inflight is not None:
             raise BadInput("--concurrency (closed loop) and --max-inflight (open loop cap) "
                            "exclude each other", key="--max-inflight", value=self.max_inflight)

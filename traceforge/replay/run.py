@@ -24,6 +24,7 @@ import numpy as np
 
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput, RunFailure
+from traceforge.limits import scaled_ns
 from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I32, NULL_I64, TimelineRecorder
 from traceforge.replay.dispatcher import Dispatcher
@@ -105,6 +106,11 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     if missing:
         raise BadInput("trace models without a model entry", key="models",
                        value=",".join(missing), allowed=",".join(sorted(known)))
+    from traceforge.replay.rate import check_schedule
+
+    check_schedule(trace, options.time_scale,
+                   key="--rate" if options.rate else "--time-scale",
+                   value=(options.rate or {}).get("rate"))
     trace_info = {"path": str(trace.path) if trace.path else None,
                   "sha256": sha256_file(trace.path) if trace.path else None,
                   "rows": trace.table.num_rows, "meta": trace.meta}
@@ -138,7 +144,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     if options.concurrency:
         offsets = np.zeros(len(arrival_ns), np.int64)  # filled in as slots free up
     else:
-        offsets = np.rint(arrival_ns * options.time_scale).astype(np.int64)
+        offsets = scaled_ns(arrival_ns, options.time_scale, key="--time-scale",
+                            value=options.time_scale)  # refuses what would wrap int64
     recorder = TimelineRecorder(
         run_dir,
         request_id=table.column("request_id").to_numpy(),

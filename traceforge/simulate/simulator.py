@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
+from traceforge.limits import check_seconds, scaled_ns
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
 from traceforge.simulate.engine import (
@@ -83,6 +84,7 @@ def simulate(
     time_scale: float = 1.0,
     warmup_s: float = 0.0,
     cold_start: bool | None = None,
+    rate: str | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
 
@@ -107,11 +109,16 @@ def simulate(
         raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
     if not (math.isfinite(warmup_s) and warmup_s >= 0):
         raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
+    check_seconds(warmup_s, key="--warmup")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
     if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
 
+    from traceforge.replay.rate import apply_rate
+
+    trace, time_scale, rate_info = apply_rate(trace, rate, time_scale)  # --rate (replay/rate.py)
     table = trace.table
     scheduled = _scheduled_ns(table.column("arrival_ns").to_numpy(), time_scale)
     codes, names = _model_codes(table)
@@ -178,7 +185,7 @@ def simulate(
         mode=mode,
         device=device,
         options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
-                 "max_inflight": None, "timeout_s": None, "seed": seed},
+                 "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info},
         trace={"path": str(trace.path) if trace.path else None,
                "sha256": sha256_file(trace.path) if trace.path else None,
                "rows": table.num_rows, "meta": trace.meta},
@@ -248,10 +255,8 @@ def _unpermute(r: SimResult, perm: np.ndarray) -> SimResult:
 
 
 def _scheduled_ns(arrival_ns: np.ndarray, time_scale: float) -> np.ndarray:
-    arrival = np.asarray(arrival_ns, dtype=np.int64)
-    if time_scale == 1.0:
-        return arrival.copy()
-    return np.rint(arrival * float(time_scale)).astype(np.int64)
+    return scaled_ns(np.asarray(arrival_ns, dtype=np.int64), float(time_scale),
+                     key="--time-scale", value=time_scale)
 
 
 def _model_codes(table: pa.Table) -> tuple[np.ndarray, list[str]]:

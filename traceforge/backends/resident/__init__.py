@@ -26,6 +26,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ PROCESS_MODES = ("timeslice", "mps")
 PER_PROCESS_OVERHEAD_BYTES = 1 << 30
 WORKER_START_TIMEOUT_S = 600.0
 PING_SAMPLES = 200
+# CPU worker processes run at this niceness so the dispatcher's pacer gets a core the moment it
+# needs one (worker.py explains the measurement; docs/replay.md "CPU workers").
+CPU_WORKER_NICE = 10
 
 
 def from_options(opts: dict[str, Any]) -> ResidentBackend:
@@ -60,6 +64,9 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms < float("inf"):
         raise BadInput("must be a number >= 0", key="--max-wait-ms", value=max_wait_ms)
     max_wait_ms = float(max_wait_ms)
+    from traceforge.limits import check_seconds
+
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
     sm_percent = dict(opts.get("sm_percent") or {})
     for model, pct in sm_percent.items():
         if not isinstance(pct, int) or not 1 <= pct <= 100:
@@ -93,7 +100,8 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
                            telemetry=bool(opts.get("telemetry", True)),
                            run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0),
                            compile=compile_, seq_buckets=seq_buckets,
-                           prewarm=bool(opts.get("prewarm", True)))
+                           prewarm=bool(opts.get("prewarm", True)),
+                           status=opts.get("status"))
 
 
 class ResidentBackend:
@@ -104,7 +112,7 @@ class ResidentBackend:
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0,
                  compile: str | None = None, seq_buckets: list[int] | None = None,
-                 prewarm: bool = True) -> None:
+                 prewarm: bool = True, status: Any = None) -> None:
         from traceforge.gpu.cuda import parse_device
 
         self.mode = mode
@@ -124,6 +132,8 @@ class ResidentBackend:
         self.seq_buckets = seq_buckets  # --seq-buckets (None: each model's defaults)
         self.prewarm = prewarm
         self._serving: dict[str, Any] = {}
+        # status(line): progress while models load (the CLI prints it to stderr), else silent
+        self.status = status or (lambda line: None)
         self.models: dict[str, str] = {}  # trace model -> zoo entry
         self._executors: dict[str, Any] = {}  # trace model -> Executor (in-process modes)
         self._workers: dict[str, Any] = {}  # trace model -> WorkerProcess (process modes)
@@ -161,10 +171,14 @@ class ResidentBackend:
         self._info["gpu"] = self._gpu_facts()
         _versions()  # read package metadata now, not when the dispatcher is about to send
         self._start_telemetry()
+        self.status(f"loading {len(self.models)} model(s) on {self.device} ({self.mode}): "
+                    + ", ".join(f"{n} = {z}" for n, z in self.models.items()))
+        started = time.perf_counter()
         if self.mode in PROCESS_MODES:
             await self._start_workers()
         else:
             await asyncio.to_thread(self._start_in_process)
+            self.status(f"    all models ready in {time.perf_counter() - started:.1f} s")
         self._record_prewarm()
 
     def _record_prewarm(self) -> None:
@@ -269,13 +283,21 @@ class ResidentBackend:
                    "t0_ns": self.clock.t0_ns, "worker": f"{self.mode}-{name}",
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads,
+                   "cpu_nice": CPU_WORKER_NICE,
                    "serving": {**self._serving,
                                "seq_buckets": {name: self._serving["seq_buckets"].get(name)},
                                "shapes": {name: self._serving["shapes"].get(name)}}}
             self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
         self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
-        await asyncio.gather(*(w.start(WORKER_START_TIMEOUT_S) for w in self._workers.values()))
+        started = time.perf_counter()
+
+        async def start(w) -> None:
+            await w.start(WORKER_START_TIMEOUT_S)
+            self.status(f"    {w.name} ({self.models[w.name]}) ready in "
+                        f"{time.perf_counter() - started:.1f} s (worker pid {w.pid})")
+
+        await asyncio.gather(*(start(w) for w in self._workers.values()))
         self._info["models"] = {n: {**w.info["models"][n], "pid": w.pid}
                                 for n, w in self._workers.items()}
         self._live("workers", self._worker_states())
