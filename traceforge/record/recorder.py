@@ -39,7 +39,7 @@ _STATUS_DICT = pa.array(list(STATUSES), pa.string())
 
 # Outcome attributes copied into int64 / int32 columns when not None.
 _I64_FIELDS = ("service_start_ns", "first_token_ns", "service_end_ns", "gpu_ns", "batch_id")
-_I32_FIELDS = ("batched_with", "tokens_out")
+_I32_FIELDS = ("batched_with", "tokens_out", "bucket_seq_len", "bucket_batch_size")
 
 
 class TimelineRecorder:
@@ -226,6 +226,8 @@ class TimelineRecorder:
             "turn": i32(self.turn[idx]),
             "replay_worker": (pa.nulls(len(idx), pa.int32()) if self.replay_worker is None else
                               pa.array(np.full(len(idx), self.replay_worker, np.int32))),
+            "bucket_seq_len": i32(self._i32["bucket_seq_len"][idx]),
+            "bucket_batch_size": i32(self._i32["bucket_batch_size"][idx]),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 
