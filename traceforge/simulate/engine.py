@@ -31,13 +31,24 @@ import numpy as np
 
 
 def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
-                 servers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                 servers: int = 1, handoff_ns: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Service start and end (int64 ns) of FIFO requests on ``servers`` identical servers.
 
     ``arrival_ns`` must be non-decreasing; ``service_ns`` holds each request's service time.
+    ``handoff_ns`` (per request, optional): the server's own work after the request's service
+    ends and before it can start the next one (the executor's hand-off: reporting the result,
+    taking the next job, launching it). A request that is already waiting starts at
+    ``end + handoff`` of the one before; one that arrives later starts on arrival. It is Lindley
+    on the occupancy ``service + handoff``, with ``end = start + service``.
     """
-    start, end, _ = fifo_servers_assigned(arrival_ns, service_ns, servers)
-    return start, end
+    if handoff_ns is None:
+        start, end, _ = fifo_servers_assigned(arrival_ns, service_ns, servers)
+        return start, end
+    service = np.asarray(service_ns, dtype=np.int64)
+    occupancy = service + np.asarray(handoff_ns, dtype=np.int64)
+    start, _, _ = fifo_servers_assigned(arrival_ns, occupancy, servers)
+    return start, start + service
 
 
 def fifo_servers_assigned(arrival_ns: np.ndarray, service_ns: np.ndarray, servers: int = 1
@@ -116,6 +127,7 @@ def shared_workers(
     max_wait_ns: float = 0.0,
     batch_work: BatchWork | None = None,
     fast_path: bool = True,
+    handoff_ns: Sequence[float] | None = None,
 ) -> list[WorkerResult]:
     """Simulate the resident workers.
 
@@ -133,14 +145,19 @@ def shared_workers(
     ``batch_work(m, i, j)`` gives the alone time of rows ``i:j`` of model ``m`` run as one batch;
     without it, ``queues[m].work_ns`` must be set and batches add up their rows' work.
 
+    ``handoff_ns[m]``: the worker's hand-off after a batch of model ``m`` ends, before it can
+    start its next batch (see :func:`fifo_servers`); the worker counts as idle for the
+    interference model meanwhile (the GPU has nothing of it to run).
+
     ``fast_path=False`` forces the general loop where the inlined one would apply (tests check
     that both give the same timelines). Batch ids count per worker from ``worker << 40``, as the
     resident workers number them.
     """
+    k = len(queues)
+    gaps = [0.0] * k if handoff_ns is None else [float(g) for g in handoff_ns]
     if fast_path and not exclusive and max(1, int(max_batch)) == 1 and all(q.work_ns is not None
                                                               for q in queues):
-        return _concurrent_unbatched(queues, rates or {})
-    k = len(queues)
+        return _concurrent_unbatched(queues, rates or {}, gaps)
     if k == 0:
         return []
     arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
@@ -158,7 +175,7 @@ def shared_workers(
     max_batch = max(1, int(max_batch))
     wait = float(max_wait_ns) if max_batch > 1 else 0.0
     rate_table = rates or {}
-    if fast_path and not exclusive:
+    if fast_path and not exclusive and not any(gaps):
         return _concurrent_batched(arrivals, sizes, batch_work, rate_table, max_batch, wait)
     inf = math.inf
     n_workers = 1 if exclusive else k
@@ -257,7 +274,7 @@ def shared_workers(
                 e_m[i] = t
             busy[w] = False
             busy_mask &= ~(1 << w)
-            plan(w, t)
+            plan(w, t + gaps[m])  # the hand-off: no start before t + gap
             if event[w] == t:  # the next batch is ready: start it in the same step
                 start(w, t)
         else:
@@ -281,8 +298,8 @@ def shared_workers(
     ]
 
 
-def _concurrent_unbatched(queues: Sequence[ModelQueue],
-                          rates: dict[int, Sequence[float]]) -> list[WorkerResult]:
+def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequence[float]],
+                          gaps: Sequence[float] | None = None) -> list[WorkerResult]:
     """:func:`shared_workers` for one worker per model and no batching, inlined.
 
     The same event rules; kept separate because it is the common case and the per-event Python
@@ -306,6 +323,7 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue],
     rate = list(ones)
     mask = 0
     get_rates = rates.get
+    gap = list(gaps) if gaps is not None else [0.0] * k
     while True:
         t = min(event)
         if t == inf:
@@ -319,7 +337,10 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue],
             current[w] = i
             if i < sizes[w]:
                 a = arrivals[w][i]
-                if a <= t:  # waiting already: restart, same busy set, same rate
+                g = gap[w]
+                if g > 0.0:  # the hand-off: idle until t + g at the earliest
+                    a = a if a > t + g else t + g
+                elif a <= t:  # waiting already: restart, same busy set, same rate
                     starts[w][i] = t
                     event[w] = t + works[w][i] / rate[w]
                     continue

@@ -7,7 +7,8 @@ A profile is one JSON file (schema ``traceforge.profile/1``, documented in docs/
   second grid the per-token decode time at context ``seq_len + new_tokens/2``;
 * per sharing mode, the alone-time scale of each model in that mode (relative to the grid's mode),
   the transport overhead dispatcher -> worker (``inbound_ms``) and back (``outbound_ms``), and
-  the co-run slowdown of each model for each measured set of busy models.
+  the co-run slowdown of each model for each measured set of busy models, and the executor's
+  hand-off after each request (``handoff_ms``; optional, older profiles lack it).
 
 :class:`Profile` turns that into what the engine needs: vectorised alone service times for trace
 rows (bilinear in the grid, linear beyond its top edge, flat below it) and a rate table per busy
@@ -18,6 +19,7 @@ through the replay and resident packages, and only when called.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,10 @@ class ModeProfile:
     inbound_ms: dict[str, float]
     outbound_ms: dict[str, float]
     slowdown: dict[str, dict[str, float]]  # corun_key -> model -> slowdown (>= ~1)
+    # Executor hand-off (ms) after a request of the model ends, before its worker can start
+    # the next one already waiting (``handoff_ms`` in the JSON; absent in profiles made before
+    # it was measured: then 0, the old model, unless the caller supplies values).
+    handoff_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -247,11 +253,20 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             if any(not np.isfinite(v) or v <= 0 for v in d.values()):
                 raise BadInput("slowdowns must be finite and > 0", source=source,
                                key=f"modes.{mode}.slowdown.{k}")
+        handoff: dict[str, float] = {}
+        for k, v in (md.get("handoff_ms") or {}).items():
+            try:
+                handoff[k] = float(v)
+            except (TypeError, ValueError):
+                handoff[k] = math.nan
+            if not math.isfinite(handoff[k]) or handoff[k] < 0:
+                raise BadInput("hand-off times must be finite and >= 0", source=source,
+                               key=f"modes.{mode}.handoff_ms.{k}", value=v)
         modes[mode] = ModeProfile(
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
-            slowdown=slow,
+            slowdown=slow, handoff_ms=handoff,
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))

@@ -167,6 +167,10 @@ def simulate(
                                 "created_at": profile.data.get("created_at")},
                     "models": mapping, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                     "cold_start": cold_start,
+                    # The executor hand-off used per trace model (ms); {} = not in the profile.
+                    "handoff_ms": {n: profile.modes[mode].handoff_ms[p]
+                                   for n, p in mapping.items()
+                                   if p in profile.modes[mode].handoff_ms},
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -355,6 +359,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     scale: list[float] = []
     inbound = np.zeros(k)
     outbound = np.zeros(k)
+    handoff = np.zeros(k)  # executor hand-off after each request (0: profile without it)
     for m, name in enumerate(names):
         pm_name = mapping[name]
         pm = profile.models[pm_name]
@@ -362,6 +367,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         scale.append(mp.alone_scale.get(pm_name, 1.0))
         inbound[m] = mp.inbound_ms.get(pm_name, 0.0) * 1e6
         outbound[m] = mp.outbound_ms.get(pm_name, 0.0) * 1e6
+        handoff[m] = mp.handoff_ms.get(pm_name, 0.0) * 1e6
         cv = pm.service_cv
         if cv > 0:
             # Gamma with mean 1 and the measured coefficient of variation.
@@ -420,7 +426,9 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             work[rows] = queues[m].work_ns
         order = np.argsort(arrive, kind="stable")
         s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
-                            np.rint(work[order]).astype(np.int64), 1)
+                            np.rint(work[order]).astype(np.int64), 1,
+                            handoff_ns=(np.rint(handoff[codes[order]]).astype(np.int64)
+                                        if handoff.any() else None))
         start[order] = s
         end[order] = e
         batch_id[order] = np.arange(n)
@@ -428,7 +436,8 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         rates = None if exclusive else _rate_table(profile, mode, [mapping[x] for x in names])
         results = shared_workers(queues, exclusive=exclusive, rates=rates,
                                  max_batch=max_batch, max_wait_ns=max_wait_ns,
-                                 batch_work=batch_work)
+                                 batch_work=batch_work,
+                                 handoff_ns=handoff.tolist() if handoff.any() else None)
         for m, rows in enumerate(rows_by_model):
             r = results[m]
             start[rows] = np.rint(r.start_ns).astype(np.int64)
