@@ -7,6 +7,12 @@ set side by side with their relative error ``simulated / measured - 1``.
 
     python -m traceforge.simulate.fidelity --profile P.json RUN_DIR... [-o TABLE.md] [--json]
     python -m traceforge.simulate.fidelity --oracle RUN_DIR...   (the queueing model alone)
+    python -m traceforge.simulate.fidelity --oracle --oracle-handoff exact RUN_DIR...
+    python -m traceforge.simulate.fidelity --profile P.json --handoff-from OTHER_RUN RUN_DIR...
+
+``--handoff-from`` measures the executor hand-off (:func:`~traceforge.simulate.measure.handoff_gaps`)
+from other runs for a profile made before ``traceforge profile`` measured it; never pass the
+runs being compared (that would fit the model to them).
 """
 
 from __future__ import annotations
@@ -105,16 +111,69 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
             "cold_start": cold_start, "models": models}
 
 
-def oracle_run(run_dir: Path | str) -> dict[str, Any]:
+def handoff_from_runs(run_dirs: list[Path | str]) -> dict[str, dict[str, float]]:
+    """Per mode, per zoo model: the executor hand-off (ms) measured in these runs'
+    timelines (:func:`~traceforge.simulate.measure.handoff_gaps`), keyed by zoo entry so it
+    applies to a profile whatever the runs called their models."""
+    from traceforge.simulate.measure import handoff_ms, timeline_gaps
+
+    by_mode: dict[str, list[dict[str, np.ndarray]]] = {}
+    for run_dir in run_dirs:
+        manifest = RunManifest.load(Path(run_dir))
+        mode = manifest.get("mode") or (manifest.get("backend_info") or {}).get("mode")
+        zoo = {m.get("name"): m.get("zoo") or m.get("name")
+               for m in (manifest.get("options") or {}).get("models") or []}
+        gaps = timeline_gaps(read_timeline(run_dir))
+        by_mode.setdefault(mode, []).append({zoo.get(k, k): v for k, v in gaps.items()})
+    return {mode: handoff_ms(g) for mode, g in by_mode.items()}
+
+
+def with_handoff(profile: Profile, measured: dict[str, dict[str, float]]) -> Profile:
+    """``profile`` with ``handoff_ms`` filled in where it has none: from runs of the same mode,
+    else from the runs of all modes pooled by mean (the executor's code is the same in every
+    mode). Values the profile measured itself are kept."""
+    import dataclasses
+
+    pooled: dict[str, list[float]] = {}
+    for values in measured.values():
+        for k, v in values.items():
+            pooled.setdefault(k, []).append(v)
+    modes = {}
+    for mode, mp in profile.modes.items():
+        source = measured.get(mode) or {k: float(np.mean(v)) for k, v in pooled.items()}
+        fill = {}
+        for name, pm in profile.models.items():
+            if name in mp.handoff_ms:
+                continue
+            value = source.get(name, source.get(pm.zoo)) if pm.zoo else source.get(name)
+            if value is not None:
+                fill[name] = float(value)
+        modes[mode] = dataclasses.replace(mp, handoff_ms={**fill, **mp.handoff_ms})
+    return dataclasses.replace(profile, modes=modes)
+
+
+def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any]:
     """Re-queue a measured run with its own measured service times: the simulator's queueing
     rules (per-model FIFO, or one global FIFO worker in ``exclusive``) with each request's
     measured ``service_end - service_start``, measured send times, and per-model transport
-    (5th percentile of ``service_start - sent``; median of ``done - service_end``).
+    (median of ``service_start - sent`` net of queueing; median of ``done - service_end``).
+
+    ``handoff``: None re-queues without an executor hand-off (every gap between queued
+    requests counts as transport, the original oracle); ``"exact"`` adds each request's own
+    measured gap to the next waiting request (so what remains is what FIFO order and transport
+    cannot explain); ``"mean"`` adds the run's mean gap per finishing model (the simulator's
+    hand-off model with a perfectly measured parameter). With a hand-off the transport is the
+    median ``service_start - sent`` of requests that found their worker idle.
 
     If this reproduces the measured latencies, the queueing model is right and any error of a
     full simulation comes from the service and interference model (the profile).
     """
     from traceforge.simulate.engine import fifo_servers
+    from traceforge.simulate.measure import handoff_gaps
+
+    if handoff not in (None, "exact", "mean"):
+        raise BadInput("unknown hand-off model", key="--oracle-handoff", value=handoff,
+                       allowed="exact, mean")
 
     run_dir = Path(run_dir)
     manifest = RunManifest.load(run_dir)
@@ -130,26 +189,57 @@ def oracle_run(run_dir: Path | str) -> dict[str, Any]:
         models == m for m in set(models.tolist())]
     # Hand-off delay of each request: from when it was sent, or its worker freed up if later,
     # to its start (queueing excluded, so a long queue does not pass for transport).
-    handoff = np.empty(t.num_rows, np.int64)
+    handoff_prev = np.empty(t.num_rows, np.int64)
     for rows in groups:
         idx = np.flatnonzero(rows)
         idx = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
         prev_end = np.concatenate(([np.iinfo(np.int64).min], d["service_end_ns"][idx][:-1]))
-        handoff[idx] = d["service_start_ns"][idx] - np.maximum(d["sent_ns"][idx], prev_end)
+        handoff_prev[idx] = d["service_start_ns"][idx] - np.maximum(d["sent_ns"][idx], prev_end)
     reach = np.empty(t.num_rows, np.int64)
     back = np.empty(t.num_rows, np.int64)
+    gap_after = np.zeros(t.num_rows, np.int64)
+    workers = np.asarray(t.column("worker").fill_null("").to_pylist())
+    if handoff is not None:
+        # Requests that found their worker idle give the transport; the gap after each request
+        # whose successor on the worker was already waiting is its hand-off.
+        idle = np.zeros(t.num_rows, bool)
+        for w in set(workers.tolist()):
+            idx = np.flatnonzero(workers == w)
+            idx = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
+            prev_end = np.concatenate(([np.iinfo(np.int64).min], d["service_end_ns"][idx][:-1]))
+            idle[idx] = d["sent_ns"][idx] > prev_end
+            transport = {m: float(np.median((d["service_start_ns"] - d["sent_ns"])[
+                idle & (models == m)])) for m in set(models.tolist()) if (idle & (models == m)).any()}
+            waiting = (d["sent_ns"][idx][1:] + np.array(
+                [transport.get(m, 0.0) for m in models[idx][1:].tolist()])
+                <= d["service_end_ns"][idx][:-1])
+            gaps = d["service_start_ns"][idx][1:] - d["service_end_ns"][idx][:-1]
+            if handoff == "exact":
+                gap_after[idx[:-1]] = np.where(waiting, gaps, 0)
+        if handoff == "mean":
+            per_model = handoff_gaps(workers, models, d["sent_ns"], d["service_start_ns"],
+                                     d["service_end_ns"])
+            for m, g in per_model.items():
+                gap_after[models == m] = int(max(0.0, float(np.mean(g)))) if g.size else 0
     for m in set(models.tolist()):
         rows = models == m
-        reach[rows] = d["sent_ns"][rows] + int(np.median(handoff[rows]))
+        if handoff is None:
+            reach[rows] = d["sent_ns"][rows] + int(np.median(handoff_prev[rows]))
+        else:
+            sel = rows & idle
+            reach[rows] = d["sent_ns"][rows] + int(np.median(
+                (d["service_start_ns"] - d["sent_ns"])[sel if sel.any() else rows]))
         back[rows] = int(np.median(d["done_ns"][rows] - d["service_end_ns"][rows]))
     end = np.empty(t.num_rows, np.int64)
     for rows in groups:
         idx = np.flatnonzero(rows)
         idx = idx[np.argsort(reach[idx], kind="stable")]
-        _, end[idx] = fifo_servers(reach[idx], service[idx], 1)
+        _, end[idx] = fifo_servers(reach[idx], service[idx], 1,
+                                   handoff_ns=gap_after[idx] if handoff else None)
     latency = (end + back - d["scheduled_ns"]) / 1e6
     measured = (d["done_ns"] - d["scheduled_ns"]) / 1e6
-    out: dict[str, Any] = {"run_dir": str(run_dir), "mode": mode, "models": {}}
+    out: dict[str, Any] = {"run_dir": str(run_dir), "mode": mode, "handoff": handoff,
+                           "models": {}}
     for m in sorted(set(models.tolist())):
         rows = (models == m) & ~warm
         row: dict[str, Any] = {"count": int(rows.sum()), "not_ok": 0}
@@ -198,14 +288,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--oracle", action="store_true",
                         help="re-queue each run with its own measured service times instead "
                              "of simulating them (checks the queueing model alone)")
+    parser.add_argument("--oracle-handoff", choices=("exact", "mean"),
+                        help="with --oracle: add the executor hand-off between queued requests "
+                             "(each request's measured gap, or the run's mean per model)")
+    parser.add_argument("--handoff-from", type=Path, action="append", default=[],
+                        metavar="RUN_DIR",
+                        help="measure the executor hand-off from this run (repeatable) for a "
+                             "profile without handoff_ms; never one of the compared runs")
     args = parser.parse_args(argv)
     if not args.oracle and args.profile is None:
         parser.error("--profile is required (or --oracle)")
     try:
         if args.oracle:
-            results = [oracle_run(run) for run in args.runs]
+            results = [oracle_run(run, args.oracle_handoff) for run in args.runs]
         else:
             profile = load_profile(args.profile)
+            if args.handoff_from:
+                compared = {p.resolve() for p in args.runs}
+                if any(p.resolve() in compared for p in args.handoff_from):
+                    raise BadInput("a hand-off run is also a compared run (that fits the "
+                                   "model to the runs it is judged on)", key="--handoff-from")
+                profile = with_handoff(profile, handoff_from_runs(args.handoff_from))
             warm = {w.strip() for w in args.warm.split(",") if w.strip()}
             results = [compare_run(run, profile, seed=args.seed,
                                    cold_start=Path(run).name not in warm) for run in args.runs]

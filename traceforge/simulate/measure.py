@@ -15,6 +15,9 @@ Phases, per mode:
 2. reference: every model alone at its reference shape: the mode's alone time, its ratio to the
    first mode's (recorded; ``alone_scale`` stays 1, see _measure_reference) and transport
    overheads (``service_start - sent``, ``done - service_end``, medians);
+   The open-loop alone phases (``alone_utilisation`` > 0) also give the executor's hand-off
+   (``handoff_ms``: :func:`handoff_gaps`, the mean gap between a request's end and the start
+   of the next one already waiting on the same worker, by the model that finished);
 3. co-run (not in ``exclusive``): each pair and the full set at the reference shapes, open
    loop: every model's requests arrive as a Poisson stream at ``corun_utilisation`` of its
    alone capacity (a realistic load, not back-to-back closed-loop pressure), ``corun_repeats``
@@ -233,10 +236,80 @@ def estimate_slowdowns(intervals: dict[str, tuple[np.ndarray, np.ndarray]],
     return out
 
 
-def demand_starts(reached_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray
-                  ) -> np.ndarray:
+def handoff_gaps(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
+                 start_ns: np.ndarray, end_ns: np.ndarray,
+                 transport_ns: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """The executor's hand-off gaps in one timeline (ok rows), by the model that finished.
+
+    On each worker, in service-start order: when request ``k+1`` was already waiting as ``k``
+    ended (sent, plus its model's transport to the worker, no later than ``k``'s
+    ``service_end``), ``start[k+1] - end[k]`` is time the worker spent on neither request:
+    reporting the result, taking the next job, launching it. ``transport_ns`` per model: the
+    dispatcher-to-worker delay; by default the median ``start - sent`` of the requests that
+    found their worker idle. Gaps may be negative where the executor pipelines (a graph launched
+    behind the previous one); they are returned as measured.
+    """
+    worker = np.asarray(worker)
+    model = np.asarray(model)
+    sent = np.asarray(sent_ns, dtype=np.float64)
+    start = np.asarray(start_ns, dtype=np.float64)
+    end = np.asarray(end_ns, dtype=np.float64)
+    order = np.lexsort((start, worker))
+    w, m = worker[order], model[order]
+    se, st, en = sent[order], start[order], end[order]
+    same = w[1:] == w[:-1]
+    idle = np.concatenate(([True], ~same | (se[1:] > en[:-1])))
+    if transport_ns is None:
+        transport_ns = {}
+        for name in np.unique(m).tolist():
+            rows = idle & (m == name)
+            transport_ns[name] = float(np.median(st[rows] - se[rows])) if rows.any() else 0.0
+    reach = se + np.array([transport_ns.get(x, 0.0) for x in m.tolist()], dtype=np.float64)
+    waiting = same & (reach[1:] <= en[:-1])
+    gaps = st[1:] - en[:-1]
+    return {name: gaps[waiting & (m[:-1] == name)] for name in np.unique(m).tolist()}
+
+
+def handoff_ms(gaps: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per model, the mean hand-off (ms, >= 0) over the gaps of several timelines."""
+    pooled: dict[str, list[np.ndarray]] = {}
+    for g in gaps:
+        for name, values in g.items():
+            pooled.setdefault(name, []).append(values)
+    out = {}
+    for name, parts in sorted(pooled.items()):
+        values = np.concatenate(parts)
+        if values.size:
+            # The mean, not the median: queueing adds up every gap, and the distribution has
+            # a long right tail (e.g. p50 160 µs, p90 250 µs for distilgpt2 on an H200).
+            out[name] = round(max(0.0, float(np.mean(values))) / 1e6, 6)
+    return out
+
+
+def timeline_gaps(timeline: pa.Table, transport_ms: dict[str, float] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """:func:`handoff_gaps` of a timeline's ok rows (``transport_ms`` per model, optional)."""
+    import pyarrow.compute as pc
+
+    t = timeline.filter(pc.equal(timeline.column("status"), "ok"))
+    if t.num_rows == 0:
+        return {}
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(t.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    worker = np.asarray(t.column("worker").fill_null("").to_pylist())
+    model = np.asarray(t.column("model").to_pylist())
+    transport = None if transport_ms is None else {k: v * 1e6 for k, v in transport_ms.items()}
+    return handoff_gaps(worker, model, col("sent_ns"), col("service_start_ns"),
+                        col("service_end_ns"), transport)
+
+
+def demand_starts(reached_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
+                  handoff_ns: float = 0.0) -> np.ndarray:
     """When each request of one model *could* have started: it had reached the worker and the
-    model's previous request had ended (the worker is FIFO).
+    model's previous request had ended, plus the executor's hand-off ``handoff_ns`` (the worker
+    is FIFO; the hand-off is modelled separately, so it must not count as interference).
 
     A co-run delays some starts beyond that — a thread waiting for the GIL in ``streams`` mode,
     a process waiting for the CPU — and that wait is interference just as much as slower kernels
@@ -246,7 +319,7 @@ def demand_starts(reached_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarr
     order = np.argsort(start_ns, kind="stable")
     prev_end = np.empty(order.size)
     prev_end[0] = -np.inf
-    prev_end[1:] = end_ns[order][:-1]
+    prev_end[1:] = end_ns[order][:-1] + handoff_ns
     eff = np.minimum(start_ns[order], np.maximum(reached_ns[order], prev_end))
     out = np.empty_like(eff)
     out[order] = eff
@@ -424,6 +497,9 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 on_update(profile)
             baseline = next(iter(profile["modes"].values()), None)
             mode_entry = await _measure_reference(replay, models, refs, settings, baseline)
+            mode_entry["handoff_ms"] = handoff_ms(replay.alone_gaps)
+            mode_entry["handoff_pairs"] = {
+                m: int(sum(g[m].size for g in replay.alone_gaps if m in g)) for m in models}
             mode_entry["backend"] = _safe(backend.describe)
             log(f"[{time.perf_counter() - started:7.1f} s] {mode}: alone "
                 + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
@@ -466,6 +542,8 @@ class _Replayer:
         self.root = root
         self.infos = infos
         self.count = 0
+        # Hand-off gaps of the alone open-loop phases (grid-open, reference-open) of this mode.
+        self.alone_gaps: list[dict[str, np.ndarray]] = []
 
     async def run(self, phase: _Phase, concurrency: int | None, label: str) -> pa.Table:
         from traceforge.record import read_timeline
@@ -488,6 +566,8 @@ class _Replayer:
             first = bad.column("error")[0].as_py() if bad.num_rows else summary.status
             raise RunFailure(f"profile phase {label}: {bad.num_rows} requests failed "
                              f"(first: {first}); run kept in {run_dir}")
+        if concurrency is None and label.startswith(("grid-open", "reference-open")):
+            self.alone_gaps.append(timeline_gaps(timeline))
         return timeline
 
 
@@ -642,7 +722,7 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         phase = _Phase()
         t = 0.0
         for g, m in enumerate(models):
-            for _ in range(max(settings.repeats, 10)):
+            for _ in range(max(settings.repeats, 40)):  # 40: enough waiting pairs for handoff_ms
                 t += rng.exponential(est[g] / settings.alone_utilisation)
                 phase.add(m, *refs[m], g, True, arrival_ns=int(t))
             t += 10 * est[g]  # a gap between models: never both busy
@@ -721,8 +801,9 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
             intervals = {}
             for m in group:
                 sel = models_col == m
+                gap = mode_entry.get("handoff_ms", {}).get(m, 0.0) * 1e6
                 intervals[m] = (demand_starts(sent[sel] + mode_entry["inbound_ms"][m] * 1e6,
-                                              start[sel], end[sel]), end[sel])
+                                              start[sel], end[sel], gap), end[sel])
             counted = {m: timed[models_col == m] for m in group}
             est = estimate_slowdowns(intervals, alone_ns, known, counted)
             for m, e in est.items():
