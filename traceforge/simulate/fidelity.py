@@ -160,8 +160,9 @@ def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any
 
     ``handoff``: None re-queues without an executor hand-off (every gap between queued
     requests counts as transport, the original oracle); ``"exact"`` adds each request's own
-    measured gap to the next waiting request (so what remains is what FIFO order and transport
-    cannot explain); ``"mean"`` adds the run's mean gap per finishing model (the simulator's
+    measured gap to the next request when that one was waiting (or arrived, and was delayed,
+    inside the hand-off window: the model's mean gap), so what remains is what FIFO order and
+    transport cannot explain; ``"mean"`` adds the run's mean gap per finishing model (the simulator's
     hand-off model with a perfectly measured parameter). With a hand-off the transport is the
     median ``service_start - sent`` of requests that found their worker idle.
 
@@ -203,24 +204,34 @@ def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any
         # Requests that found their worker idle give the transport; the gap after each request
         # whose successor on the worker was already waiting is its hand-off.
         idle = np.zeros(t.num_rows, bool)
+        order = {}
         for w in set(workers.tolist()):
             idx = np.flatnonzero(workers == w)
-            idx = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
+            order[w] = idx = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
             prev_end = np.concatenate(([np.iinfo(np.int64).min], d["service_end_ns"][idx][:-1]))
             idle[idx] = d["sent_ns"][idx] > prev_end
-            transport = {m: float(np.median((d["service_start_ns"] - d["sent_ns"])[
-                idle & (models == m)])) for m in set(models.tolist()) if (idle & (models == m)).any()}
-            waiting = (d["sent_ns"][idx][1:] + np.array(
-                [transport.get(m, 0.0) for m in models[idx][1:].tolist()])
-                <= d["service_end_ns"][idx][:-1])
-            gaps = d["service_start_ns"][idx][1:] - d["service_end_ns"][idx][:-1]
-            if handoff == "exact":
-                gap_after[idx[:-1]] = np.where(waiting, gaps, 0)
+        transport = {m: float(np.median((d["service_start_ns"] - d["sent_ns"])[
+            idle & (models == m)])) for m in set(models.tolist()) if (idle & (models == m)).any()}
+        per_model = handoff_gaps(workers, models, d["sent_ns"], d["service_start_ns"],
+                                 d["service_end_ns"], transport)
+        mean_gap = {m: max(0.0, float(np.mean(g))) if g.size else 0.0
+                    for m, g in per_model.items()}
         if handoff == "mean":
-            per_model = handoff_gaps(workers, models, d["sent_ns"], d["service_start_ns"],
-                                     d["service_end_ns"])
-            for m, g in per_model.items():
-                gap_after[models == m] = int(max(0.0, float(np.mean(g)))) if g.size else 0
+            for m, g in mean_gap.items():
+                gap_after[models == m] = int(g)
+        else:
+            for idx in order.values():
+                reach_next = d["sent_ns"][idx][1:] + np.array(
+                    [transport.get(m, 0.0) for m in models[idx][1:].tolist()])
+                prev_end = d["service_end_ns"][idx][:-1]
+                # Waiting as the previous one ended, or (delayed) arrived inside its hand-off
+                # window, whose length is the model's mean gap.
+                window = np.array([mean_gap.get(m, 0.0) for m in models[idx][:-1].tolist()])
+                waiting = (reach_next <= prev_end) | (
+                    (reach_next < d["service_start_ns"][idx][1:])
+                    & (reach_next <= prev_end + window))
+                gaps = d["service_start_ns"][idx][1:] - prev_end
+                gap_after[idx[:-1]] = np.where(waiting, gaps, 0)
     for m in set(models.tolist()):
         rows = models == m
         if handoff is None:

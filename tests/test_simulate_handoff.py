@@ -1,0 +1,260 @@
+"""The executor hand-off in the simulator: hand-computed timelines in virtual time, how the
+profile measures it, old profiles without it, and the fidelity oracle that isolates it.
+
+The hand-off ``g`` of a request is worker time after its service ends and before the worker
+can start the next request (reporting, taking the next job, launching it): a request already
+waiting starts at ``end + g``; one arriving later starts on arrival (docs/simulator.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.test_simulate import make_profile, make_trace, model_profile, poisson_ns
+from traceforge.errors import BadInput
+from traceforge.record import RunManifest, read_timeline
+from traceforge.schema import read_trace, write_trace
+from traceforge.simulate import simulate
+from traceforge.simulate.engine import ModelQueue, fifo_servers, shared_workers
+from traceforge.simulate.measure import demand_starts, handoff_gaps, handoff_ms
+from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
+
+MS = 1_000_000
+
+
+def col_ms(run_dir, name):
+    return (read_timeline(run_dir).column(name).to_numpy() / MS).tolist()
+
+
+def test_fifo_hand_off_exact_timeline():
+    # service 100 each, gap 7. #1 waits (arrived at 10): starts at 100 + 7. #2 arrives at 500,
+    # the worker is idle: starts on arrival. #3 arrives at 603, inside #2's hand-off window
+    # (ends 600, free at 607): starts at 607, not 603.
+    arrival = np.array([0, 10, 500, 603])
+    service = np.array([100, 100, 100, 100])
+    start, end = fifo_servers(arrival, service, 1, handoff_ns=np.full(4, 7))
+    assert start.tolist() == [0, 107, 500, 607]
+    assert end.tolist() == [100, 207, 600, 707]
+    # Without a hand-off: the old model (back to back).
+    start0, _ = fifo_servers(arrival, service, 1)
+    assert start0.tolist() == [0, 100, 500, 603]
+
+
+def test_gap_is_the_finishing_requests_own():
+    # Per request: the gap after request k is handoff[k] (the model that finished decides).
+    start, end = fifo_servers(np.array([0, 0, 0]), np.array([10, 10, 10]), 1,
+                              handoff_ns=np.array([5, 50, 0]))
+    assert start.tolist() == [0, 15, 75]
+    assert end.tolist() == [10, 25, 85]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_per_model_workers_hand_off(fast_path):
+    # Two workers, gaps 3 and 0. Worker 0: arrivals 0, 1, 20, service 10 each: starts 0, 13
+    # (waited), 26 (arrived at 20 inside the window 23..26). Worker 1 unaffected by worker 0.
+    queues = [ModelQueue(np.array([0.0, 1.0, 20.0]), np.array([10.0, 10.0, 10.0])),
+              ModelQueue(np.array([0.0, 2.0]), np.array([5.0, 5.0]))]
+    res = shared_workers(queues, exclusive=False, handoff_ns=[3.0, 0.0], fast_path=fast_path)
+    assert res[0].start_ns.tolist() == [0.0, 13.0, 26.0]
+    assert res[0].end_ns.tolist() == [10.0, 23.0, 36.0]
+    assert res[1].start_ns.tolist() == [0.0, 5.0]
+
+
+def test_hand_off_is_idle_time_for_interference():
+    # a+b busy together run at half speed. a: one request [0, 10) alone-work 10 at rate 1
+    # until b starts. b's worker: request 0 arrives at 0 (work 4), request 1 waits; gap 6.
+    # t=0: both busy, rate 0.5 -> b0 ends at 8 (4 work), a has done 4 of 10.
+    # t=8..14: b is in its hand-off, idle for interference: a runs at rate 1, done 10 at 14.
+    # t=14: b1 starts (gap over) and a ends at the same instant.
+    rates = {3: [0.5, 0.5]}
+    queues = [ModelQueue(np.array([0.0]), np.array([10.0])),
+              ModelQueue(np.array([0.0, 0.0]), np.array([4.0, 4.0]))]
+    for fast in (True, False):
+        res = shared_workers(queues, exclusive=False, rates=rates, handoff_ns=[0.0, 6.0],
+                             fast_path=fast)
+        assert res[0].end_ns.tolist() == pytest.approx([14.0])
+        assert res[1].start_ns.tolist() == pytest.approx([0.0, 14.0])
+        assert res[1].end_ns.tolist() == pytest.approx([8.0, 18.0])
+
+
+def test_inlined_loop_matches_the_general_loop_with_hand_off():
+    rng = np.random.default_rng(5)
+    rates = {3: [0.6, 0.8, 1.0], 5: [0.7, 1.0, 0.9], 6: [1.0, 0.5, 0.75], 7: [0.4, 0.45, 0.6]}
+    queues = [ModelQueue(np.sort(rng.uniform(0, 1e9, 2000)), rng.exponential(4e5, 2000))
+              for _ in range(3)]
+    gaps = [5e4, 0.0, 2e5]
+    fast = shared_workers(queues, exclusive=False, rates=rates, handoff_ns=gaps)
+    general = shared_workers(queues, exclusive=False, rates=rates, handoff_ns=gaps,
+                             fast_path=False)
+    for f, g in zip(fast, general, strict=True):
+        np.testing.assert_allclose(f.start_ns, g.start_ns, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(f.end_ns, g.end_ns, rtol=0, atol=1e-3)
+    # and the hand-off makes a difference here (the workers queue)
+    plain = shared_workers(queues, exclusive=False, rates=rates)
+    assert plain[2].end_ns[-1] < fast[2].end_ns[-1]
+
+
+def test_batching_waits_for_the_hand_off():
+    # max_batch 4, no wait: batch [0] at 0 (work 10); rows 1, 2 arrive at 1 and 11 (inside
+    # the hand-off window 10..15), both join the batch that starts at 15.
+    queues = [ModelQueue(np.array([0.0, 1.0, 11.0]), np.array([10.0, 10.0, 10.0]))]
+    res = shared_workers(queues, exclusive=False, max_batch=4, handoff_ns=[5.0])
+    assert res[0].start_ns.tolist() == [0.0, 15.0, 15.0]
+    assert res[0].batched_with.tolist() == [1, 2, 2]
+
+
+def test_simulator_exclusive_uses_the_profiles_hand_off(tmp_path):
+    # Exclusive, a: 2 ms, b: 1 ms; hand-off after a 0.5 ms, after b 0.25 ms. Arrivals 0, 0.5,
+    # 1 ms (a, b, a) all queue: b starts at 2 + 0.5, the second a at 3.5 + 0.25.
+    profile = make_profile({"a": model_profile(2.0), "b": model_profile(1.0)},
+                           {"exclusive": {"handoff_ms": {"a": 0.5, "b": 0.25}}})
+    trace = make_trace([0, MS // 2, MS], models=["a", "b", "a"])
+    simulate(trace, tmp_path / "run", profile=profile, mode="exclusive")
+    assert col_ms(tmp_path / "run", "service_start_ns") == pytest.approx([0, 2.5, 3.75])
+    assert col_ms(tmp_path / "run", "service_end_ns") == pytest.approx([2, 3.5, 5.75])
+    info = RunManifest.load(tmp_path / "run")["backend_info"]
+    assert info["handoff_ms"] == {"a": 0.5, "b": 0.25}
+
+
+def test_simulator_per_model_worker_hand_off(tmp_path):
+    # timeslice: one worker per model; a's two requests queue, b's worker is separate.
+    profile = make_profile({"a": model_profile(2.0), "b": model_profile(1.0)},
+                           {"timeslice": {"handoff_ms": {"a": 0.5},
+                                          "slowdown": {"a+b": {"a": 1.0, "b": 1.0}}}})
+    trace = make_trace([0, 0, MS // 2], models=["a", "a", "b"])
+    simulate(trace, tmp_path / "run", profile=profile, mode="timeslice")
+    assert col_ms(tmp_path / "run", "service_start_ns") == pytest.approx([0, 2.5, 0.5])
+
+
+def test_old_profile_without_hand_off_loads_and_keeps_the_old_model(tmp_path):
+    data = {"schema": PROFILE_SCHEMA_ID, "device": {"name": "test"},
+            "models": {"a": model_profile(2.0)}, "modes": {"exclusive": {"inbound_ms": {}}}}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    from traceforge.simulate.profile import load_profile
+
+    profile = load_profile(path)
+    assert profile.modes["exclusive"].handoff_ms == {}
+    trace = make_trace([0, 0], models=["a", "a"])
+    simulate(trace, tmp_path / "run", profile=profile, mode="exclusive")
+    assert col_ms(tmp_path / "run", "service_start_ns") == pytest.approx([0, 2])
+
+
+def test_the_call_2_h200_profile_format_loads(tmp_path):
+    # The profile format of device call 2 (2026-11-30): modes with alone_ms, corun, backend
+    # and no handoff_ms. A trimmed copy of its mode entry keeps the test independent of files.
+    mode = {"alone_ms": {"a": 0.488}, "alone_se_ms": {"a": 0.0078}, "alone_ratio": {"a": 1.0},
+            "alone_ratio_se": {"a": 0.0}, "alone_scale": {"a": 1.0}, "inbound_ms": {"a": 0.19},
+            "outbound_ms": {"a": 0.095}, "slowdown": {}, "corun": {},
+            "backend": {"backend": "resident", "mode": "exclusive"}}
+    profile = make_profile({"a": model_profile(0.5)}, {"exclusive": mode})
+    assert profile.modes["exclusive"].handoff_ms == {}
+    simulate(make_trace([0, 0], models=["a", "a"]), tmp_path / "run", profile=profile,
+             mode="exclusive")
+    # inbound 0.19 ms, then back to back: no hand-off
+    assert col_ms(tmp_path / "run", "service_start_ns") == pytest.approx([0.19, 0.69])
+    assert RunManifest.load(tmp_path / "run")["backend_info"]["handoff_ms"] == {}
+
+
+@pytest.mark.parametrize("bad", [-0.1, "x", float("nan")])
+def test_bad_hand_off_is_one_line(bad):
+    data = {"schema": PROFILE_SCHEMA_ID, "models": {"a": model_profile(1.0)},
+            "modes": {"exclusive": {"handoff_ms": {"a": bad}}}}
+    with pytest.raises(BadInput, match=r"modes\.exclusive\.handoff_ms\.a"):
+        profile_from_dict(data)
+
+
+def test_handoff_gaps_hand_computed():
+    # One worker "w": r0 [0, 100]; r1 sent at 50 (waiting; transport 10 -> reached 60 <= 100):
+    # starts 130 -> gap 30 after an "a". r2 sent at 500 (idle) starts 510: no gap. r3 sent at
+    # 520, r2 ends 600, r3 starts 640 -> gap 40 after a "b". A second worker "v" on its own.
+    worker = np.array(["w", "w", "w", "w", "v", "v"])
+    model = np.array(["a", "b", "b", "a", "a", "a"])
+    sent = np.array([0, 50, 500, 520, 0, 1])
+    start = np.array([10, 130, 510, 640, 10, 60])
+    end = np.array([100, 200, 600, 700, 50, 90])
+    gaps = handoff_gaps(worker, model, sent, start, end, {"a": 10.0, "b": 10.0})
+    assert sorted(gaps["a"].tolist()) == [10.0, 30.0]  # w: r0 -> r1; v: 50 -> 60
+    assert gaps["b"].tolist() == [40.0]
+    # Default transport: the median start - sent of requests that found their worker idle
+    # (w: r0 10, r2 10; v: its first 10) -> the same pairs.
+    auto = handoff_gaps(worker, model, sent, start, end)
+    assert {k: sorted(v.tolist()) for k, v in auto.items()} == {"a": [10.0, 30.0],
+                                                               "b": [40.0]}
+    # Pooled mean in ms, never below 0 (pipelined runs can overlap).
+    assert handoff_ms([gaps, {"a": np.array([-1e6, -1e6])}]) == {"a": 0.0, "b": 4e-5}
+    assert handoff_ms([gaps]) == {"a": 2e-5, "b": 4e-5}
+
+
+def test_demand_starts_net_of_the_hand_off():
+    # Second request reached at 5, previous ended at 10, started at 14: with a hand-off of 4
+    # it could not start before 14, so none of that wait is interference.
+    out = demand_starts(np.array([0.0, 5.0]), np.array([0.0, 14.0]), np.array([10.0, 20.0]),
+                        4.0)
+    assert out.tolist() == [0.0, 14.0]
+    assert demand_starts(np.array([0.0, 5.0]), np.array([0.0, 14.0]),
+                         np.array([10.0, 20.0])).tolist() == [0.0, 10.0]
+
+
+def _simulated_run(tmp_path, handoff):
+    profile = make_profile({"a": model_profile(0.5, cv=0.3), "b": model_profile(0.9, cv=0.3)},
+                           {"exclusive": {"handoff_ms": handoff}})
+    rng = np.random.default_rng(21)
+    trace = make_trace(poisson_ns(0.95, 3000, seed=22),  # utilisation ~0.8 with gaps
+                       models=np.array(["a", "b"])[rng.integers(0, 2, 3000)])
+    write_trace(trace.table, tmp_path / "t.parquet", {})
+    simulate(read_trace(tmp_path / "t.parquet"), tmp_path / "run", profile=profile,
+             mode="exclusive", seed=4)
+    return tmp_path / "run"
+
+
+def test_oracle_with_exact_hand_off_reproduces_a_run_with_hand_off(tmp_path):
+    # A simulated run with a hand-off stands in for a measured one. Re-queued with its own
+    # service times and its own gaps it is reproduced exactly: "exact" (each request's gap,
+    # including requests that arrived inside the previous one's hand-off window) and "mean"
+    # (per-model mean gaps; constant here). Without gaps (the old oracle) latencies come out
+    # short.
+    from traceforge.simulate.fidelity import oracle_run
+
+    run = _simulated_run(tmp_path, {"a": 0.1, "b": 0.2})
+    exact = oracle_run(run, "exact")
+    mean = oracle_run(run, "mean")  # the gaps are constant per model here: also exact
+    old = oracle_run(run)
+    for m in ("a", "b"):
+        assert exact["models"][m]["error_p50"] == pytest.approx(0.0, abs=1e-9)
+        assert exact["models"][m]["error_p99"] == pytest.approx(0.0, abs=1e-9)
+        assert mean["models"][m]["error_p50"] == pytest.approx(0.0, abs=1e-9)
+        assert mean["models"][m]["error_p99"] == pytest.approx(0.0, abs=1e-9)
+        assert old["models"][m]["error_p50"] < -0.05
+    with pytest.raises(BadInput):
+        oracle_run(run, "median")
+
+
+def test_handoff_from_runs_fills_only_missing_values(tmp_path):
+    from traceforge.simulate.fidelity import handoff_from_runs, with_handoff
+
+    run = _simulated_run(tmp_path, {"a": 0.1, "b": 0.2})
+    measured = handoff_from_runs([run])
+    assert measured["exclusive"] == pytest.approx({"a": 0.1, "b": 0.2}, abs=1e-6)
+    profile = make_profile({"a": model_profile(1.0), "b": model_profile(1.0)},
+                           {"exclusive": {"handoff_ms": {"a": 0.05}}, "mps": {}})
+    filled = with_handoff(profile, measured)
+    assert filled.modes["exclusive"].handoff_ms == pytest.approx({"a": 0.05, "b": 0.2})
+    # A mode no run measured takes the pooled values.
+    assert filled.modes["mps"].handoff_ms == pytest.approx({"a": 0.1, "b": 0.2}, abs=1e-6)
+
+
+def test_fidelity_cli_refuses_a_compared_run_as_hand_off_source(tmp_path, capsys):
+    from traceforge.simulate.fidelity import main
+
+    run = _simulated_run(tmp_path, {"a": 0.1})
+    (tmp_path / "p.json").write_text(json.dumps({
+        "schema": PROFILE_SCHEMA_ID, "models": {"a": model_profile(0.5),
+                                                "b": model_profile(0.9)},
+        "modes": {"exclusive": {}}}))
+    assert main(["--profile", str(tmp_path / "p.json"), "--handoff-from", str(run),
+                 str(run)]) == 2
+    assert "--handoff-from" in capsys.readouterr().err
