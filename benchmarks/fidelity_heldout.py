@@ -119,7 +119,9 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                 continue
             manifest = RunManifest.load(run)
             r = compare_run(run, profile)
-            o = oracle_run(run)
+            # The queueing model with the run's own service times and executor hand-offs: what
+            # it still misses is neither service time nor hand-off (docs/simulator.md).
+            o = oracle_run(run, "exact")
             for model, v in r["models"].items():
                 total += 1
                 e50, e99 = v["error_p50"], v["error_p99"]
@@ -170,8 +172,12 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
         "ms | simulated p99 ms | error p99 | service ms measured / simulated | within |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *rows, "",
-        "## The queueing model alone (`--oracle`: each run re-queued with its measured service "
-        "times)", "",
+        "## The queueing model alone (`--oracle --oracle-handoff exact`: each run re-queued "
+        "with its measured service times and executor hand-offs)", "",
+        "Executor hand-off in the profile (`handoff_ms`, ms): " + "; ".join(
+            f"{mode}: " + (", ".join(f"{m} {v:.3f}" for m, v in mp.handoff_ms.items())
+                           or "not measured (0)")
+            for mode, mp in profile.modes.items()), "",
         "| mix | mode | model | error p50 | error p99 |", "|---|---|---|---:|---:|",
         *oracle_rows, "",
     ]
