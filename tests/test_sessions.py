@@ -342,3 +342,17 @@ def test_max_inflight_is_never_exceeded_with_released_turns(tmp_path):
                     key=lambda e: (e[0], e[1]))  # at a tie a completion frees its slot first
     depth = np.cumsum([e[1] for e in events])
     assert depth.max() == 3  # the cap binds (30 req/s x 30 ms with turns) and holds
+
+
+def test_trace_stats_fit_the_session_starts():
+    from traceforge.generate.stats import trace_stats
+
+    trace = generate_trace(parse_spec(SPEC))
+    report = trace_stats(trace)
+    chat = report["models"]["chat"]
+    sid = trace.table.column("session_id").to_pylist()
+    assert chat["sessions"]["sessions"] == chat["count"] == len({s for s in sid if s is not None})
+    assert chat["sessions"]["rows"] == sum(s is not None for s in sid)
+    # the starts are the spec's Poisson(1/s) process: the fit does not reject it
+    assert chat["fit"]["p_value"] > 0.01
+    assert report["models"]["plain"].get("sessions") is None

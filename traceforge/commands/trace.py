@@ -107,6 +107,12 @@ def _print_stats(report: dict) -> None:
                       _fmt(s.get("target_rate")), _fmt(s["cv"]), _fmt(s["idc_1s"]),
                       _fmt(s["idc_10s"]), _fmt(fit.get("p_value"), ".3g"), law)
     console.print(table)
+    with_sessions = [n for n, s in report["models"].items() if s.get("sessions")]
+    if with_sessions:
+        parts = [f"{n}: {report['models'][n]['sessions']['sessions']} sessions, "
+                 f"{report['models'][n]['sessions']['rows']} turns" for n in with_sessions]
+        console.print("sessions — counts, rates and fits are over session starts ("
+                      + "; ".join(parts) + ")", highlight=False)
     reuse = report["aggregate"].get("prefix_reuse")
     if reuse:
         console.print(f"prefix blocks ({reuse['block_tokens']} tokens): "

@@ -158,6 +158,12 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
                      if options.progress and len(arrival_ns) else None)
+    scraper = None
+    if options.scrape_url:  # its own process (replay/scrape.py); it starts idle, then begin()
+        from traceforge.replay.scrape import MetricsScraper
+
+        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock, run_dir)
+        scraper.start()
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
     # The origin is taken last, after all preparation, so the first sends are not late.
@@ -168,12 +174,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                                "schedule_origin_ns": origin_ns,
                                "time_scale": options.time_scale})
     manifest.write()
-    scraper = None
-    if options.scrape_url:
-        from traceforge.replay.scrape import MetricsScraper
-
-        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock)
-        scraper.start()
+    if scraper is not None:
+        scraper.begin(origin_ns)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
             dispatcher, recorder, manifest, backend, pacer, progress_task, options,
@@ -181,7 +183,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
             scraper=scraper)
     finally:
         if scraper is not None:
-            scraper.stop()
+            scraper.finish()
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -252,11 +254,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
     if failure is not None:
         extra["error"] = f"{type(failure).__name__}: {failure}"
     if scraper is not None:
-        scraper.stop()
-        try:
-            extra["scrape"] = scraper.summary(scraper.write(run_dir))
-        except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
-            extra["scrape"] = {**scraper.summary(0), "write_error": str(exc)}
+        extra["scrape"] = scraper.finish()
     manifest.finish(status, **extra)
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
