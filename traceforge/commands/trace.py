@@ -150,7 +150,8 @@ def import_(
                                      "stripe|round-robin|top-k."),
     columns: str | None = typer.Option(
         None, "--columns", help="csv: time=COL[,seq_len=COL,max_new_tokens=COL,"
-                                "batch_size=COL,model=COL]."),
+                                "batch_size=COL,model=COL,session=COL,turn=COL|id=COL,"
+                                "parent=COL]."),
     time_unit: str | None = typer.Option(None, "--time-unit", help="csv: s|ms|us|ns|iso."),
     failed: str | None = typer.Option(None, "--failed",
                                help="burstgpt: rows with 0 response tokens: keep|drop."),

@@ -39,7 +39,7 @@ def parse_columns(columns: str | None) -> dict[str, str]:
     if not columns:
         raise BadInput("required for the csv format", key="--columns",
                        allowed="time=COL[,seq_len=COL,max_new_tokens=COL,batch_size=COL,"
-                               "model=COL]")
+                               "model=COL,session=COL,turn=COL | id=COL,parent=COL]")
     mapping: dict[str, str] = {}
     for entry in columns.split(","):
         field, sep, col = (s.strip() for s in entry.partition("="))
