@@ -207,7 +207,7 @@ def run_sessions(table: Table, work: Path, server: Server) -> None:
     trace = work / "sessions.parquet"
     trace.unlink(missing_ok=True)
     res = traceforge("trace", "gen", str(ROOT / "workloads" / "sessions.toml"), "-o", str(trace),
-                     "--duration", "30")
+                     "--duration", "20")
     if res.returncode != 0:
         raise RuntimeError(res.stderr)
     tl, manifest, report = replay(trace, work / "run-sessions", server, "--tokenizer",
