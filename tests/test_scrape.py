@@ -149,3 +149,21 @@ def test_parse_samples_keeps_counters_and_gauges():
     assert list(parse_samples(text)) == [
         ("vllm:num_requests_waiting", '{"model_name": "m"}', 2.0),
         ("vllm:prefix_cache_queries_total", "{}", 120.0)]
+
+
+def test_with_workers_one_scraper_writes_the_file(tmp_path):
+    from traceforge.replay.workers import run_sharded
+
+    arrival = np.arange(0, 1000, 20) * MS
+    with MetricsServer() as server:
+        summary = run_sharded(make_trace(arrival), tmp_path / "run", "null",
+                              {"servers": 4, "service_ms": 1.0, "service_dist": "const",
+                               "seed": 0},
+                              ReplayOptions(scrape_url=server.url, scrape_interval_s=0.1),
+                              workers=2)
+    assert summary.status == "complete"
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    scrape = manifest["scrape"]
+    assert scrape["warnings"] == 0 and scrape["scrapes"] >= 5
+    t = np.unique(read_server_metrics(tmp_path / "run").column("t_ns").to_numpy())
+    assert t.size == scrape["scrapes"] == server.requests  # one scraper, not one per worker
