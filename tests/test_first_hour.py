@@ -131,7 +131,8 @@ def test_dash_h_is_help_everywhere(argv, capsys):
 
 @pytest.mark.parametrize("command", [["trace", "gen"], ["trace", "import"], ["replay"],
                                      ["simulate"], ["export", "perfetto"], ["demo"],
-                                     ["profile"], ["report"], ["compare"], ["study"]])
+                                     ["profile"], ["report"], ["compare"], ["study"],
+                                     ["trace", "stats"]])
 def test_every_writing_command_takes_dash_o_and_output(command, capsys):
     _, out, _ = run_cli([*command, "--help"], capsys)
     assert "-o" in out and "--output" in out
