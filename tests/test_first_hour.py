@@ -219,7 +219,7 @@ def test_other_time_flags_beyond_int64_are_bad_input(tmp_path, trace_path, capsy
     (["--rate", "5", "--concurrency", "2"], ["--rate", "closed loop"]),
     (["--rate", ""], ["--rate"]),
     (["--rate", "a=1,"], ["--rate"]),
-    (["--max-concurrency", "0"], ["--max-concurrency", "positive integer"]),
+    (["--max-concurrency", "0"], ["--max-inflight", "positive integer"]),  # the alias
 ])
 def test_knob_misuse_is_one_line(tmp_path, trace_path, capsys, args, needles):
     code, _, err = run_cli(["replay", trace_path, "-o", tmp_path / "run", *args], capsys)
