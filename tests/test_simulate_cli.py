@@ -133,6 +133,12 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     slow = data["modes"]["timeslice"]["slowdown"]["tiny-bert+tiny-gpt2"]
     assert set(slow) == {"tiny-bert", "tiny-gpt2"} and all(v > 0 for v in slow.values())
     assert data["modes"]["exclusive"]["slowdown"] == {}
+    for mode in ("exclusive", "timeslice"):  # the executor hand-off, from open-loop phases
+        entry = data["modes"][mode]
+        assert set(entry["handoff_ms"]) <= {"tiny-bert", "tiny-gpt2"}
+        assert all(v >= 0 for v in entry["handoff_ms"].values())
+        assert set(entry["handoff_pairs"]) == {"tiny-bert", "tiny-gpt2"}
+    assert sum(data["modes"]["exclusive"]["handoff_pairs"].values()) > 0
 
     profile = load_profile(out)
     trace = write_poisson_trace(tmp_path / "t.parquet", rate_per_s=50, n=200,
