@@ -108,7 +108,8 @@ def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup:
     _check_html_target(html)
     study = load_study(study_dir)
     if html is not None:
-        _check_not_input(html, study.input_paths(), flag="--html")
+        _check_not_input(html, [*study.input_paths(), *([slo_from] if slo_from else [])],
+                         flag="--html")
     options = StudyOptions(warmup_s=warmup, slo_ms=slo_ms, slo_from=slo_from,
                            slo_factor=slo_factor, include_warmup_rows=include_warmup,
                            **({"alpha": alpha} if alpha is not None else {}))
