@@ -107,14 +107,22 @@ class Trace:
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a partial file."""
+    from traceforge.paths import output_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # the place cannot take a file: one line, nothing written
+        raise output_error(path, exc) from exc
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:  # full disk, I/O error...: the final name never sees a partial file
+        Path(tmp).unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

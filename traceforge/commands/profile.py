@@ -84,8 +84,9 @@ def profile_command(
         corun_sets=corun_sets, reference_batch=reference_batch, reference_seq=reference_seq,
         references=_references(reference), keep_runs=keep_runs,
     ).validate()
-    if out.exists() and out.is_dir():
-        raise BadInput("is a directory", key="-o", value=str(out))
+    from traceforge.paths import check_output
+
+    check_output(out, inputs=[("the --keep-runs directory", keep_runs)], key="-o")
     command = "traceforge profile " + " ".join(shlex.quote(a) for a in [
         "--models", ",".join(settings.models), "--device", device,
         "--modes", ",".join(settings.resolved_modes()),

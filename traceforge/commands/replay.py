@@ -106,7 +106,8 @@ def register(app: typer.Typer) -> None:
             raise BadInput("unknown backend", key="--backend", value=backend,
                            allowed=", ".join(BACKENDS))
         tr = read_trace(trace)
-        check_run_dir(out)
+        check_run_dir(out, [("the trace being replayed", trace), ("the --body-template file",
+                           body_template[1:] if (body_template or "").startswith("@") else None)])
         models = default_models(tr)
         zoo_map = parse_mapping(zoo, "--zoo")
         unknown = sorted(set(zoo_map) - {m.name for m in models})

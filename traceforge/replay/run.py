@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from traceforge import paths
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput, RunFailure
 from traceforge.record.manifest import RunManifest
@@ -46,12 +47,13 @@ def default_models(trace: Trace) -> list[ModelInfo]:
     return out
 
 
-def check_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BadInput("exists and is not a directory", key="-o", value=str(run_dir))
-    if (run_dir / "run.json").exists() or any((run_dir / "timeline").glob("part-*.parquet")):
-        raise BadInput("already holds a run (choose a new directory)", key="-o",
-                       value=str(run_dir))
+def check_run_dir(run_dir: Path, inputs=()) -> None:
+    """A run directory is strictly new or empty, and never an input (traceforge.paths)."""
+    paths.check_run_dir(run_dir, inputs=inputs)
+
+
+def _output_inputs(trace: Trace) -> list[tuple[str, Path | None]]:
+    return [("the trace being replayed", trace.path)]
 
 
 def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
@@ -78,7 +80,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     (a virtual-time loop passes a clock that reads the loop's time)."""
     options = (options or ReplayOptions()).validate()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
+    check_run_dir(run_dir, _output_inputs(trace))
     models = options.models or default_models(trace)
     known = {m.name for m in models}
     missing = [m for m in trace.models if m not in known]
@@ -95,11 +97,25 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     arrival_ns = table.column("arrival_ns").to_numpy()
 
     clock = clock or RunClock()
+    # Claimed exclusively before anything is started: a second run into it exits 2.
+    claim = paths.claim_run_dir(run_dir, inputs=_output_inputs(trace))
     try:
         await backend.start(models, clock)
     except BaseException:
-        await backend.stop()
+        try:
+            await backend.stop()
+        finally:
+            claim.release(remove_if_empty=True)
         raise
+    try:
+        return await _replay_claimed(trace, run_dir, backend, options, clock, table, encoded,
+                                     model_names, arrival_ns, models, trace_info)
+    finally:
+        claim.release()
+
+
+async def _replay_claimed(trace, run_dir, backend, options, clock, table, encoded, model_names,
+                          arrival_ns, models, trace_info) -> RunSummary:
 
     # -- from here on we write -----------------------------------------------------------------
     loop = asyncio.get_running_loop()
