@@ -299,6 +299,9 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         notes.append(f"run status is {status!r}: the report covers the requests recorded")
     if run.n == 0:
         notes.append("the timeline has no rows")
+    lost = lost_rows_note(manifest, run.n)
+    if lost:
+        notes.append(lost)
     return {
         "schema": REPORT_SCHEMA_ID,
         "run_dir": str(run.run_dir),
@@ -311,6 +314,21 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         "overall": overall,
         "notes": notes,
     }
+
+
+def lost_rows_note(manifest: dict[str, Any], n_rows: int) -> str | None:
+    """Rows the trace had, minus those recorded and those whose time never came (``not_due``):
+    anything left was lost (e.g. the timeline writer failed). None when nothing was lost."""
+    trace_rows = (manifest.get("trace") or {}).get("rows")
+    not_due = manifest.get("not_due") or 0
+    if not isinstance(trace_rows, int) or manifest.get("status") == "running":
+        return None
+    lost = trace_rows - n_rows - (not_due if isinstance(not_due, int) else 0)
+    if lost <= 0:
+        return None
+    cause = f" ({manifest['error']})" if manifest.get("error") else ""
+    return (f"ROWS LOST: {lost} of the trace's {trace_rows} requests were due but have no row "
+            f"in the timeline{cause}; latency statistics cover only the recorded rows")
 
 
 def analysis_rows(run: RunData, *, warmup_s: float | None,

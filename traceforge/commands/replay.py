@@ -57,6 +57,10 @@ def register(app: typer.Typer) -> None:
         max_inflight: int = typer.Option(None, "--max-inflight",
                                          help="Open-loop cap; slot waits count in latency."),
         timeout: float = typer.Option(None, "--timeout", help="Per-request timeout, seconds."),
+        duration: float = typer.Option(None, "--duration",
+                                       help="Stop sending at S s of the schedule."),
+        drain_timeout: float = typer.Option(None, "--drain-timeout", help="Then wait at most "
+                                            "S s for in-flight requests (then cancelled)."),
         warmup: float = typer.Option(0.0, "--warmup",
                                      help="Seconds at the start whose rows are flagged warmup."),
         progress: bool = typer.Option(None, "--progress/--no-progress",
@@ -118,7 +122,8 @@ def register(app: typer.Typer) -> None:
             m.zoo = zoo_map.get(m.name, m.zoo)
         options = ReplayOptions(
             time_scale=time_scale, concurrency=concurrency, max_inflight=max_inflight,
-            timeout_s=timeout, warmup_s=warmup,
+            timeout_s=timeout, warmup_s=warmup, duration_s=duration,
+            drain_timeout_s=drain_timeout,
             progress=sys.stderr.isatty() if progress is None else progress,
             models=models, pacer=pacer, event_loop=event_loop,
         ).validate()

@@ -86,6 +86,9 @@ class TimelineRecorder:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        # Called (from the flusher thread) when a part cannot be written: the replay stops at
+        # once rather than keep sending requests whose rows can no longer reach disk.
+        self.on_error = None
         self._thread: threading.Thread | None = None
         self._warm_up()
         if background:
@@ -227,14 +230,25 @@ class TimelineRecorder:
                 self.flush()
             except BaseException as exc:  # surfaced by close(); never kill the run silently
                 self._error = exc
+                if self.on_error is not None:
+                    self.on_error(exc)
                 return
+
+    @property
+    def write_error(self) -> BaseException | None:
+        """The flusher's failure, if any (the run must end as ``failed``)."""
+        return self._error
 
     def close(self) -> None:
         """Stop the flusher and write what is left; re-raises a flusher failure."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.flush()
+        try:
+            self.flush()  # after a flusher failure this may still save the rest, or fail again
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
         if self._error is not None:
             raise self._error
 

@@ -16,6 +16,12 @@ Per request the dispatcher stamps ``sent_ns`` right before handing the request t
 and ``done_ns`` when ``submit`` returns. Timeouts cancel the request's task (status ``timeout``);
 :meth:`Dispatcher.interrupt` (SIGINT/SIGTERM) cancels everything in flight (``cancelled``) and
 stops sending; due rows that never left become ``dropped``.
+
+``duration_s`` (``--duration``) ends sending at that many seconds of the schedule: rows
+scheduled later are not due (counted as ``not_due`` in run.json, no row); rows scheduled earlier
+that could not leave in time (all slots busy) are ``dropped``. ``drain_timeout_s``
+(``--drain-timeout``) bounds the wait for in-flight requests once sending ended; those still
+out then are ``cancelled``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class Dispatcher:
         closed_loop: bool = False,
         inflight_cap: int | None = None,
         timeout_s: float | None = None,
+        duration_s: float | None = None,
+        drain_timeout_s: float | None = None,
     ) -> None:
         self.backend = backend
         self.rec = recorder
@@ -56,6 +64,10 @@ class Dispatcher:
         self.closed_loop = closed_loop
         self.cap = inflight_cap
         self.timeout_s = timeout_s
+        self.duration_ns = None if duration_s is None else round(duration_s * 1e9)
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_expired = False  # the drain window ended with requests still out
+        self.send_cut = False  # --duration ended sending before every row was handed out
         self.n = recorder.n
         # Plain Python lists: indexing one is several times cheaper than indexing an ndarray, and
         # yields Python ints (numpy scalars would leak into backends, e.g. into JSON bodies).
@@ -93,13 +105,37 @@ class Dispatcher:
                 await self._closed_loop()
             else:
                 await self._open_loop()
-            while self._inflight:
-                await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            await self._drain_window()
         except asyncio.CancelledError:
             if not self.stopping:
                 raise
         if self.stopping:
             await self.drain()
+
+    async def _drain_window(self) -> None:
+        """Wait for what is in flight, at most ``drain_timeout_s``; then cancel the rest."""
+        if not self._inflight:
+            return
+        if self.drain_timeout_s is None:
+            await self._wait_all()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        while self._inflight and (left := deadline - loop.time()) > 0:
+            tasks = list(self._inflight.items())
+            await asyncio.wait([t for _, t in tasks], timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+            self._forget_done(tasks)
+        if self._inflight:
+            self.drain_expired = True
+            await self.drain()
+
+    def _send_limit(self) -> int:
+        """Rows scheduled before ``--duration`` (offsets are sorted in open loop)."""
+        if self.duration_ns is None:
+            return self.n
+        return int(np.searchsorted(np.asarray(self._offset, np.int64), self.duration_ns,
+                                   side="left"))
 
     async def _open_loop(self) -> None:
         offset = self._offset
@@ -107,7 +143,8 @@ class Dispatcher:
         now = self.clock.now
         wait_until = self.pacer.wait_until
         capped = self.cap is not None
-        n = self.n
+        n = self._send_limit()
+        end = None if self.duration_ns is None else origin + self.duration_ns
         i = 0
         while i < n:
             target = origin + offset[i]
@@ -120,6 +157,9 @@ class Dispatcher:
                     self.slot_waits += 1
                     self.ready_ns[i] = await self._wait_slot()
                     t = now()
+                    if end is not None and t >= end:  # --duration is over: stop sending
+                        self.send_cut = True
+                        return
                 self._launch(i)
                 i += 1
                 self.next_index = i
@@ -129,12 +169,16 @@ class Dispatcher:
         now = self.clock.now
         if self.n:
             await self.pacer.wait_until(self.origin_ns)  # the common start, like open loop
+        end = None if self.duration_ns is None else self.origin_ns + self.duration_ns
         for i in range(self.n):
             if len(self._inflight) >= self.cap:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
                 scheduled[i] = await self._wait_slot()
             else:
                 scheduled[i] = now()
+            if end is not None and scheduled[i] >= end:  # --duration is over
+                self.send_cut = True
+                return
             self._offset[i] = int(scheduled[i]) - self.origin_ns
             self._launch(i)
             self.next_index = i + 1
@@ -175,6 +219,9 @@ class Dispatcher:
             outcome, done = None, None
             if i in self._expired:
                 status, error = TIMEOUT, f"no response within {self.timeout_s:g} s"
+            elif self.drain_expired:
+                status, error = CANCELLED, (f"cancelled: still in flight when --drain-timeout "
+                                            f"({self.drain_timeout_s:g} s) ended")
             else:
                 status, error = CANCELLED, "cancelled: run interrupted"
         except Exception as exc:  # one failed request is a row, never the end of the run
@@ -214,16 +261,34 @@ class Dispatcher:
     async def drain(self) -> None:
         for task in list(self._inflight.values()):
             task.cancel()
+        await self._wait_all()
+
+    async def _wait_all(self) -> None:
         while self._inflight:
-            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+            tasks = list(self._inflight.items())
+            await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+            self._forget_done(tasks)
+
+    def _forget_done(self, tasks) -> None:
+        for i, task in tasks:
+            # A task cancelled before its first step never ran _serve (nor its finally): forget
+            # it here, or the waits would spin forever. Its row, unsent, is finalised by
+            # finalize_pending (dropped).
+            if task.done() and self._inflight.get(i) is task:
+                del self._inflight[i]
 
     def due_mask(self) -> np.ndarray:
-        """Rows that were due: all in a finished run; after an interrupt, those scheduled by then
-        (closed loop: those handed out)."""
-        if not self.stopping:
-            return np.ones(self.n, bool)
+        """Rows whose time had come: all in a finished run; not those scheduled at or after
+        ``--duration``; after an interrupt, only those scheduled by then (closed loop: those
+        handed out)."""
         if self.closed_loop:
-            mask = np.zeros(self.n, bool)
-            mask[: self.next_index] = True
+            mask = np.ones(self.n, bool)
+            if self.stopping or self.send_cut:
+                mask[self.next_index:] = False
             return mask
-        return self.rec.scheduled_ns <= self.stopped_at_ns
+        mask = np.ones(self.n, bool)
+        if self.duration_ns is not None:
+            mask &= self.rec.scheduled_ns < self.origin_ns + self.duration_ns
+        if self.stopping:
+            mask &= self.rec.scheduled_ns <= self.stopped_at_ns
+        return mask

@@ -148,7 +148,11 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
     pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
-                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s)
+                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
+                            duration_s=options.duration_s,
+                            drain_timeout_s=options.drain_timeout_s)
+    # A recorder that cannot write ends the run at once (then status failed, exit 1).
+    recorder.on_error = lambda exc: loop.call_soon_threadsafe(dispatcher.interrupt)
     received: list[str] = []
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
@@ -212,13 +216,18 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
                 status, failure = "failed", exc
     duration_s = time.perf_counter() - started
 
-    finals = recorder.finalize_pending(dispatcher.due_mask(),
-                                       cancelled_msg="cancelled: run interrupted",
-                                       dropped_msg="not sent before the run stopped")
+    due = dispatcher.due_mask()
+    finals = recorder.finalize_pending(
+        due, cancelled_msg="cancelled: run interrupted",
+        dropped_msg=("not sent before --duration ended (every --max-inflight slot was busy)"
+                     if dispatcher.send_cut and not dispatcher.stopping
+                     else "not sent before the run stopped"))
     try:
         recorder.close()
     except Exception as exc:
         status, failure = "failed", failure or exc
+    if recorder.write_error is not None:  # the timeline writer failed: the run failed, whatever else
+        status, failure = "failed", recorder.write_error
     check = self_check(
         scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
         ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
@@ -226,9 +235,15 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
     )
     counts = recorder.counts()
+    n_due = int(np.count_nonzero(due))
+    # not_due: rows whose time had not come (after --duration or an interrupt): no row by
+    # design. rows_lost: due rows that never reached disk (a failed writer): data lost.
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": recorder.rows_written,
-                             "not_due": int(n_rows - recorder.rows_written)}
+                             "not_due": n_rows - n_due,
+                             "rows_lost": max(0, n_due - recorder.rows_written)}
+    if dispatcher.drain_expired:
+        extra["drain_expired"] = True
     if received:
         extra["interrupted_by"] = received[0]
     elif cancelled:
