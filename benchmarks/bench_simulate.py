@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.record import read_timeline
-from traceforge.schema import TRACE_SCHEMA, Trace
+from traceforge.schema import Trace, conform_trace_table
 from traceforge.simulate import simulate
 from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
 
@@ -43,11 +43,11 @@ def make_trace(n: int = N, seed: int = SEED) -> Trace:
     # The superposition of three Poisson streams: one Poisson stream, models drawn uniformly.
     arrival = np.cumsum(rng.exponential(1e6 / (RATE_PER_MS * len(MODELS)), n)).astype(np.int64)
     codes = rng.integers(0, len(MODELS), n)
-    table = pa.table({
+    table = conform_trace_table(pa.table({
         "request_id": np.arange(n, dtype=np.int64), "arrival_ns": arrival,
         "model": pa.array(list(MODELS), pa.string()).take(pa.array(codes)),
         "batch_size": np.ones(n, np.int32), "seq_len": np.full(n, 128, np.int32),
-        "max_new_tokens": np.zeros(n, np.int32)}, schema=TRACE_SCHEMA)
+        "max_new_tokens": np.zeros(n, np.int32)}))
     return Trace(table=table, meta={})
 
 

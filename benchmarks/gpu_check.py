@@ -105,7 +105,7 @@ class KeepStarted:
 
 # -- traces -------------------------------------------------------------------------------------
 def make_trace(rates: dict[str, float], process: str, duration_s: float, seed: int):
-    from traceforge.schema import TRACE_SCHEMA, Trace
+    from traceforge.schema import Trace, conform_trace_table
 
     rng = np.random.default_rng(seed)
     arrivals, models = [], []
@@ -125,10 +125,10 @@ def make_trace(rates: dict[str, float], process: str, duration_s: float, seed: i
     arrival_ns = np.rint(arrival[order] * 1e9).astype(np.int64)
     models = [models[i] for i in order]
     shapes = np.array([SHAPES[m] for m in models], dtype=np.int32).reshape(-1, 3)
-    table = pa.table({
+    table = conform_trace_table(pa.table({
         "request_id": np.arange(len(models), dtype=np.int64), "arrival_ns": arrival_ns,
         "model": models, "batch_size": shapes[:, 0], "seq_len": shapes[:, 1],
-        "max_new_tokens": shapes[:, 2]}, schema=TRACE_SCHEMA)
+        "max_new_tokens": shapes[:, 2]}))
     spec = {"name": f"seed-study-{process}", "duration_s": duration_s, "seed": seed,
             "models": {m: {"zoo": m, "arrival": ({"process": "poisson", "rate": r}
                                                   if process == "poisson" else
@@ -141,13 +141,13 @@ def make_trace(rates: dict[str, float], process: str, duration_s: float, seed: i
 
 
 def closed_trace(model: str, n: int, shape=None):
-    from traceforge.schema import TRACE_SCHEMA, Trace
+    from traceforge.schema import Trace, conform_trace_table
 
     bs, seq, new = shape or SHAPES[model]
-    table = pa.table({"request_id": np.arange(n, dtype=np.int64),
+    table = conform_trace_table(pa.table({"request_id": np.arange(n, dtype=np.int64),
                       "arrival_ns": np.zeros(n, np.int64), "model": [model] * n,
                       "batch_size": np.full(n, bs, np.int32), "seq_len": np.full(n, seq, np.int32),
-                      "max_new_tokens": np.full(n, new, np.int32)}, schema=TRACE_SCHEMA)
+                      "max_new_tokens": np.full(n, new, np.int32)}))
     return Trace(table=table, meta={"source": {"generator": "benchmarks/gpu_check.py"}})
 
 

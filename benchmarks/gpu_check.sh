@@ -15,7 +15,12 @@ OUT=${OUT:-out/gpu-check}
 WORK=${WORK:-/tmp/traceforge-gpu-check}
 QUICK=${QUICK:-0}
 TRACE_S=${TRACE_S:-25}
-PY=${PYTHON:-python3}
+# the venv's Python when there is one (`make gpu-check` passes it), else python3
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo "$PWD/.venv/bin/python" || echo python3)}
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu_check.sh: needs an NVIDIA GPU: nvidia-smi finds none on this machine" >&2
+  exit 2
+fi
 mkdir -p "$OUT" "$WORK"
 q=(); [ "$QUICK" = 1 ] && q=(--quick)
 LOG="$WORK/gpu_check.log"

@@ -3,12 +3,14 @@ shared data and offers small helpers."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the clone (CI); TRACEFORGE_SHARED_DATA points elsewhere (a worktree).
+SHARED_DATA = Path(os.environ.get("TRACEFORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 @pytest.fixture

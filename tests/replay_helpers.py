@@ -30,9 +30,9 @@ def make_trace(arrival_ns, *, models=None, max_new_tokens=0, seq_len=16,
 
         write_trace(table, path, meta)
         return read_trace(path)
-    from traceforge.schema import TRACE_SCHEMA
+    from traceforge.schema import conform_trace_table
 
-    return Trace(table=table.cast(TRACE_SCHEMA), meta=meta, path=None)
+    return Trace(table=conform_trace_table(table), meta=meta, path=None)
 
 
 def poisson_arrivals(rate: float, n: int, seed: int) -> np.ndarray:

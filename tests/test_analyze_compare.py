@@ -56,16 +56,41 @@ def test_20_percent_shift_is_found(runs):
     assert {m["verdict"] for m in back["models"].values()} == {"faster"}
 
 
-def test_verdict_needs_both_ks_and_the_tail():
-    """A body shift with an unchanged tail is not 'slower': the verdict is about p99."""
+def test_verdict_counts_a_median_shift():
+    """A body shift with an unchanged tail is 'slower' (issue 10: a 20 % p50 shift with KS
+    p << 0.01 is not 'same'); the p99 CI alone would have said 'same'."""
     rng = np.random.default_rng(0)
     a = rng.exponential(10e6, size=5000)
     b = a.copy()
     body = b < np.percentile(b, 90)
-    b[body] *= 1.3  # the body moves, the slowest 10 % do not
+    b[body] *= 1.2  # the body moves 20 %, the slowest 10 % do not
     m = compare_model(np.sort(a), np.sort(b))
     assert m["ks_p"] < 0.01
-    assert m["verdict"] == "same"
+    assert m["p99_diff_ci_ms"][0] <= 0 <= m["p99_diff_ci_ms"][1]  # the tail did not move
+    assert m["p50_diff_ci_ms"][0] > 0
+    assert m["verdict"] == "slower"
+    back = compare_model(np.sort(b), np.sort(a))
+    assert back["verdict"] == "faster"
+
+
+def test_verdict_mixed_when_median_and_tail_move_apart():
+    rng = np.random.default_rng(1)
+    a = rng.exponential(10e6, size=5000)
+    b = a.copy()
+    cut = np.percentile(b, 90)
+    b[b < cut] *= 0.7  # the median gets faster
+    b[b >= cut] *= 1.5  # the tail slower
+    m = compare_model(np.sort(a), np.sort(b))
+    assert m["verdict"] == "mixed"
+
+
+def test_verdict_stays_same_without_ks():
+    """Two samples of one distribution: KS does not reject, so neither CI can make a verdict."""
+    rng = np.random.default_rng(2)
+    same = [compare_model(np.sort(rng.exponential(10e6, 2000)),
+                          np.sort(rng.exponential(10e6, 2000)), seed=i)["verdict"]
+            for i in range(5)]
+    assert same == ["same"] * 5
 
 
 def test_different_model_sets_and_many_runs(runs):

@@ -22,8 +22,9 @@ def test_every_command_group_is_registered():
 
     # the registered names themselves: the help text mentions most of these words anyway
     assert set(typer.main.get_command(app).commands) == {
-        "trace", "replay", "simulate", "profile", "report", "compare", "export", "demo", "zoo"}
-    assert len(COMMAND_MODULES) == 8
+        "trace", "replay", "simulate", "profile", "report", "compare", "export", "demo", "zoo",
+        "study"}
+    assert len(COMMAND_MODULES) == 9
     assert run("--help").returncode == 0
 
 

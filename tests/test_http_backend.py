@@ -154,8 +154,9 @@ def test_json_template_fills_typed_placeholders(tmp_path):
             return server.bodies
 
     (body,) = run(main())
-    assert body == {"model": "ok", "inputs": "a a a a",
+    assert body == {"model": "ok", "inputs": body["inputs"],
                     "parameters": {"max_new_tokens": 3, "tag": "req-0"}}
+    assert len(body["inputs"].split()) == 4  # word-per-token fallback: seq_len words
     assert read_timeline(tmp_path / "run").column("status").to_pylist() == ["ok"]
 
 

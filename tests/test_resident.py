@@ -26,7 +26,7 @@ from traceforge.clock import RunClock  # noqa: E402
 from traceforge.errors import BadInput  # noqa: E402
 from traceforge.record import read_timeline  # noqa: E402
 from traceforge.replay import ModelInfo, ReplayOptions, Request, run_replay  # noqa: E402
-from traceforge.schema import TRACE_SCHEMA, read_trace, write_trace  # noqa: E402
+from traceforge.schema import conform_trace_table, read_trace, write_trace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = {"bert": "tiny-bert", "gpt": "tiny-gpt2", "vit": "tiny-vit"}
@@ -35,14 +35,14 @@ ZOO = {"bert": "tiny-bert", "gpt": "tiny-gpt2", "vit": "tiny-vit"}
 def write_tiny_trace(path: Path, n: int = 24, spacing_ms: float = 4.0) -> Path:
     models = [("bert", "gpt", "vit")[i % 3] for i in range(n)]
     shapes = {"bert": (2, 16, 0), "gpt": (1, 8, 5), "vit": (1, 32, 0)}
-    table = pa.table({
+    table = conform_trace_table(pa.table({
         "request_id": np.arange(n, dtype=np.int64),
         "arrival_ns": (np.arange(n) * spacing_ms * 1e6).astype(np.int64),
         "model": models,
         "batch_size": np.array([shapes[m][0] for m in models], np.int32),
         "seq_len": np.array([shapes[m][1] for m in models], np.int32),
         "max_new_tokens": np.array([shapes[m][2] for m in models], np.int32),
-    }, schema=TRACE_SCHEMA)
+    }))
     meta = {"spec": {"models": {m: {"zoo": z} for m, z in ZOO.items()}}}
     write_trace(table, path, meta)
     return path
@@ -126,7 +126,7 @@ def test_impossible_request_is_an_error_row_and_the_run_goes_on(tmp_path):
     path = write_tiny_trace(tmp_path / "t.parquet", n=6)
     table = read_trace(path).table.to_pydict()
     table["seq_len"][0] = 600  # > 512 positions of tiny-bert
-    write_trace(pa.table(table, schema=TRACE_SCHEMA), path, read_trace(path).meta)
+    write_trace(conform_trace_table(pa.table(table)), path, read_trace(path).meta)
     run_replay(read_trace(path), tmp_path / "run", from_options({"mode": "exclusive"}),
                ReplayOptions())
     rows = read_timeline(tmp_path / "run").to_pylist()

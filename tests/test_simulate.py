@@ -24,7 +24,7 @@ from scipy import optimize, stats
 
 from traceforge.errors import BadInput
 from traceforge.record import RunManifest, read_timeline
-from traceforge.schema import TRACE_SCHEMA, Trace, read_trace, write_trace
+from traceforge.schema import TRACE_SCHEMA, Trace, conform_trace_table, read_trace, write_trace
 from traceforge.simulate import simulate
 from traceforge.simulate.engine import ModelQueue, fifo_servers, shared_workers
 from traceforge.simulate.measure import estimate_slowdowns
@@ -37,7 +37,7 @@ def make_trace(arrival_ns, models=None, *, batch_size=None, seq_len=None, new_to
                meta=None) -> Trace:
     arrival = np.asarray(arrival_ns, dtype=np.int64)
     n = arrival.size
-    table = pa.table({
+    table = conform_trace_table(pa.table({
         "request_id": np.arange(n, dtype=np.int64),
         "arrival_ns": arrival,
         "model": ["m"] * n if models is None else list(models),
@@ -47,7 +47,7 @@ def make_trace(arrival_ns, models=None, *, batch_size=None, seq_len=None, new_to
                                                                                 np.int32),
         "max_new_tokens": np.zeros(n, np.int32) if new_tokens is None else np.asarray(
             new_tokens, np.int32),
-    }, schema=TRACE_SCHEMA)
+    }))
     return Trace(table=table, meta=meta or {})
 
 

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from traceforge.record import RunManifest, read_timeline
-from traceforge.schema import TRACE_SCHEMA, read_trace, write_trace
+from traceforge.schema import conform_trace_table, read_trace, write_trace
 from traceforge.simulate import load_profile, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def write_poisson_trace(path: Path, *, rate_per_s: float, n: int, models: list[s
                         seed: int, zoo: dict[str, str] | None = None, **shape) -> Path:
     rng = np.random.default_rng(seed)
     arrival = np.cumsum(rng.exponential(1e9 / rate_per_s, n)).astype(np.int64)
-    table = pa.table({
+    table = conform_trace_table(pa.table({
         "request_id": np.arange(n, dtype=np.int64),
         "arrival_ns": arrival - arrival[0],
         "model": [models[i % len(models)] for i in range(n)],
@@ -32,7 +32,7 @@ def write_poisson_trace(path: Path, *, rate_per_s: float, n: int, models: list[s
         "seq_len": np.full(n, shape.get("seq_len", 16), np.int32),
         "max_new_tokens": np.asarray([shape.get("new", {}).get(models[i % len(models)], 0)
                                       for i in range(n)], np.int32),
-    }, schema=TRACE_SCHEMA)
+    }))
     spec = {"models": {m: ({"zoo": zoo[m]} if zoo else {}) for m in models}}
     write_trace(table, path, {"spec": spec, "seed": seed})
     return path

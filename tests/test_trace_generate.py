@@ -324,7 +324,8 @@ def test_oversized_spec_is_refused_before_sampling():
     from traceforge.errors import BadInput
 
     raw = spec_of({"p": {"arrival": {"process": "poisson", "rate": 1e6}}}, duration_s=1e4)
-    with pytest.raises(BadInput, match=r"duration_s = 10000\.0: about 1e\+10 requests"):
+    with pytest.raises(BadInput, match=r"duration_s = 10000\.0: sampling 1e\+04 s "
+                                        r"\(about 1e\+10 requests\) needs about 698 GiB"):
         generate_trace(parse_spec(raw))
 
 

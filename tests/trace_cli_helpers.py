@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 # CI has the shared data folder beside the clone root (COMMON.md)
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("TRACEFORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -15,7 +15,8 @@ import typer
 
 from traceforge.errors import BadInput, TraceforgeError
 
-COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo")
+COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo",
+                   "study")
 
 app = typer.Typer(
     name="traceforge",
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 
 

@@ -41,9 +41,17 @@ TRACE_SCHEMA = pa.schema(
         _f("batch_size", pa.int32(), False, "requests", ">= 1"),
         _f("seq_len", pa.int32(), False, "tokens|pixels", ">= 1; image side for vision"),
         _f("max_new_tokens", pa.int32(), False, "tokens", ">= 0; 0 = not generative"),
+        # -- optional columns (nullable; a file without them reads as all-null) --
+        _f("prefix_blocks", pa.list_(pa.int64()), True, "block ids",
+           "prompt prefix blocks of prefix_block_tokens tokens; equal ids = identical text"),
+        _f("session_id", pa.int64(), True, "", "session this row is a turn of; null = none"),
+        _f("turn", pa.int32(), True, "", "1-based turn within the session; null = none"),
     ],
     metadata={"schema": TRACE_SCHEMA_ID},
 )
+# Columns a trace file may omit (older files, formats without them): read as nulls.
+OPTIONAL_TRACE_COLUMNS = tuple(f.name for f in TRACE_SCHEMA if f.nullable)
+PREFIX_BLOCK_TOKENS_KEY = "prefix_block_tokens"  # trace metadata: tokens per prefix block
 
 _NS = "ns since run start (CLOCK_MONOTONIC)"
 TIMELINE_SCHEMA = pa.schema(
@@ -68,17 +76,33 @@ TIMELINE_SCHEMA = pa.schema(
         _f("worker", pa.string(), True, "", "which worker / endpoint served it"),
         _f("warmup", pa.bool_(), False, "", "true for rows scheduled inside --warmup"),
         _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
+        _f("session_id", pa.int64(), True, "", "from the trace"),
+        _f("turn", pa.int32(), True, "", "from the trace"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )
 
 
+def conform_trace_table(table: pa.Table) -> pa.Table:
+    """``table`` with TRACE_SCHEMA's columns in order: missing optional columns become nulls
+    (raises ``KeyError`` for a missing required column, Arrow errors for bad types)."""
+    for name in OPTIONAL_TRACE_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(TRACE_SCHEMA.field(name),
+                                        pa.nulls(table.num_rows, TRACE_SCHEMA.field(name).type))
+    return table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+
+
 def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_len,
-                max_new_tokens) -> pa.Table:
+                max_new_tokens, **optional) -> pa.Table:
     """A TRACE_SCHEMA table from numpy columns: rows already in arrival order, models as integer
-    codes into ``model_names``; request_id is assigned 0..n-1."""
+    codes into ``model_names``; request_id is assigned 0..n-1. ``optional`` columns (e.g.
+    ``prefix_blocks``, an Arrow list array) are taken as given; absent ones are null."""
     import numpy as np
 
+    unknown = sorted(set(optional) - set(OPTIONAL_TRACE_COLUMNS))
+    if unknown:
+        raise TypeError(f"not an optional trace column: {unknown[0]}")
     model = pa.DictionaryArray.from_arrays(pa.array(model_code, pa.int32()),
                                            pa.array(model_names, pa.string()))
     return pa.table(
@@ -89,6 +113,9 @@ def trace_table(arrival_ns, model_code, model_names: list[str], batch_size, seq_
             **{name: pa.array(np.asarray(col).astype(np.int32, copy=False))
                for name, col in (("batch_size", batch_size), ("seq_len", seq_len),
                                  ("max_new_tokens", max_new_tokens))},
+            **{name: optional.get(name) if optional.get(name) is not None
+               else pa.nulls(len(arrival_ns), TRACE_SCHEMA.field(name).type)
+               for name in OPTIONAL_TRACE_COLUMNS},
         },
         schema=TRACE_SCHEMA,
     )
@@ -136,10 +163,14 @@ def _umask() -> int:
 
 def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None:
     """Write a trace atomically with its metadata (``schema`` is filled in)."""
-    table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+    table = conform_trace_table(table)
+    # An all-null optional column is left out (read_trace restores it): writing 5M null lists
+    # doubled the write time of a generated trace.
+    empty = [n for n in OPTIONAL_TRACE_COLUMNS if table.column(n).null_count == table.num_rows]
+    table = table.drop_columns(empty)
     md = dict(meta)
     md["schema"] = TRACE_SCHEMA_ID
-    schema = TRACE_SCHEMA.with_metadata(
+    schema = table.schema.with_metadata(
         {**TRACE_SCHEMA.metadata, META_KEY: json.dumps(md, default=str).encode()}
     )
     atomic_write(
@@ -153,7 +184,7 @@ def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None
             column_encoding={"request_id": "DELTA_BINARY_PACKED",
                              "arrival_ns": "DELTA_BINARY_PACKED"},
             write_statistics=["request_id", "arrival_ns", "batch_size", "seq_len",
-                              "max_new_tokens"]),
+                              "max_new_tokens", "session_id"]),
     )
 
 
@@ -172,28 +203,50 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
     except json.JSONDecodeError as exc:
         raise BadInput("metadata key 'traceforge' is not JSON", source=path) from exc
     for field in TRACE_SCHEMA:
-        if field.name not in table.column_names:
+        if field.name not in table.column_names and not field.nullable:
             raise BadInput("missing column", source=path, key=field.name,
                            allowed=", ".join(TRACE_SCHEMA.names))
+        if not field.nullable and table.column(field.name).null_count:
+            # before the cast, which refuses nulls in a non-nullable field with a ValueError
+            i = next(i for i, v in enumerate(table.column(field.name).is_null().to_pylist())
+                     if v)
+            raise BadInput(f"null value (row {i}); the column must be complete", source=path,
+                           key=field.name, value=None)
     try:
-        table = table.select(TRACE_SCHEMA.names).cast(TRACE_SCHEMA)
+        table = conform_trace_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise BadInput(f"column types do not match the trace schema ({exc})",
                        source=path) from exc
     if validate:
-        validate_trace_table(table, source=path)
+        validate_trace_table(table, source=path, meta=meta)
     return Trace(table=table, meta=meta, path=path)
 
 
-def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
+def validate_trace_table(table: pa.Table, *, source: object = None,
+                         meta: dict[str, Any] | None = None) -> None:
     import numpy as np
+    import pyarrow.compute as pc
 
     n = table.num_rows
     if n == 0:
         return
     for name in TRACE_SCHEMA.names:
+        if name in OPTIONAL_TRACE_COLUMNS:
+            continue
         if table.column(name).null_count:
-            raise BadInput("null values", source=source, key=name)
+            i = int(np.argmax(table.column(name).is_null().to_numpy(zero_copy_only=False)))
+            raise BadInput(f"null value (row {i}); the column must be complete", source=source,
+                           key=name, value=None)
+    ids = table.column("request_id").to_numpy()
+    bad = np.flatnonzero(ids != np.arange(n, dtype=np.int64))
+    if bad.size:  # CONTRACT.md: ids are 0..n-1 in row order (duplicates would merge rows)
+        i = int(bad[0])
+        raise BadInput(f"must be 0..n-1 in row order; row {i} holds {int(ids[i])}",
+                       source=source, key="request_id", value=int(ids[i]))
+    empty = pc.equal(pc.utf8_length(table.column("model")), 0)
+    if pc.any(empty).as_py():
+        i = int(np.argmax(empty.to_numpy(zero_copy_only=False)))
+        raise BadInput(f"empty model name (row {i})", source=source, key="model", value="")
     arrival = table.column("arrival_ns").to_numpy()
     bad = np.flatnonzero(np.diff(arrival) < 0)
     if bad.size:
@@ -209,6 +262,76 @@ def validate_trace_table(table: pa.Table, *, source: object = None) -> None:
             i = int(bad[0])
             raise BadInput(f"must be >= {low} (row {i})", source=source, key=name,
                            value=int(col[i]))
+    if "prefix_blocks" in table.column_names:
+        validate_prefix_blocks(table, meta or {}, source=source)
+    validate_sessions(table, source=source)
+
+
+def prefix_block_tokens(meta: dict[str, Any] | None) -> int | None:
+    """The trace's prefix block size (tokens), or None when it has none."""
+    value = (meta or {}).get(PREFIX_BLOCK_TOKENS_KEY)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def validate_prefix_blocks(table: pa.Table, meta: dict[str, Any], *,
+                           source: object = None) -> None:
+    """Block ids are non-null integers; a row's blocks cover at most its prompt (the last block
+    may be partial): ``len(prefix_blocks) <= ceil(seq_len / prefix_block_tokens)``."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    col = table.column("prefix_blocks").combine_chunks()
+    if col.null_count == len(col) or pc.sum(pc.list_value_length(col)).as_py() in (None, 0):
+        return
+    block = meta.get(PREFIX_BLOCK_TOKENS_KEY)
+    if isinstance(block, bool) or not isinstance(block, int) or not 1 <= block <= INT32_MAX:
+        raise BadInput("the trace has prefix_blocks, so its metadata needs a positive integer",
+                       source=source, key=PREFIX_BLOCK_TOKENS_KEY, value=block)
+    if col.values.null_count:
+        offsets = col.offsets.to_numpy()
+        first = int(np.flatnonzero(~col.values.is_valid().to_numpy(zero_copy_only=False))[0])
+        row = int(np.searchsorted(offsets, first, side="right")) - 1
+        raise BadInput(f"null block id (row {row})", source=source, key="prefix_blocks")
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+    seq = table.column("seq_len").to_numpy()
+    bad = np.flatnonzero(lengths > -(-seq // block))
+    if bad.size:
+        i = int(bad[0])
+        raise BadInput(f"{lengths[i]} blocks of {block} tokens exceed seq_len {seq[i]} "
+                       f"(row {i}; at most ceil(seq_len / {block}))", source=source,
+                       key="prefix_blocks", value=lengths[i])
+
+
+def validate_sessions(table: pa.Table, *, source: object = None) -> None:
+    """``session_id`` and ``turn`` are null together; within a session, turns are >= 1 and
+    strictly increasing in row (= arrival) order. The first row of a session is its start."""
+    import numpy as np
+
+    sid_col, turn_col = table.column("session_id"), table.column("turn")
+    if sid_col.null_count == table.num_rows and turn_col.null_count == table.num_rows:
+        return
+    sid_null = sid_col.is_null().to_numpy(zero_copy_only=False)
+    turn_null = turn_col.is_null().to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(sid_null != turn_null)
+    if bad.size:
+        i = int(bad[0])
+        raise BadInput(f"session_id and turn must be null together (row {i})", source=source,
+                       key="turn")
+    rows = np.flatnonzero(~sid_null)
+    sid = sid_col.fill_null(0).to_numpy()[rows]
+    turn = turn_col.fill_null(0).to_numpy()[rows]
+    if (turn < 1).any():
+        i = int(rows[np.flatnonzero(turn < 1)[0]])
+        raise BadInput(f"must be >= 1 (row {i})", source=source, key="turn",
+                       value=int(turn_col[i].as_py()))
+    order = np.argsort(sid, kind="stable")  # rows of one session stay in row order
+    same = sid[order][1:] == sid[order][:-1]
+    bad = np.flatnonzero(same & (np.diff(turn[order]) <= 0))
+    if bad.size:
+        i = int(rows[order[bad[0] + 1]])
+        raise BadInput(f"turns of session {int(sid[order[bad[0]]])} must increase in arrival "
+                       f"order (row {i})", source=source, key="turn",
+                       value=int(turn_col[i].as_py()))
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:

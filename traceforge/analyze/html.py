@@ -195,6 +195,7 @@ def report_html(run: RunData, report: dict[str, Any]) -> str:
         "<h2>Latency distribution</h2>", _img(plots.latency_cdf(groups, colors), "latency CDF"),
         "<h2>Latency over time</h2>",
         _img(plots.latency_over_time(run, rows, colors), "latency over time"),
+        *_server_and_sessions(run, report),
         "<h2>Where the time went</h2>",
         _img(plots.decomposition_bars(report), "stacked decomposition"),
         "<h2>Throughput and goodput</h2>",
@@ -212,6 +213,33 @@ def report_html(run: RunData, report: dict[str, Any]) -> str:
         f"<pre>{html.escape(json.dumps(jsonable(report), indent=1))}</pre></details>",
     ]
     return _page(f"traceforge report {report['run_dir']}", "\n".join(parts))
+
+
+def _server_and_sessions(run: RunData, report: dict[str, Any]) -> list[str]:
+    """Server metrics (--scrape) under the latency plot, then the sessions table, if any."""
+    out = []
+    lanes = plots.server_metrics_lanes(run)
+    if lanes is not None:
+        out.append(_img(lanes, "server running/waiting requests and KV-cache usage"))
+    m = report.get("server_metrics")
+    if m and m.get("prefix_cache_hit_rate") is not None:
+        out.append(f"<p>server prefix-cache hit rate over the run: "
+                   f"{100 * m['prefix_cache_hit_rate']:.2f} % "
+                   f"({m['prefix_cache_hits']:,.0f} of {m['prefix_cache_queries']:,.0f} "
+                   "prompt tokens)</p>")
+    s = report.get("sessions")
+    if s:
+        d = s["duration_s"]
+        out += ["<h2>Sessions</h2>",
+                f"<p>{s['sessions']:,} sessions: {s['complete']:,} complete, {s['stopped']:,} "
+                f"stopped by a failed turn; duration of complete sessions p50 {_num(d['p50'])} "
+                f"s, p99 {_num(d['p99'])} s (first send to last answer, think time included)."
+                " Per-turn latency (ms) excludes think time.</p>",
+                _table(["turn", "rows", "ok", "mean", "p50", "p90", "p99", "max"],
+                       [[k, t["rows"], t["count"], _num(t["mean"]), _num(t["p50"]),
+                         _num(t["p90"]), _num(t["p99"]), _num(t["max"])]
+                        for k, t in s["turn_latency_ms"].items()])]
+    return out
 
 
 def write_html(run_dir: Path | str, report: dict[str, Any], path: Path | str, *,

@@ -310,3 +310,43 @@ def telemetry_lanes(telemetry) -> bytes | None:
     axes[0].set_title("GPU telemetry (NVML)", fontsize=10)
     axes[-1].set_xlabel("time (s since run start)")
     return png(fig)
+
+
+def server_metrics_lanes(run: RunData) -> bytes | None:
+    """The server's own view (``--scrape``): running and waiting requests in one lane, KV-cache
+    usage in another, on the run clock (same x axis as latency over time)."""
+    from traceforge.replay.scrape import (
+        CACHE_USAGE,
+        RUNNING,
+        WAITING,
+        read_server_metrics,
+        series,
+    )
+
+    table = read_server_metrics(run.run_dir)
+    if table is None or table.num_rows == 0:
+        return None
+    queue = [(label, s) for label, names in (("running", RUNNING), ("waiting", WAITING))
+             if (s := series(table, names)) is not None]
+    cache = series(table, CACHE_USAGE)
+    lanes = int(bool(queue)) + int(cache is not None)
+    if lanes == 0:
+        return None
+    fig, axes = _figure(height=1.5 * lanes + 0.8, rows=lanes, sharex=True)
+    axes = list(np.atleast_1d(axes))
+    if queue:
+        ax = axes.pop(0)
+        for label, (t, v) in queue:
+            ax.step(t / NS_PER_S, v, where="post", lw=1, label=label)
+        ax.set_ylabel("requests", fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(True, alpha=0.3)
+        ax.set_title("server metrics (scraped)", fontsize=10)
+    if cache is not None:
+        ax = axes.pop(0)
+        ax.step(cache[0] / NS_PER_S, 100 * cache[1], where="post", lw=1, color="tab:purple")
+        ax.set_ylabel("KV cache %", fontsize=8)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    fig.axes[-1].set_xlabel("time (s since run start)")
+    return png(fig)

@@ -46,7 +46,10 @@ def self_check_panel(report: dict[str, Any]) -> Panel:
         style = "bold red"
         text.append("\nTHE LOAD GENERATOR LIMITED THIS RUN: latencies include its own lag.",
                     style="bold red")
-        if check.get("warning"):
+        if check.get("problems"):  # said once: the headline above, then why
+            text.append(f"\n{'; '.join(check['problems'])}; {check.get('cause', '')}",
+                        style="red")
+        elif check.get("warning"):
             text.append(f"\n{check['warning']}", style="red")
     elif check.get("generator_limited"):
         style = "yellow"
@@ -77,13 +80,15 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def requests_table(report: dict[str, Any]) -> Table:
-    table = _table("requests", ("model", "reqs", "ok", "err", "t/o", "canc", "drop",
-                                "offered/s", "ok/s"))
+    table = _table("requests (offered/s over the arrival window, ok/s including the drain)",
+                   ("model", "reqs", "ok", "err", "t/o", "canc", "drop", "offered/s", "ok/s"))
     for name, s in _rows(report):
         def bad(key: str, s: dict = s) -> Text:
             return Text(_f(s[key]), style="red" if s[key] else "")
 
-        table.add_row(name, _f(s["count"]), _f(s["ok"]), bad("errors"), bad("timeouts"),
+        over = (s.get("overload") or {}).get("overloaded")
+        label = Text(name + (" OVERLOADED" if over else ""), style="bold red" if over else "")
+        table.add_row(label, _f(s["count"]), _f(s["ok"]), bad("errors"), bad("timeouts"),
                       _f(s["cancelled"]), bad("dropped"), _f(s["offered_rps"], 1),
                       _f(s["throughput_rps"], 1))
     return table
@@ -174,16 +179,50 @@ def render_report(report: dict[str, Any], console: Console | None = None) -> Non
         parts.append(Text(note, style="yellow"))
     parts += [requests_table(report), latency_table(report), ci_table(report),
               decomposition_table(report)]
-    for extra in (generative_table(report), slo_table(report)):
+    for extra in (generative_table(report), slo_table(report), sessions_table(report),
+                  server_metrics_table(report)):
         if extra is not None:
             parts.append(extra)
     console.print(Group(*parts))
 
 
+def sessions_table(report: dict[str, Any]) -> Table | None:
+    s = report.get("sessions")
+    if not s:
+        return None
+    d = s["duration_s"]
+    table = _table(f"sessions: {s['sessions']:,} ({s['complete']:,} complete, {s['stopped']:,} "
+                   f"stopped by a failed turn); duration of complete ones p50 {_f(d['p50'])} s, "
+                   f"p99 {_f(d['p99'])} s — per-turn latency (ms, think time excluded)",
+                   ("turn", "rows", "ok", "mean", "p50", "p90", "p99", "max"))
+    for k, t in s["turn_latency_ms"].items():
+        table.add_row(k, _f(t["rows"]), _f(t["count"]), _f(t["mean"]), _f(t["p50"]),
+                      _f(t["p90"]), _f(t["p99"]), _f(t["max"]))
+    return table
+
+
+def server_metrics_table(report: dict[str, Any]) -> Table | None:
+    m = report.get("server_metrics")
+    if not m:
+        return None
+    scrape = m.get("scrape") or {}
+    table = _table(f"server metrics ({m['samples']:,} samples"
+                   + (f", {scrape['warnings']} scrape warnings" if scrape.get("warnings") else "")
+                   + ")", ("metric", "name", "mean", "max"))
+    for key in ("running", "waiting", "cache_usage"):
+        v = m.get(key)
+        if v is not None:
+            table.add_row(key, v["name"], _f(v["mean"], 3), _f(v["max"], 3))
+    if m.get("prefix_cache_hit_rate") is not None:
+        table.add_row("prefix cache hit rate", "hits / queries (tokens)",
+                      _pct(m["prefix_cache_hit_rate"]), "")
+    return table
+
+
 def render_compare(result: dict[str, Any], console: Console | None = None) -> None:
     """Print a comparison: per (A, B) pair, a latency table and a significance table."""
     console = console or Console()
-    verdict_style = {"faster": "green", "slower": "red", "same": ""}
+    verdict_style = {"faster": "green", "slower": "red", "mixed": "yellow", "same": ""}
     for pair in result["comparisons"]:
         console.print(Text.from_markup(f"[bold]B[/] = {pair['b']}\n[bold]A[/] = {pair['a']}"),
                       soft_wrap=True)
@@ -203,6 +242,8 @@ def render_compare(result: dict[str, Any], console: Console | None = None) -> No
                           Text(m["verdict"], style=verdict_style.get(m["verdict"], "")))
         console.print(latency)
         console.print(tests)
+        for warning in pair.get("warnings") or []:
+            console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
         if pair["only_in_a"] or pair["only_in_b"]:
             console.print(Text(f"not compared — only in A: {', '.join(pair['only_in_a']) or '–'};"
                                f" only in B: {', '.join(pair['only_in_b']) or '–'}",

@@ -85,8 +85,10 @@ def baseline_slos(baseline_dir: Path | str, factor: float) -> dict[str, float]:
 
 # -- per-group statistics ---------------------------------------------------------------------
 def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: float | None,
-                 seed: int) -> dict[str, Any]:
-    """Statistics of the rows selected by the boolean mask ``rows``."""
+                 seed: int, ci_keys: tuple[str, ...] | None = None,
+                 arrival_s: float | None = None) -> dict[str, Any]:
+    """Statistics of the rows selected by the boolean mask ``rows`` (bootstrap CIs for the
+    percentiles named in ``ci_keys``, default all)."""
     per_code = np.bincount(run.status_code[rows] + 1, minlength=len(STATUSES) + 1)
     counts = {s: int(per_code[i + 1]) for i, s in enumerate(STATUSES)}
     unknown = int(per_code[0])
@@ -102,7 +104,9 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
         "cancelled": counts["cancelled"],
         "dropped": counts["dropped"],
         "status_counts": {**counts, **({"other": unknown} if unknown else {})},
-        "offered_rps": count / duration_s if duration_s > 0 else None,
+        # offered: over the arrival window (first to last scheduled send), not the drain
+        "offered_rps": (count / arrival_s if arrival_s else
+                        count / duration_s if duration_s > 0 else None),
         "throughput_rps": sorted_ns.size / duration_s if duration_s > 0 else None,
     }
 
@@ -116,6 +120,8 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
                "std": float(sorted_ns.std() / NS_PER_MS)}
         rng = np.random.default_rng(seed)  # fixed: the same run always reports the same CI
         for key, pct in PERCENTILES.items():
+            if ci_keys is not None and key not in ci_keys:
+                continue
             lo, hi = percentile_ci(sorted_ns, pct, level=CI_LEVEL, rng=rng)
             ci[key] = None if math.isnan(lo) else [lo / NS_PER_MS, hi / NS_PER_MS]
     out["latency_ms"] = lat
@@ -144,10 +150,54 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
         tail["count"] = int(np.count_nonzero(in_tail))
     out["tail_decomposition_ms"] = tail or None
 
+    out["overload"] = _overload(run, rows, ok_rows, count, arrival_s)
     out["generative"] = _generative(run, ok_rows, duration_s)
     out["batching"] = _batching(run, ok_rows)
     out["slo"] = _slo(counts, latency_ns, slo_ms, duration_s)
     return out
+
+
+# A model is overloaded when it is offered more than it serves *and* its queue keeps growing:
+# a stable queue under bursts has latency that rises and falls, an overloaded one has latency
+# that trends up over the whole run. The trend test is Kendall's tau between scheduled time and
+# latency (every request, failed ones at their done time or, never done, at the window end);
+# OVERLOAD_TAU/OVERLOAD_P/OVERLOAD_GROWTH are the thresholds (docs/analysis.md).
+OVERLOAD_TAU = 0.3
+OVERLOAD_P = 0.01
+OVERLOAD_GROWTH = 2.0  # median latency of the last fifth of arrivals over the first fifth's
+OVERLOAD_SERVED = 0.95  # served in the arrival window / offered
+OVERLOAD_MAX_N = 5000  # requests the trend test looks at (evenly thinned beyond)
+
+
+def _overload(run: RunData, rows: np.ndarray, ok_rows: np.ndarray, count: int,
+              arrival_s: float | None) -> dict[str, Any] | None:
+    if not arrival_s or count < 20:
+        return None
+    from scipy import stats
+
+    scheduled = run.col("scheduled_ns")[rows]
+    done = run.col("done_ns")[rows]
+    end = float(scheduled.max())
+    served = int(np.count_nonzero(ok_rows[rows] & (done <= end)))
+    served_rps = served / arrival_s
+    latency = np.where(np.isnan(done), np.nanmax(done) if np.any(~np.isnan(done)) else end,
+                       done) - scheduled
+    order = np.argsort(scheduled, kind="stable")
+    scheduled, latency = scheduled[order], latency[order]
+    step = max(1, math.ceil(scheduled.size / OVERLOAD_MAX_N))
+    tau = stats.kendalltau(scheduled[::step], latency[::step])
+    fifth = max(1, scheduled.size // 5)
+    early, late = float(np.median(latency[:fifth])), float(np.median(latency[-fifth:]))
+    growth = late / early if early > 0 else math.inf
+    tau_value = float(tau.statistic) if np.isfinite(tau.statistic) else 0.0
+    p_value = float(tau.pvalue) if np.isfinite(tau.pvalue) else 1.0
+    overloaded = bool(served_rps < OVERLOAD_SERVED * (count / arrival_s)
+                      and tau_value > OVERLOAD_TAU and p_value < OVERLOAD_P
+                      and growth > OVERLOAD_GROWTH)
+    return {"overloaded": overloaded, "served_in_window_rps": served_rps,
+            "queue_trend": {"kendall_tau": tau_value, "p_value": p_value,
+                            "late_over_early_p50": growth,
+                            "early_p50_ms": early / NS_PER_MS, "late_p50_ms": late / NS_PER_MS}}
 
 
 def _generative(run: RunData, ok_rows: np.ndarray, duration_s: float) -> dict[str, Any] | None:
@@ -263,13 +313,15 @@ def resolve_slos(run: RunData, *, slo_ms: dict[str, float] | None,
 def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
                  slo_ms: dict[str, float] | None = None, slo_from: Path | str | None = None,
                  slo_factor: float = DEFAULT_SLO_FACTOR, include_warmup_rows: bool = False,
-                 run: RunData | None = None) -> dict[str, Any]:
+                 run: RunData | None = None,
+                 ci_percentiles: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The ``report --json`` object for one run directory (docs/analysis.md).
 
     ``warmup_s`` drops rows scheduled in the first S seconds after the first scheduled request;
     rows the replay flagged ``warmup`` are dropped unless ``include_warmup_rows``. ``slo_ms``
     ({model: ms}) overrides ``slo_from`` (a baseline run: SLO = ``slo_factor`` × its p50), which
-    overrides the spec's per-model ``slo_ms``.
+    overrides the spec's per-model ``slo_ms``. ``ci_percentiles`` (e.g. ``("p50", "p99")``)
+    limits the bootstrap CIs to those percentiles (the others' CIs are null); default all.
     """
     if warmup_s is not None and (not math.isfinite(warmup_s) or warmup_s < 0):
         raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup_s)
@@ -283,13 +335,16 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
 
     rows, window = analysis_rows(run, warmup_s=warmup_s, include_warmup_rows=include_warmup_rows)
     duration_s = window["duration_s"]
+    arrival_s = window["arrival_window_s"]
     models = {}
     for code, name in enumerate(run.models):
         mask = rows & (run.model_code == code)
         if np.any(mask):
             models[name] = _group_stats(run, mask, duration_s=duration_s,
-                                        slo_ms=slos.get(name), seed=code + 1)
-    overall = _group_stats(run, rows, duration_s=duration_s, slo_ms=None, seed=0)
+                                        slo_ms=slos.get(name), seed=code + 1,
+                                        ci_keys=ci_percentiles, arrival_s=arrival_s)
+    overall = _group_stats(run, rows, duration_s=duration_s, slo_ms=None, seed=0,
+                           ci_keys=ci_percentiles, arrival_s=arrival_s)
     overall["slo"] = _overall_slo(models, duration_s)
 
     manifest = run.manifest
@@ -302,6 +357,22 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
     lost = lost_rows_note(manifest, run.n)
     if lost:
         notes.append(lost)
+    for name, m in models.items():
+        over = m.get("overload") or {}
+        if over.get("overloaded"):
+            trend = over["queue_trend"]
+            notes.append(f"{name} is OVERLOADED: offered {m['offered_rps']:.3g} req/s, served "
+                         f"{over['served_in_window_rps']:.3g} req/s while requests arrived; "
+                         f"its queue grew (median latency {trend['early_p50_ms']:.3g} ms in "
+                         f"the first fifth of arrivals, {trend['late_p50_ms']:.3g} ms in the "
+                         f"last; Kendall tau {trend['kendall_tau']:.2f})")
+    extra = {}  # sections present only when the run has them (analyze/sessions.py)
+    from traceforge.analyze.sessions import server_metrics_report, session_report
+
+    if (sessions := session_report(run, rows)) is not None:
+        extra["sessions"] = sessions
+    if (server := server_metrics_report(run)) is not None:
+        extra["server_metrics"] = server
     return {
         "schema": REPORT_SCHEMA_ID,
         "run_dir": str(run.run_dir),
@@ -313,6 +384,7 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         "models": models,
         "overall": overall,
         "notes": notes,
+        **extra,
     }
 
 
@@ -347,9 +419,10 @@ def analysis_rows(run: RunData, *, warmup_s: float | None,
         late_enough = scheduled >= first + warmup_s * NS_PER_S
         trimmed = int(np.count_nonzero(rows & ~late_enough))
         rows &= late_enough
-    start_ns = end_ns = 0.0
+    start_ns = end_ns = last_ns = 0.0
     if np.any(rows):
         start_ns = float(scheduled[rows].min())
+        last_ns = float(scheduled[rows].max())
         done = run.col("done_ns")[rows]
         end_ns = float(max(np.nanmax(done) if np.any(~np.isnan(done)) else -np.inf,
                            scheduled[rows].max()))
@@ -357,6 +430,8 @@ def analysis_rows(run: RunData, *, warmup_s: float | None,
         "start_s": start_ns / NS_PER_S,
         "end_s": end_ns / NS_PER_S,
         "duration_s": (end_ns - start_ns) / NS_PER_S,
+        # first to last scheduled send: offered rates divide by this, not by the drain
+        "arrival_window_s": (last_ns - start_ns) / NS_PER_S,
         "warmup_s": warmup_s or 0.0,
         "include_warmup_rows": include_warmup_rows,
         "rows_total": run.n,

@@ -1,9 +1,11 @@
 """The ``http`` backend: OpenAI-compatible completions / chat endpoints (SSE streaming) and a
 generic JSON POST template, over one shared aiohttp connection pool.
 
-Requests are built from the trace row: a synthetic prompt of ``seq_len`` tokens (``"a a a ..."``:
-one token per word for GPT-2/Llama-style BPE and SentencePiece vocabularies), ``max_new_tokens``
-→ ``max_tokens`` plus ``ignore_eos`` (vLLM, SGLang, TGI's OpenAI route accept it) so the server
+Requests are built from the trace row: a synthetic prompt of exactly ``seq_len`` tokens under
+``--tokenizer`` (word-per-token without one), unique per request unless the trace's
+``prefix_blocks`` say two requests share a prefix — then they share exactly that prefix
+(:mod:`traceforge.prompts`, planned over the whole trace in :meth:`HttpBackend.bind_trace`),
+``max_new_tokens`` → ``max_tokens`` plus ``ignore_eos`` (vLLM, SGLang, TGI's OpenAI route accept it) so the server
 generates exactly that many tokens, ``batch_size`` > 1 → a list of prompts (completions only).
 
 Streaming stamps ``first_token_ns`` at the first chunk carrying text and keeps the gaps between
@@ -29,6 +31,7 @@ from urllib.parse import urlsplit
 
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput
+from traceforge.prompts import PromptTexts, load_vocab
 from traceforge.replay.protocol import ModelInfo, Outcome, Request
 
 APIS = ("openai-completions", "openai-chat", "json")
@@ -37,10 +40,6 @@ DEFAULT_PATHS = {"openai-completions": "/v1/completions",
 PLACEHOLDERS = ("request_id", "model", "batch_size", "seq_len", "max_new_tokens", "prompt")
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_]+)\s*\}\}")
 _ERROR_BODY_CHARS = 300
-
-
-def synthetic_prompt(seq_len: int) -> str:
-    return " ".join(["a"] * seq_len)
 
 
 class BodyTemplate:
@@ -93,6 +92,7 @@ class HttpBackend:
         ignore_eos: bool = True,
         pool_size: int = 0,
         connect_timeout_s: float = 5.0,
+        tokenizer: str | None = None,
     ) -> None:
         if not url:
             raise BadInput("the http backend needs --url", key="--url", value=url)
@@ -146,9 +146,43 @@ class HttpBackend:
         self.connect_timeout_s = connect_timeout_s
         self._session = None
         self._clock: RunClock | None = None
-        self._prompts: dict[int, str] = {}
+        self.vocab = load_vocab(tokenizer)  # a bad --tokenizer is bad input before the run
+        self.prompts = PromptTexts(self.vocab)
+        self._request_ids = None  # sorted request ids of the bound trace
+        self._row_of = None  # their rows
+        self._blocks = None  # the trace's prefix_blocks column (Arrow), or None
+        self._session_root: dict[int, int] = {}  # session id -> its first request id
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def bind_trace(self, trace) -> None:
+        """Plan prompts over the whole trace (called by the replay before ``start``): prefix
+        blocks, their size from the trace metadata, and sibling first tokens (prompts.py)."""
+        import numpy as np
+
+        from traceforge.schema import prefix_block_tokens
+
+        table = trace.table
+        block = prefix_block_tokens(trace.meta)
+        self.prompts = PromptTexts(self.vocab, block_tokens=block)
+        self.prompts.builder.plan_table(table)
+        ids = table.column("request_id").to_numpy()
+        self._row_of = np.argsort(ids, kind="stable")
+        self._request_ids = ids[self._row_of]
+        blocks = table.column("prefix_blocks") if "prefix_blocks" in table.column_names \
+            else None
+        has = blocks is not None and block is not None and blocks.null_count < len(blocks)
+        self._blocks = blocks.combine_chunks() if has else None
+        # Sessions: every turn draws its prompt from its session's first request's stream, so
+        # turn k+1's prompt (longer: the previous prompt + output + new text) starts with turn
+        # k's prompt token for token, as a chat client's would (docs/replay.md, "Sessions").
+        sid = table.column("session_id")
+        if sid.null_count < len(sid):
+            first: dict[int, int] = {}
+            for s, r in zip(sid.to_pylist(), ids.tolist(), strict=True):
+                if s is not None:
+                    first.setdefault(s, r)
+            self._session_root = first
+
     async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
         import aiohttp
 
@@ -191,18 +225,26 @@ class HttpBackend:
                 "stream": self.stream, "ignore_eos": self.ignore_eos,
                 "pool_size": self.pool_size or "unlimited", "model_name": self.model_name,
                 "api_key_env": self.api_key_env, "header_names": sorted(self.extra_headers),
-                "body_template": self.template_text}
+                "body_template": self.template_text, "prompts": self.prompts.describe()}
 
     # -- one request -------------------------------------------------------------------------
-    def _prompt(self, seq_len: int) -> str:
-        prompt = self._prompts.get(seq_len)
-        if prompt is None:
-            prompt = self._prompts[seq_len] = synthetic_prompt(seq_len)
-        return prompt
+    def _prefix_blocks(self, request_id: int) -> list[int] | None:
+        if self._blocks is None:
+            return None
+        i = int(self._request_ids.searchsorted(request_id))
+        if i >= len(self._request_ids) or self._request_ids[i] != request_id:
+            return None
+        return self._blocks[int(self._row_of[i])].as_py()
+
+    def prompt(self, request: Request, item: int = 0) -> str:
+        root = (self._session_root.get(request.session_id, request.request_id)
+                if request.session_id is not None else request.request_id)
+        return self.prompts.text(root, request.seq_len, self._prefix_blocks(request.request_id),
+                                 item)
 
     def build_body(self, request: Request) -> Any:
         served = self.model_name.get(request.model, request.model)
-        prompt = self._prompt(request.seq_len)
+        prompt = self.prompt(request)
         if self.template is not None:
             return self.template.fill({
                 "request_id": request.request_id, "model": served,
@@ -213,7 +255,9 @@ class HttpBackend:
         if self.api == "openai-chat":
             body["messages"] = [{"role": "user", "content": prompt}]
         else:
-            body["prompt"] = [prompt] * request.batch_size if request.batch_size > 1 else prompt
+            body["prompt"] = ([prompt] + [self.prompt(request, j)
+                                          for j in range(1, request.batch_size)]
+                              if request.batch_size > 1 else prompt)
         if self.ignore_eos and request.max_new_tokens > 0:
             body["ignore_eos"] = True
         if self.stream:
@@ -295,11 +339,11 @@ def _usage_tokens(payload: bytes) -> int | None:
 
 def from_options(opts: dict[str, Any]) -> HttpBackend:
     """Build from CLI options: url, api, api_key_env, model_name {trace: served},
-    body_template, headers, stream, ignore_eos, pool_size (0 = unlimited)."""
+    body_template, headers, stream, ignore_eos, pool_size (0 = unlimited), tokenizer."""
     return HttpBackend(
         opts.get("url"), opts.get("api", "openai-completions"),
         api_key_env=opts.get("api_key_env"), model_name=opts.get("model_name"),
         body_template=opts.get("body_template"), headers=opts.get("headers"),
         stream=opts.get("stream", True), ignore_eos=opts.get("ignore_eos", True),
-        pool_size=opts.get("pool_size", 0),
+        pool_size=opts.get("pool_size", 0), tokenizer=opts.get("tokenizer"),
     )

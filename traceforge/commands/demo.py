@@ -93,7 +93,8 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
         duration_s = GPU_DURATION_S
     backend = from_options({"mode": mode, "device": device, "sm_percent": {}, "max_batch": 1,
                             "max_wait_ms": 0.0, "zoo": zoo, "telemetry": on_gpu,
-                            "run_dir": str(run_dir)})
+                            "run_dir": str(run_dir),
+                            "status": lambda line: console.print(line, soft_wrap=True)})
     base.mkdir(parents=True)
 
     console.print(f"[bold]traceforge demo[/]: {DEMO_SPEC.name} → {base}  "

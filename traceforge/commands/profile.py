@@ -43,7 +43,7 @@ def _references(text: str | None) -> dict[str, tuple[int, int, int | None]]:
 
 def profile_command(
     models: str = typer.Option(..., "--models", help="Zoo entries, comma-separated."),
-    out: Path = typer.Option(..., "-o", "--out", help="Profile JSON to write."),
+    out: Path = typer.Option(..., "-o", "--output", "--out", help="Profile JSON to write."),
     device: str = typer.Option("cuda", "--device", help="cpu | cuda | cuda:N"),
     modes: str | None = typer.Option(None, "--modes",
                                      help="Sharing modes to measure (default: all the device "

@@ -48,13 +48,16 @@ def register(app: typer.Typer) -> None:
     @app.command("replay")
     def replay(
         trace: Path = typer.Argument(..., help="Trace Parquet file."),
-        out: Path = typer.Option(..., "-o", "--out", help="Run directory to create."),
+        out: Path = typer.Option(..., "-o", "--output", "--out", help="Run directory to create."),
         backend: str = typer.Option("null", "--backend", help="null | http | resident"),
         time_scale: float = typer.Option(1.0, "--time-scale",
                                          help="Multiply arrival times (2 = half the rate)."),
+        rate: str = typer.Option(None, "--rate",
+                                 help="R or MODEL=R,...: rescale to a mean of R req/s, keeping "
+                                      "the burstiness (docs/replay.md)."),
         concurrency: int = typer.Option(None, "--concurrency",
                                         help="Closed loop: N outstanding, arrival times ignored."),
-        max_inflight: int = typer.Option(None, "--max-inflight",
+        max_inflight: int = typer.Option(None, "--max-inflight", "--max-concurrency",
                                          help="Open-loop cap; slot waits count in latency."),
         timeout: float = typer.Option(None, "--timeout", help="Per-request timeout, seconds."),
         duration: float = typer.Option(None, "--duration",
@@ -88,6 +91,15 @@ def register(app: typer.Typer) -> None:
                                     help="http openai: SSE streaming (first token, ITL)."),
         ignore_eos: bool = typer.Option(True, "--ignore-eos/--no-ignore-eos",
                                         help="http openai: ask for exactly max_new_tokens."),
+        scrape: str = typer.Option(None, "--scrape",
+                                   help="Prometheus URL sampled into server_metrics.parquet."),
+        scrape_interval: float = typer.Option(0.5, "--scrape-interval",
+                                              help="--scrape: seconds between samples."),
+        tokenizer: str = typer.Option(None, "--tokenizer",
+                                      help="http: tokenizer.json, a directory, tiny-bpe, or a "
+                                           "name in the local HF cache; prompts are exactly "
+                                           "seq_len tokens under it (default: one word per "
+                                           "token)."),
         # resident
         mode: str = typer.Option("exclusive", "--mode",
                                  help="resident: exclusive | timeslice | mps | streams"),
@@ -102,6 +114,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay a trace open-loop at its exact times and record every request."""
         from traceforge.replay import ReplayOptions, default_models, run_replay
+        from traceforge.replay.rate import apply_rate
         from traceforge.replay.run import check_run_dir
         from traceforge.replay.selfcheck import format_self_check
         from traceforge.schema import read_trace
@@ -110,6 +123,7 @@ def register(app: typer.Typer) -> None:
             raise BadInput("unknown backend", key="--backend", value=backend,
                            allowed=", ".join(BACKENDS))
         tr = read_trace(trace)
+        tr, time_scale, rate_info = apply_rate(tr, rate, time_scale)
         check_run_dir(out, [("the trace being replayed", trace), ("the --body-template file",
                            body_template[1:] if (body_template or "").startswith("@") else None)])
         models = default_models(tr)
@@ -125,7 +139,8 @@ def register(app: typer.Typer) -> None:
             timeout_s=timeout, warmup_s=warmup, duration_s=duration,
             drain_timeout_s=drain_timeout,
             progress=sys.stderr.isatty() if progress is None else progress,
-            models=models, pacer=pacer, event_loop=event_loop,
+            models=models, pacer=pacer, event_loop=event_loop, rate=rate_info,
+            scrape_url=scrape, scrape_interval_s=scrape_interval,
         ).validate()
 
         if backend == "null":
@@ -139,7 +154,7 @@ def register(app: typer.Typer) -> None:
                 "model_name": parse_mapping(model_name, "--model-name"),
                 "body_template": body_template, "headers": parse_headers(header),
                 "stream": stream, "ignore_eos": ignore_eos,
-                "pool_size": options.inflight_cap or 0,
+                "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
             }
             from traceforge.backends.http import from_options
 
@@ -152,6 +167,7 @@ def register(app: typer.Typer) -> None:
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
                 "telemetry": telemetry,
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
+                "status": lambda line: typer.echo(line, err=True),  # a line per model loaded
             }
             from traceforge.backends.resident import from_options
 

@@ -24,9 +24,10 @@ def _check_html_target(path: Path | None, inputs=()) -> None:
 
 
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/).")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/), or a "
+                                            "study directory (study.json + cells/).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write a self-contained "
+    html: Annotated[Path | None, typer.Option("--html", "-o", "--output", help="Also write a self-contained "
                                               "HTML report to this file.")] = None,
     warmup: Annotated[float | None, typer.Option(
         "--warmup", help="Drop requests scheduled in the first S seconds.")] = None,
@@ -38,9 +39,24 @@ def report(
         "--slo-factor", help="Multiple of the baseline p50 used with --slo-from.")] = 5.0,
     include_warmup: Annotated[bool, typer.Option(
         "--include-warmup", help="Keep rows the replay flagged as warm-up.")] = False,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", help="Study directories: significance level of the best-configuration "
+                        "test (default 0.01).")] = None,
 ) -> None:
-    """Latency tables (with bootstrap CIs), decomposition, SLOs and plots for one run."""
+    """Latency tables (with bootstrap CIs), decomposition, SLOs and plots for one run; for a
+    study directory (study.json), the study report: every cell, intervals across repeats,
+    the best configuration per load with its significance, capacity, simulated vs measured."""
     from traceforge.analyze.jsonable import to_json
+    from traceforge.analyze.study import is_study_dir
+
+    if is_study_dir(run_dir):
+        _study_report(run_dir, json_out=json_out, html=html, warmup=warmup, slo=slo,
+                      slo_from=slo_from, slo_factor=slo_factor, include_warmup=include_warmup,
+                      alpha=alpha)
+        return
+    if alpha is not None:
+        raise BadInput("applies to a study directory (study.json) only", source="--alpha",
+                       value=alpha)
     from traceforge.analyze.report import build_report, parse_slo
     from traceforge.analyze.rundata import load_run
 
@@ -67,11 +83,60 @@ def report(
         typer.echo(f"HTML report: {html}")
 
 
+def _check_not_input(path: Path, inputs: list[Path], *, flag: str) -> None:
+    """Refuse an output that is one of the inputs or lies inside one (it would overwrite or
+    change what the report reads)."""
+    target = path.resolve()
+    for item in inputs:
+        item = item.resolve()
+        if target == item or item in target.parents:
+            raise BadInput(f"is an input of this report ({item}) or inside one; write the "
+                           "output elsewhere", source=flag, value=str(path))
+
+
+def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup: float | None,
+                  slo: str | None, slo_from: Path | None, slo_factor: float,
+                  include_warmup: bool, alpha: float | None) -> None:
+    from traceforge.analyze.jsonable import to_json
+    from traceforge.analyze.report import parse_slo
+    from traceforge.analyze.study import StudyOptions, build_study_report, load_study, read_study
+
+    slo_ms = parse_slo(slo) if slo is not None else None
+    if slo_from is not None and slo is not None:
+        raise BadInput("give either --slo or --slo-from, not both", source="--slo-from",
+                       value=str(slo_from))
+    if warmup is not None and not (warmup >= 0 and warmup != float("inf")):
+        raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup)
+    if alpha is not None and not (0 < alpha < 0.5):
+        raise BadInput("must be in (0, 0.5)", source="--alpha", value=alpha)
+    _check_html_target(html)
+    study = load_study(study_dir)
+    if html is not None:
+        _check_not_input(html, study.input_paths(), flag="--html")
+    options = StudyOptions(warmup_s=warmup, slo_ms=slo_ms, slo_from=slo_from,
+                           slo_factor=slo_factor, include_warmup_rows=include_warmup,
+                           **({"alpha": alpha} if alpha is not None else {}))
+    result = build_study_report(study_dir, options, study=read_study(study_dir, options,
+                                                                   study=study))
+    if html is not None:
+        from traceforge.analyze.study_html import write_study_html
+
+        write_study_html(result, html)
+    if json_out:
+        typer.echo(to_json(result))
+        return
+    from traceforge.analyze.study_render import render_study
+
+    render_study(result)
+    if html is not None:
+        typer.echo(f"HTML study report: {html}")
+
+
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories; each is "
                                                    "compared against the first.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
-    html: Annotated[Path | None, typer.Option("--html", help="Also write an HTML page with "
+    html: Annotated[Path | None, typer.Option("--html", "-o", "--output", help="Also write an HTML page with "
                                               "CDF overlays.")] = None,
     warmup: Annotated[float | None, typer.Option(
         "--warmup", help="Drop requests scheduled in the first S seconds of each run.")] = None,

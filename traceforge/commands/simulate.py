@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
 
 def simulate_command(
     trace: Path = typer.Argument(..., help="Trace Parquet file."),
-    out: Path = typer.Option(..., "-o", "--out", help="Run directory to write (new or empty)."),
+    out: Path = typer.Option(..., "-o", "--output", "--out", help="Run directory to write (new or empty)."),
     servers: int = typer.Option(1, "--servers", help="Null model: parallel servers per model."),
     service_ms: float = typer.Option(10.0, "--service-ms",
                                      help="Null model: mean service time (ms)."),
@@ -29,6 +29,9 @@ def simulate_command(
                                       help="With --profile: how long a batch head may wait."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampled service times."),
     time_scale: float = typer.Option(1.0, "--time-scale", help="Stretch arrival times."),
+    rate: str | None = typer.Option(None, "--rate",
+                                    help="R or MODEL=R,...: rescale to a mean of R req/s, "
+                                         "keeping the burstiness (as replay)."),
     warmup: float = typer.Option(0.0, "--warmup", help="Flag rows scheduled in the first S s."),
     cold_start: bool = typer.Option(
         True, "--cold-start/--warm-start",
@@ -41,7 +44,8 @@ def simulate_command(
     summary = simulate(trace, out, servers=servers, service_ms=service_ms,
                        service_dist=service_dist, profile=profile, mode=mode,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
-                       time_scale=time_scale, warmup_s=warmup, cold_start=cold_start)
+                       time_scale=time_scale, warmup_s=warmup, cold_start=cold_start,
+                       rate=rate)
     n = sum(summary.counts.values())
     typer.echo(f"simulated {n} requests ({summary.virtual_s:.3f} s of virtual time) in "
                f"{summary.elapsed_s:.3f} s -> {summary.run_dir}")

@@ -109,13 +109,21 @@ def _print_stats(report: dict) -> None:
                       _fmt(s.get("target_rate")), _fmt(s["cv"]), _fmt(s["idc_1s"]),
                       _fmt(s["idc_10s"]), _fmt(fit.get("p_value"), ".3g"), law)
     console.print(table)
+    reuse = report["aggregate"].get("prefix_reuse")
+    if reuse:
+        console.print(f"prefix blocks ({reuse['block_tokens']} tokens): "
+                      f"{reuse['token_fraction']:.1%} of prompt tokens lie in blocks an earlier "
+                      f"request sent (an unbounded prefix cache's hit rate); "
+                      f"{reuse['unique_blocks']} distinct blocks", highlight=False)
 
 
 @trace_app.command("import")
 def import_(
     fmt: str = typer.Argument(..., metavar="FORMAT",
-                              help="azure-functions-2019, azure-llm, burstgpt, mooncake, csv"),
-    sources: list[Path] = typer.Argument(..., metavar="SRC...", help="Source file(s)."),
+                              help="azure-functions-2019, azure-llm, burstgpt, mooncake, csv, "
+                                   "servegen"),
+    sources: list[Path] = typer.Argument(..., metavar="SRC...",
+                                         help="Source file(s); servegen: one pool folder."),
     out: Path = typer.Option(..., "-o", "--output", help="Trace file to write (Parquet)."),
     models: str | None = typer.Option(
         None, "--models", help="Model names (comma-separated); see docs/traces.md per format."),
@@ -142,6 +150,10 @@ def import_(
     time_unit: str | None = typer.Option(None, "--time-unit", help="csv: s|ms|us|ns|iso."),
     failed: str | None = typer.Option(None, "--failed",
                                help="burstgpt: rows with 0 response tokens: keep|drop."),
+    clients: str | None = typer.Option(None, "--clients",
+                                       help="servegen: all | N (busiest) | ID,ID,..."),
+    block_tokens: int | None = typer.Option(None, "--block-tokens",
+                                            help="mooncake: tokens per hash_ids block (512)."),
     batch_size: int = typer.Option(1, "--batch-size", help="Where the format has none."),
     seq_len: int = typer.Option(128, "--seq-len", help="Where the format has none."),
     max_new_tokens: int = typer.Option(0, "--max-new-tokens", help="Where the format has none."),
@@ -155,10 +167,14 @@ def import_(
         fmt, sources, models=models, start_s=start, duration_s=duration,
         time_scale=time_scale, rate_scale=rate_scale, thin=thin, skip_bad=skip_bad, seed=seed,
         spread=spread, mapping=mapping, columns=columns, time_unit=time_unit, failed=failed,
-        batch_size=batch_size, seq_len=seq_len, max_new_tokens=max_new_tokens)
+        batch_size=batch_size, seq_len=seq_len, max_new_tokens=max_new_tokens, clients=clients,
+        block_tokens=block_tokens)
     write_trace(trace.table, out, trace.meta)
     src = trace.meta["source"]
     skipped = f", {src['skipped_bad_rows']} bad rows skipped" if src.get("skipped_bad_rows") \
         else ""
+    if src.get("duration_clipped_from_s") is not None:
+        skipped += (f" (--duration {src['duration_clipped_from_s']:g} s reaches past the data: "
+                    f"window clipped to where the data ends)")
     typer.echo(f"wrote {out}: {trace.table.num_rows} requests, {len(trace.models)} models, "
                f"{trace.meta['duration_s']:g} s{skipped}")

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from traceforge.limits import MAX_TIME_S, TooManyArrivals, max_elements
+
 if TYPE_CHECKING:
     from traceforge.generate.spec import SpecReader
 
@@ -35,7 +37,21 @@ PROCESS_PARAMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "mmpp": (("rates", "mean_dwell_s"), ()),
     "onoff": (("rate", "mean_on_s", "mean_off_s"), ("off_rate",)),
     "diurnal": (("rate", "amplitude", "period_s"), ("phase_s",)),
+    "servegen": (("pool",), ("clients", "window_s", "rate_scale", "start_s", "mode")),
 }
+
+
+# Below this Weibull shape the gap CV exceeds 1e14 and Γ(1 + 2/shape) leaves float64 (at about
+# 0.012); use mmpp or onoff for bursts that extreme.
+WEIBULL_MIN_SHAPE = 0.02
+# Above this Gamma CV (shape 1e-6) nearly every gap is below 1 ns and a window's count is a few
+# giant bursts; far above it numpy's sampler returns only zeros. cv → 0 is handled exactly.
+GAMMA_MAX_CV = 1000.0
+# Every rate is at most one request per nanosecond (the trace's resolution), and every time
+# parameter (dwell, period) between 1 ns and the int64-ns range: outside these, float64
+# products of rates and times overflow, and the trace could not hold the result anyway.
+MAX_RATE = 1e9
+MIN_TIME_S = 1e-9
 
 
 def renewal_times(rng: np.random.Generator, draw_gaps, mean_gap: float, cv: float,
@@ -43,24 +59,45 @@ def renewal_times(rng: np.random.Generator, draw_gaps, mean_gap: float, cv: floa
     """Arrival times of a renewal process with gap sampler ``draw_gaps(n)`` in ``[0, horizon)``.
 
     The first block is sized to cover the horizon with overwhelming probability (mean + 6 sd of
-    the count, CLT), so the loop almost never runs twice; it is deterministic either way.
+    the count, CLT), so the loop almost never runs twice; it is deterministic either way. A huge
+    CV makes that bound useless (and most gaps round to 0 ns), so the first block is capped at
+    twice the expected count and later blocks grow geometrically; more draws than the memory
+    budget holds raise :class:`TooManyArrivals` instead of asking numpy for the impossible.
     """
     if horizon <= 0:
         return np.empty(0)
+    limit = max_elements()
     expected = horizon / mean_gap
-    block = int(expected + 6.0 * max(cv, 1.0) * math.sqrt(expected) + 16)
+    block = int(min(expected + 6.0 * max(cv, 1.0) * math.sqrt(expected),
+                    2.0 * expected + 1e6, limit) + 16)
     chunks = []
     total = 0.0
+    drawn = 0
     while True:
         times = np.cumsum(draw_gaps(block))
         times += total
         chunks.append(times)
+        drawn += block
         total = float(times[-1])
         if total >= horizon:
             break
-        block = int(0.25 * expected) + 1024
+        if drawn > limit:
+            raise TooManyArrivals(limit)
+        block = max(int(0.25 * expected) + 1024, drawn if len(chunks) > 1 else 0)
     times = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
     return times[: np.searchsorted(times, horizon, side="left")]
+
+
+# Bytes per segment of a Markov state path while it is sampled and used as a clock: about a dozen
+# 8-byte arrays of one entry per segment (steps, states, dwell, their cumsums and concatenations,
+# bounds, rates[states], the clock's cumulative sums), times 1.5 for the first block's margin.
+# Estimated from the arrays sample_state_path and PiecewiseClock allocate, not measured.
+STATE_SEGMENT_BYTES = 144
+
+
+def state_path_bytes(mean_dwell_s, horizon: float) -> float:
+    """Memory a state path over ``horizon`` needs (segments ≈ horizon / mean dwell)."""
+    return horizon / float(np.mean(mean_dwell_s)) * STATE_SEGMENT_BYTES
 
 
 @dataclass(frozen=True)
@@ -103,10 +140,15 @@ def sample_state_path(rng: np.random.Generator, mean_dwell_s: np.ndarray,
     """
     k = len(mean_dwell_s)
     state = int(rng.choice(k, p=mean_dwell_s / mean_dwell_s.sum()))
-    block = int(horizon / float(mean_dwell_s.mean()) * 1.5) + 16
+    limit = max_elements(STATE_SEGMENT_BYTES)
+    block = int(min(horizon / float(mean_dwell_s.mean()) * 1.5, limit)) + 16
     states_chunks, dwell_chunks = [], []
     total = 0.0
+    drawn = 0
     while True:
+        if drawn > limit:
+            raise TooManyArrivals(limit, "state changes")
+        drawn += block
         # state after each jump: previous + uniform{1..k-1} (mod k) never repeats a state
         steps = rng.integers(1, k, size=block) if k > 2 else np.ones(block, dtype=np.int64)
         states = (state + np.concatenate(([0], np.cumsum(steps[:-1])))) % k
@@ -216,7 +258,9 @@ class GammaArrivals(ArrivalProcess):
 
     @property
     def shape(self) -> float:
-        return 1.0 / self.cv**2
+        # cv → 0 is the exact limit of constant gaps: cv² underflows to 0, shape is infinite
+        v = self.cv**2
+        return 1.0 / v if v > 0 else math.inf
 
     @property
     def scale(self) -> float:
@@ -224,6 +268,9 @@ class GammaArrivals(ArrivalProcess):
 
     def sample(self, rng, horizon):
         k, theta = self.shape, self.scale
+        if not math.isfinite(k):  # gaps of exactly 1/rate, the first one gap after 0
+            times = np.arange(1, max(1, math.ceil(horizon * self.rate)) + 1) / self.rate
+            return times[: np.searchsorted(times, horizon, side="left")]
         return renewal_times(rng, lambda n: rng.gamma(k, theta, n), 1.0 / self.rate, self.cv,
                              horizon)
 
@@ -246,8 +293,11 @@ class WeibullArrivals(ArrivalProcess):
 
     @property
     def cv(self) -> float:
-        g1 = math.gamma(1.0 + 1.0 / self.shape)
-        return math.sqrt(math.gamma(1.0 + 2.0 / self.shape) / g1**2 - 1.0)
+        # in log space: Γ(1 + 2/k) overflows for k below ~0.012 (the spec's minimum is
+        # WEIBULL_MIN_SHAPE); max(0, ·) because rounding makes the k → ∞ limit slightly negative
+        ratio = math.exp(min(math.lgamma(1.0 + 2.0 / self.shape)
+                             - 2.0 * math.lgamma(1.0 + 1.0 / self.shape), 700.0))
+        return math.sqrt(max(0.0, ratio - 1.0))
 
     def sample(self, rng, horizon):
         k, scale = self.shape, self.scale
@@ -320,7 +370,10 @@ class DiurnalArrivals(ArrivalProcess):
         return self.rate * (1.0 + self.amplitude)
 
     def rate_at(self, t: np.ndarray) -> np.ndarray:
-        phase = 2.0 * np.pi * (np.asarray(t) - self.phase_s) / self.period_s
+        # reduce the phase offset modulo the period first (exact for floats), so a huge phase_s
+        # cannot overflow 2π·(t − phase_s) into sin(inf)
+        offset = math.fmod(self.phase_s, self.period_s)
+        phase = 2.0 * np.pi * (np.asarray(t) - offset) / self.period_s
         return self.rate * (1.0 + self.amplitude * np.sin(phase))
 
     def sample(self, rng, horizon):
@@ -332,24 +385,117 @@ class DiurnalArrivals(ArrivalProcess):
         return times[keep]
 
 
+@dataclass(frozen=True)
+class ServeGenArrivals(ArrivalProcess):
+    """A ServeGen client pool (generate/servegen.py): each client a stationary renewal process
+    per window with the window's fitted law, summed; it also draws each arrival's lengths."""
+
+    pool: str  # the pool folder (resolved)
+    clients: str | int | tuple[int, ...] = "all"
+    window_s: float | None = None  # None: the pool's own (600 s)
+    rate_scale: float = 1.0
+    start_s: float = 0.0
+    mode: str = "renewal"
+    process: ClassVar[str] = "servegen"
+
+    def _pool(self):
+        from traceforge.generate.servegen import load_pool
+
+        return load_pool(self.pool)
+
+    @property
+    def mean_rate(self) -> float:
+        """Over the pool's whole day (the rate varies from window to window)."""
+        pool = self._pool()
+        return float(pool.rate[pool.select(self._clients())].sum(axis=0).mean()
+                     * self.rate_scale)
+
+    def _clients(self):
+        return list(self.clients) if isinstance(self.clients, tuple) else self.clients
+
+    def sample_with_shapes(self, rng, horizon):
+        from traceforge.generate.servegen import sample_pool
+
+        s = sample_pool(self._pool(), rng, horizon, clients=self._clients(),
+                        rate_scale=self.rate_scale, start_s=self.start_s,
+                        window_s=self.window_s, mode=self.mode)
+        return s.time_s, {"seq_len": s.seq_len, "max_new_tokens": s.max_new_tokens}
+
+    def sample(self, rng, horizon):
+        return self.sample_with_shapes(rng, horizon)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"process": "servegen", "pool": self.pool,
+                               "clients": self._clients(), "rate_scale": self.rate_scale,
+                               "start_s": self.start_s, "mode": self.mode}
+        if self.window_s is not None:
+            out["window_s"] = self.window_s
+        return out
+
+
+def _make_servegen(r: SpecReader, key: str, table: dict) -> ServeGenArrivals:
+    from pathlib import Path
+
+    from traceforge.errors import BadInput
+    from traceforge.generate.servegen import MODES, load_pool
+
+    raw = r.string(table["pool"], f"{key}.pool")
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and r.base_dir is not None:
+        path = r.base_dir / path
+    if not path.is_dir():
+        r.fail(f"{key}.pool", raw, "no such ServeGen pool folder")
+    try:
+        pool = load_pool(str(path.resolve()))
+    except BadInput as exc:
+        r.fail(f"{key}.pool", raw, str(exc))
+    clients: str | int | tuple[int, ...] = table.get("clients", "all")
+    if isinstance(clients, list):
+        ids = r.int_list(clients, f"{key}.clients", low=0)
+        missing = sorted(set(ids) - set(pool.clients.tolist()))
+        if missing:
+            r.fail(f"{key}.clients", clients, f"client {missing[0]} is not in the pool",
+                   ", ".join(map(str, pool.clients[:20].tolist())))
+        clients = tuple(sorted(set(ids)))
+    elif isinstance(clients, int) and not isinstance(clients, bool):
+        clients = r.integer(clients, f"{key}.clients", low=1, high=len(pool.clients))
+    elif clients != "all":
+        r.fail(f"{key}.clients", clients, 'must be "all", a number of clients, or a list of '
+               "client ids")
+    mode = table.get("mode", "renewal")
+    if mode not in MODES:
+        r.fail(f"{key}.mode", mode, "unknown mode", ", ".join(MODES))
+    window_s = (r.number(table["window_s"], f"{key}.window_s", low=0, low_open=True)
+                if "window_s" in table else None)
+    rate_scale = (r.number(table["rate_scale"], f"{key}.rate_scale", low=0, low_open=True)
+                  if "rate_scale" in table else 1.0)
+    start_s = r.number(table["start_s"], f"{key}.start_s", low=0) if "start_s" in table else 0.0
+    return ServeGenArrivals(pool=str(path.resolve()), clients=clients, window_s=window_s,
+                            rate_scale=rate_scale, start_s=start_s, mode=mode)
+
+
 def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalProcess:
     """Build a validated process from its (already key-checked) spec table."""
 
     def pos(name: str) -> float:
-        return r.number(table[name], f"{key}.{name}", low=0, low_open=True)
+        if name.endswith("rate"):
+            return r.number(table[name], f"{key}.{name}", low=0, low_open=True, high=MAX_RATE)
+        return r.number(table[name], f"{key}.{name}", low=MIN_TIME_S, high=MAX_TIME_S)
 
     if process == "constant":
         return ConstantArrivals(rate=pos("rate"))
     if process == "poisson":
         return PoissonArrivals(rate=pos("rate"))
     if process == "gamma":
-        return GammaArrivals(rate=pos("rate"), cv=pos("cv"))
+        cv = r.number(table["cv"], f"{key}.cv", low=0, low_open=True, high=GAMMA_MAX_CV)
+        return GammaArrivals(rate=pos("rate"), cv=cv)
     if process == "weibull":
-        return WeibullArrivals(rate=pos("rate"), shape=pos("shape"))
+        shape = r.number(table["shape"], f"{key}.shape", low=WEIBULL_MIN_SHAPE)
+        return WeibullArrivals(rate=pos("rate"), shape=shape)
     if process == "mmpp":
-        rates = r.number_list(table["rates"], f"{key}.rates", low=0, min_len=2)
-        dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=0,
-                              low_open=True, min_len=2)
+        rates = r.number_list(table["rates"], f"{key}.rates", low=0, min_len=2, high=MAX_RATE)
+        dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=MIN_TIME_S,
+                              min_len=2, high=MAX_TIME_S)
         if len(dwell) != len(rates):
             r.fail(f"{key}.mean_dwell_s", table["mean_dwell_s"],
                    f"needs one entry per state ({len(rates)}, as rates)")
@@ -357,12 +503,15 @@ def make_process(r: SpecReader, key: str, process: str, table: dict) -> ArrivalP
             r.fail(f"{key}.rates", table["rates"], "at least one rate must be > 0")
         return MMPPArrivals(rates=rates, mean_dwell_s=dwell)
     if process == "onoff":
-        off_rate = (r.number(table["off_rate"], f"{key}.off_rate", low=0)
+        off_rate = (r.number(table["off_rate"], f"{key}.off_rate", low=0, high=MAX_RATE)
                     if "off_rate" in table else 0.0)
         return OnOffArrivals.build(pos("rate"), pos("mean_on_s"), pos("mean_off_s"), off_rate)
+    if process == "servegen":
+        return _make_servegen(r, key, table)
     if process == "diurnal":
         amplitude = r.number(table["amplitude"], f"{key}.amplitude", low=0, high=1)
-        phase = r.number(table["phase_s"], f"{key}.phase_s") if "phase_s" in table else 0.0
+        phase = (r.number(table["phase_s"], f"{key}.phase_s", low=-MAX_TIME_S, high=MAX_TIME_S)
+                 if "phase_s" in table else 0.0)
         return DiurnalArrivals(rate=pos("rate"), amplitude=amplitude, period_s=pos("period_s"),
                                phase_s=phase)
     raise AssertionError(process)  # PROCESS_PARAMS and this function list the same names

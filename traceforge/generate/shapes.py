@@ -90,7 +90,10 @@ class ChoiceDist(ShapeDist):
         values = np.asarray(self.values, dtype=np.int32)
         if self.weights is None:
             return values[rng.integers(0, len(values), size=n)]
-        cdf = np.cumsum(self.weights, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            cdf = np.cumsum(self.weights, dtype=np.float64)
+        if not np.isfinite(cdf[-1]):  # weights near the float maximum: their sum overflows
+            cdf = np.cumsum(np.asarray(self.weights) / max(self.weights))
         cdf /= cdf[-1]
         idx = np.searchsorted(cdf, rng.random(n), side="right")
         return values[np.minimum(idx, len(values) - 1)]
@@ -117,7 +120,10 @@ class LognormalDist(ShapeDist):
     dist: ClassVar[str] = "lognormal"
 
     def sample(self, rng, n):
-        x = np.rint(self.median * np.exp(self.sigma * rng.standard_normal(n)))
+        # exp may overflow to inf or underflow to 0: both are then clipped to max / min, which
+        # is exactly where those values belong, so the float warnings say nothing
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            x = np.rint(self.median * np.exp(self.sigma * rng.standard_normal(n)))
         return np.clip(x, self.min, self.max).astype(np.int32)
 
     @property
@@ -138,6 +144,8 @@ class ZipfDist(ShapeDist):
     def sample(self, rng, n):
         support = np.arange(self.min, self.max + 1, dtype=np.float64)
         cdf = np.cumsum(support ** -self.a)
+        if not cdf[-1] > 0:  # a so large that every k^-a underflows: scale by min^a first
+            cdf = np.cumsum((support / self.min) ** -self.a)
         cdf /= cdf[-1]
         idx = np.searchsorted(cdf, rng.random(n), side="right")
         return (self.min + np.minimum(idx, len(support) - 1)).astype(np.int32)

@@ -20,23 +20,27 @@ import numpy as np
 
 from traceforge.errors import BadInput
 from traceforge.generate.arrivals import (
+    MAX_RATE,
+    MIN_TIME_S,
     PROCESS_PARAMS,
     ArrivalProcess,
     Modulation,
     make_process,
 )
+from traceforge.generate.sessions import SessionSpec, parse_sessions
 from traceforge.generate.shapes import (
     DIST_PARAMS,
     ShapeDist,
     make_dist,
 )
+from traceforge.limits import INT64_MAX, MAX_TIME_S
 from traceforge.schema import INT32_MAX, SHAPE_LOWER
 
 # Lower bounds of the trace schema (CONTRACT.md): batch_size >= 1, seq_len >= 1, max_new_tokens >= 0.
 SHAPE_FIELDS = SHAPE_LOWER
 SHAPE_DEFAULTS = {"batch_size": 1, "seq_len": 128, "max_new_tokens": 0}
 TOP_KEYS = ("name", "description", "duration_s", "requests", "seed", "models", "modulations")
-MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS)
+MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS, "sessions")
 MODULATION_KEYS = ("mean_dwell_s", "multipliers")
 
 
@@ -51,6 +55,7 @@ class ModelSpec:
     slo_ms: float | None = None
     modulation: str | None = None  # name of a shared modulation
     multipliers: tuple[float, ...] | None = None  # per-state rate multipliers for this model
+    sessions: SessionSpec | None = None  # multi-turn sessions (generate/sessions.py)
 
     def shape(self, name: str) -> ShapeDist:
         return getattr(self, name)
@@ -75,7 +80,11 @@ class ModelSpec:
                 else {"name": self.modulation, "multipliers": list(self.multipliers)}
             )
         for name in SHAPE_FIELDS:
+            if self.arrival.process == "servegen" and name != "batch_size":
+                continue  # drawn from the pool, not from the spec
             out[name] = self.shape(name).to_spec()
+        if self.sessions is not None:
+            out["sessions"] = self.sessions.to_dict()
         return out
 
 
@@ -163,12 +172,12 @@ class SpecReader:
         return value
 
     def number_list(self, value: object, key: str, *, low: float, low_open: bool = False,
-                    min_len: int = 1) -> tuple[float, ...]:
+                    min_len: int = 1, high: float | None = None) -> tuple[float, ...]:
         if not isinstance(value, list):
             self.fail(key, value, "must be a list of numbers")
         if len(value) < min_len:
             self.fail(key, value, f"must have at least {min_len} entries")
-        return tuple(self.number(v, f"{key}[{i}]", low=low, low_open=low_open)
+        return tuple(self.number(v, f"{key}[{i}]", low=low, low_open=low_open, high=high)
                      for i, v in enumerate(value))
 
     def int_list(self, value: object, key: str, *, low: int) -> tuple[int, ...]:
@@ -210,9 +219,10 @@ def parse_spec(raw: dict, *, source: object = "<spec>", base_dir: Path | None = 
     description = r.string(raw["description"], "description") if "description" in raw else None
     duration_s = requests = None
     if "duration_s" in raw:
-        duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
+        duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True,
+                              high=MAX_TIME_S)
     if "requests" in raw:
-        requests = r.integer(raw["requests"], "requests", low=1, high=None)
+        requests = r.integer(raw["requests"], "requests", low=1, high=INT64_MAX)
     if duration_s is not None and requests is not None:
         r.fail("requests", requests, "give either duration_s or requests, not both")
     seed = r.integer(raw["seed"], "seed", low=0, high=None) if "seed" in raw else None
@@ -242,14 +252,14 @@ def _parse_modulation(r: SpecReader, name: str, table: object) -> Modulation:
     for k in MODULATION_KEYS:
         if k not in table:
             r.missing(f"{key}.{k}")
-    dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=0, low_open=True,
-                          min_len=2)
+    dwell = r.number_list(table["mean_dwell_s"], f"{key}.mean_dwell_s", low=MIN_TIME_S,
+                          high=MAX_TIME_S, min_len=2)
     mult = _multipliers(r, table["multipliers"], f"{key}.multipliers", len(dwell))
     return Modulation(name=name, mean_dwell_s=dwell, multipliers=mult)
 
 
 def _multipliers(r: SpecReader, value: object, key: str, n_states: int) -> tuple[float, ...]:
-    mult = r.number_list(value, key, low=0)
+    mult = r.number_list(value, key, low=0, high=MAX_RATE)
     if len(mult) != n_states:
         r.fail(key, value, f"needs one entry per state ({n_states}, as mean_dwell_s)")
     if not any(m > 0 for m in mult):
@@ -260,9 +270,16 @@ def _multipliers(r: SpecReader, value: object, key: str, n_states: int) -> tuple
 def _parse_model(r: SpecReader, name: str, table: object,
                  modulations: dict[str, Modulation]) -> ModelSpec:
     key = f"models.{name}"
+    if not name.strip():
+        r.fail(key, name, "a model name must not be empty")
     table = r.table(table, key)
     r.check_keys(table, key, MODEL_KEYS)
     zoo = r.string(table["zoo"], f"{key}.zoo") if "zoo" in table else None
+    if zoo is not None:
+        from traceforge.zoo import ZOO  # plain data: no torch import
+
+        if zoo not in ZOO:
+            r.fail(f"{key}.zoo", zoo, "unknown model-zoo entry", ", ".join(ZOO))
     slo_ms = (r.number(table["slo_ms"], f"{key}.slo_ms", low=0, low_open=True)
               if "slo_ms" in table else None)
     if "arrival" not in table:
@@ -285,10 +302,24 @@ def _parse_model(r: SpecReader, name: str, table: object,
         if isinstance(value, dict) and "multipliers" in value:
             multipliers = _multipliers(r, value["multipliers"], f"{mkey}.multipliers",
                                        len(modulations[modulation].mean_dwell_s))
+    if arrival.process == "servegen":  # the pool draws each arrival's lengths itself
+        for f in ("seq_len", "max_new_tokens"):
+            if f in table:
+                r.fail(f"{key}.{f}", table[f], "a servegen arrival draws lengths from the pool's "
+                       "distributions: remove this key")
+        if modulation is not None:
+            r.fail(f"{key}.modulation", modulation, "a servegen pool has its own time-varying "
+                   "rate: a shared modulation does not apply")
+        if "sessions" in table:
+            r.fail(f"{key}.sessions", table["sessions"], "a servegen pool draws each request's "
+                   "lengths itself; sessions (which grow prompts turn by turn) do not apply")
     shapes = {f: _parse_shape(r, f"{key}.{f}", table.get(f, SHAPE_DEFAULTS[f]), low)
               for f, low in SHAPE_FIELDS.items()}
+    sessions = (parse_sessions(r, f"{key}.sessions", table["sessions"])
+                if "sessions" in table else None)
     return ModelSpec(name=name, arrival=arrival, zoo=zoo, slo_ms=slo_ms,
-                     modulation=modulation, multipliers=multipliers, **shapes)
+                     modulation=modulation, multipliers=multipliers, sessions=sessions,
+                     **shapes)
 
 
 def _checked_tagged_table(r: SpecReader, key: str, table: dict, tag: str,

@@ -51,7 +51,7 @@ def rate_ci_batch_means(arrival_s: np.ndarray, duration_s: float,
     half = student_t.ppf(0.5 + confidence / 2, batches - 1) * rates.std(ddof=1) / math.sqrt(
         batches)
     mean = float(rates.mean())
-    return [mean - float(half), mean + float(half)]
+    return [max(0.0, mean - float(half)), mean + float(half)]  # a rate is never negative
 
 
 def index_of_dispersion(arrival_s: np.ndarray, duration_s: float, window_s: float):
@@ -113,6 +113,8 @@ def _target_law(arrival: dict, multipliers=None, mod=None):
     # The laws' parameters come from the process classes that sample them (one definition).
     if process == "gamma":
         law = GammaArrivals(rate, arrival["cv"])
+        if not math.isfinite(law.shape):
+            return None, "cv so small that every gap is 1/rate (no spread to test)"
         return (f"gamma(shape={law.shape:g}, mean={1 / rate:g})",
                 stats.gamma(law.shape, scale=law.scale).cdf)
     if process == "weibull":
@@ -132,10 +134,18 @@ def _target_law(arrival: dict, multipliers=None, mod=None):
 
 
 def _ks_with_short_gaps(gaps_s: np.ndarray, cdf) -> dict[str, Any]:
+    # Extreme spec parameters (a Weibull shape of 1e300) overflow inside scipy's cdf to values
+    # that are still right (0 or 1); the float warnings would only alarm the user.
+    with np.errstate(all="ignore"):
+        return _ks_checked(gaps_s, cdf)
+
+
+def _ks_checked(gaps_s: np.ndarray, cdf) -> dict[str, Any]:
     from scipy import stats
 
     n = gaps_s.size
     f_short = float(cdf(SHORT_GAP_S))
+    f_short = f_short if math.isfinite(f_short) else 0.0
     long_gaps = gaps_s[gaps_s >= SHORT_GAP_S]
     n_short = n - long_gaps.size
     p_short = float(stats.binomtest(n_short, n, min(max(f_short, 0.0), 1.0)).pvalue)
@@ -306,6 +316,11 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
     else:
         aggregate["fit"] = goodness_of_fit(arrival_s, None)
     aggregate["shapes"] = {f: _shape_summary(v) for f, v in shapes.items()}
+    from traceforge.schema import prefix_block_tokens
+
+    block = prefix_block_tokens(meta)
+    if block is not None and "prefix_blocks" in table.column_names:
+        aggregate["prefix_reuse"] = prefix_reuse(table, block)
     return {
         "trace": str(trace.path) if trace.path else None,
         "source": meta.get("source"),
@@ -314,6 +329,37 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
         "models": models,
         "aggregate": aggregate,
     }
+
+
+def prefix_reuse(table, block_tokens: int) -> dict[str, Any]:
+    """How much prompt a prefix cache could reuse, by the trace's ``prefix_blocks``: a row's
+    leading blocks that an earlier row already sent (ids chain, as Mooncake's do: a block seen
+    before means its whole prefix was) count as reusable, up to seq_len. Vectorised.
+
+    ``token_fraction`` is the hit rate an unbounded cache would see on prompt tokens."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.column("prefix_blocks").combine_chunks()
+    col = pc.if_else(pc.is_null(col), pa.scalar([], col.type), col)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+    seq = table.column("seq_len").to_numpy().astype(np.int64)
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    _, first_at, inverse = np.unique(values, return_index=True, return_inverse=True)
+    seen = row[first_at][inverse] < row  # sent by an earlier row
+    starts = np.concatenate(([0], np.cumsum(lengths)))[:-1]
+    pos = np.arange(len(values)) - np.repeat(starts, lengths)
+    # leading run of seen blocks: the first unseen position in each row (or its length)
+    first_unseen = lengths.copy()
+    unseen = ~seen
+    np.minimum.at(first_unseen, row[unseen], pos[unseen])
+    reused = np.minimum(first_unseen * block_tokens, seq)
+    total = int(seq.sum())
+    return {"block_tokens": block_tokens, "rows_with_blocks": int((lengths > 0).sum()),
+            "unique_blocks": len(first_at), "reusable_tokens": int(reused.sum()),
+            "prompt_tokens": total,
+            "token_fraction": float(reused.sum() / total) if total else 0.0}
 
 
 def plot_arrivals(trace: Trace, path, *, bin_s: float = 1.0) -> None:

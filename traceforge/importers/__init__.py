@@ -21,12 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
-from traceforge.schema import INT32_MAX, TRACE_SCHEMA_ID, Trace, trace_table
+from traceforge.limits import check_seconds, scaled_ns
+from traceforge.schema import (
+    INT32_MAX,
+    PREFIX_BLOCK_TOKENS_KEY,
+    TRACE_SCHEMA_ID,
+    Trace,
+    trace_table,
+    validate_sessions,
+)
 
 READERS = {
     "azure-functions-2019": azure_functions.read,
@@ -35,12 +44,13 @@ READERS = {
     "mooncake": mooncake.read,
     "csv": csv_generic.read,
 }
-FORMATS = tuple(READERS)
+FORMATS = (*READERS, "servegen")
 # options that only one format understands -> that format
 FORMAT_OPTIONS = {"spread": ("--spread", "azure-functions-2019"),
                   "mapping": ("--map", "azure-functions-2019"),
                   "columns": ("--columns", "csv"), "time_unit": ("--time-unit", "csv"),
-                  "failed": ("--failed", "burstgpt")}
+                  "failed": ("--failed", "burstgpt"), "clients": ("--clients", "servegen"),
+                  "block_tokens": ("--block-tokens", "mooncake")}
 
 
 def _positive(value: float, key: str, *, allow_zero: bool = False) -> float:
@@ -55,17 +65,18 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                  skip_bad: bool = False, seed: int = 0, spread: str | None = None,
                  mapping: str | None = None, columns: str | None = None,
                  time_unit: str | None = None, failed: str | None = None, batch_size: int = 1,
-                 seq_len: int = 128, max_new_tokens: int = 0) -> Trace:
+                 seq_len: int = 128, max_new_tokens: int = 0,
+                 clients: str | None = None, block_tokens: int | None = None) -> Trace:
     """Import ``sources`` of format ``fmt`` into a :class:`~traceforge.schema.Trace`.
 
     ``models`` is a comma-separated string or a list (meaning per format: docs/traces.md).
     Raises :class:`BadInput` for any bad option, file or row; nothing is written here.
     """
-    if fmt not in READERS:
+    if fmt not in FORMATS:
         raise BadInput("unknown import format", key="FORMAT", value=fmt,
                        allowed=", ".join(FORMATS))
     given = {"spread": spread, "mapping": mapping, "columns": columns, "time_unit": time_unit,
-             "failed": failed}
+             "failed": failed, "clients": clients, "block_tokens": block_tokens}
     for name, value in given.items():
         flag, owner = FORMAT_OPTIONS[name]
         if value is not None and owner != fmt:
@@ -73,12 +84,19 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     paths = [Path(s) for s in sources]
     if not paths:
         raise BadInput("at least one source file is required", key="SRC")
+    if fmt == "servegen":
+        from traceforge.importers.servegen import import_servegen
+
+        return import_servegen(paths, models=models, start_s=start_s, duration_s=duration_s,
+                               time_scale=time_scale, rate_scale=rate_scale, thin=thin,
+                               seed=seed, clients=clients, batch_size=batch_size)
     for p in paths:
         if not p.is_file():
             raise BadInput("no such file", source=p)
-    start_s = _positive(start_s, "--start", allow_zero=True)
+    start_s = check_seconds(_positive(start_s, "--start", allow_zero=True), key="--start")
     if duration_s is not None:
-        duration_s = _positive(duration_s, "--duration")
+        duration_s = check_seconds(_positive(duration_s, "--duration"), key="--duration")
+        check_seconds(duration_s, key="--duration", seconds=start_s + duration_s)
     time_scale = _positive(time_scale, "--time-scale")
     rate_scale = _positive(rate_scale, "--rate-scale")
     if thin and not rate_scale < 1:
@@ -90,15 +108,21 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                             ("--max-new-tokens", max_new_tokens, 0)):
         if not low <= value <= INT32_MAX:
             raise BadInput(f"must be between {low} and {INT32_MAX}", key=key, value=value)
+    if block_tokens is not None and not 1 <= block_tokens <= INT32_MAX:
+        raise BadInput(f"must be between 1 and {INT32_MAX}", key="--block-tokens",
+                       value=block_tokens)
     model_list = parse_model_names(",".join(models) if isinstance(models, list) else models)
 
     options = {"spread": spread or "poisson", "mapping": mapping or "stripe", "columns": columns,
                "time_unit": time_unit or "s", "failed": failed or "keep"}
+    if fmt == "mooncake":
+        options["block_tokens"] = block_tokens or mooncake.BLOCK_TOKENS
     records = READERS[fmt](paths, models=model_list, skip_bad=skip_bad, seed=seed,
                            start_s=start_s, duration_s=duration_s, batch_size=batch_size,
                            seq_len=seq_len, max_new_tokens=max_new_tokens, **options)
-    table, window_s, origin_ns = _window_and_scale(records, start_s, duration_s, time_scale,
-                                                   rate_scale, thin, seed)
+    table, window_s, origin_ns, clipped = _window_and_scale(
+        records, start_s, duration_s, time_scale, rate_scale, thin, seed,
+        source=", ".join(str(p) for p in paths))
     factor = time_scale if thin else time_scale / rate_scale
     source: dict[str, Any] = {
         "kind": "import",
@@ -116,6 +140,8 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
         "skipped_bad_rows": sum(f["skipped_bad_rows"] for f in records.files),
         **records.notes,
     }
+    if clipped:
+        source["duration_clipped_from_s"] = duration_s
     if fmt == "azure-llm" or (fmt == "csv" and options["time_unit"] == "iso"):
         source["origin_utc"] = dt.datetime.fromtimestamp(origin_ns / 1e9, dt.UTC).isoformat()
     spec = {
@@ -125,16 +151,28 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     }
     meta = {"schema": TRACE_SCHEMA_ID, "spec": spec, "seed": seed, "source": source,
             "duration_s": window_s * factor}
+    if records.prefix_block_tokens is not None:
+        meta[PREFIX_BLOCK_TOKENS_KEY] = records.prefix_block_tokens
     return Trace(table=table, meta=meta, path=None)
 
 
 def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, time_scale: float,
-                      rate_scale: float, thin: bool, seed: int):
+                      rate_scale: float, thin: bool, seed: int, *, source: str):
+    """The window's table, its length in source seconds, the origin, and whether
+    ``duration_s`` reached past the data and was clipped to it.
+
+    A ``--duration`` longer than the data is clipped to the data's end (the last arrival, or
+    the source's natural end such as a count table's last minute), never padded with silence:
+    a padded window would understate the rate (and give a nonsense CI). The trace records
+    ``duration_clipped_from_s`` and the CLI says so.
+    """
     order = np.argsort(rec.time_ns, kind="stable")
     time_ns = rec.time_ns[order]
     if time_ns.size == 0:
-        raise BadInput("the source holds no requests", key="SRC")
+        raise BadInput("the source holds no requests (no data rows)", source=source)
     origin_ns = int(rec.origin_ns if rec.origin_ns is not None else time_ns[0])
+    span = float(time_ns[-1]) - float(min(origin_ns, int(time_ns[0])))
+    check_seconds(span / 1e9, key="time span", source=source)
     rel = time_ns - origin_ns
     start_ns = round(start_s * 1e9)
     end_ns = start_ns + round(duration_s * 1e9) if duration_s is not None else None
@@ -142,8 +180,13 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     hi = int(np.searchsorted(rel, end_ns, side="left")) if end_ns is not None else rel.size
     if hi <= lo:
         raise BadInput(f"the window holds no requests (the source spans "
-                       f"{rel[-1] / 1e9:.6g} s from its origin)", key="--start", value=start_s)
-    if duration_s is not None:
+                       f"{rel[-1] / 1e9:.6g} s from its origin)", source=source, key="--start",
+                       value=start_s)
+    data_end_ns = rec.end_ns - origin_ns if rec.end_ns is not None else int(rel[-1])
+    clipped = duration_s is not None and end_ns > data_end_ns
+    if clipped:
+        window_s = (data_end_ns - start_ns) / 1e9
+    elif duration_s is not None:
         window_s = duration_s
     elif rec.end_ns is not None:
         window_s = (rec.end_ns - origin_ns - start_ns) / 1e9
@@ -158,10 +201,50 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
         factor = time_scale
     else:
         factor = time_scale / rate_scale
-    arrival_ns = rel if factor == 1.0 else np.rint(rel * factor).astype(np.int64)
+    key, value = (("--time-scale", time_scale) if time_scale != 1.0 or thin
+                  else ("--rate-scale", rate_scale))
+    arrival_ns = scaled_ns(rel, factor, key=key, value=value)
+    check_seconds(value, key=key, seconds=window_s * factor)
+    if window_s > 0 and window_s * factor < 1e-9:
+        raise BadInput(f"the {window_s:.6g} s window would last {window_s * factor:.3g} s, under "
+                       "1 ns (the trace's resolution): every arrival would fall on one "
+                       "nanosecond", source=source, key=key, value=value)
+    blocks = None if rec.prefix_blocks is None else rec.prefix_blocks.take(pa.array(idx))
     table = trace_table(arrival_ns, rec.model_code[idx], rec.model_names, rec.batch_size[idx],
-                        rec.seq_len[idx], rec.max_new_tokens[idx])
-    return table, window_s, origin_ns
+                        rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
+                        **_sessions(rec, order, idx))
+    if rec.session_key is not None:
+        validate_sessions(table, source="SRC")
+    return table, window_s, origin_ns, clipped
+
+
+def _sessions(rec: Records, order: np.ndarray, idx: np.ndarray) -> dict[str, pa.Array]:
+    """session_id 0..S-1 in order of each session's first request in the window; turn from
+    the source, else 1, 2, ... by time within the session over the whole source (``order``:
+    all records in time order), so a session cut by the window keeps its turn numbers."""
+    if rec.session_key is None:
+        return {}
+    turn_all = rec.turn
+    if turn_all is None:
+        key = rec.session_key[order]
+        by_key = np.argsort(key, kind="stable")  # time order within each session
+        grouped = key[by_key]
+        starts = np.r_[0, np.flatnonzero(np.diff(grouped)) + 1]
+        count = np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size]))
+        turn_all = np.empty(key.size, np.int64)
+        turn_all[order[by_key]] = count + 1
+    key = rec.session_key[idx]
+    none = key < 0
+    sid = np.full(key.size, -1, np.int64)
+    rows = np.flatnonzero(~none)
+    if rows.size:
+        _, first, inverse = np.unique(key[rows], return_index=True, return_inverse=True)
+        rank = np.empty(first.size, np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+        sid[rows] = rank[inverse]
+    turn = np.where(none, 0, turn_all[idx])
+    return {"session_id": pa.array(sid, pa.int64(), mask=none),
+            "turn": pa.array(turn.astype(np.int32), pa.int32(), mask=none)}
 
 
 __all__ = ["FORMATS", "import_trace"]

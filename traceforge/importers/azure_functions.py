@@ -88,14 +88,16 @@ def read(sources: list[Path], *, models, skip_bad: bool, mapping: str = "stripe"
         model_of_func[top] = np.arange(len(top))
         if len(top) < k:
             raise BadInput(f"top-k needs at least {k} functions; the source has {len(top)}",
-                           key="--models", value=",".join(names))
+                           source=", ".join(str(p) for p in sources), key="--models",
+                           value=",".join(names))
 
     # 3. expand counts into arrival times within each minute
     total = int(sum(int(c.sum()) for c in counts))
     if total > MAX_REQUESTS:
         raise BadInput(f"the window holds {total} invocations (max {MAX_REQUESTS}); narrow it "
                        "with --start/--duration or use --map top-k",
-                       key="--duration", value=duration_s)
+                       source=", ".join(str(p) for p in sources), key="--duration",
+                       value=duration_s)
     rng = np.random.default_rng(seed)
     times, codes = [], []
     row_offset = 0

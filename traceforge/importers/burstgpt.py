@@ -33,7 +33,8 @@ def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int, failed
     n_failed = n_zero_request = 0
     for path in sources:
         cols = CsvColumns(path, COLUMNS, skip_bad=skip_bad)
-        t = cols.floats("Timestamp", low=0.0)
+        t_ns = cols.time_ns("Timestamp", "s")  # seconds; refuses times beyond int64 ns
+        cols.mark("Timestamp", t_ns < 0, "must be >= 0")
         model = cols.strings("Model")
         request = cols.integers("Request tokens", low=0)
         response = cols.integers("Response tokens", low=0)
@@ -45,7 +46,7 @@ def read(sources: list[Path], *, models, skip_bad: bool, batch_size: int, failed
         if failed == "drop":
             keep &= ~failed_rows
         n_zero_request += int((keep & (request == 0)).sum())
-        times.append(np.rint(t[keep] * 1e9).astype(np.int64))
+        times.append(t_ns[keep])
         model_str.append(pc.utf8_trim_whitespace(model).filter(pa.array(keep)))
         seq.append(np.maximum(request[keep], 1))
         new.append(response[keep])

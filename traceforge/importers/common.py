@@ -41,6 +41,13 @@ class Records:
     origin_ns: int | None = None  # window origin; None: the first arrival
     end_ns: int | None = None  # natural end of the source (e.g. last minute of a count table)
     notes: dict[str, Any] = field(default_factory=dict)  # format-specific counts for provenance
+    prefix_blocks: pa.Array | None = None  # list<int64> per request (None: the format has none)
+    prefix_block_tokens: int | None = None  # tokens per prefix block
+    # Multi-turn sessions where the format has them (csv --columns session=COL[,turn=COL]):
+    # int64 session keys (any values, -1 = none) and optional turn numbers (None: numbered by
+    # time within each session).
+    session_key: np.ndarray | None = None
+    turn: np.ndarray | None = None
 
 
 def file_info(path: Path, rows: int, skipped: int) -> dict[str, Any]:
@@ -202,7 +209,12 @@ class CsvColumns:
         if unit == "iso":
             return self.timestamps_ns(column)
         values = self.floats(column)
-        return np.rint(values * TIME_UNITS_NS[unit]).astype(np.int64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ns = values * TIME_UNITS_NS[unit]
+        # beyond int64 ns (292 years) a float would wrap silently into a wrong time
+        self._mark(column, ~(np.abs(ns) < 2.0**63) & ~self.bad,
+                   "time beyond the int64-nanosecond range (about 292 years)")
+        return np.rint(np.where(np.abs(ns) < 2.0**63, ns, 0.0)).astype(np.int64)
 
     def mark(self, column: str, bad: np.ndarray, message: str) -> None:
         """Let a reader flag rows by its own rule (e.g. a value no other row may take)."""

@@ -1,6 +1,9 @@
 """Any CSV with a header, through a column mapping:
-``--columns time=COL[,seq_len=COL][,max_new_tokens=COL][,batch_size=COL][,model=COL]`` and
-``--time-unit s|ms|us|ns|iso``. Unmapped shapes take ``--batch-size/--seq-len/--max-new-tokens``.
+``--columns time=COL[,seq_len=COL][,max_new_tokens=COL][,batch_size=COL][,model=COL]
+[,session=COL[,turn=COL]]`` and ``--time-unit s|ms|us|ns|iso``. ``session`` (any text; empty =
+no session) makes the rows with one value the turns of one multi-turn session, numbered by time
+unless ``turn`` (integers >= 1) gives the numbers; replay then sends each turn after the
+previous one's answer plus the recorded gap (docs/replay.md, "Sessions"). Unmapped shapes take ``--batch-size/--seq-len/--max-new-tokens``.
 With a model column, ``--models`` keeps/renames source models (``SRC`` or ``SRC=NAME``);
 without one, each file is one model (``--models`` gives one name per file, default the stem).
 """
@@ -24,7 +27,7 @@ from traceforge.importers.common import (
 )
 from traceforge.schema import SHAPE_LOWER
 
-FIELDS = ("time", "seq_len", "max_new_tokens", "batch_size", "model")
+FIELDS = ("time", "seq_len", "max_new_tokens", "batch_size", "model", "session", "turn")
 LOWER = SHAPE_LOWER
 TIME_UNITS = (*TIME_UNITS_NS, "iso")
 
@@ -47,6 +50,8 @@ def parse_columns(columns: str | None) -> dict[str, str]:
         mapping[field] = col
     if "time" not in mapping:
         raise BadInput("the time column is required", key="--columns", value=columns)
+    if "turn" in mapping and "session" not in mapping:
+        raise BadInput("turn=COL needs session=COL", key="--columns", value=columns)
     return mapping
 
 
@@ -60,11 +65,17 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
     per_file = "model" not in mapping
     file_names = per_file_names(sources, models, lambda p: p.stem) if per_file else None
     times, shape_cols, model_cols, codes, files = [], {f: [] for f in LOWER}, [], [], []
+    session_cols, turn_cols = [], []
     for code, path in enumerate(sources):
         cols = CsvColumns(path, list(dict.fromkeys(mapping.values())), skip_bad=skip_bad)
         t = cols.time_ns(mapping["time"], time_unit)
         shapes = {f: cols.integers(mapping[f], low=low) if f in mapping else None
                   for f, low in LOWER.items()}
+        session = turn = None
+        if "session" in mapping:
+            session = pc.utf8_trim_whitespace(cols.strings(mapping["session"]))
+            if "turn" in mapping:
+                turn = cols.integers(mapping["turn"], low=1)
         model = None
         if not per_file:
             model = pc.utf8_trim_whitespace(cols.strings(mapping["model"]))
@@ -82,11 +93,23 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
         else:
             model_cols.append(model.filter(pa.array(keep)))
         files.append(file_info(path, cols.rows, skipped))
+        if session is not None:
+            session_cols.append(session.filter(pa.array(keep)))
+            if turn is not None:
+                turn_cols.append(turn[keep])
     time_ns = np.concatenate(times)
     shapes = {f: np.concatenate(v) for f, v in shape_cols.items()}
+    sessions = {}
+    if session_cols:  # one key per distinct non-empty text, across files
+        text = pa.chunked_array(session_cols, pa.string()).combine_chunks()
+        key = text.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        key[pc.equal(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)] = -1
+        sessions = {"session_key": key,
+                    "turn": np.concatenate(turn_cols) if turn_cols else None}
     if per_file:
         return Records(time_ns=time_ns, model_code=np.concatenate(codes), model_names=file_names,
-                       files=files, notes={"columns": mapping, "time_unit": time_unit}, **shapes)
+                       files=files, notes={"columns": mapping, "time_unit": time_unit}, **shapes,
+                       **sessions)
     encoded = pa.chunked_array(model_cols, pa.string()).combine_chunks().dictionary_encode()
     present = encoded.dictionary.to_pylist()
     src_codes = encoded.indices.to_numpy(zero_copy_only=False)
@@ -97,4 +120,5 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
     return Records(time_ns=time_ns[keep], model_code=new_code[src_codes[keep]],
                    model_names=[rename[m] for m in present if m in rename], files=files,
                    notes={"columns": mapping, "time_unit": time_unit},
-                   **{f: v[keep] for f, v in shapes.items()})
+                   **{f: v[keep] for f, v in shapes.items()},
+                   **{k: None if v is None else v[keep] for k, v in sessions.items()})

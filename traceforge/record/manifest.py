@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import platform
 import sys
@@ -17,6 +18,13 @@ RUN_STATUSES = ("running", "complete", "interrupted", "failed")
 
 def package_versions(names: tuple[str, ...] = ("traceforge", "numpy", "pyarrow", "scipy",
                                                 "aiohttp", "torch", "transformers")) -> dict:
+    # importlib.metadata parses every METADATA file it reads (~5 ms each): once per process,
+    # since a study writes hundreds of run.json files.
+    return dict(_package_versions(names))
+
+
+@functools.cache
+def _package_versions(names: tuple[str, ...]) -> dict:
     out: dict[str, str] = {"python": sys.version.split()[0]}
     for name in names:
         try:

@@ -55,6 +55,8 @@ class TimelineRecorder:
         warmup_end_ns: int | None = None,
         flush_interval_s: float = 0.5,
         background: bool = True,
+        session_id: np.ndarray | None = None,
+        turn: np.ndarray | None = None,
     ) -> None:
         n = len(request_id)
         self.n = n
@@ -66,6 +68,11 @@ class TimelineRecorder:
         self.seq_len = np.asarray(seq_len, np.int32)
         self.max_new_tokens = np.asarray(max_new_tokens, np.int32)
         self.scheduled_ns = scheduled_ns
+        # From the trace; NULL_I64 / NULL_I32 where a row belongs to no session.
+        self.session_id = (np.full(n, NULL_I64, np.int64) if session_id is None
+                           else np.asarray(session_id, np.int64))
+        self.turn = (np.full(n, NULL_I32, np.int32) if turn is None
+                     else np.asarray(turn, np.int32))
         self.warmup_end_ns = warmup_end_ns
         self.sent_ns = np.full(n, NULL_I64, np.int64)
         self.done_ns = np.full(n, NULL_I64, np.int64)
@@ -205,6 +212,8 @@ class TimelineRecorder:
             "worker": self._workers(idx),
             "warmup": pa.array(warmup, pa.bool_()),
             "itl_ns": sparse(self.itl_ns, pa.list_(pa.int64())),
+            "session_id": i64(self.session_id[idx]),
+            "turn": i32(self.turn[idx]),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 

@@ -12,6 +12,14 @@ requests due at the same wake-up leave in one burst.
 - closed loop (``concurrency``): N outstanding, arrival times ignored; ``scheduled_ns`` is the
   moment the request's slot became free.
 
+Sessions (trace rows with ``session_id``/``turn``): the first turn of a session leaves on the
+schedule like any row; turn k+1 is released only when turn k completes, ``think`` later, where
+``think = arrival_{k+1} − arrival_k`` (× time scale) from the trace: ``scheduled_ns`` of turn k+1
+= ``done_k + think`` (its latency excludes the think time but includes any slot wait). Released
+turns are timed by the event loop's timer and count against ``max_inflight``. A turn that ends
+in anything but ``ok`` stops its session: every later turn becomes a ``dropped`` row saying why,
+scheduled at the moment the session stopped.
+
 Per request the dispatcher stamps ``sent_ns`` right before handing the request to the backend,
 and ``done_ns`` when ``submit`` returns. Timeouts cancel the request's task (status ``timeout``);
 :meth:`Dispatcher.interrupt` (SIGINT/SIGTERM) cancels everything in flight (``cancelled``) and
@@ -27,19 +35,38 @@ out then are ``cancelled``.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 import numpy as np
 
 from traceforge.clock import RunClock
 from traceforge.record.recorder import (
     CANCELLED,
+    DROPPED,
     ERROR,
     NULL_I64,
+    OK,
     STATUS_CODE,
     TIMEOUT,
     TimelineRecorder,
 )
 from traceforge.replay.protocol import Backend, Outcome, Request
+from traceforge.schema import STATUSES
+
+
+def session_links(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(next_turn, prev_turn)``: per row, the row index of the same session's next / previous
+    turn in row order, -1 where none (rows with ``session_id == NULL_I64`` have no session)."""
+    n = len(session_id)
+    nxt = np.full(n, -1, np.int64)
+    prev = np.full(n, -1, np.int64)
+    rows = np.flatnonzero(session_id != NULL_I64)
+    if rows.size:
+        order = rows[np.argsort(session_id[rows], kind="stable")]  # each session in row order
+        same = session_id[order][1:] == session_id[order][:-1]
+        nxt[order[:-1][same]] = order[1:][same]
+        prev[order[1:][same]] = order[:-1][same]
+    return nxt, prev
 
 
 class Dispatcher:
@@ -82,10 +109,26 @@ class Dispatcher:
         # When a request was ready to leave, if later than scheduled (it waited for a slot).
         self.ready_ns = np.full(self.n, NULL_I64, np.int64)
         self.slot_waits = 0
-        self._slot_waiter: asyncio.Future | None = None
+        self._slot_waiters: deque[asyncio.Future] = deque()
         self._inflight: dict[int, asyncio.Task] = {}
+        self.launched = 0
+        # Sessions: follow-up turns leave when released by their previous turn (module doc).
+        self._sessions = bool((recorder.session_id != NULL_I64).any())
+        self._session_id = self._turn = None
+        self._turn_tasks: dict[int, asyncio.Task] = {}
+        if self._sessions:
+            nxt, prev = session_links(recorder.session_id)
+            self._next_turn = nxt.tolist()
+            self._walk = np.flatnonzero(prev < 0).tolist()  # rows the schedule sends
+            has_prev = prev >= 0
+            think = np.zeros(self.n, np.int64)
+            think[has_prev] = recorder.scheduled_ns[has_prev] - recorder.scheduled_ns[
+                prev[has_prev]]
+            self._think = think.tolist()
+            self._session_id = recorder.session_id.tolist()
+            self._turn = recorder.turn.tolist()
         self._expired: set[int] = set()
-        self.next_index = 0  # requests [0, next_index) have been handed to a task
+        self.next_index = 0  # rows [0, next_index) of the schedule walk have been handed out
         self.completed = 0
         self.stopping = False
         self.stopped_at_ns: int | None = None
@@ -114,28 +157,26 @@ class Dispatcher:
 
     async def _drain_window(self) -> None:
         """Wait for what is in flight, at most ``drain_timeout_s``; then cancel the rest."""
-        if not self._inflight:
-            return
         if self.drain_timeout_s is None:
             await self._wait_all()
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout_s
-        while self._inflight and (left := deadline - loop.time()) > 0:
-            tasks = list(self._inflight.items())
-            await asyncio.wait([t for _, t in tasks], timeout=left,
+        while (self._inflight or self._turn_tasks) and (left := deadline - loop.time()) > 0:
+            items = self._outstanding()
+            await asyncio.wait([t for _, _, t in items], timeout=left,
                                return_when=asyncio.FIRST_COMPLETED)
-            self._forget_done(tasks)
-        if self._inflight:
+            self._forget_done(items)
+        if self._inflight or self._turn_tasks:
             self.drain_expired = True
             await self.drain()
 
-    def _send_limit(self) -> int:
-        """Rows scheduled before ``--duration`` (offsets are sorted in open loop)."""
+    def _send_limit(self, walk) -> int:
+        """How many rows of the walk are scheduled before ``--duration`` (offsets sorted)."""
         if self.duration_ns is None:
-            return self.n
-        return int(np.searchsorted(np.asarray(self._offset, np.int64), self.duration_ns,
-                                   side="left"))
+            return len(walk)
+        offsets = np.asarray(self._offset, np.int64)[np.asarray(walk, np.int64)]
+        return int(np.searchsorted(offsets, self.duration_ns, side="left"))
 
     async def _open_loop(self) -> None:
         offset = self._offset
@@ -143,26 +184,32 @@ class Dispatcher:
         now = self.clock.now
         wait_until = self.pacer.wait_until
         capped = self.cap is not None
-        n = self._send_limit()
+        # The rows the schedule sends, in order: all of them, or without session follow-ups
+        # (those are released by their previous turn).
+        walk = self._walk if self._sessions else range(self.n)
+        n = self._send_limit(walk)
         end = None if self.duration_ns is None else origin + self.duration_ns
-        i = 0
-        while i < n:
-            target = origin + offset[i]
+        k = 0
+        while k < n:
+            target = origin + offset[walk[k]]
             if now() < target:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
             t = now()
-            while i < n and origin + offset[i] <= t:
+            while k < n and origin + offset[walk[k]] <= t:
+                i = walk[k]
                 if capped and len(self._inflight) >= self.cap:
                     self.slot_waits += 1
-                    self.ready_ns[i] = await self._wait_slot()
+                    # A loop: a released session turn may take the freed slot first.
+                    while len(self._inflight) >= self.cap:
+                        self.ready_ns[i] = await self._wait_slot()
                     t = now()
                     if end is not None and t >= end:  # --duration is over: stop sending
                         self.send_cut = True
                         return
                 self._launch(i)
-                i += 1
-                self.next_index = i
+                k += 1
+                self.next_index = k
 
     async def _closed_loop(self) -> None:
         scheduled = self.rec.scheduled_ns
@@ -184,14 +231,53 @@ class Dispatcher:
             self.next_index = i + 1
 
     async def _wait_slot(self) -> int:
-        self._slot_waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
         try:
-            return await self._slot_waiter
+            return await waiter
         finally:
-            self._slot_waiter = None
+            if waiter in self._slot_waiters:
+                self._slot_waiters.remove(waiter)
 
     def _launch(self, i: int) -> None:
+        self.launched += 1
         self._inflight[i] = asyncio.get_running_loop().create_task(self._serve(i))
+
+    # -- sessions ----------------------------------------------------------------------------
+    def _after_turn(self, i: int, status: int, done: int | None) -> None:
+        """Turn ``i`` is final: release the session's next turn, or stop the session."""
+        j = self._next_turn[i]
+        if j < 0 or self.stopping:  # after an interrupt, finalize_pending() settles the rest
+            return
+        if status == OK:
+            at = done + self._think[j]
+            self.rec.scheduled_ns[j] = at
+            self._offset[j] = at - self.origin_ns
+            self._turn_tasks[j] = asyncio.get_running_loop().create_task(self._release(j, at))
+            return
+        stopped = self.clock.now()
+        why = (f"session {self._session_id[i]} stopped: turn {self._turn[i]} ended "
+               f"{STATUSES[status]}")
+        while j >= 0:
+            self.rec.scheduled_ns[j] = stopped
+            self.rec.complete(j, DROPPED, None, None, why)
+            self.completed += 1
+            j = self._next_turn[j]
+
+    async def _release(self, j: int, at: int) -> None:
+        try:
+            if self.duration_ns is not None and at >= self.origin_ns + self.duration_ns:
+                return  # after --duration: not due (no row), like a trace row after it
+            delay = at - self.clock.now()
+            if delay > 0:
+                await asyncio.sleep(delay / 1e9)
+            if self.cap is not None and len(self._inflight) >= self.cap:
+                self.slot_waits += 1
+                while len(self._inflight) >= self.cap:
+                    self.ready_ns[j] = await self._wait_slot()
+            self._launch(j)
+        finally:
+            del self._turn_tasks[j]
 
     # -- one request -------------------------------------------------------------------------
     async def _serve(self, i: int) -> None:
@@ -203,6 +289,8 @@ class Dispatcher:
             request = Request(self._request_id[i], self._model[i], self._batch_size[i],
                               self._seq_len[i], self._max_new_tokens[i],
                               self.origin_ns + self._offset[i])
+            if self._sessions and self._session_id[i] != NULL_I64:
+                request.session_id, request.turn = self._session_id[i], self._turn[i]
             if self.timeout_s is not None:
                 timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire, i)
             rec.sent_ns[i] = now()
@@ -232,10 +320,15 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            waiter = self._slot_waiter  # set only while the dispatcher waits for a slot
-            if waiter is not None and not waiter.done():
-                waiter.set_result(now())
+            waiters = self._slot_waiters  # the first still waiting takes the freed slot
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(now())
+                    break
         rec.complete(i, status, done, outcome, error)
+        if self._sessions:
+            self._after_turn(i, status, done if done is not None else now())
 
     def _expire(self, i: int) -> None:
         task = self._inflight.get(i)
@@ -255,27 +348,31 @@ class Dispatcher:
         self.stopped_at_ns = self.clock.now()
         if cancel_main and self._main is not None:
             self._main.cancel()
-        for task in list(self._inflight.values()):
+        for task in [*self._inflight.values(), *self._turn_tasks.values()]:
             task.cancel()
 
     async def drain(self) -> None:
-        for task in list(self._inflight.values()):
+        for task in [*self._inflight.values(), *self._turn_tasks.values()]:
             task.cancel()
         await self._wait_all()
 
-    async def _wait_all(self) -> None:
-        while self._inflight:
-            tasks = list(self._inflight.items())
-            await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
-            self._forget_done(tasks)
+    def _outstanding(self) -> list[tuple[dict, int, asyncio.Task]]:
+        return [(d, k, t) for d in (self._inflight, self._turn_tasks) for k, t in d.items()]
 
-    def _forget_done(self, tasks) -> None:
-        for i, task in tasks:
-            # A task cancelled before its first step never ran _serve (nor its finally): forget
-            # it here, or the waits would spin forever. Its row, unsent, is finalised by
+    async def _wait_all(self) -> None:
+        while self._inflight or self._turn_tasks:
+            items = self._outstanding()
+            await asyncio.gather(*(t for _, _, t in items), return_exceptions=True)
+            self._forget_done(items)
+
+    @staticmethod
+    def _forget_done(items) -> None:
+        for d, k, task in items:
+            # A task cancelled before its first step never ran its body (nor its finally):
+            # forget it here, or the waits would spin forever. Its row, unsent, is finalised by
             # finalize_pending (dropped).
-            if task.done() and self._inflight.get(i) is task:
-                del self._inflight[i]
+            if task.done() and d.get(k) is task:
+                del d[k]
 
     def due_mask(self) -> np.ndarray:
         """Rows whose time had come: all in a finished run; not those scheduled at or after

@@ -47,6 +47,11 @@ class ReplayOptions:
     # at most this long for in-flight requests (None: until they finish).
     duration_s: float | None = None
     drain_timeout_s: float | None = None
+    # Sample this Prometheus text endpoint during the run into server_metrics.parquet
+    # (replay/scrape.py); warnings, never failures, when it is dead or malformed.
+    scrape_url: str | None = None
+    scrape_interval_s: float = 0.5
+    rate: dict[str, Any] | None = None  # what --rate did (replay/rate.py), kept in run.json
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:
@@ -72,6 +77,9 @@ class ReplayOptions:
         if (not isinstance(self.warmup_s, (int, float)) or not math.isfinite(self.warmup_s)
                 or self.warmup_s < 0):
             raise BadInput("must be >= 0", key="--warmup", value=self.warmup_s)
+        from traceforge.limits import check_seconds
+
+        check_seconds(self.warmup_s, key="--warmup")  # it becomes an int64 ns bound
         if self.concurrency is not None and self.max_inflight is not None:
             raise BadInput("--concurrency (closed loop) and --max-inflight (open loop cap) "
                            "exclude each other", key="--max-inflight", value=self.max_inflight)
@@ -87,6 +95,9 @@ class ReplayOptions:
             if importlib.util.find_spec("uvloop") is None:
                 raise BadInput("uvloop is not installed (pip install uvloop)",
                                key="--event-loop", value="uvloop")
+        from traceforge.replay.scrape import check_url
+
+        check_url(self.scrape_url, self.scrape_interval_s)
         if not (0 <= self.spin_margin_ms <= 100):
             raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
         if not (0 < self.flush_interval_s <= 1.0):

@@ -30,6 +30,8 @@ class Request:
     seq_len: int
     max_new_tokens: int
     scheduled_ns: int
+    session_id: int | None = None  # multi-turn sessions (docs/replay.md); None = no session
+    turn: int | None = None
 
 
 @dataclass(slots=True)

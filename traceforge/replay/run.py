@@ -25,8 +25,9 @@ import numpy as np
 from traceforge import paths
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput, RunFailure
+from traceforge.limits import scaled_ns
 from traceforge.record.manifest import RunManifest
-from traceforge.record.recorder import NULL_I64, TimelineRecorder
+from traceforge.record.recorder import NULL_I32, NULL_I64, TimelineRecorder
 from traceforge.replay.dispatcher import Dispatcher
 from traceforge.replay.loop import describe_loop
 from traceforge.replay.options import ReplayOptions, RunSummary
@@ -56,19 +57,24 @@ def _output_inputs(trace: Trace) -> list[tuple[str, Path | None]]:
     return [("the trace being replayed", trace.path)]
 
 
+def event_loop_factory(event_loop: str):
+    """The ``asyncio.Runner`` loop factory for ``--event-loop`` (None: stock asyncio)."""
+    if event_loop in ("auto", "precise"):
+        from traceforge.replay.loop import new_event_loop
+
+        return new_event_loop
+    if event_loop == "uvloop":
+        import uvloop  # presence checked by ReplayOptions.validate()
+
+        return uvloop.new_event_loop
+    return None
+
+
 def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
                options: ReplayOptions | None = None) -> RunSummary:
     """Synchronous entry point: owns the event loop (``options.event_loop``)."""
     options = (options or ReplayOptions()).validate()
-    factory = None
-    if options.event_loop in ("auto", "precise"):
-        from traceforge.replay.loop import new_event_loop
-
-        factory = new_event_loop
-    elif options.event_loop == "uvloop":
-        import uvloop  # presence checked by validate()
-
-        factory = uvloop.new_event_loop
+    factory = event_loop_factory(options.event_loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(replay_async(trace, run_dir, backend, options))
 
@@ -87,6 +93,11 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     if missing:
         raise BadInput("trace models without a model entry", key="models",
                        value=",".join(missing), allowed=",".join(sorted(known)))
+    from traceforge.replay.rate import check_schedule
+
+    check_schedule(trace, options.time_scale,
+                   key="--rate" if options.rate else "--time-scale",
+                   value=(options.rate or {}).get("rate"))
     trace_info = {"path": str(trace.path) if trace.path else None,
                   "sha256": sha256_file(trace.path) if trace.path else None,
                   "rows": trace.table.num_rows, "meta": trace.meta}
@@ -96,6 +107,13 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     model_names = encoded.dictionary.to_pylist()
     arrival_ns = table.column("arrival_ns").to_numpy()
 
+    if options.concurrency and table.column("session_id").null_count < table.num_rows:
+        raise BadInput("a trace with sessions replays open loop (each session is closed loop "
+                       "by itself); use --max-inflight to cap what is in flight",
+                       key="--concurrency", value=options.concurrency)
+    bind = getattr(backend, "bind_trace", None)
+    if bind is not None:  # backends that build inputs from the whole trace (prompts.py)
+        bind(trace)
     clock = clock or RunClock()
     # Claimed exclusively before anything is started: a second run into it exits 2.
     claim = paths.claim_run_dir(run_dir, inputs=_output_inputs(trace))
@@ -122,7 +140,8 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
     if options.concurrency:
         offsets = np.zeros(len(arrival_ns), np.int64)  # filled in as slots free up
     else:
-        offsets = np.rint(arrival_ns * options.time_scale).astype(np.int64)
+        offsets = scaled_ns(arrival_ns, options.time_scale, key="--time-scale",
+                            value=options.time_scale)  # refuses what would wrap int64
     recorder = TimelineRecorder(
         run_dir,
         request_id=table.column("request_id").to_numpy(),
@@ -133,6 +152,8 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         max_new_tokens=table.column("max_new_tokens").to_numpy(),
         scheduled_ns=offsets,  # made absolute by Dispatcher.run(origin_ns)
         flush_interval_s=options.flush_interval_s,
+        session_id=table.column("session_id").fill_null(NULL_I64).to_numpy(),
+        turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
@@ -167,11 +188,20 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
                                "schedule_origin_ns": origin_ns,
                                "time_scale": options.time_scale})
     manifest.write()
+    scraper = None
+    if options.scrape_url:
+        from traceforge.replay.scrape import MetricsScraper
+
+        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock)
+        scraper.start()
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
             dispatcher, recorder, manifest, backend, pacer, progress_task, options,
-            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir)
+            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
+            scraper=scraper)
     finally:
+        if scraper is not None:
+            scraper.stop()
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -188,7 +218,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
 async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
                                manifest: RunManifest, backend: Backend, pacer, progress_task,
                                options: ReplayOptions, *, n_rows: int, received: list[str],
-                               loop, run_dir: Path):
+                               loop, run_dir: Path, scraper=None):
     status, failure, cancelled = "complete", None, False
     started = time.perf_counter()
     try:
@@ -252,6 +282,12 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         extra["dropped_unsent"] = finals["dropped"]
     if failure is not None:
         extra["error"] = f"{type(failure).__name__}: {failure}"
+    if scraper is not None:
+        scraper.stop()
+        try:
+            extra["scrape"] = scraper.summary(scraper.write(run_dir))
+        except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
+            extra["scrape"] = {**scraper.summary(0), "write_error": str(exc)}
     manifest.finish(status, **extra)
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
@@ -304,11 +340,11 @@ async def _show_progress(dispatcher: Dispatcher) -> None:
         try:
             while True:
                 progress.update(task, completed=dispatcher.completed,
-                                sent=dispatcher.next_index,
-                                inflight=dispatcher.next_index - dispatcher.completed)
+                                sent=dispatcher.launched,
+                                inflight=dispatcher.launched - dispatcher.completed)
                 progress.refresh()
                 await asyncio.sleep(0.25)
         finally:
-            progress.update(task, completed=dispatcher.completed, sent=dispatcher.next_index,
-                            inflight=dispatcher.next_index - dispatcher.completed)
+            progress.update(task, completed=dispatcher.completed, sent=dispatcher.launched,
+                            inflight=dispatcher.launched - dispatcher.completed)
             progress.refresh()

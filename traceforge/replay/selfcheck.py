@@ -8,6 +8,7 @@ is left is the generator's own delay.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -70,10 +71,29 @@ def self_check(
             problems.append(f"achieved {ratio:.1%} of the target rate")
     if problems:
         out["generator_limited"] = True
+        out["problems"] = problems
+        out["cause"] = limiting_cause()
         out["warning"] = ("the load generator, not the target, limited this run ("
-                          + "; ".join(problems) + "): latencies include generator delay; "
-                          "lower the rate (--time-scale), free CPU, or try --pacer")
+                          + "; ".join(problems) + "): " + out["cause"] + "; latencies include "
+                          "generator delay; lower the rate (--rate, --time-scale), free CPU, or "
+                          "try --pacer")
     return out
+
+
+def limiting_cause() -> str:
+    """What most likely held the pacer back, from the machine's state at the end of the run:
+    an oversubscribed CPU (the pacer waited for a core) or, failing that, the generator's own
+    per-request work."""
+    try:
+        load = os.getloadavg()[0]
+        cpus = len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return "cause unknown (no load average on this platform)"
+    if load > cpus:
+        return (f"the CPU was oversubscribed (load average {load:.1f} on {cpus} cores, any "
+                "worker processes of this run included), so the pacer waited for a core")
+    return (f"the CPU was not oversubscribed (load average {load:.1f} on {cpus} cores), so the "
+            "generator's own work per request (event loop, backend client) was the limit")
 
 
 def format_self_check(check: dict[str, Any]) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from traceforge.errors import BadInput, RunFailure
-from traceforge.schema import TRACE_SCHEMA, read_trace, write_trace
+from traceforge.schema import conform_trace_table, read_trace, write_trace
 from traceforge.simulate.profile import MODES, PROFILE_SCHEMA_ID, corun_key
 
 Log = Callable[[str], None]
@@ -300,14 +300,14 @@ class _Phase:
 
     def table(self) -> pa.Table:
         n = len(self.models)
-        return pa.table({
+        return conform_trace_table(pa.table({
             "request_id": np.arange(n, dtype=np.int64),
             "arrival_ns": np.zeros(n, np.int64),
             "model": self.models,
             "batch_size": np.asarray(self.batch_size, np.int32),
             "seq_len": np.asarray(self.seq_len, np.int32),
             "max_new_tokens": np.asarray(self.new_tokens, np.int32),
-        }, schema=TRACE_SCHEMA)
+        }))
 
 
 def measure_profile(settings: ProfileSettings, *, command: str | None = None,

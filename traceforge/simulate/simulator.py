@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
+from traceforge.limits import check_seconds, scaled_ns
 from traceforge.paths import check_run_dir, claim_run_dir
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
@@ -83,6 +84,7 @@ def simulate(
     time_scale: float = 1.0,
     warmup_s: float = 0.0,
     cold_start: bool = True,
+    rate: str | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
 
@@ -106,11 +108,16 @@ def simulate(
         raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
     if not (math.isfinite(warmup_s) and warmup_s >= 0):
         raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
+    check_seconds(warmup_s, key="--warmup")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
     if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
 
+    from traceforge.replay.rate import apply_rate
+
+    trace, time_scale, rate_info = apply_rate(trace, rate, time_scale)  # --rate (replay/rate.py)
     table = trace.table
     scheduled = _scheduled_ns(table.column("arrival_ns").to_numpy(), time_scale)
     codes, names = _model_codes(table)
@@ -127,9 +134,11 @@ def simulate(
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
                            value=service_dist, allowed=", ".join(SERVICE_DISTS))
-        result = _simulate_null(scheduled, codes, names,
-                                table.column("max_new_tokens").to_numpy(), servers=servers,
-                                service_ns=service_ms * 1e6, dist=service_dist, seed=seed)
+        new_tokens = table.column("max_new_tokens").to_numpy()
+
+        def run_once(sched, perm):
+            return _simulate_null(sched, codes[perm], names, new_tokens[perm], servers=servers,
+                                  service_ns=service_ms * 1e6, dist=service_dist, seed=seed)
         describe = {"name": "simulate", "service_model": "null", "servers": servers,
                     "service_ms": service_ms, "service_dist": service_dist, "seed": seed}
         device = "none"
@@ -141,9 +150,11 @@ def simulate(
                            allowed=", ".join(profile.modes))
         profile.mode(mode, source=profile.path)
         mapping = _map_models(names, trace, profile)
-        result = _simulate_profile(table, scheduled, codes, names, mapping, profile, mode,
-                                   max_batch=max_batch, max_wait_ns=max_wait_ms * 1e6,
-                                   seed=seed, cold_start=cold_start)
+        def run_once(sched, perm):
+            return _simulate_profile(table.take(perm), sched, codes[perm], names, mapping,
+                                     profile, mode, max_batch=max_batch,
+                                     max_wait_ns=max_wait_ms * 1e6, seed=seed,
+                                     cold_start=cold_start)
         describe = {"name": "simulate", "service_model": "profile", "mode": mode,
                     "profile": {"path": str(profile.path) if profile.path else None,
                                 "sha256": (sha256_file(profile.path)
@@ -155,6 +166,7 @@ def simulate(
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
+    scheduled, result, session_info = _with_sessions(table, scheduled, run_once)
     out = _timeline_table(table, scheduled, result, warmup_ns=round(warmup_s * 1e9))
     n = table.num_rows
     self_check = {"send_lag_us": {"p50": 0.0, "p99": 0.0, "max": 0.0},
@@ -170,7 +182,7 @@ def simulate(
         mode=mode,
         device=device,
         options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
-                 "max_inflight": None, "timeout_s": None, "seed": seed},
+                 "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info},
         trace={"path": str(trace.path) if trace.path else None,
                "sha256": sha256_file(trace.path) if trace.path else None,
                "rows": table.num_rows, "meta": trace.meta},
@@ -183,7 +195,8 @@ def simulate(
         writer.close()
         elapsed = time.perf_counter() - t_wall
         manifest.finish("complete", counts=counts, self_check=self_check,
-                        simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s})
+                        simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s,
+                                    **session_info})
     except BaseException as exc:
         with contextlib.suppress(Exception):  # leave a readable "failed", never "running"
             manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
@@ -195,12 +208,59 @@ def simulate(
 
 
 # -- building blocks ----------------------------------------------------------------------------
+MAX_SESSION_ROUNDS = 500
+
+
+def _with_sessions(table: pa.Table, scheduled: np.ndarray, run_once):
+    """Run the service model; for a trace with sessions, with replay's release rule.
+
+    ``run_once(sched, perm)`` simulates rows ``perm`` (sorted by ``sched``). Without sessions
+    that is one call. With sessions, turn k+1 is scheduled at ``done_k + think`` (think = the
+    nominal arrival gap, × time scale), which depends on the simulation itself: the schedule is
+    iterated to a fixed point, starting from the nominal times (a lower bound). With FIFO
+    workers a row's completion depends only on rows scheduled before it, so each round settles
+    the rows up to the next release; rounds stop when the schedule no longer changes (run.json
+    ``simulation.session_rounds``). A schedule that never settles fails the simulation rather
+    than guess.
+    """
+    from traceforge.record.recorder import NULL_I64
+    from traceforge.replay.dispatcher import session_links
+
+    n = table.num_rows
+    sid = table.column("session_id").fill_null(NULL_I64).to_numpy()
+    if n == 0 or not (sid != NULL_I64).any():
+        perm = np.arange(n)
+        return scheduled, run_once(scheduled, perm), {}
+    _, prev = session_links(sid)
+    follow = np.flatnonzero(prev >= 0)
+    think = scheduled[follow] - scheduled[prev[follow]]
+    sched = scheduled.copy()
+    for rounds in range(1, MAX_SESSION_ROUNDS + 1):
+        perm = np.argsort(sched, kind="stable")
+        r = _unpermute(run_once(sched[perm], perm), perm)
+        new = sched.copy()
+        new[follow] = r.done_ns[prev[follow]] + think
+        if np.array_equal(new, sched):
+            return sched, r, {"session_rounds": rounds}
+        sched = new
+    raise RuntimeError(f"session schedule did not settle in {MAX_SESSION_ROUNDS} rounds")
+
+
+def _unpermute(r: SimResult, perm: np.ndarray) -> SimResult:
+    """Results computed for rows ``perm`` back in trace order."""
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+
+    def back(a):
+        return None if a is None else (a.take(pa.array(inv)) if isinstance(a, pa.Array)
+                                       else a[inv])
+
+    return SimResult(**{f: back(getattr(r, f)) for f in SimResult.__dataclass_fields__})
+
 
 def _scheduled_ns(arrival_ns: np.ndarray, time_scale: float) -> np.ndarray:
-    arrival = np.asarray(arrival_ns, dtype=np.int64)
-    if time_scale == 1.0:
-        return arrival.copy()
-    return np.rint(arrival * float(time_scale)).astype(np.int64)
+    return scaled_ns(np.asarray(arrival_ns, dtype=np.int64), float(time_scale),
+                     key="--time-scale", value=time_scale)
 
 
 def _model_codes(table: pa.Table) -> tuple[np.ndarray, list[str]]:
@@ -451,5 +511,7 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "worker": r.worker if r.worker is not None else pa.nulls(n, pa.string()),
         "warmup": pa.array(scheduled < warmup_ns, pa.bool_()),
         "itl_ns": pa.nulls(n, f("itl_ns").type),
+        "session_id": trace.column("session_id"),
+        "turn": trace.column("turn"),
     }
     return pa.table(columns, schema=TIMELINE_SCHEMA)

@@ -211,14 +211,27 @@ class LoadedModel:
                     f"{e.max_positions} positions of {e.name}")
         return None
 
-    def synthesise(self, batch_size: int, seq_len: int):
+    def synthesise(self, batch_size: int, seq_len: int, request_ids=None, *,
+                   batch_sizes=None, prefix_blocks=None, block_tokens: int | None = None):
+        """Inputs for ``batch_size`` rows. Text models given ``request_ids`` take the same token
+        ids as HTTP prompts (:func:`traceforge.prompts.model_token_ids`: unique per request,
+        identical over equal prefix blocks); rows beyond the requests' items (bucket padding)
+        and calls without ids get ids from the model's seeded generator."""
         import torch
 
         if self.entry.kind == "vision":
             return torch.randn((batch_size, 3, seq_len, seq_len), device=self.device,
                                dtype=self.torch_dtype, generator=self.generator)
-        return torch.randint(0, self.vocab_size, (batch_size, seq_len), device=self.device,
-                             generator=self.generator)
+        ids = torch.randint(0, self.vocab_size, (batch_size, seq_len), device=self.device,
+                            generator=self.generator)
+        if request_ids is not None:
+            from traceforge.prompts import model_token_ids
+
+            rows = model_token_ids(self.vocab_size, request_ids, seq_len,
+                                   batch_sizes=batch_sizes, prefix_blocks=prefix_blocks,
+                                   block_tokens=block_tokens)[:batch_size]
+            ids[: len(rows)] = torch.from_numpy(rows).to(self.device)
+        return ids
 
     def run(self, batch_size: int, seq_len: int, max_new_tokens: int, *,
             label: str | None = None) -> RunStats:

@@ -26,6 +26,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ PROCESS_MODES = ("timeslice", "mps")
 PER_PROCESS_OVERHEAD_BYTES = 1 << 30
 WORKER_START_TIMEOUT_S = 600.0
 PING_SAMPLES = 200
+# CPU worker processes run at this niceness so the dispatcher's pacer gets a core the moment it
+# needs one (worker.py explains the measurement; docs/replay.md "CPU workers").
+CPU_WORKER_NICE = 10
 
 
 def from_options(opts: dict[str, Any]) -> ResidentBackend:
@@ -60,6 +64,9 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     if not isinstance(max_wait_ms, (int, float)) or not 0 <= max_wait_ms < float("inf"):
         raise BadInput("must be a number >= 0", key="--max-wait-ms", value=max_wait_ms)
     max_wait_ms = float(max_wait_ms)
+    from traceforge.limits import check_seconds
+
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
     sm_percent = dict(opts.get("sm_percent") or {})
     for model, pct in sm_percent.items():
         if not isinstance(pct, int) or not 1 <= pct <= 100:
@@ -80,7 +87,8 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
     return ResidentBackend(mode=mode, device=device, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, sm_percent=sm_percent, zoo=zoo,
                            telemetry=bool(opts.get("telemetry", True)),
-                           run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0))
+                           run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0),
+                           status=opts.get("status"))
 
 
 class ResidentBackend:
@@ -89,7 +97,8 @@ class ResidentBackend:
     def __init__(self, *, mode: str = "exclusive", device: str = "cpu", max_batch: int = 1,
                  max_wait_ms: float = 0.0, sm_percent: dict[str, int] | None = None,
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
-                 run_dir: str | os.PathLike | None = None, seed: int = 0) -> None:
+                 run_dir: str | os.PathLike | None = None, seed: int = 0,
+                 status: Any = None) -> None:
         from traceforge.gpu.cuda import parse_device
 
         self.mode = mode
@@ -105,6 +114,8 @@ class ResidentBackend:
         self.telemetry_enabled = telemetry
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
+        # status(line): progress while models load (the CLI prints it to stderr), else silent
+        self.status = status or (lambda line: None)
         self.models: dict[str, str] = {}  # trace model -> zoo entry
         self._executors: dict[str, Any] = {}  # trace model -> Executor (in-process modes)
         self._workers: dict[str, Any] = {}  # trace model -> WorkerProcess (process modes)
@@ -135,10 +146,14 @@ class ResidentBackend:
         self._info["gpu"] = self._gpu_facts()
         _versions()  # read package metadata now, not when the dispatcher is about to send
         self._start_telemetry()
+        self.status(f"loading {len(self.models)} model(s) on {self.device} ({self.mode}): "
+                    + ", ".join(f"{n} = {z}" for n, z in self.models.items()))
+        started = time.perf_counter()
         if self.mode in PROCESS_MODES:
             await self._start_workers()
         else:
             await asyncio.to_thread(self._start_in_process)
+            self.status(f"    all models ready in {time.perf_counter() - started:.1f} s")
 
     def _check_fits(self, weights: int) -> None:
         from traceforge.gpu.cuda import free_memory_bytes
@@ -225,11 +240,19 @@ class ResidentBackend:
             cfg = {"models": {name: zoo}, "device": self.device, "seed": self.seed + i,
                    "t0_ns": self.clock.t0_ns, "worker": f"{self.mode}-{name}",
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
-                   "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads}
+                   "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads,
+                   "cpu_nice": CPU_WORKER_NICE}
             self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
         self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
-        await asyncio.gather(*(w.start(WORKER_START_TIMEOUT_S) for w in self._workers.values()))
+        started = time.perf_counter()
+
+        async def start(w) -> None:
+            await w.start(WORKER_START_TIMEOUT_S)
+            self.status(f"    {w.name} ({self.models[w.name]}) ready in "
+                        f"{time.perf_counter() - started:.1f} s (worker pid {w.pid})")
+
+        await asyncio.gather(*(start(w) for w in self._workers.values()))
         self._info["models"] = {n: {**w.info["models"][n], "pid": w.pid}
                                 for n, w in self._workers.items()}
         self._live("workers", self._worker_states())

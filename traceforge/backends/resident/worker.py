@@ -15,6 +15,7 @@ can never outlive its dispatcher.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -68,8 +69,19 @@ def main(argv: list[str]) -> int:
 
         from traceforge.backends.resident.executor import Executor, Job
 
-        if cfg["device"] == "cpu" and cfg.get("cpu_threads"):
-            torch.set_num_threads(cfg["cpu_threads"])
+        if cfg["device"] == "cpu":
+            # CPU workers compete with the dispatcher for the same cores. At equal priority the
+            # pacer waited for a core whenever the workers were busy: on the 2-core demo
+            # machine send lag p99 rose from 8 ms (no worker busy) to 297 ms (3 busy)
+            # (docs/replay.md, "CPU workers"). Lower priority lets the pacer in at once; the
+            # contention then shows where it belongs, in the workers' service times.
+            if cfg.get("cpu_nice"):
+                os.nice(cfg["cpu_nice"])
+            if cfg.get("cpu_threads"):
+                torch.set_num_threads(cfg["cpu_threads"])
+                # no idle inter-op pool per worker; RuntimeError: already set, keep going
+                with contextlib.suppress(RuntimeError):
+                    torch.set_num_interop_threads(1)
         loaded, info = build_resident(cfg["models"], cfg["device"], cfg["seed"])
     except Exception as exc:
         send(("fail", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]))

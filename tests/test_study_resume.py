@@ -1,0 +1,188 @@
+"""Study directory life cycle: kill -9 in the middle, then --resume; a changed spec; a second
+study into the same directory; Ctrl-C (SIGINT) exits 130 with study.json consistent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trace_cli_helpers import REPO, assert_one_line_error, run_cli
+
+STUDY = """
+name = "resume"
+backend = "simulate"
+repeats = 2
+seed = 3
+duration_s = 4.0
+[mixes.a.models.m]
+arrival = { process = "poisson", rate = 60.0 }
+[mixes.b.models.m]
+arrival = { process = "gamma", rate = 60.0, cv = 3.0 }
+[axes]
+load = [0.5, 1.0, 1.5]
+servers = [1, 2]
+[options]
+service_ms = 8.0
+[capacity]
+slo = { metric = "p99", ms = 60.0 }
+tolerance = 0.05
+repeats = 1
+"""
+STABLE = ("name", "kind", "mix", "coords", "repeat", "seed", "load", "status", "run_dir",
+          "backend", "error", "outcome")
+
+
+def cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "traceforge", "study", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def study_json(path: Path) -> dict:
+    return json.loads((path / "study.json").read_text())
+
+
+def stable(data: dict) -> tuple[list, list]:
+    # in study.json's own order: a resumed study must list cells exactly as an uninterrupted one
+    return [{k: c.get(k) for k in STABLE} for c in data["cells"]], data["capacity"]
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def wait_for_complete(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            done = study_json(path)["counts"].get("complete", 0)
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("study did not progress")
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_study(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY)
+    full = tmp_path / "full"
+    proc = cli(str(spec), "-o", str(full))
+    assert proc.wait(timeout=300) == 0, proc.communicate()
+
+    killed = tmp_path / "killed"
+    proc = cli(str(spec), "-o", str(killed))
+    wait_for_complete(killed, 6, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    before = study_json(killed)
+    assert before["status"] == "running"  # it really died mid-study
+    complete = [c["name"] for c in before["cells"] if c["status"] == "complete"]
+    assert 6 <= len(complete) < len(stable(study_json(full))[0])
+    kept = {n: tree_hashes(killed / "cells" / n) for n in complete}
+
+    proc = cli(str(spec), "-o", str(killed), "--resume")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    after = study_json(killed)
+    assert after["status"] == "complete" and after["resumed"] == 1
+    for name, hashes in kept.items():  # complete cells untouched, byte for byte
+        assert tree_hashes(killed / "cells" / name) == hashes
+    assert stable(after) == stable(study_json(full))
+    assert not (killed / ".lock").exists() and not (killed / ".scratch").exists()
+    # every cell directory listed is there, and nothing else
+    assert sorted(p.name for p in (killed / "cells").iterdir()) == sorted(
+        c["name"] for c in after["cells"])
+
+
+def test_changed_spec_is_refused_naming_the_keys(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
+        "servers = [1, 2]", "servers = [1]"))
+    out = tmp_path / "o"
+    code, _, err = run_cli(["study", spec, "-o", out], capsys)
+    assert code == 0, err
+    snapshot = tree_hashes(out)
+    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
+        "servers = [1, 2]", "servers = [1]").replace("ms = 60.0", "ms = 70.0"))
+    code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
+    assert_one_line_error(code, err, "spec changed", "capacity.slo.ms")
+    code, _, err = run_cli(["study", spec, "-o", out], capsys)  # no --resume: non-empty dir
+    assert_one_line_error(code, err, "not empty", "--resume")
+    assert tree_hashes(out) == snapshot
+
+
+def test_a_second_study_into_a_claimed_directory_exits_2(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
+        "servers = [1, 2]", "servers = [1]"))
+    out = tmp_path / "o"
+    code, _, err = run_cli(["study", spec, "-o", out], capsys)
+    assert code == 0, err
+    import socket
+
+    # A live owner (this test process) holds the lock: --resume must not take it over.
+    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
+    assert_one_line_error(code, err, "in use by another study", str(os.getpid()))
+    # A dead owner's lock is taken over by --resume (nothing left to do: all complete).
+    (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
+    assert code == 0, err
+    assert not (out / ".lock").exists()
+
+
+def test_sigint_exits_130_and_resume_finishes(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY)
+    out = tmp_path / "o"
+    proc = cli(str(spec), "-o", str(out))
+    wait_for_complete(out, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    data = study_json(out)
+    assert data["status"] == "interrupted"
+    assert "running" not in data["counts"]
+    assert not (out / ".lock").exists()
+    proc = cli(str(spec), "-o", str(out), "--resume")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert study_json(out)["counts"] == {"complete": len(study_json(out)["cells"])}
+
+
+def test_sigterm_between_or_during_replay_cells_exits_130(tmp_path):
+    # null backend: real-time replays, whose loop signal handlers come and go with each cell
+    spec = tmp_path / "s.toml"
+    spec.write_text("""
+name = "term"
+backend = "null"
+duration_s = 0.4
+[mixes.a.models.m]
+arrival = { process = "poisson", rate = 50.0 }
+[axes]
+load = [0.5, 1.0, 1.5, 2.0]
+servers = [1, 2, 3]
+[options]
+service_ms = 2.0
+pacer = "sleep"
+""")
+    out = tmp_path / "o"
+    proc = cli(str(spec), "-o", str(out))
+    wait_for_complete(out, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    data = study_json(out)
+    assert data["status"] == "interrupted"
+    assert data["counts"].get("complete", 0) >= 3 and "running" not in data["counts"]
+    assert data["counts"].get("complete", 0) < len(data["cells"])

@@ -1,0 +1,79 @@
+"""``traceforge study STUDY.toml -o STUDY_DIR``: a matrix of runs and capacity searches.
+
+Validation (the spec, every configuration's options, the directory) happens before anything is
+written (exit 2). Exit codes: 0 every cell complete, 1 some cell failed (each is recorded in
+study.json with its error), 130 interrupted (study.json says which cell; ``--resume`` goes on).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from traceforge.errors import BadInput
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        gpus = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput("expected GPU indices like 0,1", key="--gpus", value=text) from None
+    if not gpus or any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise BadInput("expected distinct GPU indices like 0,1", key="--gpus", value=text)
+    return gpus
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("study")
+    def study(
+        spec_path: Path = typer.Argument(..., metavar="STUDY.toml", help="Study spec (TOML)."),
+        out: Path = typer.Option(..., "-o", "--output", "--out",
+                                 help="Study directory to create."),
+        resume: bool = typer.Option(False, "--resume",
+                                    help="Continue a study: redo only cells not complete."),
+        backend: str = typer.Option(None, "--backend",
+                                    help="simulate | null | http | resident (overrides the "
+                                         "spec's)."),
+        executor: str = typer.Option("local", "--executor", help="local | ray"),
+        gpus: str = typer.Option(None, "--gpus", help="Local executor: GPU indices, e.g. 0,1."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address."),
+        progress: bool = typer.Option(None, "--progress/--no-progress",
+                                      help="Progress bar (default: on when stderr is a TTY)."),
+        dry_run: bool = typer.Option(False, "--dry-run",
+                                     help="Validate and print the plan (groups, cells, replay "
+                                          "time); write nothing."),
+    ) -> None:
+        """Run every cell of a study (mixes × axes × repeats) and its capacity searches."""
+        from traceforge.study.engine import run_study
+        from traceforge.study.executor import make_executor
+        from traceforge.study.spec import load_study
+
+        spec = load_study(spec_path, backend=backend)
+        if dry_run:
+            from traceforge.study.plan import describe_plan
+
+            typer.echo(describe_plan(spec))
+            return
+        impl = make_executor(executor, gpus=parse_gpus(gpus), address=address)
+        try:
+            result = run_study(spec, out, resume=resume, executor=impl,
+                               progress=sys.stderr.isatty() if progress is None else progress)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted; what was recorded is in {out}/study.json "
+                       f"(continue with --resume)", err=True)
+            raise typer.Exit(130) from None
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items()))
+        typer.echo(f"study {result['status']}: {counts} -> {out}", err=True)
+        for cap in result["capacity"]:
+            if cap["kind"] != "capacity":
+                continue
+            config = ", ".join(f"{k}={v}" for k, v in cap["config"].items()) or "-"
+            load = "none" if cap["load"] is None else f"{cap['load']:.4g}"
+            typer.echo(f"capacity {cap['mix']} [{config}] r{cap['repeat']}: {load} "
+                       f"(bracket {cap['low']}..{cap['high']})", err=True)
+        if result["status"] != "complete":
+            raise typer.Exit(1)
