@@ -78,6 +78,11 @@ TIMELINE_SCHEMA = pa.schema(
         _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
         _f("session_id", pa.int64(), True, "", "from the trace"),
         _f("turn", pa.int32(), True, "", "from the trace"),
+        _f("conn_wait_ns", pa.int64(), True, "ns",
+           "http: waiting for a pooled connection (--max-connections)"),
+        _f("connect_ns", pa.int64(), True, "ns", "http: opening a new connection; 0 = reused"),
+        _f("truncated", pa.bool_(), True, "",
+           "http stream ended short of max_new_tokens without [DONE] (status stays ok)"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )

@@ -103,6 +103,9 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
         "timeouts": counts["timeout"],
         "cancelled": counts["cancelled"],
         "dropped": counts["dropped"],
+        # ok rows whose stream ended short without [DONE] (http; 0 where not recorded)
+        "truncated": (int(np.count_nonzero(run.col("truncated")[rows]))
+                      if "truncated" in run.table.column_names else 0),
         "status_counts": {**counts, **({"other": unknown} if unknown else {})},
         # offered: over the arrival window (first to last scheduled send), not the drain
         "offered_rps": (count / arrival_s if arrival_s else
@@ -354,6 +357,10 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         notes.append(f"run status is {status!r}: the report covers the requests recorded")
     if run.n == 0:
         notes.append("the timeline has no rows")
+    for name, m in models.items():
+        if m.get("truncated"):
+            notes.append(f"{name}: {m['truncated']} streamed responses were TRUNCATED (the "
+                         "stream ended short of max_new_tokens without [DONE]; counted ok)")
     lost = lost_rows_note(manifest, run.n)
     if lost:
         notes.append(lost)

@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
                                        help="Stop sending at S s of the schedule."),
         drain_timeout: float = typer.Option(None, "--drain-timeout", help="Then wait at most "
                                             "S s for in-flight requests (then cancelled)."),
+        max_connections: int = typer.Option(None, "--max-connections", help="http: connection "
+                                            "pool bound (default: from the open-file limit)."),
         warmup: float = typer.Option(0.0, "--warmup",
                                      help="Seconds at the start whose rows are flagged warmup."),
         progress: bool = typer.Option(None, "--progress/--no-progress",
@@ -155,6 +157,7 @@ def register(app: typer.Typer) -> None:
                 "body_template": body_template, "headers": parse_headers(header),
                 "stream": stream, "ignore_eos": ignore_eos,
                 "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
+                "max_connections": max_connections,
             }
             from traceforge.backends.http import from_options
 
