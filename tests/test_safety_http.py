@@ -13,7 +13,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from replay_helpers import make_trace
 from trace_cli_helpers import REPO

@@ -514,6 +514,6 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "session_id": trace.column("session_id"),
         "turn": trace.column("turn"),
     }
-    for field in TIMELINE_SCHEMA:  # columns only a real backend knows (http timing...): null
-        columns.setdefault(field.name, pa.nulls(n, field.type))
+    for fld in TIMELINE_SCHEMA:  # columns only a real backend knows (http timing...): null
+        columns.setdefault(fld.name, pa.nulls(n, fld.type))
     return pa.table(columns, schema=TIMELINE_SCHEMA)
