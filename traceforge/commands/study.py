@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         from traceforge.study.executor import make_executor
         from traceforge.study.spec import load_study
 
+        from traceforge.paths import check_output
+
+        check_output(out, inputs=[("the study spec", spec_path)], kind="dir")
         spec = load_study(spec_path, backend=backend)
         if dry_run:
             from traceforge.study.plan import describe_plan
