@@ -53,7 +53,7 @@ def gen(
 def stats(
     trace_path: Path = typer.Argument(..., metavar="TRACE", help="Trace file (Parquet)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    plot: Path | None = typer.Option(None, "--plot",
+    plot: Path | None = typer.Option(None, "--plot", "-o", "--output",
                                      help="Write arrivals per second per model as a PNG."),
     confidence: float = typer.Option(0.95, "--confidence", help="Level of the rate CIs."),
 ) -> None:

@@ -30,11 +30,20 @@ scheduled later are not due (counted as ``not_due`` in run.json, no row); rows s
 that could not leave in time (all slots busy) are ``dropped``. ``drain_timeout_s``
 (``--drain-timeout``) bounds the wait for in-flight requests once sending ended; those still
 out then are ``cancelled``.
+
+Garbage collection: during the schedule the caller (``run.py``) turns Python's automatic GC off,
+because its passes fire at allocation counts, i.e. in the middle of bursts (measured as send-lag
+spikes inside GC windows, docs/scale.md). The replay creates almost no cyclic garbage (tens of
+objects per 10⁵ requests), so the dispatcher collects the young generations itself at *safe
+points* — before a wait whose slack exceeds ``GC_SAFE_GAP_NS`` — and, so memory stays bounded
+when the schedule never leaves such a gap, whenever more than ``GC_FORCE_PENDING`` objects are
+pending; every ``GC_FULL_EVERY``-th of these passes is a full collection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import deque
 
 import numpy as np
@@ -68,6 +77,12 @@ def session_links(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prev[order[1:][same]] = order[:-1][same]
     return nxt, prev
 
+GC_SAFE_GAP_NS = 3_000_000  # a wait this long leaves > 1 ms after the spin margin for a pass
+GC_MIN_PENDING = 2_000  # below this a pass is not worth a wake-up
+GC_FORCE_PENDING = 200_000  # ~20 MB of young objects: collect even mid-burst
+GC_FULL_EVERY = 20  # every 20th pass is a full one, so cyclic garbage that aged (e.g. error
+# tracebacks in a long run of failing requests) cannot pile up until the end of the run
+
 
 class Dispatcher:
     def __init__(
@@ -83,8 +98,11 @@ class Dispatcher:
         timeout_s: float | None = None,
         duration_s: float | None = None,
         drain_timeout_s: float | None = None,
+        gc_safe_points: bool = False,
     ) -> None:
         self.backend = backend
+        self.gc_safe_points = gc_safe_points  # the caller disabled automatic GC
+        self.gc_passes = 0
         self.rec = recorder
         self.clock = clock
         self.pacer = pacer
@@ -184,6 +202,8 @@ class Dispatcher:
         now = self.clock.now
         wait_until = self.pacer.wait_until
         capped = self.cap is not None
+        gc_points = self.gc_safe_points
+        get_count = gc.get_count
         # The rows the schedule sends, in order: all of them, or without session follow-ups
         # (those are released by their previous turn).
         walk = self._walk if self._sessions else range(self.n)
@@ -192,10 +212,16 @@ class Dispatcher:
         k = 0
         while k < n:
             target = origin + offset[walk[k]]
+            if gc_points:
+                pending = get_count()[0]
+                if pending > GC_FORCE_PENDING or (pending > GC_MIN_PENDING
+                                                  and target - now() > GC_SAFE_GAP_NS):
+                    self._collect()
             if now() < target:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
             t = now()
+            held = None  # when the last slot wait of this burst ended
             while k < n and origin + offset[walk[k]] <= t:
                 i = walk[k]
                 if capped and len(self._inflight) >= self.cap:
@@ -203,10 +229,15 @@ class Dispatcher:
                     # A loop: a released session turn may take the freed slot first.
                     while len(self._inflight) >= self.cap:
                         self.ready_ns[i] = await self._wait_slot()
+                    held = self.ready_ns[i]
                     t = now()
                     if end is not None and t >= end:  # --duration is over: stop sending
                         self.send_cut = True
                         return
+                elif held is not None and self.ready_ns[i] < held:
+                    # Queued behind a request that waited for a slot: the target held it back
+                    # until then (two slots freeing at once let it leave without a wait).
+                    self.ready_ns[i] = held
                 self._launch(i)
                 k += 1
                 self.next_index = k
@@ -218,6 +249,8 @@ class Dispatcher:
             await self.pacer.wait_until(self.origin_ns)  # the common start, like open loop
         end = None if self.duration_ns is None else self.origin_ns + self.duration_ns
         for i in range(self.n):
+            if self.gc_safe_points and gc.get_count()[0] > GC_FORCE_PENDING:
+                self._collect()
             if len(self._inflight) >= self.cap:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
                 scheduled[i] = await self._wait_slot()
@@ -229,6 +262,12 @@ class Dispatcher:
             self._offset[i] = int(scheduled[i]) - self.origin_ns
             self._launch(i)
             self.next_index = i + 1
+
+    def _collect(self) -> None:
+        self.gc_passes += 1
+        # The young generations; survivors age into gen 2, which every GC_FULL_EVERY-th pass
+        # (and the automatic GC after the run) collects.
+        gc.collect(2 if self.gc_passes % GC_FULL_EVERY == 0 else 1)
 
     async def _wait_slot(self) -> int:
         waiter = asyncio.get_running_loop().create_future()

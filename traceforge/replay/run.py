@@ -34,6 +34,7 @@ from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
 from traceforge.replay.selfcheck import format_self_check, self_check
+from traceforge.replay.shard import WorkerRole
 from traceforge.schema import Trace, sha256_file
 
 
@@ -44,8 +45,23 @@ def default_models(trace: Trace) -> list[ModelInfo]:
     for name in trace.models:
         entry = spec_models.get(name)
         zoo = entry.get("zoo") if isinstance(entry, dict) else None
-        out.append(ModelInfo(name=name, zoo=zoo))
+        buckets = entry.get("seq_buckets") if isinstance(entry, dict) else None
+        out.append(ModelInfo(name=name, zoo=zoo,
+                             seq_buckets=list(buckets) if buckets else None))
     return out
+
+
+def trace_shapes(trace: Trace) -> dict[str, list[tuple[int, int, int]]]:
+    """Per model, the distinct (batch_size, seq_len, max_new_tokens) rows of the trace."""
+    import pyarrow.compute as pc  # noqa: F401  (group_by lives on the table)
+
+    t = trace.table.select(["model", "batch_size", "seq_len", "max_new_tokens"])
+    groups = t.group_by(["model", "batch_size", "seq_len", "max_new_tokens"]).aggregate([])
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for row in groups.to_pylist():
+        out.setdefault(row["model"], []).append(
+            (row["batch_size"], row["seq_len"], row["max_new_tokens"]))
+    return {m: sorted(v) for m, v in out.items()}
 
 
 def check_run_dir(run_dir: Path, inputs=()) -> None:
@@ -81,12 +97,19 @@ def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
 
 async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                        options: ReplayOptions | None = None, *,
-                       clock: RunClock | None = None) -> RunSummary:
+                       clock: RunClock | None = None,
+                       worker: WorkerRole | None = None) -> RunSummary:
     """Replay ``trace`` against ``backend`` into ``run_dir``. ``clock`` is injectable for tests
-    (a virtual-time loop passes a clock that reads the loop's time)."""
+    (a virtual-time loop passes a clock that reads the loop's time).
+
+    ``worker``: this replay is one shard of a ``--workers`` run (``replay/workers.py``): its parts
+    are tagged with the worker's index, its manifest goes to ``workers/wNN.json`` (the driver
+    writes run.json), the schedule origin comes from the driver's start barrier, and the
+    per-row arrays the merged self-check needs are handed to ``worker.finished``."""
     options = (options or ReplayOptions()).validate()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, _output_inputs(trace))
+    if worker is None:  # a replay worker writes into its coordinator's directory
+        check_run_dir(run_dir, _output_inputs(trace))
     models = options.models or default_models(trace)
     known = {m.name for m in models}
     missing = [m for m in trace.models if m not in known]
@@ -98,9 +121,12 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     check_schedule(trace, options.time_scale,
                    key="--rate" if options.rate else "--time-scale",
                    value=(options.rate or {}).get("rate"))
-    trace_info = {"path": str(trace.path) if trace.path else None,
-                  "sha256": sha256_file(trace.path) if trace.path else None,
-                  "rows": trace.table.num_rows, "meta": trace.meta}
+    if worker is not None and worker.trace_info is not None:
+        trace_info = dict(worker.trace_info, shard_rows=trace.table.num_rows)
+    else:
+        trace_info = {"path": str(trace.path) if trace.path else None,
+                      "sha256": sha256_file(trace.path) if trace.path else None,
+                      "rows": trace.table.num_rows, "meta": trace.meta}
 
     table = trace.table
     encoded = table.column("model").combine_chunks().dictionary_encode()
@@ -114,26 +140,35 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     bind = getattr(backend, "bind_trace", None)
     if bind is not None:  # backends that build inputs from the whole trace (prompts.py)
         bind(trace)
+    shapes = trace_shapes(trace)
+    for m in models:  # what each model can be asked for (the resident backend pre-warms it)
+        if m.shapes is None:
+            m.shapes = shapes.get(m.name, [])
+
     clock = clock or RunClock()
     # Claimed exclusively before anything is started: a second run into it exits 2.
-    claim = paths.claim_run_dir(run_dir, inputs=_output_inputs(trace))
+    # (A --workers shard writes into the directory its coordinator claimed.)
+    claim = (paths.claim_run_dir(run_dir, inputs=_output_inputs(trace)) if worker is None
+             else None)
     try:
         await backend.start(models, clock)
     except BaseException:
         try:
             await backend.stop()
         finally:
-            claim.release(remove_if_empty=True)
+            if claim is not None:
+                claim.release(remove_if_empty=True)
         raise
     try:
         return await _replay_claimed(trace, run_dir, backend, options, clock, table, encoded,
-                                     model_names, arrival_ns, models, trace_info)
+                                     model_names, arrival_ns, models, trace_info, worker)
     finally:
-        claim.release()
+        if claim is not None:
+            claim.release()
 
 
 async def _replay_claimed(trace, run_dir, backend, options, clock, table, encoded, model_names,
-                          arrival_ns, models, trace_info) -> RunSummary:
+                          arrival_ns, models, trace_info, worker) -> RunSummary:
 
     # -- from here on we write -----------------------------------------------------------------
     loop = asyncio.get_running_loop()
@@ -154,10 +189,13 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         flush_interval_s=options.flush_interval_s,
         session_id=table.column("session_id").fill_null(NULL_I64).to_numpy(),
         turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
+        flusher_cpus=options.flusher_cpus,
+        replay_worker=None if worker is None else worker.index,
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
         run_dir,
+        name="run.json" if worker is None else f"workers/w{worker.index:02d}.json",
         backend=backend.name,
         backend_info=describe,
         **{k: describe[k] for k in ("mode", "device", "gpu") if k in describe},
@@ -171,7 +209,10 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
                             duration_s=options.duration_s,
-                            drain_timeout_s=options.drain_timeout_s)
+                            drain_timeout_s=options.drain_timeout_s,
+                            gc_safe_points=options.gc_safe_points)
+    if worker is not None:
+        worker.attach(loop, dispatcher)
     # A recorder that cannot write ends the run at once (then status failed, exit 1).
     recorder.on_error = lambda exc: loop.call_soon_threadsafe(dispatcher.interrupt)
     received: list[str] = []
@@ -181,7 +222,10 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
     # The origin is taken last, after all preparation, so the first sends are not late.
-    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    if worker is None:
+        origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    else:  # the driver's start barrier: every worker is ready, one origin for all
+        origin_ns = await loop.run_in_executor(None, worker.wait_origin)
     if options.warmup_s:
         recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
     manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
@@ -194,10 +238,11 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
 
         scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock)
         scraper.start()
+    quiet = _QuietRuntime(options)  # GC at safe points, short GIL switch interval (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
-            dispatcher, recorder, manifest, backend, pacer, progress_task, options,
-            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
+            dispatcher, recorder, manifest, backend, pacer, progress_task, options, quiet,
+            worker=worker, n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
             scraper=scraper)
     finally:
         if scraper is not None:
@@ -217,8 +262,9 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
 
 async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
                                manifest: RunManifest, backend: Backend, pacer, progress_task,
-                               options: ReplayOptions, *, n_rows: int, received: list[str],
-                               loop, run_dir: Path, scraper=None):
+                               options: ReplayOptions, quiet: _QuietRuntime, *,
+                               worker: WorkerRole | None, n_rows: int,
+                               received: list[str], loop, run_dir: Path, scraper=None):
     status, failure, cancelled = "complete", None, False
     started = time.perf_counter()
     try:
@@ -234,6 +280,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         dispatcher.interrupt(cancel_main=False)
         await dispatcher.drain()
     finally:
+        quiet.restore()
         gc.unfreeze()
         if progress_task is not None:
             progress_task.cancel()
@@ -264,6 +311,9 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         sent_mask=recorder.sent_ns != NULL_I64, slot_waits=dispatcher.slot_waits,
         closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
     )
+    check["runtime"] = {"gc": "safe points" if options.gc_safe_points else "automatic",
+                        "gc_passes": dispatcher.gc_passes,
+                        "switch_interval_us": round(quiet.switch_s * 1e6, 1)}
     counts = recorder.counts()
     n_due = int(np.count_nonzero(due))
     # not_due: rows whose time had not come (after --duration or an interrupt): no row by
@@ -289,9 +339,32 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
             extra["scrape"] = {**scraper.summary(0), "write_error": str(exc)}
     manifest.finish(status, **extra)
+    if worker is not None:
+        worker.finished({"manifest": manifest.data, "scheduled_ns": recorder.scheduled_ns,
+                         "sent_ns": recorder.sent_ns,
+                         "ready_ns": np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
+                         "slot_waits": dispatcher.slot_waits})
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
     return summary, failure, cancelled
+
+
+class _QuietRuntime:
+    """Process-wide settings for the schedule's duration, restored by :meth:`restore`."""
+
+    def __init__(self, options: ReplayOptions) -> None:
+        self._gc_was_enabled = gc.isenabled()
+        self._switch_was = sys.getswitchinterval()
+        if options.gc_safe_points:
+            gc.disable()
+        if options.switch_interval_us is not None:
+            sys.setswitchinterval(options.switch_interval_us / 1e6)
+        self.switch_s = sys.getswitchinterval()
+
+    def restore(self) -> None:
+        sys.setswitchinterval(self._switch_was)
+        if self._gc_was_enabled:
+            gc.enable()
 
 
 def _safe_describe(backend: Backend) -> dict[str, Any]:
