@@ -56,8 +56,26 @@ def _click_exceptions():
     return exceptions
 
 
+def _sigterm_like_sigint() -> None:
+    """SIGTERM takes the Ctrl-C path (asyncio's runner, the replay's handlers, ``finally``
+    blocks that stop workers and remove temp directories) and exits 130 like SIGINT."""
+    import contextlib
+    import signal
+
+    def on_term(signum, frame) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not on_term:
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (main() called from a thread)
+        signal.signal(signal.SIGTERM, on_term)
+
+
 def main(argv: list[str] | None = None) -> None:
     click_exc = _click_exceptions()
+    _sigterm_like_sigint()
     try:
         # standalone_mode=False: click hands usage errors to us so they become one line.
         result = app(args=argv, prog_name="traceforge", standalone_mode=False)
@@ -81,4 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     except TraceforgeError as exc:
         print(f"traceforge: failed: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a write the commands did not foresee (disk full, I/O): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"traceforge: failed: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

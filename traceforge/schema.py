@@ -82,6 +82,11 @@ TIMELINE_SCHEMA = pa.schema(
            "replay worker (process or Ray actor) that sent it, with --workers; else null"),
         _f("bucket_seq_len", pa.int32(), True, "tokens|pixels", "padded seq_len that ran"),
         _f("bucket_batch_size", pa.int32(), True, "requests", "padded batch that ran"),
+        _f("conn_wait_ns", pa.int64(), True, "ns",
+           "http: waiting for a pooled connection (--max-connections)"),
+        _f("connect_ns", pa.int64(), True, "ns", "http: opening a new connection; 0 = reused"),
+        _f("truncated", pa.bool_(), True, "",
+           "http stream ended short of max_new_tokens without [DONE] (status stays ok)"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )
@@ -138,14 +143,22 @@ class Trace:
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: a crash never leaves a partial file."""
+    from traceforge.paths import output_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # the place cannot take a file: one line, nothing written
+        raise output_error(path, exc) from exc
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         write(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:  # full disk, I/O error...: the final name never sees a partial file
+        Path(tmp).unlink(missing_ok=True)
+        raise output_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

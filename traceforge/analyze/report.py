@@ -103,6 +103,9 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
         "timeouts": counts["timeout"],
         "cancelled": counts["cancelled"],
         "dropped": counts["dropped"],
+        # ok rows whose stream ended short without [DONE] (http; 0 where not recorded)
+        "truncated": (int(np.count_nonzero(run.col("truncated")[rows]))
+                      if "truncated" in run.table.column_names else 0),
         "status_counts": {**counts, **({"other": unknown} if unknown else {})},
         # offered: over the arrival window (first to last scheduled send), not the drain
         "offered_rps": (count / arrival_s if arrival_s else
@@ -385,6 +388,13 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
     if run.n == 0:
         notes.append("the timeline has no rows")
     for name, m in models.items():
+        if m.get("truncated"):
+            notes.append(f"{name}: {m['truncated']} streamed responses were TRUNCATED (the "
+                         "stream ended short of max_new_tokens without [DONE]; counted ok)")
+    lost = lost_rows_note(manifest, run.n)
+    if lost:
+        notes.append(lost)
+    for name, m in models.items():
         over = m.get("overload") or {}
         if over.get("overloaded"):
             trend = over["queue_trend"]
@@ -413,6 +423,21 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
         "notes": notes,
         **extra,
     }
+
+
+def lost_rows_note(manifest: dict[str, Any], n_rows: int) -> str | None:
+    """Rows the trace had, minus those recorded and those whose time never came (``not_due``):
+    anything left was lost (e.g. the timeline writer failed). None when nothing was lost."""
+    trace_rows = (manifest.get("trace") or {}).get("rows")
+    not_due = manifest.get("not_due") or 0
+    if not isinstance(trace_rows, int) or manifest.get("status") == "running":
+        return None
+    lost = trace_rows - n_rows - (not_due if isinstance(not_due, int) else 0)
+    if lost <= 0:
+        return None
+    cause = f" ({manifest['error']})" if manifest.get("error") else ""
+    return (f"ROWS LOST: {lost} of the trace's {trace_rows} requests were due but have no row "
+            f"in the timeline{cause}; latency statistics cover only the recorded rows")
 
 
 def analysis_rows(run: RunData, *, warmup_s: float | None,

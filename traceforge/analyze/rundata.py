@@ -89,7 +89,13 @@ class RunData:
 
     @cached_property
     def send_lag(self) -> np.ndarray:
-        return self.col("sent_ns") - self.col("scheduled_ns")
+        # http rows: sent_ns is when the request was written; the time spent waiting for and
+        # opening a connection (conn_wait_ns, connect_ns) is the endpoint's, not the generator's.
+        lag = self.col("sent_ns") - self.col("scheduled_ns")
+        for name in ("conn_wait_ns", "connect_ns"):
+            if name in self.table.column_names:
+                lag = lag - np.nan_to_num(self.col(name), nan=0.0)
+        return lag
 
     @cached_property
     def queue_wait(self) -> np.ndarray:

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput
 from traceforge.prompts import PromptTexts, load_vocab
+from traceforge.redact import Scrubber, redact_url
 from traceforge.replay.protocol import ModelInfo, Outcome, Request
 
 APIS = ("openai-completions", "openai-chat", "json")
@@ -93,17 +94,24 @@ class HttpBackend:
         pool_size: int = 0,
         connect_timeout_s: float = 5.0,
         tokenizer: str | None = None,
+        max_connections: int | None = None,
     ) -> None:
         if not url:
             raise BadInput("the http backend needs --url", key="--url", value=url)
         parts = urlsplit(url)
+        shown = redact_url(url)  # credentials in the URL never reach an error line or disk
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadInput("expected http://HOST[:PORT][/PATH] or https://...", key="--url",
-                           value=url)
+                           value=shown)
         try:
             port = parts.port
         except ValueError as exc:
-            raise BadInput("bad port", key="--url", value=url) from exc
+            raise BadInput("bad port", key="--url", value=shown) from exc
+        if max_connections is not None and (isinstance(max_connections, bool) or not
+                                            isinstance(max_connections, int)
+                                            or max_connections < 1):
+            raise BadInput("must be an integer >= 1", key="--max-connections",
+                           value=max_connections)
         if api not in APIS:
             raise BadInput("unknown API", key="--api", value=api, allowed=", ".join(APIS))
         self.api = api
@@ -112,6 +120,9 @@ class HttpBackend:
         self.port = port or (443 if parts.scheme == "https" else 80)
         path = parts.path.rstrip("/")
         self.endpoint = url if path else url.rstrip("/") + DEFAULT_PATHS[api]
+        self.public_url = shown
+        self.public_endpoint = redact_url(self.endpoint)
+        self.max_connections = max_connections or default_max_connections()
         self.api_key_env = api_key_env
         self._api_key: str | None = None
         if api_key_env:
@@ -119,6 +130,9 @@ class HttpBackend:
             if not self._api_key:
                 raise BadInput("environment variable is not set or empty", key="--api-key-env",
                                value=api_key_env)
+        if self._api_key and (parts.username or parts.password):
+            raise BadInput("credentials in the URL and --api-key-env would both set the "
+                           "Authorization header; give one", key="--url", value=shown)
         self.template: BodyTemplate | None = None
         self.template_text: str | None = None
         if api == "json":
@@ -143,6 +157,9 @@ class HttpBackend:
         self.stream = stream and api != "json"
         self.ignore_eos = ignore_eos
         self.pool_size = pool_size
+        # Every value that may be a secret: error text is scrubbed of them before it is kept.
+        self._scrub = Scrubber([self._api_key, parts.password, parts.username,
+                                *self.extra_headers.values()])
         self.connect_timeout_s = connect_timeout_s
         self._session = None
         self._clock: RunClock | None = None
@@ -195,10 +212,14 @@ class HttpBackend:
         headers = {"Content-Type": "application/json", **self.extra_headers}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        connector = aiohttp.TCPConnector(limit=self.pool_size, limit_per_host=0,
+        raise_nofile_limit()
+        # Bounded (docs/replay.md "Connection pool"): requests beyond it wait for a connection
+        # (the wait is in their latency and in conn_wait_ns) instead of exhausting descriptors.
+        limit = min(self.max_connections, self.pool_size or self.max_connections)
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0,
                                          enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=headers,
+            connector=connector, headers=headers, trace_configs=[_timing_trace_config()],
             # The dispatcher owns per-request timeouts (--timeout); only connecting is bounded.
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s),
         )
@@ -210,7 +231,8 @@ class HttpBackend:
                                                self.connect_timeout_s)
         except (TimeoutError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
-            raise BadInput(f"cannot connect ({reason})", key="--url", value=self.url) from exc
+            raise BadInput(f"cannot connect ({self._scrub(reason)})", key="--url",
+                           value=self.public_url) from exc
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
@@ -221,9 +243,10 @@ class HttpBackend:
             await session.close()
 
     def describe(self) -> dict[str, Any]:
-        return {"url": self.url, "endpoint": self.endpoint, "api": self.api,
+        return {"url": self.public_url, "endpoint": self.public_endpoint, "api": self.api,
                 "stream": self.stream, "ignore_eos": self.ignore_eos,
-                "pool_size": self.pool_size or "unlimited", "model_name": self.model_name,
+                "pool_size": self.pool_size or "unlimited",
+                "max_connections": self.max_connections, "model_name": self.model_name,
                 "api_key_env": self.api_key_env, "header_names": sorted(self.extra_headers),
                 "body_template": self.template_text, "prompts": self.prompts.describe()}
 
@@ -266,45 +289,59 @@ class HttpBackend:
         return body
 
     async def submit(self, request: Request) -> Outcome:
+        timing = _Timing()
+        outcome = await self._submit(request, timing)
+        if outcome.error:
+            outcome.error = self._scrub(outcome.error)
+        outcome.worker = self.public_endpoint
+        outcome.conn_wait_ns = timing.conn_wait_ns
+        outcome.connect_ns = timing.connect_ns
+        if timing.sent_ns is not None:
+            outcome.wire_sent_ns = timing.sent_ns
+        return outcome
+
+    async def _submit(self, request: Request, timing: _Timing) -> Outcome:
         import aiohttp
 
         body = self.build_body(request)
+        timing.now = self._clock.now
         try:
-            async with self._session.post(self.endpoint, json=body) as resp:
+            async with self._session.post(self.endpoint, json=body,
+                                          trace_request_ctx=timing) as resp:
                 if resp.status >= 400:
                     text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS]
-                    return Outcome(status="error", error=f"HTTP {resp.status}: {text}",
-                                   worker=self.endpoint)
+                    return Outcome(status="error", error=f"HTTP {resp.status}: {text}")
                 if self.stream:
-                    return await self._read_stream(resp)
+                    return await self._read_stream(resp, request.max_new_tokens)
                 payload = await resp.read()
-        except aiohttp.ClientError as exc:
-            return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500],
-                           worker=self.endpoint)
-        return Outcome(tokens_out=_usage_tokens(payload), worker=self.endpoint)
+        except (aiohttp.ClientError, OSError) as exc:  # incl. EMFILE: a row, never a crash
+            return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+        return Outcome(tokens_out=_usage_tokens(payload))
 
-    async def _read_stream(self, resp) -> Outcome:
+    async def _read_stream(self, resp, max_new_tokens: int) -> Outcome:
         now = self._clock.now
         first = last = None
         gaps: list[int] = []
         chunks = 0
         usage = None
+        done = False
         async for raw in resp.content:
             line = raw.strip()
             if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
             if data == b"[DONE]":
+                done = True
                 break
             t = now()
             try:
                 event = json.loads(data)
             except ValueError:
                 return Outcome(status="error", error=f"bad SSE chunk: {data[:200]!r}",
-                               worker=self.endpoint, first_token_ns=first)
+                               first_token_ns=first)
             if "error" in event:
                 return Outcome(status="error", error=f"stream error: {event['error']}"[:500],
-                               worker=self.endpoint, first_token_ns=first)
+                               first_token_ns=first)
             if event.get("usage"):
                 usage = event["usage"].get("completion_tokens")
             if _has_text(event):
@@ -314,8 +351,91 @@ class HttpBackend:
                 else:
                     gaps.append(t - last)
                 last = t
-        return Outcome(first_token_ns=first, tokens_out=usage if usage is not None else chunks,
-                       itl_ns=gaps or None, worker=self.endpoint)
+        tokens = usage if usage is not None else chunks
+        # The stream ended (the server closed it) without [DONE] and short of the tokens asked
+        # for: still an answer (status ok), flagged so the report can count it.
+        truncated = not done and tokens < max_new_tokens
+        return Outcome(first_token_ns=first, tokens_out=tokens, itl_ns=gaps or None,
+                       truncated=truncated)
+
+
+# -- connection pool and timing -------------------------------------------------------------
+MAX_CONNECTIONS_CAP = 1024  # default pool bound where the open-file limit allows more
+FD_RESERVE = 128  # descriptors kept for Parquet parts, logs, worker sockets...
+
+
+def raise_nofile_limit(target: int = 65536) -> int:
+    """Raise the soft open-file limit towards the hard one (what servers and load generators
+    customarily do); returns the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+    return soft
+
+
+def default_max_connections() -> int:
+    """min(1024, soft open-file limit after raising it − 128), at least 1."""
+    import resource
+
+    soft = raise_nofile_limit()
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_CAP
+    return max(1, min(MAX_CONNECTIONS_CAP, soft - FD_RESERVE))
+
+
+class _Timing:
+    """Per-request times from aiohttp's trace hooks (run clock, ns)."""
+
+    __slots__ = ("_connect", "_queued", "conn_wait_ns", "connect_ns", "now", "sent_ns")
+
+    def __init__(self) -> None:
+        self.now = None
+        self._queued = self._connect = None
+        self.conn_wait_ns = 0  # 0: a connection was free at once
+        self.connect_ns = 0  # 0: a pooled connection was reused
+        self.sent_ns = None
+
+
+def _timing_trace_config():
+    import aiohttp
+
+    def hook(fn):
+        async def handler(session, ctx, params) -> None:
+            timing = ctx.trace_request_ctx
+            if isinstance(timing, _Timing) and timing.now is not None:
+                fn(timing, timing.now())
+        return handler
+
+    def queued_start(t, now):
+        t._queued = now
+
+    def queued_end(t, now):
+        if t._queued is not None:
+            t.conn_wait_ns += now - t._queued
+
+    def create_start(t, now):
+        t._connect = now
+
+    def create_end(t, now):
+        if t._connect is not None:
+            t.connect_ns += now - t._connect
+
+    def headers_sent(t, now):
+        if t.sent_ns is None:
+            t.sent_ns = now
+
+    tc = aiohttp.TraceConfig()
+    tc.on_connection_queued_start.append(hook(queued_start))
+    tc.on_connection_queued_end.append(hook(queued_end))
+    tc.on_connection_create_start.append(hook(create_start))
+    tc.on_connection_create_end.append(hook(create_end))
+    tc.on_request_headers_sent.append(hook(headers_sent))
+    return tc
 
 
 def _has_text(event: dict) -> bool:
@@ -346,4 +466,5 @@ def from_options(opts: dict[str, Any]) -> HttpBackend:
         body_template=opts.get("body_template"), headers=opts.get("headers"),
         stream=opts.get("stream", True), ignore_eos=opts.get("ignore_eos", True),
         pool_size=opts.get("pool_size", 0), tokenizer=opts.get("tokenizer"),
+        max_connections=opts.get("max_connections"),
     )

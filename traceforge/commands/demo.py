@@ -64,13 +64,16 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
     from traceforge.backends.resident import from_options
     from traceforge.generate import DEMO_SPEC, generate_trace, load_spec
     from traceforge.replay import ReplayOptions, run_replay
-    from traceforge.schema import read_trace, write_trace
+    from traceforge.schema import atomic_write, read_trace, write_trace
 
     console = console or Console()
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput("exists and is not a directory", source="-o", value=str(out_dir))
+    from traceforge.paths import check_output
+
+    check_output(out_dir, key="-o", kind="dir")
     if device is None or mode is None:
         picked_device, picked_mode = pick_device()
         device, mode = device or picked_device, mode or picked_mode
@@ -116,7 +119,8 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
     run = load_run(run_dir)
     report = build_report(run_dir, run=run)
     render_report(report, console)
-    (base / "report.json").write_text(to_json(report) + "\n")
+    report_text = to_json(report) + "\n"
+    atomic_write(base / "report.json", lambda tmp: tmp.write_text(report_text))
 
     html = write_html(run_dir, report, base / "report.html", run=run)
     perfetto = export_perfetto(run_dir, base / "perfetto.json", run=run)

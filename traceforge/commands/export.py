@@ -28,6 +28,9 @@ def perfetto(
                        value=str(output))
     if not output.parent.exists():
         raise BadInput("parent directory does not exist", source="-o", value=str(output))
+    from traceforge.paths import check_output
+
+    check_output(output, inputs=[("the run directory being exported", run_dir)], key="-o")
     run = load_run(run_dir)
     export_perfetto(run_dir, output, run=run)
     typer.echo(f"wrote {output} ({run.n:,} requests); open it in https://ui.perfetto.dev")

@@ -100,8 +100,9 @@ def profile_command(
         seq_buckets=parse_buckets(seq_buckets), corun_utilisation=corun_utilisation,
         corun_repeats=corun_repeats, alone_utilisation=alone_utilisation,
     ).validate()
-    if out.exists() and out.is_dir():
-        raise BadInput("is a directory", key="-o", value=str(out))
+    from traceforge.paths import check_output
+
+    check_output(out, inputs=[("the --keep-runs directory", keep_runs)], key="-o")
     command = "traceforge profile " + " ".join(shlex.quote(a) for a in [
         "--models", ",".join(settings.models), "--device", device,
         "--modes", ",".join(settings.resolved_modes()),

@@ -60,6 +60,12 @@ def register(app: typer.Typer) -> None:
         max_inflight: int = typer.Option(None, "--max-inflight", "--max-concurrency",
                                          help="Open-loop cap; slot waits count in latency."),
         timeout: float = typer.Option(None, "--timeout", help="Per-request timeout, seconds."),
+        duration: float = typer.Option(None, "--duration",
+                                       help="Stop sending at S s of the schedule."),
+        drain_timeout: float = typer.Option(None, "--drain-timeout", help="Then wait at most "
+                                            "S s for in-flight requests (then cancelled)."),
+        max_connections: int = typer.Option(None, "--max-connections", help="http: connection "
+                                            "pool bound (default: from the open-file limit)."),
         warmup: float = typer.Option(0.0, "--warmup",
                                      help="Seconds at the start whose rows are flagged warmup."),
         progress: bool = typer.Option(None, "--progress/--no-progress",
@@ -153,7 +159,8 @@ def register(app: typer.Typer) -> None:
             raise BadInput("a closed loop (--concurrency) ignores arrival times, so --rate "
                            "would change nothing", key="--rate", value=rate)
         tr, time_scale, rate_info = apply_rate(tr, rate, time_scale)
-        check_run_dir(out)
+        check_run_dir(out, [("the trace being replayed", trace), ("the --body-template file",
+                           body_template[1:] if (body_template or "").startswith("@") else None)])
         models = default_models(tr)
         zoo_map = parse_mapping(zoo, "--zoo")
         unknown = sorted(set(zoo_map) - {m.name for m in models})
@@ -164,7 +171,8 @@ def register(app: typer.Typer) -> None:
             m.zoo = zoo_map.get(m.name, m.zoo)
         options = ReplayOptions(
             time_scale=time_scale, concurrency=concurrency, max_inflight=max_inflight,
-            timeout_s=timeout, warmup_s=warmup,
+            timeout_s=timeout, warmup_s=warmup, duration_s=duration,
+            drain_timeout_s=drain_timeout,
             progress=sys.stderr.isatty() if progress is None else progress,
             models=models, pacer=pacer, event_loop=event_loop, rate=rate_info,
             scrape_url=scrape, scrape_interval_s=scrape_interval,
@@ -180,6 +188,7 @@ def register(app: typer.Typer) -> None:
                 "body_template": body_template, "headers": parse_headers(header),
                 "stream": stream, "ignore_eos": ignore_eos,
                 "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
+                "max_connections": max_connections,
             }
             if sharded:  # each worker's pool serves its share of the cap
                 from traceforge.replay.shard import split_cap

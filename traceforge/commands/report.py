@@ -10,14 +10,17 @@ import typer
 from traceforge.errors import BadInput
 
 
-def _check_html_target(path: Path | None) -> None:
+def _check_html_target(path: Path | None, inputs=()) -> None:
     if path is None:
         return
+    from traceforge.paths import check_output
+
     if path.is_dir():
         raise BadInput("is a directory; expected an .html file path", source="--html",
                        value=str(path))
     if not path.parent.exists():
         raise BadInput("parent directory does not exist", source="--html", value=str(path))
+    check_output(path, inputs=inputs, key="--html")
 
 
 def report(
@@ -61,7 +64,8 @@ def report(
     if slo_from is not None and slo is not None:
         raise BadInput("give either --slo or --slo-from, not both", source="--slo-from",
                        value=str(slo_from))
-    _check_html_target(html)
+    _check_html_target(html, [("the run directory being reported", run_dir),
+                              ("the --slo-from run directory", slo_from)])
     run = load_run(run_dir)
     result = build_report(run_dir, warmup_s=warmup, slo_ms=slo_ms, slo_from=slo_from,
                           slo_factor=slo_factor, include_warmup_rows=include_warmup, run=run)
@@ -148,7 +152,7 @@ def compare(
     )
     from traceforge.analyze.jsonable import to_json
 
-    _check_html_target(html)
+    _check_html_target(html, [("a run directory being compared", d) for d in run_dirs])
     check_compare_args(run_dirs, alpha=alpha, warmup_s=warmup)
     # each run is read once, for the tables and the plots alike
     latencies = [ok_latencies_by_model(d, warmup_s=warmup) for d in run_dirs]

@@ -48,10 +48,12 @@ def register(app: typer.Typer) -> None:
                                           "time); write nothing."),
     ) -> None:
         """Run every cell of a study (mixes × axes × repeats) and its capacity searches."""
+        from traceforge.paths import check_output
         from traceforge.study.engine import run_study
         from traceforge.study.executor import make_executor
         from traceforge.study.spec import load_study
 
+        check_output(out, inputs=[("the study spec", spec_path)], kind="dir")
         spec = load_study(spec_path, backend=backend)
         if dry_run:
             from traceforge.study.plan import describe_plan

@@ -21,10 +21,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(trace_app, name="trace")
 
 
-def _check_output(out: Path, key: str = "-o") -> Path:
-    if out.exists() and out.is_dir():
-        raise BadInput("is a directory; give a file name", key=key, value=str(out))
-    return out
+def _check_output(out: Path, key: str = "-o", inputs=()) -> Path:
+    from traceforge.paths import check_output
+
+    return check_output(out, inputs=inputs, key=key)
 
 
 @trace_app.command("gen")
@@ -41,7 +41,7 @@ def gen(
 
     if seed is not None and seed < 0:
         raise BadInput("must be >= 0", key="--seed", value=seed)
-    _check_output(out)
+    _check_output(out, inputs=[("the workload spec", spec)])
     trace = generate_trace(load_spec(spec), seed=seed, duration_s=duration)
     write_trace(trace.table, out, trace.meta)
     typer.echo(f"wrote {out}: {trace.table.num_rows} requests, "
@@ -65,6 +65,8 @@ def stats(
         raise BadInput("must be between 0 and 1", key="--confidence", value=confidence)
     if plot is not None and plot.suffix.lower() != ".png":
         raise BadInput("must end in .png", key="--plot", value=str(plot))
+    if plot is not None:
+        _check_output(plot, "--plot", inputs=[("the trace", trace_path)])
     trace = read_trace(trace_path)
     report = trace_stats(trace, confidence=confidence)
     if plot is not None:
@@ -167,7 +169,7 @@ def import_(
     from traceforge.importers import import_trace
     from traceforge.schema import write_trace
 
-    _check_output(out)
+    _check_output(out, inputs=[("a source being imported", s) for s in sources])
     trace = import_trace(
         fmt, sources, models=models, start_s=start, duration_s=duration,
         time_scale=time_scale, rate_scale=rate_scale, thin=thin, skip_bad=skip_bad, seed=seed,

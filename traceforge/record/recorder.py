@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from traceforge.record.writer import TimelineWriter
+from traceforge.redact import scrub_text
 from traceforge.schema import STATUSES, TIMELINE_SCHEMA
 
 NULL_I64 = np.iinfo(np.int64).min
@@ -38,7 +39,8 @@ OK, ERROR, TIMEOUT, CANCELLED, DROPPED = (STATUS_CODE[s] for s in STATUSES)
 _STATUS_DICT = pa.array(list(STATUSES), pa.string())
 
 # Outcome attributes copied into int64 / int32 columns when not None.
-_I64_FIELDS = ("service_start_ns", "first_token_ns", "service_end_ns", "gpu_ns", "batch_id")
+_I64_FIELDS = ("service_start_ns", "first_token_ns", "service_end_ns", "gpu_ns", "batch_id",
+               "wire_sent_ns", "conn_wait_ns", "connect_ns")
 _I32_FIELDS = ("batched_with", "tokens_out", "bucket_seq_len", "bucket_batch_size")
 
 
@@ -98,6 +100,7 @@ class TimelineRecorder:
         self._worker_codes: dict[str, int] = {}
         self._worker_names: list[str] = []
         self.itl_ns: dict[int, list[int]] = {}
+        self.truncated = np.full(n, -1, np.int8)  # -1 null, 0 false, 1 true
         # Finished indices not yet on disk. Appended by the event loop; the flusher takes a
         # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
         self._finished: list[int] = []
@@ -106,6 +109,9 @@ class TimelineRecorder:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        # Called (from the flusher thread) when a part cannot be written: the replay stops at
+        # once rather than keep sending requests whose rows can no longer reach disk.
+        self.on_error = None
         self._thread: threading.Thread | None = None
         self._warm_up()
         if background:
@@ -138,6 +144,8 @@ class TimelineRecorder:
                 self.worker_code[i] = code
             if outcome.itl_ns is not None:
                 self.itl_ns[i] = outcome.itl_ns
+            if outcome.truncated is not None:
+                self.truncated[i] = outcome.truncated
             if error is None:
                 error = outcome.error
         if error is not None:
@@ -208,13 +216,18 @@ class TimelineRecorder:
             "seq_len": pa.array(self.seq_len[idx], pa.int32()),
             "max_new_tokens": pa.array(self.max_new_tokens[idx], pa.int32()),
             "scheduled_ns": pa.array(scheduled, pa.int64()),
-            "sent_ns": i64(self.sent_ns[idx]),
+            # A backend that knows when the request was written (http) replaces the
+            # dispatcher's hand-over time; self.sent_ns keeps the latter for the self-check.
+            "sent_ns": i64(np.where(self._i64["wire_sent_ns"][idx] != NULL_I64,
+                                    self._i64["wire_sent_ns"][idx], self.sent_ns[idx])),
             "service_start_ns": i64(self._i64["service_start_ns"][idx]),
             "first_token_ns": i64(self._i64["first_token_ns"][idx]),
             "service_end_ns": i64(self._i64["service_end_ns"][idx]),
             "done_ns": i64(self.done_ns[idx]),
             "status": status.cast(pa.string()),
-            "error": sparse(self.error, pa.string()),
+            "error": (pa.nulls(len(idx), pa.string()) if not self.error else
+                      pa.array([scrub_text(self.error.pop(i, None)) for i in idx.tolist()],
+                               pa.string())),
             "gpu_ns": i64(self._i64["gpu_ns"][idx]),
             "batch_id": i64(self._i64["batch_id"][idx]),
             "batched_with": i32(self._i32["batched_with"][idx]),
@@ -228,6 +241,10 @@ class TimelineRecorder:
                               pa.array(np.full(len(idx), self.replay_worker, np.int32))),
             "bucket_seq_len": i32(self._i32["bucket_seq_len"][idx]),
             "bucket_batch_size": i32(self._i32["bucket_batch_size"][idx]),
+            "conn_wait_ns": i64(self._i64["conn_wait_ns"][idx]),
+            "connect_ns": i64(self._i64["connect_ns"][idx]),
+            "truncated": pa.array(self.truncated[idx] == 1, pa.bool_(),
+                                  mask=self.truncated[idx] < 0),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 
@@ -257,14 +274,25 @@ class TimelineRecorder:
                 self.flush()
             except BaseException as exc:  # surfaced by close(); never kill the run silently
                 self._error = exc
+                if self.on_error is not None:
+                    self.on_error(exc)
                 return
+
+    @property
+    def write_error(self) -> BaseException | None:
+        """The flusher's failure, if any (the run must end as ``failed``)."""
+        return self._error
 
     def close(self) -> None:
         """Stop the flusher and write what is left; re-raises a flusher failure."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.flush()
+        try:
+            self.flush()  # after a flusher failure this may still save the rest, or fail again
+        except BaseException as exc:
+            if self._error is None:
+                self._error = exc
         if self._error is not None:
             raise self._error
 

@@ -25,6 +25,12 @@ and ``done_ns`` when ``submit`` returns. Timeouts cancel the request's task (sta
 :meth:`Dispatcher.interrupt` (SIGINT/SIGTERM) cancels everything in flight (``cancelled``) and
 stops sending; due rows that never left become ``dropped``.
 
+``duration_s`` (``--duration``) ends sending at that many seconds of the schedule: rows
+scheduled later are not due (counted as ``not_due`` in run.json, no row); rows scheduled earlier
+that could not leave in time (all slots busy) are ``dropped``. ``drain_timeout_s``
+(``--drain-timeout``) bounds the wait for in-flight requests once sending ended; those still
+out then are ``cancelled``.
+
 Garbage collection: during the schedule the caller (``run.py``) turns Python's automatic GC off,
 because its passes fire at allocation counts, i.e. in the middle of bursts (measured as send-lag
 spikes inside GC windows, docs/scale.md). The replay creates almost no cyclic garbage (tens of
@@ -90,6 +96,8 @@ class Dispatcher:
         closed_loop: bool = False,
         inflight_cap: int | None = None,
         timeout_s: float | None = None,
+        duration_s: float | None = None,
+        drain_timeout_s: float | None = None,
         gc_safe_points: bool = False,
     ) -> None:
         self.backend = backend
@@ -101,6 +109,10 @@ class Dispatcher:
         self.closed_loop = closed_loop
         self.cap = inflight_cap
         self.timeout_s = timeout_s
+        self.duration_ns = None if duration_s is None else round(duration_s * 1e9)
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_expired = False  # the drain window ended with requests still out
+        self.send_cut = False  # --duration ended sending before every row was handed out
         self.n = recorder.n
         # Plain Python lists: indexing one is several times cheaper than indexing an ndarray, and
         # yields Python ints (numpy scalars would leak into backends, e.g. into JSON bodies).
@@ -154,14 +166,35 @@ class Dispatcher:
                 await self._closed_loop()
             else:
                 await self._open_loop()
-            while self._inflight or self._turn_tasks:
-                await asyncio.gather(*self._inflight.values(), *self._turn_tasks.values(),
-                                     return_exceptions=True)
+            await self._drain_window()
         except asyncio.CancelledError:
             if not self.stopping:
                 raise
         if self.stopping:
             await self.drain()
+
+    async def _drain_window(self) -> None:
+        """Wait for what is in flight, at most ``drain_timeout_s``; then cancel the rest."""
+        if self.drain_timeout_s is None:
+            await self._wait_all()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
+        while (self._inflight or self._turn_tasks) and (left := deadline - loop.time()) > 0:
+            items = self._outstanding()
+            await asyncio.wait([t for _, _, t in items], timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+            self._forget_done(items)
+        if self._inflight or self._turn_tasks:
+            self.drain_expired = True
+            await self.drain()
+
+    def _send_limit(self, walk) -> int:
+        """How many rows of the walk are scheduled before ``--duration`` (offsets sorted)."""
+        if self.duration_ns is None:
+            return len(walk)
+        offsets = np.asarray(self._offset, np.int64)[np.asarray(walk, np.int64)]
+        return int(np.searchsorted(offsets, self.duration_ns, side="left"))
 
     async def _open_loop(self) -> None:
         offset = self._offset
@@ -174,7 +207,8 @@ class Dispatcher:
         # The rows the schedule sends, in order: all of them, or without session follow-ups
         # (those are released by their previous turn).
         walk = self._walk if self._sessions else range(self.n)
-        n = len(walk)
+        n = self._send_limit(walk)
+        end = None if self.duration_ns is None else origin + self.duration_ns
         k = 0
         while k < n:
             target = origin + offset[walk[k]]
@@ -197,6 +231,9 @@ class Dispatcher:
                         self.ready_ns[i] = await self._wait_slot()
                     held = self.ready_ns[i]
                     t = now()
+                    if end is not None and t >= end:  # --duration is over: stop sending
+                        self.send_cut = True
+                        return
                 elif held is not None and self.ready_ns[i] < held:
                     # Queued behind a request that waited for a slot: the target held it back
                     # until then (two slots freeing at once let it leave without a wait).
@@ -210,6 +247,7 @@ class Dispatcher:
         now = self.clock.now
         if self.n:
             await self.pacer.wait_until(self.origin_ns)  # the common start, like open loop
+        end = None if self.duration_ns is None else self.origin_ns + self.duration_ns
         for i in range(self.n):
             if self.gc_safe_points and gc.get_count()[0] > GC_FORCE_PENDING:
                 self._collect()
@@ -218,6 +256,9 @@ class Dispatcher:
                 scheduled[i] = await self._wait_slot()
             else:
                 scheduled[i] = now()
+            if end is not None and scheduled[i] >= end:  # --duration is over
+                self.send_cut = True
+                return
             self._offset[i] = int(scheduled[i]) - self.origin_ns
             self._launch(i)
             self.next_index = i + 1
@@ -264,6 +305,8 @@ class Dispatcher:
 
     async def _release(self, j: int, at: int) -> None:
         try:
+            if self.duration_ns is not None and at >= self.origin_ns + self.duration_ns:
+                return  # after --duration: not due (no row), like a trace row after it
             delay = at - self.clock.now()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
@@ -303,6 +346,9 @@ class Dispatcher:
             outcome, done = None, None
             if i in self._expired:
                 status, error = TIMEOUT, f"no response within {self.timeout_s:g} s"
+            elif self.drain_expired:
+                status, error = CANCELLED, (f"cancelled: still in flight when --drain-timeout "
+                                            f"({self.drain_timeout_s:g} s) ended")
             else:
                 status, error = CANCELLED, "cancelled: run interrupted"
         except Exception as exc:  # one failed request is a row, never the end of the run
@@ -347,17 +393,38 @@ class Dispatcher:
     async def drain(self) -> None:
         for task in [*self._inflight.values(), *self._turn_tasks.values()]:
             task.cancel()
+        await self._wait_all()
+
+    def _outstanding(self) -> list[tuple[dict, int, asyncio.Task]]:
+        return [(d, k, t) for d in (self._inflight, self._turn_tasks) for k, t in d.items()]
+
+    async def _wait_all(self) -> None:
         while self._inflight or self._turn_tasks:
-            await asyncio.gather(*self._inflight.values(), *self._turn_tasks.values(),
-                                 return_exceptions=True)
+            items = self._outstanding()
+            await asyncio.gather(*(t for _, _, t in items), return_exceptions=True)
+            self._forget_done(items)
+
+    @staticmethod
+    def _forget_done(items) -> None:
+        for d, k, task in items:
+            # A task cancelled before its first step never ran its body (nor its finally):
+            # forget it here, or the waits would spin forever. Its row, unsent, is finalised by
+            # finalize_pending (dropped).
+            if task.done() and d.get(k) is task:
+                del d[k]
 
     def due_mask(self) -> np.ndarray:
-        """Rows that were due: all in a finished run; after an interrupt, those scheduled by then
-        (closed loop: those handed out)."""
-        if not self.stopping:
-            return np.ones(self.n, bool)
+        """Rows whose time had come: all in a finished run; not those scheduled at or after
+        ``--duration``; after an interrupt, only those scheduled by then (closed loop: those
+        handed out)."""
         if self.closed_loop:
-            mask = np.zeros(self.n, bool)
-            mask[: self.next_index] = True
+            mask = np.ones(self.n, bool)
+            if self.stopping or self.send_cut:
+                mask[self.next_index:] = False
             return mask
-        return self.rec.scheduled_ns <= self.stopped_at_ns
+        mask = np.ones(self.n, bool)
+        if self.duration_ns is not None:
+            mask &= self.rec.scheduled_ns < self.origin_ns + self.duration_ns
+        if self.stopping:
+            mask &= self.rec.scheduled_ns <= self.stopped_at_ns
+        return mask

@@ -43,6 +43,10 @@ class ReplayOptions:
     # run_replay only. auto = precise: asyncio with timerfd-backed timers (replay/loop.py) where
     # available, else stock asyncio; uvloop (optional dependency) on request.
     event_loop: str = "auto"
+    # --duration: stop sending at this many seconds of the schedule; --drain-timeout: then wait
+    # at most this long for in-flight requests (None: until they finish).
+    duration_s: float | None = None
+    drain_timeout_s: float | None = None
     # Sample this Prometheus text endpoint during the run into server_metrics.parquet
     # (replay/scrape.py); warnings, never failures, when it is dead or malformed.
     scrape_url: str | None = None
@@ -73,6 +77,12 @@ class ReplayOptions:
         positive("--concurrency", self.concurrency, integer=True)
         positive("--max-inflight", self.max_inflight, integer=True)  # = --max-concurrency
         positive("--timeout", self.timeout_s)
+        positive("--duration", self.duration_s)
+        if self.drain_timeout_s is not None and (
+                not isinstance(self.drain_timeout_s, (int, float))
+                or isinstance(self.drain_timeout_s, bool)
+                or not math.isfinite(self.drain_timeout_s) or self.drain_timeout_s < 0):
+            raise BadInput("must be >= 0", key="--drain-timeout", value=self.drain_timeout_s)
         if (not isinstance(self.warmup_s, (int, float)) or not math.isfinite(self.warmup_s)
                 or self.warmup_s < 0):
             raise BadInput("must be >= 0", key="--warmup", value=self.warmup_s)

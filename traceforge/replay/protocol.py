@@ -53,6 +53,13 @@ class Outcome:
     itl_ns: list[int] | None = None
     bucket_seq_len: int | None = None  # the padded shape that ran (resident buckets)
     bucket_batch_size: int | None = None
+    # HTTP: when the request was written (on the run clock; the timeline's sent_ns, replacing
+    # the dispatcher's hand-over time), the wait for a pooled connection and the time to open
+    # one; a stream that ended short without [DONE] (status stays ok).
+    wire_sent_ns: int | None = None
+    conn_wait_ns: int | None = None
+    connect_ns: int | None = None
+    truncated: bool | None = None
 
 
 @runtime_checkable

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from traceforge import paths
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput, RunFailure
 from traceforge.limits import scaled_ns
@@ -63,12 +64,13 @@ def trace_shapes(trace: Trace) -> dict[str, list[tuple[int, int, int]]]:
     return {m: sorted(v) for m, v in out.items()}
 
 
-def check_run_dir(run_dir: Path) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BadInput("exists and is not a directory", key="-o", value=str(run_dir))
-    if (run_dir / "run.json").exists() or any((run_dir / "timeline").glob("part-*.parquet")):
-        raise BadInput("already holds a run (choose a new directory)", key="-o",
-                       value=str(run_dir))
+def check_run_dir(run_dir: Path, inputs=()) -> None:
+    """A run directory is strictly new or empty, and never an input (traceforge.paths)."""
+    paths.check_run_dir(run_dir, inputs=inputs)
+
+
+def _output_inputs(trace: Trace) -> list[tuple[str, Path | None]]:
+    return [("the trace being replayed", trace.path)]
 
 
 def event_loop_factory(event_loop: str):
@@ -106,8 +108,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     per-row arrays the merged self-check needs are handed to ``worker.finished``."""
     options = (options or ReplayOptions()).validate()
     run_dir = Path(run_dir)
-    if worker is None:
-        check_run_dir(run_dir)
+    if worker is None:  # a replay worker writes into its coordinator's directory
+        check_run_dir(run_dir, _output_inputs(trace))
     models = options.models or default_models(trace)
     known = {m.name for m in models}
     missing = [m for m in trace.models if m not in known]
@@ -144,11 +146,29 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
             m.shapes = shapes.get(m.name, [])
 
     clock = clock or RunClock()
+    # Claimed exclusively before anything is started: a second run into it exits 2.
+    # (A --workers shard writes into the directory its coordinator claimed.)
+    claim = (paths.claim_run_dir(run_dir, inputs=_output_inputs(trace)) if worker is None
+             else None)
     try:
         await backend.start(models, clock)
     except BaseException:
-        await backend.stop()
+        try:
+            await backend.stop()
+        finally:
+            if claim is not None:
+                claim.release(remove_if_empty=True)
         raise
+    try:
+        return await _replay_claimed(trace, run_dir, backend, options, clock, table, encoded,
+                                     model_names, arrival_ns, models, trace_info, worker)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+async def _replay_claimed(trace, run_dir, backend, options, clock, table, encoded, model_names,
+                          arrival_ns, models, trace_info, worker) -> RunSummary:
 
     # -- from here on we write -----------------------------------------------------------------
     loop = asyncio.get_running_loop()
@@ -188,9 +208,13 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
+                            duration_s=options.duration_s,
+                            drain_timeout_s=options.drain_timeout_s,
                             gc_safe_points=options.gc_safe_points)
     if worker is not None:
         worker.attach(loop, dispatcher)
+    # A recorder that cannot write ends the run at once (then status failed, exit 1).
+    recorder.on_error = lambda exc: loop.call_soon_threadsafe(dispatcher.interrupt)
     received: list[str] = []
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
@@ -273,13 +297,18 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
                 status, failure = "failed", exc
     duration_s = time.perf_counter() - started
 
-    finals = recorder.finalize_pending(dispatcher.due_mask(),
-                                       cancelled_msg="cancelled: run interrupted",
-                                       dropped_msg="not sent before the run stopped")
+    due = dispatcher.due_mask()
+    finals = recorder.finalize_pending(
+        due, cancelled_msg="cancelled: run interrupted",
+        dropped_msg=("not sent before --duration ended (every --max-inflight slot was busy)"
+                     if dispatcher.send_cut and not dispatcher.stopping
+                     else "not sent before the run stopped"))
     try:
         recorder.close()
     except Exception as exc:
         status, failure = "failed", failure or exc
+    if recorder.write_error is not None:  # the timeline writer failed: the run failed, whatever else
+        status, failure = "failed", recorder.write_error
     check = self_check(
         scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
         ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
@@ -290,9 +319,15 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
                         "gc_passes": dispatcher.gc_passes,
                         "switch_interval_us": round(quiet.switch_s * 1e6, 1)}
     counts = recorder.counts()
+    n_due = int(np.count_nonzero(due))
+    # not_due: rows whose time had not come (after --duration or an interrupt): no row by
+    # design. rows_lost: due rows that never reached disk (a failed writer): data lost.
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": recorder.rows_written,
-                             "not_due": int(n_rows - recorder.rows_written)}
+                             "not_due": n_rows - n_due,
+                             "rows_lost": max(0, n_due - recorder.rows_written)}
+    if dispatcher.drain_expired:
+        extra["drain_expired"] = True
     if received:
         extra["interrupted_by"] = received[0]
     elif cancelled:

@@ -238,7 +238,8 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
     options = (options or ReplayOptions()).validate()
     check_sharded(backend, workers, executor)
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
+    inputs = [("the trace being replayed", trace.path)]
+    check_run_dir(run_dir, inputs)
     make_backend(backend, backend_options)  # flag errors now, before any worker starts
     shards = shard_rows(trace.table, workers, shard_by)
     models = options.models or default_models(trace)
@@ -255,6 +256,9 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
 
     clock = RunClock()
     existed = run_dir.exists()
+    from traceforge.paths import claim_run_dir
+
+    claim = claim_run_dir(run_dir, inputs=inputs)  # exclusive; the shards write inside it
     jobs = []
     try:
         for k, rows in enumerate(shards):
@@ -275,6 +279,7 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
                       backend, shard_by)
     finally:
         pool.close()
+        claim.release(remove_if_empty=True)
 
 
 def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: bool,

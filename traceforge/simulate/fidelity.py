@@ -328,7 +328,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     text = (json.dumps(results, indent=1) + "\n") if args.json else render_markdown(results)
     if args.out:
-        args.out.write_text(text)
+        from traceforge.paths import check_output
+        from traceforge.schema import atomic_write
+
+        try:
+            check_output(args.out, inputs=[("a run directory", r) for r in args.runs],
+                         key="--out")
+            atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        except BadInput as exc:
+            print(f"fidelity: error: {exc}", file=sys.stderr)
+            return 2
     else:
         sys.stdout.write(text)
     return 0

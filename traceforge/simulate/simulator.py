@@ -14,6 +14,7 @@ dispatcher is never late), worker-side service start/end, ``done_ns``; ``gpu_ns`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
 from traceforge.limits import check_seconds, scaled_ns
+from traceforge.paths import check_run_dir, claim_run_dir
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
 from traceforge.simulate.engine import (
@@ -102,8 +104,11 @@ def simulate(
     if not isinstance(trace, Trace):
         trace = read_trace(trace)
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise BadInput("run directory exists and is not empty", key="-o", value=str(run_dir))
+    out_inputs = [("the trace being simulated", trace.path),
+                  ("the profile", profile.path if isinstance(profile, Profile)
+                   else (Path(profile) if profile is not None and Path(profile).exists()
+                         else None))]
+    check_run_dir(run_dir, inputs=out_inputs)
     # Written as "not (x > 0)" so that NaN is refused too.
     if not (math.isfinite(time_scale) and time_scale > 0):
         raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
@@ -182,6 +187,7 @@ def simulate(
     counts = {"ok": n} if n else {}
     virtual_s = float(result.done_ns.max()) / 1e9 if n else 0.0
 
+    claim = claim_run_dir(run_dir, inputs=out_inputs)  # exclusive: a second simulate exits 2
     manifest = RunManifest(
         run_dir,
         backend="simulate",
@@ -195,14 +201,21 @@ def simulate(
                "rows": table.num_rows, "meta": trace.meta},
         virtual_time=True,
     )
-    manifest.write()
-    writer = TimelineWriter(run_dir)
-    writer.write_table(out)
-    writer.close()
-    elapsed = time.perf_counter() - t_wall
-    manifest.finish("complete", counts=counts, self_check=self_check,
-                    simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s,
-                                **session_info})
+    try:
+        manifest.write()
+        writer = TimelineWriter(run_dir)
+        writer.write_table(out)
+        writer.close()
+        elapsed = time.perf_counter() - t_wall
+        manifest.finish("complete", counts=counts, self_check=self_check,
+                        simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s,
+                                    **session_info})
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # leave a readable "failed", never "running"
+            manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        claim.release()
     return SimulationSummary(run_dir=run_dir, status="complete", counts=counts,
                              self_check=self_check, elapsed_s=elapsed, virtual_s=virtual_s)
 
@@ -537,4 +550,6 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "bucket_seq_len": opt(r.bucket_seq_len, "bucket_seq_len"),
         "bucket_batch_size": opt(r.bucket_batch_size, "bucket_batch_size"),
     }
+    for fld in TIMELINE_SCHEMA:  # columns only a real backend knows (http timing...): null
+        columns.setdefault(fld.name, pa.nulls(n, fld.type))
     return pa.table(columns, schema=TIMELINE_SCHEMA)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -19,6 +20,34 @@ from pathlib import Path
 from typing import Any
 
 from traceforge.errors import RunFailure
+
+
+def _load_prctl():
+    try:
+        import ctypes
+        import ctypes.util
+
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()  # resolved here: the child between fork and exec must not load libraries
+
+
+def _die_with_parent(parent_pid: int):
+    """``preexec_fn``: the worker gets SIGKILL when the dispatcher dies (PR_SET_PDEATHSIG
+    survives exec), from its very first instruction — a worker still importing torch or
+    building models must not outlive a ``kill -9`` of its dispatcher."""
+    if _PRCTL is None:
+        return None
+
+    def setup() -> None:
+        _PRCTL(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return setup
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -58,8 +87,9 @@ class WorkerProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "traceforge.backends.resident.worker",
-                 "--fd", str(child.fileno())],
+                 "--fd", str(child.fileno()), "--parent", str(os.getpid())],
                 pass_fds=[child.fileno()], env=self.env, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent(os.getpid()),
                 stdout=log, stderr=log)
         child.close()
         self.conn = Connection(parent.detach())
@@ -158,6 +188,10 @@ class WorkerProcess:
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to finish, then terminate/kill it; always reaps the process."""
         self._stopping = True
+        if self._ready is not None and not self._ready.done():
+            # Still loading (interrupted, or another worker failed): it reads no messages yet,
+            # so asking it to stop would only wait out the timeout.
+            timeout_s = 0.0
         if self.conn is not None and self.dead_reason is None:
             with contextlib.suppress(OSError):
                 self.conn.send(("stop",))

@@ -75,6 +75,23 @@ def build_resident(models: dict[str, str], device: str, seed: int,
     return loaded, info
 
 
+def die_with_parent(parent_pid: int | None) -> None:
+    """Never outlive the dispatcher, even while still importing torch or building models (the
+    socket reader that notices EOF only starts once the models are ready): the kernel sends
+    SIGKILL when the parent dies (PR_SET_PDEATHSIG, Linux), and a parent already gone by the
+    time this runs is caught by comparing getppid()."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the EOF check below still applies later
+        pass
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(0)
+
+
 def warm_plan(model, shapes, max_batch: int) -> tuple[list, dict]:
     """The buckets to warm for ``shapes`` and, per bucket, the most new tokens asked of it."""
     buckets = model.policy.buckets_for(shapes, max_batch)
@@ -98,6 +115,7 @@ def warm_plan(model, shapes, max_batch: int) -> tuple[list, dict]:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the dispatcher
+    die_with_parent(int(argv[argv.index("--parent") + 1]) if "--parent" in argv else None)
     fd = int(argv[argv.index("--fd") + 1])
     conn = Connection(fd)
     send_lock = threading.Lock()

@@ -1,0 +1,56 @@
+"""Keep secrets off disk: credentials in URLs, API keys and auth headers echoed in error text.
+
+Everything a run writes that can carry text from outside — the endpoint URL (run.json, the
+``worker`` column), error bodies and exception messages (the ``error`` column), log lines — goes
+through :func:`redact_url` or :class:`Scrubber` first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+# user[:password]@ inside any URL in free text
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+# Header echoes: "Authorization: Bearer x", "api-key=x", "'x-api-key': 'x'" ...
+_AUTH_HEADER = re.compile(
+    r"(?i)(['\"]?\b(?:proxy-)?(?:authorization|x-api-key|api[-_]key|apikey|x-auth-token)\b['\"]?"
+    r"\s*[:=]\s*['\"]?)(?:(?:bearer|basic|token)\s+)?[^\s'\",;}]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``http://user:pw@host/p`` -> ``http://***@host/p``; anything else unchanged."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _URL_USERINFO.sub(rf"\1{MASK}@", url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
+
+
+class Scrubber:
+    """Removes known secret values and any auth-header echo from a piece of text."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        # Longest first, so a secret containing another is masked whole; very short values
+        # (a one-letter header value) would mask ordinary text and are not secrets anyway.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str | None) -> str | None:
+        if not text:
+            return text
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
+        text = _AUTH_HEADER.sub(rf"\1{MASK}", text)
+        return _BEARER.sub(rf"\1 {MASK}", text)
+
+
+scrub_text = Scrubber()  # no known values: URL credentials and header echoes only
