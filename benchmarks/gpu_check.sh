@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The resident backend's GPU check, in ONE device call (`make gpu-check`):
-#   1. harness overhead: exclusive mode vs a bare PyTorch loop (distilbert-base, bs 8, seq 128)
+#   1. harness overhead: >= 5 alternating passes of a bare loop and the harness (exclusive mode,
+#      distilbert-base bs 8 x 128 bucket, concurrency 1 and 2; benchmarks/gpu_serving_check.py)
 #   2. the seed study: distilbert-base + distilgpt2 + mistral-7b resident together, a Poisson and
 #      a Gamma (cv 4) trace at ~60 % of the exclusive capacity, in all four modes
 #   3. MPS: every worker attached to traceforge's own daemon, and no daemon left afterwards
+#   3b. service stability: one trace replayed twice; `traceforge compare` must say `same`
 #   4. (PROFILE=1) `traceforge profile` for the simulator
 # Writes everything under $WORK, then copies a few files (and one .tar.gz of the rest) to $OUT.
 # Environment: QUICK=1 (short smoke run), TRACE_S (seconds per trace), PROFILE=1, OUT, WORK.
@@ -36,12 +38,20 @@ step() {  # step SECONDS ARGS... : one helper process, bounded in time, logged
   "$PY" -m pip list 2>/dev/null | grep -iE '^(torch|transformers|nvidia-ml-py|pyarrow|aiohttp|typer|rich|numpy|uvloop) '
   command -v nvidia-cuda-mps-control; nproc; } 2>&1 | tee -a "$LOG"
 step 40 env
-step 70 overhead --n "$([ "$QUICK" = 1 ] && echo 100 || echo 300)"
+sstep() {  # the serving checks (benchmarks/gpu_serving_check.py), same log and work dir
+  local limit=$1; shift
+  echo "---- serving $* (limit ${limit}s)" | tee -a "$LOG"
+  timeout -k 15 "$limit" "$PY" benchmarks/gpu_serving_check.py "$@" --out "$WORK" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || echo "---- step failed: rc=$rc" | tee -a "$LOG"
+}
+sstep 100 overhead --n "$([ "$QUICK" = 1 ] && echo 100 || echo 400)" --passes 5
 step 140 mode exclusive --trace-s "$TRACE_S" "${q[@]}"
 for mode in timeslice mps streams; do
   step 110 mode "$mode" --trace-s "$TRACE_S" "${q[@]}"
 done
 echo "MPS daemons/servers after all modes: $(pgrep -l nvidia-cuda-mps || echo none)" | tee -a "$LOG"
+sstep 150 stability --duration "$([ "$QUICK" = 1 ] && echo 8 || echo 20)"
 "$PY" benchmarks/gpu_check.py report --out "$WORK" \
   --command "QUICK=$QUICK TRACE_S=$TRACE_S PROFILE=${PROFILE:-0} bash benchmarks/gpu_check.sh" \
   2>&1 | tee -a "$LOG"

@@ -117,7 +117,7 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "cpu.json"
     done = cli("profile", "--models", "tiny-bert,tiny-gpt2", "--device", "cpu",
-               "--modes", "exclusive,timeslice", "--batch-sizes", "1,2", "--seq-lens", "8,16",
+               "--modes", "exclusive,timeslice", "--batch-sizes", "1,2", "--seq-lens", "16,32",
                "--new-tokens", "3", "--repeats", "3", "--warmup", "1", "--corun-seconds", "0.4",
                "-o", str(out), timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -153,6 +153,7 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
     out["overload"] = _overload(run, rows, ok_rows, count, arrival_s)
     out["generative"] = _generative(run, ok_rows, duration_s)
     out["batching"] = _batching(run, ok_rows)
+    out["buckets"] = _buckets(run, ok_rows)
     out["slo"] = _slo(counts, latency_ns, slo_ms, duration_s)
     return out
 
@@ -222,6 +223,35 @@ def _batching(run: RunData, ok_rows: np.ndarray) -> dict[str, Any] | None:
     if not batched.size:
         return None
     return {"mean_batched_with": float(batched.mean()), "max_batched_with": int(batched.max())}
+
+
+def _buckets(run: RunData, ok_rows: np.ndarray) -> dict[str, Any] | None:
+    """Resident shape buckets: how often requests were padded, the share of executed tokens
+    that were padding, and the rows and p50 service time per bucket that ran."""
+    if "bucket_seq_len" not in run.table.column_names:
+        return None
+    seq_b = run.col("bucket_seq_len")[ok_rows]
+    known = ~np.isnan(seq_b)
+    if not np.any(known):
+        return None
+    seq_b = seq_b[known]
+    bs_b = run.col("bucket_batch_size")[ok_rows][known]
+    seq = run.col("seq_len")[ok_rows][known]
+    bs = run.col("batch_size")[ok_rows][known]
+    service = run.service[ok_rows][known]
+    ran = bs_b * seq_b
+    by: dict[str, Any] = {}
+    keys = np.stack([bs_b, seq_b])
+    for b, s_ in np.unique(keys, axis=1).T:
+        sel = (bs_b == b) & (seq_b == s_)
+        svc = service[sel]
+        svc = svc[~np.isnan(svc)]
+        by[f"b{int(b)}s{int(s_)}"] = {
+            "count": int(sel.sum()),
+            "service_p50_ms": float(np.median(svc) / NS_PER_MS) if svc.size else None}
+    return {"padded_share": float(np.mean((seq_b > seq) | (bs_b > bs))),
+            "padding_token_share": float(1.0 - (bs * seq).sum() / ran.sum()),
+            "by_bucket": by}
 
 
 def _slo(counts: dict[str, int], latency_ns: np.ndarray, slo_ms: float | None,

@@ -66,12 +66,26 @@ def profile_command(
         None, "--reference",
         help="Per-model co-run shapes MODEL=BATCHxSEQ[xNEW],... (default: the --reference-* "
              "values); best set to the shapes the workload serves."),
+    compile_: str | None = typer.Option(None, "--compile",
+                                        help="Backend variant: graphs | compiled | eager "
+                                             "(default: graphs on CUDA, eager on the CPU)."),
+    seq_buckets: str | None = typer.Option(None, "--seq-buckets",
+                                           help="Padding buckets (default: each model's)."),
+    corun_utilisation: float = typer.Option(0.5, "--corun-utilisation",
+                                            help="Open-loop co-run load per model, as a "
+                                                 "share of its alone capacity."),
+    alone_utilisation: float = typer.Option(0.5, "--alone-utilisation",
+                                            help="Alone service times measured open loop at "
+                                                 "this load (0: closed loop only)."),
+    corun_repeats: int = typer.Option(3, "--corun-repeats",
+                                      help="Co-run repeats (median kept, spread reported)."),
     keep_runs: Path | None = typer.Option(None, "--keep-runs",
                                           help="Keep every phase's run directory here."),
 ) -> None:
     """Measure a GPU (or CPU) profile for `traceforge simulate --profile`."""
     from traceforge.schema import atomic_write
     from traceforge.simulate.measure import ProfileSettings, measure_profile
+    from traceforge.zoo.buckets import parse_buckets
 
     settings = ProfileSettings(
         models=[m.strip() for m in models.split(",") if m.strip()],
@@ -82,7 +96,9 @@ def profile_command(
         image_sides=_ints(image_sides, "--image-sides"),
         new_tokens=new_tokens, repeats=repeats, warmup=warmup, corun_seconds=corun_seconds,
         corun_sets=corun_sets, reference_batch=reference_batch, reference_seq=reference_seq,
-        references=_references(reference), keep_runs=keep_runs,
+        references=_references(reference), keep_runs=keep_runs, compile=compile_,
+        seq_buckets=parse_buckets(seq_buckets), corun_utilisation=corun_utilisation,
+        corun_repeats=corun_repeats, alone_utilisation=alone_utilisation,
     ).validate()
     if out.exists() and out.is_dir():
         raise BadInput("is a directory", key="-o", value=str(out))
@@ -93,7 +109,12 @@ def profile_command(
         "--new-tokens", str(new_tokens), "--repeats", str(repeats), "--warmup", str(warmup),
         "--corun-seconds", f"{corun_seconds:g}", "--corun-sets", corun_sets,
         "--reference-batch", str(reference_batch), "--reference-seq", str(reference_seq),
-        *(["--reference", reference] if reference else []), "-o", str(out)])
+        *(["--reference", reference] if reference else []),
+        *(["--compile", compile_] if compile_ else []),
+        *(["--seq-buckets", seq_buckets] if seq_buckets else []),
+        "--corun-utilisation", f"{corun_utilisation:g}", "--corun-repeats", str(corun_repeats),
+        "--alone-utilisation", f"{alone_utilisation:g}",
+        "-o", str(out)])
 
     def save(profile: dict) -> None:
         # Rewritten after every mode: a run cut short keeps what it measured ("partial").

@@ -107,6 +107,17 @@ def register(app: typer.Typer) -> None:
         zoo: str = typer.Option(None, "--zoo", help="MODEL=ZOO_ENTRY,... (overrides the spec)."),
         telemetry: bool = typer.Option(True, "--telemetry/--no-telemetry",
                                        help="resident: NVML telemetry on GPU runs."),
+        compile_: str = typer.Option(None, "--compile",
+                                     help="resident: graphs (CUDA graphs + static KV cache; "
+                                          "default on CUDA) | compiled (graphs + TorchInductor"
+                                          "-fused decode step) | eager (default on the CPU)."),
+        seq_buckets: str = typer.Option(None, "--seq-buckets",
+                                        help="resident: seq_len padding buckets, e.g. "
+                                             "16,32,64 (default: powers of two to the "
+                                             "model's max; a spec's seq_buckets wins)."),
+        prewarm: bool = typer.Option(True, "--prewarm/--no-prewarm",
+                                     help="resident: run every bucket the trace needs before "
+                                          "the schedule starts (--no-prewarm: cold shapes)."),
     ) -> None:
         """Replay a trace open-loop at its exact times and record every request."""
         from traceforge.replay import ReplayOptions, default_models, run_replay
@@ -159,7 +170,8 @@ def register(app: typer.Typer) -> None:
                 "sm_percent": parse_mapping(sm_percent, "--sm-percent", value_type=int),
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
-                "telemetry": telemetry,
+                "telemetry": telemetry, "compile": compile_, "seq_buckets": seq_buckets,
+                "prewarm": prewarm,
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
                 "status": lambda line: typer.echo(line, err=True),  # a line per model loaded
             }

@@ -34,7 +34,7 @@ def simulate_command(
                                          "keeping the burstiness (as replay)."),
     warmup: float = typer.Option(0.0, "--warmup", help="Flag rows scheduled in the first S s."),
     cold_start: bool = typer.Option(
-        True, "--cold-start/--warm-start",
+        None, "--cold-start/--warm-start",
         help="With --profile: a freshly started backend (first request of each shape pays the "
              "profile's cold_extra_ms), or one that already served these shapes."),
 ) -> None:

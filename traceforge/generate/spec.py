@@ -40,7 +40,8 @@ from traceforge.schema import INT32_MAX, SHAPE_LOWER
 SHAPE_FIELDS = SHAPE_LOWER
 SHAPE_DEFAULTS = {"batch_size": 1, "seq_len": 128, "max_new_tokens": 0}
 TOP_KEYS = ("name", "description", "duration_s", "requests", "seed", "models", "modulations")
-MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS, "sessions")
+MODEL_KEYS = ("zoo", "slo_ms", "arrival", "modulation", *SHAPE_FIELDS, "sessions",
+              "seq_buckets")
 MODULATION_KEYS = ("mean_dwell_s", "multipliers")
 
 
@@ -56,6 +57,7 @@ class ModelSpec:
     modulation: str | None = None  # name of a shared modulation
     multipliers: tuple[float, ...] | None = None  # per-state rate multipliers for this model
     sessions: SessionSpec | None = None  # multi-turn sessions (generate/sessions.py)
+    seq_buckets: tuple[int, ...] | None = None  # resident backend: padding buckets (override)
 
     def shape(self, name: str) -> ShapeDist:
         return getattr(self, name)
@@ -73,6 +75,8 @@ class ModelSpec:
             out["zoo"] = self.zoo
         if self.slo_ms is not None:
             out["slo_ms"] = self.slo_ms
+        if self.seq_buckets is not None:
+            out["seq_buckets"] = list(self.seq_buckets)
         out["arrival"] = self.arrival.to_dict()
         if self.modulation is not None:
             out["modulation"] = (
@@ -282,6 +286,15 @@ def _parse_model(r: SpecReader, name: str, table: object,
             r.fail(f"{key}.zoo", zoo, "unknown model-zoo entry", ", ".join(ZOO))
     slo_ms = (r.number(table["slo_ms"], f"{key}.slo_ms", low=0, low_open=True)
               if "slo_ms" in table else None)
+    seq_buckets = None
+    if "seq_buckets" in table:
+        from traceforge.zoo.buckets import parse_buckets
+
+        parsed = parse_buckets(table["seq_buckets"], key=f"{key}.seq_buckets",
+                               source=r.source)
+        if not parsed:
+            r.fail(f"{key}.seq_buckets", table["seq_buckets"], "must list at least one bucket")
+        seq_buckets = tuple(parsed)
     if "arrival" not in table:
         r.missing(f"{key}.arrival", ", ".join(PROCESS_PARAMS))
     arrival = _parse_arrival(r, f"{key}.arrival", table["arrival"])
@@ -319,6 +332,7 @@ def _parse_model(r: SpecReader, name: str, table: object,
                 if "sessions" in table else None)
     return ModelSpec(name=name, arrival=arrival, zoo=zoo, slo_ms=slo_ms,
                      modulation=modulation, multipliers=multipliers, sessions=sessions,
+                     seq_buckets=seq_buckets,
                      **shapes)
 
 

@@ -31,7 +31,7 @@ _STATUS_DICT = pa.array(list(STATUSES), pa.string())
 
 # Outcome attributes copied into int64 / int32 columns when not None.
 _I64_FIELDS = ("service_start_ns", "first_token_ns", "service_end_ns", "gpu_ns", "batch_id")
-_I32_FIELDS = ("batched_with", "tokens_out")
+_I32_FIELDS = ("batched_with", "tokens_out", "bucket_seq_len", "bucket_batch_size")
 
 
 class TimelineRecorder:
@@ -211,6 +211,8 @@ class TimelineRecorder:
             "itl_ns": sparse(self.itl_ns, pa.list_(pa.int64())),
             "session_id": i64(self.session_id[idx]),
             "turn": i32(self.turn[idx]),
+            "bucket_seq_len": i32(self._i32["bucket_seq_len"][idx]),
+            "bucket_batch_size": i32(self._i32["bucket_batch_size"][idx]),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 

@@ -20,6 +20,10 @@ from traceforge.clock import RunClock
 class ModelInfo:
     name: str  # the model name used in the trace
     zoo: str | None = None  # model-zoo entry (resident backend), from the spec or --zoo
+    # Distinct (batch_size, seq_len, max_new_tokens) the trace asks of this model (filled in by
+    # replay before backend.start: the resident backend pre-warms their buckets).
+    shapes: list[tuple[int, int, int]] | None = None
+    seq_buckets: list[int] | None = None  # per-model padding buckets from the spec
 
 
 @dataclass(slots=True)
@@ -47,6 +51,8 @@ class Outcome:
     tokens_out: int | None = None
     worker: str | None = None
     itl_ns: list[int] | None = None
+    bucket_seq_len: int | None = None  # the padded shape that ran (resident buckets)
+    bucket_batch_size: int | None = None
 
 
 @runtime_checkable

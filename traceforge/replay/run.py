@@ -43,8 +43,23 @@ def default_models(trace: Trace) -> list[ModelInfo]:
     for name in trace.models:
         entry = spec_models.get(name)
         zoo = entry.get("zoo") if isinstance(entry, dict) else None
-        out.append(ModelInfo(name=name, zoo=zoo))
+        buckets = entry.get("seq_buckets") if isinstance(entry, dict) else None
+        out.append(ModelInfo(name=name, zoo=zoo,
+                             seq_buckets=list(buckets) if buckets else None))
     return out
+
+
+def trace_shapes(trace: Trace) -> dict[str, list[tuple[int, int, int]]]:
+    """Per model, the distinct (batch_size, seq_len, max_new_tokens) rows of the trace."""
+    import pyarrow.compute as pc  # noqa: F401  (group_by lives on the table)
+
+    t = trace.table.select(["model", "batch_size", "seq_len", "max_new_tokens"])
+    groups = t.group_by(["model", "batch_size", "seq_len", "max_new_tokens"]).aggregate([])
+    out: dict[str, list[tuple[int, int, int]]] = {}
+    for row in groups.to_pylist():
+        out.setdefault(row["model"], []).append(
+            (row["batch_size"], row["seq_len"], row["max_new_tokens"]))
+    return {m: sorted(v) for m, v in out.items()}
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -112,6 +127,11 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     bind = getattr(backend, "bind_trace", None)
     if bind is not None:  # backends that build inputs from the whole trace (prompts.py)
         bind(trace)
+    shapes = trace_shapes(trace)
+    for m in models:  # what each model can be asked for (the resident backend pre-warms it)
+        if m.shapes is None:
+            m.shapes = shapes.get(m.name, [])
+
     clock = clock or RunClock()
     try:
         await backend.start(models, clock)

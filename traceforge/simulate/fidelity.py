@@ -58,7 +58,7 @@ def _trace_of(run_dir: Path, manifest: dict[str, Any]) -> Path:
 
 
 def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
-                cold_start: bool = True) -> dict[str, Any]:
+                cold_start: bool | None = True) -> dict[str, Any]:
     """Simulate the trace a measured run replayed and compare per-model latencies.
 
     ``cold_start=False`` for a run whose backend had already served these shapes (e.g. a
@@ -70,6 +70,9 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
     if mode is None:
         raise BadInput("run.json names no sharing mode", source=run_dir, key="mode")
     options = manifest.get("options") or {}
+    prewarm = info.get("prewarm")
+    if isinstance(prewarm, dict) and "enabled" in prewarm:
+        cold_start = not prewarm["enabled"]  # a pre-warmed run has no cold shapes
     trace_path = _trace_of(run_dir, manifest)
     trace = read_trace(trace_path)
     measured = latencies_by_model(run_dir)

@@ -49,6 +49,38 @@ class ModelProfile:
     new_tokens: int = 0  # tokens generated per request while measuring decode
     reference: dict[str, int] = field(default_factory=dict)
     cold_extra_ms: np.ndarray | None = None  # [batch, seq]: first-request excess, fresh backend
+    # Shape buckets of the measured backend ("buckets.seq_buckets" in the JSON): None = the
+    # profile predates buckets (requests are looked up at their own shape).
+    seq_buckets: tuple[int, ...] | None = None
+    bucketed: bool = False
+
+    def bucket_shapes(self, batch_size, seq_len, new_tokens, *, batch_buckets: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """The (batch, seq_len) each request runs at: its bucket, as the resident backend
+        pads it (zoo/buckets.py); the request's own shape for a profile without buckets."""
+        bs = np.asarray(batch_size, np.int64)
+        seq = np.asarray(seq_len, np.int64)
+        if not self.bucketed:
+            return bs, seq
+        from traceforge.zoo.buckets import BucketPolicy
+
+        policy = BucketPolicy(kind=self.kind or ("decoder" if self.generative else "encoder"),
+                              seq_buckets=self.seq_buckets, batch_buckets=batch_buckets,
+                              max_positions=None)
+        new = np.asarray(new_tokens, np.int64)
+        keys = np.stack([np.broadcast_to(bs, seq.shape), seq, np.broadcast_to(new, seq.shape)])
+        uniq, inverse = np.unique(keys.reshape(3, -1), axis=1, return_inverse=True)
+        out_b = np.empty(uniq.shape[1], np.int64)
+        out_s = np.empty(uniq.shape[1], np.int64)
+        for k in range(uniq.shape[1]):
+            b, s, n = (int(x) for x in uniq[:, k])
+            try:
+                bucket = policy.bucket(b, s, n)
+                out_b[k], out_s[k] = bucket.batch, bucket.seq
+            except ValueError:  # beyond the largest bucket: the real backend errors; keep it
+                out_b[k], out_s[k] = b, s
+        inverse = inverse.reshape(-1)
+        return out_b[inverse].reshape(seq.shape), out_s[inverse].reshape(seq.shape)
 
     def cold_ns(self, batch_size, seq_len) -> np.ndarray:
         """Extra time (float ns) of the first request of a shape after the backend starts."""
@@ -200,6 +232,7 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             service_cv=float(m.get("service_cv", 0.0)),
             decode_ms_per_token=dec, new_tokens=int(m.get("new_tokens", 0)),
             reference=dict(m.get("reference") or {}), cold_extra_ms=cold,
+            seq_buckets=_seq_buckets(m, source, key), bucketed="buckets" in m,
         )
     if not models:
         raise BadInput("no models", source=source, key="models")
@@ -222,6 +255,15 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))
+
+
+def _seq_buckets(m: dict, source: object, key: str) -> tuple[int, ...] | None:
+    buckets = (m.get("buckets") or {}).get("seq_buckets")
+    if buckets is None:
+        return None
+    from traceforge.zoo.buckets import parse_buckets
+
+    return tuple(parse_buckets(list(buckets), key=f"{key}.buckets.seq_buckets", source=source))
 
 
 def _axis_weights(axis: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,8 @@ class SimResult:
     batch_id: np.ndarray | None = None
     batched_with: np.ndarray | None = None
     worker: pa.Array | None = None  # worker name per row
+    bucket_seq_len: np.ndarray | None = None  # the padded shape the profile's bucket policy
+    bucket_batch_size: np.ndarray | None = None  # gives (profile model with buckets)
 
 
 def simulate(
@@ -81,14 +83,18 @@ def simulate(
     seed: int = 0,
     time_scale: float = 1.0,
     warmup_s: float = 0.0,
-    cold_start: bool = True,
+    cold_start: bool | None = None,
     rate: str | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
 
-    ``cold_start`` (profile model): the backend has just started, as in a fresh ``replay``:
-    the first request of each shape per model pays the profile's ``cold_extra_ms``. False
-    simulates a backend that already served these shapes.
+    ``cold_start`` (profile model): the backend has just started without pre-warm (``replay
+    --no-prewarm``): the first request of each shape (bucket) per model pays the profile's
+    ``cold_extra_ms``. False: every shape is warm (the resident backend pre-warms by default).
+    None: False for a profile with shape buckets, True for an older profile without them.
+
+    With a bucketed profile a request's service time is its bucket's (the padded shape the
+    backend runs), and the timeline's ``bucket_seq_len`` / ``bucket_batch_size`` say which.
 
     Every input is checked before anything is written; bad values raise :class:`BadInput`.
     """
@@ -145,6 +151,9 @@ def simulate(
                            allowed=", ".join(profile.modes))
         profile.mode(mode, source=profile.path)
         mapping = _map_models(names, trace, profile)
+        if cold_start is None:
+            cold_start = not any(profile.models[p].bucketed for p in mapping.values())
+
         def run_once(sched, perm):
             return _simulate_profile(table.take(perm), sched, codes[perm], names, mapping,
                                      profile, mode, max_batch=max_batch,
@@ -328,6 +337,17 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     seq_all = table.column("seq_len").to_numpy()
     new_all = table.column("max_new_tokens").to_numpy()
     rows_by_model = _rows_by_model(codes, k)
+    # The shape each request runs at: its bucket when the profile has buckets (and batching is
+    # off; batches are bucketed as a whole below).
+    run_bs = bs_all.astype(np.int64)
+    run_seq = seq_all.astype(np.int64)
+    any_bucketed = False
+    for m, rows in enumerate(rows_by_model):
+        pm = profile.models[mapping[names[m]]]
+        if pm.bucketed and rows.size:
+            any_bucketed = True
+            run_bs[rows], run_seq[rows] = pm.bucket_shapes(bs_all[rows], seq_all[rows],
+                                                           new_all[rows])
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(k)]
 
     queues: list[ModelQueue] = []
@@ -350,15 +370,14 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             noise.append(np.ones(rows.size))
         work = None
         if max_batch == 1:
-            work = (pm.service_ns(bs_all[rows], seq_all[rows], new_all[rows])
+            work = (pm.service_ns(run_bs[rows], run_seq[rows], new_all[rows])
                     * scale[m] * noise[m])
             if cold_start and rows.size:
                 # The first request of each shape (in this worker's FIFO order) pays the
                 # profile's first-request excess.
-                shape = ((bs_all[rows].astype(np.int64) << 42) | (seq_all[rows].astype(np.int64)
-                                                                   << 21) | new_all[rows])
+                shape = ((run_bs[rows] << 42) | (run_seq[rows] << 21) | new_all[rows])
                 _, first = np.unique(shape, return_index=True)
-                work[first] += pm.cold_ns(bs_all[rows][first], seq_all[rows][first])
+                work[first] += pm.cold_ns(run_bs[rows][first], run_seq[rows][first])
         queues.append(ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
                                  work_ns=work))
 
@@ -380,10 +399,11 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             base = cache.get(key)
             if base is None:  # the first batch of this shape
                 pm = profile.models[mapping[names[m]]]
-                base = float(pm.service_ns(key[1], key[2], key[3])) * scale[m]
+                b_run, s_run = pm.bucket_shapes(key[1], key[2], key[3], batch_buckets=True)
+                base = float(pm.service_ns(b_run, s_run, key[3])) * scale[m]
                 cache[key] = base
                 if cold_start:
-                    return base * noise_l[m][i] + float(pm.cold_ns(key[1], key[2]))
+                    return base * noise_l[m][i] + float(pm.cold_ns(b_run, s_run))
             return base * noise_l[m][i]
 
     exclusive = mode == "exclusive"
@@ -427,7 +447,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         gen = rows[new_all[rows] > 0]
         if gen.size == 0:
             continue
-        frac = pm.prefill_fraction(bs_all[gen], seq_all[gen], new_all[gen])
+        frac = pm.prefill_fraction(run_bs[gen], run_seq[gen], new_all[gen])
         first_token[gen] = start[gen] + frac * (end[gen] - start[gen])
         tokens_out[gen] = bs_all[gen].astype(np.int64) * new_all[gen]
     # Worker names as the resident backend writes them.
@@ -437,9 +457,13 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         prefix = "stream" if mode == "streams" else mode
         labels = pa.array([f"{prefix}-{m}" for m in names], pa.string())
         worker = labels.take(pa.array(codes, pa.int32()))
+    bucket_seq = bucket_batch = None
+    if any_bucketed and max_batch == 1:
+        bucket_seq, bucket_batch = run_seq.astype(np.int32), run_bs.astype(np.int32)
     return SimResult(service_start_ns=start, service_end_ns=end, done_ns=done,
                      first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
-                     batched_with=batched, worker=worker)
+                     batched_with=batched, worker=worker, bucket_seq_len=bucket_seq,
+                     bucket_batch_size=bucket_batch)
 
 
 def _rate_table(profile: Profile, mode: str, pnames: list[str]) -> dict[int, list[float]]:
@@ -500,5 +524,7 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "itl_ns": pa.nulls(n, f("itl_ns").type),
         "session_id": trace.column("session_id"),
         "turn": trace.column("turn"),
+        "bucket_seq_len": opt(r.bucket_seq_len, "bucket_seq_len"),
+        "bucket_batch_size": opt(r.bucket_batch_size, "bucket_batch_size"),
     }
     return pa.table(columns, schema=TIMELINE_SCHEMA)

@@ -150,20 +150,36 @@ def resolve_dtype(entry: ZooEntry, device: str, dtype: str | None = None) -> str
     return entry.cuda_dtype if device.startswith("cuda") else "float32"
 
 
+COMPILE_MODES = ("eager", "graphs", "compiled")
+
+
+class BucketDoesNotFit(RuntimeError):
+    """A bucket's static buffers (KV cache, graph pool) do not fit in free device memory."""
+
+
 @dataclass(slots=True)
 class RunStats:
     """One execution. Times are absolute ``time.monotonic_ns()`` readings (callers convert to the
-    run clock); ``gpu_ns`` is the CUDA-event time of the whole execution (None on CPU)."""
+    run clock); ``gpu_ns`` is the CUDA-event time of the whole execution (None on CPU);
+    ``bucket_*`` the padded shape that ran."""
 
     service_start_ns: int
     first_token_ns: int | None
     service_end_ns: int
     gpu_ns: int | None
     tokens_out: int
+    bucket_seq_len: int | None = None
+    bucket_batch_size: int | None = None
 
 
 class LoadedModel:
-    """A zoo model resident on one device, ready to serve requests."""
+    """A zoo model resident on one device, ready to serve requests.
+
+    :meth:`configure` sets the shape buckets and the execution variant (``eager``: the model's
+    own forward and transformers' dynamic KV cache; ``graphs``: CUDA graphs per bucket and a
+    static KV cache, see :mod:`traceforge.zoo.serving`); :meth:`prewarm` runs every bucket once
+    before traffic; :meth:`run` serves one request (or one dynamic batch) in its bucket.
+    """
 
     def __init__(self, entry: ZooEntry, model, device: str, dtype: str, seed: int,
                  build_s: float) -> None:
@@ -186,6 +202,27 @@ class LoadedModel:
         # `cache` (5.2x); the GPU image may carry either version.
         forward_args = inspect.signature(model.forward).parameters
         self._cache_key = "cache" if "cache" in forward_args else "past_key_values"
+        self.configure()
+
+    def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,
+                  batch_buckets: bool = False) -> None:
+        """Buckets and variant. ``seq_buckets`` None = the defaults (buckets.py)."""
+        from traceforge.zoo.buckets import BucketPolicy
+
+        if compile not in COMPILE_MODES:
+            raise BadInput("unknown compile variant", key="--compile", value=compile,
+                           allowed=", ".join(COMPILE_MODES))
+        if compile in ("graphs", "compiled") and not self.is_cuda:
+            raise BadInput("CUDA graphs need a CUDA device (use --compile eager on the CPU)",
+                           key="--compile", value=compile)
+        self.compile = compile
+        self.policy = BucketPolicy.for_entry(self.entry, seq_buckets, batch_buckets)
+        self._runners: dict = {}
+        self._pool = None
+        if compile in ("graphs", "compiled"):
+            import torch
+
+            self._pool = torch.cuda.graph_pool_handle()  # one memory pool for all its graphs
 
     @property
     def params(self) -> int:
@@ -211,6 +248,13 @@ class LoadedModel:
                     f"{e.max_positions} positions of {e.name}")
         return None
 
+    def bucket(self, batch_size: int, seq_len: int, max_new_tokens: int):
+        """The bucket this request runs in (ValueError naming why it cannot run)."""
+        problem = self.check_shape(batch_size, seq_len, max_new_tokens)
+        if problem:
+            raise ValueError(problem)
+        return self.policy.bucket(batch_size, seq_len, max_new_tokens)
+
     def synthesise(self, batch_size: int, seq_len: int, request_ids=None, *,
                    batch_sizes=None, prefix_blocks=None, block_tokens: int | None = None):
         """Inputs for ``batch_size`` rows. Text models given ``request_ids`` take the same token
@@ -233,15 +277,17 @@ class LoadedModel:
             ids[: len(rows)] = torch.from_numpy(rows).to(self.device)
         return ids
 
+    # -- serving -------------------------------------------------------------------------------
     def run(self, batch_size: int, seq_len: int, max_new_tokens: int, *,
             label: str | None = None) -> RunStats:
         """Execute one request (or one dynamic batch) synchronously on the current stream."""
         import torch
 
-        problem = self.check_shape(batch_size, seq_len, max_new_tokens)
-        if problem:
-            raise ValueError(problem)
+        bucket = self.bucket(batch_size, seq_len, max_new_tokens)
         cuda = self.is_cuda
+        runner = None
+        if self.compile != "eager":
+            runner = self._runner(bucket, max_new_tokens)  # captured at first use
         if cuda:
             torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
             start_ev = torch.cuda.Event(enable_timing=True)
@@ -253,14 +299,11 @@ class LoadedModel:
             first_token = None
             tokens = 0
             with torch.inference_mode():
-                inputs = self.synthesise(batch_size, seq_len)
-                kind = self.entry.kind
-                if kind == "vision":
-                    self.model(pixel_values=inputs, **self._vision_kwargs())
-                elif kind == "encoder" or max_new_tokens == 0:
-                    self.model(input_ids=inputs)
+                if runner is not None:
+                    first_token = self._run_graphs(runner, batch_size, seq_len, max_new_tokens)
                 else:
-                    first_token = self._decode(inputs, max_new_tokens)
+                    first_token = self._run_eager(bucket, batch_size, seq_len, max_new_tokens)
+                if self.entry.kind == "decoder" and max_new_tokens:
                     tokens = batch_size * max_new_tokens
             if cuda:
                 end_ev.record()
@@ -270,14 +313,154 @@ class LoadedModel:
         finally:
             if cuda:
                 torch.cuda.nvtx.range_pop()
-        return RunStats(service_start, first_token, service_end, gpu_ns, tokens)
+        return RunStats(service_start, first_token, service_end, gpu_ns, tokens,
+                        bucket.seq, bucket.batch)
+
+    def launch(self, batch_size: int, seq_len: int, max_new_tokens: int, *,
+               label: str | None = None):
+        """Enqueue one graph-captured forward on the current stream and return at once (the
+        executor pipelines one request ahead); :meth:`finish` waits for it. None when this
+        request must run synchronously (:meth:`run`): eager, CPU, or decode (the host waits
+        for the first token)."""
+        import torch
+
+        if (self.compile == "eager" or not self.is_cuda
+                or (self.entry.kind == "decoder" and max_new_tokens > 0)):
+            return None
+        bucket = self.bucket(batch_size, seq_len, max_new_tokens)
+        runner = self._runner(bucket, max_new_tokens)
+        torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
+        try:
+            start_ev = torch.cuda.Event(enable_timing=True)
+            end_ev = torch.cuda.Event(enable_timing=True)
+            launched = time.monotonic_ns()
+            start_ev.record()
+            runner.fill(batch_size, seq_len)
+            runner.run()
+            output = runner.result()  # copied out: the next replay overwrites the buffers
+            end_ev.record()
+        finally:
+            torch.cuda.nvtx.range_pop()
+        return (bucket, start_ev, end_ev, launched, output)
+
+    def finish(self, handle) -> RunStats:
+        """Wait for a :meth:`launch`; the service interval is the GPU's (it may have started
+        after the launch, behind the previous request)."""
+        bucket, start_ev, end_ev, launched, _output = handle
+        end_ev.synchronize()
+        end = time.monotonic_ns()
+        gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
+        return RunStats(max(launched, end - gpu_ns), None, end, gpu_ns, 0, bucket.seq,
+                        bucket.batch)
+
+    def _run_eager(self, bucket, batch_size: int, seq_len: int, new: int) -> int | None:
+        import torch
+
+        kind = self.entry.kind
+        inputs = self.synthesise(bucket.batch, bucket.seq)
+        if kind == "vision":
+            self.model(pixel_values=inputs, **self._vision_kwargs())
+            return None
+        mask = None
+        pad = bucket.seq - seq_len
+        if pad:
+            mask = torch.ones((bucket.batch, bucket.seq), dtype=torch.long, device=self.device)
+        if kind == "encoder" or new == 0:
+            if mask is not None:
+                mask[:, seq_len:] = 0  # right padding
+            self.model(input_ids=inputs, attention_mask=mask)
+            return None
+        if mask is not None:
+            mask[:, :pad] = 0  # left padding: the last token is a real one
+        return self._decode(inputs, new, mask=mask)
+
+    def _runner(self, bucket, new: int):
+        from traceforge.zoo.buckets import Bucket
+        from traceforge.zoo.serving import DecodeRunner, ForwardRunner
+
+        decode = self.entry.kind == "decoder" and new > 0
+        key = bucket if decode else Bucket(bucket.batch, bucket.seq, 0)
+        runner = self._runners.get(key)
+        if runner is None:
+            self._check_room(key, decode)
+            cls = DecodeRunner if decode else ForwardRunner
+            try:
+                runner = cls(self, key, graphs=self.compile != "eager", pool=self._pool,
+                             inductor=self.compile == "compiled")
+            except Exception as exc:
+                if "out of memory" in str(exc).lower():
+                    raise BucketDoesNotFit(self._no_room(key, None)) from exc
+                raise
+            self._runners[key] = runner
+        return runner
+
+    def _check_room(self, bucket, decode: bool) -> None:
+        if not self.is_cuda or not decode:
+            return
+        import torch
+
+        from traceforge.zoo.serving import kv_bytes_estimate
+
+        need = kv_bytes_estimate(self.model.config, bucket.batch,
+                                 bucket.seq + bucket.new_cap, DTYPE_BYTES[self.dtype])
+        free = torch.cuda.mem_get_info(self.device)[0]
+        if need is not None and need > free:
+            raise BucketDoesNotFit(self._no_room(bucket, need, free))
+
+    def _no_room(self, bucket, need: int | None, free: int | None = None) -> str:
+        if free is None and self.is_cuda:
+            import torch
+
+            free = torch.cuda.mem_get_info(self.device)[0]
+        what = f" needs {need / 2**30:.2f} GiB of KV cache," if need else " does not fit:"
+        return (f"{self.name}: bucket {bucket.label()} (batch {bucket.batch}, seq "
+                f"{bucket.seq}, context {bucket.seq + bucket.new_cap}){what} "
+                f"{(free or 0) / 2**30:.2f} GiB free on {self.device}; use smaller "
+                "--seq-buckets / --max-batch or fewer resident models")
+
+    def _run_graphs(self, runner, batch_size: int, seq_len: int, new: int) -> int | None:
+        import torch
+
+        runner.fill(batch_size, seq_len)
+        if not hasattr(runner, "step"):
+            runner.run()
+            return None
+        runner.prefill()
+        if self.is_cuda:
+            torch.cuda.current_stream().synchronize()
+        first_token = time.monotonic_ns()
+        for _ in range(new - 1):
+            runner.step()
+        return first_token
+
+    def prewarm(self, buckets, new_tokens: dict | None = None) -> dict[str, float]:
+        """Run every bucket once before traffic (graphs: capture them); seconds per bucket.
+
+        ``new_tokens[bucket]``: the largest max_new_tokens a request in that bucket asks for
+        (eager decode warms that many steps; a captured decode step serves any count)."""
+        import torch
+
+        times: dict[str, float] = {}
+        for bucket in buckets:
+            new = (new_tokens or {}).get(bucket, bucket.new_cap)
+            t = time.perf_counter()
+            # Graphs: capturing already ran the bucket (eager warm-up + capture); eager: one run
+            # selects the shape's kernels and grows the allocator.
+            self.run(bucket.batch, bucket.seq, new, label=f"prewarm {bucket.label()}")
+            if self.is_cuda:
+                torch.cuda.synchronize(self.device)
+            times[bucket.label()] = round(time.perf_counter() - t, 4)
+        return times
 
     def _vision_kwargs(self) -> dict:
         # ViT's position embeddings are for config.image_size; other sides are interpolated.
         return {"interpolate_pos_encoding": True} if self.entry.model_class == "ViTModel" else {}
 
-    def _decode(self, input_ids, max_new_tokens: int, collect: list | None = None) -> int:
-        """Prefill + greedy decode of exactly ``max_new_tokens`` tokens with a KV cache.
+    def _decode(self, input_ids, max_new_tokens: int, collect: list | None = None,
+                mask=None) -> int:
+        """Prefill + greedy decode of exactly ``max_new_tokens`` tokens with transformers'
+        dynamic KV cache (the eager variant). ``mask``: a 2-D padding mask for a left-padded
+        prompt (position ids then count real tokens only).
 
         The host synchronises once, after the first token (its time is the TTFT a streaming
         server would see); the remaining steps are queued without host round trips, as a
@@ -286,7 +469,12 @@ class LoadedModel:
         """
         import torch
 
-        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        extra: dict = {}
+        positions = None
+        if mask is not None:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            extra = {"attention_mask": mask, "position_ids": positions}
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **extra)
         next_ids = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
         if self.is_cuda:
             torch.cuda.current_stream().synchronize()
@@ -295,21 +483,58 @@ class LoadedModel:
         for _ in range(max_new_tokens - 1):
             if collect is not None:
                 collect.append(next_ids)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+                positions = positions[:, -1:] + 1
+                extra = {"attention_mask": mask, "position_ids": positions}
             out = self.model(input_ids=next_ids, use_cache=True, logits_to_keep=1,
-                             **{key: getattr(out, key)})
+                             **{key: getattr(out, key)}, **extra)
             next_ids = out.logits[:, -1, :].argmax(dim=-1, keepdim=True)
         if collect is not None:
             collect.append(next_ids)
         return first_token
 
-    def greedy_ids(self, input_ids, max_new_tokens: int):
-        """The token ids the serving loop generates (for checks against ``generate``)."""
+    def greedy_ids(self, input_ids, max_new_tokens: int, *, pad_to: int | None = None):
+        """The token ids the eager serving loop generates (for checks against ``generate``);
+        ``pad_to``: left-pad the prompt to this length first (masked)."""
         import torch
 
         steps: list = []
+        mask = None
+        if pad_to is not None and pad_to > input_ids.shape[1]:
+            pad = pad_to - input_ids.shape[1]
+            filler = torch.zeros((input_ids.shape[0], pad), dtype=input_ids.dtype,
+                                 device=input_ids.device)
+            input_ids = torch.cat([filler, input_ids], dim=1)
+            mask = torch.ones_like(input_ids)
+            mask[:, :pad] = 0
         with torch.inference_mode():
-            self._decode(input_ids, max_new_tokens, collect=steps)
+            self._decode(input_ids, max_new_tokens, collect=steps, mask=mask)
         return torch.cat(steps, dim=1)
+
+    def static_greedy_ids(self, input_ids, max_new_tokens: int, *, bucket_seq: int | None = None,
+                          graphs: bool = False):
+        """The token ids of the static-KV-cache decode loop (the ``graphs`` variant's logic; on
+        the CPU it runs the same step functions without capture), prompt left-padded to
+        ``bucket_seq``."""
+        import torch
+
+        from traceforge.zoo.buckets import SMALLEST_NEW_BUCKET, Bucket, pow2_at_least
+        from traceforge.zoo.serving import DecodeRunner
+
+        b, s = input_ids.shape
+        seq = bucket_seq or s
+        bucket = Bucket(b, seq, pow2_at_least(max_new_tokens, SMALLEST_NEW_BUCKET))
+        pool = torch.cuda.graph_pool_handle() if graphs else None
+        with torch.inference_mode():
+            runner = DecodeRunner(self, bucket, graphs=graphs, pool=pool)
+            runner.ids.zero_()
+            runner.ids[:, seq - s:] = input_ids
+            runner.real.fill_(s)
+            runner.prefill()
+            for _ in range(max_new_tokens - 1):
+                runner.step()
+            return runner.generated(max_new_tokens)
 
 
 def build_model(name: str, device: str = "cpu", dtype: str | None = None,

@@ -84,11 +84,24 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
             raise BadInput("nvidia-cuda-mps-control is not on PATH", key="--mode", value=mode)
     elif kind == "cuda":
         require_cuda(device)
+    from traceforge.zoo import COMPILE_MODES
+    from traceforge.zoo.buckets import parse_buckets
+
+    compile_ = opts.get("compile") or ("graphs" if kind == "cuda" else "eager")
+    if compile_ not in COMPILE_MODES:
+        raise BadInput("unknown compile variant", key="--compile", value=compile_,
+                       allowed=", ".join(COMPILE_MODES))
+    if compile_ in ("graphs", "compiled") and kind != "cuda":
+        raise BadInput("CUDA graphs need a CUDA device; on the CPU use --compile eager",
+                       key="--compile", value=compile_)
+    seq_buckets = parse_buckets(opts.get("seq_buckets"))
     return ResidentBackend(mode=mode, device=device, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, sm_percent=sm_percent, zoo=zoo,
                            telemetry=bool(opts.get("telemetry", True)),
                            run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0),
-                           status=opts.get("status"))
+                           status=opts.get("status"),
+                           compile=compile_, seq_buckets=seq_buckets,
+                           prewarm=bool(opts.get("prewarm", True)))
 
 
 class ResidentBackend:
@@ -98,7 +111,9 @@ class ResidentBackend:
                  max_wait_ms: float = 0.0, sm_percent: dict[str, int] | None = None,
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0,
-                 status: Any = None) -> None:
+                 status: Any = None,
+                 compile: str | None = None, seq_buckets: list[int] | None = None,
+                 prewarm: bool = True) -> None:
         from traceforge.gpu.cuda import parse_device
 
         self.mode = mode
@@ -116,6 +131,10 @@ class ResidentBackend:
         self.seed = seed
         # status(line): progress while models load (the CLI prints it to stderr), else silent
         self.status = status or (lambda line: None)
+        self.compile = compile or ("graphs" if self.is_cuda else "eager")
+        self.seq_buckets = seq_buckets  # --seq-buckets (None: each model's defaults)
+        self.prewarm = prewarm
+        self._serving: dict[str, Any] = {}
         self.models: dict[str, str] = {}  # trace model -> zoo entry
         self._executors: dict[str, Any] = {}  # trace model -> Executor (in-process modes)
         self._workers: dict[str, Any] = {}  # trace model -> WorkerProcess (process modes)
@@ -137,6 +156,13 @@ class ResidentBackend:
             entry = self.zoo_overrides.get(info.name) or info.zoo or info.name
             get_entry(entry, key=f"--zoo {info.name}")
             self.models[info.name] = entry
+        self._serving = {
+            "compile": self.compile, "prewarm": self.prewarm, "max_batch": self.max_batch,
+            "batch_buckets": self.max_batch > 1,
+            "seq_buckets": {i.name: (getattr(i, "seq_buckets", None) or self.seq_buckets)
+                            for i in models},
+            "shapes": {i.name: [tuple(x) for x in (getattr(i, "shapes", None) or [])]
+                       for i in models}}
         unknown = sorted(set(self.sm_percent) - set(self.models))
         if unknown:
             raise BadInput("not a model of this trace", key="--sm-percent", value=unknown[0],
@@ -154,6 +180,17 @@ class ResidentBackend:
         else:
             await asyncio.to_thread(self._start_in_process)
             self.status(f"    all models ready in {time.perf_counter() - started:.1f} s")
+        self._record_prewarm()
+
+    def _record_prewarm(self) -> None:
+        """run.json: the buckets each model warmed, the time it took, and when start ended
+        (on the run clock; the schedule begins after it)."""
+        models = self._info.get("models") or {}
+        warmed = {m: (i.get("prewarm") or {}).get("buckets") for m, i in models.items()}
+        self._info["prewarm"] = {
+            "enabled": self.prewarm, "compile": self.compile,
+            "seconds": {m: (i.get("prewarm") or {}).get("seconds") for m, i in models.items()},
+            "buckets": warmed, "ready_ns": self.clock.now()}
 
     def _check_fits(self, weights: int) -> None:
         from traceforge.gpu.cuda import free_memory_bytes
@@ -203,7 +240,13 @@ class ResidentBackend:
         if not self.is_cuda and self.mode == "streams":
             # One executor thread per model on a few cores: split torch's intra-op threads.
             torch.set_num_threads(max(1, torch.get_num_threads() // max(1, len(self.models))))
-        loaded, info = build_resident(self.models, self.device, self.seed)
+        from traceforge.errors import RunFailure
+        from traceforge.zoo import BucketDoesNotFit
+
+        try:
+            loaded, info = build_resident(self.models, self.device, self.seed, self._serving)
+        except BucketDoesNotFit as exc:
+            raise RunFailure(str(exc)) from None
         self._info["models"] = info
         common = {"t0_ns": self.clock.t0_ns, "on_result": self._on_thread_result,
                   "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms}
@@ -241,7 +284,10 @@ class ResidentBackend:
                    "t0_ns": self.clock.t0_ns, "worker": f"{self.mode}-{name}",
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads,
-                   "cpu_nice": CPU_WORKER_NICE}
+                   "cpu_nice": CPU_WORKER_NICE,
+                   "serving": {**self._serving,
+                               "seq_buckets": {name: self._serving["seq_buckets"].get(name)},
+                               "shapes": {name: self._serving["shapes"].get(name)}}}
             self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
         self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
@@ -374,6 +420,7 @@ class ResidentBackend:
         out: dict[str, Any] = {
             "backend": self.name, "mode": self.mode, "device": self.device,
             "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms,
+            "compile": self.compile, "seq_buckets": self.seq_buckets,
             "zoo": dict(self.models), "versions": _versions(), **self._info,
         }
         if self.mode == "mps":

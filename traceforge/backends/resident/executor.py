@@ -9,7 +9,9 @@ Dynamic batching: the executor takes the oldest request, then gathers later requ
 same model* until ``max_batch`` requests or until ``max_wait_ms`` after the oldest one reached
 the executor, and runs them as one batch (batch sizes summed, the longest seq_len and
 max_new_tokens: shorter members are padded, as in static batching). Every member gets the
-batch's times; ``tokens_out`` is its own ``batch_size × max_new_tokens``.
+batch's times; ``tokens_out`` is its own ``batch_size × max_new_tokens``. The model then pads
+the batch's shape up to its bucket (zoo/buckets.py); ``bucket_seq_len`` / ``bucket_batch_size``
+record the shape that ran.
 """
 
 from __future__ import annotations
@@ -90,15 +92,70 @@ class Executor:
             self._loop()
 
     def _loop(self) -> None:
+        # Pipelining (one request ahead): a graph-captured forward is enqueued on the stream and
+        # the next queued request is enqueued behind it before the host waits for the first, so
+        # the GPU never idles while this thread reports a result or takes the next job.
+        # Decoders (the host waits for the first token) and eager runs execute synchronously.
+        pending = None
         while True:
-            batch = self._next_batch_jobs()
+            batch = self._next_batch_jobs(wait=pending is None)
             if batch is None:
+                if pending is not None:
+                    self._complete(*pending)
                 return
-            self._execute(batch)
+            if not batch:  # nothing queued: wait for the request in flight
+                self._complete(*pending)
+                pending = None
+                continue
+            launched = self._launch(batch) if self.max_batch == 1 else None
+            if pending is not None:
+                self._complete(*pending)
+                pending = None
+            if launched is None:
+                self._execute(batch)
+            elif launched is not False:
+                pending = launched
 
-    def _next_batch_jobs(self) -> list[Job] | None:
+    def _launch(self, batch: list[Job]):
+        """Enqueue ``batch`` without waiting; (batch, common, handle), None when the model must
+        run synchronously, False when the launch failed (error rows already sent)."""
+        job = batch[0]
+        model = self.models.get(job.model)
+        launch = getattr(model, "launch", None)
+        if launch is None:
+            return None
+        try:
+            handle = launch(job.batch_size, job.seq_len, job.max_new_tokens,
+                            label=f"req {job.request_id}")
+        except Exception as exc:
+            self._fail(batch, self._common(batch), exc)
+            return False
+        return None if handle is None else (batch, self._common(batch), handle)
+
+    def _complete(self, batch: list[Job], common: dict[str, Any], handle) -> None:
+        model = self.models[batch[0].model]
+        try:
+            stats = model.finish(handle)
+        except Exception as exc:
+            self._fail(batch, common, exc)
+            return
+        self._report(batch, common, stats)
+
+    def _common(self, batch: list[Job]) -> dict[str, Any]:
+        batch_id = self._next_batch
+        self._next_batch += 1
+        return {"worker": self.worker, "batch_id": batch_id, "batched_with": len(batch)}
+
+    def _fail(self, batch: list[Job], common: dict[str, Any], exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+        for job in batch:
+            self.on_result(job.request_id, {**common, "status": "error", "error": message})
+
+    def _next_batch_jobs(self, wait: bool = True) -> list[Job] | None:
         with self._cond:
             while not self._queue and not self._stopping:
+                if not wait:
+                    return []
                 self._cond.wait()
             if self._stopping:
                 return None
@@ -125,11 +182,8 @@ class Executor:
 
     def _execute(self, batch: list[Job]) -> None:
         head = batch[0]
-        batch_id = self._next_batch
-        self._next_batch += 1
+        common = self._common(batch)
         model = self.models.get(head.model)
-        common: dict[str, Any] = {"worker": self.worker, "batch_id": batch_id,
-                                  "batched_with": len(batch)}
         try:
             if model is None:
                 raise LookupError(f"model {head.model!r} is not resident in {self.worker}")
@@ -138,14 +192,17 @@ class Executor:
                               max(j.seq_len for j in batch),
                               max(j.max_new_tokens for j in batch), label=label)
         except Exception as exc:  # one failed request becomes an error row, never a crash
-            message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
-            for job in batch:
-                self.on_result(job.request_id, {**common, "status": "error", "error": message})
+            self._fail(batch, common, exc)
             return
+        self._report(batch, common, stats)
+
+    def _report(self, batch: list[Job], common: dict[str, Any], stats) -> None:
         t0 = self.t0_ns
         first = None if stats.first_token_ns is None else stats.first_token_ns - t0
         times = {"service_start_ns": stats.service_start_ns - t0,
-                 "service_end_ns": stats.service_end_ns - t0, "gpu_ns": stats.gpu_ns}
+                 "service_end_ns": stats.service_end_ns - t0, "gpu_ns": stats.gpu_ns,
+                 "bucket_seq_len": stats.bucket_seq_len,
+                 "bucket_batch_size": stats.bucket_batch_size}
         for job in batch:
             generative = job.max_new_tokens > 0 and first is not None
             self.on_result(job.request_id, {

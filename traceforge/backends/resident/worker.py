@@ -33,20 +33,67 @@ def warm_up(model) -> None:
         model.run(1, seq, new, label="warmup")
 
 
-def build_resident(models: dict[str, str], device: str, seed: int) -> tuple[dict, dict]:
-    """Build and warm up ``{trace model: zoo entry}``; returns (loaded, info per model)."""
+def build_resident(models: dict[str, str], device: str, seed: int,
+                   serving: dict | None = None) -> tuple[dict, dict]:
+    """Build, configure and warm ``{trace model: zoo entry}``; returns (loaded, info per model).
+
+    ``serving`` (all optional): ``compile`` (eager | graphs), ``seq_buckets`` {model: list or
+    None}, ``batch_buckets`` (dynamic batching on), ``max_batch``, ``prewarm`` (bool) and
+    ``shapes`` {model: [(batch, seq, new), ...]} — what the trace asks of each model. With
+    ``prewarm``, every bucket those shapes can need runs once here (graphs: is captured), so no
+    request pays a first-shape cost; without it, one small request per model (today's
+    behaviour: CUDA/cuBLAS initialisation stays out of timed requests, shapes stay cold).
+    """
     from traceforge.zoo import build_model
 
+    serving = serving or {}
     loaded, info = {}, {}
     for i, (name, zoo) in enumerate(models.items()):
         started = time.perf_counter()
         model = build_model(zoo, device, seed=seed + i)
-        warm_up(model)
+        model.configure(compile=serving.get("compile", "eager"),
+                        seq_buckets=(serving.get("seq_buckets") or {}).get(name),
+                        batch_buckets=bool(serving.get("batch_buckets")))
+        entry_info = {"zoo": zoo, "params": model.entry.params, "dtype": model.dtype,
+                      "build_s": round(model.build_s, 3), "compile": model.compile,
+                      "seq_buckets": (None if model.policy.seq_buckets is None
+                                      else list(model.policy.seq_buckets))}
+        shapes = (serving.get("shapes") or {}).get(name) or []
+        if serving.get("prewarm", True) and shapes:
+            buckets, new_by_bucket = warm_plan(model, shapes, int(serving.get("max_batch", 1)))
+            t = time.perf_counter()
+            per_bucket = model.prewarm(buckets, new_by_bucket)
+            entry_info["prewarm"] = {"buckets": list(per_bucket),
+                                     "seconds": round(time.perf_counter() - t, 3),
+                                     "per_bucket_s": per_bucket}
+        else:
+            warm_up(model)
+            entry_info["prewarm"] = None
         loaded[name] = model
-        info[name] = {"zoo": zoo, "params": model.entry.params, "dtype": model.dtype,
-                      "build_s": round(model.build_s, 3),
-                      "ready_s": round(time.perf_counter() - started, 3)}
+        entry_info["ready_s"] = round(time.perf_counter() - started, 3)
+        info[name] = entry_info
     return loaded, info
+
+
+def warm_plan(model, shapes, max_batch: int) -> tuple[list, dict]:
+    """The buckets to warm for ``shapes`` and, per bucket, the most new tokens asked of it."""
+    buckets = model.policy.buckets_for(shapes, max_batch)
+    most: dict = {}
+    for b, s, n in shapes:
+        try:
+            k = model.bucket(b, s, n)
+        except ValueError:
+            continue
+        most[k] = max(most.get(k, 0), n)
+    new_by_bucket = {k: most.get(k, k.new_cap) for k in buckets}
+    usable = []
+    for k in buckets:
+        try:  # a bucket the model cannot run (e.g. beyond its positions) is not warmed
+            model.bucket(k.batch, k.seq, new_by_bucket[k])
+        except ValueError:
+            continue
+        usable.append(k)
+    return usable, new_by_bucket
 
 
 def main(argv: list[str]) -> int:
@@ -82,7 +129,8 @@ def main(argv: list[str]) -> int:
                 # no idle inter-op pool per worker; RuntimeError: already set, keep going
                 with contextlib.suppress(RuntimeError):
                     torch.set_num_interop_threads(1)
-        loaded, info = build_resident(cfg["models"], cfg["device"], cfg["seed"])
+        loaded, info = build_resident(cfg["models"], cfg["device"], cfg["seed"],
+                                      cfg.get("serving"))
     except Exception as exc:
         send(("fail", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]))
         return 1

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Simulator fidelity on held-out mixes, in ONE device call; regenerates
+# docs/results/simulator-fidelity-<card>.md:
+#   1. traceforge profile (distilbert-base + distilgpt2; exclusive + mps; every bucket of the grid)
+#   2. two held-out mixes (bursty with correlated spikes and many shapes; steady Poisson), each
+#      time-scaled to 65 % exclusive utilisation by the profile
+#   3. each mix replayed in each mode (pre-warmed, graphs), then simulated and compared
+# Results under $WORK; the doc, the profile and a tarball of the runs go to $OUT.
+# Env: MIX_S (trace seconds, default 12), MODES_PROFILE (default exclusive,mps).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT=${OUT:-out/gpu-fidelity}
+WORK=${WORK:-/tmp/traceforge-gpu-fidelity}
+PY=${PYTHON:-python3}
+MIX_S=${MIX_S:-12}
+mkdir -p "$OUT" "$WORK/runs"
+LOG="$WORK/fidelity.log"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
+card=$("$PY" -c "import torch;n=torch.cuda.get_device_name(0).lower();print('h200' if 'h200' in n else 'h100' if 'h100' in n else 'gpu')" 2>/dev/null || echo gpu)
+echo "---- profile" | tee -a "$LOG"
+timeout -k 10 "${PROFILE_LIMIT:-170}" "$PY" -m traceforge profile --models distilbert-base,distilgpt2 \
+  --device cuda --modes "${MODES_PROFILE:-exclusive,mps}" --batch-sizes 1,2,4,8 \
+  --seq-lens 16,32,64,128,256 --new-tokens 16 --repeats 5 --warmup 1 --corun-seconds 3 \
+  --corun-repeats 3 --corun-sets pairs --keep-runs "$WORK/profile-runs" \
+  -o "$WORK/profile.json" 2>&1 | tee -a "$LOG"
+cp "$WORK/profile.json" "$OUT/profile-$card.json" 2>/dev/null
+echo "---- held-out traces" | tee -a "$LOG"
+"$PY" benchmarks/fidelity_heldout.py traces "$WORK/profile.json" "$WORK" "$MIX_S" 2>&1 | tee -a "$LOG"
+for mix in bursty steady; do
+  scale=$("$PY" -c "import json;print(json.load(open('$WORK/mixes.json'))['$mix']['time_scale'])")
+  for mode in exclusive mps; do
+    echo "---- replay $mix $mode (time scale $scale)" | tee -a "$LOG"
+    timeout -k 10 "${REPLAY_LIMIT:-80}" "$PY" -m traceforge replay "$WORK/$mix.raw.parquet" \
+      -o "$WORK/runs/$mix-$mode" --backend resident --device cuda --mode "$mode" \
+      --time-scale "$scale" --warmup 1 --no-progress 2>&1 | tee -a "$LOG"
+    cp "$WORK/$mix.raw.parquet" "$WORK/runs/$mix-$mode/trace.parquet" 2>/dev/null
+  done
+done
+echo "MPS daemons/servers left: $(pgrep -l nvidia-cuda-mps || echo none)" | tee -a "$LOG"
+"$PY" benchmarks/fidelity_heldout.py doc "$WORK/profile.json" "$WORK" \
+  "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
+cp "$WORK/simulator-fidelity-$card.md" "$LOG" "$OUT"/ 2>/dev/null
+tar -C "$WORK" -czf "$OUT/fidelity-runs.tar.gz" runs mixes.json bursty.toml steady.toml 2>/dev/null
+[ -d docs/results ] && cp "$WORK/simulator-fidelity-$card.md" docs/results/ 2>/dev/null
+tail -30 "$WORK/simulator-fidelity-$card.md"

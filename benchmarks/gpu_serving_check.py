@@ -1,0 +1,365 @@
+"""Serving-grade checks of the resident backend on one GPU (issue 13), behind
+``benchmarks/gpu_serving_check.sh``. Each subcommand is its own process (a clean GPU each):
+
+    bandwidth   device-to-device copy bandwidth (bytes read + written / time, median of 20)
+    decode      greedy decode ms/token: mistral-7b bf16 batch 1 (graphs, and eager for
+                reference) against the weight-streaming floor; distilgpt2 (graphs); token-for-
+                token equality of the graph path and the eager path (float32 tiny models and
+                distilgpt2)
+    overhead    the yardstick: >= 5 alternating passes of a bare loop (the same bucket runner,
+                dtype and fresh inputs, no harness) and the harness (exclusive mode, closed loop,
+                concurrency 1 and 2), distilbert-base bs 8 x 128; medians and spread; NVML
+                utilisation of the saturated closed loop; done - sent - gpu_ns at c=1
+    stability   one trace (distilbert-base + distilgpt2, Poisson, ~60 % load) replayed twice by
+                the CLI, then ``traceforge compare``: p50/p99 ratios and verdicts
+Card settings and clocks are never changed. Results: JSON per subcommand under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+DRY = os.environ.get("GPU_CHECK_DRY") == "1"
+DEVICE = "cpu" if DRY else "cuda"
+COMPILE = "eager" if DRY else "graphs"
+SMALL = {"distilbert-base": "tiny-bert", "distilgpt2": "tiny-gpt2", "mistral-7b": "tiny-llama"}
+
+
+def zoo(name: str) -> str:
+    return SMALL.get(name, name) if DRY else name
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def spread(values: list[float]) -> dict:
+    v = sorted(values)
+    return {"median": statistics.median(v), "min": v[0], "max": v[-1],
+            "spread_pct": 100.0 * (v[-1] - v[0]) / statistics.median(v) if v[0] else None,
+            "passes": v}
+
+
+# -- bandwidth ----------------------------------------------------------------------------------
+def cmd_bandwidth(out: Path) -> dict:
+    import torch
+
+    n = (1 << 30) if not DRY else (1 << 22)  # 1 GiB of bf16 each way: far beyond the L2
+    a = torch.empty(n, dtype=torch.bfloat16, device=DEVICE).normal_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    sync()
+    rates = []
+    for _ in range(20):
+        if DEVICE == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            b.copy_(a)
+            e.record()
+            e.synchronize()
+            sec = s.elapsed_time(e) / 1e3
+        else:
+            t = time.perf_counter()
+            b.copy_(a)
+            sec = time.perf_counter() - t
+        rates.append(2 * a.numel() * a.element_size() / sec)  # read + write
+    res = {"bytes_each_way": a.numel() * a.element_size(), "d2d_bytes_per_s": spread(rates)}
+    log(f"d2d copy: {res['d2d_bytes_per_s']['median'] / 1e12:.2f} TB/s (read+write)")
+    return res
+
+
+# -- decode -------------------------------------------------------------------------------------
+def _ms_per_token(model, seq: int, reps: int = 3) -> dict:
+    # Service time of 1 and of 65 new tokens (median of reps each, same bucket: new-token
+    # buckets 16 and 128 differ only in cache length); per token = the difference / 64.
+    t = {}
+    for new in (1, 65):
+        model.run(1, seq, new)  # this shape warm (graphs: captured)
+        vals = []
+        for _ in range(reps):
+            st = model.run(1, seq, new)
+            vals.append((st.service_end_ns - st.service_start_ns) / 1e6)
+        t[new] = statistics.median(vals)
+    return {"service_ms_new1": t[1], "service_ms_new65": t[65],
+            "ms_per_token": (t[65] - t[1]) / 64}
+
+
+def cmd_decode(out: Path, bandwidth: float | None) -> dict:
+    import torch
+
+    from traceforge.zoo import build_model
+
+    res: dict = {}
+    # Token-for-token: graph path vs the eager dynamic-cache path.
+    eq = {}
+    for name in ([] if os.environ.get("SKIP_EQ") == "1" else
+                 ["tiny-gpt2", "tiny-llama", "distilgpt2"]):
+        m = build_model(name, DEVICE, dtype="float32", seed=1)
+        ids = torch.randint(0, m.vocab_size, (2, 37), device=DEVICE,
+                            generator=torch.Generator(DEVICE).manual_seed(5))
+        a = m.greedy_ids(ids, 24)
+        b = m.static_greedy_ids(ids, 24, bucket_seq=64, graphs=DEVICE == "cuda")
+        eq[name] = bool((a == b).all().item())
+        del m
+        torch.cuda.empty_cache() if DEVICE == "cuda" else None
+    res["tokens_equal_graphs_vs_eager"] = eq
+    log(f"greedy tokens graphs == eager: {eq}")
+    wanted = os.environ.get("DECODE_VARIANTS", "graphs,compiled,eager").split(",")
+    for name, variants in (("distilgpt2", ("graphs", "compiled", "eager")),
+                           ("mistral-7b", ("graphs", "compiled", "eager"))):
+        variants = [v for v in variants if v in wanted]
+        if name not in os.environ.get("DECODE_MODELS", "distilgpt2,mistral-7b").split(","):
+            continue
+        m = build_model(zoo(name), DEVICE, seed=0)
+        r: dict = {"dtype": m.dtype, "weight_bytes": m.entry.weight_bytes(m.dtype)}
+        for v in variants:
+            if v != "eager" and DRY:
+                continue
+            m.configure(compile=v)
+            t = time.perf_counter()
+            try:
+                r[v] = _ms_per_token(m, 128, reps=1 if v == "eager" else 3)
+            except Exception as exc:  # a variant that fails is reported, not fatal
+                r[v] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+                log(f"{name} {v}: FAILED {r[v]['error']}")
+                continue
+            r[v]["wall_s_incl_capture"] = time.perf_counter() - t
+            log(f"{name} {v}: {r[v]['ms_per_token']:.3f} ms/token")
+        if bandwidth:
+            r["floor_ms_per_token"] = r["weight_bytes"] / bandwidth * 1e3
+            for v in ("graphs", "compiled"):
+                if "ms_per_token" in r.get(v, {}):
+                    r[f"ratio_to_floor_{v}"] = r[v]["ms_per_token"] / r["floor_ms_per_token"]
+                    log(f"{name}: floor {r['floor_ms_per_token']:.3f} ms, {v} / floor "
+                        f"{r[f'ratio_to_floor_{v}']:.2f}")
+        res[name] = r
+        del m
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+# -- overhead / yardstick -----------------------------------------------------------------------
+async def _overhead(out: Path, n: int, passes: int) -> dict:
+    from gpu_check import KeepStarted, closed_trace, ok_rows, pct, replay
+
+    from traceforge.backends.resident import from_options
+    from traceforge.clock import RunClock
+    from traceforge.replay import ModelInfo
+
+    name = "distilbert-base"
+    shape = (8, 128, 0)
+    backend = from_options({"mode": "exclusive", "device": DEVICE, "telemetry": True,
+                            "compile": COMPILE, "zoo": {name: zoo(name)}})
+    clock = RunClock()
+    info = ModelInfo(name, zoo(name), shapes=[shape])
+    await backend.start([info], clock)
+    model = backend._executors[name].models[name]
+    bucket = model.bucket(*shape)
+    res: dict = {"model": name, "shape": shape, "bucket": bucket.label(), "compile": COMPILE,
+                 "requests_per_pass": n, "passes": passes}
+
+    def bare() -> float:
+        # The bare loop: the same bucket runner (graphs) or forward (eager), fresh inputs every
+        # iteration, one synchronisation per request, as the harness does; no queue, no events.
+        import torch
+
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(n):
+                if COMPILE == "graphs":
+                    r = model._runner(bucket, 0)
+                    r.fill(*shape[:2])
+                    r.run()
+                    r.result()  # the harness copies the output out too
+                else:
+                    model.model(input_ids=model.synthesise(*shape[:2]))
+                sync()
+        return n / (time.perf_counter() - t)
+
+    # Warm-up: both loops, untimed.
+    bare()
+    await replay(backend, clock, closed_trace(name, n // 2, shape), out / "runs" / "warm",
+                 concurrency=2)
+    rates: dict = {"bare": [], "c1": [], "c2": []}
+    over: list = []
+    util: list = []
+    for p in range(passes):
+        rates["bare"].append(bare())
+        for c in (1, 2):
+            run_dir = out / "runs" / f"pass{p}-c{c}"
+            await replay(backend, clock, closed_trace(name, n, shape), run_dir, concurrency=c)
+            ok = ok_rows(run_dir)
+            span = (ok.done_ns.max() - ok.sent_ns.min()) / 1e9
+            rates[f"c{c}"].append(ok.n / span)
+            if c == 1:
+                over += list((ok.done_ns - ok.sent_ns - ok.gpu_ns) / 1e3)
+            tel = run_dir / "telemetry.parquet"
+            if c == 2 and tel.exists():
+                import pyarrow.parquet as pq
+
+                u = pq.read_table(tel).column("util_gpu_pct").to_numpy(zero_copy_only=False)
+                u = u[~np.isnan(u.astype(float))]
+                if u.size > 4:  # drop the first/last samples (ramp)
+                    util.append(float(np.mean(u[2:-2])))
+        log(f"pass {p}: bare {rates['bare'][-1]:.1f} rps, c1 {rates['c1'][-1]:.1f}, "
+            f"c2 {rates['c2'][-1]:.1f}")
+    # Utilisation of the saturated closed loop: one long run (NVML averages over up to 1 s).
+    n_long = int(statistics.median(rates["c2"]) * 6)
+    run_dir = out / "runs" / "util-c2"
+    await replay(backend, clock, closed_trace(name, n_long, shape), run_dir, concurrency=2)
+    res["util_run"] = {"requests": n_long, **_util(run_dir)}
+    await backend.stop()
+    res["rps"] = {k: spread(v) for k, v in rates.items()}
+    res["ratio_c1"] = spread([h / b for h, b in zip(rates["c1"], rates["bare"], strict=True)])
+    res["ratio_c2"] = spread([h / b for h, b in zip(rates["c2"], rates["bare"], strict=True)])
+    res["ratio_of_medians"] = {c: res["rps"][c]["median"] / res["rps"]["bare"]["median"]
+                               for c in ("c1", "c2")}
+    res["done_sent_minus_gpu_us_c1"] = {"p50": pct(over, 50), "p99": pct(over, 99)}
+    res["nvml_util_c2_pct"] = spread(util) if util else None
+    res["prewarm"] = backend.describe().get("prewarm")
+    del KeepStarted
+    return res
+
+
+def _util(run_dir: Path) -> dict:
+    tel = run_dir / "telemetry.parquet"
+    if not tel.exists():
+        return {"mean_util_gpu_pct": None}
+    import pyarrow.parquet as pq
+
+    u = pq.read_table(tel).column("util_gpu_pct").to_numpy(zero_copy_only=False).astype(float)
+    u = u[~np.isnan(u)]
+    inner = u[10:-4] if u.size > 20 else u  # NVML's average lags the start by up to 1 s
+    return {"mean_util_gpu_pct": float(inner.mean()) if inner.size else None,
+            "samples": int(u.size)}
+
+
+async def _util_decode(out: Path, seconds: float) -> dict:
+    from gpu_check import closed_trace, ok_rows, replay
+
+    from traceforge.backends.resident import from_options
+    from traceforge.clock import RunClock
+    from traceforge.replay import ModelInfo
+
+    name, shape = "mistral-7b", (1, 128, 64)
+    backend = from_options({"mode": "exclusive", "device": DEVICE, "telemetry": True,
+                            "compile": COMPILE, "zoo": {name: zoo(name)}})
+    clock = RunClock()
+    await backend.start([ModelInfo(name, zoo(name), shapes=[shape])], clock)
+    n = max(4, int(seconds / 0.5))
+    run_dir = out / "runs" / "util-mistral"
+    await replay(backend, clock, closed_trace(name, n, shape), run_dir, concurrency=1)
+    await backend.stop()
+    ok = ok_rows(run_dir)
+    return {"model": name, "shape": shape, "requests": ok.n,
+            "span_s": float((ok.done_ns.max() - ok.sent_ns.min()) / 1e9), **_util(run_dir)}
+
+
+def cmd_util(out: Path, seconds: float) -> dict:
+    res = asyncio.run(_util_decode(out, seconds))
+    log(f"util mistral-7b decode closed loop: {res['mean_util_gpu_pct']}% over "
+        f"{res['span_s']:.1f} s")
+    return res
+
+
+def cmd_overhead(out: Path, n: int, passes: int) -> dict:
+    res = asyncio.run(_overhead(out, n, passes))
+    log(f"harness / bare (median of {passes} alternating passes): c1 "
+        f"{res['ratio_of_medians']['c1']:.3f}, c2 {res['ratio_of_medians']['c2']:.3f}; "
+        f"done-sent-gpu p50 {res['done_sent_minus_gpu_us_c1']['p50']:.0f} us; util "
+        f"{(res['nvml_util_c2_pct'] or {}).get('median')} (short passes); long c2 run "
+        f"{res['util_run']['mean_util_gpu_pct']}")
+    return res
+
+
+# -- stability ----------------------------------------------------------------------------------
+def cmd_stability(out: Path, duration: float, rate_scale: float) -> dict:
+    from gpu_check import make_trace  # noqa: F401  (same trace builder as the seed study)
+
+    spec = out / "stability.toml"
+    spec.write_text(f"""name = "stability"
+duration_s = {duration}
+seed = 11
+[models.bert]
+zoo = "{zoo('distilbert-base')}"
+arrival = {{ process = "poisson", rate = {200.0 * rate_scale} }}
+batch_size = {{ dist = "choice", values = [1, 4, 8], weights = [0.5, 0.3, 0.2] }}
+seq_len = {{ dist = "uniform", low = 16, high = 256 }}
+[models.gpt]
+zoo = "{zoo('distilgpt2')}"
+arrival = {{ process = "poisson", rate = {20.0 * rate_scale} }}
+seq_len = {{ dist = "uniform", low = 16, high = 128 }}
+max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
+""")
+    tf = [sys.executable, "-m", "traceforge"]
+    trace = out / "stability.parquet"
+    subprocess.run([*tf, "trace", "gen", str(spec), "-o", str(trace)], check=True)
+    runs = []
+    for i in (1, 2):
+        run = out / "runs" / f"stability-{i}"
+        t = time.perf_counter()
+        subprocess.run([*tf, "replay", str(trace), "-o", str(run), "--backend", "resident",
+                        "--device", DEVICE, "--mode", "exclusive", "--compile", COMPILE,
+                        "--warmup", "1", "--no-progress"], check=True)
+        runs.append(str(run))
+        log(f"stability replay {i}: {time.perf_counter() - t:.1f} s")
+    cmp = subprocess.run([*tf, "compare", *runs, "--json"], check=True, capture_output=True,
+                         text=True)
+    result = json.loads(cmp.stdout)
+    res = {"runs": runs, "compare": result}
+    for m, v in result.get("models", {}).items():
+        log(f"stability {m}: p50 ratio {v.get('p50_ratio'):.3f} p99 ratio "
+            f"{v.get('p99_ratio'):.3f} verdict {v.get('verdict')}")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=("bandwidth", "decode", "overhead", "util", "stability"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--rate-scale", type=float, default=1.0)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    if a.what == "bandwidth":
+        res = cmd_bandwidth(a.out)
+    elif a.what == "decode":
+        bw = None
+        p = a.out / "bandwidth.json"
+        if p.exists():
+            bw = json.loads(p.read_text())["d2d_bytes_per_s"]["median"]
+        res = cmd_decode(a.out, bw)
+    elif a.what == "overhead":
+        res = cmd_overhead(a.out, a.n, a.passes)
+    elif a.what == "util":
+        res = cmd_util(a.out, a.duration)
+    else:
+        res = cmd_stability(a.out, a.duration, a.rate_scale)
+    res["date_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    (a.out / f"{a.what}.json").write_text(json.dumps(res, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
