@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@echo "== installing $(TORCH_SPEC) (the largest download: a few minutes on a fresh machine)"
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	@echo "== installing traceforge with its dev and resident extras (editable)"
-	$(PY) -m pip install -q -e ".[dev,resident]"
+	@echo "== installing traceforge with its dev, resident and ray extras (editable)"
+	$(PY) -m pip install -q -e ".[dev,resident,ray]"
 	touch $(STAMP)
 	@echo "== installed into $(VENV)"
 

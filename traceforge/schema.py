@@ -80,6 +80,8 @@ TIMELINE_SCHEMA = pa.schema(
         _f("turn", pa.int32(), True, "", "from the trace"),
         _f("bucket_seq_len", pa.int32(), True, "tokens|pixels", "padded seq_len that ran"),
         _f("bucket_batch_size", pa.int32(), True, "requests", "padded batch that ran"),
+        _f("replay_worker", pa.int32(), True, "",
+           "replay worker (process or Ray actor) that sent it, with --workers; else null"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )

@@ -118,17 +118,36 @@ def register(app: typer.Typer) -> None:
         prewarm: bool = typer.Option(True, "--prewarm/--no-prewarm",
                                      help="resident: run every bucket the trace needs before "
                                           "the schedule starts (--no-prewarm: cold shapes)."),
+        # scale-out (docs/scale.md)
+        workers: int = typer.Option(1, "--workers",
+                                    help="Shard the replay across N processes (or Ray actors)."),
+        shard_by: str = typer.Option("request", "--shard-by",
+                                     help="--workers: request (round-robin) | model"),
+        executor: str = typer.Option("local", "--executor",
+                                     help="--workers: local (processes) | ray (actors)"),
+        address: str = typer.Option(None, "--address",
+                                    help="--executor ray: auto | ray://HOST:PORT (default: a "
+                                         "local Ray instance on 127.0.0.1)"),
     ) -> None:
         """Replay a trace open-loop at its exact times and record every request."""
         from traceforge.replay import ReplayOptions, default_models, run_replay
         from traceforge.replay.rate import apply_rate
         from traceforge.replay.run import check_run_dir
         from traceforge.replay.selfcheck import format_self_check
+        from traceforge.replay.shard import SHARD_BY
+        from traceforge.replay.workers import check_sharded
         from traceforge.schema import read_trace
 
         if backend not in BACKENDS:
             raise BadInput("unknown backend", key="--backend", value=backend,
                            allowed=", ".join(BACKENDS))
+        check_sharded(backend, workers, executor)
+        if shard_by not in SHARD_BY:
+            raise BadInput("unknown sharding", key="--shard-by", value=shard_by,
+                           allowed=", ".join(SHARD_BY))
+        if address is not None and executor != "ray":
+            raise BadInput("--address needs --executor ray", key="--address", value=address)
+        sharded = workers > 1 or executor == "ray"
         tr = read_trace(trace)
         tr, time_scale, rate_info = apply_rate(tr, rate, time_scale)
         check_run_dir(out)
@@ -149,10 +168,8 @@ def register(app: typer.Typer) -> None:
         ).validate()
 
         if backend == "null":
-            from traceforge.backends.null import from_options
-
-            impl = from_options({"servers": servers, "service_ms": service_ms,
-                                 "service_dist": service_dist, "seed": seed})
+            backend_opts = {"servers": servers, "service_ms": service_ms,
+                            "service_dist": service_dist, "seed": seed}
         elif backend == "http":
             http_opts = {
                 "url": url, "api": api, "api_key_env": api_key_env,
@@ -161,9 +178,12 @@ def register(app: typer.Typer) -> None:
                 "stream": stream, "ignore_eos": ignore_eos,
                 "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
             }
-            from traceforge.backends.http import from_options
+            if sharded:  # each worker's pool serves its share of the cap
+                from traceforge.replay.shard import split_cap
 
-            impl = from_options(http_opts)
+                http_opts["pool_size"] = (split_cap(options.inflight_cap, workers)[0]
+                                          if options.inflight_cap else 0)
+            backend_opts = http_opts
         else:
             resident_opts = {
                 "mode": mode, "device": device,
@@ -175,12 +195,18 @@ def register(app: typer.Typer) -> None:
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
                 "status": lambda line: typer.echo(line, err=True),  # a line per model loaded
             }
-            from traceforge.backends.resident import from_options
-
-            impl = from_options(resident_opts)
+            backend_opts = resident_opts
 
         try:
-            summary = run_replay(tr, out, impl, options)
+            if sharded:
+                from traceforge.replay.workers import run_sharded
+
+                summary = run_sharded(tr, out, backend, backend_opts, options, workers=workers,
+                                      shard_by=shard_by, executor=executor, address=address)
+            else:
+                from traceforge.backends import make_backend
+
+                summary = run_replay(tr, out, make_backend(backend, backend_opts), options)
         except KeyboardInterrupt:  # Ctrl-C before the dispatcher took over the signal
             typer.echo("interrupted before the replay started; nothing recorded", err=True)
             raise typer.Exit(130) from None

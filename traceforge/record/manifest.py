@@ -37,9 +37,9 @@ def _package_versions(names: tuple[str, ...]) -> dict:
 class RunManifest:
     """The run's manifest. ``data`` is a plain dict so backends can add their own keys."""
 
-    def __init__(self, run_dir: Path | str, **fields: Any) -> None:
+    def __init__(self, run_dir: Path | str, *, name: str = "run.json", **fields: Any) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "run.json"
+        self.path = self.run_dir / name
         self.data: dict[str, Any] = {
             "schema": RUN_SCHEMA_ID,
             "status": "running",

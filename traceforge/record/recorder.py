@@ -7,12 +7,20 @@ Arrow table with vectorised ``take``s and writes ``timeline/part-NNNNNN.parquet`
 ``flush_interval_s``, so a ``kill -9`` loses at most the last interval and the event loop never
 waits for Parquet encoding (pyarrow releases the GIL while it writes).
 
+The flusher costs ≈ 0.5 µs of CPU per row (a few ms per part) and holds the GIL for part of it.
+Two things keep it off the dispatcher's back (measured in docs/scale.md): the replay shortens
+the GIL switch interval while it runs (``ReplayOptions.switch_interval_us``), and
+``flusher_cpus`` can put the thread on other cores than a pinned dispatcher's. (Idle CPU
+priority was tried and is worse: a starved flusher that holds the GIL stalls the dispatcher.)
+
 Null handling: integer columns use the dtype's minimum as the "null" sentinel, masked out when the
 part is built; strings and the inter-token list live in sparse dicts (most rows have none).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from pathlib import Path
 
@@ -57,10 +65,14 @@ class TimelineRecorder:
         background: bool = True,
         session_id: np.ndarray | None = None,
         turn: np.ndarray | None = None,
+        flusher_cpus: set[int] | None = None,
+        replay_worker: int | None = None,
     ) -> None:
         n = len(request_id)
         self.n = n
-        self.writer = TimelineWriter(run_dir)
+        self.replay_worker = replay_worker
+        tag = "" if replay_worker is None else f"w{replay_worker:02d}"
+        self.writer = TimelineWriter(run_dir, tag=tag)
         self.request_id = np.asarray(request_id, np.int64)
         self.model_codes = np.asarray(model_codes, np.int32)
         self.model_dict = pa.array(model_names, pa.string())
@@ -90,6 +102,7 @@ class TimelineRecorder:
         # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
         self._finished: list[int] = []
         self.flush_interval_s = flush_interval_s
+        self.flusher_cpus = flusher_cpus
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._error: BaseException | None = None
@@ -213,6 +226,8 @@ class TimelineRecorder:
             "turn": i32(self.turn[idx]),
             "bucket_seq_len": i32(self._i32["bucket_seq_len"][idx]),
             "bucket_batch_size": i32(self._i32["bucket_batch_size"][idx]),
+            "replay_worker": (pa.nulls(len(idx), pa.int32()) if self.replay_worker is None else
+                              pa.array(np.full(len(idx), self.replay_worker, np.int32))),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 
@@ -233,6 +248,10 @@ class TimelineRecorder:
             pa.array(codes, pa.int32(), mask=codes < 0), names).cast(pa.string())
 
     def _flush_loop(self) -> None:
+        if self.flusher_cpus:
+            # not Linux, or CPUs outside our cpuset: stay where we are
+            with contextlib.suppress(AttributeError, OSError):
+                os.sched_setaffinity(threading.get_native_id(), self.flusher_cpus)
         while not self._stop.wait(self.flush_interval_s):
             try:
                 self.flush()
@@ -253,3 +272,4 @@ class TimelineRecorder:
     def counts(self) -> dict[str, int]:
         codes = np.bincount(self.status[self.status >= 0], minlength=len(STATUSES))
         return {name: int(codes[k]) for k, name in enumerate(STATUSES) if codes[k]}
+

@@ -22,8 +22,11 @@ PART_ROWS = 1_000_000
 
 
 class TimelineWriter:
-    def __init__(self, run_dir: Path | str) -> None:
+    def __init__(self, run_dir: Path | str, *, tag: str = "") -> None:
+        """``tag``: parts are named ``part-{tag}-NNNNNN.parquet`` (a replay worker's, e.g.
+        ``w01``), so several writers can share one timeline directory."""
         self.dir = Path(run_dir) / "timeline"
+        self._prefix = f"part-{tag}-" if tag else "part-"
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # the recorder's flusher thread and close() may race
         self._part = 0
@@ -42,7 +45,7 @@ class TimelineWriter:
             return
         with self._lock:
             self._part += 1
-            path = self.dir / f"part-{self._part:06d}.parquet"
+            path = self.dir / f"{self._prefix}{self._part:06d}.parquet"
             atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
             self.rows_written += table.num_rows
 

@@ -24,11 +24,20 @@ Per request the dispatcher stamps ``sent_ns`` right before handing the request t
 and ``done_ns`` when ``submit`` returns. Timeouts cancel the request's task (status ``timeout``);
 :meth:`Dispatcher.interrupt` (SIGINT/SIGTERM) cancels everything in flight (``cancelled``) and
 stops sending; due rows that never left become ``dropped``.
+
+Garbage collection: during the schedule the caller (``run.py``) turns Python's automatic GC off,
+because its passes fire at allocation counts, i.e. in the middle of bursts (measured as send-lag
+spikes inside GC windows, docs/scale.md). The replay creates almost no cyclic garbage (tens of
+objects per 10⁵ requests), so the dispatcher collects the young generations itself at *safe
+points* — before a wait whose slack exceeds ``GC_SAFE_GAP_NS`` — and, so memory stays bounded
+when the schedule never leaves such a gap, whenever more than ``GC_FORCE_PENDING`` objects are
+pending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import deque
 
 import numpy as np
@@ -62,6 +71,10 @@ def session_links(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prev[order[1:][same]] = order[:-1][same]
     return nxt, prev
 
+GC_SAFE_GAP_NS = 3_000_000  # a wait this long leaves > 1 ms after the spin margin for a pass
+GC_MIN_PENDING = 2_000  # below this a pass is not worth a wake-up
+GC_FORCE_PENDING = 200_000  # ~20 MB of young objects: collect even mid-burst
+
 
 class Dispatcher:
     def __init__(
@@ -75,8 +88,11 @@ class Dispatcher:
         closed_loop: bool = False,
         inflight_cap: int | None = None,
         timeout_s: float | None = None,
+        gc_safe_points: bool = False,
     ) -> None:
         self.backend = backend
+        self.gc_safe_points = gc_safe_points  # the caller disabled automatic GC
+        self.gc_passes = 0
         self.rec = recorder
         self.clock = clock
         self.pacer = pacer
@@ -151,6 +167,8 @@ class Dispatcher:
         now = self.clock.now
         wait_until = self.pacer.wait_until
         capped = self.cap is not None
+        gc_points = self.gc_safe_points
+        get_count = gc.get_count
         # The rows the schedule sends, in order: all of them, or without session follow-ups
         # (those are released by their previous turn).
         walk = self._walk if self._sessions else range(self.n)
@@ -158,6 +176,11 @@ class Dispatcher:
         k = 0
         while k < n:
             target = origin + offset[walk[k]]
+            if gc_points:
+                pending = get_count()[0]
+                if pending > GC_FORCE_PENDING or (pending > GC_MIN_PENDING
+                                                  and target - now() > GC_SAFE_GAP_NS):
+                    self._collect()
             if now() < target:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
@@ -180,6 +203,8 @@ class Dispatcher:
         if self.n:
             await self.pacer.wait_until(self.origin_ns)  # the common start, like open loop
         for i in range(self.n):
+            if self.gc_safe_points and gc.get_count()[0] > GC_FORCE_PENDING:
+                self._collect()
             if len(self._inflight) >= self.cap:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
                 scheduled[i] = await self._wait_slot()
@@ -188,6 +213,10 @@ class Dispatcher:
             self._offset[i] = int(scheduled[i]) - self.origin_ns
             self._launch(i)
             self.next_index = i + 1
+
+    def _collect(self) -> None:
+        gc.collect(1)  # the young generations; survivors age into gen 2, collected after the run
+        self.gc_passes += 1
 
     async def _wait_slot(self) -> int:
         waiter = asyncio.get_running_loop().create_future()

@@ -48,6 +48,15 @@ class ReplayOptions:
     scrape_url: str | None = None
     scrape_interval_s: float = 0.5
     rate: dict[str, Any] | None = None  # what --rate did (replay/rate.py), kept in run.json
+    # During the schedule: automatic GC off, young generations collected by the dispatcher at safe
+    # points (dispatcher.py); and the GIL switch interval shortened so a thread holding the GIL
+    # (the flusher, a backend's helper thread) hands it back to the dispatcher within this many
+    # µs instead of Python's 5 ms. None = leave each as Python has it. Measured in docs/scale.md.
+    gc_safe_points: bool = True
+    switch_interval_us: float | None = 100.0
+    # CPUs for the timeline flusher thread (None: inherit the process's): a dispatcher pinned
+    # to one core keeps that core to itself (bench_pacing.py, replay workers).
+    flusher_cpus: set[int] | None = None
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:
@@ -90,6 +99,9 @@ class ReplayOptions:
         check_url(self.scrape_url, self.scrape_interval_s)
         if not (0 <= self.spin_margin_ms <= 100):
             raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
+        if self.switch_interval_us is not None and not (1 <= self.switch_interval_us <= 100_000):
+            raise BadInput("must be in [1, 100000] µs", key="switch_interval_us",
+                           value=self.switch_interval_us)
         if not (0 < self.flush_interval_s <= 1.0):
             raise BadInput("must be in (0, 1] (parts are closed at least every second)",
                            key="flush_interval_s", value=self.flush_interval_s)

@@ -33,6 +33,7 @@ from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
 from traceforge.replay.selfcheck import format_self_check, self_check
+from traceforge.replay.shard import WorkerRole
 from traceforge.schema import Trace, sha256_file
 
 
@@ -94,12 +95,19 @@ def run_replay(trace: Trace, run_dir: Path | str, backend: Backend,
 
 async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                        options: ReplayOptions | None = None, *,
-                       clock: RunClock | None = None) -> RunSummary:
+                       clock: RunClock | None = None,
+                       worker: WorkerRole | None = None) -> RunSummary:
     """Replay ``trace`` against ``backend`` into ``run_dir``. ``clock`` is injectable for tests
-    (a virtual-time loop passes a clock that reads the loop's time)."""
+    (a virtual-time loop passes a clock that reads the loop's time).
+
+    ``worker``: this replay is one shard of a ``--workers`` run (``replay/workers.py``): its parts
+    are tagged with the worker's index, its manifest goes to ``workers/wNN.json`` (the driver
+    writes run.json), the schedule origin comes from the driver's start barrier, and the
+    per-row arrays the merged self-check needs are handed to ``worker.finished``."""
     options = (options or ReplayOptions()).validate()
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
+    if worker is None:
+        check_run_dir(run_dir)
     models = options.models or default_models(trace)
     known = {m.name for m in models}
     missing = [m for m in trace.models if m not in known]
@@ -111,9 +119,12 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     check_schedule(trace, options.time_scale,
                    key="--rate" if options.rate else "--time-scale",
                    value=(options.rate or {}).get("rate"))
-    trace_info = {"path": str(trace.path) if trace.path else None,
-                  "sha256": sha256_file(trace.path) if trace.path else None,
-                  "rows": trace.table.num_rows, "meta": trace.meta}
+    if worker is not None and worker.trace_info is not None:
+        trace_info = dict(worker.trace_info, shard_rows=trace.table.num_rows)
+    else:
+        trace_info = {"path": str(trace.path) if trace.path else None,
+                      "sha256": sha256_file(trace.path) if trace.path else None,
+                      "rows": trace.table.num_rows, "meta": trace.meta}
 
     table = trace.table
     encoded = table.column("model").combine_chunks().dictionary_encode()
@@ -158,10 +169,13 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
         flush_interval_s=options.flush_interval_s,
         session_id=table.column("session_id").fill_null(NULL_I64).to_numpy(),
         turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
+        flusher_cpus=options.flusher_cpus,
+        replay_worker=None if worker is None else worker.index,
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
         run_dir,
+        name="run.json" if worker is None else f"workers/w{worker.index:02d}.json",
         backend=backend.name,
         backend_info=describe,
         **{k: describe[k] for k in ("mode", "device", "gpu") if k in describe},
@@ -173,7 +187,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
-                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s)
+                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
+                            gc_safe_points=options.gc_safe_points)
+    if worker is not None:
+        worker.attach(loop, dispatcher)
     received: list[str] = []
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
@@ -181,7 +198,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
     # The origin is taken last, after all preparation, so the first sends are not late.
-    origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    if worker is None:
+        origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+    else:  # the driver's start barrier: every worker is ready, one origin for all
+        origin_ns = await loop.run_in_executor(None, worker.wait_origin)
     if options.warmup_s:
         recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
     manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
@@ -194,10 +214,11 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 
         scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock)
         scraper.start()
+    quiet = _QuietRuntime(options)  # GC at safe points, short GIL switch interval (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
-            dispatcher, recorder, manifest, backend, pacer, progress_task, options,
-            n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
+            dispatcher, recorder, manifest, backend, pacer, progress_task, options, quiet,
+            worker=worker, n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
             scraper=scraper)
     finally:
         if scraper is not None:
@@ -217,8 +238,9 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
 
 async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorder,
                                manifest: RunManifest, backend: Backend, pacer, progress_task,
-                               options: ReplayOptions, *, n_rows: int, received: list[str],
-                               loop, run_dir: Path, scraper=None):
+                               options: ReplayOptions, quiet: _QuietRuntime, *,
+                               worker: WorkerRole | None, n_rows: int,
+                               received: list[str], loop, run_dir: Path, scraper=None):
     status, failure, cancelled = "complete", None, False
     started = time.perf_counter()
     try:
@@ -234,6 +256,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         dispatcher.interrupt(cancel_main=False)
         await dispatcher.drain()
     finally:
+        quiet.restore()
         gc.unfreeze()
         if progress_task is not None:
             progress_task.cancel()
@@ -259,6 +282,9 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         sent_mask=recorder.sent_ns != NULL_I64, slot_waits=dispatcher.slot_waits,
         closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
     )
+    check["runtime"] = {"gc": "safe points" if options.gc_safe_points else "automatic",
+                        "gc_passes": dispatcher.gc_passes,
+                        "switch_interval_us": round(quiet.switch_s * 1e6, 1)}
     counts = recorder.counts()
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": recorder.rows_written,
@@ -278,9 +304,32 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
             extra["scrape"] = {**scraper.summary(0), "write_error": str(exc)}
     manifest.finish(status, **extra)
+    if worker is not None:
+        worker.finished({"manifest": manifest.data, "scheduled_ns": recorder.scheduled_ns,
+                         "sent_ns": recorder.sent_ns,
+                         "ready_ns": np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
+                         "slot_waits": dispatcher.slot_waits})
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
     return summary, failure, cancelled
+
+
+class _QuietRuntime:
+    """Process-wide settings for the schedule's duration, restored by :meth:`restore`."""
+
+    def __init__(self, options: ReplayOptions) -> None:
+        self._gc_was_enabled = gc.isenabled()
+        self._switch_was = sys.getswitchinterval()
+        if options.gc_safe_points:
+            gc.disable()
+        if options.switch_interval_us is not None:
+            sys.setswitchinterval(options.switch_interval_us / 1e6)
+        self.switch_s = sys.getswitchinterval()
+
+    def restore(self) -> None:
+        sys.setswitchinterval(self._switch_was)
+        if self._gc_was_enabled:
+            gc.enable()
 
 
 def _safe_describe(backend: Backend) -> dict[str, Any]:

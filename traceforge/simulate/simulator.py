@@ -526,5 +526,6 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "turn": trace.column("turn"),
         "bucket_seq_len": opt(r.bucket_seq_len, "bucket_seq_len"),
         "bucket_batch_size": opt(r.bucket_batch_size, "bucket_batch_size"),
+        "replay_worker": pa.nulls(n, pa.int32()),
     }
     return pa.table(columns, schema=TIMELINE_SCHEMA)

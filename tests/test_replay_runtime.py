@@ -1,0 +1,58 @@
+"""The process settings a replay changes while its schedule runs (GC at safe points, a short GIL
+switch interval) are recorded in run.json and given back afterwards, also after a failure."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+
+import numpy as np
+import pytest
+from replay_helpers import make_trace
+
+from traceforge.backends.null import NullBackend
+from traceforge.replay import ReplayOptions, run_replay
+from traceforge.replay.dispatcher import GC_SAFE_GAP_NS
+
+MS = 1_000_000
+
+
+def test_gc_and_switch_interval_are_restored_and_recorded(tmp_path):
+    assert gc.isenabled()
+    switch = sys.getswitchinterval()
+    # two bursts 40 ms apart: the gap before the second is a safe point
+    arrivals = np.r_[np.zeros(3000), np.full(10, 40 * MS)].astype(np.int64)
+    assert 40 * MS > GC_SAFE_GAP_NS
+    summary = run_replay(make_trace(arrivals), tmp_path / "run", NullBackend(servers=64,
+                         service_ms=0.1, service_dist="const"), ReplayOptions())
+    assert gc.isenabled() and sys.getswitchinterval() == switch
+    runtime = json.loads((tmp_path / "run" / "run.json").read_text())["self_check"]["runtime"]
+    assert runtime == summary.self_check["runtime"]
+    assert runtime["gc"] == "safe points" and runtime["switch_interval_us"] == 100.0
+    assert runtime["gc_passes"] >= 1  # the 3000 requests left young objects; the gap took them
+
+
+def test_settings_off_leave_python_alone(tmp_path):
+    gc.disable()
+    try:
+        summary = run_replay(make_trace(np.arange(50) * MS), tmp_path / "run", NullBackend(),
+                             ReplayOptions(gc_safe_points=False, switch_interval_us=None))
+        assert not gc.isenabled()  # a caller's choice is kept
+    finally:
+        gc.enable()
+    assert summary.self_check["runtime"]["gc"] == "automatic"
+    assert summary.self_check["runtime"]["gc_passes"] == 0
+
+
+def test_restored_after_a_failing_backend(tmp_path):
+    class Broken(NullBackend):
+        async def stop(self):
+            raise RuntimeError("stop failed")
+
+    switch = sys.getswitchinterval()
+    from traceforge.errors import RunFailure
+
+    with pytest.raises(RunFailure):
+        run_replay(make_trace(np.arange(20) * MS), tmp_path / "run", Broken(), ReplayOptions())
+    assert gc.isenabled() and sys.getswitchinterval() == switch

@@ -1,0 +1,128 @@
+"""`--workers N`: the trace is sharded across local processes that share one schedule origin and
+one run directory; the merged run must hold exactly the rows an unsharded replay holds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from replay_helpers import make_trace, poisson_arrivals
+
+from traceforge.cli import main
+from traceforge.errors import BadInput
+from traceforge.record import read_timeline
+from traceforge.replay.shard import shard_rows, split_cap
+
+MODELS = ["a", "b", "c"]
+
+
+def cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trace_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trace") / "trace.parquet"
+    rng = np.random.default_rng(3)
+    models = [MODELS[k] for k in rng.choice(3, 300, p=[0.6, 0.3, 0.1])]
+    make_trace(poisson_arrivals(1000, 300, seed=5), models=models, path=path)
+    return path
+
+
+def rows(run_dir):
+    tl = read_timeline(run_dir)
+    sched = tl.column("scheduled_ns").to_numpy()
+    origin = json.loads((run_dir / "run.json").read_text())["run_clock"]["schedule_origin_ns"]
+    return (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
+            (sched - origin).tolist(), tl.column("replay_worker").to_pylist())
+
+
+def test_shard_by_request_keeps_each_models_order_and_covers_every_row():
+    table = make_trace(np.arange(10), models=list("aabbbaabab")).table
+    shards = shard_rows(table, 3, "request")
+    assert sorted(np.concatenate(shards).tolist()) == list(range(10))
+    assert shards[1].tolist() == [1, 4, 7]  # round robin over arrival order
+    for shard in shards:
+        assert np.all(np.diff(shard) > 0)  # a subsequence: arrival order kept per model
+
+
+def test_shard_by_request_keeps_a_session_on_one_worker():
+    import pyarrow as pa
+
+    sessions = pa.array([None, 5, 5, None, 7, 5, 7, None], pa.int64())
+    table = pa.table({"model": ["a"] * 8, "session_id": sessions})
+    shards = shard_rows(table, 2, "request")
+    # units in order of first appearance: row 0, session 5, row 3, session 7, row 7
+    assert [s.tolist() for s in shards] == [[0, 3, 7], [1, 2, 4, 5, 6]]
+
+
+def test_shard_by_model_gives_each_model_one_worker_largest_first():
+    table = make_trace(np.arange(10), models=list("aaaaabbbcc")).table
+    a, b = shard_rows(table, 2, "model")
+    assert a.tolist() == [0, 1, 2, 3, 4]  # a (5 rows) alone; b (3) and c (2) share worker 1
+    assert b.tolist() == [5, 6, 7, 8, 9]
+    with pytest.raises(BadInput, match="at least as many models"):
+        shard_rows(table, 4, "model")
+
+
+def test_split_cap_never_exceeds_the_whole():
+    assert split_cap(10, 3) == [4, 3, 3]
+    assert split_cap(None, 2) == [None, None]
+    with pytest.raises(BadInput):
+        split_cap(1, 2)
+
+
+@pytest.mark.parametrize("shard_by", ["request", "model"])
+def test_sharded_null_replay_has_the_unsharded_rows(tmp_path, trace_path, capsys, shard_by):
+    base = ["--backend", "null", "--servers", "4", "--service-ms", "1", "--service-dist", "const"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    code, _ = cli(["replay", str(trace_path), "-o", str(one), *base], capsys)
+    assert code in (0, None)
+    code, err = cli(["replay", str(trace_path), "-o", str(two), *base, "--workers", "2",
+                     "--shard-by", shard_by], capsys)
+    assert code in (0, None), err
+    ids1, models1, sched1, worker1 = rows(one)
+    ids2, models2, sched2, worker2 = rows(two)
+    assert (ids2, models2, sched2) == (ids1, models1, sched1)
+    assert set(worker1) == {None} and set(worker2) == {0, 1}
+    parts = sorted(p.name for p in (two / "timeline").glob("part-*.parquet"))
+    assert {p[:8] for p in parts} == {"part-w00", "part-w01"}
+    manifest = json.loads((two / "run.json").read_text())
+    assert manifest["status"] == "complete" and manifest["workers"] == 2
+    assert manifest["counts"] == {"ok": 300}
+    per_worker = manifest["worker_runs"]
+    assert sum(w["rows"] for w in per_worker) == 300
+    assert sum(w["self_check"]["requests_sent"] for w in per_worker) == 300
+    assert manifest["self_check"]["requests_sent"] == 300
+    if shard_by == "model":  # every model's rows came from one worker
+        tl = read_timeline(two).select(["model", "replay_worker"]).to_pylist()
+        owner = {}
+        for row in tl:
+            assert owner.setdefault(row["model"], row["replay_worker"]) == row["replay_worker"]
+
+
+def test_resident_refuses_workers_and_writes_nothing(tmp_path, trace_path, capsys):
+    code, err = cli(["replay", str(trace_path), "-o", str(tmp_path / "r"), "--backend",
+                     "resident", "--workers", "2"], capsys)
+    assert code == 2 and "--backend = 'resident'" in err and "one process" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreachable_url_in_workers_is_bad_input_and_writes_nothing(tmp_path, trace_path,
+                                                                    capsys):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nobody listens there now
+    out = tmp_path / "r"
+    code, err = cli(["replay", str(trace_path), "-o", str(out), "--backend", "http", "--url",
+                     f"http://127.0.0.1:{port}", "--workers", "2"], capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "127.0.0.1" in err
+    assert not out.exists()
+
