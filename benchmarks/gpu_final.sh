@@ -17,7 +17,7 @@
 # report.json), multi-gpu.tar.gz, stability.tar.gz, env.txt. The summary table is printed last.
 #
 # Environment: OUT (default out/gpu-final), PYTHON (default python3), BUDGET_S (540), STEP1_S
-# (330), STEP2_S (165), STEP3_S (100), STEP3_MIN_S (110), GPUS (default 0,1 with two GPUs, else
+# (320), STEP2_S (175), STEP3_S (100), STEP3_MIN_S (110), GPUS (default 0,1 with two GPUs, else
 # 0), SEED_SPEC, MULTI_SPEC, GPU_FINAL_CPU=1 (a CPU-sized variant that tests this script's
 # plumbing in ~3 minutes: tiny models on the CPU, benchmarks/gpu_final_cpu/*.toml).
 set -uo pipefail
@@ -95,13 +95,20 @@ cleanup_step() {
   MPS_LEFT=${mps:-}
 }
 
-# run_step NAME LIMIT_S CMD...: the command under timeout -s INT (kill 25 s later), tagged.
+# run_step NAME LIMIT_S GRACE_S CMD...: the command under timeout -s INT, tagged; SIGKILL
+# GRACE_S later (after SIGINT a study lands what finished, stops its backends — MPS daemons
+# quit — and joins its GPU workers, up to 30 s each in traceforge/study/multi_gpu.py).
 run_step() {
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$2 grace=$3; shift 3
   local t rc
   t=$(date +%s)
+  if [ "$limit" -lt 10 ]; then
+    stamp "==== step $name skipped: ${limit}s left for it"
+    printf '%s\t%s\t%s\t%s\n' "$name" "skipped" 0 "" >> "$STEPS"
+    return 0
+  fi
   stamp "==== step $name (limit ${limit}s): $*"
-  GPU_FINAL_STEP=$name timeout -s INT -k 25 "$limit" "$@"
+  GPU_FINAL_STEP=$name timeout -s INT -k "$grace" "$limit" "$@"
   rc=$?
   [ "$rc" = 124 ] && stamp "step $name reached its ${limit}s limit (SIGINT sent)"
   cleanup_step "$name"
@@ -136,9 +143,9 @@ PYEOF
 
   # ---- step 1: the seed study (issue 9)
   local seed="$WORK/seed-study"
-  "$PY" -m traceforge study "$SEED_SPEC" -o "$seed" --executor local --gpus "$GPUS" --dry-run \
-    || stamp "dry run failed (the study below will say why)"
-  run_step seed "$(limit_of "${STEP1_S:-330}" 190)" \
+  # (the plan: `traceforge study SPEC -o DIR --dry-run`; not run here, it costs seconds of CUDA
+  # start-up. The spec's header states it.)
+  run_step seed "$(limit_of "${STEP1_S:-320}" 190)" 45 \
     "$PY" -m traceforge study "$SEED_SPEC" -o "$seed" --executor local --gpus "$GPUS" \
     --no-progress
   if [ -f "$seed/study.json" ]; then
@@ -155,7 +162,7 @@ PYEOF
   # ---- step 2: one GPU vs two GPUs (issue 11)
   local multi="$WORK/multi-gpu"
   mkdir -p "$multi/out"
-  run_step multi "$(limit_of "${STEP2_S:-165}" 20)" \
+  run_step multi "$(limit_of "${STEP2_S:-175}" 35)" 20 \
     env SPEC="$MULTI_SPEC" OUT="$multi/out" MULTI_WORK="$multi/studies" NGPU="$NGPU" PYTHON="$PY" \
     bash benchmarks/gpu_multi.sh
   tar -C "$WORK" -czf "$OUT/multi-gpu.tar.gz" multi-gpu 2>/dev/null
@@ -164,7 +171,7 @@ PYEOF
   local stab="$WORK/stability"
   if [ "$(left)" -ge "${STEP3_MIN_S:-110}" ]; then
     mkdir -p "$stab"
-    run_step stability "$(limit_of "${STEP3_S:-100}" 15)" \
+    run_step stability "$(limit_of "${STEP3_S:-100}" 35)" 20 \
       "$PY" benchmarks/gpu_serving_check.py stability --out "$stab" --duration "$STAB_DURATION"
     tar -C "$WORK" -czf "$OUT/stability.tar.gz" stability 2>/dev/null
   else

@@ -85,7 +85,8 @@ def print_study(s: dict[str, Any]) -> list[str]:
     for c in s["capacity"]:
         key = (c["mix"], json.dumps(c["config"], sort_keys=True))
         cap_of.setdefault(key, {})[c["kind"]] = c
-    lines.append(f"{'mix':<8}{'mode':<10}{'model':<16}{'ok':>6}{'p50 ms':>9}{'p99 ms':>9}  "
+    lines.append(f"{'mix':<8}{'mode':<10}{'model':<16}{'ok':>6}{'not ok':>7}{'p50 ms':>9}"
+                 f"{'p99 ms':>9}  "
                  f"capacity GPU [low, high] (stopped) | prescreen")
     low_cells = 0
     for cell in s["cells"]:
@@ -99,13 +100,14 @@ def print_study(s: dict[str, Any]) -> list[str]:
         models = cell.get("models")
         if not models:
             lines.append(f"{cell['mix']:<8}{mode:<10}{'(' + cell['status'] + ')':<16}"
-                         f"{'':>24}  {cap_txt}  {cell.get('error') or ''}"[:160])
+                         f"{'':>31}  {cap_txt}  {cell.get('error') or ''}"[:160])
             continue
         if min(m["ok"] for m in models.values()) < 500:
             low_cells += 1
         for i, (model, m) in enumerate(models.items()):
             lines.append(f"{cell['mix'] if i == 0 else '':<8}{mode if i == 0 else '':<10}"
-                         f"{model:<16}{m['ok']:>6}{_fmt(m['p50_ms']):>9}{_fmt(m['p99_ms']):>9}"
+                         f"{model:<16}{m['ok']:>6}{m['not_ok']:>7}{_fmt(m['p50_ms']):>9}"
+                         f"{_fmt(m['p99_ms']):>9}"
                          f"  {cap_txt if i == 0 else ''}")
     done = sum(1 for c in s["cells"] if c.get("models"))
     lines.append(f"grid cells measured: {done} of {len(s['cells'])}; with < 500 ok requests "
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps and args.steps.exists():
         summary["steps"] = []
         for row in args.steps.read_text().splitlines():
-            step, rc, secs, mps = (row.split("\t") + ["", "", "", ""])[:4]
+            step, rc, secs, mps = [*row.split("\t"), "", "", "", ""][:4]
             summary["steps"].append({"step": step, "rc": rc, "seconds": secs, "mps_left": mps})
             lines.append(f"step {step}: exit {rc}, {secs} s, MPS processes left: {mps or 'none'}")
     if args.study and (args.study / "study.json").exists():
@@ -166,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         summary["stability"] = json.loads(args.stability.read_text())
         lines += print_stability(summary["stability"])
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        try:
+            args.json.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        except OSError as exc:  # the table below still gets printed
+            lines.append(f"(summary.json not written: {exc})")
     print("\n".join(lines))
     return 0
 
