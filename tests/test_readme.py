@@ -60,6 +60,7 @@ def fresh_clone(tmp_path):
 def test_readme_sh_blocks_run_in_order_on_a_fresh_clone(fresh_clone):
     clone, env = fresh_clone
     ran = 0
+    outputs = []
     for i, (kind, body) in enumerate(blocks(README.read_text())):
         if kind != "sh":
             continue
@@ -68,8 +69,11 @@ def test_readme_sh_blocks_run_in_order_on_a_fresh_clone(fresh_clone):
         assert proc.returncode == 0, (f"README block {i} failed (exit {proc.returncode}):\n"
                                       f"{body}\n--- stderr ---\n{proc.stderr[-3000:]}")
         assert "Traceback" not in proc.stderr, proc.stderr
+        outputs.append(proc.stdout)
         ran += 1
     assert ran >= 4
+    # what the README's comments claim
+    assert "gpt is OVERLOADED" in " ".join(outputs[-1].split())
     # each step produced what the next one used
     for produced in ("demo.parquet", "arrivals.png", "mine.parquet", "run1/run.json",
                      "run2/run.json", "report.html", "run1.json", "sim-run/run.json"):

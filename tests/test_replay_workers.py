@@ -126,3 +126,55 @@ def test_unreachable_url_in_workers_is_bad_input_and_writes_nothing(tmp_path, tr
     assert err.count("\n") == 1 and "127.0.0.1" in err
     assert not out.exists()
 
+
+
+SERVER = r"""
+import asyncio, json, socket, sys
+from aiohttp import web
+BODY = json.dumps({"choices": [{"text": "a"}], "usage": {"completion_tokens": 1}}).encode()
+async def handle(request):
+    await request.read()
+    return web.Response(body=BODY, content_type="application/json")
+async def main(sock):
+    app = web.Application(); app.router.add_post("/v1/completions", handle)
+    runner = web.AppRunner(app, access_log=None); await runner.setup()
+    await web.SockSite(runner, sock).start()
+    await asyncio.Event().wait()
+asyncio.run(main(socket.socket(fileno=int(sys.argv[1]))))
+"""
+
+
+@pytest.fixture
+def http_server():
+    import socket
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(sock.fileno())],
+                            pass_fds=[sock.fileno()])
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    try:
+        yield url
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sharded_http_replay_sends_every_row_once(tmp_path, trace_path, capsys, http_server):
+    out = tmp_path / "run"
+    code, err = cli(["replay", str(trace_path), "-o", str(out), "--backend", "http", "--url",
+                     http_server, "--no-stream", "--workers", "2", "--max-inflight", "8"],
+                    capsys)
+    assert code in (0, None), err
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["counts"] == {"ok": 300} and manifest["backend"] == "http"
+    ids, _, _, workers = rows(out)
+    assert ids == list(range(300)) and set(workers) == {0, 1}
+    # the cap of 8 was split 4 + 4: each worker's pool and in-flight cap got its share
+    assert [w["self_check"]["requests_sent"] for w in manifest["worker_runs"]] == [150, 150]
+    assert {json.loads((out / "workers" / f"w0{k}.json").read_text())["options"]["max_inflight"]
+            for k in (0, 1)} == {4}

@@ -14,8 +14,9 @@ from traceforge.backends.options import BACKEND_OPTIONS, option_fields
 # that differ from the field name.
 # --workers/--shard-by/--executor/--address shard one replay over processes or Ray actors; a
 # study runs each cell unsharded and places whole groups with its own --executor instead.
+# --rate rescales the trace itself; in a study the `load` axis is that knob (per mix).
 NOT_OPTIONS = {"trace", "out", "backend", "progress", "workers", "shard_by", "executor",
-               "address"}
+               "address", "rate"}
 RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers", "compile_": "compile",
            "scrape": "scrape_url", "scrape_interval": "scrape_interval_s"}
 

@@ -260,6 +260,7 @@ def test_html_is_self_contained(html_file):
     assert "<script" not in text and not re.search(r'(src|href)="(https?:)?//', text)
     assert "Cells not in the numbers" in text and FAILED in text
     assert "Best configuration per load" in text and "significant" in text
+    assert "bootstrap</span>" in text  # the pooled p99's within-run interval in each cell
     assert (html_file.stat().st_mode & 0o777) == 0o644
 
 

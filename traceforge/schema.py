@@ -78,10 +78,10 @@ TIMELINE_SCHEMA = pa.schema(
         _f("itl_ns", pa.list_(pa.int64()), True, "ns", "inter-token gaps (streaming)"),
         _f("session_id", pa.int64(), True, "", "from the trace"),
         _f("turn", pa.int32(), True, "", "from the trace"),
-        _f("bucket_seq_len", pa.int32(), True, "tokens|pixels", "padded seq_len that ran"),
-        _f("bucket_batch_size", pa.int32(), True, "requests", "padded batch that ran"),
         _f("replay_worker", pa.int32(), True, "",
            "replay worker (process or Ray actor) that sent it, with --workers; else null"),
+        _f("bucket_seq_len", pa.int32(), True, "tokens|pixels", "padded seq_len that ran"),
+        _f("bucket_batch_size", pa.int32(), True, "requests", "padded batch that ran"),
     ],
     metadata={"schema": TIMELINE_SCHEMA_ID},
 )

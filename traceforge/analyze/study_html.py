@@ -40,12 +40,22 @@ def _grid_tables(report: dict[str, Any], mix: str, source: str, levels: list[flo
     out = []
     for model in section_models(report, mix, source):
         configs, cells = grid(report, mix, source, model, levels)
-        rows = [[_e(config), *("<br>".join(_e(line) for line in
-                                           cell_lines(cells.get((config, level))))
-                               for level in levels)] for config in configs]
+        rows = [[_e(config), *(_grid_cell(cells.get((config, level))) for level in levels)]
+                for config in configs]
         out.append(f"<h3>{_e(model)}</h3>")
         out.append(_table(["config", *(f"{axis} {level:g}" for level in levels)], rows))
     return "\n".join(out)
+
+
+def _grid_cell(m: dict[str, Any] | None) -> str:
+    """cell_lines, plus the pooled p99 with its within-run bootstrap CI (muted)."""
+    text = "<br>".join(_e(line) for line in cell_lines(m))
+    pooled = (m or {}).get("pooled") or {}
+    if pooled.get("p99_ms") is not None and pooled.get("p99_ci95_ms"):
+        lo, hi = pooled["p99_ci95_ms"]
+        text += (f'<br><span class="muted">pooled p99 {_num(pooled["p99_ms"])} '
+                 f"[{_num(lo)}–{_num(hi)}] bootstrap</span>")
+    return text
 
 
 def _best_table(report: dict[str, Any], mix: str, source: str) -> str:
@@ -135,7 +145,8 @@ def study_html(report: dict[str, Any]) -> str:
                           f"load curves {mix} {source}"))
         parts.append("<p class='muted'>Each cell: mean over repeats with its 95 % interval "
                      "(t across repeats; with one repeat, the within-run bootstrap); SLO "
-                     "attainment · goodput; n = repeats.</p>")
+                     "attainment · goodput; n = repeats; then the p99 of all repeats' requests "
+                     "pooled, with its bootstrap CI (sampling noise within runs only).</p>")
         parts.append(_grid_tables(report, mix, source, levels))
         best = _best_table(report, mix, source)
         if best:

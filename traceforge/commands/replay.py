@@ -107,6 +107,16 @@ def register(app: typer.Typer) -> None:
         zoo: str = typer.Option(None, "--zoo", help="MODEL=ZOO_ENTRY,... (overrides the spec)."),
         telemetry: bool = typer.Option(True, "--telemetry/--no-telemetry",
                                        help="resident: NVML telemetry on GPU runs."),
+        # scale-out (docs/scale.md)
+        workers: int = typer.Option(1, "--workers",
+                                    help="Shard the replay across N processes (or Ray actors)."),
+        shard_by: str = typer.Option("request", "--shard-by",
+                                     help="--workers: request (round-robin) | model"),
+        executor: str = typer.Option("local", "--executor",
+                                     help="--workers: local (processes) | ray (actors)"),
+        address: str = typer.Option(None, "--address",
+                                    help="--executor ray: auto | ray://HOST:PORT (default: a "
+                                         "local Ray instance on 127.0.0.1)"),
         compile_: str = typer.Option(None, "--compile",
                                      help="resident: graphs (CUDA graphs + static KV cache; "
                                           "default on CUDA) | compiled (graphs + TorchInductor"
@@ -118,16 +128,6 @@ def register(app: typer.Typer) -> None:
         prewarm: bool = typer.Option(True, "--prewarm/--no-prewarm",
                                      help="resident: run every bucket the trace needs before "
                                           "the schedule starts (--no-prewarm: cold shapes)."),
-        # scale-out (docs/scale.md)
-        workers: int = typer.Option(1, "--workers",
-                                    help="Shard the replay across N processes (or Ray actors)."),
-        shard_by: str = typer.Option("request", "--shard-by",
-                                     help="--workers: request (round-robin) | model"),
-        executor: str = typer.Option("local", "--executor",
-                                     help="--workers: local (processes) | ray (actors)"),
-        address: str = typer.Option(None, "--address",
-                                    help="--executor ray: auto | ray://HOST:PORT (default: a "
-                                         "local Ray instance on 127.0.0.1)"),
     ) -> None:
         """Replay a trace open-loop at its exact times and record every request."""
         from traceforge.replay import ReplayOptions, default_models, run_replay

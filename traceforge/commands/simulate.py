@@ -35,8 +35,9 @@ def simulate_command(
     warmup: float = typer.Option(0.0, "--warmup", help="Flag rows scheduled in the first S s."),
     cold_start: bool = typer.Option(
         None, "--cold-start/--warm-start",
-        help="With --profile: a freshly started backend (first request of each shape pays the "
-             "profile's cold_extra_ms), or one that already served these shapes."),
+        help="With --profile: a backend without pre-warm (first request of each bucket pays "
+             "the profile's cold_extra_ms: replay --no-prewarm), or a warm one. Default: warm "
+             "for a profile with shape buckets, cold for an older one."),
 ) -> None:
     """Simulate TRACE in virtual time and write the run directory a replay would write."""
     from traceforge.simulate import simulate

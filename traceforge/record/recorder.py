@@ -224,10 +224,10 @@ class TimelineRecorder:
             "itl_ns": sparse(self.itl_ns, pa.list_(pa.int64())),
             "session_id": i64(self.session_id[idx]),
             "turn": i32(self.turn[idx]),
-            "bucket_seq_len": i32(self._i32["bucket_seq_len"][idx]),
-            "bucket_batch_size": i32(self._i32["bucket_batch_size"][idx]),
             "replay_worker": (pa.nulls(len(idx), pa.int32()) if self.replay_worker is None else
                               pa.array(np.full(len(idx), self.replay_worker, np.int32))),
+            "bucket_seq_len": i32(self._i32["bucket_seq_len"][idx]),
+            "bucket_batch_size": i32(self._i32["bucket_batch_size"][idx]),
         }
         return pa.table(columns, schema=TIMELINE_SCHEMA)
 

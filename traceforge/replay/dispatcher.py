@@ -31,7 +31,7 @@ spikes inside GC windows, docs/scale.md). The replay creates almost no cyclic ga
 objects per 10⁵ requests), so the dispatcher collects the young generations itself at *safe
 points* — before a wait whose slack exceeds ``GC_SAFE_GAP_NS`` — and, so memory stays bounded
 when the schedule never leaves such a gap, whenever more than ``GC_FORCE_PENDING`` objects are
-pending.
+pending; every ``GC_FULL_EVERY``-th of these passes is a full collection.
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ def session_links(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 GC_SAFE_GAP_NS = 3_000_000  # a wait this long leaves > 1 ms after the spin margin for a pass
 GC_MIN_PENDING = 2_000  # below this a pass is not worth a wake-up
 GC_FORCE_PENDING = 200_000  # ~20 MB of young objects: collect even mid-burst
+GC_FULL_EVERY = 20  # every 20th pass is a full one, so cyclic garbage that aged (e.g. error
+# tracebacks in a long run of failing requests) cannot pile up until the end of the run
 
 
 class Dispatcher:
@@ -185,6 +187,7 @@ class Dispatcher:
                 await wait_until(target)
             # Everything due by now leaves in this burst.
             t = now()
+            held = None  # when the last slot wait of this burst ended
             while k < n and origin + offset[walk[k]] <= t:
                 i = walk[k]
                 if capped and len(self._inflight) >= self.cap:
@@ -192,7 +195,12 @@ class Dispatcher:
                     # A loop: a released session turn may take the freed slot first.
                     while len(self._inflight) >= self.cap:
                         self.ready_ns[i] = await self._wait_slot()
+                    held = self.ready_ns[i]
                     t = now()
+                elif held is not None and self.ready_ns[i] < held:
+                    # Queued behind a request that waited for a slot: the target held it back
+                    # until then (two slots freeing at once let it leave without a wait).
+                    self.ready_ns[i] = held
                 self._launch(i)
                 k += 1
                 self.next_index = k
@@ -215,8 +223,10 @@ class Dispatcher:
             self.next_index = i + 1
 
     def _collect(self) -> None:
-        gc.collect(1)  # the young generations; survivors age into gen 2, collected after the run
         self.gc_passes += 1
+        # The young generations; survivors age into gen 2, which every GC_FULL_EVERY-th pass
+        # (and the automatic GC after the run) collects.
+        gc.collect(2 if self.gc_passes % GC_FULL_EVERY == 0 else 1)
 
     async def _wait_slot(self) -> int:
         waiter = asyncio.get_running_loop().create_future()

@@ -125,7 +125,7 @@ class ReplayActor:
 class RayPool:
     executor = "ray"
 
-    def __init__(self, *, address: str | None, workers: int) -> None:
+    def __init__(self, *, address: str | None) -> None:
         self.ray, self._owned = init_ray(address)
         self.actors: list = []
         self.clock_offsets: list[dict] = []

@@ -249,7 +249,7 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
     if executor == "ray":
         from traceforge.replay.ray_pool import RayPool
 
-        pool = RayPool(address=address, workers=workers)
+        pool = RayPool(address=address)
     else:
         pool = LocalPool()
 

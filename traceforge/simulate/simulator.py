@@ -524,8 +524,8 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "itl_ns": pa.nulls(n, f("itl_ns").type),
         "session_id": trace.column("session_id"),
         "turn": trace.column("turn"),
+        "replay_worker": pa.nulls(n, pa.int32()),
         "bucket_seq_len": opt(r.bucket_seq_len, "bucket_seq_len"),
         "bucket_batch_size": opt(r.bucket_batch_size, "bucket_batch_size"),
-        "replay_worker": pa.nulls(n, pa.int32()),
     }
     return pa.table(columns, schema=TIMELINE_SCHEMA)

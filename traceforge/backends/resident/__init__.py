@@ -99,9 +99,9 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
                            max_wait_ms=max_wait_ms, sm_percent=sm_percent, zoo=zoo,
                            telemetry=bool(opts.get("telemetry", True)),
                            run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0),
-                           status=opts.get("status"),
                            compile=compile_, seq_buckets=seq_buckets,
-                           prewarm=bool(opts.get("prewarm", True)))
+                           prewarm=bool(opts.get("prewarm", True)),
+                           status=opts.get("status"))
 
 
 class ResidentBackend:
@@ -111,9 +111,8 @@ class ResidentBackend:
                  max_wait_ms: float = 0.0, sm_percent: dict[str, int] | None = None,
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0,
-                 status: Any = None,
                  compile: str | None = None, seq_buckets: list[int] | None = None,
-                 prewarm: bool = True) -> None:
+                 prewarm: bool = True, status: Any = None) -> None:
         from traceforge.gpu.cuda import parse_device
 
         self.mode = mode
@@ -129,12 +128,12 @@ class ResidentBackend:
         self.telemetry_enabled = telemetry
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
-        # status(line): progress while models load (the CLI prints it to stderr), else silent
-        self.status = status or (lambda line: None)
         self.compile = compile or ("graphs" if self.is_cuda else "eager")
         self.seq_buckets = seq_buckets  # --seq-buckets (None: each model's defaults)
         self.prewarm = prewarm
         self._serving: dict[str, Any] = {}
+        # status(line): progress while models load (the CLI prints it to stderr), else silent
+        self.status = status or (lambda line: None)
         self.models: dict[str, str] = {}  # trace model -> zoo entry
         self._executors: dict[str, Any] = {}  # trace model -> Executor (in-process modes)
         self._workers: dict[str, Any] = {}  # trace model -> WorkerProcess (process modes)
