@@ -1,7 +1,9 @@
 """Derive the seed study's prescreen profile for the compiled (CUDA graphs) resident backend.
 
-Writes ``traceforge/data/profiles/h200-graphs.json`` (shipped as profile ``h200-graphs``), the
-``[capacity] profile`` of studies/seed-study.toml. It is assembled, not measured in one run:
+Writes ``studies/profiles/h200-graphs-derived.json``, the ``[capacity] profile`` of
+studies/seed-study.toml (a path: run the study from the repository root). It is assembled, not
+measured in one run, so it is not one of the shipped profiles (profiles/README.md: those are
+each one ``traceforge profile`` command):
 
 - distilbert-base and distilgpt2: copied from ``docs/results/h200-buckets-profile.json``
   (``traceforge profile`` on the H200 with ``--compile graphs``, 2026-11-30; exclusive and mps,
@@ -34,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "docs" / "results" / "h200-buckets-profile.json"
-TARGET = ROOT / "traceforge" / "data" / "profiles" / "h200-graphs.json"
+TARGET = ROOT / "studies" / "profiles" / "h200-graphs-derived.json"
 MODELS = ("distilbert-base", "distilgpt2", "mistral-7b")
 MODES = ("exclusive", "timeslice", "mps", "streams")
 # docs/results/serving-h200.md, call 3 (decode.json, graphs): service_ms_new1 and ms_per_token
