@@ -131,10 +131,17 @@ main() {
       --format=csv 2>&1 || echo "no nvidia-smi"
     "$PY" - <<'PYEOF' 2>&1
 import platform
-import torch, transformers
-print("python", platform.python_version(), "torch", torch.__version__, "cuda",
-      torch.version.cuda, "available", torch.cuda.is_available(),
-      "devices", torch.cuda.device_count(), "transformers", transformers.__version__)
+from importlib.metadata import PackageNotFoundError, version
+
+def v(name):
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "missing"
+
+# package metadata only: importing torch here would cost seconds of the budget
+print("python", platform.python_version(), "torch", v("torch"), "transformers",
+      v("transformers"), "traceforge", v("traceforge"), "nvidia-ml-py", v("nvidia-ml-py"))
 PYEOF
     git log -1 --format='commit %H %s' 2>/dev/null || echo "commit: not a git checkout"
     echo "MPS processes at start: $(mps_pids)"
