@@ -131,7 +131,8 @@ def test_dash_h_is_help_everywhere(argv, capsys):
 
 @pytest.mark.parametrize("command", [["trace", "gen"], ["trace", "import"], ["replay"],
                                      ["simulate"], ["export", "perfetto"], ["demo"],
-                                     ["profile"], ["report"], ["compare"], ["study"]])
+                                     ["profile"], ["report"], ["compare"], ["study"],
+                                     ["trace", "stats"]])
 def test_every_writing_command_takes_dash_o_and_output(command, capsys):
     _, out, _ = run_cli([*command, "--help"], capsys)
     assert "-o" in out and "--output" in out
@@ -212,3 +213,14 @@ def test_other_time_flags_beyond_int64_are_bad_input(tmp_path, trace_path, capsy
     code, _, err = run_cli([*command, trace_path, "-o", run, *args], capsys)
     assert_one_line_error(code, err, key)
     assert not run.exists()
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--rate", "5", "--concurrency", "2"], ["--rate", "closed loop"]),
+    (["--rate", ""], ["--rate"]),
+    (["--rate", "a=1,"], ["--rate"]),
+    (["--max-concurrency", "0"], ["--max-inflight", "positive integer"]),  # the alias
+])
+def test_knob_misuse_is_one_line(tmp_path, trace_path, capsys, args, needles):
+    code, _, err = run_cli(["replay", trace_path, "-o", tmp_path / "run", *args], capsys)
+    assert_one_line_error(code, err, *needles)

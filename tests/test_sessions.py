@@ -342,3 +342,38 @@ def test_max_inflight_is_never_exceeded_with_released_turns(tmp_path):
                     key=lambda e: (e[0], e[1]))  # at a tie a completion frees its slot first
     depth = np.cumsum([e[1] for e in events])
     assert depth.max() == 3  # the cap binds (30 req/s x 30 ms with turns) and holds
+
+
+def test_trace_stats_fit_the_session_starts():
+    from traceforge.generate.stats import trace_stats
+
+    trace = generate_trace(parse_spec(SPEC))
+    report = trace_stats(trace)
+    chat = report["models"]["chat"]
+    sid = trace.table.column("session_id").to_pylist()
+    assert chat["sessions"]["sessions"] == chat["count"] == len({s for s in sid if s is not None})
+    assert chat["sessions"]["rows"] == sum(s is not None for s in sid)
+    # the starts are the spec's Poisson(1/s) process: the fit does not reject it
+    assert chat["fit"]["p_value"] > 0.01
+    assert report["models"]["plain"].get("sessions") is None
+
+
+def test_csv_import_builds_sessions_from_parent_links(tmp_path):
+    from traceforge.importers import import_trace
+
+    src = tmp_path / "agent.csv"
+    src.write_text("t,req,prev\n"
+                   "0.0,a1,\n0.4,b1,\n1.0,a2,a1\n1.5,c1,\n2.0,a3,a2\n2.5,b2,b1\n3.0,a4,a3\n")
+    rows = import_trace("csv", [src], columns="time=t,id=req,parent=prev").table.to_pylist()
+    assert [(r["session_id"], r["turn"]) for r in rows] == [
+        (0, 1), (1, 1), (0, 2), (2, 1), (0, 3), (1, 2), (0, 4)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("t,req,prev\n0.0,a1,\n1.0,a2,zz\n")
+    with pytest.raises(BadInput, match="parent id is not an id in this file"):
+        import_trace("csv", [bad], columns="time=t,id=req,parent=prev")
+    loop = tmp_path / "loop.csv"
+    loop.write_text("t,req,prev\n0.0,a1,a2\n1.0,a2,a1\n")
+    with pytest.raises(BadInput, match="parent chain loops"):
+        import_trace("csv", [loop], columns="time=t,id=req,parent=prev")
+    with pytest.raises(BadInput, match="id=COL and parent=COL go together"):
+        import_trace("csv", [src], columns="time=t,parent=prev")

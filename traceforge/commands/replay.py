@@ -149,6 +149,9 @@ def register(app: typer.Typer) -> None:
             raise BadInput("--address needs --executor ray", key="--address", value=address)
         sharded = workers > 1 or executor == "ray"
         tr = read_trace(trace)
+        if rate is not None and concurrency is not None:
+            raise BadInput("a closed loop (--concurrency) ignores arrival times, so --rate "
+                           "would change nothing", key="--rate", value=rate)
         tr, time_scale, rate_info = apply_rate(tr, rate, time_scale)
         check_run_dir(out)
         models = default_models(tr)

@@ -53,7 +53,7 @@ def gen(
 def stats(
     trace_path: Path = typer.Argument(..., metavar="TRACE", help="Trace file (Parquet)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    plot: Path | None = typer.Option(None, "--plot",
+    plot: Path | None = typer.Option(None, "--plot", "-o", "--output",
                                      help="Write arrivals per second per model as a PNG."),
     confidence: float = typer.Option(0.95, "--confidence", help="Level of the rate CIs."),
 ) -> None:
@@ -107,6 +107,12 @@ def _print_stats(report: dict) -> None:
                       _fmt(s.get("target_rate")), _fmt(s["cv"]), _fmt(s["idc_1s"]),
                       _fmt(s["idc_10s"]), _fmt(fit.get("p_value"), ".3g"), law)
     console.print(table)
+    with_sessions = [n for n, s in report["models"].items() if s.get("sessions")]
+    if with_sessions:
+        parts = [f"{n}: {report['models'][n]['sessions']['sessions']} sessions, "
+                 f"{report['models'][n]['sessions']['rows']} turns" for n in with_sessions]
+        console.print("sessions — counts, rates and fits are over session starts ("
+                      + "; ".join(parts) + ")", highlight=False)
     reuse = report["aggregate"].get("prefix_reuse")
     if reuse:
         console.print(f"prefix blocks ({reuse['block_tokens']} tokens): "
@@ -144,7 +150,8 @@ def import_(
                                      "stripe|round-robin|top-k."),
     columns: str | None = typer.Option(
         None, "--columns", help="csv: time=COL[,seq_len=COL,max_new_tokens=COL,"
-                                "batch_size=COL,model=COL]."),
+                                "batch_size=COL,model=COL,session=COL,turn=COL|id=COL,"
+                                "parent=COL]."),
     time_unit: str | None = typer.Option(None, "--time-unit", help="csv: s|ms|us|ns|iso."),
     failed: str | None = typer.Option(None, "--failed",
                                help="burstgpt: rows with 0 response tokens: keep|drop."),

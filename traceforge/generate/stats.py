@@ -256,6 +256,20 @@ def _stream_stats(arrival_s: np.ndarray, duration_s: float, confidence: float) -
     }
 
 
+def pc_first_turns(table) -> np.ndarray | None:
+    """Rows that start a session or belong to none (None when the trace has no sessions)."""
+    if "session_id" not in table.column_names:
+        return None
+    sid = table.column("session_id")
+    if sid.null_count == len(sid):
+        return None
+    from traceforge.record.recorder import NULL_I64
+    from traceforge.replay.dispatcher import session_links
+
+    _, prev = session_links(sid.fill_null(NULL_I64).to_numpy())
+    return prev < 0
+
+
 def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Per-model and aggregate statistics of a trace (the ``trace stats --json`` object)."""
     from traceforge.generate.spec import parse_spec
@@ -286,12 +300,25 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
         if present else np.empty(0, np.int32)
     shapes = {f: table.column(f).to_numpy() for f in ("batch_size", "seq_len", "max_new_tokens")}
 
+    # Sessions: the spec's arrival process gives the session starts (first turns); later
+    # turns' nominal times follow from think times, so the fit looks at the starts only.
+    first_turn = pc_first_turns(table)
     models: dict[str, Any] = {}
     for name in names:
         mask = model_codes == codes[name]
+        mspec = spec_models.get(name, {})
+        sessions = None
+        if "sessions" in mspec and first_turn is not None:
+            n_rows = int(mask.sum())
+            mask_rows, mask = mask, mask & first_turn
+            sessions = {"arrivals": "session starts", "sessions": int(mask.sum()),
+                        "rows": n_rows, "turns_per_session":
+                            n_rows / int(mask.sum()) if mask.any() else None}
         times = arrival_s[mask]
         entry = _stream_stats(times, duration_s, confidence)
-        mspec = spec_models.get(name, {})
+        if sessions is not None:
+            entry["sessions"] = sessions
+            mask = mask_rows  # shapes over every turn
         entry["target_rate"] = long_run.get(name)
         mod_ref = mspec.get("modulation")
         mod_name = mod_ref.get("name") if isinstance(mod_ref, dict) else mod_ref
@@ -305,16 +332,23 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
                 entry[key] = mspec[key]
         models[name] = entry
 
-    aggregate = _stream_stats(arrival_s, duration_s, confidence)
+    agg_times = arrival_s
+    with_sessions = first_turn is not None and any("sessions" in m for m in spec_models.values())
+    if with_sessions:
+        agg_times = arrival_s[first_turn]
+    aggregate = _stream_stats(agg_times, duration_s, confidence)
+    if with_sessions:
+        aggregate["sessions"] = {"arrivals": "session starts and rows without a session",
+                                 "rows": int(arrival_s.size)}
     aggregate["target_rate"] = sum(long_run.values()) if long_run else None
     all_poisson = spec_models and all(
         (m.get("arrival") or {}).get("process") == "poisson" and "modulation" not in m
         for m in spec_models.values())
     if all_poisson:  # a superposition of independent Poisson processes is Poisson
         aggregate["fit"] = goodness_of_fit(
-            arrival_s, {"process": "poisson", "rate": aggregate["target_rate"]})
+            agg_times, {"process": "poisson", "rate": aggregate["target_rate"]})
     else:
-        aggregate["fit"] = goodness_of_fit(arrival_s, None)
+        aggregate["fit"] = goodness_of_fit(agg_times, None)
     aggregate["shapes"] = {f: _shape_summary(v) for f, v in shapes.items()}
     from traceforge.schema import prefix_block_tokens
 

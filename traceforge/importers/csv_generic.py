@@ -3,7 +3,9 @@
 [,session=COL[,turn=COL]]`` and ``--time-unit s|ms|us|ns|iso``. ``session`` (any text; empty =
 no session) makes the rows with one value the turns of one multi-turn session, numbered by time
 unless ``turn`` (integers >= 1) gives the numbers; replay then sends each turn after the
-previous one's answer plus the recorded gap (docs/replay.md, "Sessions"). Unmapped shapes take ``--batch-size/--seq-len/--max-new-tokens``.
+previous one's answer plus the recorded gap (docs/replay.md, "Sessions"). Or ``id=COL,parent=COL``:
+each row names the row it follows up (its parent's id, empty for a first turn) within the same
+file; a chain of parents is one session, its depth the turn. Unmapped shapes take ``--batch-size/--seq-len/--max-new-tokens``.
 With a model column, ``--models`` keeps/renames source models (``SRC`` or ``SRC=NAME``);
 without one, each file is one model (``--models`` gives one name per file, default the stem).
 """
@@ -27,7 +29,8 @@ from traceforge.importers.common import (
 )
 from traceforge.schema import SHAPE_LOWER
 
-FIELDS = ("time", "seq_len", "max_new_tokens", "batch_size", "model", "session", "turn")
+FIELDS = ("time", "seq_len", "max_new_tokens", "batch_size", "model", "session", "turn", "id",
+          "parent")
 LOWER = SHAPE_LOWER
 TIME_UNITS = (*TIME_UNITS_NS, "iso")
 
@@ -36,7 +39,7 @@ def parse_columns(columns: str | None) -> dict[str, str]:
     if not columns:
         raise BadInput("required for the csv format", key="--columns",
                        allowed="time=COL[,seq_len=COL,max_new_tokens=COL,batch_size=COL,"
-                               "model=COL]")
+                               "model=COL,session=COL,turn=COL | id=COL,parent=COL]")
     mapping: dict[str, str] = {}
     for entry in columns.split(","):
         field, sep, col = (s.strip() for s in entry.partition("="))
@@ -52,7 +55,46 @@ def parse_columns(columns: str | None) -> dict[str, str]:
         raise BadInput("the time column is required", key="--columns", value=columns)
     if "turn" in mapping and "session" not in mapping:
         raise BadInput("turn=COL needs session=COL", key="--columns", value=columns)
+    if ("id" in mapping) != ("parent" in mapping):
+        raise BadInput("id=COL and parent=COL go together", key="--columns", value=columns)
+    if "parent" in mapping and "session" in mapping:
+        raise BadInput("give session=COL or id=COL,parent=COL, not both", key="--columns",
+                       value=columns)
     return mapping
+
+
+def _parent_chains(cols: CsvColumns, id_col: str, parent_col: str, file_code: int):
+    """(session text, turn) per row from id/parent links inside one file: the session is the
+    chain's first row, the turn its depth + 1 (pointer jumping: log2(depth) vectorised steps)."""
+    ids = pc.utf8_trim_whitespace(cols.strings(id_col))
+    parents = pc.utf8_trim_whitespace(cols.strings(parent_col))
+    n = len(ids)
+    cols.mark(id_col, pc.equal(pc.utf8_length(ids), 0).to_numpy(zero_copy_only=False),
+              "empty id")
+    encoded = ids.dictionary_encode()
+    code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    row_of = np.full(len(encoded.dictionary), -1, np.int64)
+    first = np.full(len(encoded.dictionary), n, np.int64)
+    np.minimum.at(first, code, np.arange(n))
+    cols.mark(id_col, first[code] != np.arange(n), "id given twice")
+    row_of[code[first[code] == np.arange(n)]] = np.flatnonzero(first[code] == np.arange(n))
+    none = pc.equal(pc.utf8_length(parents), 0).to_numpy(zero_copy_only=False)
+    lookup = pc.index_in(parents, value_set=encoded.dictionary).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+    cols.mark(parent_col, ~none & (lookup < 0), "parent id is not an id in this file")
+    parent = np.where(~none & (lookup >= 0), row_of[np.maximum(lookup, 0)], -1)
+    anc = np.where(parent >= 0, parent, np.arange(n))
+    depth = (parent >= 0).astype(np.int64)
+    for _ in range(64):  # 2^64 turns: more would be a loop
+        if np.array_equal(anc[anc], anc):
+            break
+        depth, anc = depth + depth[anc], anc[anc]
+    # A true root has no parent; jumping around a loop ends on a row that has one.
+    looping = (parent[anc] >= 0) | (anc[anc] != anc)
+    cols.mark(parent_col, looping, "parent chain loops")
+    anc = np.where(looping, np.arange(n), anc)
+    session = pa.array([f"{file_code}/{a}" for a in anc.tolist()], pa.string())
+    return session, depth + 1
 
 
 def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, time_unit: str,
@@ -76,6 +118,8 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
             session = pc.utf8_trim_whitespace(cols.strings(mapping["session"]))
             if "turn" in mapping:
                 turn = cols.integers(mapping["turn"], low=1)
+        elif "parent" in mapping:
+            session, turn = _parent_chains(cols, mapping["id"], mapping["parent"], code)
         model = None
         if not per_file:
             model = pc.utf8_trim_whitespace(cols.strings(mapping["model"]))

@@ -71,7 +71,7 @@ class ReplayOptions:
 
         positive("--time-scale", self.time_scale)
         positive("--concurrency", self.concurrency, integer=True)
-        positive("--max-inflight", self.max_inflight, integer=True)
+        positive("--max-inflight", self.max_inflight, integer=True)  # = --max-concurrency
         positive("--timeout", self.timeout_s)
         if (not isinstance(self.warmup_s, (int, float)) or not math.isfinite(self.warmup_s)
                 or self.warmup_s < 0):

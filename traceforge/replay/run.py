@@ -195,6 +195,14 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     installed = _install_signal_handlers(loop, dispatcher, received)
     progress_task = (loop.create_task(_show_progress(dispatcher))
                      if options.progress and len(arrival_ns) else None)
+    scraper = None
+    # Its own process (replay/scrape.py); it starts idle, then begin(). With --workers only
+    # worker 0 scrapes (one server, one file); the driver copies its summary into run.json.
+    if options.scrape_url and (worker is None or worker.index == 0):
+        from traceforge.replay.scrape import MetricsScraper
+
+        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock, run_dir)
+        scraper.start()
     gc.collect()
     gc.freeze()  # keep the setup's objects out of every GC pass during the run
     # The origin is taken last, after all preparation, so the first sends are not late.
@@ -208,12 +216,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                                "schedule_origin_ns": origin_ns,
                                "time_scale": options.time_scale})
     manifest.write()
-    scraper = None
-    if options.scrape_url:
-        from traceforge.replay.scrape import MetricsScraper
-
-        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock)
-        scraper.start()
+    if scraper is not None:
+        scraper.begin(origin_ns)
     quiet = _QuietRuntime(options)  # GC at safe points, short GIL switch interval (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
@@ -222,7 +226,7 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
             scraper=scraper)
     finally:
         if scraper is not None:
-            scraper.stop()
+            scraper.finish()
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -298,11 +302,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
     if failure is not None:
         extra["error"] = f"{type(failure).__name__}: {failure}"
     if scraper is not None:
-        scraper.stop()
-        try:
-            extra["scrape"] = scraper.summary(scraper.write(run_dir))
-        except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
-            extra["scrape"] = {**scraper.summary(0), "write_error": str(exc)}
+        extra["scrape"] = scraper.finish()
     manifest.finish(status, **extra)
     if worker is not None:
         worker.finished({"manifest": manifest.data, "scheduled_ns": recorder.scheduled_ns,

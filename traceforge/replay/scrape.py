@@ -1,12 +1,15 @@
 """``replay --scrape URL``: sample a Prometheus text endpoint during the run.
 
-A daemon thread GETs the URL every ``interval_s`` on the run clock (ticks at ``start + k ×
-interval``; a tick missed because a scrape ran long is skipped, never bunched up), parses the
-body with ``prometheus_client.parser.text_string_to_metric_families`` and keeps every sample in
-long format; at the end the samples go to ``server_metrics.parquet`` (columns below). The thread
-never touches the event loop: the dispatcher's pacing shares only the GIL with it (parsing a
-vLLM page of ~300 lines takes about a millisecond; docs/replay.md gives the send lag measured
-with and without scraping).
+A separate, lower-priority process (``python -m traceforge.replay.scrape``, started before the
+schedule) GETs the URL every ``interval_s`` on the run clock (ticks at ``origin + k ×
+interval``, the schedule's origin; a tick missed because a scrape ran long is skipped, never
+bunched up), parses the body with ``prometheus_client.parser.text_string_to_metric_families``
+and keeps every sample in long format; at the end it writes ``server_metrics.parquet`` (columns
+below) and reports its counts. A process, not a thread: parsing a vLLM page (~300 lines) holds
+a GIL for about a millisecond, and in the replay's process that GIL is the dispatcher's
+(benchmarks/bench_scrape.py measured a thread raising send lag several-fold on a loaded
+machine). The child reads the run clock as ``monotonic_ns() − t0`` (clock.py) and stops when
+told, or when its stdin closes (the replay died).
 
 A dead endpoint, an HTTP error or text the parser rejects is a *warning* (counted in run.json
 under ``scrape``; the first one is printed), never the end of the run.
@@ -20,6 +23,7 @@ exposed, e.g. ``vllm:num_requests_running``, ``vllm:prefix_cache_hits_total``), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import urllib.error
@@ -53,12 +57,76 @@ def check_url(url: str | None, interval_s: float) -> None:
 
 
 class MetricsScraper:
-    def __init__(self, url: str, interval_s: float, clock: RunClock, *,
+    """The replay's handle on the scraping process."""
+
+    def __init__(self, url: str, interval_s: float, clock: RunClock, run_dir: Path | str, *,
                  timeout_s: float | None = None) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.clock = clock
+        self.out = Path(run_dir) / FILE_NAME
+        self.timeout_s = timeout_s if timeout_s is not None else max(0.2, min(interval_s, 5.0))
+        self._proc = None
+        self._summary: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Start the process (it idles until :meth:`begin`)."""
+        import os
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # this traceforge, also from a checkout
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "traceforge.replay.scrape", self.url, str(self.interval_s),
+             str(self.clock.t0_ns), str(self.timeout_s), str(self.out)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        # Wait (before the schedule's origin is taken) until it has imported what it needs, so
+        # the first tick is not lost to interpreter start-up (~0.2-0.5 s on a busy machine).
+        self._proc.stdout.readline()
+
+    def begin(self, origin_ns: int) -> None:
+        """Scrape from ``origin_ns`` (run clock) on."""
+        self._send(f"{origin_ns}\n")
+
+    def _send(self, line: str) -> None:
+        try:
+            self._proc.stdin.write(line)
+            self._proc.stdin.flush()
+        except (OSError, ValueError):  # the process died: finish() reports it
+            pass
+
+    def finish(self) -> dict[str, Any]:
+        """Stop the process; its summary for run.json (idempotent)."""
+        if self._summary is not None:
+            return self._summary
+        base = {"url": self.url, "interval_s": self.interval_s}
+        if self._proc is None:
+            self._summary = {**base, "scrapes": 0, "warnings": 1, "rows": 0,
+                             "first_warning": "the scraper was never started"}
+            return self._summary
+        self._send("stop\n")
+        try:
+            out, _ = self._proc.communicate(timeout=self.timeout_s + 30.0)
+            summary = json.loads(out.strip().splitlines()[-1])
+        except Exception as exc:  # a crashed or hung scraper costs a warning, not the run
+            self._proc.kill()
+            self._proc.wait()
+            summary = {"scrapes": 0, "warnings": 1, "rows": 0,
+                       "first_warning": f"the scraper process failed: {type(exc).__name__}"}
+        self._summary = {**base, **summary}
+        return self._summary
+
+
+class _Sampler:
+    """The scraping loop, inside the child process."""
+
+    def __init__(self, url: str, interval_s: float, clock: RunClock, timeout_s: float) -> None:
         self.url = url
         self.interval_ns = int(interval_s * 1e9)
         self.clock = clock
-        self.timeout_s = timeout_s if timeout_s is not None else max(0.2, min(interval_s, 5.0))
+        self.timeout_s = timeout_s
         self.scrapes = 0  # successful ones
         self.warnings = 0
         self.first_warning: str | None = None
@@ -66,37 +134,18 @@ class MetricsScraper:
         self._name: list[str] = []
         self._labels: list[str] = []
         self._value: list[float] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.stop = threading.Event()
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.timeout_s + 1.0)
-
-    def summary(self, rows_written: int | None = None) -> dict[str, Any]:
-        return {"url": self.url, "interval_s": self.interval_ns / 1e9, "scrapes": self.scrapes,
-                "warnings": self.warnings, "first_warning": self.first_warning,
-                "rows": len(self._t) if rows_written is None else rows_written}
-
-    # -- the thread --------------------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self, origin_ns: int) -> None:
         now = self.clock.now
-        start = now()
-        k = 0
-        while not self._stop.is_set():
-            target = start + k * self.interval_ns
-            delay = target - now()
-            if delay > 0 and self._stop.wait(delay / 1e9):
+        k = max(0, -(-(now() - origin_ns) // self.interval_ns))  # the first tick not past
+        while not self.stop.is_set():
+            delay = origin_ns + k * self.interval_ns - now()
+            if delay > 0 and self.stop.wait(delay / 1e9):
                 return
             self.scrape_once()
             # Next tick in the future: a slow scrape skips ticks instead of bunching up.
-            k = max(k + 1, (now() - start) // self.interval_ns + 1)
+            k = max(k + 1, (now() - origin_ns) // self.interval_ns + 1)
 
     def scrape_once(self) -> None:
         t = self.clock.now()
@@ -129,26 +178,60 @@ class MetricsScraper:
             import sys
 
             print(f"warning: {message} (scraping goes on; counted in run.json)",
-                  file=sys.stderr)
+                  file=sys.stderr, flush=True)
 
-    # -- output ------------------------------------------------------------------------------
-    def write(self, run_dir: Path | str) -> int:
+    def write(self, path: Path) -> int:
         """Write ``server_metrics.parquet`` (even with no rows: the run asked for it)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from traceforge.schema import atomic_write
 
-        n = len(self._t)
-        table = pa.table({"t_ns": pa.array(self._t[:n], pa.int64()),
-                          "name": pa.array(self._name[:n], pa.string()),
-                          "labels": pa.array(self._labels[:n], pa.string()),
-                          "value": pa.array(self._value[:n], pa.float64())},
+        table = pa.table({"t_ns": pa.array(self._t, pa.int64()),
+                          "name": pa.array(self._name, pa.string()),
+                          "labels": pa.array(self._labels, pa.string()),
+                          "value": pa.array(self._value, pa.float64())},
                          schema=SERVER_METRICS_SCHEMA)
-        atomic_write(Path(run_dir) / FILE_NAME,
-                     lambda tmp: pq.write_table(table, tmp, compression="zstd",
-                                                use_dictionary=["name", "labels"]))
-        return n
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd",
+                                                      use_dictionary=["name", "labels"]))
+        return len(self._t)
+
+
+def _child(argv: list[str]) -> int:
+    """``python -m traceforge.replay.scrape URL INTERVAL_S T0_NS TIMEOUT_S OUT``: stdin gives
+    the origin (a line), then ``stop`` (or EOF); stdout gets the summary (one JSON line)."""
+    import os
+    import signal
+    import sys
+
+    url, interval_s, t0_ns, timeout_s, out = argv
+    # Ctrl-C / SIGTERM reach the whole process group: the replay handles them and then tells us
+    # to stop, so the samples so far are still written.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(10)  # below the replay: pacing first
+    clock = RunClock(t0_ns=int(t0_ns))
+    sampler = _Sampler(url, float(interval_s), clock, float(timeout_s))
+    import prometheus_client.parser  # noqa: F401  (imported now, not at the first tick)
+
+    print("ready", flush=True)
+    line = sys.stdin.readline().strip()
+    if line.lstrip("-").isdigit():
+        def watch() -> None:  # stop on "stop" or when the replay's end of the pipe closes
+            sys.stdin.readline()
+            sampler.stop.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        sampler.run(int(line))
+    summary = {"scrapes": sampler.scrapes, "warnings": sampler.warnings,
+               "first_warning": sampler.first_warning}
+    try:
+        summary["rows"] = sampler.write(Path(out))
+    except OSError as exc:  # losing the metrics file is a warning, like a dead endpoint
+        summary.update(rows=0, write_error=str(exc))
+    print(json.dumps(summary), flush=True)
+    return 0
 
 
 def parse_samples(text: str):
@@ -201,3 +284,9 @@ def series(table, names: tuple[str, ...]):
             ts, inverse = np.unique(t, return_inverse=True)
             return ts, np.bincount(inverse, weights=v)
     return None
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child(sys.argv[1:]))

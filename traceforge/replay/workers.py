@@ -383,7 +383,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
             slot_waits += res["slot_waits"]
             arrays.append(res)
             event_loop = event_loop or (data.get("self_check") or {}).get("event_loop")
-            for key in ("backend_info", "mode", "device", "gpu"):
+            for key in ("backend_info", "mode", "device", "gpu", "scrape"):
                 if key in data and key not in manifest.data:
                     manifest.data[key] = data[key]
             entry = {"worker": k, "status": data["status"], "counts": data.get("counts"),
