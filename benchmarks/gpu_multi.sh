@@ -4,7 +4,9 @@
 # ratio (target: two GPUs <= 55 % of one), runs `traceforge compare` between every pair of
 # matching cells (verdicts should be `same`), and ends with a short table. On a host with one
 # GPU it runs the one-GPU half, says so, and skips the rest. Files for the record go to $OUT.
-# Environment: SPEC (default studies/multi-gpu-study.toml), OUT (default out/gpu-multi), PYTHON.
+# Environment: SPEC (default studies/multi-gpu-study.toml), OUT (default out/gpu-multi), PYTHON,
+# NGPU (the number of GPUs to assume; default: nvidia-smi's count), MULTI_WORK (a folder to keep
+# the two study directories in; default: a temporary one, removed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -12,9 +14,14 @@ SPEC=${SPEC:-studies/multi-gpu-study.toml}
 OUT=${OUT:-out/gpu-multi}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [ -n "${MULTI_WORK:-}" ]; then  # keep the study directories there (gpu_final.sh tars them)
+  WORK=$MULTI_WORK; mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d)
+  trap 'rm -rf "$WORK"' EXIT
+fi
+# NGPU overrides the count (benchmarks/gpu_final.sh tests this script's plumbing on the CPU)
+ngpu=${NGPU:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)}
 echo "---- GPUs visible: ${ngpu:-0}"
 nvidia-smi -L 2>/dev/null | tee "$OUT/gpus.txt"
 if [ "${ngpu:-0}" -lt 1 ]; then

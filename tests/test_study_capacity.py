@@ -109,3 +109,42 @@ def test_capacity_fraction_cells_run_after_the_search(tmp_path):
         assert cell["name"].startswith(f"a__capacity={frac:g}__servers=")
         # repeat 1 was not searched: it uses repeat 0's capacity
         assert cell["load"] == pytest.approx(frac * caps[cell["coords"]["servers"]], rel=1e-5)
+
+
+def test_max_probes_and_probe_duration_bound_the_search(tmp_path):
+    # mix sized by requests (a low-load probe would last longer); probes cut to 5 s instead
+    raw = {"name": "bounded", "backend": "simulate", "seed": 3, "requests": 400,
+           "mixes": {"a": {"models": {"m": {"arrival": {"process": "poisson", "rate": 50.0}}}}},
+           "options": {"servers": 1, "service_ms": 10.0, "service_dist": "exp"},
+           "capacity": {"slo": {"metric": "p99", "ms": 300.0}, "tolerance": 0.001,
+                        "start": 0.25, "max_probes": 3, "duration_s": 5.0}}
+    result = run_study(parse_study(raw, source="test"), tmp_path / "s")
+    (cap,) = result["capacity"]
+    assert len(cap["probes"]) == 3 and cap["stopped"] == "max_probes"
+    assert not cap["converged"]
+    met = [p["load"] for p in cap["probes"] if p["met"]]
+    assert cap["low"] == (max(met) if met else None)
+    import pyarrow.parquet as pq
+
+    for probe in cap["probes"]:
+        trace = pq.read_table(tmp_path / "s" / "cells" / probe["cell"] / "trace.parquet")
+        arrivals = trace.column("arrival_ns").to_numpy()
+        assert arrivals.max() < 5e9  # the probe's own length, not the mix's 400 requests
+        # ~50 x load requests a second for 5 s (Poisson: within 5 standard deviations)
+        expected = 250.0 * probe["load"]
+        assert abs(len(arrivals) - expected) < 5 * math.sqrt(expected) + 1
+    grid = [c for c in result["cells"] if c["kind"] == "grid"]
+    assert grid and all(c["outcome"]["counts"].get("ok", 0) == 400 for c in grid)
+
+
+@pytest.mark.parametrize("key,value", [("max_probes", 0), ("duration_s", -1.0)])
+def test_bad_search_bounds_name_the_key(key, value):
+    from traceforge.errors import BadInput
+
+    raw = {"name": "b", "backend": "simulate", "seed": 1, "duration_s": 5.0,
+           "mixes": {"a": {"models": {"m": {"arrival": {"process": "poisson", "rate": 5.0}}}}},
+           "options": {"service_ms": 1.0},
+           "capacity": {"slo": {"metric": "p99", "ms": 10.0}, key: value}}
+    with pytest.raises(BadInput) as err:
+        parse_study(raw, source="test")
+    assert err.value.key == f"capacity.{key}"

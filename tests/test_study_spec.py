@@ -135,7 +135,9 @@ def test_shipped_studies_parse(monkeypatch):
     monkeypatch.setattr(cuda, "require_cuda", lambda *a, **k: None)
     monkeypatch.setattr(resident.shutil, "which", lambda name: f"/usr/bin/{name}")
     seed = load_study(REPO / "studies" / "seed-study.toml")
-    assert seed.capacity.prescreen == "simulate" and seed.capacity.profile == "h200"
+    assert seed.capacity.prescreen == "simulate"
+    assert seed.capacity.profile == "studies/profiles/h200-graphs-derived.json"
+    assert seed.capacity.max_probes == 3 and seed.capacity.duration_s == 8.0
     assert set(seed.axes["mode"]) == {"exclusive", "timeslice", "mps", "streams"}
     json.dumps(seed.to_dict())
 

@@ -91,6 +91,7 @@ class LoadSearch:
     max_load: float = 1e3
     probes: list[dict[str, Any]] = field(default_factory=list)  # {"load", "met", "value"}
     stopped: str | None = None
+    max_probes: int | None = None  # stop after this many probes ("max_probes"): [low, high]
 
     def bracket(self) -> tuple[float | None, float | None]:
         """(highest met load below ``high``, lowest missed load)."""
@@ -119,6 +120,12 @@ class LoadSearch:
         if not self.probes:
             return round_load(min(max(self.start, self.min_load), self.max_load))
         low, high = self.bracket()
+        if high is not None and low is not None and (high - low) / low <= self.tolerance:
+            self.stopped = "converged"
+            return None
+        if self.max_probes is not None and len(self.probes) >= self.max_probes:
+            self.stopped = "max_probes"
+            return None
         if high is None:  # everything met so far: go up
             if low >= self.max_load:
                 self.stopped = "max_load met"

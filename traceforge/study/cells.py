@@ -95,6 +95,7 @@ class SearchTask:
     min_load: float
     max_load: float
     known: dict[str, dict[str, Any]] = field(default_factory=dict)
+    max_probes: int | None = None  # [capacity] max_probes (real searches only)
 
 
 @dataclass(frozen=True)

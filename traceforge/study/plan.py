@@ -103,10 +103,22 @@ def searches_for(spec: StudySpec, mix: str, config: dict[str, Any], *, kind: str
         out.append(SearchTask(
             key=f"{stem}__r{repeat}" if kind == "capacity" else f"{stem}__pre__r{repeat}",
             mix=mix, config=dict(config), repeat=repeat, seed=spec.seed + repeat, kind=kind,
-            backend=backend, workload=spec.mixes[mix], options=options,
+            backend=backend, workload=probe_workload(spec, mix), options=options,
             slo={**cap.slo, "model_slo_ms": spec.model_slo_ms(mix)},
             tolerance=cap.tolerance, start=start, factor=factor, min_load=cap.min_load,
-            max_load=cap.max_load, known=dict(known or {})))
+            max_load=cap.max_load, known=dict(known or {}),
+            max_probes=cap.max_probes if kind == "capacity" else None))
+    return out
+
+
+def probe_workload(spec: StudySpec, mix: str) -> dict[str, Any]:
+    """The workload a capacity probe replays: the mix, or with ``[capacity] duration_s`` the mix
+    cut to that many seconds at every load (prescreen and real probes alike)."""
+    workload = spec.mixes[mix]
+    if spec.capacity is None or spec.capacity.duration_s is None:
+        return workload
+    out = {k: v for k, v in workload.items() if k not in ("requests", "duration_s")}
+    out["duration_s"] = spec.capacity.duration_s
     return out
 
 
@@ -240,9 +252,13 @@ def describe_plan(spec: StudySpec) -> str:
     lines.append(f"{len(groups)} groups, {n_cells} grid cells; traces {total:.0f} s ({note})")
     if spec.capacity:
         cap = spec.capacity
-        start_s = cell_seconds(spec, next(iter(spec.mixes)), cap.start)
-        lines.append(f"capacity: every configuration x {cap.repeats} repeat(s), bracketing from "
-                     f"load {cap.start:g} ({start_s:.0f} s a probe there) then bisection to "
-                     f"{cap.tolerance:g}" + (" after a simulator prescreen"
-                                             if cap.prescreen else ""))
+        start_s = (cap.duration_s if cap.duration_s is not None else
+                   cell_seconds(spec, next(iter(spec.mixes)), cap.start))
+        where = ("at the simulated capacity (prescreen)" if cap.prescreen else
+                 f"at load {cap.start:g}")
+        lines.append(f"capacity: every configuration x {cap.repeats} repeat(s), bracketing "
+                     f"{where} ({start_s:.0f} s a probe there) then bisection to "
+                     f"{cap.tolerance:g}"
+                     + (f", at most {cap.max_probes} probes a search" if cap.max_probes else "")
+                     + (f", each probe {cap.duration_s:g} s" if cap.duration_s else ""))
     return "\n".join(lines)

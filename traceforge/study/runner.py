@@ -277,7 +277,8 @@ def _run_with_retries(rt, cell, scratch, emit, max_attempts, slo=None) -> CellEv
 def run_search(rt: _GroupRuntime, search: SearchTask, scratch: Path,
                emit: Callable[[Event], None], max_attempts: int = 1) -> SearchDone:
     state = LoadSearch(start=search.start, tolerance=search.tolerance, factor=search.factor,
-                       min_load=search.min_load, max_load=search.max_load)
+                       min_load=search.min_load, max_load=search.max_load,
+                       max_probes=search.max_probes)
     while (load := state.next_load()) is not None:
         coords = _probe_coords(search, load)
         name = cell_name(search.mix, coords, search.repeat, kind=search.kind)

@@ -29,7 +29,7 @@ TOP_KEYS = ("name", "description", "backend", "repeats", "seed", "duration_s", "
             "retries", "mixes", "axes", "options", "capacity")
 MIX_KEYS = ("workload", "models", "modulations", "duration_s", "requests", "description")
 CAPACITY_KEYS = ("slo", "tolerance", "start", "min_load", "max_load", "prescreen", "profile",
-                 "repeats")
+                 "repeats", "max_probes", "duration_s")
 PRESCREENS = ("simulate",)
 DEFAULT_PROFILES = {"cpu": "cpu-tiny", "cuda": "h200"}
 RATE_KEYS = ("rate", "rates", "off_rate")  # arrival keys a load multiplier scales
@@ -45,6 +45,11 @@ class CapacitySpec:
     prescreen: str | None = None
     profile: str | None = None  # simulate profile for the prescreen
     repeats: int = 1
+    # Bounds on what a search costs the real backend: at most max_probes probes per search (the
+    # prescreen is not bounded: it is the simulator), each probe a trace of duration_s seconds
+    # instead of the mix's own size (so a probe at a low load does not last longer).
+    max_probes: int | None = None
+    duration_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"slo": dict(self.slo), "tolerance": self.tolerance, "start": self.start,
@@ -52,6 +57,11 @@ class CapacitySpec:
         if self.prescreen:
             out["prescreen"] = self.prescreen
             out["profile"] = self.profile
+        # only when set: the hash of a spec without them stays what it was
+        if self.max_probes is not None:
+            out["max_probes"] = self.max_probes
+        if self.duration_s is not None:
+            out["duration_s"] = self.duration_s
         return out
 
 
@@ -340,6 +350,10 @@ def _parse_capacity(r: SpecReader, table: object, backend: str, options: dict[st
         r.fail("capacity.max_load", max_load, f"must be > min_load ({min_load})")
     start = r.number(table.get("start", 1.0), "capacity.start", low=min_load, high=max_load)
     n_rep = r.integer(table.get("repeats", repeats), "capacity.repeats", low=1, high=repeats)
+    max_probes = (None if "max_probes" not in table else
+                  r.integer(table["max_probes"], "capacity.max_probes", low=1, high=1000))
+    probe_s = (None if "duration_s" not in table else
+               r.number(table["duration_s"], "capacity.duration_s", low=0, low_open=True))
     prescreen = profile = None
     if "prescreen" in table:
         prescreen = table["prescreen"]
@@ -361,7 +375,7 @@ def _parse_capacity(r: SpecReader, table: object, backend: str, options: dict[st
         r.fail("capacity.profile", table["profile"], "only used with prescreen = \"simulate\"")
     return CapacitySpec(slo=slo, tolerance=tolerance, start=start, min_load=min_load,
                         max_load=max_load, prescreen=prescreen, profile=profile,
-                        repeats=n_rep)
+                        repeats=n_rep, max_probes=max_probes, duration_s=probe_s)
 
 
 def _check_combinations(spec: StudySpec, source: object) -> None:
