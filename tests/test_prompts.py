@@ -240,3 +240,19 @@ def test_a_prefix_cache_sees_the_traces_shared_prefixes():
     unique = PromptBuilder(1606).plan_table(table.drop_columns(["prefix_blocks"]))
     rows = [{**r, "prefix_blocks": None} for r in table.to_pylist()]
     assert _cache_hits(rows, unique) == (0, total)
+
+
+def test_runs_without_a_prompt_seed_do_not_share_prompts_but_a_seed_reproduces_them(vocab):
+    """Two runs against one server must not share prompts (its prefix cache would serve the
+    second from the first); --prompt-seed gives a run's prompts back exactly."""
+    opts = {"url": "http://127.0.0.1:9/v1", "tokenizer": "tiny-bpe"}
+    a, b = from_options(opts), from_options(opts)
+    assert a.prompt_seed != b.prompt_seed  # 31 random bits each: equal with p = 2^-31
+    ids_a = vocab.encoder([a.prompts.text(0, 64)])[0]
+    ids_b = vocab.encoder([b.prompts.text(0, 64)])[0]
+    assert common_prefix(ids_a, ids_b) < 4
+    c = from_options({**opts, "prompt_seed": a.prompt_seed})
+    assert c.prompts.text(0, 64) == a.prompts.text(0, 64)
+    assert a.describe()["prompts"]["seed"] == a.prompt_seed
+    with pytest.raises(BadInput, match="--prompt-seed"):
+        from_options({**opts, "prompt_seed": -1})

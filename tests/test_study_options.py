@@ -18,7 +18,8 @@ from traceforge.backends.options import BACKEND_OPTIONS, option_fields
 NOT_OPTIONS = {"trace", "out", "backend", "progress", "workers", "shard_by", "executor",
                "address", "rate"}
 RENAMED = {"timeout": "timeout_s", "warmup": "warmup_s", "header": "headers", "compile_": "compile",
-           "scrape": "scrape_url", "scrape_interval": "scrape_interval_s"}
+           "scrape": "scrape_url", "scrape_interval": "scrape_interval_s",
+           "duration": "duration_s", "drain_timeout": "drain_timeout_s"}
 
 
 def command_params(name: str) -> set[str]:

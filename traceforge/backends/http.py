@@ -95,6 +95,7 @@ class HttpBackend:
         connect_timeout_s: float = 5.0,
         tokenizer: str | None = None,
         max_connections: int | None = None,
+        prompt_seed: int | None = None,
     ) -> None:
         if not url:
             raise BadInput("the http backend needs --url", key="--url", value=url)
@@ -164,7 +165,17 @@ class HttpBackend:
         self._session = None
         self._clock: RunClock | None = None
         self.vocab = load_vocab(tokenizer)  # a bad --tokenizer is bad input before the run
-        self.prompts = PromptTexts(self.vocab)
+        if prompt_seed is None:
+            # A fresh seed per run: two runs (or study cells) against one server must not share
+            # prompts, or its prefix cache would serve the second from the first. --prompt-seed
+            # reproduces a run's prompts; run.json records the seed used.
+            import secrets
+
+            prompt_seed = secrets.randbits(31)
+        if isinstance(prompt_seed, bool) or not isinstance(prompt_seed, int) or prompt_seed < 0:
+            raise BadInput("must be an integer >= 0", key="--prompt-seed", value=prompt_seed)
+        self.prompt_seed = prompt_seed
+        self.prompts = PromptTexts(self.vocab, seed=prompt_seed)
         self._request_ids = None  # sorted request ids of the bound trace
         self._row_of = None  # their rows
         self._blocks = None  # the trace's prefix_blocks column (Arrow), or None
@@ -180,7 +191,7 @@ class HttpBackend:
 
         table = trace.table
         block = prefix_block_tokens(trace.meta)
-        self.prompts = PromptTexts(self.vocab, block_tokens=block)
+        self.prompts = PromptTexts(self.vocab, block_tokens=block, seed=self.prompt_seed)
         self.prompts.builder.plan_table(table)
         ids = table.column("request_id").to_numpy()
         self._row_of = np.argsort(ids, kind="stable")
@@ -248,7 +259,8 @@ class HttpBackend:
                 "pool_size": self.pool_size or "unlimited",
                 "max_connections": self.max_connections, "model_name": self.model_name,
                 "api_key_env": self.api_key_env, "header_names": sorted(self.extra_headers),
-                "body_template": self.template_text, "prompts": self.prompts.describe()}
+                "body_template": self.template_text,
+                "prompts": {**self.prompts.describe(), "seed": self.prompt_seed}}
 
     # -- one request -------------------------------------------------------------------------
     def _prefix_blocks(self, request_id: int) -> list[int] | None:
@@ -459,12 +471,12 @@ def _usage_tokens(payload: bytes) -> int | None:
 
 def from_options(opts: dict[str, Any]) -> HttpBackend:
     """Build from CLI options: url, api, api_key_env, model_name {trace: served},
-    body_template, headers, stream, ignore_eos, pool_size (0 = unlimited), tokenizer."""
+    body_template, headers, stream, ignore_eos, pool_size (0 = unlimited), tokenizer, prompt_seed."""
     return HttpBackend(
         opts.get("url"), opts.get("api", "openai-completions"),
         api_key_env=opts.get("api_key_env"), model_name=opts.get("model_name"),
         body_template=opts.get("body_template"), headers=opts.get("headers"),
         stream=opts.get("stream", True), ignore_eos=opts.get("ignore_eos", True),
         pool_size=opts.get("pool_size", 0), tokenizer=opts.get("tokenizer"),
-        max_connections=opts.get("max_connections"),
+        max_connections=opts.get("max_connections"), prompt_seed=opts.get("prompt_seed"),
     )

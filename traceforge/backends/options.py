@@ -33,6 +33,8 @@ class ReplayFields:
     event_loop: str = "auto"
     scrape_url: str | None = None
     scrape_interval_s: float = 0.5
+    duration_s: float | None = None  # --duration: stop sending at S s of the schedule
+    drain_timeout_s: float | None = None  # --drain-timeout: then in-flight -> cancelled
 
 
 @dataclass
@@ -54,6 +56,8 @@ class HttpOptions:
     stream: bool = True
     ignore_eos: bool = True
     tokenizer: str | None = None
+    max_connections: int | None = None  # None: derived from the open-file limit
+    prompt_seed: int | None = None  # None: a fresh seed per run (recorded in run.json)
 
 
 @dataclass

@@ -7,6 +7,7 @@ codes: 0 complete, 1 failed, 2 bad input, 130 interrupted (the timeline so far i
 
 from __future__ import annotations
 
+import secrets
 import sys
 from pathlib import Path
 
@@ -102,6 +103,9 @@ def register(app: typer.Typer) -> None:
                                            "name in the local HF cache; prompts are exactly "
                                            "seq_len tokens under it (default: one word per "
                                            "token)."),
+        prompt_seed: int = typer.Option(None, "--prompt-seed",
+                                        help="http: seed of the synthetic prompts (default: a "
+                                             "fresh one per run, kept in run.json)."),
         # resident
         mode: str = typer.Option("exclusive", "--mode",
                                  help="resident: exclusive | timeslice | mps | streams"),
@@ -189,6 +193,8 @@ def register(app: typer.Typer) -> None:
                 "stream": stream, "ignore_eos": ignore_eos,
                 "pool_size": options.inflight_cap or 0, "tokenizer": tokenizer,
                 "max_connections": max_connections,
+                # chosen here, not per worker: every shard must build the same prompts
+                "prompt_seed": (secrets.randbits(31) if prompt_seed is None else prompt_seed),
             }
             if sharded:  # each worker's pool serves its share of the cap
                 from traceforge.replay.shard import split_cap
