@@ -159,7 +159,8 @@ class Study:
         return self.study_dir / "study.json"
 
     def input_paths(self) -> list[Path]:
-        """Every path the report reads (an output must not be, or be inside, one of them)."""
+        """Every path the report reads (an output must not be, or be inside, one of them:
+        traceforge.paths.check_output)."""
         return [self.study_json, self.study_dir / "cells", *(c.run_dir for c in self.cells)]
 
 

@@ -83,17 +83,6 @@ def report(
         typer.echo(f"HTML report: {html}")
 
 
-def _check_not_input(path: Path, inputs: list[Path], *, flag: str) -> None:
-    """Refuse an output that is one of the inputs or lies inside one (it would overwrite or
-    change what the report reads)."""
-    target = path.resolve()
-    for item in inputs:
-        item = item.resolve()
-        if target == item or item in target.parents:
-            raise BadInput(f"is an input of this report ({item}) or inside one; write the "
-                           "output elsewhere", source=flag, value=str(path))
-
-
 def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup: float | None,
                   slo: str | None, slo_from: Path | None, slo_factor: float,
                   include_warmup: bool, alpha: float | None) -> None:
@@ -109,11 +98,10 @@ def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup:
         raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup)
     if alpha is not None and not (0 < alpha < 0.5):
         raise BadInput("must be in (0, 0.5)", source="--alpha", value=alpha)
-    _check_html_target(html)
     study = load_study(study_dir)
-    if html is not None:
-        _check_not_input(html, [*study.input_paths(), *([slo_from] if slo_from else [])],
-                         flag="--html")
+    # study.json, cells/ and every cell's run directory (a run_dir may lie elsewhere)
+    _check_html_target(html, [*(("an input of the study", p) for p in study.input_paths()),
+                              ("the --slo-from run directory", slo_from)])
     options = StudyOptions(warmup_s=warmup, slo_ms=slo_ms, slo_from=slo_from,
                            slo_factor=slo_factor, include_warmup_rows=include_warmup,
                            **({"alpha": alpha} if alpha is not None else {}))
