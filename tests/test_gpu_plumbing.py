@@ -101,3 +101,14 @@ def test_resident_set_that_does_not_fit_is_refused_before_loading(monkeypatch):
     backend.models = {"bert": "distilbert-base"}
     backend._check_fits(ZOO["distilbert-base"].weight_bytes())  # 0.1 GiB + 1 GiB: fits
     assert backend._info["memory_check"]["processes"] == 1
+
+
+def test_mps_clients_do_not_inherit_a_gpu_pin():
+    """A study on GPU 1 pins the process (CUDA_VISIBLE_DEVICES=1); the MPS daemon inherits the
+    pin and numbers its one GPU 0, so a client still carrying the pin sees no GPU (the failure
+    seen on an H200 pair). Clients get the daemon's pipe, their SM share, and no pin."""
+    daemon = mps.MpsDaemon.__new__(mps.MpsDaemon)
+    daemon.env = {"CUDA_MPS_PIPE_DIRECTORY": "/p", "CUDA_MPS_LOG_DIRECTORY": "/l"}
+    env = daemon.apply_client_env({"CUDA_VISIBLE_DEVICES": "1", "PATH": "/bin"}, 30)
+    assert env == {"PATH": "/bin", "CUDA_MPS_PIPE_DIRECTORY": "/p",
+                   "CUDA_MPS_LOG_DIRECTORY": "/l", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"}

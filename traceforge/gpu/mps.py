@@ -123,6 +123,17 @@ class MpsDaemon:
             env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(int(sm_percent))
         return env
 
+    def apply_client_env(self, base: dict[str, str],
+                         sm_percent: int | None = None) -> dict[str, str]:
+        """``base`` made into an MPS client's environment. CUDA_VISIBLE_DEVICES is removed: the
+        daemon inherited it (it serves only those GPUs) and a client sees the daemon's devices
+        numbered from 0, so a client that also sets it (e.g. ``1`` on a process pinned to GPU 1
+        by ``study --gpus 0,1``) finds no GPU at all — NVIDIA's MPS guide: "CUDA_VISIBLE_DEVICES
+        should not be set in the client's environment". Seen on an H200 pair, 2026-11-30."""
+        env = {k: v for k, v in base.items() if k != "CUDA_VISIBLE_DEVICES"}
+        env.update(self.client_env(sm_percent))
+        return env
+
     def control(self, command: str, timeout: float = 10.0) -> str:
         out = subprocess.run([CONTROL], input=command + "\n", env={**os.environ, **self.env},
                              capture_output=True, text=True, timeout=timeout)

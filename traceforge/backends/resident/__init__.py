@@ -278,7 +278,7 @@ class ResidentBackend:
         for i, (name, zoo) in enumerate(self.models.items()):
             env = dict(base_env)
             if self._mps is not None:
-                env.update(self._mps.client_env(self.sm_percent.get(name)))
+                env = self._mps.apply_client_env(env, self.sm_percent.get(name))
             cfg = {"models": {name: zoo}, "device": self.device, "seed": self.seed + i,
                    "t0_ns": self.clock.t0_ns, "worker": f"{self.mode}-{name}",
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
