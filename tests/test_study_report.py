@@ -482,3 +482,20 @@ def test_configuration_without_ok_requests(tmp_path):
     assert best["p99_ms"]["without_value"] == ["mode=slow"]
     assert best["goodput_rps"]["runner_up"]["value"] == 0.0
     assert "no value for mode=slow" in write_study_html(result, tmp_path / "t.html").read_text()
+
+
+def test_a_p99_lead_needs_the_p99_interval_not_a_p50_shift():
+    """compare's verdict also moves on a p50 shift; a p99 lead must not ride on it. Here the
+    best config's body is 20 % faster but its tail is the same: no significant p99 lead."""
+    from traceforge.analyze.study import _lead_p99
+
+    rng = np.random.default_rng(3)
+    body = rng.uniform(10e6, 20e6, 4000)
+    tail = rng.uniform(100e6, 110e6, 200)
+    one_repeat = {"_by_seed": {"p99_ms": [(1, 105.0)]}}  # one repeat: no repeat-level test
+    runner = {**one_repeat, "_pooled_ns": np.sort(np.concatenate([body, tail]))}
+    best = {**one_repeat, "_pooled_ns": np.sort(np.concatenate([body * 0.8, tail]))}
+    lead = _lead_p99(best, runner, alpha=0.01, seed=0)
+    assert lead["ks_p"] < 1e-6 and lead["verdict"] == "faster"  # the p50 moved
+    assert not lead["significant"]
+    assert lead["reason"] == "bootstrap CI of the p99 difference includes 0"

@@ -425,7 +425,9 @@ def _lead_p99(best: dict, runner: dict, alpha: float, seed: int) -> dict[str, An
         reason = "too few ok requests to test"
     elif cmp["ks_p"] >= alpha:
         reason = "KS p >= alpha"
-    elif cmp["verdict"] != "faster":
+    elif not (cmp["p99_diff_ci_ms"] and cmp["p99_diff_ci_ms"][1] < 0):
+        # The p99 CI itself, not compare's verdict: that verdict also moves on a p50 shift, and a
+        # p99 lead must stand on the p99 difference (best - runner-up, entirely below 0).
         reason = "bootstrap CI of the p99 difference includes 0"
     elif repeat_p is not None and repeat_p >= alpha:
         reason = "repeat test p >= alpha"
