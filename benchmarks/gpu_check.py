@@ -57,53 +57,6 @@ def pct(values, q: float) -> float | None:
 
 
 # -- the shared-backend adaptor -----------------------------------------------------------------
-class KeepStarted:
-    """Run several replays against one started backend (models stay resident).
-
-    ``replay_async`` starts/stops its backend around each run; here ``start`` only records the
-    run's clock and outcomes' worker-side times are shifted from the backend's clock onto it.
-    ``stop`` writes the run's slice of the NVML samples as the run's telemetry.parquet.
-    """
-
-    def __init__(self, inner, clock, run_dir: Path) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.base = clock
-        self.run_dir = run_dir
-        self.shift = 0
-        self.window: list[int] = []
-
-    async def start(self, models, clock) -> None:
-        self.shift = self.base.t0_ns - clock.t0_ns
-        self.window = [self.base.now()]
-
-    async def submit(self, request):
-        out = await self.inner.submit(request)
-        for attr in ("service_start_ns", "first_token_ns", "service_end_ns"):
-            value = getattr(out, attr)
-            if value is not None:
-                setattr(out, attr, value + self.shift)
-        return out
-
-    async def stop(self) -> None:
-        self.window.append(self.base.now())
-        table = self.inner.telemetry_table()
-        if table is None or table.num_rows == 0:
-            return
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        lo, hi = self.window
-        t = table.column("t_ns")
-        part = table.filter(pc.and_(pc.greater_equal(t, lo), pc.less_equal(t, hi)))
-        part = part.set_column(0, "t_ns", pc.add(part.column("t_ns"), self.shift))
-        pq.write_table(part, self.run_dir / "telemetry.parquet")
-
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
-
-
-# -- traces -------------------------------------------------------------------------------------
 def make_trace(rates: dict[str, float], process: str, duration_s: float, seed: int):
     from traceforge.schema import Trace, conform_trace_table
 
@@ -154,6 +107,7 @@ def closed_trace(model: str, n: int, shape=None):
 async def replay(backend, clock, trace, run_dir: Path, **opts):
     from traceforge.replay import ModelInfo, ReplayOptions, replay_async
     from traceforge.schema import write_trace
+    from traceforge.study.runner import KeepStarted  # one adaptor for gpu_check and studies
 
     run_dir.mkdir(parents=True, exist_ok=True)
     write_trace(trace.table, run_dir / "trace.parquet", trace.meta)

@@ -99,7 +99,8 @@ def output_error(path: Path | str, exc: OSError) -> BadInput | RunFailure:
 
 # -- run directories ------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not: it has exited and holds nothing)."""
     if pid <= 0:
         return False
     try:
@@ -161,7 +162,7 @@ def check_run_dir(run_dir: Path | str, *, key: str = "-o",
                 owner = int(lock.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 owner = -1
-            if owner != -1 and _pid_alive(owner):
+            if owner != -1 and pid_alive(owner):
                 raise BadInput(f"is being written by another run (pid {owner})", key=key,
                                value=str(run_dir))
         others = _occupants(run_dir)
@@ -203,7 +204,7 @@ def claim_run_dir(run_dir: Path | str, *, key: str = "-o",
                 fresh = owner == -1 and time.time() - lock.stat().st_mtime < 10
             except OSError:
                 fresh = False
-            if fresh or (owner != -1 and _pid_alive(owner)):
+            if fresh or (owner != -1 and pid_alive(owner)):
                 who = f" (pid {owner})" if owner != -1 else ""
                 raise BadInput(f"is being written by another run{who}", key=key,
                                value=str(run_dir)) from None

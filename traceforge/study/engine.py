@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from traceforge.errors import BadInput
+from traceforge.paths import pid_alive
 from traceforge.schema import atomic_write
 from traceforge.study.cells import CellTask
 from traceforge.study.executor import (
@@ -74,16 +75,6 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 # -- the directory lock ---------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def claim(study_dir: Path, *, resume: bool) -> Iterator[None]:
     """Hold STUDY_DIR for this process (create-exclusive ``.lock``)."""
@@ -98,7 +89,7 @@ def claim(study_dir: Path, *, resume: bool) -> Iterator[None]:
             except (OSError, json.JSONDecodeError):
                 owner = {}
             pid, host = owner.get("pid"), owner.get("host")
-            if (host == socket.gethostname() and isinstance(pid, int) and _alive(pid)) or (
+            if (host == socket.gethostname() and isinstance(pid, int) and pid_alive(pid)) or (
                     host and host != socket.gethostname()) or not resume:
                 raise BadInput(f"in use by another study (pid {pid} on {host})", key="-o",
                                value=str(study_dir)) from None
