@@ -160,7 +160,7 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
 
 # -- overhead / yardstick -----------------------------------------------------------------------
 async def _overhead(out: Path, n: int, passes: int) -> dict:
-    from gpu_check import KeepStarted, closed_trace, ok_rows, pct, replay
+    from gpu_check import closed_trace, ok_rows, pct, replay
 
     from traceforge.backends.resident import from_options
     from traceforge.clock import RunClock
@@ -237,7 +237,6 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
     res["done_sent_minus_gpu_us_c1"] = {"p50": pct(over, 50), "p99": pct(over, 99)}
     res["nvml_util_c2_pct"] = spread(util) if util else None
     res["prewarm"] = backend.describe().get("prewarm")
-    del KeepStarted
     return res
 
 
@@ -294,8 +293,6 @@ def cmd_overhead(out: Path, n: int, passes: int) -> dict:
 
 # -- stability ----------------------------------------------------------------------------------
 def cmd_stability(out: Path, duration: float, rate_scale: float) -> dict:
-    from gpu_check import make_trace  # noqa: F401  (same trace builder as the seed study)
-
     spec = out / "stability.toml"
     spec.write_text(f"""name = "stability"
 duration_s = {duration}
