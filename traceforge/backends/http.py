@@ -36,6 +36,7 @@ from traceforge.redact import Scrubber, redact_url
 from traceforge.replay.protocol import ModelInfo, Outcome, Request
 
 APIS = ("openai-completions", "openai-chat", "json")
+KEEPALIVE_S = 2.0  # idle pooled connections closed after this (below servers' 5 s)
 DEFAULT_PATHS = {"openai-completions": "/v1/completions",
                  "openai-chat": "/v1/chat/completions", "json": ""}
 PLACEHOLDERS = ("request_id", "model", "batch_size", "seq_len", "max_new_tokens", "prompt")
@@ -227,8 +228,13 @@ class HttpBackend:
         # Bounded (docs/replay.md "Connection pool"): requests beyond it wait for a connection
         # (the wait is in their latency and in conn_wait_ns) instead of exhausting descriptors.
         limit = min(self.max_connections, self.pool_size or self.max_connections)
+        # An idle pooled connection is dropped before common servers drop it (uvicorn, hence
+        # vLLM: 5 s; aiohttp's client default is 15 s): otherwise a request sent on a connection
+        # the server is closing that instant is reset — seen against vLLM after a 5 s gap in a
+        # Mooncake trace (1 of 116 rows `ClientOSError: Connection reset by peer`).
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0,
-                                         enable_cleanup_closed=True)
+                                         enable_cleanup_closed=True,
+                                         keepalive_timeout=KEEPALIVE_S)
         self._session = aiohttp.ClientSession(
             connector=connector, headers=headers, trace_configs=[_timing_trace_config()],
             # The dispatcher owns per-request timeouts (--timeout); only connecting is bounded.
