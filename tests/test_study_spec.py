@@ -103,7 +103,10 @@ def test_cells_groups_and_seeds(tmp_path):
         "a__load=0.5__servers=2__service_dist=exp__r0", "a__load=1__servers=2__service_dist=exp__r0",
         "a__load=0.5__servers=2__service_dist=exp__r1", "a__load=1__servers=2__service_dist=exp__r1"]
     assert [c.seed for c in cells] == [5, 5, 6, 6]
-    assert cells[0].options == {"service_ms": 5.0, "servers": 2, "service_dist": "exp"}
+    # null/simulate repeats draw new service times too (service seed = the repeat's trace seed)
+    assert cells[0].options == {"service_ms": 5.0, "servers": 2, "service_dist": "exp",
+                                "seed": 5}
+    assert [c.options["seed"] for c in cells] == [5, 5, 6, 6]
     groups = plan_groups(spec)
     assert [g.key for g in groups] == ["a__servers=1__service_dist=exp",
                                        "a__servers=2__service_dist=exp"]

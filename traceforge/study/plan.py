@@ -71,10 +71,15 @@ def grid_cells(spec: StudySpec, mix: str, config: dict[str, Any],
                 load = math.nan if cap is None else float(f"{value * cap:.6g}")
             else:
                 coords, load = ordered_coords(spec, config, "load", value), float(value)
+            cell_options = options
+            if spec.backend in ("null", "simulate") and "seed" not in options:
+                # a repeat draws new service times too, not only new arrivals: otherwise the
+                # intervals across repeats miss the service-time randomness
+                cell_options = {**options, "seed": spec.seed + repeat}
             out.append(CellTask(
                 name=cell_name(mix, coords, repeat), kind="grid", mix=mix, coords=coords,
                 repeat=repeat, seed=spec.seed + repeat, load=load, backend=spec.backend,
-                workload=spec.mixes[mix], options=options))
+                workload=spec.mixes[mix], options=cell_options))
     return out
 
 
