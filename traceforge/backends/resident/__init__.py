@@ -284,6 +284,7 @@ class ResidentBackend:
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads,
                    "cpu_nice": CPU_WORKER_NICE,
+                   "cpu_sched_idle": os.environ.get("TRACEFORGE_CPU_SCHED_IDLE", "1") == "1",
                    "serving": {**self._serving,
                                "seq_buckets": {name: self._serving["seq_buckets"].get(name)},
                                "shapes": {name: self._serving["shapes"].get(name)}}}
