@@ -199,18 +199,23 @@ def _fmt(x: float) -> str:
 
 
 # -- entry points ------------------------------------------------------------------------------
-def load_spec(path: Path | str) -> WorkloadSpec:
-    """Read and validate a workload spec (TOML). Raises :class:`BadInput`."""
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing, non-UTF-8 or malformed file is :class:`BadInput`
+    naming it (workload specs and study specs read their files through this)."""
     if not path.is_file():
         raise BadInput("no such file", source=path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise BadInput("not a UTF-8 text file", source=path) from exc
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"not valid TOML ({exc})", source=path) from exc
-    return parse_spec(raw, source=path, base_dir=path.parent, path=path)
+
+
+def load_spec(path: Path | str) -> WorkloadSpec:
+    """Read and validate a workload spec (TOML). Raises :class:`BadInput`."""
+    path = Path(path)
+    return parse_spec(read_toml(path), source=path, base_dir=path.parent, path=path)
 
 
 def parse_spec(raw: dict, *, source: object = "<spec>", base_dir: Path | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 
 from traceforge.backends.options import BACKENDS, coerce_options
 from traceforge.errors import _MISSING, BadInput
-from traceforge.generate.spec import SpecReader, parse_spec
+from traceforge.generate.spec import SpecReader, parse_spec, read_toml
 from traceforge.study.capacity import PERCENTILES
 from traceforge.study.cells import format_value
 
@@ -143,15 +143,8 @@ def scale_workload(workload: dict[str, Any], load: float) -> dict[str, Any]:
 def load_study(path: Path | str, *, backend: str | None = None) -> StudySpec:
     """Read and validate a study file; ``backend`` overrides the file's (``--backend``)."""
     path = Path(path)
-    if not path.is_file():
-        raise BadInput("no such file", source=path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadInput("not a UTF-8 text file", source=path) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"not valid TOML ({exc})", source=path) from exc
-    return parse_study(raw, source=path, base_dir=path.parent, backend=backend, path=path)
+    return parse_study(read_toml(path), source=path, base_dir=path.parent, backend=backend,
+                       path=path)
 
 
 def _rekey(exc: BadInput, source: object, prefix: str) -> BadInput:
@@ -269,10 +262,7 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
             raw = tomllib.loads(wpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             r.fail(f"{key}.workload", rel, f"not a valid TOML workload spec ({exc})")
-        try:
-            parsed = parse_spec(raw, source=wpath, path=wpath)
-        except BadInput:
-            raise  # already names the workload file and its key
+        parsed = parse_spec(raw, source=wpath, path=wpath)  # its errors name the workload file
         spec_dict = parsed.to_dict()
         spec_dict.pop("seed", None)  # the study's seed (+ repeat) drives every trace
         own = {k: table[k] for k in ("duration_s", "requests") if k in table}
