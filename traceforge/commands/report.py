@@ -57,13 +57,10 @@ def report(
     if alpha is not None:
         raise BadInput("applies to a study directory (study.json) only", source="--alpha",
                        value=alpha)
-    from traceforge.analyze.report import build_report, parse_slo
+    from traceforge.analyze.report import build_report
     from traceforge.analyze.rundata import load_run
 
-    slo_ms = parse_slo(slo) if slo is not None else None
-    if slo_from is not None and slo is not None:
-        raise BadInput("give either --slo or --slo-from, not both", source="--slo-from",
-                       value=str(slo_from))
+    slo_ms = _slo_ms(slo, slo_from)
     _check_html_target(html, [("the run directory being reported", run_dir),
                               ("the --slo-from run directory", slo_from)])
     run = load_run(run_dir)
@@ -83,17 +80,23 @@ def report(
         typer.echo(f"HTML report: {html}")
 
 
+def _slo_ms(slo: str | None, slo_from: Path | None):
+    """``--slo`` parsed; it and ``--slo-from`` exclude each other (run and study reports)."""
+    from traceforge.analyze.report import parse_slo
+
+    if slo_from is not None and slo is not None:
+        raise BadInput("give either --slo or --slo-from, not both", source="--slo-from",
+                       value=str(slo_from))
+    return parse_slo(slo) if slo is not None else None
+
+
 def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup: float | None,
                   slo: str | None, slo_from: Path | None, slo_factor: float,
                   include_warmup: bool, alpha: float | None) -> None:
     from traceforge.analyze.jsonable import to_json
-    from traceforge.analyze.report import parse_slo
     from traceforge.analyze.study import StudyOptions, build_study_report, load_study, read_study
 
-    slo_ms = parse_slo(slo) if slo is not None else None
-    if slo_from is not None and slo is not None:
-        raise BadInput("give either --slo or --slo-from, not both", source="--slo-from",
-                       value=str(slo_from))
+    slo_ms = _slo_ms(slo, slo_from)
     if warmup is not None and not (warmup >= 0 and warmup != float("inf")):
         raise BadInput("must be a number of seconds >= 0", source="--warmup", value=warmup)
     if alpha is not None and not (0 < alpha < 0.5):
