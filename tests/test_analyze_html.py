@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from chromium_helpers import CHROMIUM, chromium
 
 from traceforge.analyze.compare import compare_runs
 from traceforge.analyze.html import write_compare_html, write_html
@@ -19,7 +18,6 @@ from traceforge.analyze.synthetic import SyntheticModel, write_synthetic_run
 
 MODELS = [SyntheticModel("bert", rate=60, slo_ms=25.0),
           SyntheticModel("gpt", rate=15, service_ms=40, max_new_tokens=8, gpu=True)]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def write_telemetry(run_dir: Path, seconds: float) -> None:
@@ -66,23 +64,15 @@ def test_no_telemetry_lane_without_telemetry(tmp_path):
     assert text.count("data:image/png;base64,") == 5
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=90)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install "
                     "chromium); .ci/run installs it")
-def test_html_renders_in_chromium(html_file, tmp_path):
-    dom = _chromium("--dump-dom", html_file.as_uri(), profile=tmp_path / "p1")
+def test_html_renders_inchromium(html_file, tmp_path):
+    dom = chromium("--dump-dom", html_file.as_uri(), profile=tmp_path / "p1")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "traceforge report" in dom.stdout
     assert dom.stdout.count("<img") == 6
     shot = tmp_path / "shot.png"
-    result = _chromium("--window-size=1100,2600", f"--screenshot={shot}", html_file.as_uri(),
+    result = chromium("--window-size=1100,2600", f"--screenshot={shot}", html_file.as_uri(),
                        profile=tmp_path / "p2")
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
     from matplotlib.image import imread

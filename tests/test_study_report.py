@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from chromium_helpers import CHROMIUM, chromium
 from scipy import stats
 from study_helpers import Config, cell_name, run_cells, write_study, write_study_json
 
@@ -26,7 +26,6 @@ from traceforge.analyze.study_html import write_study_html
 from traceforge.errors import BadInput
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MIX = {"a": {"rate": 40.0, "slo_ms": 30.0}, "b": {"rate": 20.0, "slo_ms": 60.0}}
 FAST = Config({"mode": "fast"}, {"servers": 2, "service_ms": 4.0})
 SLOW = Config({"mode": "slow"}, {"servers": 1, "service_ms": 16.0})  # same trace seeds as FAST
@@ -264,23 +263,15 @@ def test_html_is_self_contained(html_file):
     assert (html_file.stat().st_mode & 0o777) == 0o644
 
 
-def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=90)
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install "
                     "chromium); .ci/run installs it")
-def test_html_renders_in_chromium(html_file, tmp_path):
-    dom = _chromium("--dump-dom", html_file.as_uri(), profile=tmp_path / "p1")
+def test_html_renders_inchromium(html_file, tmp_path):
+    dom = chromium("--dump-dom", html_file.as_uri(), profile=tmp_path / "p1")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "traceforge study report" in dom.stdout
     assert dom.stdout.count("<img") == 2
     shot = tmp_path / "shot.png"
-    result = _chromium("--window-size=1100,1400", f"--screenshot={shot}", html_file.as_uri(),
+    result = chromium("--window-size=1100,1400", f"--screenshot={shot}", html_file.as_uri(),
                        profile=tmp_path / "p2")
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
     from matplotlib.image import imread
@@ -452,7 +443,7 @@ def test_216_cell_study_report_renders(tmp_path):
     assert text.count("data:image/png;base64,") == 3  # one curve figure per mix
     if CHROMIUM is None:
         pytest.skip("chromium is not installed: the page was written but not rendered")
-    dom = _chromium("--dump-dom", page.as_uri(), profile=tmp_path / "p")
+    dom = chromium("--dump-dom", page.as_uri(), profile=tmp_path / "p")
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<img") == 3 and "Mix weibull (simulated)" in dom.stdout
 
