@@ -85,3 +85,33 @@ def test_background_thread_closes_parts_while_running(tmp_path):
         time.sleep(0.02)
     assert read_timeline(tmp_path).column("request_id").to_pylist() == [102]
     rec.close()
+
+
+def test_a_failed_part_write_keeps_its_rows_for_the_next_flush(tmp_path):
+    """Disk full or no descriptors for one part: the rows stay queued (with their error text
+    and inter-token gaps), and the next flush — close()'s, after a recorder failure — writes
+    them. Before, the rows were dequeued before the write and lost with it."""
+    import pytest
+
+    rec = make_recorder(tmp_path, background=False)
+    rec.complete(1, ERROR, 50, None, "ValueError: x")
+    rec.complete(2, OK, 60, Outcome(itl_ns=[5, 6]))
+    real = rec.writer.write_part
+    calls = []
+
+    def fail_once(table):
+        calls.append(table.num_rows)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(table)
+
+    rec.writer.write_part = fail_once
+    with pytest.raises(OSError):
+        rec.flush()
+    assert rec.flush() == 2
+    rec.close()
+    rows = read_timeline(tmp_path).to_pydict()
+    assert calls == [2, 2]
+    assert rows["request_id"] == [101, 102]
+    assert rows["error"] == ["ValueError: x", None]
+    assert rows["itl_ns"] == [None, [5, 6]]

@@ -179,10 +179,16 @@ class TimelineRecorder:
             if k == 0:
                 return 0
             idx = np.array(self._finished[:k], dtype=np.int64)
-            del self._finished[:k]
             idx.sort()
             table = self._build(idx)
             self.writer.write_part(table)
+            # Only once the part is on disk: a failed write (disk full, no descriptors) leaves
+            # the rows queued, so close()'s last flush can still save them.
+            del self._finished[:k]
+            if self.error or self.itl_ns:
+                for i in idx.tolist():
+                    self.error.pop(i, None)
+                    self.itl_ns.pop(i, None)
             return k
 
     @property
@@ -199,7 +205,7 @@ class TimelineRecorder:
         def sparse(d: dict, typ: pa.DataType) -> pa.Array:
             if not d:
                 return pa.nulls(len(idx), typ)
-            return pa.array([d.pop(i, None) for i in idx.tolist()], typ)
+            return pa.array([d.get(i) for i in idx.tolist()], typ)
 
         scheduled = self.scheduled_ns[idx]
         if self.warmup_end_ns is None:
@@ -226,7 +232,7 @@ class TimelineRecorder:
             "done_ns": i64(self.done_ns[idx]),
             "status": status.cast(pa.string()),
             "error": (pa.nulls(len(idx), pa.string()) if not self.error else
-                      pa.array([scrub_text(self.error.pop(i, None)) for i in idx.tolist()],
+                      pa.array([scrub_text(self.error.get(i)) for i in idx.tolist()],
                                pa.string())),
             "gpu_ns": i64(self._i64["gpu_ns"][idx]),
             "batch_id": i64(self._i64["batch_id"][idx]),
