@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+from traceforge.analyze.stats import PERCENTILES  # the report's percentile names
 
 
 def round_load(x: float) -> float:
