@@ -164,6 +164,7 @@ class HttpBackend:
                                 *self.extra_headers.values()])
         self.connect_timeout_s = connect_timeout_s
         self._session = None
+        self._slots: asyncio.Semaphore | None = None  # one per pooled connection (start)
         self._clock: RunClock | None = None
         self.vocab = load_vocab(tokenizer)  # a bad --tokenizer is bad input before the run
         if prompt_seed is None:
@@ -228,6 +229,7 @@ class HttpBackend:
         # Bounded (docs/replay.md "Connection pool"): requests beyond it wait for a connection
         # (the wait is in their latency and in conn_wait_ns) instead of exhausting descriptors.
         limit = min(self.max_connections, self.pool_size or self.max_connections)
+        self._slots = asyncio.Semaphore(limit)
         # An idle pooled connection is dropped before common servers drop it (uvicorn, hence
         # vLLM: 5 s; aiohttp's client default is 15 s): otherwise a request sent on a connection
         # the server is closing that instant is reset — seen against vLLM after a 5 s gap in a
@@ -321,19 +323,25 @@ class HttpBackend:
     async def _submit(self, request: Request, timing: _Timing) -> Outcome:
         import aiohttp
 
-        body = self.build_body(request)
-        timing.now = self._clock.now
-        try:
-            async with self._session.post(self.endpoint, json=body,
-                                          trace_request_ctx=timing) as resp:
-                if resp.status >= 400:
-                    text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS]
-                    return Outcome(status="error", error=f"HTTP {resp.status}: {text}")
-                if self.stream:
-                    return await self._read_stream(resp, request.max_new_tokens)
-                payload = await resp.read()
-        except (aiohttp.ClientError, OSError) as exc:  # incl. EMFILE: a row, never a crash
-            return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+        timing.now = now = self._clock.now
+        queued = now()
+        # One slot per pooled connection, taken before the body is built: at overload the
+        # requests waiting for a connection hold no prompt text (a 32k-token prompt is ~160 kB;
+        # 100k waiting requests would otherwise hold GBs). The wait counts as conn_wait_ns.
+        async with self._slots:
+            timing.conn_wait_ns += now() - queued
+            body = self.build_body(request)
+            try:
+                async with self._session.post(self.endpoint, json=body,
+                                              trace_request_ctx=timing) as resp:
+                    if resp.status >= 400:
+                        text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS]
+                        return Outcome(status="error", error=f"HTTP {resp.status}: {text}")
+                    if self.stream:
+                        return await self._read_stream(resp, request.max_new_tokens)
+                    payload = await resp.read()
+            except (aiohttp.ClientError, OSError) as exc:  # incl. EMFILE: a row, never a crash
+                return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
         return Outcome(tokens_out=_usage_tokens(payload))
 
     async def _read_stream(self, resp, max_new_tokens: int) -> Outcome:
