@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from traceforge.errors import BadInput
 
@@ -151,6 +151,20 @@ def resolve_dtype(entry: ZooEntry, device: str, dtype: str | None = None) -> str
 
 
 COMPILE_MODES = ("eager", "graphs", "compiled")
+# TorchInductor options of the ``compiled`` decode step (torch.compile(options=...)). Empty:
+# Inductor's defaults. Set per model with ``LoadedModel.inductor_options`` (the decode
+# benchmark compares variants; docs/results/serving-h200.md has the numbers).
+INDUCTOR_OPTIONS: dict = {}
+
+
+class Launched(NamedTuple):
+    """A request enqueued by :meth:`LoadedModel.launch` (``launched_ns``: monotonic)."""
+
+    bucket: Any
+    start_ev: Any
+    end_ev: Any
+    launched_ns: int
+    output: Any
 
 
 class BucketDoesNotFit(RuntimeError):
@@ -202,6 +216,7 @@ class LoadedModel:
         # `cache` (5.2x); the GPU image may carry either version.
         forward_args = inspect.signature(model.forward).parameters
         self._cache_key = "cache" if "cache" in forward_args else "past_key_values"
+        self.inductor_options = dict(INDUCTOR_OPTIONS)
         self.configure()
 
     def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,
@@ -341,12 +356,13 @@ class LoadedModel:
             end_ev.record()
         finally:
             torch.cuda.nvtx.range_pop()
-        return (bucket, start_ev, end_ev, launched, output)
+        return Launched(bucket, start_ev, end_ev, launched, output)
 
     def finish(self, handle) -> RunStats:
         """Wait for a :meth:`launch`; the service interval is the GPU's (it may have started
         after the launch, behind the previous request)."""
-        bucket, start_ev, end_ev, launched, _output = handle
+        bucket, start_ev, end_ev, launched = (handle.bucket, handle.start_ev, handle.end_ev,
+                                              handle.launched_ns)
         end_ev.synchronize()
         end = time.monotonic_ns()
         gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)

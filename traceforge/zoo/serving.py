@@ -214,8 +214,11 @@ class DecodeRunner:
         if inductor:
             # ``compiled``: the decode step's ~30 small kernels per layer (norms, rotary, SiLU,
             # residuals) fused by TorchInductor, then captured like the eager kernels. Compiled
-            # once per bucket shape during the warm-up below (pre-warm pays it).
-            step = torch.compile(self._step, dynamic=False)
+            # once per bucket shape during the warm-up below (pre-warm pays it). Inductor
+            # options come from the model (``LoadedModel.inductor_options``, see
+            # INDUCTOR_OPTIONS in zoo/__init__.py for what they do and what they measured).
+            options = dict(getattr(lm, "inductor_options", None) or {})
+            step = torch.compile(self._step, dynamic=False, options=options or None)
         self._step_fn = step
         if graphs:
             g = _Graphs(pool)
