@@ -27,6 +27,7 @@ check() {  # $1 = limit, rest = gpu_serving_check.py args (GPU 0 only)
   CUDA_VISIBLE_DEVICES=0 timeout -k 10 "$limit" "$PY" benchmarks/gpu_serving_check.py "$@" \
     --out "$WORK" 2>&1 | tee -a "$LOG"
   note "---- exit ${PIPESTATUS[0]}"
+  cp "$WORK"/*.json "$OUT"/ 2>/dev/null  # what a later step's time-out cannot take away
 }
 for step in $STEPS; do
   case $step in
@@ -48,7 +49,6 @@ for step in $STEPS; do
       ;;
   esac
 done
-cp "$WORK"/bandwidth.json "$WORK"/decode.json "$WORK"/overhead.json "$OUT"/ 2>/dev/null
 "$PY" - "$WORK" <<'PYEOF' | tee -a "$LOG"
 import json, pathlib, sys
 w = pathlib.Path(sys.argv[1])
