@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ class TimelineRecorder:
         turn: np.ndarray | None = None,
         flusher_cpus: set[int] | None = None,
         replay_worker: int | None = None,
+        flusher_idle: bool = False,
     ) -> None:
         n = len(request_id)
         self.n = n
@@ -106,7 +108,9 @@ class TimelineRecorder:
         self._finished: list[int] = []
         self.flush_interval_s = flush_interval_s
         self.flusher_cpus = flusher_cpus
+        self.flusher_idle = flusher_idle
         self._flush_lock = threading.Lock()
+        self.flush_windows: list[tuple[int, int]] = []  # (start, end) of each part, monotonic ns
         self._stop = threading.Event()
         self._error: BaseException | None = None
         # Called (from the flusher thread) when a part cannot be written: the replay stops at
@@ -178,10 +182,13 @@ class TimelineRecorder:
             k = len(self._finished)
             if k == 0:
                 return 0
+            started = time.monotonic_ns()
             idx = np.array(self._finished[:k], dtype=np.int64)
             idx.sort()
             table = self._build(idx)
             self.writer.write_part(table)
+            if len(self.flush_windows) < 100_000:  # for the self-check (replay/selfcheck.py)
+                self.flush_windows.append((started, time.monotonic_ns()))
             # Only once the part is on disk: a failed write (disk full, no descriptors) leaves
             # the rows queued, so close()'s last flush can still save them.
             del self._finished[:k]
@@ -275,6 +282,11 @@ class TimelineRecorder:
             # not Linux, or CPUs outside our cpuset: stay where we are
             with contextlib.suppress(AttributeError, OSError):
                 os.sched_setaffinity(threading.get_native_id(), self.flusher_cpus)
+        if self.flusher_idle and hasattr(os, "SCHED_IDLE"):
+            # this thread only: any runnable dispatcher preempts it at once
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE,
+                                      os.sched_param(0))
         while not self._stop.wait(self.flush_interval_s):
             try:
                 self.flush()
