@@ -108,11 +108,20 @@ def _ms_per_token(model, seq: int, reps: int = 3) -> dict:
 # the q/k/v projections (3 matmuls -> 1) and gate/up (2 -> 1) of each layer; coordinate
 # descent tuning: gpt-fast's setting, tunes the block sizes of the fused (norm/rotary/...)
 # kernels.
+# Keys starting with "_" are not Inductor's: _fuse fuses q/k/v and gate/up projections first
+# (zoo/serving.py fuse_projections; permanent for the model object, so fused variants go
+# last); _cudnn_sdp False disables cuDNN attention (SDPA then picks memory-efficient attention
+# for the masked decode step). On 2026-11-30 freezing did not concatenate the projections
+# (still 7 GEMVs a layer) and did not change ms/token (5.345 vs 5.33).
 INDUCTOR_VARIANTS = {
     "compiled": {},
     "compiled-freeze": {"freezing": True},
     "compiled-cdt": {"coordinate_descent_tuning": True},
     "compiled-freeze-cdt": {"freezing": True, "coordinate_descent_tuning": True},
+    "compiled-fused": {"_fuse": True},
+    "compiled-fused-nocudnn": {"_fuse": True, "_cudnn_sdp": False},
+    "compiled-fused-autotune": {"_fuse": True, "max_autotune": True,
+                                "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
 
 
@@ -181,7 +190,11 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
         for v in variants:
             if v != "eager" and DRY:
                 continue
-            m.inductor_options = dict(INDUCTOR_VARIANTS.get(v, {}))
+            opts = INDUCTOR_VARIANTS.get(v, {})
+            m.inductor_options = {k: x for k, x in opts.items() if not k.startswith("_")}
+            m.fuse_projections = bool(opts.get("_fuse"))
+            if not DRY:
+                torch.backends.cuda.enable_cudnn_sdp(opts.get("_cudnn_sdp", True))
             m.configure(compile="compiled" if v in INDUCTOR_VARIANTS else v)
             t = time.perf_counter()
             try:
@@ -194,7 +207,8 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
             r[v]["inductor_options"] = m.inductor_options
             log(f"{name} {v}: {r[v]['ms_per_token']:.3f} ms/token "
                 f"({r[v]['wall_s_incl_capture']:.0f} s incl. compile/capture)")
-            if os.environ.get("DECODE_PROFILE") == "1" and v != "eager" and not DRY:
+            prof = os.environ.get("DECODE_PROFILE", "")
+            if (prof == "1" or v in prof.split(",")) and v != "eager" and not DRY:
                 try:
                     r[v]["step_kernels"] = _profile_step(m, 128, 65)
                 except Exception as exc:

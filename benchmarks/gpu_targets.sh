@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU-measured targets of issues 11 and 13 that a call re-checks, in ONE device call:
 #   bandwidth + decode  mistral-7b bf16 batch-1 ms/token per variant vs the weight-streaming floor
-#                       (DECODE_VARIANTS, default graphs,compiled-freeze; DECODE_PROFILE=1 adds the
+#                       (DECODE_VARIANTS, default graphs,compiled-freeze; DECODE_PROFILE=1 or a list adds the
 #                       per-kernel profile of each step); GPU 0
 #   overhead            harness vs bare loop, distilbert-base b8x128, exclusive, c=1/c=2, >= 5
 #                       alternating passes; done - sent - gpu_ns at c=1 and its hops; GPU 0
 #   multi               studies/multi-gpu-short.toml with --gpus 0 and --gpus 0,1 (gpu_multi.sh)
+# fidelity-bg / fidelity-wait: benchmarks/gpu_fidelity.sh on GPU 1 in the background (to $OUT/fid).
 # STEPS picks steps (default "decode overhead multi"). Results: $OUT (at most 8 files), a short
 # table last. Card settings are never changed.
 set -uo pipefail
@@ -29,8 +30,23 @@ check() {  # $1 = limit, rest = gpu_serving_check.py args (GPU 0 only)
   note "---- exit ${PIPESTATUS[0]}"
   cp "$WORK"/*.json "$OUT"/ 2>/dev/null  # what a later step's time-out cannot take away
 }
+
+fid_pid=
 for step in $STEPS; do
   case $step in
+    fidelity-bg)  # the simulator fidelity check on GPU 1, beside the GPU-0 steps that follow
+      note "---- gpu_fidelity.sh on GPU 1, in the background (limit ${FID_LIMIT:-420}s)"
+      ( CUDA_VISIBLE_DEVICES=1 OUT="$OUT/fid" WORK="$WORK/fid" PYTHON="$PY" \
+          timeout -k 10 "${FID_LIMIT:-420}" bash benchmarks/gpu_fidelity.sh > "$WORK/fid.log" 2>&1
+        echo "rc $?" >> "$WORK/fid.log" ) &
+      fid_pid=$!
+      ;;
+    fidelity-wait)
+      [ -n "$fid_pid" ] && wait "$fid_pid"
+      note "---- fidelity done: $(tail -1 "$WORK/fid.log"); MPS left: $(pgrep -l nvidia-cuda-mps || echo none)"
+      tail -25 "$WORK/fid.log" | tee -a "$LOG"
+      fid_pid=
+      ;;
     decode)
       check 40 bandwidth
       SKIP_EQ=1 DECODE_MODELS=mistral-7b \

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from traceforge.backends.resident.executor import Executor, Job
 from traceforge.zoo import Launched, RunStats
 
+
 class _Device(NamedTuple):  # hashable, like torch.device
     type: str
 
@@ -38,7 +39,7 @@ class FakeDevice:
 
     def _run(self) -> None:
         while True:
-            rid, done = self._q.get()
+            _rid, done = self._q.get()
             time.sleep(GPU_S)
             done.set()
 

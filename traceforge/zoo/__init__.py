@@ -155,6 +155,7 @@ COMPILE_MODES = ("eager", "graphs", "compiled")
 # Inductor's defaults. Set per model with ``LoadedModel.inductor_options`` (the decode
 # benchmark compares variants; docs/results/serving-h200.md has the numbers).
 INDUCTOR_OPTIONS: dict = {}
+FUSE_PROJECTIONS = False
 
 
 class Launched(NamedTuple):
@@ -217,6 +218,8 @@ class LoadedModel:
         forward_args = inspect.signature(model.forward).parameters
         self._cache_key = "cache" if "cache" in forward_args else "past_key_values"
         self.inductor_options = dict(INDUCTOR_OPTIONS)
+        # ``compiled``: fuse q/k/v and gate/up projections first (zoo/serving.py)
+        self.fuse_projections = FUSE_PROJECTIONS
         self.configure()
 
     def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,

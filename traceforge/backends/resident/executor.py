@@ -139,7 +139,7 @@ class Executor:
                     self._complete(*pending)
                 return
             if not batch:  # nothing queued: wait for the request in flight
-                self._complete(*pending)
+                self._complete(*pending, last=True)
                 pending = None
                 continue
             launched = self._launch(batch) if self.max_batch == 1 else None
@@ -222,7 +222,17 @@ class Executor:
         start = max(launched, self._last_end_ns)
         return max(0.0, (start + gpu - LOOKAHEAD_MARGIN_NS - time.monotonic_ns()) / 1e9)
 
-    def _complete(self, batch: list[Job], common: dict[str, Any], handle) -> None:
+    def _idle_before_report(self) -> None:
+        """Nothing else queued or in flight: the submitting thread may launch inline from now
+        on. Set before reporting, since the report is what makes a closed loop send the next
+        request: set after it, the next request raced this thread back to its wait (and the
+        GIL) and was mostly handed over after all."""
+        with self._cond:
+            if not self._queue and not self._inline and not self._stopping:
+                self._idle = True
+
+    def _complete(self, batch: list[Job], common: dict[str, Any], handle, *,
+                  last: bool = False) -> None:
         model = self.models[batch[0].model]
         try:
             stats = model.finish(handle)
@@ -234,6 +244,8 @@ class Executor:
             job = batch[0]
             key = (job.model, job.batch_size, job.seq_len, job.max_new_tokens)
             self._gpu_ns[key] = min(self._gpu_ns.get(key, stats.gpu_ns), stats.gpu_ns)
+        if last:
+            self._idle_before_report()
         self._report(batch, common, stats)
 
     def _common(self, batch: list[Job]) -> dict[str, Any]:
@@ -251,28 +263,34 @@ class Executor:
         number of seconds waits at most that long (0/False: not at all) and returns [] if
         none came."""
         with self._cond:
-            if (wait is not True and not self._queue and not self._inline
-                    and not self._stopping and wait > 0):
-                self._cond.wait(wait)
-            while not self._queue and not self._stopping:
-                if wait is not True or self._inline:
-                    return []
-                self._idle = True  # try_inline may launch from the submitting thread now
-                self._cond.wait()
-                self._idle = False
-            if self._stopping:
-                return None
-            head = self._queue.popleft()
-            batch = [head]
-            if self.max_batch == 1:
+            try:
+                return self._next_locked(wait)
+            finally:
+                self._idle = False  # whatever comes back, this thread has work or stops
+
+    def _next_locked(self, wait: bool | float) -> list[Job] | None:
+        # called with self._cond held
+        if (wait is not True and not self._queue and not self._inline
+                and not self._stopping and wait > 0):
+            self._cond.wait(wait)
+        while not self._queue and not self._stopping:
+            if wait is not True or self._inline:
+                return []
+            self._idle = True  # try_inline may launch from the submitting thread now
+            self._cond.wait()
+        if self._stopping:
+            return None
+        head = self._queue.popleft()
+        batch = [head]
+        if self.max_batch == 1:
+            return batch
+        deadline = head.enqueued_ns + self.max_wait_ns
+        while True:
+            self._take_same_model(head.model, batch)
+            remaining = deadline - time.monotonic_ns()
+            if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
                 return batch
-            deadline = head.enqueued_ns + self.max_wait_ns
-            while True:
-                self._take_same_model(head.model, batch)
-                remaining = deadline - time.monotonic_ns()
-                if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
-                    return batch
-                self._cond.wait(remaining / 1e9)
+            self._cond.wait(remaining / 1e9)
 
     def _take_same_model(self, model: str, batch: list[Job]) -> None:
         # Called with the lock held. Other models' jobs keep their FIFO order.
@@ -297,6 +315,7 @@ class Executor:
         except Exception as exc:  # one failed request becomes an error row, never a crash
             self._fail(batch, common, exc)
             return
+        self._idle_before_report()
         self._report(batch, common, stats)
 
     def _report(self, batch: list[Job], common: dict[str, Any], stats) -> None:
