@@ -176,6 +176,10 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
         a = m.greedy_ids(ids, 24)
         b = m.static_greedy_ids(ids, 24, bucket_seq=64, graphs=DEVICE == "cuda")
         eq[name] = bool((a == b).all().item())
+        if name == "tiny-llama" and DEVICE == "cuda":  # compiled: projections fused, Inductor
+            m.fuse_projections = True
+            c = m.static_greedy_ids(ids, 24, bucket_seq=64, graphs=True, inductor=True)
+            eq[f"{name} compiled-fused"] = bool((a == c).all().item())
         del m
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     res["tokens_equal_graphs_vs_eager"] = eq
@@ -275,18 +279,14 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
     bare()
     await replay(backend, clock, closed_trace(name, n // 2, shape), out / "runs" / "warm",
                  concurrency=2)
-    # Harness variants per pass: c1/c2 as shipped (inline launches on: an idle executor's
-    # request is launched by the event loop's thread); c1x/c2x with them off (every request
-    # handed to the executor thread), so the change is measured against the old path.
-    variants = {"c1": (1, True), "c2": (2, True), "c1x": (1, False), "c2x": (2, False)}
+    variants = {"c1": 1, "c2": 2}
     rates: dict = {"bare": [], **{k: [] for k in variants}}
-    over: dict = {"c1": [], "c1x": []}
-    hops: dict = {v: {"in": [], "window_minus_gpu": [], "out": []} for v in ("c1", "c1x")}
+    over: dict = {"c1": []}
+    hops: dict = {"c1": {"in": [], "window_minus_gpu": [], "out": []}}
     util: list = []
     for p in range(passes):
         rates["bare"].append(bare())
-        for key, (c, inline) in variants.items():
-            backend.inline_launch = inline
+        for key, c in variants.items():
             run_dir = out / "runs" / f"pass{p}-{key}"
             await replay(backend, clock, closed_trace(name, n, shape), run_dir, concurrency=c)
             ok = ok_rows(run_dir)
@@ -310,7 +310,6 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
                 u = u[~np.isnan(u.astype(float))]
                 if u.size > 4:  # drop the first/last samples (ramp)
                     util.append(float(np.mean(u[2:-2])))
-        backend.inline_launch = True
         log(f"pass {p}: bare {rates['bare'][-1]:.1f} rps, "
             + ", ".join(f"{k} {rates[k][-1]:.1f}" for k in variants))
     # Utilisation of the saturated closed loop: one long run (NVML averages over up to 1 s).
@@ -325,12 +324,9 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
     res["ratio_of_medians"] = {k: res["rps"][k]["median"] / res["rps"]["bare"]["median"]
                                for k in variants}
     res["done_sent_minus_gpu_us_c1"] = {"p50": pct(over["c1"], 50), "p99": pct(over["c1"], 99)}
-    res["done_sent_minus_gpu_us_c1x"] = {"p50": pct(over["c1x"], 50),
-                                         "p99": pct(over["c1x"], 99)}
     res["hops_us_c1"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99)}
                          for k, v in hops["c1"].items()}
-    res["hops_us_c1x"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99)}
-                          for k, v in hops["c1x"].items()}
+
     res["nvml_util_c2_pct"] = spread(util) if util else None
     res["prewarm"] = backend.describe().get("prewarm")
     return res
@@ -381,9 +377,7 @@ def cmd_overhead(out: Path, n: int, passes: int) -> dict:
     res = asyncio.run(_overhead(out, n, passes))
     log(f"harness / bare (median of {passes} alternating passes): c1 "
         f"{res['ratio_of_medians']['c1']:.3f}, c2 {res['ratio_of_medians']['c2']:.3f} "
-        f"(inline launches off: c1 {res['ratio_of_medians']['c1x']:.3f}, c2 "
-        f"{res['ratio_of_medians']['c2x']:.3f}, done-sent-gpu p50 "
-        f"{res['done_sent_minus_gpu_us_c1x']['p50']:.0f} us); "
+        "; "
         f"done-sent-gpu p50 {res['done_sent_minus_gpu_us_c1']['p50']:.0f} us (hops p50 "
         + ", ".join(f"{k} {v['p50']:.0f}" for k, v in res["hops_us_c1"].items())
         + f" us); util "

@@ -7,6 +7,7 @@
 #                       alternating passes; done - sent - gpu_ns at c=1 and its hops; GPU 0
 #   multi               studies/multi-gpu-short.toml with --gpus 0 and --gpus 0,1 (gpu_multi.sh)
 # fidelity-bg / fidelity-wait: benchmarks/gpu_fidelity.sh on GPU 1 in the background (to $OUT/fid).
+# gputests: pytest -m gpu tests/test_serving.py (graph and compiled decode == eager, token for token).
 # STEPS picks steps (default "decode overhead multi"). Results: $OUT (at most 8 files), a short
 # table last. Card settings are never changed.
 set -uo pipefail
@@ -52,6 +53,11 @@ for step in $STEPS; do
       SKIP_EQ=1 DECODE_MODELS=mistral-7b \
         DECODE_VARIANTS=${DECODE_VARIANTS:-graphs,compiled-freeze} check "${DECODE_LIMIT:-240}" decode
       ;;
+    gputests)
+      note "---- pytest -m gpu tests/test_serving.py (GPU 0)"
+      CUDA_VISIBLE_DEVICES=0 timeout -k 10 "${TESTS_LIMIT:-180}" "$PY" -m pytest -q -m gpu \
+        -p no:cacheprovider tests/test_serving.py 2>&1 | tail -15 | tee -a "$LOG"
+      ;;
     overhead)
       check "${OVERHEAD_LIMIT:-110}" overhead --n "${N:-400}" --passes "${PASSES:-5}"
       ;;
@@ -84,13 +90,9 @@ for k, v in r.items():
 if o:
     rm, h = o["ratio_of_medians"], o.get("hops_us_c1", {})
     print(f"harness/bare c2 {rm['c2']:.3f} (target >= 0.97), c1 {rm['c1']:.3f}; passes c2 "
-          f"{[round(x, 3) for x in o['ratio_c2']['passes']]}; inline off: c2 "
-          f"{rm.get('c2x', float('nan')):.3f} c1 {rm.get('c1x', float('nan')):.3f}")
+          f"{[round(x, 3) for x in o['ratio_c2']['passes']]}")
     print(f"done-sent-gpu c1 p50 {o['done_sent_minus_gpu_us_c1']['p50']:.0f} us (target <= 150); "
           + ", ".join(f"{k} {v['p50']:.0f}" for k, v in h.items()))
-    if "hops_us_c1x" in o:
-        print(f"  inline off: {o['done_sent_minus_gpu_us_c1x']['p50']:.0f} us; "
-              + ", ".join(f"{k} {v['p50']:.0f}" for k, v in o["hops_us_c1x"].items()))
 if m:
     print(f"multi-GPU wall {m.get('wall_s')} ratio {m.get('ratio')} (target <= 0.55)")
     vs = [v for c in (m.get("verdicts") or {}).values() for v in c.values()]

@@ -28,7 +28,6 @@ GPU_S = 0.1  # each fake request's device time; the re-submit hop is 5 ms, far b
 class FakeDevice:
     def __init__(self) -> None:
         self.log: list[tuple[str, int]] = []
-        self.launchers: dict[int, str] = {}
         self._lock = threading.Lock()
         self._q: queue.Queue = queue.Queue()
         threading.Thread(target=self._run, daemon=True).start()
@@ -49,7 +48,6 @@ class FakeDevice:
     def launch(self, batch_size, seq_len, max_new_tokens, *, label=None):
         rid = int(label.split()[-1])
         self.note("launch", rid)
-        self.launchers[rid] = threading.current_thread().name
         done = threading.Event()
         self._q.put((rid, done))
         return Launched(None, done, rid, time.monotonic_ns(), None)
@@ -61,7 +59,7 @@ class FakeDevice:
         return RunStats(end - int(GPU_S * 1e9), None, end, int(GPU_S * 1e9), 0, 8, 1)
 
 
-def _closed_loop(concurrency: int, total: int, *, inline: bool = False,
+def _closed_loop(concurrency: int, total: int, *,
                  hop_s: float = 0.005) -> tuple[FakeDevice, dict]:
     dev = FakeDevice()
     results: dict[int, dict] = {}
@@ -70,9 +68,7 @@ def _closed_loop(concurrency: int, total: int, *, inline: bool = False,
     lock = threading.Lock()
 
     def submit(rid: int) -> None:
-        job = Job(rid, "m", 1, 8, 0)
-        if not (inline and executor.try_inline(job)):
-            executor.put(job)
+        executor.put(Job(rid, "m", 1, 8, 0))
 
     def on_result(rid: int, fields: dict) -> None:
         with lock:
@@ -111,21 +107,3 @@ def test_concurrency_one_completes_every_request_in_order():
     for k in range(1, 4):
         assert dev.log.index(("launch", k)) > dev.log.index(("finish", k - 1))
 
-
-def test_an_idle_executor_lets_the_submitting_thread_launch():
-    dev, results = _closed_loop(concurrency=1, total=4, inline=True, hop_s=0.02)
-    assert sorted(results) == [0, 1, 2, 3]
-    assert all(r["status"] == "ok" for r in results.values())
-    assert [e for e in dev.log if e[0] == "finish"] == [("finish", k) for k in range(4)]
-    # the executor thread was idle when each re-submit came (20 ms after the result): the
-    # submitting (timer) threads launched, the executor thread only completed
-    inline = [rid for rid, who in dev.launchers.items() if not who.startswith("executor-")]
-    assert inline, dev.launchers
-
-
-def test_inline_launch_keeps_fifo_order_at_concurrency_two():
-    dev, results = _closed_loop(concurrency=2, total=6, inline=True)
-    assert sorted(results) == list(range(6))
-    finishes = [rid for what, rid in dev.log if what == "finish"]
-    launches = [rid for what, rid in dev.log if what == "launch"]
-    assert finishes == launches  # completed in the order they reached the device

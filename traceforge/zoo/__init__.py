@@ -155,7 +155,10 @@ COMPILE_MODES = ("eager", "graphs", "compiled")
 # Inductor's defaults. Set per model with ``LoadedModel.inductor_options`` (the decode
 # benchmark compares variants; docs/results/serving-h200.md has the numbers).
 INDUCTOR_OPTIONS: dict = {}
-FUSE_PROJECTIONS = False
+# ``compiled`` fuses each layer's q/k/v and gate/up projections first (zoo/serving.py
+# fuse_projections): mistral-7b bf16 batch 1 on an H200 went from 5.33-5.35 to 4.74 ms/token
+# (1.37x the weight-streaming floor; docs/results/serving-h200.md).
+FUSE_PROJECTIONS = True
 
 
 class Launched(NamedTuple):
@@ -532,7 +535,7 @@ class LoadedModel:
         return torch.cat(steps, dim=1)
 
     def static_greedy_ids(self, input_ids, max_new_tokens: int, *, bucket_seq: int | None = None,
-                          graphs: bool = False):
+                          graphs: bool = False, inductor: bool = False):
         """The token ids of the static-KV-cache decode loop (the ``graphs`` variant's logic; on
         the CPU it runs the same step functions without capture), prompt left-padded to
         ``bucket_seq``."""
@@ -546,7 +549,7 @@ class LoadedModel:
         bucket = Bucket(b, seq, pow2_at_least(max_new_tokens, SMALLEST_NEW_BUCKET))
         pool = torch.cuda.graph_pool_handle() if graphs else None
         with torch.inference_mode():
-            runner = DecodeRunner(self, bucket, graphs=graphs, pool=pool)
+            runner = DecodeRunner(self, bucket, graphs=graphs, pool=pool, inductor=inductor)
             runner.ids.zero_()
             runner.ids[:, seq - s:] = input_ids
             runner.real.fill_(s)
@@ -566,11 +569,17 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     transformers = _import_transformers()
     config = make_config(entry)
     started = time.perf_counter()
-    torch.manual_seed(seed)  # seeds the CUDA generators too
     dev = torch.device(device)
+    torch.random.default_generator.manual_seed(seed)
     if dev.type == "cuda":
         dev = torch.device("cuda", dev.index or 0)  # set_device needs an index
         torch.cuda.set_device(dev)
+        # This device's generator only, not torch.manual_seed's every device: torch counts
+        # devices with NVML, which ignores what an MPS server exposes, so an MPS client of a
+        # server pinned to GPU 1 (CUDA_VISIBLE_DEVICES=1, as under `study --gpus 0,1`) counted
+        # 2 devices, seeded device 1 lazily and failed CUDA's initialisation ("device=1,
+        # num_gpus=1"; H200 pair, 2026-11-30). Same weights: the same seed, the same device.
+        torch.cuda.manual_seed(seed)
     cls = getattr(transformers, entry.model_class)
     # Parameters are created and initialised where they will live, in the serving dtype
     # (_from_config sets the default dtype around construction).

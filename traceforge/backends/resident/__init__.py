@@ -101,8 +101,7 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
                            run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0),
                            compile=compile_, seq_buckets=seq_buckets,
                            prewarm=bool(opts.get("prewarm", True)),
-                           status=opts.get("status"),
-                           inline_launch=bool(opts.get("inline_launch", True)))
+                           status=opts.get("status"))
 
 
 class ResidentBackend:
@@ -113,7 +112,7 @@ class ResidentBackend:
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0,
                  compile: str | None = None, seq_buckets: list[int] | None = None,
-                 prewarm: bool = True, status: Any = None, inline_launch: bool = True) -> None:
+                 prewarm: bool = True, status: Any = None) -> None:
         from traceforge.gpu.cuda import parse_device
 
         self.mode = mode
@@ -132,9 +131,6 @@ class ResidentBackend:
         self.compile = compile or ("graphs" if self.is_cuda else "eager")
         self.seq_buckets = seq_buckets  # --seq-buckets (None: each model's defaults)
         self.prewarm = prewarm
-        # exclusive mode: an idle executor's graph-captured requests are launched by the event
-        # loop's thread itself (Executor.try_inline), without a hand-off to the executor thread
-        self.inline_launch = inline_launch
         self._serving: dict[str, Any] = {}
         # status(line): progress while models load (the CLI prints it to stderr), else silent
         self.status = status or (lambda line: None)
@@ -182,12 +178,6 @@ class ResidentBackend:
             await self._start_workers()
         else:
             await asyncio.to_thread(self._start_in_process)
-            if self.is_cuda and self.inline_launch:
-                import torch
-
-                # try_inline launches from this (the event loop's) thread: its CUDA events
-                # and the default stream must be the models' device's
-                torch.cuda.set_device(self.cuda_index)
             self.status(f"    all models ready in {time.perf_counter() - started:.1f} s")
         self._record_prewarm()
 
@@ -349,11 +339,8 @@ class ResidentBackend:
         else:
             fut = self._loop.create_future()
             self._pending[rid] = fut
-            executor = self._executors[model]
-            job = Job(rid, model, request.batch_size, request.seq_len, request.max_new_tokens)
-            if not (self.inline_launch and executor.stream is None
-                    and executor.try_inline(job)):
-                executor.put(job)
+            self._executors[model].put(Job(rid, model, request.batch_size, request.seq_len,
+                                           request.max_new_tokens))
             try:
                 fields = await fut
             finally:

@@ -61,11 +61,6 @@ class Executor:
         # (model, batch, seq, new) -> shortest GPU time seen (ns), for the pipelining lookahead
         self._gpu_ns: dict[tuple, int] = {}
         self._last_end_ns = 0  # when the last completed launched request ended (monotonic)
-        # try_inline: launched by the submitting thread, to be completed here (FIFO)
-        self._inline: collections.deque = collections.deque()
-        self._idle = False  # this thread waits for work with nothing in flight
-        self._claimed = False  # try_inline is launching
-        self._launch_lock = threading.Lock()  # one launch at a time (shared static buffers)
         self.thread: threading.Thread | None = None
 
     # -- producer side -----------------------------------------------------------------------
@@ -116,30 +111,18 @@ class Executor:
         # current one runs (its sender was woken by the previous result): waiting on the
         # in-flight one at once left the GPU idle from its end until this thread had reported
         # it and launched the next (H200, distilbert b8x128: harness 0.89 of the bare loop).
-        #
-        # Requests launched by the submitting thread (:meth:`try_inline`) arrive here already
-        # on the stream, behind the one in flight: they only need completing, in order.
         pending = None
         while True:
             wait: bool | float = True
             if pending is not None:
                 wait = self._lookahead_s(pending)
             batch = self._next_batch_jobs(wait=wait)
-            inline = self._take_inline()
-            if inline is not None:
-                if batch:  # cannot happen (inline launches need an empty queue): keep order
-                    with self._cond:
-                        self._queue.extendleft(reversed(batch))
-                if pending is not None:
-                    self._complete(*pending)
-                pending = inline
-                continue
             if batch is None:
                 if pending is not None:
                     self._complete(*pending)
                 return
             if not batch:  # nothing queued: wait for the request in flight
-                self._complete(*pending, last=True)
+                self._complete(*pending)
                 pending = None
                 continue
             launched = self._launch(batch) if self.max_batch == 1 else None
@@ -160,52 +143,12 @@ class Executor:
         if launch is None:
             return None
         try:
-            with self._launch_lock:
-                handle = launch(job.batch_size, job.seq_len, job.max_new_tokens,
-                                label=f"req {job.request_id}")
+            handle = launch(job.batch_size, job.seq_len, job.max_new_tokens,
+                            label=f"req {job.request_id}")
         except Exception as exc:
             self._fail(batch, self._common(batch), exc)
             return False
         return None if handle is None else (batch, self._common(batch), handle)
-
-    # -- inline launches (submitting thread) -------------------------------------------------
-    def try_inline(self, job: Job) -> bool:
-        """Launch ``job`` from the calling (submitting) thread when this executor is idle —
-        nothing queued or in flight, its thread waiting for work — and the model launches
-        without waiting (a graph-captured forward); this thread then only completes it. False:
-        nothing was done (``put`` it). Saves the hand-off to the executor thread before the
-        GPU starts (a futex wake-up and a GIL hand-over: tens of us on the lent H200 host)."""
-        if self.max_batch != 1:
-            return False
-        model = self.models.get(job.model)
-        launch = getattr(model, "launch", None)
-        if launch is None:
-            return False
-        with self._cond:
-            if (not self._idle or self._claimed or self._queue or self._inline
-                    or self._stopping):
-                return False
-            self._claimed = True  # the executor thread takes nothing until we are done
-        job.enqueued_ns = time.monotonic_ns()
-        batch = [job]
-        try:
-            with self._launch_lock:
-                handle = launch(job.batch_size, job.seq_len, job.max_new_tokens,
-                                label=f"req {job.request_id}")
-        except Exception:  # the executor thread runs it and reports what goes wrong
-            handle = None
-        with self._cond:
-            self._claimed = False
-            if handle is None:
-                self._queue.append(job)
-            else:
-                self._inline.append((batch, self._common(batch), handle))
-            self._cond.notify()
-        return True
-
-    def _take_inline(self):
-        with self._cond:
-            return self._inline.popleft() if self._inline else None
 
     def _lookahead_s(self, pending) -> float:
         """Seconds to wait for a new job before blocking on the request in flight: until
@@ -222,17 +165,7 @@ class Executor:
         start = max(launched, self._last_end_ns)
         return max(0.0, (start + gpu - LOOKAHEAD_MARGIN_NS - time.monotonic_ns()) / 1e9)
 
-    def _idle_before_report(self) -> None:
-        """Nothing else queued or in flight: the submitting thread may launch inline from now
-        on. Set before reporting, since the report is what makes a closed loop send the next
-        request: set after it, the next request raced this thread back to its wait (and the
-        GIL) and was mostly handed over after all."""
-        with self._cond:
-            if not self._queue and not self._inline and not self._stopping:
-                self._idle = True
-
-    def _complete(self, batch: list[Job], common: dict[str, Any], handle, *,
-                  last: bool = False) -> None:
+    def _complete(self, batch: list[Job], common: dict[str, Any], handle) -> None:
         model = self.models[batch[0].model]
         try:
             stats = model.finish(handle)
@@ -244,8 +177,6 @@ class Executor:
             job = batch[0]
             key = (job.model, job.batch_size, job.seq_len, job.max_new_tokens)
             self._gpu_ns[key] = min(self._gpu_ns.get(key, stats.gpu_ns), stats.gpu_ns)
-        if last:
-            self._idle_before_report()
         self._report(batch, common, stats)
 
     def _common(self, batch: list[Job]) -> dict[str, Any]:
@@ -263,34 +194,25 @@ class Executor:
         number of seconds waits at most that long (0/False: not at all) and returns [] if
         none came."""
         with self._cond:
-            try:
-                return self._next_locked(wait)
-            finally:
-                self._idle = False  # whatever comes back, this thread has work or stops
-
-    def _next_locked(self, wait: bool | float) -> list[Job] | None:
-        # called with self._cond held
-        if (wait is not True and not self._queue and not self._inline
-                and not self._stopping and wait > 0):
-            self._cond.wait(wait)
-        while not self._queue and not self._stopping:
-            if wait is not True or self._inline:
-                return []
-            self._idle = True  # try_inline may launch from the submitting thread now
-            self._cond.wait()
-        if self._stopping:
-            return None
-        head = self._queue.popleft()
-        batch = [head]
-        if self.max_batch == 1:
-            return batch
-        deadline = head.enqueued_ns + self.max_wait_ns
-        while True:
-            self._take_same_model(head.model, batch)
-            remaining = deadline - time.monotonic_ns()
-            if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
+            if wait is not True and not self._queue and not self._stopping and wait > 0:
+                self._cond.wait(wait)
+            while not self._queue and not self._stopping:
+                if wait is not True:
+                    return []
+                self._cond.wait()
+            if self._stopping:
+                return None
+            head = self._queue.popleft()
+            batch = [head]
+            if self.max_batch == 1:
                 return batch
-            self._cond.wait(remaining / 1e9)
+            deadline = head.enqueued_ns + self.max_wait_ns
+            while True:
+                self._take_same_model(head.model, batch)
+                remaining = deadline - time.monotonic_ns()
+                if len(batch) >= self.max_batch or remaining <= 0 or self._stopping:
+                    return batch
+                self._cond.wait(remaining / 1e9)
 
     def _take_same_model(self, model: str, batch: list[Job]) -> None:
         # Called with the lock held. Other models' jobs keep their FIFO order.
@@ -315,7 +237,6 @@ class Executor:
         except Exception as exc:  # one failed request becomes an error row, never a crash
             self._fail(batch, common, exc)
             return
-        self._idle_before_report()
         self._report(batch, common, stats)
 
     def _report(self, batch: list[Job], common: dict[str, Any], stats) -> None:
