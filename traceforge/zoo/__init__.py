@@ -574,11 +574,9 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     if dev.type == "cuda":
         dev = torch.device("cuda", dev.index or 0)  # set_device needs an index
         torch.cuda.set_device(dev)
-        # This device's generator only, not torch.manual_seed's every device: torch counts
-        # devices with NVML, which ignores what an MPS server exposes, so an MPS client of a
-        # server pinned to GPU 1 (CUDA_VISIBLE_DEVICES=1, as under `study --gpus 0,1`) counted
-        # 2 devices, seeded device 1 lazily and failed CUDA's initialisation ("device=1,
-        # num_gpus=1"; H200 pair, 2026-11-30). Same weights: the same seed, the same device.
+        # This device's generator only (torch.manual_seed seeds every device torch counts,
+        # lazily, and torch counts with NVML, which can list devices this process cannot use:
+        # see MpsDaemon.apply_client_env). Same weights: the same seed on the same device.
         torch.cuda.manual_seed(seed)
     cls = getattr(transformers, entry.model_class)
     # Parameters are created and initialised where they will live, in the serving dtype
