@@ -14,29 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from replay_helpers import make_trace
+from replay_helpers import MS, ORIGIN, make_trace, replay_virtual
 
 from traceforge.backends.null import NullBackend
 from traceforge.errors import BadInput
 from traceforge.record import read_timeline
 from traceforge.replay import Outcome, ReplayOptions, replay_async
 from traceforge.replay.virtual import VirtualClock, VirtualTimeLoop
-
-MS = 1_000_000
-ORIGIN = 10 * MS  # ReplayOptions.start_delay_ms: the schedule starts 10 ms after backend start
-
-
-def replay_virtual(trace, run_dir, backend, before=None, **opts):
-    loop = VirtualTimeLoop()
-    try:
-        if before is not None:
-            before(loop)
-        options = ReplayOptions(pacer="sleep", **opts)
-        summary = loop.run_until_complete(
-            replay_async(trace, run_dir, backend, options, clock=VirtualClock(loop)))
-    finally:
-        loop.close()
-    return summary, read_timeline(run_dir).to_pydict()
 
 
 def lindley(arrival, service):
