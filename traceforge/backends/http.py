@@ -182,6 +182,7 @@ class HttpBackend:
         self._row_of = None  # their rows
         self._blocks = None  # the trace's prefix_blocks column (Arrow), or None
         self._session_root: dict[int, int] = {}  # session id -> its first request id
+        self._prompt_plan: dict | None = None  # a plan made over the whole trace (--workers)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def bind_trace(self, trace) -> None:
@@ -194,7 +195,10 @@ class HttpBackend:
         table = trace.table
         block = prefix_block_tokens(trace.meta)
         self.prompts = PromptTexts(self.vocab, block_tokens=block, seed=self.prompt_seed)
-        self.prompts.builder.plan_table(table)
+        if self._prompt_plan is not None:  # a shard: the driver planned the whole trace
+            self.prompts.builder.load_plan(self._prompt_plan)
+        else:
+            self.prompts.builder.plan_table(table)
         ids = table.column("request_id").to_numpy()
         self._row_of = np.argsort(ids, kind="stable")
         self._request_ids = ids[self._row_of]
@@ -212,6 +216,18 @@ class HttpBackend:
                 if s is not None:
                     first.setdefault(s, r)
             self._session_root = first
+
+    def prompt_plan(self, trace, request_ids) -> list[dict | None]:
+        """Plan prompts over the whole ``trace`` once and export the plan for each group of
+        ``request_ids`` (the shards of a ``--workers`` replay), so a sharded run sends exactly
+        the prompts an unsharded one sends."""
+        self.bind_trace(trace)
+        return [self.prompts.builder.export_plan(ids) for ids in request_ids]
+
+    def use_prompt_plan(self, plan: dict | None) -> None:
+        """Use ``plan`` (from :meth:`prompt_plan`) when the trace is bound, instead of planning
+        over the rows this backend replays."""
+        self._prompt_plan = plan
 
     async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
         import aiohttp

@@ -71,6 +71,9 @@ class ShardJob:
     run_dir: str
     t0_ns: int  # the run clock's t0 on the worker's own CLOCK_MONOTONIC
     wall_t0_ns: int
+    # Backend inputs planned over the whole trace by the driver (http: prompt first tokens,
+    # prompts.py), so a shard builds exactly what an unsharded replay builds; None: none.
+    prompt_plan: dict | None = None
 
 
 def table_to_ipc(table: pa.Table) -> bytes:
@@ -90,6 +93,8 @@ def run_shard(job: ShardJob, role: WorkerRole) -> None:
     table = pa.ipc.open_stream(job.table_ipc).read_all()
     trace = Trace(table=table, meta=job.trace_meta, path=None)
     backend = make_backend(job.backend, job.backend_options)
+    if job.prompt_plan is not None:
+        backend.use_prompt_plan(job.prompt_plan)
     clock = RunClock(t0_ns=job.t0_ns, wall_t0_ns=job.wall_t0_ns)
     with asyncio.Runner(loop_factory=event_loop_factory(job.options.event_loop)) as runner:
         runner.run(replay_async(trace, job.run_dir, backend, job.options, clock=clock,
@@ -240,8 +245,17 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
     run_dir = Path(run_dir)
     inputs = [("the trace being replayed", trace.path)]
     check_run_dir(run_dir, inputs)
-    make_backend(backend, backend_options)  # flag errors now, before any worker starts
+    probe = make_backend(backend, backend_options)  # flag errors now, before any worker starts
     shards = shard_rows(trace.table, workers, shard_by)
+    if getattr(probe, "prompt_seed", None) is not None:
+        # One prompt seed for every worker (a seed drawn per worker would give the same
+        # prefix block a different text in each shard).
+        backend_options = {**backend_options, "prompt_seed": probe.prompt_seed}
+    planner = getattr(probe, "prompt_plan", None)
+    ids = trace.table.column("request_id").to_numpy()
+    plans = (planner(trace, [ids[rows] for rows in shards]) if planner is not None
+             else [None] * workers)
+    del probe
     models = options.models or default_models(trace)
     caps = split_cap(options.inflight_cap, workers)
     trace_info = {"path": str(trace.path) if trace.path else None,
@@ -274,7 +288,8 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
             jobs.append(ShardJob(index=k, workers=workers, table_ipc=table_to_ipc(table),
                                  trace_meta=trace.meta, trace_info=trace_info, backend=backend,
                                  backend_options=backend_options, options=opts,
-                                 run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns))
+                                 run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns,
+                                 prompt_plan=plans[k]))
         return _drive(pool, jobs, clock, run_dir, existed, options, trace_info, models,
                       backend, shard_by)
     finally:
