@@ -35,6 +35,7 @@ class ReplayFields:
     scrape_interval_s: float = 0.5
     duration_s: float | None = None  # --duration: stop sending at S s of the schedule
     drain_timeout_s: float | None = None  # --drain-timeout: then in-flight -> cancelled
+    cpu_qos: bool = True  # --cpu-qos/--no-cpu-qos: PM QoS latency request (replay/cpuqos.py)
 
 
 @dataclass

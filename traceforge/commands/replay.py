@@ -74,6 +74,10 @@ def register(app: typer.Typer) -> None:
         pacer: str = typer.Option("spin", "--pacer", help="spin | thread | sleep (docs/replay.md)."),
         event_loop: str = typer.Option("auto", "--event-loop",
                                        help="auto (= precise) | precise | asyncio | uvloop"),
+        cpu_qos: bool = typer.Option(True, "--cpu-qos/--no-cpu-qos",
+                                     help="Hold a 0 µs CPU latency request (PM QoS) during the "
+                                          "schedule so idle CPUs poll, not halt (where "
+                                          "permitted; docs/replay.md)."),
         # null
         servers: int = typer.Option(1, "--servers", help="null: parallel servers per model."),
         service_ms: float = typer.Option(10.0, "--service-ms", help="null: mean service time."),
@@ -179,7 +183,7 @@ def register(app: typer.Typer) -> None:
             drain_timeout_s=drain_timeout,
             progress=sys.stderr.isatty() if progress is None else progress,
             models=models, pacer=pacer, event_loop=event_loop, rate=rate_info,
-            scrape_url=scrape, scrape_interval_s=scrape_interval,
+            scrape_url=scrape, scrape_interval_s=scrape_interval, cpu_qos=cpu_qos,
         ).validate()
 
         if backend == "null":

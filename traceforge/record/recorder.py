@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ class TimelineRecorder:
         self.flush_interval_s = flush_interval_s
         self.flusher_cpus = flusher_cpus
         self._flush_lock = threading.Lock()
+        self.flush_windows: list[tuple[int, int]] = []  # (start, end) of each part, monotonic ns
         self._stop = threading.Event()
         self._error: BaseException | None = None
         # Called (from the flusher thread) when a part cannot be written: the replay stops at
@@ -178,10 +180,13 @@ class TimelineRecorder:
             k = len(self._finished)
             if k == 0:
                 return 0
+            started = time.monotonic_ns()
             idx = np.array(self._finished[:k], dtype=np.int64)
             idx.sort()
             table = self._build(idx)
             self.writer.write_part(table)
+            if len(self.flush_windows) < 100_000:  # for the self-check (replay/selfcheck.py)
+                self.flush_windows.append((started, time.monotonic_ns()))
             # Only once the part is on disk: a failed write (disk full, no descriptors) leaves
             # the rows queued, so close()'s last flush can still save them.
             del self._finished[:k]

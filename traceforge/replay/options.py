@@ -61,6 +61,10 @@ class ReplayOptions:
     # CPUs for the timeline flusher thread (None: inherit the process's): a dispatcher pinned
     # to one core keeps that core to itself (bench_pacing.py, replay workers).
     flusher_cpus: set[int] | None = None
+    # Hold a 0 µs PM QoS CPU latency request for the schedule (replay/cpuqos.py): idle CPUs
+    # poll instead of halting, so a sleeping dispatcher wakes on time. Where the device is not
+    # writable, run.json says it was not held. --no-cpu-qos turns it off.
+    cpu_qos: bool = True
 
     def validate(self) -> ReplayOptions:
         def positive(name: str, value: float | None, *, integer: bool = False) -> None:

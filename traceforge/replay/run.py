@@ -29,11 +29,11 @@ from traceforge.limits import scaled_ns
 from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I32, NULL_I64, TimelineRecorder
 from traceforge.replay.dispatcher import Dispatcher
-from traceforge.replay.loop import describe_loop
+from traceforge.replay.loop import describe_loop, wake_record
 from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
-from traceforge.replay.selfcheck import format_self_check, self_check
+from traceforge.replay.selfcheck import format_self_check, os_delay_ns, self_check, wake_stats
 from traceforge.replay.shard import WorkerRole
 from traceforge.schema import Trace, sha256_file
 
@@ -309,15 +309,30 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         status, failure = "failed", failure or exc
     if recorder.write_error is not None:  # the timeline writer failed: the run failed, whatever else
         status, failure = "failed", recorder.write_error
+    ready_ns = np.maximum(recorder.scheduled_ns, dispatcher.ready_ns)
+    sent_mask = recorder.sent_ns != NULL_I64
+    os_delay = wakeups = None
+    record = wake_record(loop)
+    if record is not None:  # the precise loop: which part of send lag was the machine's
+        t0 = getattr(dispatcher.clock, "t0_ns", 0)
+        late = np.asarray(record[1], np.int64).reshape(-1, 3)
+        late[:, :2] -= t0
+        busy = np.asarray(recorder.flush_windows, np.int64).reshape(-1, 2) - t0
+        os_delay = os_delay_ns(ready_ns, recorder.sent_ns, sent_mask, late, busy)
+        wakeups = wake_stats(record[0], late)
     check = self_check(
-        scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns,
-        ready_ns=np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
-        sent_mask=recorder.sent_ns != NULL_I64, slot_waits=dispatcher.slot_waits,
+        scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns, ready_ns=ready_ns,
+        sent_mask=sent_mask, slot_waits=dispatcher.slot_waits,
         closed_loop=dispatcher.closed_loop, pacer=pacer.name, event_loop=describe_loop(loop),
+        os_delay=os_delay, wakeups=wakeups, cpu_qos=quiet.qos_state,
+        cpu_wait_ms=quiet.cpu_wait_ms,
     )
     check["runtime"] = {"gc": "safe points" if options.gc_safe_points else "automatic",
                         "gc_passes": dispatcher.gc_passes,
-                        "switch_interval_us": round(quiet.switch_s * 1e6, 1)}
+                        "switch_interval_us": round(quiet.switch_s * 1e6, 1),
+                        "cpu_qos": quiet.qos_state,
+                        # the dispatcher thread's time runnable but waiting for a CPU (schedstat)
+                        "dispatcher_cpu_wait_ms": quiet.cpu_wait_ms}
     counts = recorder.counts()
     n_due = int(np.count_nonzero(due))
     # not_due: rows whose time had not come (after --duration or an interrupt): no row by
@@ -342,7 +357,8 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
     if worker is not None:
         worker.finished({"manifest": manifest.data, "scheduled_ns": recorder.scheduled_ns,
                          "sent_ns": recorder.sent_ns,
-                         "ready_ns": np.maximum(recorder.scheduled_ns, dispatcher.ready_ns),
+                         "ready_ns": ready_ns, "os_delay_ns": os_delay, "wakeups": wakeups,
+                         "cpu_qos": quiet.qos_state, "cpu_wait_ms": quiet.cpu_wait_ms,
                          "slot_waits": dispatcher.slot_waits})
     summary = RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                          duration_s=duration_s)
@@ -355,6 +371,16 @@ class _QuietRuntime:
     def __init__(self, options: ReplayOptions) -> None:
         self._gc_was_enabled = gc.isenabled()
         self._switch_was = sys.getswitchinterval()
+        self.qos = None
+        if options.cpu_qos:
+            from traceforge.replay.cpuqos import CpuLatencyRequest
+
+            self.qos = CpuLatencyRequest(0)
+        self.qos_state = self.qos.state if self.qos is not None else "off (--no-cpu-qos)"
+        from traceforge.replay.loop import run_delay_ns
+
+        self._run_delay0 = run_delay_ns()  # the dispatcher thread's wait for a CPU, from here
+        self.cpu_wait_ms: float | None = None
         if options.gc_safe_points:
             gc.disable()
         if options.switch_interval_us is not None:
@@ -362,6 +388,13 @@ class _QuietRuntime:
         self.switch_s = sys.getswitchinterval()
 
     def restore(self) -> None:
+        from traceforge.replay.loop import run_delay_ns
+
+        end = run_delay_ns()
+        if self._run_delay0 is not None and end is not None:
+            self.cpu_wait_ms = round((end - self._run_delay0) / 1e6, 2)
+        if self.qos is not None:
+            self.qos.release()
         sys.setswitchinterval(self._switch_was)
         if self._gc_was_enabled:
             gc.enable()

@@ -418,16 +418,30 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
             entry = {"worker": k, "status": "failed", "error": what}
             problems.append(f"w{k:02d}: {what}")
         per_worker.append(entry)
+    os_delay = wakeups = None
     if arrays:
         scheduled = np.concatenate([a["scheduled_ns"] for a in arrays])
         sent = np.concatenate([a["sent_ns"] for a in arrays])
         ready_ns = np.concatenate([a["ready_ns"] for a in arrays])
+        if all(a.get("os_delay_ns") is not None for a in arrays):  # every worker kept a record
+            os_delay = np.concatenate([a["os_delay_ns"] for a in arrays])
+            w = [a["wakeups"] for a in arrays]
+            wakeups = {"timed_waits": sum(x["timed_waits"] for x in w),
+                       "late_over_100us": sum(x["late_over_100us"] for x in w),
+                       "late_over_1ms": sum(x["late_over_1ms"] for x in w),
+                       "late_over_1ms_cpu_busy": sum(x["late_over_1ms_cpu_busy"] for x in w),
+                       "max_late_us": max(x["max_late_us"] for x in w)}
     else:
         scheduled = sent = ready_ns = np.zeros(0, np.int64)
     check = self_check(scheduled_ns=scheduled, sent_ns=sent, ready_ns=ready_ns,
                        sent_mask=sent != NULL_I64, slot_waits=slot_waits,
                        closed_loop=bool(options.concurrency), pacer=options.pacer,
-                       event_loop=event_loop or options.event_loop)
+                       event_loop=event_loop or options.event_loop, os_delay=os_delay,
+                       wakeups=wakeups,
+                       cpu_qos=next((a.get("cpu_qos") for a in arrays if a.get("cpu_qos")), None),
+                       cpu_wait_ms=(sum(a["cpu_wait_ms"] for a in arrays)
+                                    if arrays and all(a.get("cpu_wait_ms") is not None
+                                                      for a in arrays) else None))
     check["workers"] = len(results)
     status = ("failed" if "failed" in statuses
               else "interrupted" if "interrupted" in statuses else "complete")

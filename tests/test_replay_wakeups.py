@@ -1,0 +1,140 @@
+"""Telling the machine's delay from the generator's: late wake-ups of the precise loop, the part
+of each request's send lag they explain, the self-check verdict that follows, the dispatcher's
+measured wait for a CPU, and the PM QoS CPU latency request held for the schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import struct
+
+import numpy as np
+import pytest
+from replay_helpers import make_trace
+
+from traceforge.backends.null import NullBackend
+from traceforge.replay import ReplayOptions, run_replay
+from traceforge.replay import loop as loop_mod
+from traceforge.replay.cpuqos import CpuLatencyRequest
+from traceforge.replay.selfcheck import LAG_P99_LIMIT_US, os_delay_ns, self_check, wake_stats
+
+MS = 1_000_000
+US = 1_000
+
+
+def test_os_delay_counts_only_the_overlap_after_the_timer():
+    ready = np.array([10 * MS, 20 * MS, 30 * MS, 40 * MS], np.int64)
+    sent = ready + np.array([3 * MS, 50 * US, 2 * MS, 0], np.int64)
+    mask = np.array([True, True, True, False])
+    # one late wake-up covering [9.5 ms, 12.5 ms], one [31 ms, 31.5 ms]
+    late = np.array([[int(9.5 * MS), int(12.5 * MS), 0], [31 * MS, int(31.5 * MS), 0]])
+    out = os_delay_ns(ready, sent, mask, late)
+    assert out.tolist() == [int(2.5 * MS), 0, int(0.5 * MS), 0]
+
+
+def test_os_delay_ignores_wakeups_inside_a_flush():
+    ready = np.array([10 * MS], np.int64)
+    sent = np.array([13 * MS], np.int64)
+    late = np.array([[10 * MS, 12 * MS, 0]])
+    busy = np.array([[11 * MS, 11 * MS + 10]])  # the flusher held the GIL meanwhile, maybe
+    assert os_delay_ns(ready, sent, np.array([True]), late, busy).tolist() == [0]
+    far = np.array([[20 * MS, 21 * MS]])
+    assert os_delay_ns(ready, sent, np.array([True]), late, far).tolist() == [2 * MS]
+
+
+def _check(lag_us, os_us, late=None):
+    n = len(lag_us)
+    sched = np.arange(n, dtype=np.int64) * MS
+    sent = sched + (np.asarray(lag_us) * US).astype(np.int64)
+    late = late if late is not None else np.array([[0, 2 * MS, 0]] * 5)
+    return self_check(scheduled_ns=sched, sent_ns=sent, ready_ns=sched,
+                      sent_mask=np.ones(n, bool), slot_waits=0, closed_loop=False,
+                      pacer="spin", event_loop="asyncio+timerfd",
+                      os_delay=(np.asarray(os_us) * US).astype(np.int64),
+                      wakeups=wake_stats(1000, late), cpu_qos="held: 0 µs")
+
+
+def test_lag_explained_by_late_wakeups_is_not_blamed_on_the_generator():
+    lag = np.full(1000, 50.0)
+    lag[:30] = 3000.0  # 3 % of sends 3 ms late, p99 well over the limit ...
+    os_part = np.zeros(1000)
+    os_part[:30] = 2980.0  # ... and the kernel kept the sleeping dispatcher for all of it
+    c = _check(lag, os_part)
+    assert c["send_lag_us"]["p99"] > LAG_P99_LIMIT_US
+    assert c["send_lag_own_us"]["p99"] < 100
+    assert not c["generator_limited"] and c["late_wakeup_limited"]
+    assert "late wake-ups" in c["warning"] and "5 of 1000 timed waits" in c["warning"]
+    assert "held: 0 µs" in c["warning"]
+
+
+def test_lag_the_wakeups_do_not_explain_still_flags_the_generator():
+    lag = np.full(1000, 50.0)
+    lag[:30] = 3000.0
+    os_part = np.zeros(1000)
+    os_part[:30] = 500.0  # only a sixth of it was the machine's
+    c = _check(lag, os_part)
+    assert c["generator_limited"] and not c.get("late_wakeup_limited")
+    assert c["send_lag_own_us"]["p99"] > LAG_P99_LIMIT_US
+
+
+def test_wake_stats_split_cpu_busy_from_late_delivery():
+    late = np.array([[0, 2 * MS, 1_500_000],   # waited 1.5 of 2 ms for a CPU
+                     [0, 3 * MS, 0],           # not runnable: the wake-up came late
+                     [0, 200 * US, 0]])        # under 1 ms
+    s = wake_stats(50, late)
+    assert s == {"timed_waits": 50, "late_over_100us": 3, "late_over_1ms": 2,
+                 "late_over_1ms_cpu_busy": 1, "max_late_us": 3000.0}
+
+
+@pytest.mark.skipif(not hasattr(selectors, "EpollSelector") or loop_mod._LIBC is None,
+                    reason="the precise loop needs Linux epoll + timerfd")
+def test_selector_records_a_wait_that_returned_late(monkeypatch):
+    sel = loop_mod.TimerfdEpollSelector()
+    try:
+        ticks = iter([1_000 * MS, 1_000 * MS + 5 * MS])  # due at +1 ms, back at +5 ms
+        monkeypatch.setattr(loop_mod.time, "monotonic_ns", lambda: next(ticks))
+        sel.select(0.001)
+        assert sel.timed_waits == 1
+        (due, back, queued), = sel.late_wakeups
+        assert (due, back) == (1_001 * MS, 1_005 * MS) and queued >= 0
+    finally:
+        sel.close()
+
+
+def test_cpu_qos_request_writes_zero_and_releases(tmp_path):
+    dev = tmp_path / "cpu_dma_latency"
+    dev.write_bytes(b"")
+    req = CpuLatencyRequest(0, path=str(dev))
+    assert req.held and req.state.startswith("held: 0 µs")
+    assert dev.read_bytes() == struct.pack("i", 0)
+    req.release()
+    assert not req.held
+    req.release()  # twice is harmless
+
+
+def test_cpu_qos_request_says_why_it_was_not_held(tmp_path):
+    req = CpuLatencyRequest(0, path=str(tmp_path / "missing" / "cpu_dma_latency"))
+    assert not req.held and req.state.startswith("not held (")
+    req.release()
+
+
+def test_replay_records_qos_wait_and_wakeups(tmp_path):
+    summary = run_replay(make_trace(np.arange(40) * 2 * MS), tmp_path / "run",
+                         NullBackend(servers=4, service_ms=0.5, service_dist="const"),
+                         ReplayOptions())
+    check = json.loads((tmp_path / "run" / "run.json").read_text())["self_check"]
+    assert check == json.loads(json.dumps(summary.self_check))
+    assert check["runtime"]["cpu_qos"].startswith(("held", "not held"))
+    if os.path.exists("/proc/thread-self/schedstat"):
+        assert check["runtime"]["dispatcher_cpu_wait_ms"] >= 0
+    if check["event_loop"] == "asyncio+timerfd":
+        assert check["late_wakeups"]["timed_waits"] >= 20  # it slept between the 2 ms gaps
+        assert check["send_lag_own_us"]["p99"] <= check["send_lag_us"]["p99"]
+
+
+def test_no_cpu_qos_is_recorded_as_off(tmp_path):
+    run_replay(make_trace(np.arange(5) * MS), tmp_path / "run", NullBackend(),
+               ReplayOptions(cpu_qos=False))
+    check = json.loads((tmp_path / "run" / "run.json").read_text())["self_check"]
+    assert check["runtime"]["cpu_qos"] == "off (--no-cpu-qos)"
