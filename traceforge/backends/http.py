@@ -159,9 +159,11 @@ class HttpBackend:
         self.stream = stream and api != "json"
         self.ignore_eos = ignore_eos
         self.pool_size = pool_size
-        # Every value that may be a secret: error text is scrubbed of them before it is kept.
-        self._scrub = Scrubber([self._api_key, parts.password, parts.username,
-                                *self.extra_headers.values()])
+        # Every value that may be a secret: the recorder scrubs error rows of them (secrets()),
+        # and this backend its own messages (the probe's refusal).
+        self._secrets = [self._api_key, parts.password, parts.username,
+                         *self.extra_headers.values()]
+        self._scrub = Scrubber(self._secrets)
         self.connect_timeout_s = connect_timeout_s
         self._session = None
         self._slots: asyncio.Semaphore | None = None  # one per pooled connection (start)
@@ -216,6 +218,10 @@ class HttpBackend:
                 if s is not None:
                     first.setdefault(s, r)
             self._session_root = first
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach disk (the replay's recorder scrubs rows of them)."""
+        return [s for s in self._secrets if s]
 
     def prompt_plan(self, trace, request_ids) -> list[dict | None]:
         """Plan prompts over the whole ``trace`` once and export the plan for each group of
@@ -327,8 +333,8 @@ class HttpBackend:
     async def submit(self, request: Request) -> Outcome:
         timing = _Timing()
         outcome = await self._submit(request, timing)
-        if outcome.error:
-            outcome.error = self._scrub(outcome.error)
+        # outcome.error is scrubbed by the recorder (it gets secrets()), with every other
+        # error text a row can carry (exceptions included).
         outcome.worker = self.public_endpoint
         outcome.conn_wait_ns = timing.conn_wait_ns
         outcome.connect_ns = timing.connect_ns
