@@ -248,3 +248,39 @@ def test_schedule_invariants_hold_for_any_trace(tmp_path_factory, gaps, servers,
                        for k in range(n)]
         assert max(outstanding) <= cap
     assert summary.self_check["send_lag_us"]["max"] == 0.0  # the generator itself is never late
+
+
+def test_slot_waiters_cancel_in_constant_time_and_pass_a_handed_slot_on():
+    """A cancelled slot waiter is skipped when a slot frees, never searched for in the deque
+    (O(1) per cancellation); one cancelled right after it was handed a slot passes it on."""
+    import asyncio
+    from collections import deque
+
+    from traceforge.replay.dispatcher import Dispatcher
+
+    class NoSearch(deque):
+        def __contains__(self, item):
+            raise AssertionError("searched the waiter deque")
+
+        def remove(self, item):
+            raise AssertionError("searched the waiter deque")
+
+    async def main():
+        d = Dispatcher.__new__(Dispatcher)
+        d._slot_waiters = NoSearch()
+        tasks = [asyncio.create_task(d._wait_slot()) for _ in range(4)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()  # waiting: cancelled, left in the deque
+        await asyncio.sleep(0)
+        d._wake_slot_waiter(7)  # skips #0, hands the slot to #1 ...
+        tasks[1].cancel()  # ... which is cancelled before it resumes: #2 gets it
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert tasks[2].done() and tasks[2].result() == 7
+        assert not tasks[3].done()
+        d._wake_slot_waiter(9)
+        assert await tasks[3] == 9
+        for t in tasks[:2]:
+            assert t.cancelled()
+
+    asyncio.run(main())

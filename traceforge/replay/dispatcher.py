@@ -277,13 +277,26 @@ class Dispatcher:
         gc.collect(2 if self.gc_passes % GC_FULL_EVERY == 0 else 1)
 
     async def _wait_slot(self) -> int:
+        """Wait for a freed slot (FIFO); returns when it freed. A cancelled waiter stays in the
+        deque, done, and :meth:`_wake_slot_waiter` skips it: O(1), no search of the deque."""
         waiter = asyncio.get_running_loop().create_future()
         self._slot_waiters.append(waiter)
         try:
             return await waiter
-        finally:
-            if waiter in self._slot_waiters:
-                self._slot_waiters.remove(waiter)
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # A slot was handed to us just before the cancel: pass it on.
+                self._wake_slot_waiter(waiter.result())
+            raise
+
+    def _wake_slot_waiter(self, at: int) -> None:
+        """Hand a freed slot to the first waiter still waiting."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(at)
+                return
 
     def _launch(self, i: int) -> None:
         self.launched += 1
@@ -387,12 +400,7 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            waiters = self._slot_waiters  # the first still waiting takes the freed slot
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(now())
-                    break
+            self._wake_slot_waiter(now())  # the first still waiting takes the freed slot
         rec.complete(i, status, done, outcome, error)
         if self._sessions:
             self._after_turn(i, status, done if done is not None else now())
