@@ -6,6 +6,7 @@ the in-process LocalExecutor's, cell for cell."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing
 import tempfile
 from pathlib import Path
@@ -77,6 +78,11 @@ def test_remote_style_executor_matches_local(tmp_path):
     for cell in remote["cells"]:
         run_dir = tmp_path / "remote" / cell["run_dir"]
         assert (run_dir / "run.json").exists() and (run_dir / "trace.parquet").exists()
+        manifest = json.loads((run_dir / "run.json").read_text())
+        # the cell's trace moved into its run directory, amended through RunManifest.open:
+        # every other key kept
+        assert manifest["trace"]["path"] == "trace.parquet"
+        assert manifest["status"] == "complete" and manifest["trace"]["rows"] > 0
 
 
 def test_land_cell_replaces_an_earlier_attempt_atomically(tmp_path):
