@@ -66,3 +66,18 @@ def manifest(run_dir: Path) -> dict:
     import json
 
     return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def timeline_rows(run_dir: Path, *, worker: bool = False) -> tuple[list, ...]:
+    """A real-time run's rows as comparable lists: request ids, models, scheduled times
+    relative to the schedule origin (and the replay_worker column with ``worker``)."""
+    import json
+
+    from traceforge.record import read_timeline
+
+    tl = read_timeline(run_dir)
+    origin = json.loads((Path(run_dir) / "run.json").read_text())["run_clock"][
+        "schedule_origin_ns"]
+    out = (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
+           (tl.column("scheduled_ns").to_numpy() - origin).tolist())
+    return (*out, tl.column("replay_worker").to_pylist()) if worker else out

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from replay_helpers import make_trace, poisson_arrivals
+from replay_helpers import make_trace, poisson_arrivals, timeline_rows
 
 from traceforge.cli import main
 from traceforge.errors import BadInput
@@ -33,11 +33,7 @@ def trace_path(tmp_path_factory):
 
 
 def rows(run_dir):
-    tl = read_timeline(run_dir)
-    sched = tl.column("scheduled_ns").to_numpy()
-    origin = json.loads((run_dir / "run.json").read_text())["run_clock"]["schedule_origin_ns"]
-    return (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
-            (sched - origin).tolist(), tl.column("replay_worker").to_pylist())
+    return timeline_rows(run_dir, worker=True)
 
 
 def test_shard_by_request_keeps_each_models_order_and_covers_every_row():

@@ -19,20 +19,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from queueing_helpers import erlang_c
 
 from traceforge.study.engine import run_study
 from traceforge.study.spec import parse_study
 
 N = 200_000
-
-
-def erlang_c(c: int, a: float) -> float:
-    """P(wait > 0) in M/M/c with offered load a = λ/μ < c."""
-    from scipy.special import gammaln
-
-    terms = [math.exp(k * math.log(a) - gammaln(k + 1)) for k in range(c)]
-    last = math.exp(c * math.log(a) - gammaln(c + 1)) * c / (c - a)
-    return last / (sum(terms) + last)
 
 
 def mmc_sojourn_tail(lam: float, mu: float, c: int, t: float) -> float:

@@ -9,7 +9,10 @@ import concurrent.futures as cf
 import json
 import multiprocessing
 import tempfile
+import tomllib
 from pathlib import Path
+
+from study_scale_helpers import two_mix_study
 
 from traceforge.study.engine import run_study
 from traceforge.study.executor import (
@@ -21,13 +24,12 @@ from traceforge.study.executor import (
 )
 from traceforge.study.spec import parse_study
 
-RAW = {"name": "x", "backend": "simulate", "seed": 2, "repeats": 2, "duration_s": 3.0,
-       "mixes": {"a": {"models": {"m": {"arrival": {"process": "poisson", "rate": 40.0}}}},
-                 "b": {"models": {"m": {"arrival": {"process": "gamma", "rate": 40.0,
-                                                    "cv": 2.0}}}}},
-       "axes": {"load": [0.5, 1.0], "servers": [1, 2]},
-       "options": {"service_ms": 10.0},
-       "capacity": {"slo": {"metric": "p99", "ms": 80.0}, "tolerance": 0.05, "repeats": 1}}
+RAW = tomllib.loads(two_mix_study("x", rate=40.0, cv=2.0, duration_s=3.0, seed=2,
+                                  loads=[0.5, 1.0], service_ms=10.0, capacity="""
+slo = { metric = "p99", ms = 80.0 }
+tolerance = 0.05
+repeats = 1
+"""))
 STABLE = ("name", "kind", "mix", "coords", "repeat", "seed", "load", "status", "outcome")
 
 

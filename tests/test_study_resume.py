@@ -12,28 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+from study_scale_helpers import two_mix_study
 from trace_cli_helpers import REPO, assert_one_line_error, run_cli
 
-STUDY = """
-name = "resume"
-backend = "simulate"
-repeats = 2
-seed = 3
-duration_s = 4.0
-[mixes.a.models.m]
-arrival = { process = "poisson", rate = 60.0 }
-[mixes.b.models.m]
-arrival = { process = "gamma", rate = 60.0, cv = 3.0 }
-[axes]
-load = [0.5, 1.0, 1.5]
-servers = [1, 2]
-[options]
-service_ms = 8.0
-[capacity]
+STUDY = two_mix_study("resume", rate=60.0, cv=3.0, duration_s=4.0, seed=3,
+                      loads=[0.5, 1.0, 1.5], capacity="""
 slo = { metric = "p99", ms = 60.0 }
 tolerance = 0.05
 repeats = 1
-"""
+""")
 STABLE = ("name", "kind", "mix", "coords", "repeat", "seed", "load", "status", "run_dir",
           "backend", "error", "outcome")
 
