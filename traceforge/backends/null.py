@@ -50,6 +50,57 @@ class _ModelQueue:
         return self._draws.pop()
 
 
+class _Completions:
+    """One loop timer for every pending completion, instead of an ``asyncio.sleep`` (a
+    TimerHandle in the loop's heap, ordered by a Python ``__lt__``) per request. Profiled at
+    20k req/s, those comparisons alone were ~12 per request, ~0.5 µs each; here the heap holds
+    plain tuples compared in C, and the loop's timer is re-armed only when the earliest pending
+    end changes. Same semantics: a completion is released at the first loop iteration at or
+    after its end on the run clock; a cancelled waiter is skipped."""
+
+    __slots__ = ("_armed_for", "_clock", "_handle", "_heap", "_loop", "_seq")
+
+    def __init__(self, clock: RunClock, loop: asyncio.AbstractEventLoop) -> None:
+        self._clock = clock
+        self._loop = loop
+        self._heap: list[tuple[int, int, asyncio.Future]] = []
+        self._seq = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for: int | None = None
+
+    def at(self, end_ns: int) -> asyncio.Future:
+        fut = self._loop.create_future()
+        heapq.heappush(self._heap, (end_ns, self._seq, fut))
+        self._seq += 1
+        if self._armed_for is None or end_ns < self._armed_for:
+            self._arm(end_ns)
+        return fut
+
+    def _arm(self, end_ns: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_for = end_ns
+        delay = max(0, end_ns - self._clock.now()) / 1e9
+        self._handle = self._loop.call_at(self._loop.time() + delay, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = self._armed_for = None
+        heap, now = self._heap, self._clock.now()
+        while heap and heap[0][0] <= now:
+            fut = heapq.heappop(heap)[2]
+            if not fut.done():
+                fut.set_result(None)
+        if heap:
+            self._arm(heap[0][0])
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        for _, _, fut in self._heap:
+            fut.cancel()
+        self._heap.clear()
+
+
 class NullBackend:
     name = "null"
 
@@ -69,9 +120,11 @@ class NullBackend:
         self.seed = int(seed)
         self._queues: dict[str, _ModelQueue] = {}
         self._clock: RunClock | None = None
+        self._completions: _Completions | None = None
 
     async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
         self._clock = clock
+        self._completions = _Completions(clock, asyncio.get_running_loop())
         self._queues = {m.name: _ModelQueue(m.name, self.servers, self.service_ms * 1e6,
                                             self.service_dist, self.seed) for m in models}
 
@@ -82,15 +135,18 @@ class NullBackend:
         start = now if free_at < now else free_at
         end = start + queue.next_service_ns()
         heapq.heapreplace(queue.free, (end, server))
-        delay = end - now
-        if delay > 0:
-            await asyncio.sleep(delay / 1e9)
+        if end > now:
+            if self._completions is None:  # submit() without start() (tests drive it so)
+                self._completions = _Completions(self._clock, asyncio.get_running_loop())
+            await self._completions.at(end)
         return Outcome(service_start_ns=start, service_end_ns=end,
                        worker=f"{queue.name}/{server}",
                        tokens_out=request.max_new_tokens or None)
 
     async def stop(self) -> None:
         self._queues = {}
+        if self._completions is not None:
+            self._completions.close()
 
     def describe(self) -> dict[str, Any]:
         return {"servers": self.servers, "service_ms": self.service_ms,

@@ -37,6 +37,11 @@ class ReplayOptions:
     # takes to get a CPU back on a busy machine; 0.3 ms on the timerfd loop gave clearly worse
     # p99s than 1.5 ms on the shared 2-vCPU VM (docs/replay.md).
     spin_margin_ms: float = 1.5
+    # The spin pacer's last µs before a send spun without yielding to the loop (pacing.py).
+    spin_final_us: float = 0.0
+    # The timeline flusher thread runs under SCHED_IDLE during the run (Linux): any runnable
+    # dispatcher preempts it at once; it writes in the idle time between.
+    flusher_idle: bool = False
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False
@@ -113,6 +118,9 @@ class ReplayOptions:
         check_url(self.scrape_url, self.scrape_interval_s)
         if not (0 <= self.spin_margin_ms <= 100):
             raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
+        if not (0 <= self.spin_final_us <= 1000):
+            raise BadInput("must be in [0, 1000] µs", key="spin_final_us",
+                           value=self.spin_final_us)
         if self.switch_interval_us is not None and not (1 <= self.switch_interval_us <= 100_000):
             raise BadInput("must be in [1, 100000] µs", key="switch_interval_us",
                            value=self.switch_interval_us)

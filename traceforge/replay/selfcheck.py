@@ -45,15 +45,19 @@ def os_delay_ns(ready_ns: np.ndarray, sent_ns: np.ndarray, sent_mask: np.ndarray
         w = w[~hit]
         if not len(w):
             return out
-    starts, ends = w[:, 0], w[:, 1]
+    # The windows come from one thread's successive waits, so they do not overlap: the time
+    # inside them before t is a cumulative measure F(t), and a row's share is F(sent) - F(ready).
+    starts, lengths = w[:, 0], np.maximum(w[:, 1] - w[:, 0], 0)
+    before = np.concatenate([[0], np.cumsum(lengths)])
+
+    def measure(t: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(starts, t, side="right") - 1
+        inside = np.where(k >= 0, np.clip(t - starts[np.maximum(k, 0)], 0,
+                                          lengths[np.maximum(k, 0)]), 0)
+        return before[k + 1] - np.where(k >= 0, lengths[np.maximum(k, 0)], 0) + inside
+
     rows = np.flatnonzero(sent_mask & (sent_ns > ready_ns))
-    lo = np.searchsorted(ends, ready_ns[rows], side="right")  # first window ending after ready
-    hi = np.searchsorted(starts, sent_ns[rows], side="left")  # windows starting before sent
-    for k in np.flatnonzero(hi > lo):  # only rows with a late wake-up inside their lag
-        r = rows[k]
-        a, b2 = ready_ns[r], sent_ns[r]
-        seg = w[lo[k]:hi[k]]
-        out[r] = int(np.clip(np.minimum(seg[:, 1], b2) - np.maximum(seg[:, 0], a), 0, None).sum())
+    out[rows] = measure(sent_ns[rows]) - measure(ready_ns[rows])
     return out
 
 
