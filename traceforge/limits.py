@@ -48,6 +48,13 @@ def check_seconds(value: float, *, key: str, source: object = None, shown: objec
     return value
 
 
+def check_seed(seed: object, *, key: str = "--seed", source: object = None) -> int:
+    """A random seed: an integer >= 0 (numpy refuses negative seeds with a traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise BadInput("must be an integer >= 0", source=source, key=key, value=seed)
+    return int(seed)
+
+
 def scaled_ns(ns: np.ndarray, factor: float, *, key: str, value: object,
               source: object = None) -> np.ndarray:
     """``rint(ns * factor)`` as a new int64 array, refusing (naming ``key``) where it would

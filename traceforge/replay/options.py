@@ -97,7 +97,13 @@ class ReplayOptions:
             raise BadInput("must be >= 0", key="--warmup", value=self.warmup_s)
         from traceforge.limits import check_seconds
 
-        check_seconds(self.warmup_s, key="--warmup")  # it becomes an int64 ns bound
+        # Each becomes an int64 ns bound or a timer delay: huge values are refused, not wrapped
+        # (or an OverflowError from the event loop's timer).
+        for key, value in (("--warmup", self.warmup_s), ("--duration", self.duration_s),
+                           ("--drain-timeout", self.drain_timeout_s),
+                           ("--timeout", self.timeout_s)):
+            if value is not None:
+                check_seconds(value, key=key)
         if self.concurrency is not None and self.max_inflight is not None:
             raise BadInput("--concurrency (closed loop) and --max-inflight (open loop cap) "
                            "exclude each other", key="--max-inflight", value=self.max_inflight)
