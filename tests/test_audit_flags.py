@@ -38,3 +38,50 @@ def test_bad_numbers_are_one_line_and_write_nothing(trace, tmp_path, capsys, com
                            capsys)
     assert_one_line_error(code, err, flag)
     assert not out.exists()
+
+
+STUDY = """
+name = "s"
+backend = "{backend}"
+duration_s = {duration}
+[mixes.a.models.m]
+arrival = {{ process = "poisson", rate = {rate} }}
+[axes]
+load = [1.0, {top}]
+[options]
+service_ms = {service}
+{extra}
+"""
+
+
+@pytest.mark.parametrize("values, key", [
+    # each made every cell fail at run time (study "failed", exit 1, study.json written)
+    ({"service": "1e300"}, "options.service_ms"),
+    ({"service": "1e13", "backend": "null"}, "options.service_ms"),
+    ({"duration": "1e300"}, "duration_s"),
+    # the memory guard at the grid's highest load (1000 × 1e6/s × 1e4 s)
+    ({"rate": "1e6", "duration": "1e4", "top": "1000"}, "mixes.a.duration_s"),
+    # simulate's --duration is an option too (a study axis), checked like the flag
+    ({"extra": "duration_s = 0"}, "options.duration_s"),
+])
+def test_study_values_no_cell_could_run_are_refused_up_front(tmp_path, capsys, values, key):
+    fields = {"backend": "simulate", "duration": "1.0", "rate": "50.0", "top": "2.0",
+              "service": "5.0", "extra": "", **values}
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY.format(**fields))
+    out = tmp_path / "out"
+    for extra in ([], ["--dry-run"]):
+        code, _, err = run_cli(["study", spec, "-o", out, *extra], capsys)
+        assert_one_line_error(code, err, f"{key} = ")
+        assert not out.exists()
+
+
+def test_demo_output_inside_a_run_directory_is_refused(tmp_path, capsys, trace):
+    run = tmp_path / "run"
+    code, _, err = run_cli(["simulate", trace, "-o", run], capsys)
+    assert code == 0, err
+    before = sorted(p.name for p in run.rglob("*"))
+    for out in (run, run / "timeline" / "demo"):
+        code, _, err = run_cli(["demo", "-o", out, "--duration", "0.5"], capsys)
+        assert_one_line_error(code, err, "-o", "run or study directory")
+    assert sorted(p.name for p in run.rglob("*")) == before

@@ -48,6 +48,15 @@ def check_seconds(value: float, *, key: str, source: object = None, shown: objec
     return value
 
 
+def check_service_ms(service_ms: float, *, dist: str, rows: float, span_s: float,
+                     key: str = "--service-ms", source: object = None) -> None:
+    """Null/simulated service: even with every one of ``rows`` requests queued behind the
+    others, the last must end inside int64 ns (exponential service: the sum of n draws stays
+    below twice its mean, plus a tail allowance)."""
+    worst_s = service_ms / 1e3 * (rows * (1 if dist == "const" else 2) + 50) + span_s
+    check_seconds(service_ms, key=key, source=source, seconds=worst_s)
+
+
 def check_seed(seed: object, *, key: str = "--seed", source: object = None) -> int:
     """A random seed: an integer >= 0 (numpy refuses negative seeds with a traceback)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:

@@ -130,27 +130,7 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
     streams hold N arrivals and the first N are kept; the trace then spans up to the N-th.
     """
     seed = seed if seed is not None else spec.seed if spec.seed is not None else DEFAULT_SEED
-    if duration_s is not None:
-        if not (duration_s > 0 and math.isfinite(duration_s)):
-            raise BadInput("must be > 0", key="--duration", value=duration_s)
-        check_seconds(duration_s, key="--duration")
-    requests = None if duration_s is not None else spec.requests
-    duration_s = duration_s if duration_s is not None else spec.duration_s
-    if duration_s is None and requests is None:
-        raise BadInput("missing: give duration_s or requests in the spec, or --duration",
-                       source=spec.path, key="duration_s")
-    key = "requests" if requests is not None else "duration_s"
-    value = requests if requests is not None else duration_s
-    if requests is None:
-        check_seconds(duration_s, key=key, source=spec.path)
-        horizon = float(duration_s)
-    else:
-        rate = row_rate(spec)
-        longest_dwell = max((max(m.mean_dwell_s) for m in spec.modulations.values()),
-                            default=0.0)
-        horizon = requests / rate * 1.1 + 10.0 * longest_dwell + 1.0
-        _check_horizon(spec, horizon, requests)
-    _check_memory(spec, horizon, key, value)
+    requests, duration_s, horizon, key, value = _horizon(spec, duration_s)
     names = list(spec.models)
     if requests is None:
         columns = sample_columns(spec, seed, duration_s)
@@ -187,6 +167,41 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
     meta = {"schema": TRACE_SCHEMA_ID, "spec": spec_dict, "seed": seed, "source": source,
             "duration_s": window_s}
     return Trace(table=table, meta=meta, path=None)
+
+
+def _horizon(spec: WorkloadSpec, duration_s: float | None):
+    """Every check :func:`generate_trace` makes before sampling (time range, memory); returns
+    ``(requests, duration_s, horizon, key, value)``: the first horizon to sample and the spec
+    key (with its value) that sets the trace's length."""
+    if duration_s is not None:
+        if not (duration_s > 0 and math.isfinite(duration_s)):
+            raise BadInput("must be > 0", key="--duration", value=duration_s)
+        check_seconds(duration_s, key="--duration")
+    requests = None if duration_s is not None else spec.requests
+    duration_s = duration_s if duration_s is not None else spec.duration_s
+    if duration_s is None and requests is None:
+        raise BadInput("missing: give duration_s or requests in the spec, or --duration",
+                       source=spec.path, key="duration_s")
+    key = "requests" if requests is not None else "duration_s"
+    value = requests if requests is not None else duration_s
+    if requests is None:
+        check_seconds(duration_s, key=key, source=spec.path)
+        horizon = float(duration_s)
+    else:
+        rate = row_rate(spec)
+        longest_dwell = max((max(m.mean_dwell_s) for m in spec.modulations.values()),
+                            default=0.0)
+        horizon = requests / rate * 1.1 + 10.0 * longest_dwell + 1.0
+        _check_horizon(spec, horizon, requests)
+    _check_memory(spec, horizon, key, value)
+    return requests, duration_s, horizon, key, value
+
+
+def preflight(spec: WorkloadSpec, *, duration_s: float | None = None) -> float:
+    """Check ``spec`` as :func:`generate_trace` would, without sampling (a study checks every
+    mix at its highest load before running a cell); returns the expected number of rows."""
+    requests, duration_s, _, _, _ = _horizon(spec, duration_s)
+    return float(requests) if requests is not None else row_rate(spec) * duration_s
 
 
 def _check_horizon(spec: WorkloadSpec, horizon: float, requests: int) -> None:

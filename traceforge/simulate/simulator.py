@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
-from traceforge.limits import check_seconds, check_seed, scaled_ns
+from traceforge.limits import check_seconds, check_seed, check_service_ms, scaled_ns
 from traceforge.paths import check_run_dir, claim_run_dir
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
@@ -148,12 +148,8 @@ def simulate(
             raise BadInput("must be an integer >= 1", key="--servers", value=servers)
         if not (math.isfinite(service_ms) and service_ms >= 0):
             raise BadInput("must be >= 0", key="--service-ms", value=service_ms)
-        # Every row queued behind every other must still end inside int64 ns (exponential
-        # service: the sum of n draws stays below twice its mean, plus a tail allowance).
-        n_rows = table.num_rows
-        worst_s = (service_ms / 1e3 * (n_rows * (1 if service_dist == "const" else 2) + 50)
-                   + (float(scheduled.max()) / 1e9 if n_rows else 0.0))
-        check_seconds(service_ms, key="--service-ms", seconds=worst_s)
+        check_service_ms(service_ms, dist=service_dist, rows=table.num_rows,
+                         span_s=float(scheduled.max()) / 1e9 if table.num_rows else 0.0)
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
                            value=service_dist, allowed=", ".join(SERVICE_DISTS))
