@@ -85,3 +85,17 @@ def test_demo_output_inside_a_run_directory_is_refused(tmp_path, capsys, trace):
         code, _, err = run_cli(["demo", "-o", out, "--duration", "0.5"], capsys)
         assert_one_line_error(code, err, "-o", "run or study directory")
     assert sorted(p.name for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["trace", "gen", "{d}", "-o", "{o}"],
+    ["trace", "import", "csv", "{d}", "-o", "{o}", "--columns", "time=t"],
+    ["study", "{d}", "-o", "{o}"],
+])
+def test_a_directory_given_as_an_input_file_says_so(tmp_path, capsys, argv):
+    d = tmp_path / "adir"
+    d.mkdir()
+    out = tmp_path / "out.parquet"
+    code, _, err = run_cli([a.format(d=d, o=out) for a in argv], capsys)
+    assert_one_line_error(code, err, "is a directory, not a file")
+    assert not out.exists()

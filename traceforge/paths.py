@@ -98,6 +98,14 @@ def output_error(path: Path | str, exc: OSError) -> BadInput | RunFailure:
     return RunFailure(f"cannot write {path}: {reason}; nothing was written under that name")
 
 
+def missing_file_reason(path: Path | str) -> str:
+    """Why ``path`` cannot be read as a file, for a one-line refusal."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory, not a file"
+    return "no such file" if not path.exists() else "not a regular file"
+
+
 # -- run directories ------------------------------------------------------------------------
 
 def pid_alive(pid: int) -> bool:

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput
+from traceforge.paths import missing_file_reason
 from traceforge.prompts import PromptTexts, load_vocab
 from traceforge.redact import Scrubber, redact_url
 from traceforge.replay.protocol import ModelInfo, Outcome, Request
@@ -145,7 +146,8 @@ class HttpBackend:
             if body_template.startswith("@"):
                 path_ = Path(body_template[1:])
                 if not path_.is_file():
-                    raise BadInput("no such file", key="--body-template", value=body_template)
+                    raise BadInput(missing_file_reason(path_), key="--body-template",
+                                   value=body_template)
                 text = path_.read_text()
             self.template = BodyTemplate(text)
             self.template_text = text
