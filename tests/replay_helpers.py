@@ -38,3 +38,46 @@ def make_trace(arrival_ns, *, models=None, max_new_tokens=0, seq_len=16,
 def poisson_arrivals(rate: float, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return np.cumsum(rng.exponential(1e9 / rate, n)).astype(np.int64)
+
+
+MS = 1_000_000
+ORIGIN = 10 * MS  # ReplayOptions.start_delay_ms: the schedule starts 10 ms after backend start
+
+
+def replay_virtual(trace, run_dir, backend, before=None, **opts):
+    """Replay ``trace`` in virtual time (exact timestamps); returns (summary, timeline dict)."""
+    from traceforge.record import read_timeline
+    from traceforge.replay import ReplayOptions, replay_async
+    from traceforge.replay.virtual import VirtualClock, VirtualTimeLoop
+
+    loop = VirtualTimeLoop()
+    try:
+        if before is not None:
+            before(loop)
+        options = ReplayOptions(pacer="sleep", **opts)
+        summary = loop.run_until_complete(
+            replay_async(trace, run_dir, backend, options, clock=VirtualClock(loop)))
+    finally:
+        loop.close()
+    return summary, read_timeline(run_dir).to_pydict()
+
+
+def manifest(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def timeline_rows(run_dir: Path, *, worker: bool = False) -> tuple[list, ...]:
+    """A real-time run's rows as comparable lists: request ids, models, scheduled times
+    relative to the schedule origin (and the replay_worker column with ``worker``)."""
+    import json
+
+    from traceforge.record import read_timeline
+
+    tl = read_timeline(run_dir)
+    origin = json.loads((Path(run_dir) / "run.json").read_text())["run_clock"][
+        "schedule_origin_ns"]
+    out = (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
+           (tl.column("scheduled_ns").to_numpy() - origin).tolist())
+    return (*out, tl.column("replay_worker").to_pylist()) if worker else out

@@ -1,4 +1,5 @@
-"""Shared by the scale-out study tests: a small study, and the per-request rows of its cells."""
+"""Shared by the study tests: the small two-mix study they run (as TOML), and the per-request rows
+of its cells."""
 
 from __future__ import annotations
 
@@ -7,22 +8,32 @@ from pathlib import Path
 
 from traceforge.record import read_timeline
 
-SIM_STUDY = """
-name = "scale"
-backend = "simulate"
-repeats = 2
-seed = 5
-duration_s = 3.0
+
+def two_mix_study(name: str, *, rate: float, cv: float, duration_s: float, seed: int,
+                  loads: list[float], servers: list[int] = (1, 2), service_ms: float = 8.0,
+                  repeats: int = 2, backend: str = "simulate", capacity: str = "") -> str:
+    """The study TOML the study tests share: mix ``a`` Poisson, mix ``b`` gamma (``cv``), both
+    at ``rate``; a load × servers grid on the null service model; an optional [capacity]."""
+    text = f"""
+name = "{name}"
+backend = "{backend}"
+repeats = {repeats}
+seed = {seed}
+duration_s = {duration_s!r}
 [mixes.a.models.m]
-arrival = { process = "poisson", rate = 80.0 }
+arrival = {{ process = "poisson", rate = {rate!r} }}
 [mixes.b.models.m]
-arrival = { process = "gamma", rate = 80.0, cv = 3.0 }
+arrival = {{ process = "gamma", rate = {rate!r}, cv = {cv!r} }}
 [axes]
-load = [0.5, 1.0]
-servers = [1, 2]
+load = {list(loads)!r}
+servers = {list(servers)!r}
 [options]
-service_ms = 8.0
+service_ms = {service_ms!r}
 """
+    return text + (f"[capacity]\n{capacity.strip()}\n" if capacity else "")
+
+
+SIM_STUDY = two_mix_study("scale", rate=80.0, cv=3.0, duration_s=3.0, seed=5, loads=[0.5, 1.0])
 
 
 def write_study(tmp: Path, text: str = SIM_STUDY) -> Path:

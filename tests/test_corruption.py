@@ -303,3 +303,47 @@ def test_the_fuzzed_paths_accept_ordinary_inputs(tmp_path, small_memory):
     trace = import_trace("csv", [src], columns="time=t", time_unit="s", time_scale=1.0,
                          rate_scale=1.0, start_s=0.0, duration_s=None)
     assert trace.table.num_rows == 3
+
+
+def session_spec(turns, *, rate: float, duration_s: float = 10.0) -> dict:
+    return {"name": "x", "duration_s": duration_s, "seed": 1,
+            "models": {"a": {"arrival": {"process": "poisson", "rate": rate},
+                             "sessions": {"turns": turns, "think_time_s": 0.1}}}}
+
+
+@pytest.mark.parametrize("turns, rate, key", [
+    # 10 sessions of a million turns: the turns drive it (the guard counted 10 rows before)
+    (10**6, 1.0, "models.a.sessions.turns"),
+    ({"dist": "uniform", "low": 1, "high": 2 * 10**6}, 1.0, "models.a.sessions.turns"),
+    # 2000 sessions x 1000 turns = 2 M rows x 210 B > 40 MB: the duration drives it
+    (1000, 200.0, "duration_s"),
+])
+def test_memory_guard_counts_session_turns(turns, rate, key, small_memory, tmp_path):
+    path = tmp_path / "w.toml"
+    with pytest.raises(BadInput) as err:
+        generate_trace(parse_spec(session_spec(turns, rate=rate), source=path))
+    assert err.value.key == key and "of memory" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_memory_guard_session_estimate_allows_what_fits(small_memory):
+    # 100 sessions x 100 turns = 10k rows x 210 B = 2.1 MB: well inside the 40 MB budget
+    trace = generate_trace(parse_spec(session_spec(100, rate=10.0), source="w.toml"))
+    assert 9_000 < trace.table.num_rows < 11_000
+
+
+def test_requests_with_sessions_sample_a_horizon_for_rows_not_sessions(monkeypatch):
+    """`requests = N` counts rows (turns): the first horizon holds ~N rows, not N sessions'
+    worth of turns (which the memory guard would have to pay for)."""
+    from traceforge.generate import build
+
+    horizons = []
+    real = build.sample_columns
+    monkeypatch.setattr(build, "sample_columns",
+                        lambda spec, seed, h: horizons.append(h) or real(spec, seed, h))
+    raw = session_spec(50, rate=2.0)
+    raw.pop("duration_s")
+    raw["requests"] = 5000
+    trace = generate_trace(parse_spec(raw, source="w.toml"))
+    assert trace.table.num_rows == 5000
+    assert horizons[0] < 5000 / 2.0 / 10  # 5000 rows / (2 sessions/s x 50 turns) x 1.1 + 1

@@ -256,3 +256,42 @@ def test_runs_without_a_prompt_seed_do_not_share_prompts_but_a_seed_reproduces_t
     assert a.describe()["prompts"]["seed"] == a.prompt_seed
     with pytest.raises(BadInput, match="--prompt-seed"):
         from_options({**opts, "prompt_seed": -1})
+
+
+def test_block_runs_are_built_once_and_texts_match_the_tokens(vocab):
+    """Block texts are cached (a block's run is computed once per plan), and the cached path
+    gives exactly the pieces of tokens(), partial last blocks and batch items included."""
+    rng = np.random.default_rng(4)
+    n = 200
+    blocks = [list(rng.integers(0, 6, rng.integers(0, 5))) for _ in range(n)]
+    seq = rng.integers(1, 5 * BLOCK, n)
+    batch = rng.integers(1, 3, n)
+    texts = PromptTexts(vocab, block_tokens=BLOCK, seed=2)
+    texts.builder.plan_table(_trace(blocks, seq, batch=batch).table)
+    for i in range(n):
+        for item in range(int(batch[i])):
+            tokens = texts.builder.tokens(i, int(seq[i]), blocks[i], item)
+            assert len(tokens) == seq[i]
+            assert texts.text(i, int(seq[i]), blocks[i], item) == \
+                "".join(vocab.pieces[tokens].tolist())
+    info = texts.builder._block_cached.cache_info()
+    assert info.misses <= 6 and info.hits > 100  # six distinct block ids in the trace
+
+
+def test_an_exported_plan_subset_builds_the_same_prompts(vocab):
+    rng = np.random.default_rng(5)
+    n = 120
+    blocks = [list(rng.integers(0, 4, rng.integers(0, 4))) for _ in range(n)]
+    seq = rng.integers(1, 4 * BLOCK, n)
+    batch = rng.integers(1, 3, n)
+    whole = PromptBuilder(vocab.size, block_tokens=BLOCK, seed=9)
+    whole.plan_table(_trace(blocks, seq, batch=batch).table)
+    mine = np.arange(1, n, 3)
+    shard = PromptBuilder(vocab.size, block_tokens=BLOCK, seed=9).load_plan(
+        whole.export_plan(mine))
+    for i in mine.tolist():
+        for item in range(int(batch[i])):
+            assert np.array_equal(shard.tokens(i, int(seq[i]), blocks[i], item),
+                                  whole.tokens(i, int(seq[i]), blocks[i], item))
+    with pytest.raises(ValueError, match="seed"):
+        PromptBuilder(vocab.size, block_tokens=BLOCK, seed=8).load_plan(whole.export_plan())

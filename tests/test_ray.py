@@ -11,9 +11,8 @@ import json
 
 import numpy as np
 import pytest
-from replay_helpers import make_trace, poisson_arrivals
+from replay_helpers import make_trace, poisson_arrivals, timeline_rows
 
-from traceforge.record import read_timeline
 from traceforge.replay import ReplayOptions
 from traceforge.scale.ray_util import LOOPBACK, import_ray
 
@@ -56,10 +55,7 @@ def trace(tmp_path_factory):
 
 
 def rows(run_dir):
-    tl = read_timeline(run_dir)
-    origin = json.loads((run_dir / "run.json").read_text())["run_clock"]["schedule_origin_ns"]
-    return (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
-            (tl.column("scheduled_ns").to_numpy() - origin).tolist())
+    return timeline_rows(run_dir)
 
 
 def test_sharded_null_replay_on_ray_has_the_unsharded_rows(cluster, trace, tmp_path):

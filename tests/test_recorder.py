@@ -115,3 +115,17 @@ def test_a_failed_part_write_keeps_its_rows_for_the_next_flush(tmp_path):
     assert rows["request_id"] == [101, 102]
     assert rows["error"] == ["ValueError: x", None]
     assert rows["itl_ns"] == [None, [5, 6]]
+
+
+def test_run_manifest_open_amends_and_keeps_every_key(tmp_path):
+    from traceforge.record import RunManifest
+
+    m = RunManifest(tmp_path, backend="null", trace={"path": "/x/t.parquet", "rows": 3})
+    m.finish("complete", counts={"ok": 3})
+    amended = RunManifest.open(tmp_path)
+    amended.data["trace"]["path"] = "trace.parquet"
+    amended.write()
+    back = RunManifest.load(tmp_path)
+    assert back["trace"] == {"path": "trace.parquet", "rows": 3}
+    assert {k: v for k, v in back.items() if k != "trace"} == \
+        {k: v for k, v in m.data.items() if k != "trace"}

@@ -14,29 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from replay_helpers import make_trace
+from replay_helpers import MS, ORIGIN, make_trace, replay_virtual
 
 from traceforge.backends.null import NullBackend
 from traceforge.errors import BadInput
 from traceforge.record import read_timeline
 from traceforge.replay import Outcome, ReplayOptions, replay_async
 from traceforge.replay.virtual import VirtualClock, VirtualTimeLoop
-
-MS = 1_000_000
-ORIGIN = 10 * MS  # ReplayOptions.start_delay_ms: the schedule starts 10 ms after backend start
-
-
-def replay_virtual(trace, run_dir, backend, before=None, **opts):
-    loop = VirtualTimeLoop()
-    try:
-        if before is not None:
-            before(loop)
-        options = ReplayOptions(pacer="sleep", **opts)
-        summary = loop.run_until_complete(
-            replay_async(trace, run_dir, backend, options, clock=VirtualClock(loop)))
-    finally:
-        loop.close()
-    return summary, read_timeline(run_dir).to_pydict()
 
 
 def lindley(arrival, service):
@@ -264,3 +248,39 @@ def test_schedule_invariants_hold_for_any_trace(tmp_path_factory, gaps, servers,
                        for k in range(n)]
         assert max(outstanding) <= cap
     assert summary.self_check["send_lag_us"]["max"] == 0.0  # the generator itself is never late
+
+
+def test_slot_waiters_cancel_in_constant_time_and_pass_a_handed_slot_on():
+    """A cancelled slot waiter is skipped when a slot frees, never searched for in the deque
+    (O(1) per cancellation); one cancelled right after it was handed a slot passes it on."""
+    import asyncio
+    from collections import deque
+
+    from traceforge.replay.dispatcher import Dispatcher
+
+    class NoSearch(deque):
+        def __contains__(self, item):
+            raise AssertionError("searched the waiter deque")
+
+        def remove(self, item):
+            raise AssertionError("searched the waiter deque")
+
+    async def main():
+        d = Dispatcher.__new__(Dispatcher)
+        d._slot_waiters = NoSearch()
+        tasks = [asyncio.create_task(d._wait_slot()) for _ in range(4)]
+        await asyncio.sleep(0)
+        tasks[0].cancel()  # waiting: cancelled, left in the deque
+        await asyncio.sleep(0)
+        d._wake_slot_waiter(7)  # skips #0, hands the slot to #1 ...
+        tasks[1].cancel()  # ... which is cancelled before it resumes: #2 gets it
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert tasks[2].done() and tasks[2].result() == 7
+        assert not tasks[3].done()
+        d._wake_slot_waiter(9)
+        assert await tasks[3] == 9
+        for t in tasks[:2]:
+            assert t.cancelled()
+
+    asyncio.run(main())

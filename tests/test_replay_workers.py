@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from replay_helpers import make_trace, poisson_arrivals
+from replay_helpers import make_trace, poisson_arrivals, timeline_rows
 
 from traceforge.cli import main
 from traceforge.errors import BadInput
@@ -33,11 +33,7 @@ def trace_path(tmp_path_factory):
 
 
 def rows(run_dir):
-    tl = read_timeline(run_dir)
-    sched = tl.column("scheduled_ns").to_numpy()
-    origin = json.loads((run_dir / "run.json").read_text())["run_clock"]["schedule_origin_ns"]
-    return (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
-            (sched - origin).tolist(), tl.column("replay_worker").to_pylist())
+    return timeline_rows(run_dir, worker=True)
 
 
 def test_shard_by_request_keeps_each_models_order_and_covers_every_row():
@@ -178,3 +174,49 @@ def test_sharded_http_replay_sends_every_row_once(tmp_path, trace_path, capsys, 
     assert [w["self_check"]["requests_sent"] for w in manifest["worker_runs"]] == [150, 150]
     assert {json.loads((out / "workers" / f"w0{k}.json").read_text())["options"]["max_inflight"]
             for k in (0, 1)} == {4}
+
+
+RECORDING_SERVER = SERVER.replace(
+    "    await request.read()\n",
+    "    with open(sys.argv[2], 'a') as fh:\n        fh.write((await request.read()).decode() + '\\n')\n"
+).replace('"/v1/completions"', '"/{tail:.*}"')
+
+
+def recorded_prompts(tmp_path, argv_tail, name, capsys, trace_path):
+    """Replay against a server that logs every body; returns {request_id: prompt}."""
+    import socket
+    import subprocess
+    import sys
+
+    log = tmp_path / f"{name}.jsonl"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    proc = subprocess.Popen([sys.executable, "-c", RECORDING_SERVER, str(sock.fileno()),
+                             str(log)], pass_fds=[sock.fileno()])
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+    try:
+        code, err = cli(["replay", str(trace_path), "-o", str(tmp_path / name), "--backend",
+                         "http", "--url", url + "/gen", "--api", "json", "--body-template",
+                         '{"prompt": "{{prompt}}", "rid": "{{request_id}}"}', *argv_tail], capsys)
+        assert code in (0, None), err
+    finally:
+        proc.kill()
+        proc.wait()
+    bodies = [json.loads(line) for line in log.read_text().splitlines()]
+    return {int(b["rid"]): b["prompt"] for b in bodies}
+
+
+def test_sharded_http_replay_sends_the_unsharded_prompts(tmp_path, trace_path, capsys):
+    """First tokens are planned over the whole trace once (prompts.py); a shard planning over
+    its own rows would rank siblings differently and send different prompts."""
+    one = recorded_prompts(tmp_path, ["--prompt-seed", "7"], "one", capsys, trace_path)
+    two = recorded_prompts(tmp_path, ["--prompt-seed", "7", "--workers", "2"], "two", capsys,
+                           trace_path)
+    assert len(one) == 300 and one == two
+    # Without --prompt-seed the driver draws one seed for all workers.
+    recorded_prompts(tmp_path, ["--workers", "2"], "drawn", capsys, trace_path)
+    seeds = {json.loads((tmp_path / "drawn" / "workers" / f"w0{k}.json").read_text())
+             ["backend_info"]["prompts"]["seed"] for k in (0, 1)}
+    assert len(seeds) == 1

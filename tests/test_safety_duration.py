@@ -9,27 +9,18 @@ import json
 
 import numpy as np
 import pytest
-from replay_helpers import make_trace
+import replay_helpers
+from replay_helpers import MS, make_trace, manifest
 
 from traceforge.backends.null import NullBackend
 from traceforge.errors import BadInput, RunFailure
 from traceforge.record import read_timeline
-from traceforge.replay import ReplayOptions, replay_async
-from traceforge.replay.virtual import VirtualClock, VirtualTimeLoop
-
-MS = 1_000_000
+from traceforge.replay import ReplayOptions
 
 
 def replay_virtual(trace, run_dir, backend, **opts):
-    loop = VirtualTimeLoop()
-    try:
-        summary = loop.run_until_complete(replay_async(
-            trace, run_dir, backend, ReplayOptions(pacer="sleep", **opts),
-            clock=VirtualClock(loop)))
-    finally:
-        loop.close()
-    manifest = json.loads((run_dir / "run.json").read_text())
-    return summary, read_timeline(run_dir).to_pydict(), manifest
+    _summary, timeline = replay_helpers.replay_virtual(trace, run_dir, backend, **opts)
+    return _summary, timeline, manifest(run_dir)
 
 
 def test_duration_stops_sending_and_rows_after_it_are_not_due(tmp_path):

@@ -225,3 +225,32 @@ def test_http_columns_null_for_other_backends(tmp_path):
     tl = read_timeline(tmp_path / "run").to_pydict()
     assert tl["conn_wait_ns"] == [None, None] and tl["truncated"] == [None, None]
     assert Path(tmp_path / "run" / "run.json").exists()
+
+
+def test_the_recorder_masks_backend_secrets_in_every_error_row(tmp_path):
+    """Error text is scrubbed in one place, the recorder, which knows the backend's secret
+    values: an exception raised inside a backend (not only an error body) is masked too."""
+    from replay_helpers import replay_virtual
+
+    from traceforge.backends.null import NullBackend
+    from traceforge.replay import Outcome
+
+    class Leaky(NullBackend):
+        def secrets(self):
+            return [API_KEY]
+
+        async def submit(self, request):
+            if request.request_id == 0:
+                raise RuntimeError(f"server said: invalid key {API_KEY}")
+            if request.request_id == 1:
+                return Outcome(status="error", error=f"HTTP 401: key {API_KEY} rejected")
+            return await super().submit(request)
+
+    _, tl = replay_virtual(make_trace([0, MS, 2 * MS]), tmp_path / "run",
+                           Leaky(servers=1, service_ms=1, service_dist="const"))
+    assert tl["status"] == ["error", "error", "ok"]
+    assert tl["error"][0] == "RuntimeError: server said: invalid key ***"
+    assert tl["error"][1] == "HTTP 401: key *** rejected"
+    for p in (tmp_path / "run").rglob("*"):
+        if p.is_file():
+            assert API_KEY.encode() not in p.read_bytes()

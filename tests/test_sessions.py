@@ -10,8 +10,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
-from replay_helpers import make_trace
-from test_replay_virtual import MS, ORIGIN, replay_virtual
+from replay_helpers import MS, ORIGIN, make_trace, replay_virtual
 
 from traceforge.backends.null import NullBackend
 from traceforge.errors import BadInput

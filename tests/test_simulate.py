@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from queueing_helpers import erlang_c
 from scipy import optimize, stats
 
 from traceforge.errors import BadInput
@@ -123,12 +124,6 @@ def test_mg1_pollaczek_khinchine(tmp_path, mode):
     pk = lam * es2 / (2 * (1 - rho))  # Pollaczek–Khinchine mean wait: 0.9375 ms
     # Mean waits are noisier than mean responses (rel. sd ~1.5 % at 200k, 3 % at 50k).
     assert wait.mean() == pytest.approx(pk, rel=0.06 if mode == "exclusive" else 0.12)
-
-
-def erlang_c(c: int, a: float) -> float:
-    terms = sum(a**k / math.factorial(k) for k in range(c))
-    top = a**c / math.factorial(c) * c / (c - a)
-    return top / (terms + top)
 
 
 def test_mmc_waiting_probability_erlang_c(tmp_path):

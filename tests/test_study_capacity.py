@@ -19,20 +19,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from queueing_helpers import erlang_c
 
 from traceforge.study.engine import run_study
 from traceforge.study.spec import parse_study
 
 N = 200_000
-
-
-def erlang_c(c: int, a: float) -> float:
-    """P(wait > 0) in M/M/c with offered load a = λ/μ < c."""
-    from scipy.special import gammaln
-
-    terms = [math.exp(k * math.log(a) - gammaln(k + 1)) for k in range(c)]
-    last = math.exp(c * math.log(a) - gammaln(c + 1)) * c / (c - a)
-    return last / (sum(terms) + last)
 
 
 def mmc_sojourn_tail(lam: float, mu: float, c: int, t: float) -> float:
@@ -148,3 +140,27 @@ def test_bad_search_bounds_name_the_key(key, value):
     with pytest.raises(BadInput) as err:
         parse_study(raw, source="test")
     assert err.value.key == f"capacity.{key}"
+
+
+def test_evaluate_slo_judges_the_rows_the_report_judges(tmp_path):
+    """Shared rules (analyze.report): warm-up rows left out, cancelled rows left out (the end
+    of a drain says nothing about the load), errors/timeouts/drops infinitely late."""
+    from replay_helpers import MS, make_trace
+
+    from traceforge.analyze.report import build_report
+    from traceforge.simulate import simulate
+    from traceforge.study.capacity import evaluate_slo
+
+    trace = make_trace([k * 10 * MS for k in range(60)], models=["a", "b"] * 30)
+    # 1 server per model, 15 ms each, a request per model every 20 ms: queues build slowly;
+    # the drain cancels the tail.
+    simulate(trace, tmp_path / "run", servers=1, service_ms=15, service_dist="exp", seed=4,
+             warmup_s=0.1, duration_s=0.5, drain_timeout_s=0.01)
+    report = build_report(tmp_path / "run", slo_ms={"a": 20.0, "b": 20.0})
+    assert report["overall"]["cancelled"] > 0 and report["window"]["excluded_warmup_flagged"]
+    p99 = evaluate_slo(tmp_path / "run", {"metric": "p99", "ms": 1e9}, {})
+    att = evaluate_slo(tmp_path / "run", {"attainment": 0.5}, {"a": 20.0, "b": 20.0})
+    for m in ("a", "b"):
+        assert p99["models"][m] == pytest.approx(report["models"][m]["latency_ms"]["p99"])
+        assert att["models"][m] == pytest.approx(report["models"][m]["slo"]["attainment"])
+    assert p99["met"]

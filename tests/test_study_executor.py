@@ -6,9 +6,13 @@ the in-process LocalExecutor's, cell for cell."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing
 import tempfile
+import tomllib
 from pathlib import Path
+
+from study_scale_helpers import two_mix_study
 
 from traceforge.study.engine import run_study
 from traceforge.study.executor import (
@@ -20,13 +24,12 @@ from traceforge.study.executor import (
 )
 from traceforge.study.spec import parse_study
 
-RAW = {"name": "x", "backend": "simulate", "seed": 2, "repeats": 2, "duration_s": 3.0,
-       "mixes": {"a": {"models": {"m": {"arrival": {"process": "poisson", "rate": 40.0}}}},
-                 "b": {"models": {"m": {"arrival": {"process": "gamma", "rate": 40.0,
-                                                    "cv": 2.0}}}}},
-       "axes": {"load": [0.5, 1.0], "servers": [1, 2]},
-       "options": {"service_ms": 10.0},
-       "capacity": {"slo": {"metric": "p99", "ms": 80.0}, "tolerance": 0.05, "repeats": 1}}
+RAW = tomllib.loads(two_mix_study("x", rate=40.0, cv=2.0, duration_s=3.0, seed=2,
+                                  loads=[0.5, 1.0], service_ms=10.0, capacity="""
+slo = { metric = "p99", ms = 80.0 }
+tolerance = 0.05
+repeats = 1
+"""))
 STABLE = ("name", "kind", "mix", "coords", "repeat", "seed", "load", "status", "outcome")
 
 
@@ -77,6 +80,11 @@ def test_remote_style_executor_matches_local(tmp_path):
     for cell in remote["cells"]:
         run_dir = tmp_path / "remote" / cell["run_dir"]
         assert (run_dir / "run.json").exists() and (run_dir / "trace.parquet").exists()
+        manifest = json.loads((run_dir / "run.json").read_text())
+        # the cell's trace moved into its run directory, amended through RunManifest.open:
+        # every other key kept
+        assert manifest["trace"]["path"] == "trace.parquet"
+        assert manifest["status"] == "complete" and manifest["trace"]["rows"] > 0
 
 
 def test_land_cell_replaces_an_earlier_attempt_atomically(tmp_path):

@@ -12,28 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+from study_scale_helpers import two_mix_study
 from trace_cli_helpers import REPO, assert_one_line_error, run_cli
 
-STUDY = """
-name = "resume"
-backend = "simulate"
-repeats = 2
-seed = 3
-duration_s = 4.0
-[mixes.a.models.m]
-arrival = { process = "poisson", rate = 60.0 }
-[mixes.b.models.m]
-arrival = { process = "gamma", rate = 60.0, cv = 3.0 }
-[axes]
-load = [0.5, 1.0, 1.5]
-servers = [1, 2]
-[options]
-service_ms = 8.0
-[capacity]
+STUDY = two_mix_study("resume", rate=60.0, cv=3.0, duration_s=4.0, seed=3,
+                      loads=[0.5, 1.0, 1.5], capacity="""
 slo = { metric = "p99", ms = 60.0 }
 tolerance = 0.05
 repeats = 1
-"""
+""")
 STABLE = ("name", "kind", "mix", "coords", "repeat", "seed", "load", "status", "run_dir",
           "backend", "error", "outcome")
 
@@ -98,7 +85,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_study(tmp_path):
     for name, hashes in kept.items():  # complete cells untouched, byte for byte
         assert tree_hashes(killed / "cells" / name) == hashes
     assert stable(after) == stable(study_json(full))
-    assert not (killed / ".lock").exists() and not (killed / ".scratch").exists()
+    assert not (killed / ".traceforge.lock").exists() and not (killed / ".scratch").exists()
     # every cell directory listed is there, and nothing else
     assert sorted(p.name for p in (killed / "cells").iterdir()) == sorted(
         c["name"] for c in after["cells"])
@@ -130,15 +117,21 @@ def test_a_second_study_into_a_claimed_directory_exits_2(tmp_path, capsys):
     assert code == 0, err
     import socket
 
+    from traceforge.paths import LOCK_NAME
+
     # A live owner (this test process) holds the lock: --resume must not take it over.
-    (out / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    (out / LOCK_NAME).write_text(f"{os.getpid()} {socket.gethostname()}\n")
     code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
-    assert_one_line_error(code, err, "in use by another study", str(os.getpid()))
+    assert_one_line_error(code, err, "being written by another study", str(os.getpid()))
+    # An owner on another host (a shared file system) cannot be checked: never taken over.
+    (out / LOCK_NAME).write_text("4242 some-other-host\n")
+    code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
+    assert_one_line_error(code, err, "being written by another study", "some-other-host")
     # A dead owner's lock is taken over by --resume (nothing left to do: all complete).
-    (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
+    (out / LOCK_NAME).write_text(f"{2**22 + 12345} {socket.gethostname()}\n")
     code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
     assert code == 0, err
-    assert not (out / ".lock").exists()
+    assert not (out / LOCK_NAME).exists()
 
 
 def test_sigint_exits_130_and_resume_finishes(tmp_path):
@@ -153,7 +146,7 @@ def test_sigint_exits_130_and_resume_finishes(tmp_path):
     data = study_json(out)
     assert data["status"] == "interrupted"
     assert "running" not in data["counts"]
-    assert not (out / ".lock").exists()
+    assert not (out / ".traceforge.lock").exists()
     proc = cli(str(spec), "-o", str(out), "--resume")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -9,6 +9,10 @@
   says is available and refuses *before* allocating. ``BYTES_PER_REQUEST`` is the measured
   peak of ``trace gen`` per generated request (71–73 B for the demo and correlated-bursts
   specs at 5–10 M requests, ``ru_maxrss`` delta; 75 B with a margin).
+  ``BYTES_PER_SESSION_TURN`` is the same peak per row of a model with sessions, whose
+  expansion (turn numbering, think-time and context cumulative sums, the sort by time) holds
+  about a dozen more per-row arrays: 209 B per row at 1–4 M rows (10 turns per session,
+  slope of the ``ru_maxrss`` delta, where the same spec without sessions measured 106 B).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ INT64_MAX = 2**63 - 1
 _NS_CEILING = float(2**63)
 MAX_TIME_S = INT64_MAX / 1e9  # about 9.22e9 s = 292 years
 BYTES_PER_REQUEST = 75
+BYTES_PER_SESSION_TURN = 210
 MEMORY_SHARE = 0.8  # of MemAvailable: leave room for the interpreter and the writer
 
 
@@ -41,6 +46,22 @@ def check_seconds(value: float, *, key: str, source: object = None, shown: objec
         raise BadInput(range_message(seconds), source=source, key=key,
                        value=value if shown is None else shown)
     return value
+
+
+def check_service_ms(service_ms: float, *, dist: str, rows: float, span_s: float,
+                     key: str = "--service-ms", source: object = None) -> None:
+    """Null/simulated service: even with every one of ``rows`` requests queued behind the
+    others, the last must end inside int64 ns (exponential service: the sum of n draws stays
+    below twice its mean, plus a tail allowance)."""
+    worst_s = service_ms / 1e3 * (rows * (1 if dist == "const" else 2) + 50) + span_s
+    check_seconds(service_ms, key=key, source=source, seconds=worst_s)
+
+
+def check_seed(seed: object, *, key: str = "--seed", source: object = None) -> int:
+    """A random seed: an integer >= 0 (numpy refuses negative seeds with a traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise BadInput("must be an integer >= 0", source=source, key=key, value=seed)
+    return int(seed)
 
 
 def scaled_ns(ns: np.ndarray, factor: float, *, key: str, value: object,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -97,6 +98,14 @@ def output_error(path: Path | str, exc: OSError) -> BadInput | RunFailure:
     return RunFailure(f"cannot write {path}: {reason}; nothing was written under that name")
 
 
+def missing_file_reason(path: Path | str) -> str:
+    """Why ``path`` cannot be read as a file, for a one-line refusal."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory, not a file"
+    return "no such file" if not path.exists() else "not a regular file"
+
+
 # -- run directories ------------------------------------------------------------------------
 
 def pid_alive(pid: int) -> bool:
@@ -158,17 +167,63 @@ def check_run_dir(run_dir: Path | str, *, key: str = "-o",
     if run_dir.is_dir():
         lock = run_dir / LOCK_NAME
         if lock.exists():
-            try:
-                owner = int(lock.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                owner = -1
-            if owner != -1 and pid_alive(owner):
+            owner, host = _lock_owner(lock)
+            if owner != -1 and ((host is not None and host != socket.gethostname())
+                                or pid_alive(owner)):
                 raise BadInput(f"is being written by another run (pid {owner})", key=key,
                                value=str(run_dir))
         others = _occupants(run_dir)
         if others:
             _refuse_occupied(run_dir, others, key)
     return run_dir
+
+
+def _lock_owner(lock: Path) -> tuple[int, str | None]:
+    """(pid, host) written in a lock file; pid -1 when unreadable (being written, or torn)."""
+    try:
+        parts = lock.read_text().split()
+        return int(parts[0]), (parts[1] if len(parts) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return -1, None
+
+
+def lock_dir(directory: Path, *, key: str = "-o", what: str = "run") -> Path:
+    """Claim ``directory`` (which exists) for this process: ``directory/.traceforge.lock``
+    created with ``O_CREAT|O_EXCL``, holding ``"PID HOST"``. Refused (BadInput naming ``key``)
+    while the owner lives — or may live: an owner on another host (a shared file system) is
+    never second-guessed; a lock left by a dead process on this host (``kill -9``) is taken
+    over. The one lock of run directories and study directories; returns the lock's path."""
+    lock = directory / LOCK_NAME
+    here = socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner, host = _lock_owner(lock)
+            try:  # a lock without a PID yet is being written by its owner right now
+                fresh = owner == -1 and time.time() - lock.stat().st_mtime < 10
+            except OSError:
+                fresh = False
+            elsewhere = host is not None and host != here
+            if fresh or (owner != -1 and (elsewhere or pid_alive(owner))):
+                who = ("" if owner == -1 else f" (pid {owner}" +
+                       (f" on {host})" if elsewhere else ")"))
+                raise BadInput(f"is being written by another {what}{who}", key=key,
+                               value=str(directory)) from None
+            # Stale (owner dead, or a lock half-written by a crash): move it aside, retry. Only
+            # one of several racing takers wins the rename; the others retry and lose O_EXCL.
+            with contextlib.suppress(OSError):
+                os.rename(lock, directory / f"{LOCK_NAME}.stale-{os.getpid()}")
+                (directory / f"{LOCK_NAME}.stale-{os.getpid()}").unlink()
+            continue
+        except OSError as exc:
+            raise BadInput(f"cannot write into the {what} directory: {exc.strerror}", key=key,
+                           value=str(directory)) from exc
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()} {here}\n")
+        return lock
+    raise BadInput(f"could not claim the {what} directory (lock contended)", key=key,
+                   value=str(directory))
 
 
 def claim_run_dir(run_dir: Path | str, *, key: str = "-o",
@@ -191,38 +246,13 @@ def claim_run_dir(run_dir: Path | str, *, key: str = "-o",
     except OSError as exc:
         raise BadInput(f"cannot create the run directory: {exc.strerror}", key=key,
                        value=str(run_dir)) from exc
-    lock = run_dir / LOCK_NAME
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = int(lock.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                owner = -1
-            try:  # a lock without a PID yet is being written by its owner right now
-                fresh = owner == -1 and time.time() - lock.stat().st_mtime < 10
-            except OSError:
-                fresh = False
-            if fresh or (owner != -1 and pid_alive(owner)):
-                who = f" (pid {owner})" if owner != -1 else ""
-                raise BadInput(f"is being written by another run{who}", key=key,
-                               value=str(run_dir)) from None
-            # Stale (owner dead, or a lock half-written by a crash): move it aside, retry. Only
-            # one of several racing takers wins the rename; the others retry and lose O_EXCL.
+    try:
+        lock = lock_dir(run_dir, key=key)
+    except BadInput:
+        if created:
             with contextlib.suppress(OSError):
-                os.rename(lock, run_dir / f"{LOCK_NAME}.stale-{os.getpid()}")
-                (run_dir / f"{LOCK_NAME}.stale-{os.getpid()}").unlink()
-            continue
-        except OSError as exc:
-            raise BadInput(f"cannot write into the run directory: {exc.strerror}", key=key,
-                           value=str(run_dir)) from exc
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{os.getpid()}\n")
-        break
-    else:
-        raise BadInput("could not claim the run directory (lock contended)", key=key,
-                       value=str(run_dir))
+                run_dir.rmdir()
+        raise
     claim = RunDirClaim(run_dir, created, lock)
     others = _occupants(run_dir)
     if others:

@@ -52,6 +52,7 @@ _SPACE_MARKS = ("Ġ", "▁")  # byte-level BPE's and SentencePiece's word-start 
 _ROOT = np.iinfo(np.int64).min  # parent of a prompt's first block
 _TAG_BLOCK, _TAG_TAIL, _TAG_PERM = 0xB10C, 0x7A11, 0x9E53
 _CHECK_TOKENS = 4096  # length of the round-trip check text
+BLOCK_CACHE = 4096  # block runs (and texts) kept: 4096 × 512 tokens × ~8 B ≈ 16 MB of runs
 
 
 # -- vocabularies --------------------------------------------------------------------------------
@@ -225,9 +226,16 @@ class PromptBuilder:
         self._block_digits: np.ndarray | None = None  # their first-token digits (-1 = unused)
         self._request_ids: np.ndarray | None = None
         self._tail_start: np.ndarray | None = None  # leaf index of each row's item 0
+        self._tail_count: np.ndarray | None = None  # leaves (batch items) of each row's tail
         self._tail_digits: np.ndarray | None = None
         self.max_digits = 1
         self.planned = False
+        self._new_block_cache()
+
+    def _new_block_cache(self) -> None:
+        # A block's run is a function of its id and the plan alone, and traces repeat blocks
+        # (that is their point): computed once per id, then looked up (bounded: LRU).
+        self._block_cached = functools.lru_cache(maxsize=BLOCK_CACHE)(self._block_run)
 
     # -- the plan (vectorised over the whole trace) --------------------------------------------
     def plan(self, request_id, seq_len, batch_size, prefix_blocks=None) -> PromptBuilder:
@@ -304,8 +312,56 @@ class PromptBuilder:
         self._request_ids = request_id[order]
         leaf_start = np.concatenate(([0], np.cumsum(np.where(has_tail, batch, 0))))[:-1]
         self._tail_start = np.where(has_tail, leaf_start, -1)[order]
+        self._tail_count = np.where(has_tail, batch, 0)[order]
         self.max_digits = width
         self.planned = True
+        self._new_block_cache()
+        return self
+
+    _PLAN_FIELDS = ("block_ids", "block_digits", "request_ids", "tail_start", "tail_count",
+                    "tail_digits")
+
+    def export_plan(self, request_ids=None) -> dict[str, Any] | None:
+        """The plan as plain arrays, for a worker replaying some rows (``--workers``): every
+        planned block, and the tails of ``request_ids`` only (all rows when None). A builder
+        that :meth:`load_plan` s it builds exactly the prompts this one builds for them."""
+        if not self.planned:
+            return None
+        out: dict[str, Any] = {"size": self.size, "block_tokens": self.block_tokens,
+                               "seed": self.seed, "max_digits": self.max_digits,
+                               "block_ids": self._block_ids, "block_digits": self._block_digits}
+        if request_ids is None:
+            rows = np.arange(len(self._request_ids))
+        else:
+            ids = np.unique(np.asarray(request_ids, np.int64))
+            rows = np.searchsorted(self._request_ids, ids)
+            if (rows >= len(self._request_ids)).any() or \
+                    (self._request_ids[np.minimum(rows, len(self._request_ids) - 1)]
+                     != ids).any():
+                raise ValueError("export_plan: a request id is not in the plan")
+        count = self._tail_count[rows]
+        start = self._tail_start[rows]
+        # The selected rows' leaves, in order, renumbered from 0.
+        first = np.concatenate(([0], np.cumsum(count)))[:-1]
+        leaves = np.repeat(start, count) + (np.arange(int(count.sum())) - np.repeat(first, count))
+        out.update(request_ids=self._request_ids[rows], tail_count=count,
+                   tail_start=np.where(count > 0, first, -1),
+                   tail_digits=self._tail_digits[leaves])
+        return out
+
+    def load_plan(self, plan: dict[str, Any]) -> PromptBuilder:
+        """Take a plan made by :meth:`export_plan` (of a builder with the same vocabulary size,
+        block size and seed) instead of planning over the rows this builder sees."""
+        mine = (self.size, self.block_tokens, self.seed)
+        theirs = (plan["size"], plan["block_tokens"], plan["seed"])
+        if mine != theirs:
+            raise ValueError(f"prompt plan made for (size, block_tokens, seed) = {theirs}, "
+                             f"not {mine}")
+        for name in self._PLAN_FIELDS:
+            setattr(self, f"_{name}", np.asarray(plan[name]))
+        self.max_digits = int(plan["max_digits"])
+        self.planned = True
+        self._new_block_cache()
         return self
 
     def plan_table(self, table) -> PromptBuilder:
@@ -334,42 +390,59 @@ class PromptBuilder:
     def tokens(self, request_id: int, seq_len: int, prefix_blocks=None,
                item: int = 0) -> np.ndarray:
         """Exactly ``seq_len`` vocabulary indices: the blocks' runs (cut to ``seq_len``), then
-        the request's own tail. Vectorised: ~10 µs per 1,000 tokens."""
+        the request's own tail."""
+        runs, cut = self.prefix_runs(seq_len, prefix_blocks)
+        if cut is not None:
+            runs[-1] = runs[-1][:cut]
+        covered = sum(len(r) for r in runs)
+        return np.concatenate([*runs, self.tail(request_id, seq_len - covered, item)]) \
+            if runs else self.tail(request_id, seq_len, item)
+
+    def prefix_runs(self, seq_len: int, prefix_blocks=None) -> tuple[list[np.ndarray], int | None]:
+        """The block runs a ``seq_len`` prompt starts with (cached, read-only arrays), and how
+        many tokens of the last one it keeps (None: all of them)."""
         b = self.block_tokens or 0
-        blocks = np.asarray(prefix_blocks if prefix_blocks is not None and b else [], np.int64)
-        nb = min(len(blocks), -(-seq_len // b)) if b else 0
-        blocks = blocks[:nb]
-        covered = min(nb * b, seq_len)
-        out = np.empty(seq_len, np.int64)
-        if covered:
-            pos = np.arange(covered)
-            with np.errstate(over="ignore"):
-                keys = blocks.astype(np.uint64) ^ self._key(_TAG_BLOCK)
-            out[:covered] = self._draw(keys[pos // b], pos % b)
-            if self.planned and len(self._block_ids):
-                at = np.minimum(np.searchsorted(self._block_ids, blocks), len(self._block_ids) - 1)
-                found = np.flatnonzero(self._block_ids[at] == blocks)
-                digits = self._block_digits[at[found]]
-                for col in range(min(digits.shape[1], b)):
-                    where = found * b + col
-                    ok = (digits[:, col] >= 0) & (where < covered)
-                    out[where[ok]] = self._perm[digits[ok, col]]
-        n = seq_len - covered
-        if n:
-            out[covered:] = self._draw(np.repeat(self._key(_TAG_TAIL, request_id, item), n),
-                                       np.arange(n))
-            if self.planned:
-                i = int(np.searchsorted(self._request_ids, request_id))
-                if i < len(self._request_ids) and self._request_ids[i] == request_id \
-                        and self._tail_start[i] >= 0:
-                    digits = self._tail_digits[self._tail_start[i] + item]
-                    head = self._perm[digits[digits >= 0]][:n]
-                    out[covered: covered + len(head)] = head
+        if prefix_blocks is None or not b or seq_len <= 0:
+            return [], None
+        nb = min(len(prefix_blocks), -(-seq_len // b))
+        runs = [self._block_cached(int(x)) for x in prefix_blocks[:nb]]
+        rest = seq_len - (nb - 1) * b
+        return runs, (rest if nb and rest < b else None)
+
+    def _block_run(self, block_id: int) -> np.ndarray:
+        """Block ``block_id``'s ``block_tokens`` indices: hashed, with its planned first-token
+        digits (if any) written over its first tokens."""
+        b = self.block_tokens
+        with np.errstate(over="ignore"):
+            key = np.uint64(block_id & 0xFFFFFFFFFFFFFFFF) ^ self._key(_TAG_BLOCK)
+        out = self._draw(np.repeat(key, b), np.arange(b))
+        if self.planned and len(self._block_ids):
+            at = int(np.searchsorted(self._block_ids, block_id))
+            if at < len(self._block_ids) and self._block_ids[at] == block_id:
+                digits = self._block_digits[at][:b]
+                used = np.flatnonzero(digits >= 0)
+                out[used] = self._perm[digits[used]]
+        out.flags.writeable = False  # shared by every prompt that uses the block
+        return out
+
+    def tail(self, request_id: int, n: int, item: int = 0) -> np.ndarray:
+        """The ``n`` tokens after the blocks: the request's own stream (batch item ``item``),
+        its first tokens the planned digits."""
+        if n <= 0:
+            return np.empty(0, np.int64)
+        out = self._draw(np.repeat(self._key(_TAG_TAIL, request_id, item), n), np.arange(n))
+        if self.planned:
+            i = int(np.searchsorted(self._request_ids, request_id))
+            if i < len(self._request_ids) and self._request_ids[i] == request_id \
+                    and self._tail_start[i] >= 0:
+                digits = self._tail_digits[self._tail_start[i] + item]
+                head = self._perm[digits[digits >= 0]][:n]
+                out[:len(head)] = head
         return out
 
     def block(self, block_id: int) -> np.ndarray:
         """The ``block_tokens`` vocabulary indices of block ``block_id``."""
-        return self.tokens(-1, self.block_tokens, [block_id])
+        return self._block_cached(int(block_id)).copy()
 
 
 class PromptTexts:
@@ -378,12 +451,36 @@ class PromptTexts:
     def __init__(self, vocab: Vocab, *, block_tokens: int | None = None, seed: int = 0) -> None:
         self.vocab = vocab
         self.builder = PromptBuilder(vocab.size, block_tokens=block_tokens, seed=seed)
+        # id(run) -> (run, its text): runs are the builder's cached arrays, kept alive here
+        self._block_texts: dict[int, tuple[np.ndarray, str]] = {}
 
     def text(self, request_id: int, seq_len: int, prefix_blocks=None, item: int = 0) -> str:
         """The prompt: the pieces of :meth:`PromptBuilder.tokens`, joined (~40 µs per 1,000
-        tokens; built inside ``submit``, so it counts in the request's latency)."""
-        tokens = self.builder.tokens(request_id, seq_len, prefix_blocks, item)
-        return "".join(self.vocab.pieces[tokens].tolist())
+        tokens; built inside ``submit``, so it counts in the request's latency). Whole blocks'
+        texts are cached beside the builder's block runs."""
+        pieces = self.vocab.pieces
+        runs, cut = self.builder.prefix_runs(seq_len, prefix_blocks)
+        parts = []
+        covered = 0
+        for k, run in enumerate(runs):
+            if cut is not None and k == len(runs) - 1:
+                parts.append("".join(pieces[run[:cut]].tolist()))
+                covered += cut
+                break
+            parts.append(self._block_text(run))
+            covered += len(run)
+        tail = self.builder.tail(request_id, seq_len - covered, item)
+        parts.append("".join(pieces[tail].tolist()))
+        return "".join(parts)
+
+    def _block_text(self, run: np.ndarray) -> str:
+        key = id(run)
+        text = self._block_texts.get(key)
+        if text is None or text[0] is not run:
+            if len(self._block_texts) >= BLOCK_CACHE:
+                self._block_texts.clear()
+            text = self._block_texts[key] = (run, "".join(self.vocab.pieces[run].tolist()))
+        return text[1]
 
     def describe(self) -> dict[str, Any]:
         return {**self.vocab.describe(), "prefix_block_tokens": self.builder.block_tokens,

@@ -157,7 +157,7 @@ def _group_stats(run: RunData, rows: np.ndarray, *, duration_s: float, slo_ms: f
     out["generative"] = _generative(run, ok_rows, duration_s)
     out["batching"] = _batching(run, ok_rows)
     out["buckets"] = _buckets(run, ok_rows)
-    out["slo"] = _slo(counts, latency_ns, slo_ms, duration_s)
+    out["slo"] = _slo(slo_latency_ns(run, rows), slo_ms, duration_s)
     return out
 
 
@@ -257,14 +257,22 @@ def _buckets(run: RunData, ok_rows: np.ndarray) -> dict[str, Any] | None:
             "by_bucket": by}
 
 
-def _slo(counts: dict[str, int], latency_ns: np.ndarray, slo_ms: float | None,
-         duration_s: float) -> dict[str, Any] | None:
+def slo_latency_ns(run: RunData, rows: np.ndarray) -> np.ndarray:
+    """The latencies an SLO judges among ``rows`` (the report's rule, shared by the study's
+    capacity search): ok rows their latency; errors, timeouts and drops +inf (misses, so
+    failing requests never make a run look better); cancelled rows (Ctrl-C, the end of a
+    drain) and rows of an unknown status left out: they say nothing about the system."""
+    code = run.status_code[rows]
+    judged = (code >= 0) & (code != STATUSES.index("cancelled"))
+    latency = np.where(run.ok[rows], run.latency[rows], np.inf)
+    return latency[judged]
+
+
+def _slo(judged_ns: np.ndarray, slo_ms: float | None, duration_s: float) -> dict[str, Any] | None:
     if slo_ms is None:
         return None
-    # Cancelled rows (Ctrl-C, end of an interrupted run) say nothing about the system: excluded.
-    # Errors, timeouts and drops are misses.
-    eligible = sum(counts.values()) - counts["cancelled"]
-    attained = int(np.count_nonzero(latency_ns <= slo_ms * NS_PER_MS))
+    eligible = judged_ns.size
+    attained = int(np.count_nonzero(judged_ns <= slo_ms * NS_PER_MS))
     return {
         "slo_ms": slo_ms,
         "eligible": int(eligible),

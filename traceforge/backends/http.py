@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from traceforge.clock import RunClock
 from traceforge.errors import BadInput
+from traceforge.paths import missing_file_reason
 from traceforge.prompts import PromptTexts, load_vocab
 from traceforge.redact import Scrubber, redact_url
 from traceforge.replay.protocol import ModelInfo, Outcome, Request
@@ -145,7 +146,8 @@ class HttpBackend:
             if body_template.startswith("@"):
                 path_ = Path(body_template[1:])
                 if not path_.is_file():
-                    raise BadInput("no such file", key="--body-template", value=body_template)
+                    raise BadInput(missing_file_reason(path_), key="--body-template",
+                                   value=body_template)
                 text = path_.read_text()
             self.template = BodyTemplate(text)
             self.template_text = text
@@ -159,9 +161,11 @@ class HttpBackend:
         self.stream = stream and api != "json"
         self.ignore_eos = ignore_eos
         self.pool_size = pool_size
-        # Every value that may be a secret: error text is scrubbed of them before it is kept.
-        self._scrub = Scrubber([self._api_key, parts.password, parts.username,
-                                *self.extra_headers.values()])
+        # Every value that may be a secret: the recorder scrubs error rows of them (secrets()),
+        # and this backend its own messages (the probe's refusal).
+        self._secrets = [self._api_key, parts.password, parts.username,
+                         *self.extra_headers.values()]
+        self._scrub = Scrubber(self._secrets)
         self.connect_timeout_s = connect_timeout_s
         self._session = None
         self._slots: asyncio.Semaphore | None = None  # one per pooled connection (start)
@@ -182,6 +186,7 @@ class HttpBackend:
         self._row_of = None  # their rows
         self._blocks = None  # the trace's prefix_blocks column (Arrow), or None
         self._session_root: dict[int, int] = {}  # session id -> its first request id
+        self._prompt_plan: dict | None = None  # a plan made over the whole trace (--workers)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def bind_trace(self, trace) -> None:
@@ -194,7 +199,10 @@ class HttpBackend:
         table = trace.table
         block = prefix_block_tokens(trace.meta)
         self.prompts = PromptTexts(self.vocab, block_tokens=block, seed=self.prompt_seed)
-        self.prompts.builder.plan_table(table)
+        if self._prompt_plan is not None:  # a shard: the driver planned the whole trace
+            self.prompts.builder.load_plan(self._prompt_plan)
+        else:
+            self.prompts.builder.plan_table(table)
         ids = table.column("request_id").to_numpy()
         self._row_of = np.argsort(ids, kind="stable")
         self._request_ids = ids[self._row_of]
@@ -212,6 +220,22 @@ class HttpBackend:
                 if s is not None:
                     first.setdefault(s, r)
             self._session_root = first
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach disk (the replay's recorder scrubs rows of them)."""
+        return [s for s in self._secrets if s]
+
+    def prompt_plan(self, trace, request_ids) -> list[dict | None]:
+        """Plan prompts over the whole ``trace`` once and export the plan for each group of
+        ``request_ids`` (the shards of a ``--workers`` replay), so a sharded run sends exactly
+        the prompts an unsharded one sends."""
+        self.bind_trace(trace)
+        return [self.prompts.builder.export_plan(ids) for ids in request_ids]
+
+    def use_prompt_plan(self, plan: dict | None) -> None:
+        """Use ``plan`` (from :meth:`prompt_plan`) when the trace is bound, instead of planning
+        over the rows this backend replays."""
+        self._prompt_plan = plan
 
     async def start(self, models: list[ModelInfo], clock: RunClock) -> None:
         import aiohttp
@@ -311,8 +335,8 @@ class HttpBackend:
     async def submit(self, request: Request) -> Outcome:
         timing = _Timing()
         outcome = await self._submit(request, timing)
-        if outcome.error:
-            outcome.error = self._scrub(outcome.error)
+        # outcome.error is scrubbed by the recorder (it gets secrets()), with every other
+        # error text a row can carry (exceptions included).
         outcome.worker = self.public_endpoint
         outcome.conn_wait_ns = timing.conn_wait_ns
         outcome.connect_ns = timing.connect_ns

@@ -114,6 +114,10 @@ class NullBackend:
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown distribution", key="--service-dist", value=service_dist,
                            allowed=", ".join(SERVICE_DISTS))
+        from traceforge.limits import check_seconds, check_seed
+
+        check_seconds(service_ms, key="--service-ms", seconds=service_ms / 1e3)
+        seed = check_seed(seed)
         self.servers = servers
         self.service_ms = float(service_ms)
         self.service_dist = service_dist

@@ -89,6 +89,8 @@ class SimulateOptions:
     cold_start: bool | None = None  # None: simulate()'s default
     time_scale: float = 1.0
     warmup_s: float = 0.0
+    duration_s: float | None = None  # as replay's --duration / --drain-timeout
+    drain_timeout_s: float | None = None
 
 
 BACKEND_OPTIONS: dict[str, tuple[type, ...]] = {

@@ -74,6 +74,11 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
     from traceforge.paths import check_output
 
     check_output(out_dir, key="-o", kind="dir")
+    for holder in (out_dir.resolve(), *out_dir.resolve().parents):
+        # the demo adds a folder per run: never inside another run or study directory
+        if (holder / "run.json").is_file() or (holder / "study.json").is_file():
+            raise BadInput(f"is or is inside the run or study directory {holder}; choose "
+                           "another path", key="-o", value=str(out_dir))
     if device is None or mode is None:
         picked_device, picked_mode = pick_device()
         device, mode = device or picked_device, mode or picked_mode

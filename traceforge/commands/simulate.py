@@ -33,6 +33,12 @@ def simulate_command(
                                     help="R or MODEL=R,...: rescale to a mean of R req/s, "
                                          "keeping the burstiness (as replay)."),
     warmup: float = typer.Option(0.0, "--warmup", help="Flag rows scheduled in the first S s."),
+    duration: float | None = typer.Option(
+        None, "--duration",
+        help="Stop sending at S s of the schedule (as replay): later rows are not due."),
+    drain_timeout: float | None = typer.Option(
+        None, "--drain-timeout",
+        help="Once sending ended, requests still out after S s become `cancelled` rows."),
     cold_start: bool = typer.Option(
         None, "--cold-start/--warm-start",
         help="With --profile: a backend without pre-warm (first request of each bucket pays "
@@ -46,7 +52,9 @@ def simulate_command(
                        service_dist=service_dist, profile=profile, mode=mode,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
                        time_scale=time_scale, warmup_s=warmup, cold_start=cold_start,
-                       rate=rate)
+                       rate=rate, duration_s=duration, drain_timeout_s=drain_timeout)
     n = sum(summary.counts.values())
-    typer.echo(f"simulated {n} requests ({summary.virtual_s:.3f} s of virtual time) in "
+    cut = summary.extra.get("not_due")
+    tail = f" ({cut} not due after --duration)" if cut else ""
+    typer.echo(f"simulated {n} requests{tail} ({summary.virtual_s:.3f} s of virtual time) in "
                f"{summary.elapsed_s:.3f} s -> {summary.run_dir}")

@@ -20,6 +20,7 @@ from traceforge.generate.sessions import expand_sessions
 from traceforge.generate.spec import SHAPE_FIELDS, WorkloadSpec, seed_sequence, stable_model_key
 from traceforge.limits import (
     BYTES_PER_REQUEST,
+    BYTES_PER_SESSION_TURN,
     MAX_TIME_S,
     TooManyArrivals,
     check_memory,
@@ -129,27 +130,7 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
     streams hold N arrivals and the first N are kept; the trace then spans up to the N-th.
     """
     seed = seed if seed is not None else spec.seed if spec.seed is not None else DEFAULT_SEED
-    if duration_s is not None:
-        if not (duration_s > 0 and math.isfinite(duration_s)):
-            raise BadInput("must be > 0", key="--duration", value=duration_s)
-        check_seconds(duration_s, key="--duration")
-    requests = None if duration_s is not None else spec.requests
-    duration_s = duration_s if duration_s is not None else spec.duration_s
-    if duration_s is None and requests is None:
-        raise BadInput("missing: give duration_s or requests in the spec, or --duration",
-                       source=spec.path, key="duration_s")
-    key = "requests" if requests is not None else "duration_s"
-    value = requests if requests is not None else duration_s
-    if requests is None:
-        check_seconds(duration_s, key=key, source=spec.path)
-        horizon = float(duration_s)
-    else:
-        rate = spec.long_run_rate()
-        longest_dwell = max((max(m.mean_dwell_s) for m in spec.modulations.values()),
-                            default=0.0)
-        horizon = requests / rate * 1.1 + 10.0 * longest_dwell + 1.0
-        _check_horizon(spec, horizon, requests)
-    _check_memory(spec, horizon, key, value)
+    requests, duration_s, horizon, key, value = _horizon(spec, duration_s)
     names = list(spec.models)
     if requests is None:
         columns = sample_columns(spec, seed, duration_s)
@@ -188,6 +169,41 @@ def generate_trace(spec: WorkloadSpec, *, seed: int | None = None,
     return Trace(table=table, meta=meta, path=None)
 
 
+def _horizon(spec: WorkloadSpec, duration_s: float | None):
+    """Every check :func:`generate_trace` makes before sampling (time range, memory); returns
+    ``(requests, duration_s, horizon, key, value)``: the first horizon to sample and the spec
+    key (with its value) that sets the trace's length."""
+    if duration_s is not None:
+        if not (duration_s > 0 and math.isfinite(duration_s)):
+            raise BadInput("must be > 0", key="--duration", value=duration_s)
+        check_seconds(duration_s, key="--duration")
+    requests = None if duration_s is not None else spec.requests
+    duration_s = duration_s if duration_s is not None else spec.duration_s
+    if duration_s is None and requests is None:
+        raise BadInput("missing: give duration_s or requests in the spec, or --duration",
+                       source=spec.path, key="duration_s")
+    key = "requests" if requests is not None else "duration_s"
+    value = requests if requests is not None else duration_s
+    if requests is None:
+        check_seconds(duration_s, key=key, source=spec.path)
+        horizon = float(duration_s)
+    else:
+        rate = row_rate(spec)
+        longest_dwell = max((max(m.mean_dwell_s) for m in spec.modulations.values()),
+                            default=0.0)
+        horizon = requests / rate * 1.1 + 10.0 * longest_dwell + 1.0
+        _check_horizon(spec, horizon, requests)
+    _check_memory(spec, horizon, key, value)
+    return requests, duration_s, horizon, key, value
+
+
+def preflight(spec: WorkloadSpec, *, duration_s: float | None = None) -> float:
+    """Check ``spec`` as :func:`generate_trace` would, without sampling (a study checks every
+    mix at its highest load before running a cell); returns the expected number of rows."""
+    requests, duration_s, _, _, _ = _horizon(spec, duration_s)
+    return float(requests) if requests is not None else row_rate(spec) * duration_s
+
+
 def _check_horizon(spec: WorkloadSpec, horizon: float, requests: int) -> None:
     if not horizon < MAX_TIME_S:
         raise BadInput(f"at the long-run rate {spec.long_run_rate():.3g}/s this "
@@ -195,18 +211,49 @@ def _check_horizon(spec: WorkloadSpec, horizon: float, requests: int) -> None:
                        value=requests)
 
 
+_TURNS_PROBE = 4096  # draws of a turns distribution to estimate its mean and a likely maximum
+
+
+def session_turns(model) -> tuple[float, float]:
+    """(mean, likely largest) turns per session of ``model`` ((1, 1) without sessions), from a
+    fixed-seed sample of its turns distribution: one rule for every distribution kind."""
+    if model.sessions is None:
+        return 1.0, 1.0
+    draws = model.sessions.turns.sample(np.random.default_rng(0), _TURNS_PROBE)
+    draws = np.asarray(draws, dtype=np.float64)
+    return float(draws.mean()), float(draws.max())
+
+
+def row_rate(spec: WorkloadSpec) -> float:
+    """Trace rows per second over a long horizon: arrivals, times turns per session."""
+    return sum(m.long_run_rate(spec.modulations) * session_turns(m)[0]
+               for m in spec.models.values())
+
+
 def sampling_bytes(spec: WorkloadSpec, horizon: float) -> dict[tuple[str, object], float]:
     """Peak memory of sampling ``horizon`` seconds, per spec key that drives it:
     BYTES_PER_REQUEST per expected request (the thinned diurnal counts its candidates at the
     peak rate) under ``None``, plus every Markov state path (MMPP/on-off processes and shared
-    modulations) under its ``mean_dwell_s`` key, whose segments cost memory too."""
+    modulations) under its ``mean_dwell_s`` key, whose segments cost memory too. A model with
+    sessions has one row per turn, each costing BYTES_PER_SESSION_TURN (at least one session's
+    worth); when its turns outnumber its sessions the turns key is the one named."""
     parts: dict[tuple[str, object], float] = {}
     requests = 0.0
     for model in spec.models.values():
         rate = model.long_run_rate(spec.modulations)
         if isinstance(model.arrival, DiurnalArrivals):
             rate *= model.arrival.peak_rate / model.arrival.rate
-        requests += rate * horizon * BYTES_PER_REQUEST
+        starts = rate * horizon
+        if model.sessions is None:
+            requests += starts * BYTES_PER_REQUEST
+        else:
+            mean_turns, most_turns = session_turns(model)
+            nbytes = max(starts * mean_turns, most_turns) * BYTES_PER_SESSION_TURN
+            if mean_turns > starts:
+                parts[(f"models.{model.name}.sessions.turns",
+                       _plain(model.sessions.turns.to_spec()))] = nbytes
+            else:
+                requests += nbytes
         if isinstance(model.arrival, MMPPArrivals):
             dwell = model.arrival.mean_dwell_s
             key = "mean_on_s" if model.arrival.process == "onoff" else "mean_dwell_s"
@@ -219,6 +266,13 @@ def sampling_bytes(spec: WorkloadSpec, horizon: float) -> dict[tuple[str, object
     return parts
 
 
+def _plain(value):
+    """A spec value as a hashable key part (dict -> tuple of items, list -> tuple)."""
+    if isinstance(value, dict):
+        return tuple((k, _plain(v)) for k, v in value.items())
+    return tuple(_plain(v) for v in value) if isinstance(value, list) else value
+
+
 def _check_memory(spec: WorkloadSpec, horizon: float, key: str, value) -> None:
     """Refuse before sampling when the estimate exceeds the memory available, naming the key
     that contributes most (the duration or request count, or a tiny dwell time)."""
@@ -227,8 +281,10 @@ def _check_memory(spec: WorkloadSpec, horizon: float, key: str, value) -> None:
     if big_key is None:
         big_key, big_value = key, value
     elif isinstance(big_value, tuple):
-        big_value = list(big_value)
-    expected = spec.long_run_rate() * horizon
+        big_value = (dict(big_value) if big_value and isinstance(big_value[0], tuple)
+                     else list(big_value))
+    expected = row_rate(spec) * horizon
+    why = ("" if big_key == key else ", in long sessions" if big_key.endswith(".turns")
+           else ", plus its state changes")
     check_memory(sum(parts.values()), key=big_key, value=big_value, source=spec.path,
-                 what=f"sampling {horizon:.3g} s (about {expected:.3g} requests"
-                      f"{'' if big_key == key else ', plus its state changes'})")
+                 what=f"sampling {horizon:.3g} s (about {expected:.3g} requests{why})")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from traceforge.errors import BadInput
+from traceforge.paths import missing_file_reason
 from traceforge.schema import INT32_MAX
 
 if TYPE_CHECKING:
@@ -186,7 +187,8 @@ def read_column(path: Path, column: str, *, source: object, key: str) -> np.ndar
     import pyarrow.parquet as pq
 
     if not path.is_file():
-        raise BadInput("no such file", source=source, key=f"{key}.path", value=str(path))
+        raise BadInput(missing_file_reason(path), source=source, key=f"{key}.path",
+                       value=str(path))
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":

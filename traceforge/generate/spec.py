@@ -34,6 +34,7 @@ from traceforge.generate.shapes import (
     make_dist,
 )
 from traceforge.limits import INT64_MAX, MAX_TIME_S
+from traceforge.paths import missing_file_reason
 from traceforge.schema import INT32_MAX, SHAPE_LOWER
 
 # Lower bounds of the trace schema (CONTRACT.md): batch_size >= 1, seq_len >= 1, max_new_tokens >= 0.
@@ -203,7 +204,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; a missing, non-UTF-8 or malformed file is :class:`BadInput`
     naming it (workload specs and study specs read their files through this)."""
     if not path.is_file():
-        raise BadInput("no such file", source=path)
+        raise BadInput(missing_file_reason(path), source=path)
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

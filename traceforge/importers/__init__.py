@@ -28,6 +28,7 @@ from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
 from traceforge.limits import check_seconds, scaled_ns
+from traceforge.paths import missing_file_reason
 from traceforge.schema import (
     INT32_MAX,
     PREFIX_BLOCK_TOKENS_KEY,
@@ -92,7 +93,7 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
                                seed=seed, clients=clients, batch_size=batch_size)
     for p in paths:
         if not p.is_file():
-            raise BadInput("no such file", source=p)
+            raise BadInput(missing_file_reason(p), source=p)
     start_s = check_seconds(_positive(start_s, "--start", allow_zero=True), key="--start")
     if duration_s is not None:
         duration_s = check_seconds(_positive(duration_s, "--duration"), key="--duration")

@@ -63,6 +63,16 @@ class RunManifest:
                          finished_at=dt.datetime.now(dt.UTC).isoformat())
         self.write()
 
+    @classmethod
+    def open(cls, run_dir: Path | str, *, name: str = "run.json") -> RunManifest:
+        """An existing manifest, to amend (``update`` or edit ``data``, then ``write``): every
+        key it holds is kept as it is."""
+        manifest = cls.__new__(cls)
+        manifest.run_dir = Path(run_dir)
+        manifest.path = manifest.run_dir / name
+        manifest.data = json.loads(manifest.path.read_text())
+        return manifest
+
     @staticmethod
     def load(run_dir: Path | str) -> dict[str, Any]:
         return json.loads((Path(run_dir) / "run.json").read_text())

@@ -71,8 +71,12 @@ class TimelineRecorder:
         flusher_cpus: set[int] | None = None,
         replay_worker: int | None = None,
         flusher_idle: bool = False,
+        scrub=scrub_text,
     ) -> None:
         n = len(request_id)
+        # The one place error text is scrubbed before it reaches disk (redact.py): a Scrubber
+        # that knows the backend's secret values, or URL credentials and auth echoes only.
+        self.scrub = scrub
         self.n = n
         self.replay_worker = replay_worker
         tag = "" if replay_worker is None else f"w{replay_worker:02d}"
@@ -239,7 +243,7 @@ class TimelineRecorder:
             "done_ns": i64(self.done_ns[idx]),
             "status": status.cast(pa.string()),
             "error": (pa.nulls(len(idx), pa.string()) if not self.error else
-                      pa.array([scrub_text(self.error.get(i)) for i in idx.tolist()],
+                      pa.array([self.scrub(self.error.get(i)) for i in idx.tolist()],
                                pa.string())),
             "gpu_ns": i64(self._i64["gpu_ns"][idx]),
             "batch_id": i64(self._i64["batch_id"][idx]),

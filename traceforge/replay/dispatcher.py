@@ -112,6 +112,7 @@ class Dispatcher:
         self.duration_ns = None if duration_s is None else round(duration_s * 1e9)
         self.drain_timeout_s = drain_timeout_s
         self.drain_expired = False  # the drain window ended with requests still out
+        self.drain_end_ns: int | None = None  # when it ended: later releases were not due
         self.send_cut = False  # --duration ended sending before every row was handed out
         self.n = recorder.n
         # Plain Python lists: indexing one is several times cheaper than indexing an ndarray, and
@@ -139,6 +140,7 @@ class Dispatcher:
             self._next_turn = nxt.tolist()
             self._walk = np.flatnonzero(prev < 0).tolist()  # rows the schedule sends
             has_prev = prev >= 0
+            self._follow = has_prev  # rows released by their previous turn
             think = np.zeros(self.n, np.int64)
             think[has_prev] = recorder.scheduled_ns[has_prev] - recorder.scheduled_ns[
                 prev[has_prev]]
@@ -180,6 +182,9 @@ class Dispatcher:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.drain_timeout_s
+        # Let the requests launched by the last burst take their first step (stamp sent_ns):
+        # they left, so a zero drain cancels them, it does not mark them unsent.
+        await asyncio.sleep(0)
         while (self._inflight or self._turn_tasks) and (left := deadline - loop.time()) > 0:
             items = self._outstanding()
             await asyncio.wait([t for _, _, t in items], timeout=left,
@@ -187,6 +192,8 @@ class Dispatcher:
             self._forget_done(items)
         if self._inflight or self._turn_tasks:
             self.drain_expired = True
+            self.drain_end_ns = self.clock.now()
+            self._abandon_releases()
             await self.drain()
 
     def _send_limit(self, walk) -> int:
@@ -270,13 +277,26 @@ class Dispatcher:
         gc.collect(2 if self.gc_passes % GC_FULL_EVERY == 0 else 1)
 
     async def _wait_slot(self) -> int:
+        """Wait for a freed slot (FIFO); returns when it freed. A cancelled waiter stays in the
+        deque, done, and :meth:`_wake_slot_waiter` skips it: O(1), no search of the deque."""
         waiter = asyncio.get_running_loop().create_future()
         self._slot_waiters.append(waiter)
         try:
             return await waiter
-        finally:
-            if waiter in self._slot_waiters:
-                self._slot_waiters.remove(waiter)
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # A slot was handed to us just before the cancel: pass it on.
+                self._wake_slot_waiter(waiter.result())
+            raise
+
+    def _wake_slot_waiter(self, at: int) -> None:
+        """Hand a freed slot to the first waiter still waiting."""
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(at)
+                return
 
     def _launch(self, i: int) -> None:
         self.launched += 1
@@ -292,9 +312,19 @@ class Dispatcher:
             at = done + self._think[j]
             self.rec.scheduled_ns[j] = at
             self._offset[j] = at - self.origin_ns
+            if self.duration_ns is not None and at >= self.origin_ns + self.duration_ns:
+                # After --duration: this turn and the session's later ones are not due (no
+                # row), like trace rows after it.
+                self._schedule_rest(j, at)
+                return
             self._turn_tasks[j] = asyncio.get_running_loop().create_task(self._release(j, at))
             return
         stopped = self.clock.now()
+        if self.drain_expired:
+            # Cancelled by the drain's end: the run is over, so the later turns' time never
+            # came (not due, no row; due_mask() leaves out turns released after the drain).
+            self._schedule_rest(j, stopped)
+            return
         why = (f"session {self._session_id[i]} stopped: turn {self._turn[i]} ended "
                f"{STATUSES[status]}")
         while j >= 0:
@@ -303,10 +333,21 @@ class Dispatcher:
             self.completed += 1
             j = self._next_turn[j]
 
+    def _schedule_rest(self, j: int, at: int) -> None:
+        """Turn ``j`` and the later turns of its session will not be released: their times,
+        unknown, are at least ``at`` (so due_mask() judges them by that, never by the trace's
+        nominal times)."""
+        while j >= 0:
+            self.rec.scheduled_ns[j] = at
+            j = self._next_turn[j]
+
+    def _abandon_releases(self) -> None:
+        """The run ends with turns waiting for their release: their sessions end there."""
+        for j in list(self._turn_tasks):
+            self._schedule_rest(j, int(self.rec.scheduled_ns[j]))
+
     async def _release(self, j: int, at: int) -> None:
         try:
-            if self.duration_ns is not None and at >= self.origin_ns + self.duration_ns:
-                return  # after --duration: not due (no row), like a trace row after it
             delay = at - self.clock.now()
             if delay > 0:
                 await asyncio.sleep(delay / 1e9)
@@ -359,12 +400,7 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            waiters = self._slot_waiters  # the first still waiting takes the freed slot
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(now())
-                    break
+            self._wake_slot_waiter(now())  # the first still waiting takes the freed slot
         rec.complete(i, status, done, outcome, error)
         if self._sessions:
             self._after_turn(i, status, done if done is not None else now())
@@ -385,6 +421,7 @@ class Dispatcher:
             return
         self.stopping = True
         self.stopped_at_ns = self.clock.now()
+        self._abandon_releases()
         if cancel_main and self._main is not None:
             self._main.cancel()
         for task in [*self._inflight.values(), *self._turn_tasks.values()]:
@@ -427,4 +464,7 @@ class Dispatcher:
             mask &= self.rec.scheduled_ns < self.origin_ns + self.duration_ns
         if self.stopping:
             mask &= self.rec.scheduled_ns <= self.stopped_at_ns
+        if self.drain_end_ns is not None and self._sessions:
+            # Session turns whose release time came after the drain ended: not due.
+            mask &= ~(self._follow & (self.rec.scheduled_ns >= self.drain_end_ns))
         return mask

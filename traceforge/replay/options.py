@@ -42,6 +42,9 @@ class ReplayOptions:
     # The timeline flusher thread runs under SCHED_IDLE during the run (Linux): any runnable
     # dispatcher preempts it at once; it writes in the idle time between.
     flusher_idle: bool = False
+    # CPUs this replay process is pinned to for the run (None: as it is). run_sharded sets it
+    # per local worker (one core each, where there are as many cores as workers).
+    cpu_affinity: set[int] | None = None
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False
@@ -97,7 +100,13 @@ class ReplayOptions:
             raise BadInput("must be >= 0", key="--warmup", value=self.warmup_s)
         from traceforge.limits import check_seconds
 
-        check_seconds(self.warmup_s, key="--warmup")  # it becomes an int64 ns bound
+        # Each becomes an int64 ns bound or a timer delay: huge values are refused, not wrapped
+        # (or an OverflowError from the event loop's timer).
+        for key, value in (("--warmup", self.warmup_s), ("--duration", self.duration_s),
+                           ("--drain-timeout", self.drain_timeout_s),
+                           ("--timeout", self.timeout_s)):
+            if value is not None:
+                check_seconds(value, key=key)
         if self.concurrency is not None and self.max_inflight is not None:
             raise BadInput("--concurrency (closed loop) and --max-inflight (open loop cap) "
                            "exclude each other", key="--max-inflight", value=self.max_inflight)

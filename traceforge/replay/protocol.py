@@ -76,4 +76,7 @@ class Backend(Protocol):
         """Release everything; must be safe to call after a failed ``start``."""
 
     def describe(self) -> dict[str, Any]:
-        """Settings and environment for run.json (mode, device, GPU, versions...)."""
+        """Settings and environment for run.json (mode, device, GPU, versions...).
+
+        Optional: ``secrets() -> list[str]``, values the recorder masks in every error row
+        (redact.py); a backend need not scrub error text itself."""

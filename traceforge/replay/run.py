@@ -28,6 +28,7 @@ from traceforge.errors import BadInput, RunFailure
 from traceforge.limits import scaled_ns
 from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I32, NULL_I64, TimelineRecorder
+from traceforge.redact import Scrubber
 from traceforge.replay.dispatcher import Dispatcher
 from traceforge.replay.loop import describe_loop, wake_record
 from traceforge.replay.options import ReplayOptions, RunSummary
@@ -192,6 +193,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         flusher_cpus=options.flusher_cpus,
         flusher_idle=options.flusher_idle,
         replay_worker=None if worker is None else worker.index,
+        scrub=Scrubber(_backend_secrets(backend)),
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
@@ -352,7 +354,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
     if finals["dropped"]:
         extra["dropped_unsent"] = finals["dropped"]
     if failure is not None:
-        extra["error"] = f"{type(failure).__name__}: {failure}"
+        extra["error"] = recorder.scrub(f"{type(failure).__name__}: {failure}")
     if scraper is not None:
         extra["scrape"] = scraper.finish()
     manifest.finish(status, **extra)
@@ -400,6 +402,13 @@ class _QuietRuntime:
         sys.setswitchinterval(self._switch_was)
         if self._gc_was_enabled:
             gc.enable()
+
+
+def _backend_secrets(backend: Backend) -> list[str]:
+    """The backend's secret values (optional ``secrets()``: API keys, header values, URL
+    credentials), which the recorder masks in every error row."""
+    get = getattr(backend, "secrets", None)
+    return list(get()) if get is not None else []
 
 
 def _safe_describe(backend: Backend) -> dict[str, Any]:

@@ -71,6 +71,9 @@ class ShardJob:
     run_dir: str
     t0_ns: int  # the run clock's t0 on the worker's own CLOCK_MONOTONIC
     wall_t0_ns: int
+    # Backend inputs planned over the whole trace by the driver (http: prompt first tokens,
+    # prompts.py), so a shard builds exactly what an unsharded replay builds; None: none.
+    prompt_plan: dict | None = None
 
 
 def table_to_ipc(table: pa.Table) -> bytes:
@@ -87,9 +90,14 @@ def run_shard(job: ShardJob, role: WorkerRole) -> None:
     from traceforge.backends import make_backend
     from traceforge.replay.run import event_loop_factory, replay_async
 
+    if job.options.cpu_affinity and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):  # CPUs outside our cpuset: stay where we are
+            os.sched_setaffinity(0, job.options.cpu_affinity)
     table = pa.ipc.open_stream(job.table_ipc).read_all()
     trace = Trace(table=table, meta=job.trace_meta, path=None)
     backend = make_backend(job.backend, job.backend_options)
+    if job.prompt_plan is not None:
+        backend.use_prompt_plan(job.prompt_plan)
     clock = RunClock(t0_ns=job.t0_ns, wall_t0_ns=job.wall_t0_ns)
     with asyncio.Runner(loop_factory=event_loop_factory(job.options.event_loop)) as runner:
         runner.run(replay_async(trace, job.run_dir, backend, job.options, clock=clock,
@@ -231,7 +239,8 @@ def check_sharded(backend: str, workers: int, executor: str) -> None:
 
 def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options: dict,
                 options: ReplayOptions | None = None, *, workers: int, shard_by: str = "request",
-                executor: str = "local", address: str | None = None) -> RunSummary:
+                executor: str = "local", address: str | None = None,
+                pin: str = "none") -> RunSummary:
     """Replay ``trace`` with ``workers`` workers into one run directory (see module doc)."""
     from traceforge.backends import make_backend
 
@@ -240,8 +249,17 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
     run_dir = Path(run_dir)
     inputs = [("the trace being replayed", trace.path)]
     check_run_dir(run_dir, inputs)
-    make_backend(backend, backend_options)  # flag errors now, before any worker starts
+    probe = make_backend(backend, backend_options)  # flag errors now, before any worker starts
     shards = shard_rows(trace.table, workers, shard_by)
+    if getattr(probe, "prompt_seed", None) is not None:
+        # One prompt seed for every worker (a seed drawn per worker would give the same
+        # prefix block a different text in each shard).
+        backend_options = {**backend_options, "prompt_seed": probe.prompt_seed}
+    planner = getattr(probe, "prompt_plan", None)
+    ids = trace.table.column("request_id").to_numpy()
+    plans = (planner(trace, [ids[rows] for rows in shards]) if planner is not None
+             else [None] * workers)
+    del probe
     models = options.models or default_models(trace)
     caps = split_cap(options.inflight_cap, workers)
     trace_info = {"path": str(trace.path) if trace.path else None,
@@ -270,16 +288,33 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
                 concurrency=caps[k] if options.concurrency else None,
                 max_inflight=caps[k] if options.max_inflight else None,
                 # one server_metrics.parquet per run: worker 0 scrapes
-                scrape_url=options.scrape_url if k == 0 else None)
+                scrape_url=options.scrape_url if k == 0 else None,
+                **_pinning(pin, k, workers, executor))
             jobs.append(ShardJob(index=k, workers=workers, table_ipc=table_to_ipc(table),
                                  trace_meta=trace.meta, trace_info=trace_info, backend=backend,
                                  backend_options=backend_options, options=opts,
-                                 run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns))
+                                 run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns,
+                                 prompt_plan=plans[k]))
         return _drive(pool, jobs, clock, run_dir, existed, options, trace_info, models,
                       backend, shard_by)
     finally:
         pool.close()
         claim.release(remove_if_empty=True)
+
+
+def _pinning(pin: str, k: int, workers: int, executor: str) -> dict:
+    """Per-worker CPU placement on this host: ``core`` pins worker k (all its threads) to one
+    core; ``core-flusher-apart`` pins its dispatcher there and its flusher to the other
+    cores. Only where there are at least as many cores as workers; else nothing."""
+    if pin == "none" or executor != "local" or not hasattr(os, "sched_getaffinity"):
+        return {}
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < workers:
+        return {}
+    mine = {cpus[k]}
+    if pin == "core":
+        return {"cpu_affinity": mine}
+    return {"cpu_affinity": mine, "flusher_cpus": set(cpus) - mine or None}
 
 
 def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: bool,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
-from traceforge.limits import check_seconds, scaled_ns
+from traceforge.limits import check_seconds, check_seed, check_service_ms, scaled_ns
 from traceforge.paths import check_run_dir, claim_run_dir
 from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
@@ -87,6 +87,8 @@ def simulate(
     warmup_s: float = 0.0,
     cold_start: bool | None = None,
     rate: str | None = None,
+    duration_s: float | None = None,
+    drain_timeout_s: float | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
 
@@ -97,6 +99,13 @@ def simulate(
 
     With a bucketed profile a request's service time is its bucket's (the padded shape the
     backend runs), and the timeline's ``bucket_seq_len`` / ``bucket_batch_size`` say which.
+
+    ``duration_s`` / ``drain_timeout_s`` bound the run as replay's ``--duration`` /
+    ``--drain-timeout`` do (docs/replay.md): rows scheduled at or after ``duration_s`` are not
+    due (no row, ``not_due`` in run.json) and are not simulated at all (they never reach a
+    server); once sending has ended (the last due send), requests still out after
+    ``drain_timeout_s`` are ``cancelled`` rows, and session turns that would have been released
+    after that are not due either.
 
     Every input is checked before anything is written; bad values raise :class:`BadInput`.
     """
@@ -120,6 +129,8 @@ def simulate(
     if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
         raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
     check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
+    bound = RunBound.checked(duration_s, drain_timeout_s)
+    seed = check_seed(seed)
 
     from traceforge.replay.rate import apply_rate
 
@@ -137,6 +148,8 @@ def simulate(
             raise BadInput("must be an integer >= 1", key="--servers", value=servers)
         if not (math.isfinite(service_ms) and service_ms >= 0):
             raise BadInput("must be >= 0", key="--service-ms", value=service_ms)
+        check_service_ms(service_ms, dist=service_dist, rows=table.num_rows,
+                         span_s=float(scheduled.max()) / 1e9 if table.num_rows else 0.0)
         if service_dist not in SERVICE_DISTS:
             raise BadInput("unknown service distribution", key="--service-dist",
                            value=service_dist, allowed=", ".join(SERVICE_DISTS))
@@ -179,13 +192,26 @@ def simulate(
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
-    scheduled, result, session_info = _with_sessions(table, scheduled, run_once)
-    out = _timeline_table(table, scheduled, result, warmup_ns=round(warmup_s * 1e9))
+    scheduled, result, session_info = _with_sessions(table, scheduled, run_once, bound)
+    due, cancelled = bound.outcome(scheduled, result.done_ns, session_info.pop("follow"))
+    out = _timeline_table(table, scheduled, result, warmup_ns=round(warmup_s * 1e9),
+                          cancelled=cancelled, cancelled_msg=bound.cancelled_msg)
+    if not due.all():
+        out = out.filter(pa.array(due))
     n = table.num_rows
+    n_due = int(np.count_nonzero(due))
+    n_cancelled = int(np.count_nonzero(cancelled))
     self_check = {"send_lag_us": {"p50": 0.0, "p99": 0.0, "max": 0.0},
                   "achieved_rate_ratio": 1.0, "generator_limited": False, "warning": None}
-    counts = {"ok": n} if n else {}
-    virtual_s = float(result.done_ns.max()) / 1e9 if n else 0.0
+    counts = {k: v for k, v in (("ok", n_due - n_cancelled), ("cancelled", n_cancelled)) if v}
+    served = due & ~cancelled
+    virtual_s = float(result.done_ns[served].max()) / 1e9 if served.any() else 0.0
+    if n_cancelled:
+        virtual_s = max(virtual_s, bound.drain_end_ns / 1e9)
+    # As replay's run.json: rows whose time had not come (no row), and the drain outcome.
+    extra: dict[str, Any] = {"rows_written": n_due, "not_due": n - n_due, "rows_lost": 0}
+    if n_cancelled:
+        extra["drain_expired"] = True
 
     claim = claim_run_dir(run_dir, inputs=out_inputs)  # exclusive: a second simulate exits 2
     manifest = RunManifest(
@@ -195,7 +221,8 @@ def simulate(
         mode=mode,
         device=device,
         options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
-                 "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info},
+                 "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info,
+                 "duration_s": duration_s, "drain_timeout_s": drain_timeout_s},
         trace={"path": str(trace.path) if trace.path else None,
                "sha256": sha256_file(trace.path) if trace.path else None,
                "rows": table.num_rows, "meta": trace.meta},
@@ -207,7 +234,7 @@ def simulate(
         writer.write_table(out)
         writer.close()
         elapsed = time.perf_counter() - t_wall
-        manifest.finish("complete", counts=counts, self_check=self_check,
+        manifest.finish("complete", counts=counts, self_check=self_check, **extra,
                         simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s,
                                     **session_info})
     except BaseException as exc:
@@ -217,14 +244,117 @@ def simulate(
     finally:
         claim.release()
     return SimulationSummary(run_dir=run_dir, status="complete", counts=counts,
-                             self_check=self_check, elapsed_s=elapsed, virtual_s=virtual_s)
+                             self_check=self_check, elapsed_s=elapsed, virtual_s=virtual_s,
+                             extra=extra)
 
 
 # -- building blocks ----------------------------------------------------------------------------
 MAX_SESSION_ROUNDS = 500
 
 
-def _with_sessions(table: pa.Table, scheduled: np.ndarray, run_once):
+@dataclass
+class RunBound:
+    """``--duration`` / ``--drain-timeout`` in virtual time, with the replay's rules.
+
+    The replay's open loop walks the rows that leave on the schedule (every row but session
+    follow-up turns) and stops before the first at or after ``duration``; its drain window
+    starts when the last of them has left, and ends ``drain_timeout`` later. Rows scheduled at
+    or after the cut (``duration``; for released session turns also the drain's end) are not
+    due; due rows not done by the drain's end are cancelled.
+    """
+
+    duration_ns: int | None = None
+    drain_ns: int | None = None
+    drain_end_ns: int | None = None  # set by :meth:`start` once the walk is known
+
+    @classmethod
+    def checked(cls, duration_s: float | None, drain_timeout_s: float | None) -> RunBound:
+        def number(value) -> bool:
+            return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value))
+
+        if duration_s is not None:
+            if not (number(duration_s) and duration_s > 0):
+                raise BadInput("must be a positive number", key="--duration", value=duration_s)
+            check_seconds(duration_s, key="--duration")
+        if drain_timeout_s is not None:
+            if not (number(drain_timeout_s) and drain_timeout_s >= 0):
+                raise BadInput("must be >= 0", key="--drain-timeout", value=drain_timeout_s)
+            check_seconds(drain_timeout_s, key="--drain-timeout")
+        return cls(None if duration_s is None else round(duration_s * 1e9),
+                   None if drain_timeout_s is None else round(drain_timeout_s * 1e9))
+
+    @property
+    def cancelled_msg(self) -> str:
+        return (f"cancelled: still in flight when --drain-timeout "
+                f"({(self.drain_ns or 0) / 1e9:g} s) ended")
+
+    def start(self, walked_ns: np.ndarray) -> None:
+        """The drain's end from the schedule of the rows the open loop walks."""
+        if self.drain_ns is None:
+            return
+        sent = walked_ns if self.duration_ns is None else walked_ns[walked_ns < self.duration_ns]
+        self.drain_end_ns = (int(sent.max()) if sent.size else 0) + self.drain_ns
+
+    def due(self, scheduled: np.ndarray, follow: np.ndarray | None = None) -> np.ndarray:
+        """Rows whose time came: before ``duration``; a released session turn (``follow``)
+        also before the drain's end."""
+        due = np.ones(scheduled.size, bool)
+        if self.duration_ns is not None:
+            due &= scheduled < self.duration_ns
+        if self.drain_end_ns is not None and follow is not None:
+            due &= ~(follow & (scheduled >= self.drain_end_ns))
+        return due
+
+    def outcome(self, scheduled: np.ndarray, done: np.ndarray,
+                follow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(due, cancelled) masks in trace order."""
+        due = self.due(scheduled, follow)
+        if self.drain_end_ns is None:
+            return due, np.zeros(scheduled.size, bool)
+        return due, due & (done > self.drain_end_ns)
+
+
+def _cut(run_once, bound: RunBound, follow: np.ndarray | None = None):
+    """``run_once`` on the due rows only (the rest never reach a server: in a shared or batching
+    model a later arrival would change earlier rows). Rows left out get ``done = scheduled``,
+    so a session turn after them is not due either."""
+    if bound.duration_ns is None and bound.drain_end_ns is None:
+        return run_once
+
+    def run(sched, perm):
+        keep = bound.due(sched, None if follow is None else follow[perm])
+        if keep.all():
+            return run_once(sched, perm)
+        # Due rows form a prefix of the sorted schedule except for released turns after the
+        # drain's end: simulate the kept rows (still sorted), then put every row back.
+        idx = np.flatnonzero(keep)
+        rest = np.flatnonzero(~keep)
+        r = _pad(run_once(sched[idx], perm[idx]), sched[rest])
+        order = np.concatenate([idx, rest])
+        return _unpermute(r, order)
+    return run
+
+
+def _pad(r: SimResult, rest: np.ndarray) -> SimResult:
+    """``r`` extended by rows that were not simulated (done at their schedule, no values)."""
+    m = rest.size
+    fill = {"first_token_ns": np.nan, "tokens_out": -1, "batch_id": 0, "batched_with": 1}
+    out = {}
+    for name in SimResult.__dataclass_fields__:
+        a = getattr(r, name)
+        if a is None:
+            out[name] = None
+        elif isinstance(a, pa.Array):
+            out[name] = pa.concat_arrays([a, pa.nulls(m, a.type)])
+        elif name in ("service_start_ns", "service_end_ns", "done_ns"):
+            out[name] = np.concatenate([a, rest.astype(a.dtype)])
+        else:
+            out[name] = np.concatenate([a, np.full(m, fill.get(name, 0), a.dtype)])
+    return SimResult(**out)
+
+
+def _with_sessions(table: pa.Table, scheduled: np.ndarray, run_once, bound: RunBound):
     """Run the service model; for a trace with sessions, with replay's release rule.
 
     ``run_once(sched, perm)`` simulates rows ``perm`` (sorted by ``sched``). Without sessions
@@ -243,9 +373,12 @@ def _with_sessions(table: pa.Table, scheduled: np.ndarray, run_once):
     sid = table.column("session_id").fill_null(NULL_I64).to_numpy()
     if n == 0 or not (sid != NULL_I64).any():
         perm = np.arange(n)
-        return scheduled, run_once(scheduled, perm), {}
+        bound.start(scheduled)
+        return scheduled, _cut(run_once, bound)(scheduled, perm), {"follow": None}
     _, prev = session_links(sid)
     follow = np.flatnonzero(prev >= 0)
+    bound.start(scheduled[prev < 0])  # first turns and rows without a session: fixed times
+    run_once = _cut(run_once, bound, prev >= 0)
     think = scheduled[follow] - scheduled[prev[follow]]
     sched = scheduled.copy()
     for rounds in range(1, MAX_SESSION_ROUNDS + 1):
@@ -254,7 +387,7 @@ def _with_sessions(table: pa.Table, scheduled: np.ndarray, run_once):
         new = sched.copy()
         new[follow] = r.done_ns[prev[follow]] + think
         if np.array_equal(new, sched):
-            return sched, r, {"session_rounds": rounds}
+            return sched, r, {"session_rounds": rounds, "follow": prev >= 0}
         sched = new
     raise RuntimeError(f"session schedule did not settle in {MAX_SESSION_ROUNDS} rounds")
 
@@ -504,13 +637,20 @@ def _rate_table(profile: Profile, mode: str, pnames: list[str]) -> dict[int, lis
 
 
 def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
-                    warmup_ns: int) -> pa.Table:
+                    warmup_ns: int, cancelled: np.ndarray | None = None,
+                    cancelled_msg: str = "") -> pa.Table:
+    """The timeline of every trace row; ``cancelled`` rows as replay records them: sent, no
+    outcome (service times, done, tokens and worker null), status and error saying why."""
     n = trace.num_rows
     f = TIMELINE_SCHEMA.field
+    if cancelled is None or not cancelled.any():
+        cancelled = None
 
     def opt(values: np.ndarray | None, name: str, null_mask: np.ndarray | None = None):
         if values is None:
             return pa.nulls(n, f(name).type)
+        if cancelled is not None:
+            null_mask = cancelled if null_mask is None else (null_mask | cancelled)
         return pa.array(values, type=f(name).type, mask=null_mask)
 
     first = None
@@ -531,17 +671,23 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "max_new_tokens": trace.column("max_new_tokens"),
         "scheduled_ns": pa.array(scheduled, pa.int64()),
         "sent_ns": pa.array(scheduled, pa.int64()),
-        "service_start_ns": pa.array(r.service_start_ns, pa.int64()),
+        "service_start_ns": opt(r.service_start_ns, "service_start_ns"),
         "first_token_ns": opt(first, "first_token_ns", first_mask),
-        "service_end_ns": pa.array(r.service_end_ns, pa.int64()),
-        "done_ns": pa.array(r.done_ns, pa.int64()),
-        "status": pa.repeat(pa.scalar("ok"), n),
-        "error": pa.nulls(n, pa.string()),
+        "service_end_ns": opt(r.service_end_ns, "service_end_ns"),
+        "done_ns": opt(r.done_ns, "done_ns"),
+        "status": (pa.repeat(pa.scalar("ok"), n) if cancelled is None
+                   else pa.array(np.where(cancelled, "cancelled", "ok"), pa.string())),
+        "error": (pa.nulls(n, pa.string()) if cancelled is None
+                  else pa.array([cancelled_msg if c else None for c in cancelled.tolist()],
+                                pa.string())),
         "gpu_ns": pa.nulls(n, pa.int64()),
         "batch_id": opt(r.batch_id, "batch_id"),
         "batched_with": opt(r.batched_with, "batched_with"),
         "tokens_out": opt(tokens, "tokens_out", tokens_mask),
-        "worker": r.worker if r.worker is not None else pa.nulls(n, pa.string()),
+        "worker": (pa.nulls(n, pa.string()) if r.worker is None
+                   else r.worker if cancelled is None
+                   else pc.if_else(pa.array(cancelled), pa.scalar(None, pa.string()),
+                                   r.worker.cast(pa.string()))),
         "warmup": pa.array(scheduled < warmup_ns, pa.bool_()),
         "itl_ns": pa.nulls(n, f("itl_ns").type),
         "session_id": trace.column("session_id"),

@@ -3,9 +3,11 @@
 **SLO** (``[capacity] slo``): ``{metric = "p99", ms = 50}`` — every model's latency percentile
 (``p50``, ``p90``, ``p95``, ``p99``, ``p999``) at most ``ms``; or ``{attainment = 0.99}`` — in
 every model at least that fraction of requests finished ``ok`` within the model's ``slo_ms``
-(from the mix's spec; ``ms`` gives a default for models without one). Rows flagged ``warmup``
-are left out; rows that are not ``ok`` (error, timeout, dropped...) count as infinitely late, so
-failing requests can never make a load look better. A cell's ``value`` is the worst model's.
+(from the mix's spec; ``ms`` gives a default for models without one). The rows judged are the
+report's (``analyze.report.analysis_rows`` and ``slo_latency_ns``, shared code): rows flagged
+``warmup`` are left out, errors, timeouts and drops count as infinitely late (failing requests
+can never make a load look better), cancelled rows are left out. A cell's ``value`` is the
+worst model's.
 
 **Search** (:class:`LoadSearch`), one per configuration and repeat: probe ``start``; while every
 probe met the SLO multiply the load by ``factor`` (doubling by default; up to ``max_load``),
@@ -46,27 +48,20 @@ def prescreen_factor(tolerance: float) -> float:
 def evaluate_slo(run_dir: Path, slo: dict[str, Any], model_slo_ms: dict[str, float]
                  ) -> dict[str, Any]:
     """``{"met": bool, "value": float | None, "models": {MODEL: value}}`` for one run dir."""
-    import pyarrow.compute as pc
+    from traceforge.analyze.report import analysis_rows, slo_latency_ns
+    from traceforge.analyze.rundata import NS_PER_MS, load_run
 
-    from traceforge.record import read_timeline
-
-    table = read_timeline(run_dir)
-    keep = pc.invert(pc.fill_null(table.column("warmup"), False))
-    table = table.filter(keep)
-    models = pc.dictionary_encode(table.column("model")).combine_chunks()
-    codes = models.indices.to_numpy(zero_copy_only=False)
-    names = models.dictionary.to_pylist()
-    ok = pc.equal(table.column("status"), "ok").to_numpy(zero_copy_only=False)
-    sched = table.column("scheduled_ns").to_numpy().astype(np.float64)
-    done = table.column("done_ns").fill_null(-1).to_numpy()
-    latency_ms = np.where(ok & (done >= 0), (done - sched) / 1e6, np.inf)
+    run = load_run(run_dir)
+    rows, _ = analysis_rows(run, warmup_s=None, include_warmup_rows=False)
     per_model: dict[str, float | None] = {}
-    for code, model in sorted(enumerate(names), key=lambda x: x[1]):
-        lat = latency_ms[codes == code]
+    for code, model in enumerate(run.models):  # sorted names
+        latency_ms = slo_latency_ns(run, rows & (run.model_code == code)) / NS_PER_MS
+        if latency_ms.size == 0:
+            continue
         if "attainment" in slo:
-            per_model[model] = float(np.mean(lat <= model_slo_ms[model]))
+            per_model[model] = float(np.mean(latency_ms <= model_slo_ms[model]))
         else:
-            q = np.quantile(lat, PERCENTILES[slo["metric"]] / 100.0, method="linear")
+            q = np.quantile(latency_ms, PERCENTILES[slo["metric"]] / 100.0, method="linear")
             per_model[model] = float(q) if math.isfinite(q) else None
     if not per_model:
         return {"met": False, "value": None, "models": {}}

@@ -11,8 +11,9 @@ Phases, each a batch of groups for the executor:
    when that repeat was not searched).
 
 ``study.json`` (schema ``traceforge.study/1``) is rewritten atomically (tmp + rename) on every
-cell event. STUDY_DIR is claimed by a create-exclusive ``.lock`` file (pid and host); a lock
-left by a killed study is taken over by ``--resume``. ``--resume`` redoes only cells that are
+cell event. STUDY_DIR is claimed like a run directory (``paths.lock_dir``: a create-exclusive
+``.traceforge.lock`` holding pid and host); a lock left by a killed study is taken over by
+``--resume``. ``--resume`` redoes only cells that are
 not ``complete`` (complete cells' files are not touched), replays recorded probe outcomes so
 capacity searches take the same path, and refuses a changed spec, naming the differing keys.
 """
@@ -21,10 +22,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from traceforge.errors import BadInput
-from traceforge.paths import pid_alive
+from traceforge.paths import lock_dir
 from traceforge.schema import atomic_write
 from traceforge.study.cells import CellTask
 from traceforge.study.executor import (
@@ -53,7 +52,6 @@ from traceforge.study.plan import (
 from traceforge.study.spec import StudySpec
 
 STUDY_SCHEMA_ID = "traceforge.study/1"
-LOCK_NAME = ".lock"
 
 
 def _now() -> str:
@@ -76,28 +74,9 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 # -- the directory lock ---------------------------------------------------------------------------
 @contextmanager
-def claim(study_dir: Path, *, resume: bool) -> Iterator[None]:
-    """Hold STUDY_DIR for this process (create-exclusive ``.lock``)."""
-    lock = study_dir / LOCK_NAME
-    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                owner = json.loads(lock.read_text() or "{}")
-            except (OSError, json.JSONDecodeError):
-                owner = {}
-            pid, host = owner.get("pid"), owner.get("host")
-            if (host == socket.gethostname() and isinstance(pid, int) and pid_alive(pid)) or (
-                    host and host != socket.gethostname()) or not resume:
-                raise BadInput(f"in use by another study (pid {pid} on {host})", key="-o",
-                               value=str(study_dir)) from None
-            lock.unlink(missing_ok=True)  # left by a study that was killed: take it over
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
+def claim(study_dir: Path) -> Iterator[None]:
+    """Hold STUDY_DIR for this process: the run directories' lock (paths.lock_dir)."""
+    lock = lock_dir(study_dir, key="-o", what="study")
     try:
         yield
     finally:
@@ -339,7 +318,7 @@ def run_study(spec: StudySpec, study_dir: Path | str, *, resume: bool = False,
     previous = check_resume(study_dir, spec) if resume else None
     executor = executor or LocalExecutor()
     study_dir.mkdir(parents=True, exist_ok=True)
-    with claim(study_dir, resume=resume), _sigterm_as_interrupt():
+    with claim(study_dir), _sigterm_as_interrupt():
         record = StudyRecord(study_dir, spec, executor=executor.name, previous=previous)
         return _run(spec, study_dir, record, executor, progress)
 

@@ -131,7 +131,8 @@ def prescreen_options(spec: StudySpec, config: dict[str, Any]) -> dict[str, Any]
     """The simulate options that model a configuration: its sharing mode and batching, with
     ``[capacity] profile`` (mode ``exclusive`` when the study does not set one)."""
     options = {**spec.options, **config}
-    out = {k: v for k, v in options.items() if k in ("mode", "max_batch", "max_wait_ms")}
+    out = {k: v for k, v in options.items()
+           if k in ("mode", "max_batch", "max_wait_ms", "duration_s", "drain_timeout_s")}
     out.setdefault("mode", "exclusive")
     out["profile"] = spec.capacity.profile
     return out
@@ -164,6 +165,9 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
     from traceforge.simulate.simulator import SERVICE_DISTS
 
     (opts,) = split_options("simulate", options)
+    from traceforge.simulate.simulator import RunBound
+
+    RunBound.checked(opts.get("duration_s"), opts.get("drain_timeout_s"))
     if opts["profile"] is None:
         if opts["mode"] is not None:
             raise BadInput("mode needs a profile on the simulate backend", key="mode",

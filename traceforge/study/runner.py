@@ -15,7 +15,6 @@ connections belong to it).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import shutil
 import signal
@@ -28,6 +27,7 @@ from typing import Any
 
 from traceforge.backends.options import split_options
 from traceforge.clock import RunClock
+from traceforge.record.manifest import RunManifest
 from traceforge.study.capacity import LoadSearch, evaluate_slo
 from traceforge.study.cells import CellGroup, CellTask, SearchTask, cell_name
 from traceforge.study.executor import CellEvent, Event, SearchDone
@@ -217,15 +217,12 @@ def _main_thread() -> bool:
 
 
 def _fix_trace_path(run_dir: Path) -> None:
-    manifest = run_dir / "run.json"
-    if not manifest.exists():
+    """The cell's trace now lives in its run directory: say so in run.json."""
+    if not (run_dir / "run.json").exists():
         return
-    from traceforge.schema import atomic_write
-
-    data = json.loads(manifest.read_text())
-    data.setdefault("trace", {})["path"] = "trace.parquet"
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    atomic_write(manifest, lambda tmp: tmp.write_text(text + "\n"))
+    manifest = RunManifest.open(run_dir)
+    manifest.data.setdefault("trace", {})["path"] = "trace.parquet"
+    manifest.write()
 
 
 def run_cell(rt: _GroupRuntime, cell: CellTask, scratch: Path, emit: Callable[[Event], None],

@@ -22,6 +22,7 @@ from typing import Any
 from traceforge.backends.options import BACKENDS, coerce_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec, read_toml
+from traceforge.limits import check_seconds, check_service_ms
 from traceforge.study.capacity import PERCENTILES
 from traceforge.study.cells import format_value
 
@@ -176,6 +177,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
     duration_s = requests = None
     if "duration_s" in raw:
         duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
+        check_seconds(duration_s, key="duration_s", source=source)
     if "requests" in raw:
         requests = r.integer(raw["requests"], "requests", low=1, high=None)
     if duration_s is not None and requests is not None:
@@ -281,6 +283,7 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
         if "duration_s" in own:
             spec_dict["duration_s"] = r.number(own["duration_s"], f"{key}.duration_s", low=0,
                                                low_open=True)
+            check_seconds(spec_dict["duration_s"], key=f"{key}.duration_s", source=r.source)
         if "requests" in own:
             if "duration_s" in own:
                 r.fail(f"{key}.requests", own["requests"],
@@ -368,6 +371,34 @@ def _parse_capacity(r: SpecReader, table: object, backend: str, options: dict[st
                         repeats=n_rep, max_probes=max_probes, duration_s=probe_s)
 
 
+def _check_mixes(spec: StudySpec, source: object) -> dict[str, tuple[float, float]]:
+    """Every mix at the highest load of the grid (and the capacity search's start) passes the
+    trace generator's own checks (time range, memory) now, not as failed cells later. Returns
+    per mix (expected rows, seconds) at that load. Loads that are fractions of a capacity not
+    yet known are checked when the cells are made."""
+    from traceforge.generate.build import preflight
+
+    loads = [1.0]
+    if "load" in spec.axes and spec.load_basis != "capacity":
+        loads = list(spec.axes["load"])
+    if spec.capacity is not None:
+        loads.append(spec.capacity.start)
+    top = max(loads)
+    out = {}
+    for mix, workload in spec.mixes.items():
+        try:
+            parsed = parse_spec(scale_workload(workload, top), source=source)
+            rows = preflight(parsed)
+        except BadInput as exc:
+            if top != 1.0:
+                exc.message = f"at load {top:g}: {exc.message}"
+            raise _rekey(exc, source, f"mixes.{mix}") from None
+        span = parsed.duration_s if parsed.duration_s is not None else rows / max(
+            parsed.long_run_rate(), 1e-300)
+        out[mix] = (rows, float(span))
+    return out
+
+
 def _check_combinations(spec: StudySpec, source: object) -> None:
     """Build (without starting) the backend of every configuration, so a bad combination
     (``mode = "mps"`` with ``sm_percent`` on another mode, a missing profile...) fails now."""
@@ -377,11 +408,17 @@ def _check_combinations(spec: StudySpec, source: object) -> None:
         validate_backend_options,
     )
 
+    sizes = _check_mixes(spec, source)
     for mix in spec.mixes:
         for config in configurations(spec):
             opts = {**spec.options, **config}
             try:
                 validate_backend_options(spec.backend, opts, spec.mixes[mix])
+                if spec.backend in ("null", "simulate") and not opts.get("profile"):
+                    rows, span = sizes[mix]
+                    check_service_ms(float(opts.get("service_ms", 10.0)),
+                                     dist=opts.get("service_dist", "exp"), rows=rows,
+                                     span_s=span, key="service_ms")
                 if spec.capacity is not None and spec.capacity.prescreen:
                     try:
                         validate_backend_options("simulate", prescreen_options(spec, config),
@@ -391,7 +428,9 @@ def _check_combinations(spec: StudySpec, source: object) -> None:
             except BadInput as exc:
                 if exc.key == "capacity.prescreen":
                     raise
-                name = (exc.key or "").split()[0].lstrip("-").replace("-", "_")
+                name = (exc.key or "options").split()[0].lstrip("-").replace("-", "_")
+                if name not in opts and f"{name}_s" in opts:  # --duration -> duration_s
+                    name = f"{name}_s"
                 where = (f"axes.{name}" if name in config else
                          f"options.{name}" if name in spec.options else
                          (exc.key or "options"))

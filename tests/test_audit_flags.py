@@ -1,0 +1,101 @@
+"""Audit classes found by trying bad values on every command (issue 10): each is one line
+naming the flag and value, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+from replay_helpers import MS, make_trace
+from trace_cli_helpers import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "t.parquet"
+    make_trace([k * MS for k in range(20)], models=["a", "b"] * 10, path=path)
+    return path
+
+
+@pytest.mark.parametrize("command, flag, value", [
+    # negative seeds reached numpy (a ValueError traceback)
+    ("simulate", "--seed", "-1"),
+    ("replay", "--seed", "-1"),
+    # times beyond int64 ns: an OverflowError from the event loop's timer, or wrapped values
+    ("replay", "--duration", "1e300"),
+    ("replay", "--timeout", "1e300"),
+    ("replay", "--drain-timeout", "1e300"),
+    ("simulate", "--duration", "1e300"),
+    ("simulate", "--drain-timeout", "1e300"),
+    # service times whose sum leaves int64 ns: a numpy cast warning and garbage times
+    ("simulate", "--service-ms", "1e300"),
+    ("simulate", "--service-ms", "1e13"),
+    ("replay", "--service-ms", "1e300"),
+])
+def test_bad_numbers_are_one_line_and_write_nothing(trace, tmp_path, capsys, command, flag,
+                                                    value):
+    out = tmp_path / "run"
+    code, _, err = run_cli([command, trace, "-o", out, flag, value, "--no-progress"]
+                           if command == "replay" else [command, trace, "-o", out, flag, value],
+                           capsys)
+    assert_one_line_error(code, err, flag)
+    assert not out.exists()
+
+
+STUDY = """
+name = "s"
+backend = "{backend}"
+duration_s = {duration}
+[mixes.a.models.m]
+arrival = {{ process = "poisson", rate = {rate} }}
+[axes]
+load = [1.0, {top}]
+[options]
+service_ms = {service}
+{extra}
+"""
+
+
+@pytest.mark.parametrize("values, key", [
+    # each made every cell fail at run time (study "failed", exit 1, study.json written)
+    ({"service": "1e300"}, "options.service_ms"),
+    ({"service": "1e13", "backend": "null"}, "options.service_ms"),
+    ({"duration": "1e300"}, "duration_s"),
+    # the memory guard at the grid's highest load (1000 × 1e6/s × 1e4 s)
+    ({"rate": "1e6", "duration": "1e4", "top": "1000"}, "mixes.a.duration_s"),
+    # simulate's --duration is an option too (a study axis), checked like the flag
+    ({"extra": "duration_s = 0"}, "options.duration_s"),
+])
+def test_study_values_no_cell_could_run_are_refused_up_front(tmp_path, capsys, values, key):
+    fields = {"backend": "simulate", "duration": "1.0", "rate": "50.0", "top": "2.0",
+              "service": "5.0", "extra": "", **values}
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY.format(**fields))
+    out = tmp_path / "out"
+    for extra in ([], ["--dry-run"]):
+        code, _, err = run_cli(["study", spec, "-o", out, *extra], capsys)
+        assert_one_line_error(code, err, f"{key} = ")
+        assert not out.exists()
+
+
+def test_demo_output_inside_a_run_directory_is_refused(tmp_path, capsys, trace):
+    run = tmp_path / "run"
+    code, _, err = run_cli(["simulate", trace, "-o", run], capsys)
+    assert code == 0, err
+    before = sorted(p.name for p in run.rglob("*"))
+    for out in (run, run / "timeline" / "demo"):
+        code, _, err = run_cli(["demo", "-o", out, "--duration", "0.5"], capsys)
+        assert_one_line_error(code, err, "-o", "run or study directory")
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("argv", [
+    ["trace", "gen", "{d}", "-o", "{o}"],
+    ["trace", "import", "csv", "{d}", "-o", "{o}", "--columns", "time=t"],
+    ["study", "{d}", "-o", "{o}"],
+])
+def test_a_directory_given_as_an_input_file_says_so(tmp_path, capsys, argv):
+    d = tmp_path / "adir"
+    d.mkdir()
+    out = tmp_path / "out.parquet"
+    code, _, err = run_cli([a.format(d=d, o=out) for a in argv], capsys)
+    assert_one_line_error(code, err, "is a directory, not a file")
+    assert not out.exists()
