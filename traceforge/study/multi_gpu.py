@@ -9,8 +9,8 @@ rename, done here in the driver before the event is reported.
 
 The workers live for the whole study (every ``run`` call) and the study command starts them
 (:meth:`MultiGpuExecutor.prestart`) before it validates and plans, preloading torch, the CUDA
-context and transformers for resident studies: on the lent 2 x H200 host that start was ~12 s
-per process, paid after the driver's own ~5 s of validation (docs/scale.md).
+context and transformers for resident studies, beside the driver's own validation (torch
+import and CUDA probe); on the lent 2 x H200 host a worker's start was ~12 s (docs/scale.md).
 
 A worker that dies (crash, OOM kill) fails the cells of its current group that had not finished;
 the other workers carry on with the remaining groups. Ctrl-C reaches every worker (one process
