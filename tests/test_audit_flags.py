@@ -99,3 +99,19 @@ def test_a_directory_given_as_an_input_file_says_so(tmp_path, capsys, argv):
     code, _, err = run_cli([a.format(d=d, o=out) for a in argv], capsys)
     assert_one_line_error(code, err, "is a directory, not a file")
     assert not out.exists()
+
+
+def test_run_json_counts_shapes_instead_of_listing_them(tmp_path, capsys):
+    """Found on a 200 kB disk: run.json listed every distinct request shape per model (26 kB of
+    JSON for 12 k rows, 147 kB indented), so the final write of run.json failed first."""
+    import json
+
+    import numpy as np
+
+    trace = tmp_path / "t.parquet"
+    make_trace(np.arange(300) * MS, path=trace)  # seq_len 16: one shape per model
+    code, _, err = run_cli(["replay", trace, "-o", tmp_path / "run", "--no-progress",
+                            "--time-scale", "0.01", "--service-ms", "0.01"], capsys)
+    assert code == 0, err
+    models = json.loads((tmp_path / "run" / "run.json").read_text())["options"]["models"]
+    assert models == [{"name": "m", "zoo": None, "shapes": 1, "seq_buckets": None}]
