@@ -115,3 +115,29 @@ def test_run_json_counts_shapes_instead_of_listing_them(tmp_path, capsys):
     assert code == 0, err
     models = json.loads((tmp_path / "run" / "run.json").read_text())["options"]["models"]
     assert models == [{"name": "m", "zoo": None, "shapes": 1, "seq_buckets": None}]
+
+
+def test_trace_gen_never_writes_over_a_file_the_spec_reads(tmp_path, capsys):
+    data = tmp_path / "lengths.csv"
+    data.write_text("prompt\n10\n20\n30\n")
+    spec = tmp_path / "w.toml"
+    spec.write_text('name = "x"\nduration_s = 2\n[models.a]\n'
+                    'arrival = { process = "poisson", rate = 10 }\n'
+                    'seq_len = { dist = "empirical", path = "lengths.csv", column = "prompt" }\n')
+    code, _, err = run_cli(["trace", "gen", spec, "-o", data], capsys)
+    assert_one_line_error(code, err, "-o", "a file the workload spec reads")
+    assert data.read_text() == "prompt\n10\n20\n30\n"
+    code, _, err = run_cli(["trace", "gen", spec, "-o", tmp_path / "t.parquet"], capsys)
+    assert code == 0, err
+
+
+def test_profile_keep_runs_must_be_new_or_empty(tmp_path, capsys, trace):
+    run = tmp_path / "run"
+    code, _, err = run_cli(["simulate", trace, "-o", run], capsys)
+    assert code == 0, err
+    before = sorted(str(p) for p in run.rglob("*"))
+    code, _, err = run_cli(["profile", "--models", "tiny-bert", "--device", "cpu", "-o",
+                            tmp_path / "p.json", "--keep-runs", run], capsys)
+    assert_one_line_error(code, err, "--keep-runs", "already holds a run")
+    assert sorted(str(p) for p in run.rglob("*")) == before
+    assert not (tmp_path / "p.json").exists()
