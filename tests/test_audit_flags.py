@@ -141,3 +141,26 @@ def test_profile_keep_runs_must_be_new_or_empty(tmp_path, capsys, trace):
     assert_one_line_error(code, err, "--keep-runs", "already holds a run")
     assert sorted(str(p) for p in run.rglob("*")) == before
     assert not (tmp_path / "p.json").exists()
+
+
+def test_workers_beyond_rows_or_cpus_are_refused_before_any_process_starts(tmp_path, capsys,
+                                                                        trace):
+    """1000 local workers for a 20-row trace spawned 1000 interpreters (load average 140)."""
+    import os
+
+    small = tmp_path / "three.parquet"
+    make_trace([0, MS, 2 * MS], path=small)
+    for path, workers, why in ((small, "4", "more workers than the trace has rows"),
+                               (trace, str(4 * len(os.sched_getaffinity(0)) + 1), "per CPU"),
+                               (trace, "1000", "per CPU")):
+        code, _, err = run_cli(["replay", path, "-o", tmp_path / "run", "--workers", workers,
+                                "--no-progress"], capsys)
+        assert_one_line_error(code, err, "--workers", workers, why)
+        assert not (tmp_path / "run").exists()
+
+
+def test_slo_given_twice_for_a_model_is_refused(tmp_path, capsys, trace):
+    code, _, err = run_cli(["simulate", trace, "-o", tmp_path / "run"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["report", tmp_path / "run", "--slo", "a=5,a=6"], capsys)
+    assert_one_line_error(code, err, "model given twice")
