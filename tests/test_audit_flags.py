@@ -29,13 +29,16 @@ def trace(tmp_path_factory):
     ("simulate", "--service-ms", "1e300"),
     ("simulate", "--service-ms", "1e13"),
     ("replay", "--service-ms", "1e300"),
+    # a profile-model flag on the null model was ignored silently
+    ("simulate", "--cold-start", None),
+    ("simulate", "--warm-start", None),
 ])
 def test_bad_numbers_are_one_line_and_write_nothing(trace, tmp_path, capsys, command, flag,
                                                     value):
     out = tmp_path / "run"
-    code, _, err = run_cli([command, trace, "-o", out, flag, value, "--no-progress"]
-                           if command == "replay" else [command, trace, "-o", out, flag, value],
-                           capsys)
+    args = [flag] if value is None else [flag, value]
+    code, _, err = run_cli([command, trace, "-o", out, *args]
+                           + (["--no-progress"] if command == "replay" else []), capsys)
     assert_one_line_error(code, err, flag)
     assert not out.exists()
 
@@ -63,6 +66,8 @@ service_ms = {service}
     ({"rate": "1e6", "duration": "1e4", "top": "1000"}, "mixes.a.duration_s"),
     # simulate's --duration is an option too (a study axis), checked like the flag
     ({"extra": "duration_s = 0"}, "options.duration_s"),
+    # cold_start without a profile: every cell failed in simulate()
+    ({"extra": "cold_start = true"}, "options.cold_start"),
 ])
 def test_study_values_no_cell_could_run_are_refused_up_front(tmp_path, capsys, values, key):
     fields = {"backend": "simulate", "duration": "1.0", "rate": "50.0", "top": "2.0",

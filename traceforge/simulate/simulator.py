@@ -141,6 +141,9 @@ def simulate(
     if profile is None:
         if mode is not None:
             raise BadInput("--mode needs --profile", key="--mode", value=mode)
+        if cold_start is not None:  # the null model has no warm-up cost to model
+            raise BadInput("--cold-start/--warm-start need --profile",
+                           key="--cold-start" if cold_start else "--warm-start", value=True)
         if max_batch != 1 or max_wait_ms:
             raise BadInput("dynamic batching needs --profile (the null model serves one "
                            "request at a time)", key="--max-batch", value=max_batch)
