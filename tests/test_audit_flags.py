@@ -169,3 +169,20 @@ def test_slo_given_twice_for_a_model_is_refused(tmp_path, capsys, trace):
     assert code == 0, err
     code, _, err = run_cli(["report", tmp_path / "run", "--slo", "a=5,a=6"], capsys)
     assert_one_line_error(code, err, "model given twice")
+
+
+def test_a_failed_study_says_why_on_its_one_line(tmp_path, capsys, monkeypatch):
+    """Found on a full disk: "study failed: failed 2 -> DIR" and nothing about the cause."""
+    from traceforge.study import runner
+
+    def no_space(cell, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "build_trace", no_space)
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY.format(backend="simulate", duration="1.0", rate="5.0", top="2.0",
+                                 service="1.0", extra=""))
+    code, _, err = run_cli(["study", spec, "-o", tmp_path / "out", "--no-progress"], capsys)
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("study failed: failed 2 (first: ") and "No space left" in line
