@@ -186,3 +186,20 @@ def test_a_failed_study_says_why_on_its_one_line(tmp_path, capsys, monkeypatch):
     assert code == 1
     line = err.strip().splitlines()[-1]
     assert line.startswith("study failed: failed 2 (first: ") and "No space left" in line
+
+
+@pytest.mark.parametrize("where", ["input", "output", "loop-in", "loop-out"])
+def test_impossible_paths_are_bad_input_not_a_failure(tmp_path, capsys, trace, where):
+    """A name longer than the file system allows (Path.exists raises on it) or a symlink loop:
+    exit 2 and one line (was exit 1 "failed", or a RuntimeError traceback from resolve())."""
+    long = "y" * 300
+    loop = tmp_path / "loop.parquet"
+    loop.symlink_to(loop)
+    source, out = {"input": (tmp_path / f"{long}.parquet", tmp_path / "run"),
+                   "output": (trace, tmp_path / long),
+                   "loop-in": (loop, tmp_path / "run"),
+                   "loop-out": (trace, loop)}[where]
+    code, _, err = run_cli(["simulate", source, "-o", out], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("traceforge: error: ")
+    assert not (tmp_path / "run").exists()
