@@ -203,3 +203,34 @@ def test_impossible_paths_are_bad_input_not_a_failure(tmp_path, capsys, trace, w
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and err.startswith("traceforge: error: ")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_server_count_costs_nothing_and_changes_nothing(tmp_path, capsys, trace):
+    """--servers 10**9 allocated a billion heap entries / labels (killed by the OOM killer);
+    servers are now opened on first use, and the timeline equals that of exactly as many
+    servers as rows (row i takes server i either way)."""
+    import json
+
+    from traceforge.record import read_timeline
+
+    for name, servers in (("huge", "1000000000"), ("rows", "20")):
+        code, _, err = run_cli(["simulate", trace, "-o", tmp_path / name, "--servers", servers],
+                               capsys)
+        assert code == 0, err
+    huge, rows = (read_timeline(tmp_path / n).to_pydict() for n in ("huge", "rows"))
+    assert huge == rows
+    code, _, err = run_cli(["replay", trace, "-o", tmp_path / "replay", "--servers",
+                            "1000000000", "--no-progress", "--time-scale", "0.01"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "replay" / "run.json").read_text())["counts"] == {"ok": 20}
+
+
+@pytest.mark.parametrize("flag, value", [("--repeats", "1000000000000"),
+                                         ("--warmup", "1000000000"),
+                                         ("--corun-repeats", "100000"),
+                                         ("--corun-seconds", "1e12")])
+def test_profile_counts_that_would_run_for_days_are_refused(tmp_path, capsys, flag, value):
+    code, _, err = run_cli(["profile", "--models", "tiny-bert", "--device", "cpu", "-o",
+                            tmp_path / "p.json", flag, value], capsys)
+    assert_one_line_error(code, err, flag)
+    assert not (tmp_path / "p.json").exists()
