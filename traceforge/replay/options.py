@@ -42,6 +42,9 @@ class ReplayOptions:
     # The timeline flusher thread runs under SCHED_IDLE during the run (Linux): any runnable
     # dispatcher preempts it at once; it writes in the idle time between.
     flusher_idle: bool = False
+    # CPUs this replay process is pinned to for the run (None: as it is). run_sharded sets it
+    # per local worker (one core each, where there are as many cores as workers).
+    cpu_affinity: set[int] | None = None
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False
