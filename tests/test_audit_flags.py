@@ -234,3 +234,16 @@ def test_profile_counts_that_would_run_for_days_are_refused(tmp_path, capsys, fl
                             tmp_path / "p.json", flag, value], capsys)
     assert_one_line_error(code, err, flag)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_duration_too_long_for_memory_names_the_flag_and_writes_nothing(tmp_path, capsys):
+    """demo --duration 1e9 made its output folder before the memory guard refused; and the
+    refusal named the spec's duration_s (with the shipped spec's path), not --duration."""
+    from traceforge.generate import DEMO_SPEC
+
+    for argv, out in ((["demo", "-o", tmp_path / "d"], tmp_path / "d"),
+                      (["trace", "gen", DEMO_SPEC, "-o", tmp_path / "t.parquet"],
+                       tmp_path / "t.parquet")):
+        code, _, err = run_cli([*argv, "--duration", "1e9"], capsys)
+        assert_one_line_error(code, err, "--duration = 1000000000.0: ", "of memory")
+        assert not out.exists()
