@@ -247,3 +247,23 @@ def test_a_duration_too_long_for_memory_names_the_flag_and_writes_nothing(tmp_pa
         code, _, err = run_cli([*argv, "--duration", "1e9"], capsys)
         assert_one_line_error(code, err, "--duration = 1000000000.0: ", "of memory")
         assert not out.exists()
+
+
+def test_a_schedule_too_short_to_judge_a_rate_does_not_blame_the_generator():
+    """Two rows 1 ns apart, sent 0.3 ms apart: "achieved 0.0 % of the target rate" was a
+    generator-limited WARNING; over so short a schedule only send lag can say."""
+    import numpy as np
+
+    from traceforge.replay.selfcheck import self_check
+
+    def check(sched, sent):
+        sched, sent = np.asarray(sched, np.int64), np.asarray(sent, np.int64)
+        return self_check(scheduled_ns=sched, sent_ns=sent, ready_ns=sched,
+                          sent_mask=np.ones(len(sched), bool), slot_waits=0,
+                          closed_loop=False, pacer="spin", event_loop="precise")
+
+    short = check([0, 1], [100_000, 400_000])
+    assert short["achieved_rate_ratio"] < 0.01 and not short["generator_limited"]
+    # a long schedule sent at half speed is still flagged
+    slow = check(np.arange(100) * 10 * MS, np.arange(100) * 20 * MS)
+    assert slow["generator_limited"] and "of the target rate" in slow["warning"]
