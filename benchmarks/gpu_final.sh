@@ -17,7 +17,7 @@
 # report.json), multi-gpu.tar.gz, stability.tar.gz, env.txt. The summary table is printed last.
 #
 # Environment: OUT (default out/gpu-final), PYTHON (default python3), BUDGET_S (540), STEP1_S
-# (320), STEP2_S (175), STEP3_S (100), STEP3_MIN_S (110), GPUS (default 0,1 with two GPUs, else
+# (320), STEP2_S (230: studies/multi-gpu-short.toml took 215 s on 2026-11-30), STEP3_S (100), STEP3_MIN_S (110), GPUS (default 0,1 with two GPUs, else
 # 0), SEED_SPEC, MULTI_SPEC, GPU_FINAL_CPU=1 (a CPU-sized variant that tests this script's
 # plumbing in ~3 minutes: tiny models on the CPU, benchmarks/gpu_final_cpu/*.toml).
 set -uo pipefail
@@ -169,7 +169,7 @@ PYEOF
   # ---- step 2: one GPU vs two GPUs (issue 11)
   local multi="$WORK/multi-gpu"
   mkdir -p "$multi/out"
-  run_step multi "$(limit_of "${STEP2_S:-175}" 35)" 20 \
+  run_step multi "$(limit_of "${STEP2_S:-230}" 35)" 20 \
     env SPEC="$MULTI_SPEC" OUT="$multi/out" MULTI_WORK="$multi/studies" NGPU="$NGPU" PYTHON="$PY" \
     bash benchmarks/gpu_multi.sh
   tar -C "$WORK" -czf "$OUT/multi-gpu.tar.gz" multi-gpu 2>/dev/null

@@ -103,6 +103,63 @@ def _ms_per_token(model, seq: int, reps: int = 3) -> dict:
             "ms_per_token": (t[65] - t[1]) / 64}
 
 
+# Decode variants beyond graphs/eager: ``compiled`` with these TorchInductor options.
+# freezing: parameters become constants, which lets Inductor's freezing patterns concatenate
+# the q/k/v projections (3 matmuls -> 1) and gate/up (2 -> 1) of each layer; coordinate
+# descent tuning: gpt-fast's setting, tunes the block sizes of the fused (norm/rotary/...)
+# kernels.
+# Keys starting with "_" are not Inductor's: _fuse fuses q/k/v and gate/up projections first
+# (zoo/serving.py fuse_projections; permanent for the model object, so fused variants go
+# last); _cudnn_sdp False disables cuDNN attention (SDPA then picks memory-efficient attention
+# for the masked decode step). On 2026-11-30 freezing did not concatenate the projections
+# (still 7 GEMVs a layer) and did not change ms/token (5.345 vs 5.33).
+INDUCTOR_VARIANTS = {
+    "compiled": {},
+    "compiled-freeze": {"freezing": True},
+    "compiled-cdt": {"coordinate_descent_tuning": True},
+    "compiled-freeze-cdt": {"freezing": True, "coordinate_descent_tuning": True},
+    "compiled-fused": {"_fuse": True},
+    "compiled-fused-nocudnn": {"_fuse": True, "_cudnn_sdp": False},
+    "compiled-fused-autotune": {"_fuse": True, "max_autotune": True,
+                                "max_autotune_gemm_backends": "ATEN,TRITON"},
+}
+
+
+def _profile_step(model, seq: int, new: int, steps: int = 8) -> dict:
+    """Per-kernel GPU time of the decode step, run uncaptured (the same kernels as the graph;
+    launch gaps aside): the top kernels and the kernel count per step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    bucket = model.bucket(1, seq, new)
+    runner = model._runners[bucket]
+    with torch.inference_mode():
+        runner.prefill()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                runner._step_fn()
+            torch.cuda.synchronize()
+    rows = []
+    total = 0.0
+    count = 0
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if t <= 0:
+            continue
+        total += t
+        count += e.count
+        rows.append((t / steps, e.count / steps, e.key[:90]))
+    rows.sort(reverse=True)
+    res = {"gpu_us_per_step": total / steps, "kernels_per_step": count / steps,
+           "top": [{"us_per_step": round(a, 2), "calls_per_step": b, "kernel": k}
+                   for a, b, k in rows[:25]]}
+    log(f"profile: {res['gpu_us_per_step']:.0f} us GPU/step in {res['kernels_per_step']:.0f} "
+        f"kernels; top: " + "; ".join(f"{r['kernel'][:40]} {r['us_per_step']:.0f}"
+                                      for r in res["top"][:6]))
+    return res
+
+
 def cmd_decode(out: Path, bandwidth: float | None) -> dict:
     import torch
 
@@ -119,14 +176,17 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
         a = m.greedy_ids(ids, 24)
         b = m.static_greedy_ids(ids, 24, bucket_seq=64, graphs=DEVICE == "cuda")
         eq[name] = bool((a == b).all().item())
+        if name == "tiny-llama" and DEVICE == "cuda":  # compiled: projections fused, Inductor
+            m.fuse_projections = True
+            c = m.static_greedy_ids(ids, 24, bucket_seq=64, graphs=True, inductor=True)
+            eq[f"{name} compiled-fused"] = bool((a == c).all().item())
         del m
         torch.cuda.empty_cache() if DEVICE == "cuda" else None
     res["tokens_equal_graphs_vs_eager"] = eq
     log(f"greedy tokens graphs == eager: {eq}")
     wanted = os.environ.get("DECODE_VARIANTS", "graphs,compiled,eager").split(",")
-    for name, variants in (("distilgpt2", ("graphs", "compiled", "eager")),
-                           ("mistral-7b", ("graphs", "compiled", "eager"))):
-        variants = [v for v in variants if v in wanted]
+    for name in ("distilgpt2", "mistral-7b"):
+        variants = [v for v in wanted if v in ("graphs", "eager") or v in INDUCTOR_VARIANTS]
         if name not in os.environ.get("DECODE_MODELS", "distilgpt2,mistral-7b").split(","):
             continue
         m = build_model(zoo(name), DEVICE, seed=0)
@@ -134,7 +194,12 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
         for v in variants:
             if v != "eager" and DRY:
                 continue
-            m.configure(compile=v)
+            opts = INDUCTOR_VARIANTS.get(v, {})
+            m.inductor_options = {k: x for k, x in opts.items() if not k.startswith("_")}
+            m.fuse_projections = bool(opts.get("_fuse"))
+            if not DRY:
+                torch.backends.cuda.enable_cudnn_sdp(opts.get("_cudnn_sdp", True))
+            m.configure(compile="compiled" if v in INDUCTOR_VARIANTS else v)
             t = time.perf_counter()
             try:
                 r[v] = _ms_per_token(m, 128, reps=1 if v == "eager" else 3)
@@ -143,10 +208,24 @@ def cmd_decode(out: Path, bandwidth: float | None) -> dict:
                 log(f"{name} {v}: FAILED {r[v]['error']}")
                 continue
             r[v]["wall_s_incl_capture"] = time.perf_counter() - t
-            log(f"{name} {v}: {r[v]['ms_per_token']:.3f} ms/token")
+            r[v]["inductor_options"] = m.inductor_options
+            log(f"{name} {v}: {r[v]['ms_per_token']:.3f} ms/token "
+                f"({r[v]['wall_s_incl_capture']:.0f} s incl. compile/capture)")
+            prof = os.environ.get("DECODE_PROFILE", "")
+            if (prof == "1" or v in prof.split(",")) and v != "eager" and not DRY:
+                try:
+                    r[v]["step_kernels"] = _profile_step(m, 128, 65)
+                except Exception as exc:
+                    r[v]["step_kernels"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            # partial results survive a step killed by its time limit
+            if bandwidth:
+                r["floor_ms_per_token"] = r["weight_bytes"] / bandwidth * 1e3
+                r[f"ratio_to_floor_{v}"] = r[v]["ms_per_token"] / r["floor_ms_per_token"]
+            res[name] = r
+            (out / "decode.json").write_text(json.dumps(res, indent=1, default=str))
         if bandwidth:
             r["floor_ms_per_token"] = r["weight_bytes"] / bandwidth * 1e3
-            for v in ("graphs", "compiled"):
+            for v in [k for k in r if isinstance(r[k], dict) and k != "eager"]:
                 if "ms_per_token" in r.get(v, {}):
                     r[f"ratio_to_floor_{v}"] = r[v]["ms_per_token"] / r["floor_ms_per_token"]
                     log(f"{name}: floor {r['floor_ms_per_token']:.3f} ms, {v} / floor "
@@ -200,19 +279,29 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
     bare()
     await replay(backend, clock, closed_trace(name, n // 2, shape), out / "runs" / "warm",
                  concurrency=2)
-    rates: dict = {"bare": [], "c1": [], "c2": []}
-    over: list = []
+    variants = {"c1": 1, "c2": 2}
+    rates: dict = {"bare": [], **{k: [] for k in variants}}
+    over: dict = {"c1": []}
+    hops: dict = {"c1": {"in": [], "window_minus_gpu": [], "out": []}}
     util: list = []
     for p in range(passes):
         rates["bare"].append(bare())
-        for c in (1, 2):
-            run_dir = out / "runs" / f"pass{p}-c{c}"
+        for key, c in variants.items():
+            run_dir = out / "runs" / f"pass{p}-{key}"
             await replay(backend, clock, closed_trace(name, n, shape), run_dir, concurrency=c)
             ok = ok_rows(run_dir)
             span = (ok.done_ns.max() - ok.sent_ns.min()) / 1e9
-            rates[f"c{c}"].append(ok.n / span)
+            rates[key].append(ok.n / span)
             if c == 1:
-                over += list((ok.done_ns - ok.sent_ns - ok.gpu_ns) / 1e3)
+                over[key] += list((ok.done_ns - ok.sent_ns - ok.gpu_ns) / 1e3)
+                # where it goes: sent -> executor took it (service_start: the launch), the
+                # service window beyond the GPU's own time (launch before the GPU starts, the
+                # wake-up after it ends), executor's end -> the harness's done stamp
+                h = hops[key]
+                h["in"] += list((ok.service_start_ns - ok.sent_ns) / 1e3)
+                h["window_minus_gpu"] += list(
+                    (ok.service_end_ns - ok.service_start_ns - ok.gpu_ns) / 1e3)
+                h["out"] += list((ok.done_ns - ok.service_end_ns) / 1e3)
             tel = run_dir / "telemetry.parquet"
             if c == 2 and tel.exists():
                 import pyarrow.parquet as pq
@@ -221,8 +310,8 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
                 u = u[~np.isnan(u.astype(float))]
                 if u.size > 4:  # drop the first/last samples (ramp)
                     util.append(float(np.mean(u[2:-2])))
-        log(f"pass {p}: bare {rates['bare'][-1]:.1f} rps, c1 {rates['c1'][-1]:.1f}, "
-            f"c2 {rates['c2'][-1]:.1f}")
+        log(f"pass {p}: bare {rates['bare'][-1]:.1f} rps, "
+            + ", ".join(f"{k} {rates[k][-1]:.1f}" for k in variants))
     # Utilisation of the saturated closed loop: one long run (NVML averages over up to 1 s).
     n_long = int(statistics.median(rates["c2"]) * 6)
     run_dir = out / "runs" / "util-c2"
@@ -230,11 +319,14 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
     res["util_run"] = {"requests": n_long, **_util(run_dir)}
     await backend.stop()
     res["rps"] = {k: spread(v) for k, v in rates.items()}
-    res["ratio_c1"] = spread([h / b for h, b in zip(rates["c1"], rates["bare"], strict=True)])
-    res["ratio_c2"] = spread([h / b for h, b in zip(rates["c2"], rates["bare"], strict=True)])
-    res["ratio_of_medians"] = {c: res["rps"][c]["median"] / res["rps"]["bare"]["median"]
-                               for c in ("c1", "c2")}
-    res["done_sent_minus_gpu_us_c1"] = {"p50": pct(over, 50), "p99": pct(over, 99)}
+    for k in variants:
+        res[f"ratio_{k}"] = spread([h / b for h, b in zip(rates[k], rates["bare"], strict=True)])
+    res["ratio_of_medians"] = {k: res["rps"][k]["median"] / res["rps"]["bare"]["median"]
+                               for k in variants}
+    res["done_sent_minus_gpu_us_c1"] = {"p50": pct(over["c1"], 50), "p99": pct(over["c1"], 99)}
+    res["hops_us_c1"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99)}
+                         for k, v in hops["c1"].items()}
+
     res["nvml_util_c2_pct"] = spread(util) if util else None
     res["prewarm"] = backend.describe().get("prewarm")
     return res
@@ -284,8 +376,11 @@ def cmd_util(out: Path, seconds: float) -> dict:
 def cmd_overhead(out: Path, n: int, passes: int) -> dict:
     res = asyncio.run(_overhead(out, n, passes))
     log(f"harness / bare (median of {passes} alternating passes): c1 "
-        f"{res['ratio_of_medians']['c1']:.3f}, c2 {res['ratio_of_medians']['c2']:.3f}; "
-        f"done-sent-gpu p50 {res['done_sent_minus_gpu_us_c1']['p50']:.0f} us; util "
+        f"{res['ratio_of_medians']['c1']:.3f}, c2 {res['ratio_of_medians']['c2']:.3f} "
+        "; "
+        f"done-sent-gpu p50 {res['done_sent_minus_gpu_us_c1']['p50']:.0f} us (hops p50 "
+        + ", ".join(f"{k} {v['p50']:.0f}" for k, v in res["hops_us_c1"].items())
+        + f" us); util "
         f"{(res['nvml_util_c2_pct'] or {}).get('median')} (short passes); long c2 run "
         f"{res['util_run']['mean_util_gpu_pct']}")
     return res

@@ -103,12 +103,18 @@ def test_resident_set_that_does_not_fit_is_refused_before_loading(monkeypatch):
     assert backend._info["memory_check"]["processes"] == 1
 
 
-def test_mps_clients_do_not_inherit_a_gpu_pin():
+def test_mps_clients_number_the_pinned_gpus_from_zero():
     """A study on GPU 1 pins the process (CUDA_VISIBLE_DEVICES=1); the MPS daemon inherits the
-    pin and numbers its one GPU 0, so a client still carrying the pin sees no GPU (the failure
-    seen on an H200 pair). Clients get the daemon's pipe, their SM share, and no pin."""
+    pin and numbers its one GPU 0, so a client still carrying the pin sees no GPU, and a client
+    without any pin counts every GPU through NVML (torch 2.11) and fails its CUDA start (both
+    seen on an H200 pair). Clients get the daemon's pipe, their SM share, and the daemon's GPUs
+    by client-side number."""
     daemon = mps.MpsDaemon.__new__(mps.MpsDaemon)
     daemon.env = {"CUDA_MPS_PIPE_DIRECTORY": "/p", "CUDA_MPS_LOG_DIRECTORY": "/l"}
     env = daemon.apply_client_env({"CUDA_VISIBLE_DEVICES": "1", "PATH": "/bin"}, 30)
-    assert env == {"PATH": "/bin", "CUDA_MPS_PIPE_DIRECTORY": "/p",
+    assert env == {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "0", "CUDA_MPS_PIPE_DIRECTORY": "/p",
                    "CUDA_MPS_LOG_DIRECTORY": "/l", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "30"}
+    two = daemon.apply_client_env({"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert two["CUDA_VISIBLE_DEVICES"] == "0,1"
+    unpinned = daemon.apply_client_env({"PATH": "/bin"})
+    assert "CUDA_VISIBLE_DEVICES" not in unpinned  # the daemon serves every GPU: nothing to add

@@ -200,6 +200,27 @@ def test_spec_seq_buckets_validated(tmp_path):
         load_spec(p)
 
 
+def test_fused_projections_decode_equals_eager():
+    # `compiled` fuses q/k/v and gate/up into one matmul each; the parts slice the shared
+    # output. Same tokens as the unfused model, eager and static-cache paths; idempotent.
+    from traceforge.zoo import build_model
+    from traceforge.zoo.serving import fuse_projections
+
+    m = build_model("tiny-llama", "cpu", seed=3)
+    ids = torch.randint(0, m.vocab_size, (2, 13), generator=torch.Generator().manual_seed(4))
+    before = m.greedy_ids(ids, 12)
+    layers = len(m.model.model.layers)
+    assert fuse_projections(m.model) == 2 * layers
+    assert fuse_projections(m.model) == 0
+    attn = m.model.model.layers[0].self_attn
+    assert type(attn.q_proj).__name__ == "Part"
+    assert attn.q_proj.shared is attn.v_proj.shared  # one weight for the three
+    assert torch.equal(m.greedy_ids(ids, 12), before)
+    assert torch.equal(m.static_greedy_ids(ids, 12, bucket_seq=32), before)
+    gpt = build_model("tiny-gpt2", "cpu", seed=3)
+    assert fuse_projections(gpt.model) == 0  # not a Llama-family layout: left alone
+
+
 # -- GPU: CUDA graphs ----------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
@@ -210,6 +231,10 @@ def test_graph_decode_equals_eager_on_gpu(name):
     ids = torch.randint(0, m.vocab_size, (2, 13), device="cuda")
     eager = m.greedy_ids(ids, 20)
     assert torch.equal(m.static_greedy_ids(ids, 20, bucket_seq=32, graphs=True), eager)
+    if name == "tiny-llama":  # `compiled`: fused projections, Inductor, captured
+        m.fuse_projections = True
+        assert torch.equal(m.static_greedy_ids(ids, 20, bucket_seq=32, graphs=True,
+                                               inductor=True), eager)
 
 
 @pytest.mark.gpu

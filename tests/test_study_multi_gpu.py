@@ -35,3 +35,49 @@ def test_two_gpu_pool_gives_the_sequential_results(tmp_path):
 def test_gpus_with_address_is_bad_input():
     with pytest.raises(BadInput, match="--address"):
         make_executor("local", gpus=[0], address="auto")
+
+
+CAPACITY_STUDY = """
+name = "cap"
+backend = "simulate"
+seed = 5
+duration_s = 2.0
+[mixes.a.models.m]
+arrival = { process = "poisson", rate = 40.0 }
+[axes]
+load = { capacity = [0.5] }
+servers = [1, 2]
+[options]
+service_ms = 8.0
+[capacity]
+slo = { metric = "p99", ms = 100.0 }
+max_probes = 2
+"""
+
+
+def test_one_pool_of_workers_serves_every_phase_of_a_study(tmp_path):
+    # capacity searches, then the grid at a fraction of each capacity: two executor.run calls,
+    # served by the same (prestarted) worker processes, which close() ends
+    spec = load_study(write_study(tmp_path, CAPACITY_STUDY))
+    gpus = make_executor("local", gpus=[0, 1])
+    gpus.prestart(preload=False)
+    pids = {p.pid for p in gpus._procs}
+    result = run_study(spec, tmp_path / "cap", executor=gpus)
+    assert result["status"] == "complete"
+    assert [c["kind"] for c in result["cells"]].count("grid") == 2
+    used = {int(c["where"].split("pid ")[1].rstrip(")")) for c in result["cells"]}
+    assert used <= pids
+    assert gpus._procs == []  # run_study closed the executor: the workers are gone
+
+
+def test_cli_bad_spec_with_gpus_exits_2_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    bad = write_study(tmp_path, CAPACITY_STUDY.replace("rate = 40.0", "rate = -1.0"))
+    res = subprocess.run([sys.executable, "-m", "traceforge", "study", str(bad), "-o",
+                          str(tmp_path / "out"), "--gpus", "0,1", "--no-progress"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "rate" in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -98,3 +98,18 @@ def test_zoo_list_json():
     assert rows["mistral-7b"]["params"] > 7e9
     assert rows["mistral-7b"]["weight_bytes"] == rows["mistral-7b"]["params"] * 2
     assert rows["tiny-vit"]["kind"] == "vision"
+
+
+def test_build_never_seeds_every_cuda_device(monkeypatch):
+    # torch.manual_seed seeds every device torch counts (with NVML, which ignores an MPS
+    # server's pinning): a client of a server pinned to GPU 1 then failed CUDA's start.
+    import torch
+
+    def refuse(seed):
+        raise AssertionError("build_model must not seed every CUDA device")
+
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
+    a = build_model("tiny-bert", "cpu", seed=3)
+    b = build_model("tiny-bert", "cpu", seed=3)
+    pa, pb = next(a.model.parameters()), next(b.model.parameters())
+    assert torch.equal(pa, pb)

@@ -27,6 +27,19 @@ def parse_gpus(text: str | None) -> list[int] | None:
     return gpus
 
 
+def _peek_backend(spec_path: Path) -> str | None:
+    """The spec's ``backend`` key, read without validation (None if unreadable): only to
+    decide whether GPU workers preload torch before load_study validates the spec."""
+    import tomllib
+
+    try:
+        with open(spec_path, "rb") as f:
+            value = tomllib.load(f).get("backend")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("study")
     def study(
@@ -54,13 +67,24 @@ def register(app: typer.Typer) -> None:
         from traceforge.study.spec import load_study
 
         check_output(out, inputs=[("the study spec", spec_path)], kind="dir")
-        spec = load_study(spec_path, backend=backend)
+        impl = None
+        if not dry_run and executor == "local" and gpus:
+            # GPU workers start now and preload torch/CUDA while the spec is validated below
+            impl = make_executor(executor, gpus=parse_gpus(gpus), address=address)
+            impl.prestart(preload=(backend or _peek_backend(spec_path)) == "resident")
+        try:
+            spec = load_study(spec_path, backend=backend)
+        except BaseException:
+            if impl is not None:
+                impl.close()
+            raise
         if dry_run:
             from traceforge.study.plan import describe_plan
 
             typer.echo(describe_plan(spec))
             return
-        impl = make_executor(executor, gpus=parse_gpus(gpus), address=address)
+        if impl is None:
+            impl = make_executor(executor, gpus=parse_gpus(gpus), address=address)
         try:
             result = run_study(spec, out, resume=resume, executor=impl,
                                progress=sys.stderr.isatty() if progress is None else progress)

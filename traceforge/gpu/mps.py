@@ -125,12 +125,18 @@ class MpsDaemon:
 
     def apply_client_env(self, base: dict[str, str],
                          sm_percent: int | None = None) -> dict[str, str]:
-        """``base`` made into an MPS client's environment. CUDA_VISIBLE_DEVICES is removed: the
-        daemon inherited it (it serves only those GPUs) and a client sees the daemon's devices
-        numbered from 0, so a client that also sets it (e.g. ``1`` on a process pinned to GPU 1
-        by ``study --gpus 0,1``) finds no GPU at all — NVIDIA's MPS guide: "CUDA_VISIBLE_DEVICES
-        should not be set in the client's environment". Seen on an H200 pair, 2026-11-30."""
+        """``base`` made into an MPS client's environment. The daemon inherited
+        ``base``'s CUDA_VISIBLE_DEVICES (it serves only those GPUs) and a client sees the
+        daemon's devices numbered from 0: a client given the same value (e.g. ``1`` on a process
+        pinned to GPU 1 by ``study --gpus 0,1``) finds no GPU at all, and a client without it
+        fails too: torch 2.11 counts devices with NVML, which ignores the daemon (2 on an H200
+        pair, against the 1 the CUDA runtime reports), and its start-up capability check then
+        asks for device 1 ("device=1, num_gpus=1"; both seen on an H200 pair, 2026-11-30).
+        So the client gets the daemon's devices by their client-side numbers, ``0..k-1``."""
         env = {k: v for k, v in base.items() if k != "CUDA_VISIBLE_DEVICES"}
+        visible = [v for v in base.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if visible:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(visible)))
         env.update(self.client_env(sm_percent))
         return env
 

@@ -7,6 +7,11 @@ experiment on one GPU — and stream their events back over a queue as they happ
 directories are written under ``STUDY_DIR/.scratch`` (same filesystem), so landing a cell is a
 rename, done here in the driver before the event is reported.
 
+The workers live for the whole study (every ``run`` call) and the study command starts them
+(:meth:`MultiGpuExecutor.prestart`) before it validates and plans, preloading torch, the CUDA
+context and transformers for resident studies, beside the driver's own validation (torch
+import and CUDA probe); on the lent 2 x H200 host a worker's start was ~12 s (docs/scale.md).
+
 A worker that dies (crash, OOM kill) fails the cells of its current group that had not finished;
 the other workers carry on with the remaining groups. Ctrl-C reaches every worker (one process
 group): each reports its interrupted cell, and the driver raises ``KeyboardInterrupt`` after
@@ -28,9 +33,31 @@ from traceforge.study.executor import CellEvent, EventSink, land_cell, scratch_d
 _POLL_S = 0.2
 
 
-def _worker_main(gpu: int, slot: int, tasks, events, scratch: str) -> None:
-    """A spawned worker: pinned to ``gpu``, runs groups until it gets ``None``."""
+def _preload() -> float:
+    """What every resident group's first start pays once per process, done while the driver
+    still validates and plans: import torch, create the CUDA context and a cuBLAS handle on
+    this worker's GPU, import transformers' model machinery. Seconds taken. Failures are left
+    to the group's own start to report."""
+    import time
+
+    started = time.perf_counter()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            x = torch.ones((64, 64), device="cuda")
+            (x @ x).sum().item()
+        import transformers.modeling_utils  # noqa: F401  (the bulk of a zoo build's imports)
+    except Exception:  # reported by the group that needs them
+        pass
+    return time.perf_counter() - started
+
+
+def _worker_main(gpu: int, slot: int, tasks, events, preload: bool) -> None:
+    """A spawned worker: pinned to ``gpu``, runs (group, scratch) tasks until it gets None."""
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch can be imported
+    if preload:
+        events.put(("preloaded", slot, _preload()))
     from traceforge.study.runner import run_group
 
     where = f"gpu {gpu} (worker {slot}, pid {os.getpid()})"
@@ -41,9 +68,10 @@ def _worker_main(gpu: int, slot: int, tasks, events, scratch: str) -> None:
         events.put(("event", slot, event))
 
     while True:
-        group = tasks.get()
-        if group is None:
+        task = tasks.get()
+        if task is None:
             break
+        group, scratch = task
         events.put(("start", slot, group.key))
         try:
             run_group(group, Path(scratch), emit)
@@ -57,6 +85,11 @@ def _worker_main(gpu: int, slot: int, tasks, events, scratch: str) -> None:
 
 
 class MultiGpuExecutor:
+    """One worker process per GPU, kept for the whole study (every ``run`` call: prescreen,
+    capacity searches, grid), so a process's torch import and CUDA start are paid once.
+    :meth:`prestart` starts them early (the study command does, before it validates the spec),
+    optionally preloading torch/CUDA/transformers while the driver is busy."""
+
     name = "local-gpus"
 
     def __init__(self, *, gpus: list[int] | None = None, address: str | None = None) -> None:
@@ -65,50 +98,65 @@ class MultiGpuExecutor:
         if address is not None:
             raise BadInput("--address needs --executor ray", key="--address", value=address)
         self.gpus = list(gpus)
+        self._procs: list = []
+        self._tasks = self._events = None
+        self._alive: set[int] = set()
+        self.preload_s: dict[int, float] = {}
+
+    def prestart(self, *, preload: bool = False) -> None:
+        """Start the worker processes now (idempotent)."""
+        if self._procs:
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self._tasks, self._events = ctx.Queue(), ctx.Queue()
+        self._procs = [ctx.Process(target=_worker_main,
+                                   args=(gpu, slot, self._tasks, self._events, preload),
+                                   name=f"traceforge-study-gpu{gpu}", daemon=True)
+                       for slot, gpu in enumerate(self.gpus)]
+        for p in self._procs:
+            p.start()
+        self._alive = set(range(len(self._procs)))
 
     def run(self, groups: Sequence[CellGroup], *, study_dir: Path,
             on_event: EventSink) -> None:
-        import multiprocessing
-
         if not groups:
             return
-        ctx = multiprocessing.get_context("spawn")
+        self.prestart()
         scratch = scratch_dir(study_dir)
         scratch.mkdir(parents=True, exist_ok=True)
-        tasks, events = ctx.Queue(), ctx.Queue()
+        tasks, events, procs = self._tasks, self._events, self._procs
         by_key = {g.key: g for g in groups}
         for group in groups:
-            tasks.put(group)
-        n = min(len(self.gpus), len(groups))
-        for _ in range(n):
-            tasks.put(None)
-        procs = [ctx.Process(target=_worker_main, args=(gpu, slot, tasks, events, str(scratch)),
-                             name=f"traceforge-study-gpu{gpu}", daemon=True)
-                 for slot, gpu in enumerate(self.gpus[:n])]
-        for p in procs:
-            p.start()
-        current: dict[int, str | None] = dict.fromkeys(range(n))
+            tasks.put((group, str(scratch)))
+        outstanding = set(by_key)
+        current: dict[int, str | None] = dict.fromkeys(range(len(procs)))
         finished: dict[str, set[str]] = {}  # group key -> cells with a final event
-        alive = set(range(n))
+        alive = self._alive
         interrupted = False
         try:
-            while alive:
+            while outstanding and alive:
                 try:
                     kind, slot, payload = events.get(timeout=_POLL_S)
                 except queue_mod.Empty:
                     for slot in list(alive):
                         if not procs[slot].is_alive() and events.empty():
                             alive.discard(slot)
-                            self._lost(by_key.get(current[slot]), finished, procs[slot],
-                                       on_event)
+                            key = current[slot]
+                            self._lost(by_key.get(key), finished, procs[slot], on_event)
+                            outstanding.discard(key)
                     continue
                 if kind == "event":
                     self._deliver(payload, study_dir, on_event)
                     if isinstance(payload, CellEvent) and payload.status != "running":
                         finished.setdefault(current[slot] or "", set()).add(payload.cell.name)
+                elif kind == "preloaded":
+                    self.preload_s[self.gpus[slot]] = round(payload, 3)
                 elif kind == "start":
                     current[slot] = payload
                 elif kind == "done":
+                    outstanding.discard(payload)
                     current[slot] = None
                 elif kind == "interrupted":
                     interrupted = True
@@ -119,16 +167,15 @@ class MultiGpuExecutor:
                     group = by_key.get(current[slot])
                     if group is not None:
                         self._lost(group, finished, procs[slot], on_event, why=payload)
+            if outstanding and not interrupted:  # every worker died before taking these
+                for key in outstanding:
+                    self._lost(by_key[key], finished, None, on_event,
+                               why="no GPU worker process left to run it")
         except KeyboardInterrupt:
             interrupted = True
             self._drain(events, study_dir, on_event)
-        finally:
-            for p in procs:
-                p.join(timeout=30)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
         if interrupted:
+            self.close()
             raise KeyboardInterrupt
 
     @staticmethod
@@ -163,4 +210,16 @@ class MultiGpuExecutor:
                 on_event(CellEvent(cell=cell, status="failed", error=error))
 
     def close(self) -> None:
-        pass
+        """Stop the workers: each exits after its current group (killed after 30 s)."""
+        procs, self._procs = self._procs, []
+        if not procs:
+            return
+        for p in procs:
+            if p.is_alive():
+                self._tasks.put(None)
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self._alive = set()

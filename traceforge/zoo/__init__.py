@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from traceforge.errors import BadInput
 
@@ -151,6 +151,24 @@ def resolve_dtype(entry: ZooEntry, device: str, dtype: str | None = None) -> str
 
 
 COMPILE_MODES = ("eager", "graphs", "compiled")
+# TorchInductor options of the ``compiled`` decode step (torch.compile(options=...)). Empty:
+# Inductor's defaults. Set per model with ``LoadedModel.inductor_options`` (the decode
+# benchmark compares variants; docs/results/serving-h200.md has the numbers).
+INDUCTOR_OPTIONS: dict = {}
+# ``compiled`` fuses each layer's q/k/v and gate/up projections first (zoo/serving.py
+# fuse_projections): mistral-7b bf16 batch 1 on an H200 went from 5.33-5.35 to 4.74 ms/token
+# (1.37x the weight-streaming floor; docs/results/serving-h200.md).
+FUSE_PROJECTIONS = True
+
+
+class Launched(NamedTuple):
+    """A request enqueued by :meth:`LoadedModel.launch` (``launched_ns``: monotonic)."""
+
+    bucket: Any
+    start_ev: Any
+    end_ev: Any
+    launched_ns: int
+    output: Any
 
 
 class BucketDoesNotFit(RuntimeError):
@@ -202,6 +220,9 @@ class LoadedModel:
         # `cache` (5.2x); the GPU image may carry either version.
         forward_args = inspect.signature(model.forward).parameters
         self._cache_key = "cache" if "cache" in forward_args else "past_key_values"
+        self.inductor_options = dict(INDUCTOR_OPTIONS)
+        # ``compiled``: fuse q/k/v and gate/up projections first (zoo/serving.py)
+        self.fuse_projections = FUSE_PROJECTIONS
         self.configure()
 
     def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,
@@ -341,12 +362,13 @@ class LoadedModel:
             end_ev.record()
         finally:
             torch.cuda.nvtx.range_pop()
-        return (bucket, start_ev, end_ev, launched, output)
+        return Launched(bucket, start_ev, end_ev, launched, output)
 
     def finish(self, handle) -> RunStats:
         """Wait for a :meth:`launch`; the service interval is the GPU's (it may have started
         after the launch, behind the previous request)."""
-        bucket, start_ev, end_ev, launched, _output = handle
+        bucket, start_ev, end_ev, launched = (handle.bucket, handle.start_ev, handle.end_ev,
+                                              handle.launched_ns)
         end_ev.synchronize()
         end = time.monotonic_ns()
         gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
@@ -513,7 +535,7 @@ class LoadedModel:
         return torch.cat(steps, dim=1)
 
     def static_greedy_ids(self, input_ids, max_new_tokens: int, *, bucket_seq: int | None = None,
-                          graphs: bool = False):
+                          graphs: bool = False, inductor: bool = False):
         """The token ids of the static-KV-cache decode loop (the ``graphs`` variant's logic; on
         the CPU it runs the same step functions without capture), prompt left-padded to
         ``bucket_seq``."""
@@ -527,7 +549,7 @@ class LoadedModel:
         bucket = Bucket(b, seq, pow2_at_least(max_new_tokens, SMALLEST_NEW_BUCKET))
         pool = torch.cuda.graph_pool_handle() if graphs else None
         with torch.inference_mode():
-            runner = DecodeRunner(self, bucket, graphs=graphs, pool=pool)
+            runner = DecodeRunner(self, bucket, graphs=graphs, pool=pool, inductor=inductor)
             runner.ids.zero_()
             runner.ids[:, seq - s:] = input_ids
             runner.real.fill_(s)
@@ -547,11 +569,15 @@ def build_model(name: str, device: str = "cpu", dtype: str | None = None,
     transformers = _import_transformers()
     config = make_config(entry)
     started = time.perf_counter()
-    torch.manual_seed(seed)  # seeds the CUDA generators too
     dev = torch.device(device)
+    torch.random.default_generator.manual_seed(seed)
     if dev.type == "cuda":
         dev = torch.device("cuda", dev.index or 0)  # set_device needs an index
         torch.cuda.set_device(dev)
+        # This device's generator only (torch.manual_seed seeds every device torch counts,
+        # lazily, and torch counts with NVML, which can list devices this process cannot use:
+        # see MpsDaemon.apply_client_env). Same weights: the same seed on the same device.
+        torch.cuda.manual_seed(seed)
     cls = getattr(transformers, entry.model_class)
     # Parameters are created and initialised where they will live, in the serving dtype
     # (_from_config sets the default dtype around construction).

@@ -1,0 +1,135 @@
+"""Where a request's harness time goes at concurrency 1, measured on the CPU (no GPU needed).
+
+The resident backend in exclusive mode with its model swapped for a fake device: ``launch``
+returns at once and the "GPU" finishes ``--gpu-ms`` later (a timer), so only the harness's own
+path is measured: the dispatcher stamps ``sent``, the event loop hands the job to the executor
+thread (``put`` -> that thread has it: a condition-variable wake-up plus the GIL), the executor
+launches; after the device ends, the executor reports (``call_soon_threadsafe``), the loop wakes
+and resolves the request's future, and the request's task resumes one loop iteration later and
+stamps ``done``. Prints the medians per closed-loop pass (400 requests).
+
+    PYTHONPATH=. python benchmarks/harness_hops.py [--gpu-ms 0.5] [--passes 3]
+
+Timer-based device times overshoot (the ``late`` column) and this machine may be shared: read
+the hops, not the throughput. docs/results/serving-h200.md has the H200 numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import closed_trace, ok_rows, replay
+
+STAMPS: dict[str, list[int]] = {"put": [], "taken": [], "report": [], "resolve": []}
+
+
+class FakeDevice:
+    """The LoadedModel surface the executor uses, with a timer as the GPU."""
+
+    def __init__(self, real, gpu_s: float) -> None:
+        self.real, self.gpu_s = real, gpu_s
+        self.device, self.entry = real.device, real.entry
+
+    def bucket(self, *shape):
+        return self.real.bucket(*shape)
+
+    def launch(self, batch_size, seq_len, max_new_tokens, *, label=None):
+        from traceforge.zoo import Launched
+
+        launched = time.monotonic_ns()
+        done = threading.Event()
+        threading.Timer(self.gpu_s, done.set).start()
+        return Launched(None, done, None, launched, None)
+
+    def finish(self, handle):
+        from traceforge.zoo import RunStats
+
+        handle.start_ev.wait()
+        return RunStats(handle.launched_ns, None, time.monotonic_ns(), int(self.gpu_s * 1e9),
+                        0, None, None)
+
+
+def instrument() -> None:
+    from traceforge.backends.resident import executor as ex
+
+    put, take, report = ex.Executor.put, ex.Executor._next_batch_jobs, ex.Executor._report
+
+    def put_(self, job):
+        put(self, job)
+        STAMPS["put"].append(job.enqueued_ns)
+
+    def take_(self, wait=True):
+        batch = take(self, wait)
+        if batch:
+            STAMPS["taken"].append(time.monotonic_ns())
+        return batch
+
+    def report_(self, batch, common, stats):
+        STAMPS["report"].append(time.monotonic_ns())
+        report(self, batch, common, stats)
+
+    ex.Executor.put, ex.Executor._next_batch_jobs, ex.Executor._report = put_, take_, report_
+
+
+async def main(gpu_ms: float, passes: int, out: Path) -> None:
+    from traceforge.backends.resident import from_options
+    from traceforge.clock import RunClock
+    from traceforge.replay import ModelInfo
+
+    instrument()
+    name, shape = "distilbert-base", (8, 128, 0)
+    backend = from_options({"mode": "exclusive", "device": "cpu", "telemetry": False,
+                            "zoo": {name: "tiny-bert"}})
+    clock = RunClock()
+    await backend.start([ModelInfo(name, "tiny-bert", shapes=[shape])], clock)
+    executor = backend._executors[name]
+    executor.models[name] = FakeDevice(executor.models[name], gpu_ms / 1e3)
+    resolve = backend._resolve
+
+    def resolve_(rid, fields):
+        STAMPS["resolve"].append(time.monotonic_ns())
+        resolve(rid, fields)
+
+    backend._resolve = resolve_
+    print("pass   in: sent->launch (put->taken)   out: end->done (report->resolve)   "
+          "done-sent-gpu   late (timer)")
+    rows = []
+    for p in range(passes):
+        for v in STAMPS.values():
+            v.clear()
+        run = out / f"pass{p}"
+        await replay(backend, clock, closed_trace(name, 400, shape), run, concurrency=1)
+        ok = ok_rows(run)
+        n = min(len(v) for v in STAMPS.values())
+        s = {k: np.array(v[-n:], dtype=float) for k, v in STAMPS.items()}
+        r = {"in": np.median((ok.service_start_ns - ok.sent_ns) / 1e3),
+             "put_taken": np.median((s["taken"] - s["put"]) / 1e3),
+             "out": np.median((ok.done_ns - ok.service_end_ns) / 1e3),
+             "report_resolve": np.median((s["resolve"] - s["report"]) / 1e3),
+             "dsg": np.median((ok.done_ns - ok.sent_ns - ok.gpu_ns) / 1e3),
+             "late": np.median((ok.service_end_ns - ok.service_start_ns - ok.gpu_ns) / 1e3)}
+        rows.append(r)
+        print(f"{p:>4} {r['in']:>8.1f} us ({r['put_taken']:.1f}) {r['out']:>22.1f} us "
+              f"({r['report_resolve']:.1f}) {r['dsg']:>20.1f} us {r['late']:>10.1f} us")
+    await backend.stop()
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    print("median " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items()))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu-ms", type=float, default=0.5)
+    ap.add_argument("--passes", type=int, default=3)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(a.gpu_ms, a.passes, Path(tmp)))
