@@ -267,3 +267,25 @@ def test_a_schedule_too_short_to_judge_a_rate_does_not_blame_the_generator():
     # a long schedule sent at half speed is still flagged
     slow = check(np.arange(100) * 10 * MS, np.arange(100) * 20 * MS)
     assert slow["generator_limited"] and "of the target rate" in slow["warning"]
+
+
+@pytest.mark.parametrize("command", ["report", "compare", "export"])
+def test_an_existing_file_of_another_kind_is_never_replaced(tmp_path, capsys, trace, command):
+    """`report RUN --html t.parquet` replaced the trace the run was made from with HTML."""
+    import shutil
+
+    copy = tmp_path / "t.parquet"
+    shutil.copy(trace, copy)
+    run = tmp_path / "run"
+    code, _, err = run_cli(["simulate", copy, "-o", run], capsys)
+    assert code == 0, err
+    before = copy.read_bytes()
+    argv = {"report": ["report", run, "--html", copy],
+            "compare": ["compare", run, run, "--html", copy],
+            "export": ["export", "perfetto", run, "-o", copy]}[command]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, "exists and is not a")
+    assert copy.read_bytes() == before
+    # a new file of any name is still written
+    code, _, err = run_cli([*argv[:-1], tmp_path / "new.out"], capsys)
+    assert code == 0, err
