@@ -37,6 +37,19 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _tmpdir(tmp_path: Path) -> Path:
+    """The replay's TMPDIR: it must hold nothing once the dispatcher is gone, however it died
+    (worker logs used to live in a traceforge-workers-* directory a SIGKILL left behind)."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir(exist_ok=True)
+    return tmp
+
+
+def _ours(tmp: Path) -> list[str]:
+    # torch keeps its own caches there (torchinductor_*): only traceforge's are checked
+    return [p.name for p in tmp.iterdir() if p.name.startswith("traceforge")]
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -52,7 +65,8 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen, list[int]]:
         [sys.executable, "-m", "traceforge", "replay", str(trace), "-o", str(tmp_path / "run"),
          "--backend", "resident", "--mode", "timeslice", "--device", "cpu",
          "--zoo", "a=tiny-bert,b=tiny-bert", "--no-progress", "--no-telemetry"],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(_tmpdir(tmp_path))},
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     workers: list[int] = []
@@ -81,6 +95,7 @@ def test_sigkill_while_loading_kills_the_workers(tmp_path):
     proc.kill()  # the workers are still importing torch / building models
     proc.wait(10)
     _assert_gone(workers)
+    assert _ours(_tmpdir(tmp_path)) == []
 
 
 @pytest.mark.realtime
@@ -96,3 +111,4 @@ def test_sigterm_while_loading_exits_130_and_cleans_up(tmp_path):
     assert "Traceback" not in err, err[-2000:]
     _assert_gone(workers)
     assert not (tmp_path / "run" / ".traceforge.lock").exists()
+    assert _ours(_tmpdir(tmp_path)) == []

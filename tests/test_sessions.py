@@ -376,3 +376,27 @@ def test_csv_import_builds_sessions_from_parent_links(tmp_path):
         import_trace("csv", [loop], columns="time=t,id=req,parent=prev")
     with pytest.raises(BadInput, match="id=COL and parent=COL go together"):
         import_trace("csv", [src], columns="time=t,parent=prev")
+
+
+def test_an_interrupt_leaves_later_turns_not_due_not_dropped(tmp_path):
+    """SIGINT at 70 ms, one slot, 50 ms service. s0t1 runs 0-50; s1t1 waits, runs 50-100 and is
+    cancelled; s0t2 (released at 50 + 10 = 60) waits for the slot: due, dropped. Their later
+    turns never had a time (their previous turn did not finish): not due, no row — they used
+    to become `dropped` rows at their nominal trace times."""
+    import os
+    import signal
+
+    arrival = [0, 0, 10 * MS, 10 * MS, 20 * MS]
+    session = [0, 1, 0, 1, 0]
+    turn = [1, 1, 2, 2, 3]
+
+    def interrupt_at_70ms(loop):
+        loop.call_at((ORIGIN + 70 * MS) / 1e9, os.kill, os.getpid(), signal.SIGINT)
+
+    _, tl = replay_virtual(session_trace(arrival, session, turn), tmp_path / "run",
+                                 NullBackend(servers=1, service_ms=50, service_dist="const"),
+                                 before=interrupt_at_70ms, max_inflight=1)
+    status = dict(zip(tl["request_id"], tl["status"], strict=True))
+    assert status == {0: "ok", 1: "cancelled", 2: "dropped"}
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["not_due"] == 2 and manifest["rows_lost"] == 0

@@ -10,10 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+import pytest
 from study_scale_helpers import two_mix_study
 from trace_cli_helpers import REPO, assert_one_line_error, run_cli
+
+from traceforge.errors import BadInput
 
 STUDY = two_mix_study("resume", rate=60.0, cv=3.0, duration_s=4.0, seed=3,
                       loads=[0.5, 1.0, 1.5], capacity="""
@@ -179,3 +183,24 @@ pacer = "sleep"
     assert data["status"] == "interrupted"
     assert data["counts"].get("complete", 0) >= 3 and "running" not in data["counts"]
     assert data["counts"].get("complete", 0) < len(data["cells"])
+
+
+def test_a_study_that_finished_before_this_one_got_the_lock_is_not_overwritten(tmp_path,
+                                                                                monkeypatch):
+    """The emptiness check runs before the claim; a study that filled the directory in between
+    (and released it) must not be overwritten: checked again under the lock."""
+    from traceforge.study import engine
+    from traceforge.study.spec import parse_study
+
+    out = tmp_path / "o"
+    real_claim = engine.claim
+
+    def claim_after_another_study(study_dir):
+        (study_dir / "study.json").write_text("{}")  # the other study, done meanwhile
+        return real_claim(study_dir)
+
+    monkeypatch.setattr(engine, "claim", claim_after_another_study)
+    spec = parse_study(tomllib.loads(STUDY), source="s.toml")
+    with pytest.raises(BadInput, match="not empty"):
+        engine.run_study(spec, out)
+    assert (out / "study.json").read_text() == "{}"

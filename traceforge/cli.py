@@ -8,6 +8,7 @@ Exit codes (CONTRACT.md): 0 done, 1 runtime failure, 2 bad input (one line, noth
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -73,6 +74,11 @@ def _sigterm_like_sigint() -> None:
         signal.signal(signal.SIGTERM, on_term)
 
 
+# OSErrors that can only mean a malformed path (a name too long, a symlink loop), never a fault
+# of the machine: bad input, exit 2, wherever a command first touched the path.
+_USER_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
+
+
 def main(argv: list[str] | None = None) -> None:
     click_exc = _click_exceptions()
     _sigterm_like_sigint()
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except OSError as exc:  # a write the commands did not foresee (disk full, I/O): one line
         where = f"{exc.filename}: " if exc.filename else ""
+        if exc.errno in _USER_PATH_ERRNOS:  # a path the user gave that cannot exist: exit 2
+            print(f"traceforge: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            sys.exit(2)
         print(f"traceforge: failed: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

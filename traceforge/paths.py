@@ -20,10 +20,15 @@ from pathlib import Path
 from traceforge.errors import BadInput, RunFailure
 
 LOCK_NAME = ".traceforge.lock"
+TMP_NAME_EXTRA = 16  # what atomic_write's temporary name adds to a file name
 
 
 def _resolved(path: Path | str) -> Path:
-    return Path(os.path.abspath(Path(path).expanduser())).resolve(strict=False)
+    absolute = os.path.abspath(Path(path).expanduser())
+    try:
+        return Path(absolute).resolve(strict=False)
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        return Path(os.path.realpath(absolute))
 
 
 def _same_or_inside(out: Path, inp: Path) -> bool:
@@ -51,6 +56,7 @@ def check_output(out: Path | str, *, inputs: Iterable[tuple[str, Path | str | No
     replaced atomically) or ``dir`` (an existing path must be a directory).
     """
     out = Path(out)
+    _check_name_lengths(out, key)
     for what, inp in inputs:
         if inp is None:
             continue
@@ -66,6 +72,22 @@ def check_output(out: Path | str, *, inputs: Iterable[tuple[str, Path | str | No
             raise BadInput("exists and is not a directory", key=key, value=str(out))
     check_writable(out, key=key)
     return out
+
+
+def _check_name_lengths(out: Path, key: str) -> None:
+    """Names the file system cannot hold fail now, not after the work (``Path.exists`` itself
+    raises on them). The last one gets atomic_write's temporary ``.NAME.XXXXXXXX.tmp`` first."""
+    try:
+        name_max = os.pathconf(os.path.dirname(os.path.abspath(out)) or "/", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    parts = Path(os.path.abspath(out)).parts
+    for k, part in enumerate(parts):
+        limit = name_max - (TMP_NAME_EXTRA if k == len(parts) - 1 else 0)
+        if len(os.fsencode(part)) > limit:
+            shown = str(out) if len(str(out)) <= 80 else str(out)[:77] + "..."
+            raise BadInput(f"a name in the path is longer than the file system allows ({limit} "
+                           "bytes)", key=key, value=shown)
 
 
 def check_writable(out: Path, *, key: str) -> None:

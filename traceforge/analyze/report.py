@@ -47,6 +47,8 @@ def parse_slo(text: str, *, source: str = "--slo") -> dict[str, float]:
         if not math.isfinite(ms) or ms <= 0:
             raise BadInput("must be a positive number of milliseconds", source=source,
                            key=name.strip(), value=value)
+        if name.strip() in out:  # which one was meant? (--rate refuses the same)
+            raise BadInput("model given twice", source=source, key=name.strip(), value=value)
         out[name.strip()] = ms
     if not out:
         raise BadInput("no SLO given", source=source, value=text, allowed="MODEL=MS,...")

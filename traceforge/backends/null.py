@@ -29,7 +29,7 @@ _BLOCK = 4096  # service times drawn per numpy call
 
 
 class _ModelQueue:
-    __slots__ = ("_draws", "_rng", "dist", "free", "mean_ns", "name")
+    __slots__ = ("_draws", "_rng", "dist", "free", "mean_ns", "name", "servers")
 
     def __init__(self, name: str, servers: int, mean_ns: float, dist: str, seed: int) -> None:
         self.name = name
@@ -39,7 +39,23 @@ class _ModelQueue:
         self._rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         self._draws: list[int] = []
         # (time the server becomes free, server index): heap order = earliest free, then lowest.
-        self.free = [(-(2**62), k) for k in range(servers)]
+        # Servers enter the heap on first use (a never-used server is the earliest free, and
+        # the lowest such index is len(free)): --servers 10**9 costs nothing until used.
+        self.servers = servers
+        self.free: list[tuple[int, int]] = []
+
+    def take(self, now: int, service_ns: int) -> tuple[int, int, int]:
+        """(start, end, server) of a request arriving at ``now``: the earliest-free server,
+        ties to the lowest index (the Kiefer–Wolfowitz rule)."""
+        free = self.free
+        if len(free) < self.servers:
+            k = len(free)
+            heapq.heappush(free, (now + service_ns, k))
+            return now, now + service_ns, k
+        free_at, k = free[0]
+        start = now if free_at < now else free_at
+        heapq.heapreplace(free, (start + service_ns, k))
+        return start, start + service_ns, k
 
     def next_service_ns(self) -> int:
         if self.dist == "const":
@@ -135,10 +151,7 @@ class NullBackend:
     async def submit(self, request: Request) -> Outcome:
         queue = self._queues[request.model]
         now = self._clock.now()
-        free_at, server = queue.free[0]
-        start = now if free_at < now else free_at
-        end = start + queue.next_service_ns()
-        heapq.heapreplace(queue.free, (end, server))
+        start, end, server = queue.take(now, queue.next_service_ns())
         if end > now:
             if self._completions is None:  # submit() without start() (tests drive it so)
                 self._completions = _Completions(self._clock, asyncio.get_running_loop())

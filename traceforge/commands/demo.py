@@ -100,6 +100,9 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
                             "max_wait_ms": 0.0, "zoo": zoo, "telemetry": on_gpu,
                             "run_dir": str(run_dir),
                             "status": lambda line: console.print(line, soft_wrap=True)})
+    from traceforge.generate.build import preflight
+
+    preflight(spec, duration_s=duration_s)  # a bad --duration is refused before any folder
     base.mkdir(parents=True)
 
     console.print(f"[bold]traceforge demo[/]: {DEMO_SPEC.name} → {base}  "

@@ -103,6 +103,12 @@ def profile_command(
     from traceforge.paths import check_output
 
     check_output(out, inputs=[("the --keep-runs directory", keep_runs)], key="-o")
+    if keep_runs is not None:
+        # Every phase claims a run directory inside it: an old profile's runs (or any other
+        # content) would stop the profile minutes in; refused now instead.
+        from traceforge.paths import check_run_dir
+
+        check_run_dir(keep_runs, key="--keep-runs")
     command = "traceforge profile " + " ".join(shlex.quote(a) for a in [
         "--models", ",".join(settings.models), "--device", device,
         "--modes", ",".join(settings.resolved_modes()),

@@ -93,7 +93,11 @@ def register(app: typer.Typer) -> None:
                        f"(continue with --resume)", err=True)
             raise typer.Exit(130) from None
         counts = ", ".join(f"{k} {v}" for k, v in sorted(result["counts"].items()))
-        typer.echo(f"study {result['status']}: {counts} -> {out}", err=True)
+        errors = [c["error"] for c in result["cells"]
+                  if c.get("status") == "failed" and c.get("error")]
+        # the first failure's cause on the same line (e.g. a full disk), the rest in study.json
+        why = f" (first: {errors[0][:300]})" if errors else ""
+        typer.echo(f"study {result['status']}: {counts}{why} -> {out}", err=True)
         for cap in result["capacity"]:
             if cap["kind"] != "capacity":
                 continue

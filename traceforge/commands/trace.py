@@ -42,7 +42,10 @@ def gen(
     if seed is not None and seed < 0:
         raise BadInput("must be >= 0", key="--seed", value=seed)
     _check_output(out, inputs=[("the workload spec", spec)])
-    trace = generate_trace(load_spec(spec), seed=seed, duration_s=duration)
+    parsed = load_spec(spec)
+    _check_output(out, inputs=[("a file the workload spec reads", p)
+                               for p in parsed.input_paths()])
+    trace = generate_trace(parsed, seed=seed, duration_s=duration)
     write_trace(trace.table, out, trace.meta)
     typer.echo(f"wrote {out}: {trace.table.num_rows} requests, "
                f"{len(trace.meta['spec']['models'])} models, "

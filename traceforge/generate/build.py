@@ -173,19 +173,20 @@ def _horizon(spec: WorkloadSpec, duration_s: float | None):
     """Every check :func:`generate_trace` makes before sampling (time range, memory); returns
     ``(requests, duration_s, horizon, key, value)``: the first horizon to sample and the spec
     key (with its value) that sets the trace's length."""
-    if duration_s is not None:
+    override = duration_s is not None  # --duration, not the spec's own key
+    if override:
         if not (duration_s > 0 and math.isfinite(duration_s)):
             raise BadInput("must be > 0", key="--duration", value=duration_s)
         check_seconds(duration_s, key="--duration")
-    requests = None if duration_s is not None else spec.requests
+    requests = None if override else spec.requests
     duration_s = duration_s if duration_s is not None else spec.duration_s
     if duration_s is None and requests is None:
         raise BadInput("missing: give duration_s or requests in the spec, or --duration",
                        source=spec.path, key="duration_s")
-    key = "requests" if requests is not None else "duration_s"
+    key = "requests" if requests is not None else "--duration" if override else "duration_s"
     value = requests if requests is not None else duration_s
     if requests is None:
-        check_seconds(duration_s, key=key, source=spec.path)
+        check_seconds(duration_s, key=key, source=None if override else spec.path)
         horizon = float(duration_s)
     else:
         rate = row_rate(spec)
@@ -286,5 +287,7 @@ def _check_memory(spec: WorkloadSpec, horizon: float, key: str, value) -> None:
     expected = row_rate(spec) * horizon
     why = ("" if big_key == key else ", in long sessions" if big_key.endswith(".turns")
            else ", plus its state changes")
-    check_memory(sum(parts.values()), key=big_key, value=big_value, source=spec.path,
+    # A CLI flag (--duration) is not a key of the spec file: no file named for it.
+    check_memory(sum(parts.values()), key=big_key, value=big_value,
+                 source=None if big_key.startswith("--") else spec.path,
                  what=f"sampling {horizon:.3g} s (about {expected:.3g} requests{why})")

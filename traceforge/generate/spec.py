@@ -107,6 +107,25 @@ class WorkloadSpec:
     def long_run_rate(self) -> float:
         return sum(m.long_run_rate(self.modulations) for m in self.models.values())
 
+    def input_paths(self) -> list[Path]:
+        """Every file or folder the spec reads besides itself (empirical distributions' data,
+        ServeGen pools), resolved as the parser resolved them: outputs must not land on them."""
+        from traceforge.generate.shapes import EmpiricalDist
+
+        base = self.path.parent if self.path is not None else None
+        out: list[Path] = []
+        for model in self.models.values():
+            pool = getattr(model.arrival, "pool", None)
+            if isinstance(pool, str):
+                out.append(Path(pool))
+            for name in SHAPE_FIELDS:
+                dist = model.shape(name)
+                if isinstance(dist, EmpiricalDist):
+                    path = Path(dist.path)
+                    out.append(base / path if base is not None and not path.is_absolute()
+                               else path)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.description is not None:

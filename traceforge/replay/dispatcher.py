@@ -77,6 +77,7 @@ def session_links(session_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prev[order[1:][same]] = order[:-1][same]
     return nxt, prev
 
+NEVER_NS = np.iinfo(np.int64).max  # the time of a session turn that can no longer come
 GC_SAFE_GAP_NS = 3_000_000  # a wait this long leaves > 1 ms after the spin margin for a pass
 GC_MIN_PENDING = 2_000  # below this a pass is not worth a wake-up
 GC_FORCE_PENDING = 200_000  # ~20 MB of young objects: collect even mid-burst
@@ -306,7 +307,10 @@ class Dispatcher:
     def _after_turn(self, i: int, status: int, done: int | None) -> None:
         """Turn ``i`` is final: release the session's next turn, or stop the session."""
         j = self._next_turn[i]
-        if j < 0 or self.stopping:  # after an interrupt, finalize_pending() settles the rest
+        if j < 0:
+            return
+        if self.stopping:  # interrupted: the later turns' time never came (not due, no row)
+            self._schedule_rest(j, NEVER_NS)
             return
         if status == OK:
             at = done + self._think[j]
@@ -334,11 +338,13 @@ class Dispatcher:
             j = self._next_turn[j]
 
     def _schedule_rest(self, j: int, at: int) -> None:
-        """Turn ``j`` and the later turns of its session will not be released: their times,
-        unknown, are at least ``at`` (so due_mask() judges them by that, never by the trace's
-        nominal times)."""
+        """Turn ``j`` (due at ``at``) will not be released, so the later turns of its session
+        never come: due_mask() judges ``j`` by ``at`` and never counts the later ones (never
+        by the trace's nominal times)."""
+        self.rec.scheduled_ns[j] = at
+        j = self._next_turn[j]
         while j >= 0:
-            self.rec.scheduled_ns[j] = at
+            self.rec.scheduled_ns[j] = NEVER_NS
             j = self._next_turn[j]
 
     def _abandon_releases(self) -> None:

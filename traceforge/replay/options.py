@@ -148,7 +148,11 @@ class ReplayOptions:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["models"] = None if self.models is None else [asdict(m) for m in self.models]
+        # Shapes: how many, not the list (one entry per distinct shape of the trace: tens of
+        # thousands for a real trace, which made run.json megabytes; the trace has them).
+        out["models"] = None if self.models is None else [
+            {**asdict(m), "shapes": None if m.shapes is None else len(m.shapes)}
+            for m in self.models]
         out["loop"] = self.loop_mode
         return out
 

@@ -109,6 +109,7 @@ def self_check(
     p50, p99 = np.percentile(lag_us, [50, 99])
     out["send_lag_us"] = {"p50": round(float(p50), 2), "p99": round(float(p99), 2),
                           "max": round(float(lag_us.max()), 2)}
+    sched_span = 0.0
     if n >= 2:
         sent_span = float(sent.max() - sent.min())
         if sent_span > 0:
@@ -152,11 +153,15 @@ def self_check(
             f"p99 is {own_p99:.0f} µs. Latencies (done − scheduled) include the delay"
             + (f"; CPU latency QoS {cpu_qos}" if cpu_qos else ""))
     ratio = out["achieved_rate_ratio"]
+    # Over a schedule shorter than this, falling 1 % short is less lateness than the send-lag
+    # limit already allows (a 2-row trace 1 ns apart "achieved 0.0 %" of a 1e9 req/s target):
+    # the lag check alone judges it.
+    judged = sched_span * (1 - ACHIEVED_RATIO_LIMIT) > LAG_P99_LIMIT_US * 1e3
     if ratio is not None and ratio < ACHIEVED_RATIO_LIMIT:
         if slot_waits:
             # The in-flight cap held requests back: that is the target saturating, not us.
             out["target_limited"] = True
-        else:
+        elif judged:
             problems.append(f"achieved {ratio:.1%} of the target rate")
     if problems:
         out["generator_limited"] = True

@@ -53,7 +53,8 @@ from traceforge.schema import Trace, sha256_file
 
 EXECUTORS = ("local", "ray")
 SHARDABLE_BACKENDS = ("null", "http")
-BARRIER_LEAD_NS = 50_000_000  # origin = barrier + this: every worker must be awake by then
+BARRIER_LEAD_NS = 50_000_000
+LOCAL_WORKERS_PER_CPU = 4  # origin = barrier + this: every worker must be awake by then
 
 
 @dataclass
@@ -235,6 +236,15 @@ def check_sharded(backend: str, workers: int, executor: str) -> None:
         raise BadInput("a sharded replay needs --backend null or http (resident models live in "
                        "one process set on one GPU: replay them from one process)",
                        key="--backend", value=backend)
+    if executor == "local" and workers > 1:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        if workers > LOCAL_WORKERS_PER_CPU * cpus:
+            # Each worker paces its own shard on a core of its own; far more processes than
+            # cores only compete for them (and 1000 spawned interpreters swamp the machine).
+            raise BadInput(f"more local workers than {LOCAL_WORKERS_PER_CPU} per CPU ({cpus} "
+                           "usable here); use fewer, or --executor ray across machines",
+                           key="--workers", value=workers)
 
 
 def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options: dict,
@@ -250,6 +260,9 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
     inputs = [("the trace being replayed", trace.path)]
     check_run_dir(run_dir, inputs)
     probe = make_backend(backend, backend_options)  # flag errors now, before any worker starts
+    if workers > max(trace.table.num_rows, 1):
+        raise BadInput(f"more workers than the trace has rows ({trace.table.num_rows}): a "
+                       "worker would have nothing to send", key="--workers", value=workers)
     shards = shard_rows(trace.table, workers, shard_by)
     if getattr(probe, "prompt_seed", None) is not None:
         # One prompt seed for every worker (a seed drawn per worker would give the same

@@ -57,6 +57,9 @@ from traceforge.simulate.profile import MODES, PROFILE_SCHEMA_ID, corun_key
 Log = Callable[[str], None]
 
 
+MAX_COUNT = 10_000  # --repeats / --warmup
+
+
 @dataclass
 class ProfileSettings:
     models: list[str]  # zoo entries
@@ -120,6 +123,13 @@ class ProfileSettings:
                                 ("--reference-seq", self.reference_seq, 1)):
             if value < low:
                 raise BadInput(f"must be >= {low}", key=key, value=value)
+        # Counts of timed requests: beyond these a profile would run for days (as a study's
+        # repeats are capped).
+        for key, value, high in (("--repeats", self.repeats, MAX_COUNT),
+                                 ("--warmup", self.warmup, MAX_COUNT),
+                                 ("--corun-repeats", self.corun_repeats, 1000)):
+            if value > high:
+                raise BadInput(f"must be <= {high}", key=key, value=value)
         for model, shape in self.references.items():
             if model not in self.models:
                 raise BadInput("not one of --models", key="--reference", value=model,
@@ -127,8 +137,9 @@ class ProfileSettings:
             if shape[0] < 1 or shape[1] < 1 or (shape[2] is not None and shape[2] < 0):
                 raise BadInput("batch and seq_len must be >= 1, new tokens >= 0",
                                key=f"--reference {model}", value=shape)
-        if not self.corun_seconds > 0:
-            raise BadInput("must be > 0", key="--corun-seconds", value=self.corun_seconds)
+        if not 0 < self.corun_seconds <= 86_400:
+            raise BadInput("must be in (0, 86400] seconds", key="--corun-seconds",
+                           value=self.corun_seconds)
         if not 0 <= self.alone_utilisation < 1:
             raise BadInput("must be in [0, 1)", key="--alone-utilisation",
                            value=self.alone_utilisation)
@@ -487,7 +498,8 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
         clock = RunClock()
         try:
             await backend.start(infos, clock)
-            replay = _Replayer(_KeepStarted(backend, clock), runs_root / mode, infos)
+            replay = _Replayer(_KeepStarted(backend, clock), runs_root / mode, infos,
+                               kept=settings.keep_runs is not None)
             if grid_first:
                 log(f"[{time.perf_counter() - started:7.1f} s] {mode}: service grid")
                 for m in models:
@@ -537,9 +549,10 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
 class _Replayer:
     """Runs one closed-loop phase through ``replay_async`` and returns its timeline."""
 
-    def __init__(self, backend, root: Path, infos) -> None:
+    def __init__(self, backend, root: Path, infos, *, kept: bool = False) -> None:
         self.backend = backend
         self.root = root
+        self.kept = kept  # the runs outlive the profile (--keep-runs), else a temp dir
         self.infos = infos
         self.count = 0
         # Hand-off gaps of the alone open-loop phases (grid-open, reference-open) of this mode.
@@ -564,8 +577,10 @@ class _Replayer:
         bad = timeline.filter(pa.compute.not_equal(timeline.column("status"), "ok"))
         if summary.status != "complete" or bad.num_rows:
             first = bad.column("error")[0].as_py() if bad.num_rows else summary.status
+            where = (f"run kept in {run_dir}" if self.kept
+                     else "--keep-runs DIR keeps the phase runs for inspection")
             raise RunFailure(f"profile phase {label}: {bad.num_rows} requests failed "
-                             f"(first: {first}); run kept in {run_dir}")
+                             f"(first: {first}); {where}")
         if concurrency is None and label.startswith(("grid-open", "reference-open")):
             self.alone_gaps.append(timeline_gaps(timeline))
         return timeline

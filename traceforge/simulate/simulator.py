@@ -141,6 +141,9 @@ def simulate(
     if profile is None:
         if mode is not None:
             raise BadInput("--mode needs --profile", key="--mode", value=mode)
+        if cold_start is not None:  # the null model has no warm-up cost to model
+            raise BadInput("--cold-start/--warm-start need --profile",
+                           key="--cold-start" if cold_start else "--warm-start", value=True)
         if max_batch != 1 or max_wait_ms:
             raise BadInput("dynamic batching needs --profile (the null model serves one "
                            "request at a time)", key="--max-batch", value=max_batch)
@@ -444,11 +447,17 @@ def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
             # run draws exactly the service times a real `replay --backend null` run draws.
             rng = np.random.default_rng([seed, zlib.crc32(names[m].encode())])
             svc = np.rint(rng.exponential(service_ns, rows.size)).astype(np.int64)
-        start[rows], end[rows], server[rows] = fifo_servers_assigned(scheduled[rows], svc,
-                                                                     servers)
-    # Worker names as the null backend writes them: "<model>/<server index>".
-    labels = pa.array([f"{m}/{k}" for m in names for k in range(servers)], pa.string())
-    worker = labels.take(pa.array(codes.astype(np.int64) * servers + server))
+        # More servers than rows never changes the answer (row i takes server i): clamped, so
+        # a huge --servers costs nothing.
+        start[rows], end[rows], server[rows] = fifo_servers_assigned(
+            scheduled[rows], svc, min(servers, max(rows.size, 1)))
+    # Worker names as the null backend writes them: "<model>/<server index>", made only for
+    # the (model, server) pairs that served something.
+    key = codes.astype(np.int64) * servers + server
+    used, inverse = np.unique(key, return_inverse=True)
+    labels = pa.array([f"{names[k // servers]}/{k % servers}" for k in used.tolist()],
+                      pa.string())
+    worker = labels.take(pa.array(inverse.astype(np.int64)))
     tokens = new_tokens.astype(np.int64)
     return SimResult(service_start_ns=start, service_end_ns=end, done_ns=end.copy(),
                      tokens_out=np.where(tokens > 0, tokens, -1), worker=worker)

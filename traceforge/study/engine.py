@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from traceforge.errors import BadInput
-from traceforge.paths import lock_dir
+from traceforge.paths import LOCK_NAME, lock_dir
 from traceforge.schema import atomic_write
 from traceforge.study.cells import CellTask
 from traceforge.study.executor import (
@@ -319,6 +319,9 @@ def run_study(spec: StudySpec, study_dir: Path | str, *, resume: bool = False,
     executor = executor or LocalExecutor()
     study_dir.mkdir(parents=True, exist_ok=True)
     with claim(study_dir), _sigterm_as_interrupt():
+        if not resume and any(not p.name.startswith(LOCK_NAME) for p in study_dir.iterdir()):
+            # Another study filled it between the check above and the claim: not ours.
+            _prepare_dir(study_dir, resume)
         record = StudyRecord(study_dir, spec, executor=executor.name, previous=previous)
         return _run(spec, study_dir, record, executor, progress)
 

@@ -172,6 +172,9 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
         if opts["mode"] is not None:
             raise BadInput("mode needs a profile on the simulate backend", key="mode",
                            value=opts["mode"])
+        if opts.get("cold_start") is not None:
+            raise BadInput("cold_start needs a profile on the simulate backend",
+                           key="cold_start", value=opts["cold_start"])
         if opts["max_batch"] != 1 or opts["max_wait_ms"]:
             raise BadInput("dynamic batching needs a profile on the simulate backend",
                            key="max_batch", value=opts["max_batch"])

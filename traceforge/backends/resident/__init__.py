@@ -25,7 +25,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,6 @@ class ResidentBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mps = None
         self._sampler = None
-        self._tmp: Path | None = None
         self._info: dict[str, Any] = {}
         self._stopped = False
 
@@ -265,7 +263,6 @@ class ResidentBackend:
         from traceforge.backends.resident.process import WorkerProcess
         from traceforge.gpu.mps import MpsDaemon, _child_env
 
-        self._tmp = Path(tempfile.mkdtemp(prefix="traceforge-workers-"))  # 0700
         base_env = _child_env()
         for var in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY",
                     "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"):
@@ -288,7 +285,7 @@ class ResidentBackend:
                    "serving": {**self._serving,
                                "seq_buckets": {name: self._serving["seq_buckets"].get(name)},
                                "shapes": {name: self._serving["shapes"].get(name)}}}
-            self._workers[name] = WorkerProcess(name, cfg, env, self._tmp / f"worker-{i}.log")
+            self._workers[name] = WorkerProcess(name, cfg, env)
         self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
         started = time.perf_counter()
@@ -364,8 +361,8 @@ class ResidentBackend:
                 await asyncio.to_thread(self._mps.quit)
                 self._live("mps", self._mps.describe())
             self._finish_telemetry()
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
+            for w in self._workers.values():
+                w.close_log()
 
     async def _stop_executors(self) -> None:
         executors = {id(e): e for e in self._executors.values()}.values()
@@ -386,13 +383,14 @@ class ResidentBackend:
             torch.cuda.empty_cache()
 
     def _keep_worker_logs(self) -> None:
-        if self.run_dir is None or self._tmp is None:
+        if self.run_dir is None:
             return
-        for path in sorted(self._tmp.glob("worker-*.log")):
-            if path.stat().st_size:
+        for i, w in enumerate(self._workers.values()):
+            text = w.log_text()
+            if text:
                 with contextlib.suppress(OSError):
                     (self.run_dir / "workers").mkdir(parents=True, exist_ok=True)
-                    shutil.copy(path, self.run_dir / "workers" / path.name)
+                    (self.run_dir / "workers" / f"worker-{i}.log").write_text(text)
 
     def _finish_telemetry(self) -> None:
         if self._sampler is None:

@@ -14,9 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 from traceforge.errors import RunFailure
@@ -62,11 +62,13 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, name: str, cfg: dict[str, Any], env: dict[str, str], log_path: Path):
+    def __init__(self, name: str, cfg: dict[str, Any], env: dict[str, str]):
         self.name = name
         self.cfg = cfg
         self.env = env
-        self.log_path = log_path
+        # The worker's stdout/stderr: an already-unlinked temporary file (kept open here), so
+        # nothing is left on disk however the dispatcher dies (SIGKILL included).
+        self.log = None
         self.proc: subprocess.Popen | None = None
         self.conn: Connection | None = None
         self.pending: dict[int, asyncio.Future] = {}
@@ -84,13 +86,14 @@ class WorkerProcess:
     async def start(self, timeout_s: float) -> None:
         self._loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "traceforge.backends.resident.worker",
-                 "--fd", str(child.fileno()), "--parent", str(os.getpid())],
-                pass_fds=[child.fileno()], env=self.env, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent(os.getpid()),
-                stdout=log, stderr=log)
+        # Closed by close_log() once the backend has copied it (the worker writes meanwhile).
+        self.log = tempfile.TemporaryFile(prefix="traceforge-worker-")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "traceforge.backends.resident.worker",
+             "--fd", str(child.fileno()), "--parent", str(os.getpid())],
+            pass_fds=[child.fileno()], env=self.env, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(os.getpid()),
+            stdout=self.log, stderr=self.log)
         child.close()
         self.conn = Connection(parent.detach())
         self._ready = self._loop.create_future()
@@ -179,11 +182,23 @@ class WorkerProcess:
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(RunFailure(self.dead_reason))
 
-    def log_tail(self, n: int = 3) -> str:
+    def log_text(self) -> str:
+        """Everything the worker wrote so far (pread: the file offset, shared with the worker's
+        stdout, is left alone)."""
+        if self.log is None or self.log.closed:
+            return ""
         with contextlib.suppress(OSError):
-            lines = self.log_path.read_text(errors="replace").strip().splitlines()
-            return " | ".join(line.strip() for line in lines[-n:])[-600:]
+            fd = self.log.fileno()
+            return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
         return ""
+
+    def log_tail(self, n: int = 3) -> str:
+        lines = self.log_text().strip().splitlines()
+        return " | ".join(line.strip() for line in lines[-n:])[-600:]
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to finish, then terminate/kill it; always reaps the process."""
