@@ -70,7 +70,6 @@ class TimelineRecorder:
         turn: np.ndarray | None = None,
         flusher_cpus: set[int] | None = None,
         replay_worker: int | None = None,
-        flusher_idle: bool = False,
         scrub=scrub_text,
     ) -> None:
         n = len(request_id)
@@ -112,7 +111,6 @@ class TimelineRecorder:
         self._finished: list[int] = []
         self.flush_interval_s = flush_interval_s
         self.flusher_cpus = flusher_cpus
-        self.flusher_idle = flusher_idle
         self._flush_lock = threading.Lock()
         self.flush_windows: list[tuple[int, int]] = []  # (start, end) of each part, monotonic ns
         self._stop = threading.Event()
@@ -286,11 +284,6 @@ class TimelineRecorder:
             # not Linux, or CPUs outside our cpuset: stay where we are
             with contextlib.suppress(AttributeError, OSError):
                 os.sched_setaffinity(threading.get_native_id(), self.flusher_cpus)
-        if self.flusher_idle and hasattr(os, "SCHED_IDLE"):
-            # this thread only: any runnable dispatcher preempts it at once
-            with contextlib.suppress(OSError):
-                os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE,
-                                      os.sched_param(0))
         while not self._stop.wait(self.flush_interval_s):
             try:
                 self.flush()

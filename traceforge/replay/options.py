@@ -37,11 +37,6 @@ class ReplayOptions:
     # takes to get a CPU back on a busy machine; 0.3 ms on the timerfd loop gave clearly worse
     # p99s than 1.5 ms on the shared 2-vCPU VM (docs/replay.md).
     spin_margin_ms: float = 1.5
-    # The spin pacer's last µs before a send spun without yielding to the loop (pacing.py).
-    spin_final_us: float = 0.0
-    # The timeline flusher thread runs under SCHED_IDLE during the run (Linux): any runnable
-    # dispatcher preempts it at once; it writes in the idle time between.
-    flusher_idle: bool = False
     # CPUs this replay process is pinned to for the run (None: as it is). run_sharded sets it
     # per local worker (one core each, where there are as many cores as workers).
     cpu_affinity: set[int] | None = None
@@ -127,9 +122,6 @@ class ReplayOptions:
         check_url(self.scrape_url, self.scrape_interval_s)
         if not (0 <= self.spin_margin_ms <= 100):
             raise BadInput("must be in [0, 100]", key="spin_margin_ms", value=self.spin_margin_ms)
-        if not (0 <= self.spin_final_us <= 1000):
-            raise BadInput("must be in [0, 1000] µs", key="spin_final_us",
-                           value=self.spin_final_us)
         if self.switch_interval_us is not None and not (1 <= self.switch_interval_us <= 100_000):
             raise BadInput("must be in [1, 100000] µs", key="switch_interval_us",
                            value=self.switch_interval_us)

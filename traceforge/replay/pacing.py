@@ -48,25 +48,16 @@ class SleepPacer:
 class SpinPacer:
     name = "spin"
 
-    def __init__(self, clock: RunClock, margin_ns: int = 1_500_000, final_ns: int = 0) -> None:
+    def __init__(self, clock: RunClock, margin_ns: int = 1_500_000) -> None:
         self._now = clock.now
         self.margin_ns = margin_ns
-        # The last ``final_ns`` before a send are spun without yielding, so a batch of
-        # callbacks (completions) that starts just before the send time cannot delay it;
-        # those callbacks wait at most this long instead.
-        self.final_ns = final_ns
 
     async def wait_until(self, target_ns: int) -> None:
         now = self._now
         delay = target_ns - now()
         if delay > self.margin_ns:
             await asyncio.sleep((delay - self.margin_ns) / 1e9)
-        final = self.final_ns
-        while (t := now()) < target_ns:
-            if target_ns - t <= final:
-                while now() < target_ns:
-                    pass
-                return
+        while now() < target_ns:
             await asyncio.sleep(0)  # one loop iteration: I/O callbacks run while we spin
 
     def close(self) -> None:
@@ -141,9 +132,9 @@ def _resolve(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
-def make_pacer(name: str, clock: RunClock, *, margin_ns: int = 1_500_000, final_ns: int = 0):
+def make_pacer(name: str, clock: RunClock, *, margin_ns: int = 1_500_000):
     if name == "spin":
-        return SpinPacer(clock, margin_ns, final_ns)
+        return SpinPacer(clock, margin_ns)
     if name == "thread":
         return ThreadPacer(clock)
     if name == "sleep":

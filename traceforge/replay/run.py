@@ -191,7 +191,6 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         session_id=table.column("session_id").fill_null(NULL_I64).to_numpy(),
         turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
         flusher_cpus=options.flusher_cpus,
-        flusher_idle=options.flusher_idle,
         replay_worker=None if worker is None else worker.index,
         scrub=Scrubber(_backend_secrets(backend)),
     )
@@ -207,8 +206,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         models=[{"name": m.name, "zoo": m.zoo} for m in models],
     )
 
-    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6),
-                       final_ns=int(options.spin_final_us * 1e3))
+    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
