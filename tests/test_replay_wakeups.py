@@ -152,3 +152,35 @@ def test_os_delay_matches_a_brute_force_overlap():
     want = [sum(max(0, min(b, e) - max(a, s)) for s, e in edges) if m and b > a else 0
             for a, b, m in zip(ready.tolist(), sent.tolist(), mask.tolist(), strict=True)]
     assert got.tolist() == want
+
+
+def test_cpu_wait_share_takes_the_wait_that_released_the_row():
+    from traceforge.replay.selfcheck import cpu_wait_share_ns
+
+    # pacer waits (start, end, CPU wait): one ended late after 2 ms queued, one after 0.3 ms
+    waits = np.array([[5 * MS, 10 * MS, 2 * MS], [20 * MS, 21 * MS, 300 * US]])
+    ready = np.array([9 * MS, 4 * MS, 20 * MS + 900 * US, 30 * MS], np.int64)
+    sent = np.array([10 * MS + 20 * US, 10 * MS + 30 * US, 21 * MS + 10 * US, 30 * MS + 10 * US])
+    got = cpu_wait_share_ns(ready, sent, np.ones(4, bool), waits)
+    # row 0: capped by its 1 ms inside the wait; row 1: the whole 2 ms; row 2: capped at
+    # 0.1 ms inside; row 3: released by no late wait
+    assert got.tolist() == [1 * MS, 2 * MS, 100 * US, 0]
+
+
+def test_spin_pacer_records_a_late_wait_and_its_cpu_wait():
+    import asyncio
+
+    from traceforge.replay.pacing import SpinPacer
+
+    class Clock:
+        t = 0
+
+        def now(self):
+            Clock.t += 150 * US  # each look at the clock: 150 µs later (a stalled machine)
+            return Clock.t
+
+    delays = iter([1000, 1000 + 400 * US])  # run delay before / after: 0.4 ms queued
+    pacer = SpinPacer(Clock(), margin_ns=10 * MS, probe=lambda: next(delays))
+    asyncio.run(pacer.wait_until(500 * US))
+    (start, end, waited), = pacer.cpu_waits
+    assert waited == 400 * US and end - 500 * US > SpinPacer.LATE_NS and start < 500 * US

@@ -47,18 +47,34 @@ class SleepPacer:
 
 class SpinPacer:
     name = "spin"
+    PROBE_MIN_NS = 300_000  # waits with this much slack read the thread's CPU wait (2 × 1.4 µs)
+    LATE_NS = 100_000
 
-    def __init__(self, clock: RunClock, margin_ns: int = 1_500_000) -> None:
+    def __init__(self, clock: RunClock, margin_ns: int = 1_500_000, probe=None) -> None:
         self._now = clock.now
         self.margin_ns = margin_ns
+        # ``probe()``: this thread's schedstat run delay (ns runnable but waiting for a CPU), or
+        # None. A wait that had slack and still ended late records (start, end, CPU wait) in
+        # ``cpu_waits`` (run clock): the self-check's measure of the machine's share of the lag
+        # beyond the timed waits the loop itself records (replay/loop.py).
+        self._probe = probe
+        self.cpu_waits: list[tuple[int, int, int]] = []
 
     async def wait_until(self, target_ns: int) -> None:
         now = self._now
-        delay = target_ns - now()
+        start = now()
+        delay = target_ns - start
+        q0 = self._probe() if self._probe is not None and delay > self.PROBE_MIN_NS else None
         if delay > self.margin_ns:
             await asyncio.sleep((delay - self.margin_ns) / 1e9)
         while now() < target_ns:
             await asyncio.sleep(0)  # one loop iteration: I/O callbacks run while we spin
+        if q0 is not None:
+            end = now()
+            if end - target_ns > self.LATE_NS and len(self.cpu_waits) < 100_000:
+                q1 = self._probe()
+                if q1 is not None and q1 > q0:
+                    self.cpu_waits.append((start, end, q1 - q0))
 
     def close(self) -> None:
         pass
@@ -132,9 +148,9 @@ def _resolve(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
-def make_pacer(name: str, clock: RunClock, *, margin_ns: int = 1_500_000):
+def make_pacer(name: str, clock: RunClock, *, margin_ns: int = 1_500_000, probe=None):
     if name == "spin":
-        return SpinPacer(clock, margin_ns)
+        return SpinPacer(clock, margin_ns, probe)
     if name == "thread":
         return ThreadPacer(clock)
     if name == "sleep":

@@ -34,7 +34,13 @@ from traceforge.replay.loop import describe_loop, wake_record
 from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
-from traceforge.replay.selfcheck import format_self_check, os_delay_ns, self_check, wake_stats
+from traceforge.replay.selfcheck import (
+    cpu_wait_share_ns,
+    format_self_check,
+    os_delay_ns,
+    self_check,
+    wake_stats,
+)
 from traceforge.replay.shard import WorkerRole
 from traceforge.schema import Trace, sha256_file
 
@@ -206,7 +212,10 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         models=[{"name": m.name, "zoo": m.zoo} for m in models],
     )
 
-    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6))
+    from traceforge.replay.loop import run_delay_ns
+
+    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6),
+                       probe=lambda: run_delay_ns(loop))
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
@@ -322,6 +331,11 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
         busy = np.asarray(recorder.flush_windows, np.int64).reshape(-1, 2) - t0
         os_delay = os_delay_ns(ready_ns, recorder.sent_ns, sent_mask, late, busy)
         wakeups = wake_stats(record[0], late)
+        waits = getattr(pacer, "cpu_waits", None)
+        if waits:  # the CPU wait the pacer measured in waits that ended late: the machine's too
+            os_delay = np.maximum(os_delay, cpu_wait_share_ns(
+                ready_ns, recorder.sent_ns, sent_mask, np.asarray(waits, np.int64)))
+            wakeups["late_pacer_waits_cpu_busy"] = len(waits)
     check = self_check(
         scheduled_ns=recorder.scheduled_ns, sent_ns=recorder.sent_ns, ready_ns=ready_ns,
         sent_mask=sent_mask, slot_waits=dispatcher.slot_waits,

@@ -61,6 +61,28 @@ def os_delay_ns(ready_ns: np.ndarray, sent_ns: np.ndarray, sent_mask: np.ndarray
     return out
 
 
+def cpu_wait_share_ns(ready_ns: np.ndarray, sent_ns: np.ndarray, sent_mask: np.ndarray,
+                      cpu_waits: np.ndarray) -> np.ndarray:
+    """Per row, the CPU wait (schedstat: runnable, not running) the pacer measured in the wait
+    that released it: the last recorded wait ending at or before the send and after the row
+    was ready (``cpu_waits``: (start, end, waited) on the run clock, from successive waits of
+    one pacer, so sorted and disjoint), capped by the part of that wait inside the row's lag."""
+    out = np.zeros(len(sent_ns), np.int64)
+    if cpu_waits is None or len(cpu_waits) == 0:
+        return out
+    w = np.asarray(cpu_waits, np.int64).reshape(-1, 3)
+    w = w[np.argsort(w[:, 1], kind="stable")]
+    rows = np.flatnonzero(sent_mask & (sent_ns > ready_ns))
+    k = np.searchsorted(w[:, 1], sent_ns[rows], side="right") - 1
+    hit = k >= 0
+    rows, k = rows[hit], k[hit]
+    start, end, waited = w[k, 0], w[k, 1], w[k, 2]
+    inside = end - np.maximum(start, ready_ns[rows])
+    ok = inside > 0
+    out[rows[ok]] = np.minimum(waited[ok], inside[ok])
+    return out
+
+
 def wake_stats(timed_waits: int, late_wakeups: np.ndarray) -> dict[str, Any]:
     """run.json's summary of the dispatcher's late wake-ups (replay/loop.py)."""
     w = np.asarray(late_wakeups, np.int64).reshape(-1, 3)
@@ -149,7 +171,10 @@ def self_check(
             f"send lag p99 {p99:.0f} µs > {LAG_P99_LIMIT_US:.0f} µs from late wake-ups, not "
             f"from the generator's work: {n_late} of {w.get('timed_waits', 0)} timed waits "
             f"of the dispatcher ended over 1 ms after their timer (longest "
-            f"{w.get('max_late_us', 0) / 1e3:.1f} ms), {why}; without that delay send lag "
+            f"{w.get('max_late_us', 0) / 1e3:.1f} ms), {why}"
+            + (f", and {w['late_pacer_waits_cpu_busy']} of its paced waits ended late after "
+               "waiting for a CPU" if w.get("late_pacer_waits_cpu_busy") else "")
+            + "; without that delay send lag "
             f"p99 is {own_p99:.0f} µs. Latencies (done − scheduled) include the delay"
             + (f"; CPU latency QoS {cpu_qos}" if cpu_qos else ""))
     ratio = out["achieved_rate_ratio"]

@@ -463,6 +463,8 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
                        "late_over_100us": sum(x["late_over_100us"] for x in w),
                        "late_over_1ms": sum(x["late_over_1ms"] for x in w),
                        "late_over_1ms_cpu_busy": sum(x["late_over_1ms_cpu_busy"] for x in w),
+                       "late_pacer_waits_cpu_busy": sum(x.get("late_pacer_waits_cpu_busy", 0)
+                                                        for x in w),
                        "max_late_us": max(x["max_late_us"] for x in w)}
     else:
         scheduled = sent = ready_ns = np.zeros(0, np.int64)
