@@ -160,22 +160,25 @@ def self_check(
         # blocked in the kernel past its timers. Said once, with the numbers; not a red flag.
         w = wakeups or {}
         n_late, n_busy = w.get("late_over_1ms", 0), w.get("late_over_1ms_cpu_busy", 0)
-        if n_busy * 2 > n_late:
-            why = ("mostly runnable but waiting for a CPU that other tasks held (this "
-                   "machine's load)")
-        else:
-            why = ("not waiting for a CPU: the wake-up itself came late (the kernel's idle "
-                   "exit; on a VM, the hypervisor)")
+        n_paced = w.get("late_pacer_waits_cpu_busy", 0)
+        parts = []
+        if n_late:
+            how = ("mostly runnable but not yet running (waiting for a CPU)" if n_busy * 2 > n_late
+                   else "not runnable: the wake-up itself came late (idle exit; on a VM, the "
+                        "hypervisor)")
+            parts.append(f"{n_late} of {w.get('timed_waits', 0)} timed waits ended over 1 ms "
+                         f"after their timer (longest {w.get('max_late_us', 0) / 1e3:.1f} ms), "
+                         f"{how}")
+        if n_paced:
+            parts.append(f"{n_paced} paced waits ended late after the dispatcher had been "
+                         "runnable but not running (schedstat)")
         out["late_wakeup_limited"] = True
         out["warning"] = (
-            f"send lag p99 {p99:.0f} µs > {LAG_P99_LIMIT_US:.0f} µs from late wake-ups, not "
-            f"from the generator's work: {n_late} of {w.get('timed_waits', 0)} timed waits "
-            f"of the dispatcher ended over 1 ms after their timer (longest "
-            f"{w.get('max_late_us', 0) / 1e3:.1f} ms), {why}"
-            + (f", and {w['late_pacer_waits_cpu_busy']} of its paced waits ended late after "
-               "waiting for a CPU" if w.get("late_pacer_waits_cpu_busy") else "")
-            + "; without that delay send lag "
-            f"p99 is {own_p99:.0f} µs. Latencies (done − scheduled) include the delay"
+            f"send lag p99 {p99:.0f} µs > {LAG_P99_LIMIT_US:.0f} µs from the machine, not "
+            "from the generator's work: the dispatcher was ready but not running — "
+            + "; ".join(parts or ["late wake-ups"])
+            + f". Without that delay send lag p99 is {own_p99:.0f} µs. Latencies (done − "
+            "scheduled) include it"
             + (f"; CPU latency QoS {cpu_qos}" if cpu_qos else ""))
     ratio = out["achieved_rate_ratio"]
     # Over a schedule shorter than this, falling 1 % short is less lateness than the send-lag
