@@ -220,3 +220,15 @@ def test_sharded_http_replay_sends_the_unsharded_prompts(tmp_path, trace_path, c
     seeds = {json.loads((tmp_path / "drawn" / "workers" / f"w0{k}.json").read_text())
              ["backend_info"]["prompts"]["seed"] for k in (0, 1)}
     assert len(seeds) == 1
+
+
+def test_workers_that_fill_every_core_are_warned_about(monkeypatch):
+    import os
+
+    from traceforge.replay import workers as w
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert w.crowding_warning(1, "local") is None
+    assert "2 local workers on 2 cores" in w.crowding_warning(2, "local")
+    assert "use at most 1" in w.crowding_warning(3, "local")
+    assert w.crowding_warning(4, "ray") is None  # actors sit on other hosts' cores

@@ -232,6 +232,11 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:  # Ctrl-C before the dispatcher took over the signal
             typer.echo("interrupted before the replay started; nothing recorded", err=True)
             raise typer.Exit(130) from None
+        if sharded:  # after the run, beside its self-check (a refused run prints one line only)
+            from traceforge.replay.workers import crowding_warning
+
+            if (warn := crowding_warning(workers, executor)) is not None:
+                typer.echo(f"warning: {warn}", err=True)
         counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "no rows"
         typer.echo(f"{summary.status}: {counts} in {summary.duration_s:.1f} s -> {out}",
                    err=True)

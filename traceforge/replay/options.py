@@ -37,9 +37,6 @@ class ReplayOptions:
     # takes to get a CPU back on a busy machine; 0.3 ms on the timerfd loop gave clearly worse
     # p99s than 1.5 ms on the shared 2-vCPU VM (docs/replay.md).
     spin_margin_ms: float = 1.5
-    # CPUs this replay process is pinned to for the run (None: as it is). run_sharded sets it
-    # per local worker (one core each, where there are as many cores as workers).
-    cpu_affinity: set[int] | None = None
     flush_interval_s: float = 0.5
     start_delay_ms: float = 10.0  # lead between "ready" and the first send, so the loop is warm
     print_self_check: bool = False

@@ -91,9 +91,6 @@ def run_shard(job: ShardJob, role: WorkerRole) -> None:
     from traceforge.backends import make_backend
     from traceforge.replay.run import event_loop_factory, replay_async
 
-    if job.options.cpu_affinity and hasattr(os, "sched_setaffinity"):
-        with contextlib.suppress(OSError):  # CPUs outside our cpuset: stay where we are
-            os.sched_setaffinity(0, job.options.cpu_affinity)
     table = pa.ipc.open_stream(job.table_ipc).read_all()
     trace = Trace(table=table, meta=job.trace_meta, path=None)
     backend = make_backend(job.backend, job.backend_options)
@@ -249,8 +246,7 @@ def check_sharded(backend: str, workers: int, executor: str) -> None:
 
 def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options: dict,
                 options: ReplayOptions | None = None, *, workers: int, shard_by: str = "request",
-                executor: str = "local", address: str | None = None,
-                pin: str = "none") -> RunSummary:
+                executor: str = "local", address: str | None = None) -> RunSummary:
     """Replay ``trace`` with ``workers`` workers into one run directory (see module doc)."""
     from traceforge.backends import make_backend
 
@@ -301,8 +297,7 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
                 concurrency=caps[k] if options.concurrency else None,
                 max_inflight=caps[k] if options.max_inflight else None,
                 # one server_metrics.parquet per run: worker 0 scrapes
-                scrape_url=options.scrape_url if k == 0 else None,
-                **_pinning(pin, k, workers, executor))
+                scrape_url=options.scrape_url if k == 0 else None)
             jobs.append(ShardJob(index=k, workers=workers, table_ipc=table_to_ipc(table),
                                  trace_meta=trace.meta, trace_info=trace_info, backend=backend,
                                  backend_options=backend_options, options=opts,
@@ -315,19 +310,19 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
         claim.release(remove_if_empty=True)
 
 
-def _pinning(pin: str, k: int, workers: int, executor: str) -> dict:
-    """Per-worker CPU placement on this host: ``core`` pins worker k (all its threads) to one
-    core; ``core-flusher-apart`` pins its dispatcher there and its flusher to the other
-    cores. Only where there are at least as many cores as workers; else nothing."""
-    if pin == "none" or executor != "local" or not hasattr(os, "sched_getaffinity"):
-        return {}
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < workers:
-        return {}
-    mine = {cpus[k]}
-    if pin == "core":
-        return {"cpu_affinity": mine}
-    return {"cpu_affinity": mine, "flusher_cpus": set(cpus) - mine or None}
+def crowding_warning(workers: int, executor: str) -> str | None:
+    """A line when local workers leave no core free: each worker's spin pacer keeps a core busy,
+    so their recorders' flushes (and everything else) take the CPU from a pacer. Measured on 2
+    cores (docs/scale.md): 2 workers had send-lag p99 2.9–4.4 ms at 10k–60k req/s, their
+    dispatchers runnable-but-waiting 57–132 ms per 2 s, where one process held 69–635 µs."""
+    if executor != "local" or not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = len(os.sched_getaffinity(0))
+    if workers < cores:
+        return None
+    return (f"{workers} local workers on {cores} cores leave no core for their recorders and "
+            "the rest of the machine; expect ms-scale send lag (use at most "
+            f"{max(1, cores - 1)}, docs/scale.md)")
 
 
 def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: bool,
