@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium_helpers import CHROMIUM, chromium
+from chromium_helpers import CHROMIUM, assert_renders, chromium
 from scipy import stats
 from study_helpers import Config, cell_name, run_cells, write_study, write_study_json
 
@@ -266,20 +266,8 @@ def test_html_is_self_contained(html_file):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install "
                     "chromium); .ci/run installs it")
 def test_html_renders_inchromium(html_file, tmp_path):
-    dom = chromium("--dump-dom", html_file.as_uri(), profile=tmp_path / "p1")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "traceforge study report" in dom.stdout
-    assert dom.stdout.count("<img") == 2
-    shot = tmp_path / "shot.png"
-    result = chromium("--window-size=1100,1400", f"--screenshot={shot}", html_file.as_uri(),
-                       profile=tmp_path / "p2")
-    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    from matplotlib.image import imread
-
-    pixels = imread(shot)[..., :3]
-    # The curves drew: tab:blue (#1f77b4, the first configuration's colour) in quantity.
-    tab_blue = np.all(np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.06, axis=-1)
-    assert tab_blue.sum() > 500, tab_blue.sum()
+    assert_renders(html_file, tmp_path, title="traceforge study report", images=2,
+                   window_size="1100,1400")
 
 
 def test_report_of_a_study_run_by_the_engine(tmp_path):
