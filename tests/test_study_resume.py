@@ -138,16 +138,22 @@ def test_a_second_study_into_a_claimed_directory_exits_2(tmp_path, capsys):
     assert not (out / LOCK_NAME).exists()
 
 
+def interrupt_after_three(spec: Path, out: Path, sig: signal.Signals) -> dict:
+    """Start `study spec -o out`, send `sig` once 3 cells are complete; it must exit 130.
+    Returns the study.json it left."""
+    proc = cli(str(spec), "-o", str(out))
+    wait_for_complete(out, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    return study_json(out)
+
+
 def test_sigint_exits_130_and_resume_finishes(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text(STUDY)
     out = tmp_path / "o"
-    proc = cli(str(spec), "-o", str(out))
-    wait_for_complete(out, 3, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    data = study_json(out)
+    data = interrupt_after_three(spec, out, signal.SIGINT)
     assert data["status"] == "interrupted"
     assert "running" not in data["counts"]
     assert not (out / ".traceforge.lock").exists()
@@ -174,12 +180,7 @@ service_ms = 2.0
 pacer = "sleep"
 """)
     out = tmp_path / "o"
-    proc = cli(str(spec), "-o", str(out))
-    wait_for_complete(out, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    data = study_json(out)
+    data = interrupt_after_three(spec, out, signal.SIGTERM)
     assert data["status"] == "interrupted"
     assert data["counts"].get("complete", 0) >= 3 and "running" not in data["counts"]
     assert data["counts"].get("complete", 0) < len(data["cells"])
