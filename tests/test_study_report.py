@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 from chromium_helpers import CHROMIUM, assert_renders, chromium
 from scipy import stats
-from study_helpers import Config, cell_name, run_cells, write_study, write_study_json
+from study_helpers import (
+    Config,
+    cell_name,
+    issue_216_study,
+    run_cells,
+    write_study,
+    write_study_json,
+)
 
 from traceforge.analyze.report import build_report
 from traceforge.analyze.study import ALL, build_study_report
@@ -369,43 +376,6 @@ def test_capacity_based_load_axis(tmp_path):
     assert "capacity 0.5" in text and "Best configuration per capacity" in text
 
 
-MIX_216 = """
-[mixes.{name}.models.distilbert-base]
-zoo = "distilbert-base"
-slo_ms = 50.0
-arrival = {{ process = "{process}", rate = 4.0{extra} }}
-batch_size = 8
-seq_len = 128
-[mixes.{name}.models.distilgpt2]
-zoo = "distilgpt2"
-slo_ms = 400.0
-arrival = {{ process = "{process}", rate = 1.2{extra} }}
-seq_len = 64
-max_new_tokens = 32
-[mixes.{name}.models.mistral-7b]
-zoo = "mistral-7b"
-slo_ms = 1500.0
-arrival = {{ process = "{process}", rate = 0.6{extra} }}
-seq_len = 128
-max_new_tokens = 16
-"""
-SPEC_216 = """
-name = "issue-216"
-backend = "simulate"
-repeats = 3
-seed = 1
-duration_s = 120.0
-""" + MIX_216.format(name="poisson", process="poisson", extra="") + MIX_216.format(
-    name="gamma", process="gamma", extra=", cv = 4.0") + MIX_216.format(
-    name="weibull", process="weibull", extra=", shape = 0.5") + """
-[axes]
-load = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-mode = ["exclusive", "timeslice", "mps", "streams"]
-[options]
-profile = "h200"
-"""
-
-
 def test_216_cell_study_report_renders(tmp_path):
     """The issue's study (3 mixes × 6 loads × 4 modes × 3 repeats on the simulator, the
     benchmarks/bench_study.py spec, plus SLOs): `report --json --html` covers every cell, and the page
@@ -414,7 +384,7 @@ def test_216_cell_study_report_renders(tmp_path):
     from traceforge.study.spec import load_study
 
     spec = tmp_path / "issue.toml"
-    spec.write_text(SPEC_216)
+    spec.write_text(issue_216_study("issue-216", slo=True))
     result = run_study(load_study(spec), tmp_path / "study")
     assert result["status"] == "complete" and len(result["cells"]) == 216
     page = tmp_path / "study.html"
