@@ -133,6 +133,16 @@ def land_cell(study_dir: Path, name: str, src: Path) -> Path:
     return dest
 
 
+def land_event(study_dir: Path, event: Event) -> None:
+    """Land a finished cell's run directory left on this filesystem (``event.run_dir``) before
+    the event is reported: the local executors' landing step."""
+    if (isinstance(event, CellEvent) and event.status != "running"
+            and event.run_dir is not None and Path(event.run_dir).exists()):
+        land_cell(study_dir, event.cell.name, event.run_dir)
+        event.landed = True
+        event.run_dir = None
+
+
 def pack_run_dir(path: Path) -> bytes:
     """A run directory as tar bytes (for executors whose workers share no filesystem)."""
     buf = io.BytesIO()
@@ -168,11 +178,7 @@ class LocalExecutor:
         scratch.mkdir(parents=True, exist_ok=True)
 
         def emit(event: Event) -> None:
-            if (isinstance(event, CellEvent) and event.status != "running"
-                    and event.run_dir is not None and Path(event.run_dir).exists()):
-                land_cell(study_dir, event.cell.name, event.run_dir)
-                event.landed = True
-                event.run_dir = None
+            land_event(study_dir, event)
             on_event(event)
 
         for group in groups:

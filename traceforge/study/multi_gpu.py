@@ -28,7 +28,7 @@ from pathlib import Path
 
 from traceforge.errors import BadInput
 from traceforge.study.cells import CellGroup
-from traceforge.study.executor import CellEvent, EventSink, land_cell, scratch_dir
+from traceforge.study.executor import CellEvent, EventSink, land_event, scratch_dir
 
 _POLL_S = 0.2
 
@@ -180,11 +180,7 @@ class MultiGpuExecutor:
 
     @staticmethod
     def _deliver(event, study_dir: Path, on_event: EventSink) -> None:
-        if (isinstance(event, CellEvent) and event.status != "running"
-                and event.run_dir is not None and Path(event.run_dir).exists()):
-            land_cell(study_dir, event.cell.name, event.run_dir)
-            event.landed = True
-            event.run_dir = None
+        land_event(study_dir, event)
         on_event(event)
 
     def _drain(self, events, study_dir: Path, on_event: EventSink) -> None:
