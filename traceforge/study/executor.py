@@ -35,10 +35,8 @@ executor (``--gpus``) live in their own modules.
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import shutil
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -143,21 +141,22 @@ def land_event(study_dir: Path, event: Event) -> None:
         event.run_dir = None
 
 
-def pack_run_dir(path: Path) -> bytes:
-    """A run directory as tar bytes (for executors whose workers share no filesystem)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(path, arcname=".")
-    return buf.getvalue()
+def pack_run_dir(path: Path) -> dict[str, bytes]:
+    """A run directory's files as ``{relative path: bytes}`` (for executors whose workers share
+    no filesystem): the format sharded Ray replays ship too (:mod:`traceforge.scale.files`)."""
+    from traceforge.scale.files import pack_dir
+
+    return pack_dir(path)
 
 
-def unpack_run_dir(study_dir: Path, name: str, data: bytes) -> Path:
+def unpack_run_dir(study_dir: Path, name: str, data: dict[str, bytes]) -> Path:
     """Inverse of :func:`pack_run_dir`, landed atomically at ``study_dir/cells/<name>``."""
+    from traceforge.scale.files import land_files
+
     scratch = scratch_dir(study_dir)
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=scratch))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(tmp, filter="data")
+    land_files(data, tmp)
     return land_cell(study_dir, name, tmp)
 
 

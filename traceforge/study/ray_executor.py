@@ -34,7 +34,7 @@ from traceforge.study.executor import CellEvent, EventSink, pack_run_dir, unpack
 NODE_ATTEMPTS = 3  # tries per group when nodes die under it
 
 
-def run_group_packed(group: CellGroup) -> list[tuple[Any, bytes | None]]:
+def run_group_packed(group: CellGroup) -> list[tuple[Any, dict[str, bytes] | None]]:
     """The Ray task's body: run the group in a node-local scratch directory; return its events,
     each finished cell's run directory packed beside it."""
     import platform
@@ -50,7 +50,7 @@ def run_group_packed(group: CellGroup) -> list[tuple[Any, bytes | None]]:
         if gpus:
             where += f" gpu {','.join(str(g) for g in gpus)}"
     scratch = Path(tempfile.mkdtemp(prefix="traceforge-cells-"))
-    out: list[tuple[Any, bytes | None]] = []
+    out: list[tuple[Any, dict[str, bytes] | None]] = []
 
     def emit(event) -> None:
         packed = None
