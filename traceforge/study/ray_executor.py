@@ -12,7 +12,7 @@ the group's events with them; the driver lands each cell atomically under
 ``STUDY_DIR/cells/<name>`` (``unpack_run_dir``) before reporting it.
 
 Node failure: a task lost with its node (or worker process) is submitted again — Ray schedules it
-on a live node — up to ``node_attempts`` times. Only that group's cells run again; every lost
+on a live node — up to ``NODE_ATTEMPTS`` times. Only that group's cells run again; every lost
 attempt is reported for each of its cells (a ``running`` then a ``failed`` event naming the
 loss), so study.json's ``attempts`` and ``error`` show it. An error raised *inside* the task (a
 bug, not a lost node) fails the group's cells without a retry; cell failures inside a healthy
@@ -75,15 +75,13 @@ def run_group_packed(group: CellGroup) -> list[tuple[Any, dict[str, bytes] | Non
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, *, gpus: list[int] | None = None, address: str | None = None,
-                 node_attempts: int = NODE_ATTEMPTS) -> None:
+    def __init__(self, *, gpus: list[int] | None = None, address: str | None = None) -> None:
         from traceforge.errors import BadInput
 
         if gpus:
             raise BadInput("--gpus is for --executor local; Ray places GPU cells itself",
                            key="--gpus", value=",".join(map(str, gpus)))
         self.address = address
-        self.node_attempts = node_attempts
         self._ray = None
         self._owned = False
 
@@ -124,7 +122,7 @@ class RayExecutor:
                     lost[group.key] = lost.get(group.key, 0) + 1
                     why = f"attempt lost with its node ({type(exc).__name__})"
                     self._fail(group, lost[group.key], on_event, why)
-                    if attempt < self.node_attempts:
+                    if attempt < NODE_ATTEMPTS:
                         pending[submit(group)] = (group, attempt + 1)
                     continue
                 self._deliver(events, lost.get(group.key, 0), study_dir, on_event)
