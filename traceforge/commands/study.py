@@ -74,12 +74,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every cell of a study (mixes × axes × repeats) and its capacity searches."""
         from traceforge.paths import check_output
-        from traceforge.study.engine import run_study
+        from traceforge.study.engine import check_study_dir, run_study
         from traceforge.study.executor import make_executor
         from traceforge.study.spec import load_study
 
         check_output(out, inputs=[("the study spec", spec_path)], kind="dir")
         _check_spec_outside_rewritten(spec_path, out)
+        if not dry_run:  # before GPU workers start: a wrong -o must not wait for their preload
+            check_study_dir(out, resume)
         impl = None
         if not dry_run and executor == "local" and gpus:
             # GPU workers start now and preload torch/CUDA while the spec is validated below
