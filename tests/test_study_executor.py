@@ -1,6 +1,6 @@
 """The executor interface without a shared filesystem: groups pickled to another process, run
 there with ``run_group`` into that process's own scratch directory, run directories sent back
-as bytes (``pack_run_dir``) and landed by the driver (``unpack_run_dir``). The result must equal
+as files (``pack_run_dir``) and landed by the driver (``unpack_run_dir``). The result must equal
 the in-process LocalExecutor's, cell for cell."""
 
 from __future__ import annotations

@@ -81,3 +81,25 @@ def test_cli_bad_spec_with_gpus_exits_2_and_writes_nothing(tmp_path):
     assert res.returncode == 2, res.stderr
     assert "rate" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_wrong_study_dir_with_gpus_exits_2_before_workers_start(tmp_path, capsys,
+                                                                     monkeypatch):
+    from trace_cli_helpers import assert_one_line_error, run_cli
+
+    from traceforge.study.multi_gpu import MultiGpuExecutor
+
+    started = []
+    monkeypatch.setattr(MultiGpuExecutor, "prestart",
+                        lambda self, **kw: started.append(kw))
+    spec = write_study(tmp_path, CAPACITY_STUDY)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["study", spec, "-o", full, "--gpus", "0,1"], capsys)
+    assert_one_line_error(code, err, "not empty", "-o")
+    code, _, err = run_cli(["study", spec, "-o", tmp_path / "new", "--gpus", "0,1",
+                            "--resume"], capsys)
+    assert_one_line_error(code, err, "nothing to resume", "-o")
+    assert started == []  # refused before any GPU worker process was started
+    assert (full / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()

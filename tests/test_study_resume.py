@@ -209,3 +209,21 @@ def test_a_study_that_finished_before_this_one_got_the_lock_is_not_overwritten(t
     with pytest.raises(BadInput, match="not empty"):
         engine.run_study(spec, out)
     assert (out / "study.json").read_text() == "{}"
+
+
+def test_a_spec_kept_where_the_study_rewrites_is_refused(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
+        "servers = [1, 2]", "servers = [1]"))
+    out = tmp_path / "o"
+    code, _, err = run_cli(["study", spec, "-o", out], capsys)
+    assert code == 0, err
+    cell = next(p for p in (out / "cells").iterdir() if p.is_dir())
+    for inside in (cell / "s.toml", out / ".scratch" / "s.toml"):
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        inside.write_text(spec.read_text())
+        snapshot = tree_hashes(out)
+        code, _, err = run_cli(["study", inside, "-o", out, "--resume"], capsys)
+        assert_one_line_error(code, err, "the study rewrites", "-o")
+        assert tree_hashes(out) == snapshot
+        inside.unlink()

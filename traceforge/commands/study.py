@@ -40,6 +40,18 @@ def _peek_backend(spec_path: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _check_spec_outside_rewritten(spec_path: Path, out: Path) -> None:
+    """A study (on --resume) replaces cell directories and deletes its scratch directory: a spec
+    kept there would be destroyed."""
+    from traceforge.paths import overlaps
+    from traceforge.study.executor import cells_dir, scratch_dir
+
+    for part in (cells_dir(out), scratch_dir(out)):
+        if overlaps(spec_path, part):
+            raise BadInput(f"the study spec ({spec_path}) lies in {part}, which the study "
+                           "rewrites; move it out", key="-o", value=str(out))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("study")
     def study(
@@ -62,11 +74,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every cell of a study (mixes × axes × repeats) and its capacity searches."""
         from traceforge.paths import check_output
-        from traceforge.study.engine import run_study
+        from traceforge.study.engine import check_study_dir, run_study
         from traceforge.study.executor import make_executor
         from traceforge.study.spec import load_study
 
         check_output(out, inputs=[("the study spec", spec_path)], kind="dir")
+        _check_spec_outside_rewritten(spec_path, out)
+        if not dry_run:  # before GPU workers start: a wrong -o must not wait for their preload
+            check_study_dir(out, resume)
         impl = None
         if not dry_run and executor == "local" and gpus:
             # GPU workers start now and preload torch/CUDA while the spec is validated below

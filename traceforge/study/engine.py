@@ -273,7 +273,8 @@ class _Progress:
 
 
 # -- running -------------------------------------------------------------------------------------
-def _prepare_dir(study_dir: Path, resume: bool) -> None:
+def check_study_dir(study_dir: Path, resume: bool) -> None:
+    """STUDY_DIR must be new or empty, or (``--resume``) hold a study.json (exit 2 otherwise)."""
     if resume:
         if not (study_dir / "study.json").exists():
             raise BadInput("nothing to resume (no study.json)", key="-o", value=str(study_dir))
@@ -314,14 +315,14 @@ def run_study(spec: StudySpec, study_dir: Path | str, *, resume: bool = False,
     """Run (or resume) a study; returns the final study.json content. Raises BadInput before
     writing anything; KeyboardInterrupt (after recording it) when interrupted."""
     study_dir = Path(study_dir)
-    _prepare_dir(study_dir, resume)
+    check_study_dir(study_dir, resume)
     previous = check_resume(study_dir, spec) if resume else None
     executor = executor or LocalExecutor()
     study_dir.mkdir(parents=True, exist_ok=True)
     with claim(study_dir), _sigterm_as_interrupt():
         if not resume and any(not p.name.startswith(LOCK_NAME) for p in study_dir.iterdir()):
             # Another study filled it between the check above and the claim: not ours.
-            _prepare_dir(study_dir, resume)
+            check_study_dir(study_dir, resume)
         record = StudyRecord(study_dir, spec, executor=executor.name, previous=previous)
         return _run(spec, study_dir, record, executor, progress)
 

@@ -35,10 +35,8 @@ executor (``--gpus``) live in their own modules.
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import shutil
-import tarfile
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
@@ -133,21 +131,32 @@ def land_cell(study_dir: Path, name: str, src: Path) -> Path:
     return dest
 
 
-def pack_run_dir(path: Path) -> bytes:
-    """A run directory as tar bytes (for executors whose workers share no filesystem)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(path, arcname=".")
-    return buf.getvalue()
+def land_event(study_dir: Path, event: Event) -> None:
+    """Land a finished cell's run directory left on this filesystem (``event.run_dir``) before
+    the event is reported: the local executors' landing step."""
+    if (isinstance(event, CellEvent) and event.status != "running"
+            and event.run_dir is not None and Path(event.run_dir).exists()):
+        land_cell(study_dir, event.cell.name, event.run_dir)
+        event.landed = True
+        event.run_dir = None
 
 
-def unpack_run_dir(study_dir: Path, name: str, data: bytes) -> Path:
+def pack_run_dir(path: Path) -> dict[str, bytes]:
+    """A run directory's files as ``{relative path: bytes}`` (for executors whose workers share
+    no filesystem): the format sharded Ray replays ship too (:mod:`traceforge.scale.files`)."""
+    from traceforge.scale.files import pack_dir
+
+    return pack_dir(path)
+
+
+def unpack_run_dir(study_dir: Path, name: str, data: dict[str, bytes]) -> Path:
     """Inverse of :func:`pack_run_dir`, landed atomically at ``study_dir/cells/<name>``."""
+    from traceforge.scale.files import land_files
+
     scratch = scratch_dir(study_dir)
     scratch.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=scratch))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(tmp, filter="data")
+    land_files(data, tmp)
     return land_cell(study_dir, name, tmp)
 
 
@@ -168,11 +177,7 @@ class LocalExecutor:
         scratch.mkdir(parents=True, exist_ok=True)
 
         def emit(event: Event) -> None:
-            if (isinstance(event, CellEvent) and event.status != "running"
-                    and event.run_dir is not None and Path(event.run_dir).exists()):
-                land_cell(study_dir, event.cell.name, event.run_dir)
-                event.landed = True
-                event.run_dir = None
+            land_event(study_dir, event)
             on_event(event)
 
         for group in groups:

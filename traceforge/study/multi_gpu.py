@@ -28,19 +28,16 @@ from pathlib import Path
 
 from traceforge.errors import BadInput
 from traceforge.study.cells import CellGroup
-from traceforge.study.executor import CellEvent, EventSink, land_cell, scratch_dir
+from traceforge.study.executor import CellEvent, EventSink, land_event, scratch_dir
 
 _POLL_S = 0.2
 
 
-def _preload() -> float:
+def _preload() -> None:
     """What every resident group's first start pays once per process, done while the driver
     still validates and plans: import torch, create the CUDA context and a cuBLAS handle on
-    this worker's GPU, import transformers' model machinery. Seconds taken. Failures are left
-    to the group's own start to report."""
-    import time
-
-    started = time.perf_counter()
+    this worker's GPU, import transformers' model machinery. Failures are left to the group's
+    own start to report."""
     try:
         import torch
 
@@ -50,14 +47,13 @@ def _preload() -> float:
         import transformers.modeling_utils  # noqa: F401  (the bulk of a zoo build's imports)
     except Exception:  # reported by the group that needs them
         pass
-    return time.perf_counter() - started
 
 
 def _worker_main(gpu: int, slot: int, tasks, events, preload: bool) -> None:
     """A spawned worker: pinned to ``gpu``, runs (group, scratch) tasks until it gets None."""
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch can be imported
     if preload:
-        events.put(("preloaded", slot, _preload()))
+        _preload()
     from traceforge.study.runner import run_group
 
     where = f"gpu {gpu} (worker {slot}, pid {os.getpid()})"
@@ -101,7 +97,6 @@ class MultiGpuExecutor:
         self._procs: list = []
         self._tasks = self._events = None
         self._alive: set[int] = set()
-        self.preload_s: dict[int, float] = {}
 
     def prestart(self, *, preload: bool = False) -> None:
         """Start the worker processes now (idempotent)."""
@@ -151,8 +146,6 @@ class MultiGpuExecutor:
                     self._deliver(payload, study_dir, on_event)
                     if isinstance(payload, CellEvent) and payload.status != "running":
                         finished.setdefault(current[slot] or "", set()).add(payload.cell.name)
-                elif kind == "preloaded":
-                    self.preload_s[self.gpus[slot]] = round(payload, 3)
                 elif kind == "start":
                     current[slot] = payload
                 elif kind == "done":
@@ -180,11 +173,7 @@ class MultiGpuExecutor:
 
     @staticmethod
     def _deliver(event, study_dir: Path, on_event: EventSink) -> None:
-        if (isinstance(event, CellEvent) and event.status != "running"
-                and event.run_dir is not None and Path(event.run_dir).exists()):
-            land_cell(study_dir, event.cell.name, event.run_dir)
-            event.landed = True
-            event.run_dir = None
+        land_event(study_dir, event)
         on_event(event)
 
     def _drain(self, events, study_dir: Path, on_event: EventSink) -> None:

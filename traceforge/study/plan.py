@@ -138,10 +138,6 @@ def prescreen_options(spec: StudySpec, config: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def probe_coords(spec: StudySpec, config: dict[str, Any], load: float) -> dict[str, Any]:
-    return ordered_coords(spec, config, "load", load)
-
-
 def validate_backend_options(backend: str, options: dict[str, Any],
                              workload: dict[str, Any]) -> None:
     """Everything the CLI would check about these options, without starting anything."""

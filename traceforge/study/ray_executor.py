@@ -12,7 +12,7 @@ the group's events with them; the driver lands each cell atomically under
 ``STUDY_DIR/cells/<name>`` (``unpack_run_dir``) before reporting it.
 
 Node failure: a task lost with its node (or worker process) is submitted again — Ray schedules it
-on a live node — up to ``node_attempts`` times. Only that group's cells run again; every lost
+on a live node — up to ``NODE_ATTEMPTS`` times. Only that group's cells run again; every lost
 attempt is reported for each of its cells (a ``running`` then a ``failed`` event naming the
 loss), so study.json's ``attempts`` and ``error`` show it. An error raised *inside* the task (a
 bug, not a lost node) fails the group's cells without a retry; cell failures inside a healthy
@@ -34,7 +34,7 @@ from traceforge.study.executor import CellEvent, EventSink, pack_run_dir, unpack
 NODE_ATTEMPTS = 3  # tries per group when nodes die under it
 
 
-def run_group_packed(group: CellGroup) -> list[tuple[Any, bytes | None]]:
+def run_group_packed(group: CellGroup) -> list[tuple[Any, dict[str, bytes] | None]]:
     """The Ray task's body: run the group in a node-local scratch directory; return its events,
     each finished cell's run directory packed beside it."""
     import platform
@@ -50,7 +50,7 @@ def run_group_packed(group: CellGroup) -> list[tuple[Any, bytes | None]]:
         if gpus:
             where += f" gpu {','.join(str(g) for g in gpus)}"
     scratch = Path(tempfile.mkdtemp(prefix="traceforge-cells-"))
-    out: list[tuple[Any, bytes | None]] = []
+    out: list[tuple[Any, dict[str, bytes] | None]] = []
 
     def emit(event) -> None:
         packed = None
@@ -75,15 +75,13 @@ def run_group_packed(group: CellGroup) -> list[tuple[Any, bytes | None]]:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, *, gpus: list[int] | None = None, address: str | None = None,
-                 node_attempts: int = NODE_ATTEMPTS) -> None:
+    def __init__(self, *, gpus: list[int] | None = None, address: str | None = None) -> None:
         from traceforge.errors import BadInput
 
         if gpus:
             raise BadInput("--gpus is for --executor local; Ray places GPU cells itself",
                            key="--gpus", value=",".join(map(str, gpus)))
         self.address = address
-        self.node_attempts = node_attempts
         self._ray = None
         self._owned = False
 
@@ -124,7 +122,7 @@ class RayExecutor:
                     lost[group.key] = lost.get(group.key, 0) + 1
                     why = f"attempt lost with its node ({type(exc).__name__})"
                     self._fail(group, lost[group.key], on_event, why)
-                    if attempt < self.node_attempts:
+                    if attempt < NODE_ATTEMPTS:
                         pending[submit(group)] = (group, attempt + 1)
                     continue
                 self._deliver(events, lost.get(group.key, 0), study_dir, on_event)

@@ -82,13 +82,6 @@ class StudySpec:
     path: Path | None = None
 
     @property
-    def load_axis(self) -> str | None:
-        """The coordinate name of the load axis in cell names: ``load`` or ``capacity``."""
-        if "load" not in self.axes:
-            return None
-        return "capacity" if self.load_basis == "capacity" else "load"
-
-    @property
     def config_axes(self) -> list[str]:
         return [a for a in self.axes if a != "load"]
 
