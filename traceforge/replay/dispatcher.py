@@ -406,7 +406,8 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            self._wake_slot_waiter(now())  # the first still waiting takes the freed slot
+            if self._slot_waiters:  # open loop, no cap: none ever, so no clock read
+                self._wake_slot_waiter(now())  # the first still waiting takes the slot
         rec.complete(i, status, done, outcome, error)
         if self._sessions:
             self._after_turn(i, status, done if done is not None else now())
