@@ -47,7 +47,7 @@ from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I64
 from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.run import check_run_dir, default_models
-from traceforge.replay.selfcheck import self_check
+from traceforge.replay.selfcheck import merge_wake_stats, self_check
 from traceforge.replay.shard import WorkerRole, shard_rows, split_cap
 from traceforge.schema import Trace, sha256_file
 
@@ -453,14 +453,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
         ready_ns = np.concatenate([a["ready_ns"] for a in arrays])
         if all(a.get("os_delay_ns") is not None for a in arrays):  # every worker kept a record
             os_delay = np.concatenate([a["os_delay_ns"] for a in arrays])
-            w = [a["wakeups"] for a in arrays]
-            wakeups = {"timed_waits": sum(x["timed_waits"] for x in w),
-                       "late_over_100us": sum(x["late_over_100us"] for x in w),
-                       "late_over_1ms": sum(x["late_over_1ms"] for x in w),
-                       "late_over_1ms_cpu_busy": sum(x["late_over_1ms_cpu_busy"] for x in w),
-                       "late_pacer_waits_cpu_busy": sum(x.get("late_pacer_waits_cpu_busy", 0)
-                                                        for x in w),
-                       "max_late_us": max(x["max_late_us"] for x in w)}
+            wakeups = merge_wake_stats([a["wakeups"] for a in arrays])
     else:
         scheduled = sent = ready_ns = np.zeros(0, np.int64)
     check = self_check(scheduled_ns=scheduled, sent_ns=sent, ready_ns=ready_ns,
