@@ -198,7 +198,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
         flusher_cpus=options.flusher_cpus,
         replay_worker=None if worker is None else worker.index,
-        scrub=Scrubber(_backend_secrets(backend)),
+        scrub=Scrubber(backend_secrets(backend)),
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
@@ -416,7 +416,7 @@ class _QuietRuntime:
             gc.enable()
 
 
-def _backend_secrets(backend: Backend) -> list[str]:
+def backend_secrets(backend: Backend) -> list[str]:
     """The backend's secret values (optional ``secrets()``: API keys, header values, URL
     credentials), which the recorder masks in every error row."""
     get = getattr(backend, "secrets", None)
