@@ -18,17 +18,16 @@ from typing import Any
 import numpy as np
 
 from traceforge.analyze.rundata import NS_PER_MS, NS_PER_S, RunData
+from traceforge.analyze.stats import summarize
 
 MAX_TURN_ROWS = 20  # turns beyond this are pooled into one "21+" entry
 
 
 def _summary(values: np.ndarray, scale: float) -> dict[str, Any]:
-    if values.size == 0:
-        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
-    q = np.percentile(values, [50, 90, 99])
-    return {"count": int(values.size), "mean": float(values.mean() / scale),
-            "p50": float(q[0] / scale), "p90": float(q[1] / scale), "p99": float(q[2] / scale),
-            "max": float(values.max() / scale)}
+    """stats.summarize's count, mean, p50, p90 and p99, and the max."""
+    s = summarize(values, scale=scale)
+    return {**{k: s[k] for k in ("count", "mean", "p50", "p90", "p99")},
+            "max": float(values.max() / scale) if values.size else None}
 
 
 def session_report(run: RunData, rows: np.ndarray) -> dict[str, Any] | None:

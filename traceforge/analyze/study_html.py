@@ -11,6 +11,7 @@ from typing import Any
 from traceforge.analyze import study_plots
 from traceforge.analyze.html import _img, _num, _p, _page, _table, _write
 from traceforge.analyze.jsonable import jsonable
+from traceforge.analyze.render import _pct
 from traceforge.analyze.study_render import (
     METRIC_LABELS,
     capacity_interval,
@@ -25,10 +26,6 @@ from traceforge.analyze.study_render import (
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f} %"
 
 
 def _ci(ci: list[float] | None) -> str:

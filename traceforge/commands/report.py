@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,20 @@ def _check_html_target(path: Path | None, inputs=()) -> None:
     check_output(path, inputs=inputs, key="--html")
 
 
+def _emit(result: dict, *, json_out: bool, html: Path | None, label: str,
+          render: Callable[[dict], None]) -> None:
+    """The tail report, study report and compare share once the HTML (if asked) is written:
+    JSON on stdout, or the tables from ``render`` and the HTML's path."""
+    if json_out:
+        from traceforge.analyze.jsonable import to_json
+
+        typer.echo(to_json(result))
+        return
+    render(result)
+    if html is not None:
+        typer.echo(f"{label}: {html}")
+
+
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (run.json + timeline/), or a "
                                             "study directory (study.json + cells/).")],
@@ -50,7 +65,6 @@ def report(
     """Latency tables (with bootstrap CIs), decomposition, SLOs and plots for one run; for a
     study directory (study.json), the study report: every cell, intervals across repeats,
     the best configuration per load with its significance, capacity, simulated vs measured."""
-    from traceforge.analyze.jsonable import to_json
     from traceforge.analyze.study import is_study_dir
 
     if is_study_dir(run_dir):
@@ -74,14 +88,9 @@ def report(
         from traceforge.analyze.html import write_html
 
         write_html(run_dir, result, html, run=run)
-    if json_out:
-        typer.echo(to_json(result))
-        return
     from traceforge.analyze.render import render_report
 
-    render_report(result)
-    if html is not None:
-        typer.echo(f"HTML report: {html}")
+    _emit(result, json_out=json_out, html=html, label="HTML report", render=render_report)
 
 
 def _slo_ms(slo: str | None, slo_from: Path | None):
@@ -97,7 +106,6 @@ def _slo_ms(slo: str | None, slo_from: Path | None):
 def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup: float | None,
                   slo: str | None, slo_from: Path | None, slo_factor: float,
                   include_warmup: bool, alpha: float | None) -> None:
-    from traceforge.analyze.jsonable import to_json
     from traceforge.analyze.study import StudyOptions, build_study_report, load_study, read_study
 
     slo_ms = _slo_ms(slo, slo_from)
@@ -118,14 +126,9 @@ def _study_report(study_dir: Path, *, json_out: bool, html: Path | None, warmup:
         from traceforge.analyze.study_html import write_study_html
 
         write_study_html(result, html)
-    if json_out:
-        typer.echo(to_json(result))
-        return
     from traceforge.analyze.study_render import render_study
 
-    render_study(result)
-    if html is not None:
-        typer.echo(f"HTML study report: {html}")
+    _emit(result, json_out=json_out, html=html, label="HTML study report", render=render_study)
 
 
 def compare(
@@ -145,7 +148,6 @@ def compare(
         compare_runs,
         ok_latencies_by_model,
     )
-    from traceforge.analyze.jsonable import to_json
 
     _check_html_target(html, [("a run directory being compared", d) for d in run_dirs])
     check_compare_args(run_dirs, alpha=alpha, warmup_s=warmup)
@@ -156,14 +158,9 @@ def compare(
         from traceforge.analyze.html import write_compare_html
 
         write_compare_html(result, html, warmup_s=warmup, latencies=latencies)
-    if json_out:
-        typer.echo(to_json(result))
-        return
     from traceforge.analyze.render import render_compare
 
-    render_compare(result)
-    if html is not None:
-        typer.echo(f"HTML comparison: {html}")
+    _emit(result, json_out=json_out, html=html, label="HTML comparison", render=render_compare)
 
 
 def register(app: typer.Typer) -> None:

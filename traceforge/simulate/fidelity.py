@@ -236,10 +236,9 @@ def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any
         rows = models == m
         if handoff is None:
             reach[rows] = d["sent_ns"][rows] + int(np.median(handoff_prev[rows]))
-        else:
-            sel = rows & idle
-            reach[rows] = d["sent_ns"][rows] + int(np.median(
-                (d["service_start_ns"] - d["sent_ns"])[sel if sel.any() else rows]))
+        else:  # the transport above; a model that never found its worker idle: all its rows
+            reach[rows] = d["sent_ns"][rows] + int(transport[m] if m in transport else np.median(
+                (d["service_start_ns"] - d["sent_ns"])[rows]))
         back[rows] = int(np.median(d["done_ns"][rows] - d["service_end_ns"][rows]))
     end = np.empty(t.num_rows, np.int64)
     for rows in groups:
