@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,21 +42,8 @@ from traceforge.clock import RunClock  # noqa: E402
 from traceforge.replay import ModelInfo, ReplayOptions, Request, run_replay  # noqa: E402
 from traceforge.schema import Trace, conform_trace_table  # noqa: E402
 
-SERVER_CODE = r"""
-import asyncio, json, os, socket, sys
-from aiohttp import web
-BODY = json.dumps({"choices": [{"text": "a"}], "usage": {"completion_tokens": 1}}).encode()
-async def handle(request):
-    await request.read()
-    return web.Response(body=BODY, content_type="application/json")
-async def main(sock):
-    app = web.Application(); app.router.add_post("/v1/completions", handle)
-    runner = web.AppRunner(app, access_log=None); await runner.setup()
-    await web.SockSite(runner, sock).start()
-    await asyncio.Event().wait()
-sock = socket.socket(fileno=int(sys.argv[1]))
-asyncio.run(main(sock))
-"""
+sys.path.insert(0, str(ROOT / "tests"))
+from http_stub import start_stub_server  # noqa: E402
 
 
 def poisson_trace(rate: float, seconds: float, seed: int = 1) -> Trace:
@@ -165,16 +151,9 @@ def dispatch_cost(n: int = 50_000) -> dict:
 
 
 def start_server(cores: set[int]) -> tuple[subprocess.Popen, str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(4096)
-    port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_CODE, str(sock.fileno())],
-                            pass_fds=[sock.fileno()])
-    sock.close()
+    proc, url = start_stub_server(backlog=4096)
     if cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(proc.pid, cores)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # wait until it answers
         try:

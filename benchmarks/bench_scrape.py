@@ -77,14 +77,12 @@ def one(trace, url: str | None, tmp: Path, k: int) -> dict:
 
 
 def main() -> dict:
-    import importlib.util
     import os
+    import sys
 
-    spec = importlib.util.spec_from_file_location("bench_pacing",
-                                                  Path(__file__).with_name("bench_pacing.py"))
-    pacing = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pacing)
-    poisson_trace = pacing.poisson_trace
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # as bench_scale.py, lag_trace.py
+    from bench_pacing import poisson_trace
+
     page = vllm_like_page()
     httpd, url = serve(page)
     trace = poisson_trace(RATE, SECONDS, seed=1)

@@ -16,42 +16,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-MIX = """
-[mixes.{name}.models.distilbert-base]
-zoo = "distilbert-base"
-arrival = {{ process = "{process}", rate = 4.0{extra} }}
-batch_size = 8
-seq_len = 128
-[mixes.{name}.models.distilgpt2]
-zoo = "distilgpt2"
-arrival = {{ process = "{process}", rate = 1.2{extra} }}
-seq_len = 64
-max_new_tokens = 32
-[mixes.{name}.models.mistral-7b]
-zoo = "mistral-7b"
-arrival = {{ process = "{process}", rate = 0.6{extra} }}
-seq_len = 128
-max_new_tokens = 16
-"""
-SPEC = """
-name = "bench-216"
-backend = "simulate"
-repeats = 3
-seed = 1
-duration_s = 120.0
-""" + MIX.format(name="poisson", process="poisson", extra="") + MIX.format(
-    name="gamma", process="gamma", extra=", cv = 4.0") + MIX.format(
-    name="weibull", process="weibull", extra=", shape = 0.5") + """
-[axes]
-load = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-mode = ["exclusive", "timeslice", "mps", "streams"]
-[options]
-profile = "h200"
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# the spec test_study_report.py runs too (with SLOs)
+from study_helpers import issue_216_study
+
+SPEC = issue_216_study("bench-216", slo=False)
 
 
 def main() -> dict:

@@ -30,18 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-DRY = os.environ.get("GPU_CHECK_DRY") == "1"
+from gpu_check import DRY, log  # GPU_CHECK_DRY and its tiny stand-ins live there
+from gpu_check import zoo_of as zoo
+
 DEVICE = "cpu" if DRY else "cuda"
 COMPILE = "eager" if DRY else "graphs"
-SMALL = {"distilbert-base": "tiny-bert", "distilgpt2": "tiny-gpt2", "mistral-7b": "tiny-llama"}
-
-
-def zoo(name: str) -> str:
-    return SMALL.get(name, name) if DRY else name
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def sync() -> None:

@@ -8,7 +8,7 @@
 # carry the directory). Files for the record go to $OUT.
 # Environment: SPEC (default studies/seed-study.toml), STUDY_DIR (default out/seed-study),
 # LIMIT_S (default 540), OUT (default out/gpu-study), STUDY_ARGS (extra flags, e.g.
-# "--gpus 0,1,2,3,4,5,6,7" once an executor for them is in the build), PYTHON.
+# "--executor local --gpus 0,1": one process per GPU, docs/scale.md), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

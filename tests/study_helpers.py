@@ -2,7 +2,8 @@
 every cell an ordinary run directory written by ``simulate`` (the code behind ``traceforge
 simulate``, called in-process: a subprocess per cell would cost more than the simulation).
 
-Used by tests/test_study_report.py and benchmarks/bench_study_report.py.
+Used by tests/test_study_report.py and benchmarks/bench_study_report.py; the issue's 216-cell
+study spec (issue_216_study) also by benchmarks/bench_study.py.
 """
 
 from __future__ import annotations
@@ -94,3 +95,46 @@ def write_study(root: Path, *, mixes: dict[str, dict[str, dict[str, Any]]],
     if capacity_spec is not None:
         spec["capacity"] = capacity_spec
     return write_study_json(root, cells, spec=spec, capacity=capacity)
+
+
+_MIX_216 = """
+[mixes.{name}.models.distilbert-base]
+zoo = "distilbert-base"{slo_bert}
+arrival = {{ process = "{process}", rate = 4.0{extra} }}
+batch_size = 8
+seq_len = 128
+[mixes.{name}.models.distilgpt2]
+zoo = "distilgpt2"{slo_gpt2}
+arrival = {{ process = "{process}", rate = 1.2{extra} }}
+seq_len = 64
+max_new_tokens = 32
+[mixes.{name}.models.mistral-7b]
+zoo = "mistral-7b"{slo_mistral}
+arrival = {{ process = "{process}", rate = 0.6{extra} }}
+seq_len = 128
+max_new_tokens = 16
+"""
+
+
+def issue_216_study(name: str, *, slo: bool) -> str:
+    """The issue's study TOML: 3 mixes (Poisson, gamma cv 4, Weibull shape 0.5) of 3 zoo models
+    × 6 loads × 4 modes × 3 repeats = 216 cells on the simulator; per-model SLOs if `slo`."""
+    slos = ({"slo_bert": "\nslo_ms = 50.0", "slo_gpt2": "\nslo_ms = 400.0",
+             "slo_mistral": "\nslo_ms = 1500.0"} if slo
+            else {"slo_bert": "", "slo_gpt2": "", "slo_mistral": ""})
+    mixes = "".join(_MIX_216.format(name=mix, process=mix, extra=extra, **slos)
+                    for mix, extra in (("poisson", ""), ("gamma", ", cv = 4.0"),
+                                       ("weibull", ", shape = 0.5")))
+    return f"""
+name = "{name}"
+backend = "simulate"
+repeats = 3
+seed = 1
+duration_s = 120.0
+""" + mixes + """
+[axes]
+load = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
+mode = ["exclusive", "timeslice", "mps", "streams"]
+[options]
+profile = "h200"
+"""

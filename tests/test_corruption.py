@@ -4,8 +4,10 @@ accept, their own reader reads back. Hypothesis fuzzes the spec and importer par
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -159,6 +161,17 @@ def test_memory_guard_refuses_before_allocating(monkeypatch):
 def test_available_memory_reads_the_system():
     avail = limits.available_memory()
     assert avail is None or avail > 0
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():  # Linux: MemAvailable in bytes, never more than the machine has
+        total_kib = next(int(line.split()[1]) for line in meminfo.read_text().splitlines()
+                         if line.startswith("MemTotal:"))
+        assert isinstance(avail, int) and 0 < avail <= total_kib * 1024
+
+
+def test_available_memory_reads_memavailable_in_kib(monkeypatch):
+    meminfo = "MemTotal:  900 kB\nMemFree:  100 kB\nMemAvailable:     123 kB\n"
+    monkeypatch.setattr(limits, "open", lambda *a, **k: io.StringIO(meminfo), raising=False)
+    assert limits.available_memory() == 123 * 1024
 
 
 # -- the reader refuses what the contract forbids ---------------------------------------------
@@ -262,6 +275,9 @@ def test_import_duration_past_the_data_is_clipped_not_padded(tmp_path, capsys):
     agg = json.loads(stdout)["aggregate"]
     assert agg["rate"] == pytest.approx(1.5)  # 3 requests over 2 s, not 3 over 100 s
     assert agg["rate_ci"] is None or agg["rate_ci"][0] >= 0
+    # the intervals are over the clipped 2 s too (over 100 s: about [0.006, 0.09] /s)
+    assert agg["rate_ci"] is None or agg["rate_ci"][0] <= 1.5 <= agg["rate_ci"][1]
+    assert agg["rate_ci_poisson"][0] < 1.5 < agg["rate_ci_poisson"][1]
 
 
 def test_gen_unknown_zoo_names_the_key(tmp_path, capsys):

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from trace_cli_helpers import FIXTURES, SHARED_DATA, assert_one_line_error, run_cli
+from trace_cli_helpers import FIXTURES, assert_one_line_error, run_cli, shared_file
 
 from traceforge.errors import BadInput
 from traceforge.generate import trace_stats
@@ -113,9 +113,7 @@ MOONCAKE_FACTS = {  # ../shared/data/README.md
 
 @pytest.mark.parametrize("name", sorted(MOONCAKE_FACTS))
 def test_real_mooncake_fast25_matches_the_readme(name, tmp_path):
-    path = SHARED_DATA / "mooncake-fast25" / f"{name}.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} absent (real traces live in ../shared/data)")
+    path = shared_file("mooncake-fast25", f"{name}.jsonl")
     facts = MOONCAKE_FACTS[name]
     trace = import_trace("mooncake", [path])
     assert trace.table.num_rows == facts["rows"]

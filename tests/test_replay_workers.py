@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from http_stub import SERVER_CODE, start_stub_server
 from replay_helpers import make_trace, poisson_arrivals, timeline_rows
 
 from traceforge.cli import main
@@ -123,36 +124,9 @@ def test_unreachable_url_in_workers_is_bad_input_and_writes_nothing(tmp_path, tr
     assert not out.exists()
 
 
-
-SERVER = r"""
-import asyncio, json, socket, sys
-from aiohttp import web
-BODY = json.dumps({"choices": [{"text": "a"}], "usage": {"completion_tokens": 1}}).encode()
-async def handle(request):
-    await request.read()
-    return web.Response(body=BODY, content_type="application/json")
-async def main(sock):
-    app = web.Application(); app.router.add_post("/v1/completions", handle)
-    runner = web.AppRunner(app, access_log=None); await runner.setup()
-    await web.SockSite(runner, sock).start()
-    await asyncio.Event().wait()
-asyncio.run(main(socket.socket(fileno=int(sys.argv[1]))))
-"""
-
-
 @pytest.fixture
 def http_server():
-    import socket
-    import subprocess
-    import sys
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(sock.fileno())],
-                            pass_fds=[sock.fileno()])
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
+    proc, url = start_stub_server()
     try:
         yield url
     finally:
@@ -176,7 +150,7 @@ def test_sharded_http_replay_sends_every_row_once(tmp_path, trace_path, capsys, 
             for k in (0, 1)} == {4}
 
 
-RECORDING_SERVER = SERVER.replace(
+RECORDING_SERVER = SERVER_CODE.replace(
     "    await request.read()\n",
     "    with open(sys.argv[2], 'a') as fh:\n        fh.write((await request.read()).decode() + '\\n')\n"
 ).replace('"/v1/completions"', '"/{tail:.*}"')
@@ -184,18 +158,8 @@ RECORDING_SERVER = SERVER.replace(
 
 def recorded_prompts(tmp_path, argv_tail, name, capsys, trace_path):
     """Replay against a server that logs every body; returns {request_id: prompt}."""
-    import socket
-    import subprocess
-    import sys
-
     log = tmp_path / f"{name}.jsonl"
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    proc = subprocess.Popen([sys.executable, "-c", RECORDING_SERVER, str(sock.fileno()),
-                             str(log)], pass_fds=[sock.fileno()])
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    sock.close()
+    proc, url = start_stub_server(code=RECORDING_SERVER, args=(str(log),))
     try:
         code, err = cli(["replay", str(trace_path), "-o", str(tmp_path / name), "--backend",
                          "http", "--url", url + "/gen", "--api", "json", "--body-template",

@@ -87,15 +87,7 @@ def test_samples_land_at_the_interval_on_the_run_clock(tmp_path):
     labels = table.filter(table.column("name").to_numpy(zero_copy_only=False)
                           == "vllm:num_requests_running").column("labels")[0].as_py()
     assert json.loads(labels) == {"model_name": "tiny"}
-    # ~2 s at 0.1 s: every gap within 10 % of the interval (ticks are absolute, so one late
-    # scrape does not shift the next) -- on a loaded 2-core machine allow a rare late tick.
-    gaps = np.diff(t) / 1e9
     assert info["scrapes"] == t.size >= 15
-    on_time = np.abs(gaps - 0.1) <= 0.01
-    if on_time.mean() < 0.9 and os.getloadavg()[0] > 2 * (os.cpu_count() or 1):
-        pytest.skip(f"machine too busy to time the niced scraper (load average "
-                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); gaps {gaps}")
-    assert on_time.mean() >= 0.9, gaps
     # on the run clock: the first sample is taken at the schedule's start, before the last done
     origin = manifest["run_clock"]["schedule_origin_ns"]
     assert origin - 50 * MS <= t[0] <= origin + 150 * MS
@@ -110,6 +102,15 @@ def test_samples_land_at_the_interval_on_the_run_clock(tmp_path):
     assert m["waiting"] is None and m["samples"] == t.size
     page = report_html(load_run(run_dir), report)
     assert page.index("latency over time") < page.index("server running/waiting requests")
+    # Last, as a busy machine skips it (and must not skip the checks above): ~2 s at 0.1 s,
+    # every gap within 10 % of the interval (ticks are absolute, so one late scrape does not
+    # shift the next) -- on a loaded 2-core machine allow a rare late tick.
+    gaps = np.diff(t) / 1e9
+    on_time = np.abs(gaps - 0.1) <= 0.01
+    if on_time.mean() < 0.9 and os.getloadavg()[0] > 2 * (os.cpu_count() or 1):
+        pytest.skip(f"machine too busy to time the niced scraper (load average "
+                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores); gaps {gaps}")
+    assert on_time.mean() >= 0.9, gaps
 
 
 def test_a_dead_endpoint_costs_warnings_only(tmp_path):

@@ -103,6 +103,9 @@ def test_bad_pool_rows_name_the_line(tmp_path, capsys, rows, needle):
     (["--thin", "--rate-scale", "0.5"], "--thin"),
     (["--models", "a,b"], "one model"),
     (["--start", "1e9"], "past the pool's day"),
+    # times past int64 ns used to wrap silently into negative arrivals
+    (["--duration", "600", "--time-scale", "1e9"], "--time-scale"),
+    (["--duration", "1e300"], "--duration"),
 ])
 def test_bad_servegen_import_options(tmp_path, capsys, extra, needle):
     out = tmp_path / "t.parquet"

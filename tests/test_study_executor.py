@@ -76,6 +76,7 @@ def test_remote_style_executor_matches_local(tmp_path):
     assert remote["executor"] == "test-processes" and remote["status"] == "complete"
     strip = lambda d: [{k: c.get(k) for k in STABLE} for c in d["cells"]]  # noqa: E731
     assert strip(remote) == strip(local)
+    assert len(remote["cells"]) > 0  # not two empty lists: the per-cell checks below run
     assert remote["capacity"] == local["capacity"]
     for cell in remote["cells"]:
         run_dir = tmp_path / "remote" / cell["run_dir"]

@@ -16,9 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium_helpers import CHROMIUM, chromium
+from chromium_helpers import CHROMIUM, assert_renders, chromium
 from scipy import stats
-from study_helpers import Config, cell_name, run_cells, write_study, write_study_json
+from study_helpers import (
+    Config,
+    cell_name,
+    issue_216_study,
+    run_cells,
+    write_study,
+    write_study_json,
+)
 
 from traceforge.analyze.report import build_report
 from traceforge.analyze.study import ALL, build_study_report
@@ -91,13 +98,16 @@ def _agg(report: dict, mode: str, load: float, source: str = "simulated") -> dic
 def test_json_has_the_contract_keys(report, study):
     assert report["schema"] == "traceforge.study-report/1"
     assert len(report["cells"]) == 2 * 3 * 3 + 1
+    checked = 0
     for cell in report["cells"]:
         assert {"name", "mix", "coords", "repeat", "status", "models"} <= set(cell)
         if cell["status"] == "complete" and cell["name"] != "ghost":
+            checked += 1
             assert set(cell["models"]) == {"a", "b"}
             for m in cell["models"].values():
                 assert {"p50_ms", "p99_ms", "attainment", "goodput_rps"} <= set(m)
                 assert 0 < m["p50_ms"] < m["p99_ms"] and 0 <= m["attainment"] <= 1
+    assert checked == 2 * 3 * 3 - 1 - len(PENDING)  # not vacuous: every cell with numbers
     assert [{k: c[k] for k in ("mix", "config", "load", "low", "high")}
             for c in report["capacity"]] == [
         {k: c[k] for k in ("mix", "config", "load", "low", "high")} for c in CAPACITY]
@@ -266,20 +276,8 @@ def test_html_is_self_contained(html_file):
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install "
                     "chromium); .ci/run installs it")
 def test_html_renders_inchromium(html_file, tmp_path):
-    dom = chromium("--dump-dom", html_file.as_uri(), profile=tmp_path / "p1")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "traceforge study report" in dom.stdout
-    assert dom.stdout.count("<img") == 2
-    shot = tmp_path / "shot.png"
-    result = chromium("--window-size=1100,1400", f"--screenshot={shot}", html_file.as_uri(),
-                       profile=tmp_path / "p2")
-    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
-    from matplotlib.image import imread
-
-    pixels = imread(shot)[..., :3]
-    # The curves drew: tab:blue (#1f77b4, the first configuration's colour) in quantity.
-    tab_blue = np.all(np.abs(pixels - np.array([0x1F, 0x77, 0xB4]) / 255) < 0.06, axis=-1)
-    assert tab_blue.sum() > 500, tab_blue.sum()
+    assert_renders(html_file, tmp_path, title="traceforge study report", images=2,
+                   window_size="1100,1400")
 
 
 def test_report_of_a_study_run_by_the_engine(tmp_path):
@@ -381,43 +379,6 @@ def test_capacity_based_load_axis(tmp_path):
     assert "capacity 0.5" in text and "Best configuration per capacity" in text
 
 
-MIX_216 = """
-[mixes.{name}.models.distilbert-base]
-zoo = "distilbert-base"
-slo_ms = 50.0
-arrival = {{ process = "{process}", rate = 4.0{extra} }}
-batch_size = 8
-seq_len = 128
-[mixes.{name}.models.distilgpt2]
-zoo = "distilgpt2"
-slo_ms = 400.0
-arrival = {{ process = "{process}", rate = 1.2{extra} }}
-seq_len = 64
-max_new_tokens = 32
-[mixes.{name}.models.mistral-7b]
-zoo = "mistral-7b"
-slo_ms = 1500.0
-arrival = {{ process = "{process}", rate = 0.6{extra} }}
-seq_len = 128
-max_new_tokens = 16
-"""
-SPEC_216 = """
-name = "issue-216"
-backend = "simulate"
-repeats = 3
-seed = 1
-duration_s = 120.0
-""" + MIX_216.format(name="poisson", process="poisson", extra="") + MIX_216.format(
-    name="gamma", process="gamma", extra=", cv = 4.0") + MIX_216.format(
-    name="weibull", process="weibull", extra=", shape = 0.5") + """
-[axes]
-load = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5]
-mode = ["exclusive", "timeslice", "mps", "streams"]
-[options]
-profile = "h200"
-"""
-
-
 def test_216_cell_study_report_renders(tmp_path):
     """The issue's study (3 mixes × 6 loads × 4 modes × 3 repeats on the simulator, the
     benchmarks/bench_study.py spec, plus SLOs): `report --json --html` covers every cell, and the page
@@ -426,7 +387,7 @@ def test_216_cell_study_report_renders(tmp_path):
     from traceforge.study.spec import load_study
 
     spec = tmp_path / "issue.toml"
-    spec.write_text(SPEC_216)
+    spec.write_text(issue_216_study("issue-216", slo=True))
     result = run_study(load_study(spec), tmp_path / "study")
     assert result["status"] == "complete" and len(result["cells"]) == 216
     page = tmp_path / "study.html"

@@ -19,12 +19,15 @@ from trace_cli_helpers import REPO, assert_one_line_error, run_cli
 
 from traceforge.errors import BadInput
 
-STUDY = two_mix_study("resume", rate=60.0, cv=3.0, duration_s=4.0, seed=3,
-                      loads=[0.5, 1.0, 1.5], capacity="""
+STUDY_ARGS = dict(rate=60.0, cv=3.0, duration_s=4.0, seed=3, loads=[0.5, 1.0, 1.5],
+                  capacity="""
 slo = { metric = "p99", ms = 60.0 }
 tolerance = 0.05
 repeats = 1
 """)
+STUDY = two_mix_study("resume", **STUDY_ARGS)
+# one repeat on one server: for the tests that need a finished study, not its size
+SMALL_STUDY = two_mix_study("resume", repeats=1, servers=[1], **STUDY_ARGS)
 STABLE = ("name", "kind", "mix", "coords", "repeat", "seed", "load", "status", "run_dir",
           "backend", "error", "outcome")
 
@@ -95,16 +98,22 @@ def test_kill_9_then_resume_matches_an_uninterrupted_study(tmp_path):
         c["name"] for c in after["cells"])
 
 
-def test_changed_spec_is_refused_naming_the_keys(tmp_path, capsys):
+def finished_small_study(tmp_path: Path, capsys) -> tuple[Path, Path]:
+    """SMALL_STUDY run to the end into tmp_path/o: (spec, study directory)."""
     spec = tmp_path / "s.toml"
-    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
-        "servers = [1, 2]", "servers = [1]"))
+    spec.write_text(SMALL_STUDY)
     out = tmp_path / "o"
     code, _, err = run_cli(["study", spec, "-o", out], capsys)
     assert code == 0, err
+    return spec, out
+
+
+def test_changed_spec_is_refused_naming_the_keys(tmp_path, capsys):
+    spec, out = finished_small_study(tmp_path, capsys)
     snapshot = tree_hashes(out)
-    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
-        "servers = [1, 2]", "servers = [1]").replace("ms = 60.0", "ms = 70.0"))
+    changed = SMALL_STUDY.replace("ms = 60.0", "ms = 70.0")
+    assert changed != SMALL_STUDY
+    spec.write_text(changed)
     code, _, err = run_cli(["study", spec, "-o", out, "--resume"], capsys)
     assert_one_line_error(code, err, "spec changed", "capacity.slo.ms")
     code, _, err = run_cli(["study", spec, "-o", out], capsys)  # no --resume: non-empty dir
@@ -113,12 +122,7 @@ def test_changed_spec_is_refused_naming_the_keys(tmp_path, capsys):
 
 
 def test_a_second_study_into_a_claimed_directory_exits_2(tmp_path, capsys):
-    spec = tmp_path / "s.toml"
-    spec.write_text(STUDY.replace("repeats = 2", "repeats = 1").replace(
-        "servers = [1, 2]", "servers = [1]"))
-    out = tmp_path / "o"
-    code, _, err = run_cli(["study", spec, "-o", out], capsys)
-    assert code == 0, err
+    spec, out = finished_small_study(tmp_path, capsys)
     import socket
 
     from traceforge.paths import LOCK_NAME
@@ -138,16 +142,22 @@ def test_a_second_study_into_a_claimed_directory_exits_2(tmp_path, capsys):
     assert not (out / LOCK_NAME).exists()
 
 
+def interrupt_after_three(spec: Path, out: Path, sig: signal.Signals) -> dict:
+    """Start `study spec -o out`, send `sig` once 3 cells are complete; it must exit 130.
+    Returns the study.json it left."""
+    proc = cli(str(spec), "-o", str(out))
+    wait_for_complete(out, 3, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    return study_json(out)
+
+
 def test_sigint_exits_130_and_resume_finishes(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text(STUDY)
     out = tmp_path / "o"
-    proc = cli(str(spec), "-o", str(out))
-    wait_for_complete(out, 3, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    data = study_json(out)
+    data = interrupt_after_three(spec, out, signal.SIGINT)
     assert data["status"] == "interrupted"
     assert "running" not in data["counts"]
     assert not (out / ".traceforge.lock").exists()
@@ -174,12 +184,7 @@ service_ms = 2.0
 pacer = "sleep"
 """)
     out = tmp_path / "o"
-    proc = cli(str(spec), "-o", str(out))
-    wait_for_complete(out, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    data = study_json(out)
+    data = interrupt_after_three(spec, out, signal.SIGTERM)
     assert data["status"] == "interrupted"
     assert data["counts"].get("complete", 0) >= 3 and "running" not in data["counts"]
     assert data["counts"].get("complete", 0) < len(data["cells"])

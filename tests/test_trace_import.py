@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from trace_cli_helpers import FIXTURES, SHARED_DATA, assert_one_line_error, run_cli
+from trace_cli_helpers import FIXTURES, assert_one_line_error, run_cli, shared_file
 
 from traceforge.errors import BadInput
 from traceforge.generate import trace_stats
@@ -312,9 +312,7 @@ AZURE_FACTS = {  # from ../shared/data/README.md
 
 @pytest.mark.parametrize("name", sorted(AZURE_FACTS))
 def test_real_azure_llm_2023_matches_the_readme(name):
-    path = SHARED_DATA / "azure-llm-2023" / f"AzureLLMInferenceTrace_{name}.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} absent (real traces live in ../shared/data)")
+    path = shared_file("azure-llm-2023", f"AzureLLMInferenceTrace_{name}.csv")
     facts = AZURE_FACTS[name]
     trace = import_trace("azure-llm", [path])
     assert trace.table.num_rows == facts["rows"]

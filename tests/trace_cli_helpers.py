@@ -11,6 +11,15 @@ FIXTURES = REPO / "tests" / "fixtures"
 SHARED_DATA = Path(os.environ.get("TRACEFORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
+def shared_file(*parts: str) -> Path:
+    """A real trace under SHARED_DATA; skips the calling test, naming the path, where absent."""
+    import pytest
+
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"{path} absent (real traces live in ../shared/data)")
+    return path
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     from traceforge.cli import main
 

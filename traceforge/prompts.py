@@ -212,8 +212,7 @@ class PromptBuilder:
     first-token guarantee exact; without it first tokens are hashed (module docstring).
     """
 
-    def __init__(self, size: int, *, block_tokens: int | None = None, seed: int = 0,
-) -> None:
+    def __init__(self, size: int, *, block_tokens: int | None = None, seed: int = 0) -> None:
         if size < 2:
             raise ValueError("a prompt vocabulary needs at least 2 entries")
         self.size = size
@@ -439,10 +438,6 @@ class PromptBuilder:
                 head = self._perm[digits[digits >= 0]][:n]
                 out[:len(head)] = head
         return out
-
-    def block(self, block_id: int) -> np.ndarray:
-        """The ``block_tokens`` vocabulary indices of block ``block_id``."""
-        return self._block_cached(int(block_id)).copy()
 
 
 class PromptTexts:

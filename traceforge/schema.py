@@ -215,12 +215,9 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
         if field.name not in table.column_names and not field.nullable:
             raise BadInput("missing column", source=path, key=field.name,
                            allowed=", ".join(TRACE_SCHEMA.names))
-        if not field.nullable and table.column(field.name).null_count:
+        if not field.nullable:
             # before the cast, which refuses nulls in a non-nullable field with a ValueError
-            i = next(i for i, v in enumerate(table.column(field.name).is_null().to_pylist())
-                     if v)
-            raise BadInput(f"null value (row {i}); the column must be complete", source=path,
-                           key=field.name, value=None)
+            _refuse_nulls(table, field.name, path)
     try:
         table = conform_trace_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -229,6 +226,17 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
     if validate:
         validate_trace_table(table, source=path, meta=meta)
     return Trace(table=table, meta=meta, path=path)
+
+
+def _refuse_nulls(table: pa.Table, name: str, source: object) -> None:
+    """BadInput naming the first null row of a column that must be complete."""
+    import numpy as np
+
+    col = table.column(name)
+    if col.null_count:
+        i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
+        raise BadInput(f"null value (row {i}); the column must be complete", source=source,
+                       key=name, value=None)
 
 
 def validate_trace_table(table: pa.Table, *, source: object = None,
@@ -242,10 +250,7 @@ def validate_trace_table(table: pa.Table, *, source: object = None,
     for name in TRACE_SCHEMA.names:
         if name in OPTIONAL_TRACE_COLUMNS:
             continue
-        if table.column(name).null_count:
-            i = int(np.argmax(table.column(name).is_null().to_numpy(zero_copy_only=False)))
-            raise BadInput(f"null value (row {i}); the column must be complete", source=source,
-                           key=name, value=None)
+        _refuse_nulls(table, name, source)
     ids = table.column("request_id").to_numpy()
     bad = np.flatnonzero(ids != np.arange(n, dtype=np.int64))
     if bad.size:  # CONTRACT.md: ids are 0..n-1 in row order (duplicates would merge rows)

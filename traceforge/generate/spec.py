@@ -180,6 +180,19 @@ class SpecReader:
             self.fail(key, value, f"must be <= {_fmt(high)}")
         return value
 
+    def run_length(self, raw: dict) -> tuple[float | None, int | None]:
+        """``(duration_s, requests)`` of a spec's top table, at most one of them given (workload
+        and study specs alike); None where absent."""
+        duration_s = requests = None
+        if "duration_s" in raw:
+            duration_s = self.number(raw["duration_s"], "duration_s", low=0, low_open=True,
+                                     high=MAX_TIME_S)
+        if "requests" in raw:
+            requests = self.integer(raw["requests"], "requests", low=1, high=INT64_MAX)
+        if duration_s is not None and requests is not None:
+            self.fail("requests", requests, "give either duration_s or requests, not both")
+        return duration_s, requests
+
     def integer(self, value: object, key: str, *, low: int | None = None,
                 high: int | None = INT32_MAX) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -246,14 +259,7 @@ def parse_spec(raw: dict, *, source: object = "<spec>", base_dir: Path | None = 
     name = r.string(raw["name"], "name") if "name" in raw else (
         path.stem if path is not None else "workload")
     description = r.string(raw["description"], "description") if "description" in raw else None
-    duration_s = requests = None
-    if "duration_s" in raw:
-        duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True,
-                              high=MAX_TIME_S)
-    if "requests" in raw:
-        requests = r.integer(raw["requests"], "requests", low=1, high=INT64_MAX)
-    if duration_s is not None and requests is not None:
-        r.fail("requests", requests, "give either duration_s or requests, not both")
+    duration_s, requests = r.run_length(raw)
     seed = r.integer(raw["seed"], "seed", low=0, high=None) if "seed" in raw else None
 
     modulations: dict[str, Modulation] = {}

@@ -22,11 +22,11 @@ import pyarrow as pa
 from traceforge.errors import BadInput
 from traceforge.importers.azure_llm import per_file_names
 from traceforge.importers.common import SKIP_HINT, Records, file_info
+from traceforge.limits import INT64_MAX
 from traceforge.schema import INT32_MAX
 
 FIELDS = (("timestamp", 0), ("input_length", 1), ("output_length", 0))
 BLOCK_TOKENS = 512  # Mooncake's KV block size (FAST'25 release README)
-INT64_MAX = 2**63 - 1
 
 
 def _parse_line(text: str, block_tokens: int = BLOCK_TOKENS

@@ -11,7 +11,6 @@ busiest, or a comma-separated list of client ids.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,9 @@ import numpy as np
 from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.generate.servegen import load_pool, sample_pool
+from traceforge.importers import _positive
 from traceforge.importers.common import parse_model_names
+from traceforge.limits import check_seconds, scaled_ns
 from traceforge.schema import INT32_MAX, TRACE_SCHEMA_ID, Trace, trace_table
 
 
@@ -59,11 +60,9 @@ def import_servegen(paths: list[Path], *, models, start_s: float, duration_s: fl
     if thin:
         raise BadInput("servegen samples the pool at --rate-scale directly; --thin does not "
                        "apply", key="--thin", value=True)
-    for key, value, allow_zero in (("--start", start_s, True), ("--time-scale", time_scale, False),
-                                   ("--rate-scale", rate_scale, False)):
-        if value is None or not math.isfinite(value) or value < 0 or (value == 0 and
-                                                                       not allow_zero):
-            raise BadInput(f"must be {'>= 0' if allow_zero else '> 0'}", key=key, value=value)
+    start_s = check_seconds(_positive(start_s, "--start", allow_zero=True), key="--start")
+    time_scale = _positive(time_scale, "--time-scale")
+    rate_scale = _positive(rate_scale, "--rate-scale")
     if seed is None or seed < 0:
         raise BadInput("must be >= 0", key="--seed", value=seed)
     if not 1 <= batch_size <= INT32_MAX:
@@ -81,8 +80,10 @@ def import_servegen(paths: list[Path], *, models, start_s: float, duration_s: fl
         if duration_s <= 0:
             raise BadInput(f"is past the pool's day ({pool.day_s:g} s); give --duration",
                            key="--start", value=start_s)
-    elif not (math.isfinite(duration_s) and duration_s > 0):
-        raise BadInput("must be > 0", key="--duration", value=duration_s)
+    else:
+        duration_s = check_seconds(_positive(duration_s, "--duration"), key="--duration")
+    # the sampled times run over [0, duration_s): refuse a --time-scale that wraps int64 ns
+    check_seconds(time_scale, key="--time-scale", seconds=duration_s * time_scale)
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
     sample = sample_pool(pool, rng, float(duration_s), clients=chosen, rate_scale=rate_scale,
                          start_s=start_s)
@@ -90,7 +91,8 @@ def import_servegen(paths: list[Path], *, models, start_s: float, duration_s: fl
         raise BadInput("the window holds no requests (every chosen client is idle)",
                        key="--start", value=start_s)
     n = sample.time_s.size
-    table = trace_table(np.rint(sample.time_s * time_scale * 1e9).astype(np.int64),
+    table = trace_table(scaled_ns(sample.time_s, time_scale * 1e9, key="--time-scale",
+                                  value=time_scale),
                         np.zeros(n, np.int32), [name], np.full(n, batch_size),
                         sample.seq_len, sample.max_new_tokens)
     arrival: dict[str, Any] = {"process": "servegen", "pool": str(folder.resolve()),

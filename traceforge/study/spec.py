@@ -174,14 +174,7 @@ def parse_study(raw: dict, *, source: object = "<study>", base_dir: Path | None 
     repeats = r.integer(raw.get("repeats", 1), "repeats", low=1, high=10_000)
     seed = r.integer(raw.get("seed", 0), "seed", low=0, high=None)
     retries = r.integer(raw.get("retries", 0), "retries", low=0, high=10)
-    duration_s = requests = None
-    if "duration_s" in raw:
-        duration_s = r.number(raw["duration_s"], "duration_s", low=0, low_open=True)
-        check_seconds(duration_s, key="duration_s", source=source)
-    if "requests" in raw:
-        requests = r.integer(raw["requests"], "requests", low=1, high=None)
-    if duration_s is not None and requests is not None:
-        r.fail("requests", requests, "give either duration_s or requests, not both")
+    duration_s, requests = r.run_length(raw)
 
     if "mixes" not in raw:
         r.missing("mixes", "one [mixes.NAME] table per mix")

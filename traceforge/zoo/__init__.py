@@ -405,10 +405,11 @@ class LoadedModel:
         runner = self._runners.get(key)
         if runner is None:
             self._check_room(key, decode)
-            cls = DecodeRunner if decode else ForwardRunner
+            graphs = self.compile != "eager"
             try:
-                runner = cls(self, key, graphs=self.compile != "eager", pool=self._pool,
-                             inductor=self.compile == "compiled")
+                runner = (DecodeRunner(self, key, graphs=graphs, pool=self._pool,
+                                       inductor=self.compile == "compiled") if decode
+                          else ForwardRunner(self, key, graphs=graphs, pool=self._pool))
             except Exception as exc:
                 if "out of memory" in str(exc).lower():
                     raise BucketDoesNotFit(self._no_room(key, None)) from exc

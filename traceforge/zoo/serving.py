@@ -216,9 +216,10 @@ class _Graphs:
 
 
 class ForwardRunner:
-    """One forward per request at a fixed bucket (encoders, vision, 0-token decoder calls)."""
+    """One forward per request at a fixed bucket (encoders, vision, 0-token decoder calls).
+    Captured as is under ``compiled`` too: only the decode step goes through Inductor."""
 
-    def __init__(self, lm, bucket, *, graphs: bool, pool=None, inductor: bool = False) -> None:
+    def __init__(self, lm, bucket, *, graphs: bool, pool=None) -> None:
         torch = _torch()
         self.lm = lm
         self.bucket = bucket
