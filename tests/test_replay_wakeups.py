@@ -18,7 +18,13 @@ from traceforge.backends.null import NullBackend
 from traceforge.replay import ReplayOptions, run_replay
 from traceforge.replay import loop as loop_mod
 from traceforge.replay.cpuqos import CpuLatencyRequest
-from traceforge.replay.selfcheck import LAG_P99_LIMIT_US, os_delay_ns, self_check, wake_stats
+from traceforge.replay.selfcheck import (
+    LAG_P99_LIMIT_US,
+    merge_wake_stats,
+    os_delay_ns,
+    self_check,
+    wake_stats,
+)
 
 MS = 1_000_000
 US = 1_000
@@ -33,6 +39,15 @@ def test_os_delay_counts_only_the_overlap_after_the_timer():
     late = np.array([[int(9.5 * MS), int(12.5 * MS), 0], [31 * MS, int(31.5 * MS), 0]])
     out = os_delay_ns(ready, sent, mask, late)
     assert out.tolist() == [int(2.5 * MS), 0, int(0.5 * MS), 0]
+
+
+def test_merged_wake_stats_add_counts_and_keep_the_longest():
+    a = wake_stats(100, np.array([[0, 2 * MS, 2 * MS], [0, 200 * US, 0]]))
+    b = {**wake_stats(50, np.array([[0, 3 * MS, 0]])), "late_pacer_waits_cpu_busy": 4}
+    merged = merge_wake_stats([a, b])
+    assert merged == {"timed_waits": 150, "late_over_100us": 3, "late_over_1ms": 2,
+                      "late_over_1ms_cpu_busy": 1, "late_pacer_waits_cpu_busy": 4,
+                      "max_late_us": 3000.0}
 
 
 def test_os_delay_ignores_wakeups_inside_a_flush():

@@ -196,3 +196,21 @@ def test_workers_that_fill_every_core_are_warned_about(monkeypatch):
     assert "2 local workers on 2 cores" in w.crowding_warning(2, "local")
     assert "use at most 1" in w.crowding_warning(3, "local")
     assert w.crowding_warning(4, "ray") is None  # actors sit on other hosts' cores
+
+
+def test_a_worker_failure_reaches_run_json_with_its_secrets_masked(tmp_path):
+    from traceforge.record.manifest import RunManifest
+    from traceforge.redact import Scrubber
+    from traceforge.replay.options import ReplayOptions
+    from traceforge.replay.workers import _merge
+
+    manifest = RunManifest(tmp_path, backend="http")
+    manifest.write()
+    results = {0: ("error", {"type": "ClientError", "message": "bad key sk-live-12345 at "
+                            "http://u:pw@h/v1", "bad_input": False})}
+    summary = _merge(manifest, results, ReplayOptions(), tmp_path, [], 0.1,
+                     Scrubber(["sk-live-12345"]))
+    text = (tmp_path / "run.json").read_text()
+    assert summary.status == "failed"
+    assert "sk-live-12345" not in text and "u:pw@" not in text
+    assert json.loads(text)["worker_runs"][0]["error"] == "ClientError: bad key *** at http://***@h/v1"

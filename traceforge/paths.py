@@ -190,8 +190,7 @@ def check_run_dir(run_dir: Path | str, *, key: str = "-o",
         lock = run_dir / LOCK_NAME
         if lock.exists():
             owner, host = _lock_owner(lock)
-            if owner != -1 and ((host is not None and host != socket.gethostname())
-                                or pid_alive(owner)):
+            if _held(owner, host):
                 raise BadInput(f"is being written by another run (pid {owner})", key=key,
                                value=str(run_dir))
         others = _occupants(run_dir)
@@ -207,6 +206,13 @@ def _lock_owner(lock: Path) -> tuple[int, str | None]:
         return int(parts[0]), (parts[1] if len(parts) > 1 else None)
     except (OSError, ValueError, IndexError):
         return -1, None
+
+
+def _held(owner: int, host: str | None) -> bool:
+    """Whether a lock's owner lives or may live: on another host (a shared file system) it is
+    never second-guessed; on this one, its PID must be a live process."""
+    return owner != -1 and ((host is not None and host != socket.gethostname())
+                            or pid_alive(owner))
 
 
 def lock_dir(directory: Path, *, key: str = "-o", what: str = "run") -> Path:
@@ -227,7 +233,7 @@ def lock_dir(directory: Path, *, key: str = "-o", what: str = "run") -> Path:
             except OSError:
                 fresh = False
             elsewhere = host is not None and host != here
-            if fresh or (owner != -1 and (elsewhere or pid_alive(owner))):
+            if fresh or _held(owner, host):
                 who = ("" if owner == -1 else f" (pid {owner}" +
                        (f" on {host})" if elsewhere else ")"))
                 raise BadInput(f"is being written by another {what}{who}", key=key,

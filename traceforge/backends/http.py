@@ -170,6 +170,7 @@ class HttpBackend:
         self._session = None
         self._slots: asyncio.Semaphore | None = None  # one per pooled connection (start)
         self._clock: RunClock | None = None
+        self._request_errors: tuple[type[BaseException], ...] = (OSError,)  # + aiohttp's (start)
         self.vocab = load_vocab(tokenizer)  # a bad --tokenizer is bad input before the run
         if prompt_seed is None:
             # A fresh seed per run: two runs (or study cells) against one server must not share
@@ -241,6 +242,7 @@ class HttpBackend:
         import aiohttp
 
         self._clock = clock
+        self._request_errors = (aiohttp.ClientError, OSError)  # resolved once, not per request
         unknown = sorted(set(self.model_name) - {m.name for m in models})
         if unknown:
             raise BadInput("model not in the trace", key="--model-name", value=unknown[0],
@@ -345,8 +347,6 @@ class HttpBackend:
         return outcome
 
     async def _submit(self, request: Request, timing: _Timing) -> Outcome:
-        import aiohttp
-
         timing.now = now = self._clock.now
         queued = now()
         # One slot per pooled connection, taken before the body is built: at overload the
@@ -364,7 +364,7 @@ class HttpBackend:
                     if self.stream:
                         return await self._read_stream(resp, request.max_new_tokens)
                     payload = await resp.read()
-            except (aiohttp.ClientError, OSError) as exc:  # incl. EMFILE: a row, never a crash
+            except self._request_errors as exc:  # incl. EMFILE: a row, never a crash
                 return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
         return Outcome(tokens_out=_usage_tokens(payload))
 

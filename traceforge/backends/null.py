@@ -153,9 +153,7 @@ class NullBackend:
         now = self._clock.now()
         start, end, server = queue.take(now, queue.next_service_ns())
         if end > now:
-            if self._completions is None:  # submit() without start() (tests drive it so)
-                self._completions = _Completions(self._clock, asyncio.get_running_loop())
-            await self._completions.at(end)
+            await self._completions.at(end)  # made by start(), which also set self._clock
         return Outcome(service_start_ns=start, service_end_ns=end,
                        worker=f"{queue.name}/{server}",
                        tokens_out=request.max_new_tokens or None)

@@ -240,9 +240,7 @@ class TimelineRecorder:
             "service_end_ns": i64(self._i64["service_end_ns"][idx]),
             "done_ns": i64(self.done_ns[idx]),
             "status": status.cast(pa.string()),
-            "error": (pa.nulls(len(idx), pa.string()) if not self.error else
-                      pa.array([self.scrub(self.error.get(i)) for i in idx.tolist()],
-                               pa.string())),
+            "error": self._errors(idx),
             "gpu_ns": i64(self._i64["gpu_ns"][idx]),
             "batch_id": i64(self._i64["batch_id"][idx]),
             "batched_with": i32(self._i32["batched_with"][idx]),
@@ -272,6 +270,22 @@ class TimelineRecorder:
         import pyarrow.parquet as pq
 
         pq.write_table(self._build(np.zeros(0, np.int64)), io.BytesIO(), compression="zstd")
+
+    def _errors(self, idx: np.ndarray) -> pa.Array:
+        """The part's error column, scrubbed. Each distinct text is scrubbed once: at overload
+        thousands of rows share a handful of messages (timeouts, refused connections), and the
+        regexes run on the flusher thread, which holds the GIL the dispatcher needs."""
+        if not self.error:
+            return pa.nulls(len(idx), pa.string())
+        scrubbed: dict[str | None, str | None] = {None: None}
+        out = []
+        for i in idx.tolist():
+            text = self.error.get(i)
+            clean = scrubbed.get(text, scrubbed)
+            if clean is scrubbed:
+                clean = scrubbed[text] = self.scrub(text)
+            out.append(clean)
+        return pa.array(out, pa.string())
 
     def _workers(self, idx: np.ndarray) -> pa.Array:
         codes = self.worker_code[idx]

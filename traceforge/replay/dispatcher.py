@@ -225,10 +225,11 @@ class Dispatcher:
                 if pending > GC_FORCE_PENDING or (pending > GC_MIN_PENDING
                                                   and target - now() > GC_SAFE_GAP_NS):
                     self._collect()
-            if now() < target:
-                await wait_until(target)
-            # Everything due by now leaves in this burst.
             t = now()
+            if t < target:
+                await wait_until(target)
+                t = now()
+            # Everything due by now (t) leaves in this burst.
             held = None  # when the last slot wait of this burst ended
             while k < n and origin + offset[walk[k]] <= t:
                 i = walk[k]
@@ -406,7 +407,8 @@ class Dispatcher:
                 timer.cancel()
             del self._inflight[i]
             self.completed += 1
-            self._wake_slot_waiter(now())  # the first still waiting takes the freed slot
+            if self._slot_waiters:  # open loop, no cap: none ever, so no clock read
+                self._wake_slot_waiter(now())  # the first still waiting takes the slot
         rec.complete(i, status, done, outcome, error)
         if self._sessions:
             self._after_turn(i, status, done if done is not None else now())

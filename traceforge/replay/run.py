@@ -30,7 +30,7 @@ from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I32, NULL_I64, TimelineRecorder
 from traceforge.redact import Scrubber
 from traceforge.replay.dispatcher import Dispatcher
-from traceforge.replay.loop import describe_loop, wake_record
+from traceforge.replay.loop import describe_loop, run_delay_ns, wake_record
 from traceforge.replay.options import ReplayOptions, RunSummary
 from traceforge.replay.pacing import make_pacer
 from traceforge.replay.protocol import Backend, ModelInfo
@@ -198,7 +198,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         turn=table.column("turn").fill_null(NULL_I32).to_numpy(),
         flusher_cpus=options.flusher_cpus,
         replay_worker=None if worker is None else worker.index,
-        scrub=Scrubber(_backend_secrets(backend)),
+        scrub=Scrubber(backend_secrets(backend)),
     )
     describe = _safe_describe(backend)
     manifest = RunManifest(
@@ -212,10 +212,13 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         models=[{"name": m.name, "zoo": m.zoo} for m in models],
     )
 
-    from traceforge.replay.loop import run_delay_ns
+    # The dispatcher thread's CPU wait (schedstat), read through the loop's selector where it
+    # keeps the file open: the pacer's late waits and the whole schedule's total (_QuietRuntime).
+    def probe() -> int | None:
+        return run_delay_ns(loop)
 
     pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6),
-                       probe=lambda: run_delay_ns(loop))
+                       probe=probe)
     dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
                             model_names=model_names, closed_loop=bool(options.concurrency),
                             inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
@@ -253,7 +256,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
     manifest.write()
     if scraper is not None:
         scraper.begin(origin_ns)
-    quiet = _QuietRuntime(options)  # GC at safe points, short GIL switch interval (options.py)
+    quiet = _QuietRuntime(options, probe)  # GC at safe points, short GIL switch (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
             dispatcher, recorder, manifest, backend, pacer, progress_task, options, quiet,
@@ -384,7 +387,7 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
 class _QuietRuntime:
     """Process-wide settings for the schedule's duration, restored by :meth:`restore`."""
 
-    def __init__(self, options: ReplayOptions) -> None:
+    def __init__(self, options: ReplayOptions, run_delay=run_delay_ns) -> None:
         self._gc_was_enabled = gc.isenabled()
         self._switch_was = sys.getswitchinterval()
         self.qos = None
@@ -393,9 +396,8 @@ class _QuietRuntime:
 
             self.qos = CpuLatencyRequest(0)
         self.qos_state = self.qos.state if self.qos is not None else "off (--no-cpu-qos)"
-        from traceforge.replay.loop import run_delay_ns
-
-        self._run_delay0 = run_delay_ns()  # the dispatcher thread's wait for a CPU, from here
+        self._run_delay = run_delay
+        self._run_delay0 = run_delay()  # the dispatcher thread's wait for a CPU, from here
         self.cpu_wait_ms: float | None = None
         if options.gc_safe_points:
             gc.disable()
@@ -404,9 +406,7 @@ class _QuietRuntime:
         self.switch_s = sys.getswitchinterval()
 
     def restore(self) -> None:
-        from traceforge.replay.loop import run_delay_ns
-
-        end = run_delay_ns()
+        end = self._run_delay()
         if self._run_delay0 is not None and end is not None:
             self.cpu_wait_ms = round((end - self._run_delay0) / 1e6, 2)
         if self.qos is not None:
@@ -416,7 +416,7 @@ class _QuietRuntime:
             gc.enable()
 
 
-def _backend_secrets(backend: Backend) -> list[str]:
+def backend_secrets(backend: Backend) -> list[str]:
     """The backend's secret values (optional ``secrets()``: API keys, header values, URL
     credentials), which the recorder masks in every error row."""
     get = getattr(backend, "secrets", None)

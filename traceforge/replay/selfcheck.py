@@ -96,6 +96,16 @@ def wake_stats(timed_waits: int, late_wakeups: np.ndarray) -> dict[str, Any]:
             "max_late_us": round(float(late_us.max()), 1) if late_us.size else 0.0}
 
 
+def merge_wake_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several dispatchers' :func:`wake_stats` (``--workers``): counts add up,
+    the longest late wake-up is the longest of all."""
+    out = {k: sum(x.get(k, 0) for x in stats) for k in (
+        "timed_waits", "late_over_100us", "late_over_1ms", "late_over_1ms_cpu_busy",
+        "late_pacer_waits_cpu_busy")}
+    out["max_late_us"] = max((x["max_late_us"] for x in stats), default=0.0)
+    return out
+
+
 def self_check(
     *,
     scheduled_ns: np.ndarray,

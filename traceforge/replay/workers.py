@@ -45,9 +45,10 @@ from traceforge.clock import RunClock
 from traceforge.errors import BadInput, RunFailure
 from traceforge.record.manifest import RunManifest
 from traceforge.record.recorder import NULL_I64
+from traceforge.redact import Scrubber, scrub_text
 from traceforge.replay.options import ReplayOptions, RunSummary
-from traceforge.replay.run import check_run_dir, default_models
-from traceforge.replay.selfcheck import self_check
+from traceforge.replay.run import backend_secrets, check_run_dir, default_models
+from traceforge.replay.selfcheck import merge_wake_stats, self_check
 from traceforge.replay.shard import WorkerRole, shard_rows, split_cap
 from traceforge.schema import Trace, sha256_file
 
@@ -268,6 +269,8 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
     ids = trace.table.column("request_id").to_numpy()
     plans = (planner(trace, [ids[rows] for rows in shards]) if planner is not None
              else [None] * workers)
+    # Worker failures reach run.json as text: masked like the rows' errors (the same values).
+    scrub = Scrubber(backend_secrets(probe))
     del probe
     models = options.models or default_models(trace)
     caps = split_cap(options.inflight_cap, workers)
@@ -304,7 +307,7 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
                                  run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns,
                                  prompt_plan=plans[k]))
         return _drive(pool, jobs, clock, run_dir, existed, options, trace_info, models,
-                      backend, shard_by)
+                      backend, shard_by, scrub)
     finally:
         pool.close()
         claim.release(remove_if_empty=True)
@@ -327,7 +330,7 @@ def crowding_warning(workers: int, executor: str) -> str | None:
 
 def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: bool,
            options: ReplayOptions, trace_info: dict, models, backend: str,
-           shard_by: str) -> RunSummary:
+           shard_by: str, scrub: Scrubber) -> RunSummary:
     started = time.perf_counter()
     try:
         pool.start(jobs, clock)
@@ -366,7 +369,7 @@ def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     duration_s = time.perf_counter() - started
-    return _merge(manifest, results, options, run_dir, received, duration_s)
+    return _merge(manifest, results, options, run_dir, received, duration_s, scrub)
 
 
 def _barrier_error(failed: dict[int, tuple]) -> Exception:
@@ -412,7 +415,8 @@ def _forward_signals(pool, received: list[str]) -> dict:
 
 
 def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOptions,
-           run_dir: Path, received: list[str], duration_s: float) -> RunSummary:
+           run_dir: Path, received: list[str], duration_s: float,
+           scrub: Scrubber = scrub_text) -> RunSummary:
     per_worker, arrays, problems = [], [], []
     counts: dict[str, int] = {}
     statuses = []
@@ -438,11 +442,12 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
                      "self_check": data.get("self_check"), "rows": data["trace"]["shard_rows"],
                      "host": data.get("host"), "duration_s": data.get("duration_s")}
             if data.get("error") or error:
-                entry["error"] = data.get("error") or f"{error['type']}: {error['message']}"
+                entry["error"] = data.get("error") or scrub(f"{error['type']}: "
+                                                            f"{error['message']}")
                 problems.append(f"w{k:02d}: {entry['error']}")
         else:
             statuses.append("failed")
-            what = describe_failure(msg)
+            what = scrub(describe_failure(msg))
             entry = {"worker": k, "status": "failed", "error": what}
             problems.append(f"w{k:02d}: {what}")
         per_worker.append(entry)
@@ -453,14 +458,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
         ready_ns = np.concatenate([a["ready_ns"] for a in arrays])
         if all(a.get("os_delay_ns") is not None for a in arrays):  # every worker kept a record
             os_delay = np.concatenate([a["os_delay_ns"] for a in arrays])
-            w = [a["wakeups"] for a in arrays]
-            wakeups = {"timed_waits": sum(x["timed_waits"] for x in w),
-                       "late_over_100us": sum(x["late_over_100us"] for x in w),
-                       "late_over_1ms": sum(x["late_over_1ms"] for x in w),
-                       "late_over_1ms_cpu_busy": sum(x["late_over_1ms_cpu_busy"] for x in w),
-                       "late_pacer_waits_cpu_busy": sum(x.get("late_pacer_waits_cpu_busy", 0)
-                                                        for x in w),
-                       "max_late_us": max(x["max_late_us"] for x in w)}
+            wakeups = merge_wake_stats([a["wakeups"] for a in arrays])
     else:
         scheduled = sent = ready_ns = np.zeros(0, np.int64)
     check = self_check(scheduled_ns=scheduled, sent_ns=sent, ready_ns=ready_ns,
