@@ -272,16 +272,21 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
     bare()
     await replay(backend, clock, closed_trace(name, n // 2, shape), out / "runs" / "warm",
                  concurrency=2)
-    variants = {"c1": 1, "c2": 2}
+    # (concurrency, inline): the default path, and c=1 with every request handed to the
+    # executor thread (--no-inline), alternating in each pass
+    variants = {"c1": (1, True), "c2": (2, True), "c1_noinline": (1, False)}
+    inline_default = backend.inline
     rates: dict = {"bare": [], **{k: [] for k in variants}}
-    over: dict = {"c1": []}
-    hops: dict = {"c1": {"in": [], "window_minus_gpu": [], "out": []}}
+    over: dict = {k: [] for k in variants if variants[k][0] == 1}
+    hops: dict = {k: {"in": [], "window_minus_gpu": [], "out": []} for k in over}
     util: list = []
     for p in range(passes):
         rates["bare"].append(bare())
-        for key, c in variants.items():
+        for key, (c, inline) in variants.items():
             run_dir = out / "runs" / f"pass{p}-{key}"
+            backend.inline = inline and inline_default
             await replay(backend, clock, closed_trace(name, n, shape), run_dir, concurrency=c)
+            backend.inline = inline_default
             ok = ok_rows(run_dir)
             span = (ok.done_ns.max() - ok.sent_ns.min()) / 1e9
             rates[key].append(ok.n / span)
@@ -316,9 +321,13 @@ async def _overhead(out: Path, n: int, passes: int) -> dict:
         res[f"ratio_{k}"] = spread([h / b for h, b in zip(rates[k], rates["bare"], strict=True)])
     res["ratio_of_medians"] = {k: res["rps"][k]["median"] / res["rps"]["bare"]["median"]
                                for k in variants}
-    res["done_sent_minus_gpu_us_c1"] = {"p50": pct(over["c1"], 50), "p99": pct(over["c1"], 99)}
-    res["hops_us_c1"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99)}
-                         for k, v in hops["c1"].items()}
+    for key in over:
+        suffix = key[2:]  # "" or "_noinline"
+        res[f"done_sent_minus_gpu_us_c1{suffix}"] = {"p50": pct(over[key], 50),
+                                                      "p99": pct(over[key], 99)}
+        res[f"hops_us_c1{suffix}"] = {k: {"p50": pct(v, 50), "p99": pct(v, 99)}
+                                      for k, v in hops[key].items()}
+    res["inline"] = backend.describe().get("inline")
 
     res["nvml_util_c2_pct"] = spread(util) if util else None
     res["prewarm"] = backend.describe().get("prewarm")
@@ -367,12 +376,21 @@ def cmd_util(out: Path, seconds: float) -> dict:
 
 
 def cmd_overhead(out: Path, n: int, passes: int) -> dict:
-    res = asyncio.run(_overhead(out, n, passes))
+    from traceforge.replay.loop import new_event_loop
+
+    loop = new_event_loop()  # the loop `traceforge replay` runs on (timerfd waits)
+    try:
+        res = loop.run_until_complete(_overhead(out, n, passes))
+    finally:
+        loop.close()
     log(f"harness / bare (median of {passes} alternating passes): c1 "
-        f"{res['ratio_of_medians']['c1']:.3f}, c2 {res['ratio_of_medians']['c2']:.3f} "
-        "; "
+        f"{res['ratio_of_medians']['c1']:.3f}, c2 {res['ratio_of_medians']['c2']:.3f}, "
+        f"c1 --no-inline {res['ratio_of_medians']['c1_noinline']:.3f}; "
         f"done-sent-gpu p50 {res['done_sent_minus_gpu_us_c1']['p50']:.0f} us (hops p50 "
         + ", ".join(f"{k} {v['p50']:.0f}" for k, v in res["hops_us_c1"].items())
+        + f" us), --no-inline {res['done_sent_minus_gpu_us_c1_noinline']['p50']:.0f} us "
+        "(hops p50 "
+        + ", ".join(f"{k} {v['p50']:.0f}" for k, v in res["hops_us_c1_noinline"].items())
         + f" us); util "
         f"{(res['nvml_util_c2_pct'] or {}).get('median')} (short passes); long c2 run "
         f"{res['util_run']['mean_util_gpu_pct']}")

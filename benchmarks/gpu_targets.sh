@@ -93,6 +93,11 @@ if o:
           f"{[round(x, 3) for x in o['ratio_c2']['passes']]}")
     print(f"done-sent-gpu c1 p50 {o['done_sent_minus_gpu_us_c1']['p50']:.0f} us (target <= 150); "
           + ", ".join(f"{k} {v['p50']:.0f}" for k, v in h.items()))
+    if "done_sent_minus_gpu_us_c1_noinline" in o:
+        hn = o.get("hops_us_c1_noinline", {})
+        print(f"  --no-inline: c1 ratio {rm.get('c1_noinline', float('nan')):.3f}, done-sent-gpu "
+              f"p50 {o['done_sent_minus_gpu_us_c1_noinline']['p50']:.0f} us; "
+              + ", ".join(f"{k} {v['p50']:.0f}" for k, v in hn.items()))
 if m:
     print(f"multi-GPU wall {m.get('wall_s')} ratio {m.get('ratio')} (target <= 0.55)")
     vs = [v for c in (m.get("verdicts") or {}).values() for v in c.values()]

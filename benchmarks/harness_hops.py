@@ -21,7 +21,6 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,18 +42,23 @@ class FakeDevice:
     def bucket(self, *shape):
         return self.real.bucket(*shape)
 
+    def can_launch(self, *shape):
+        return True
+
     def launch(self, batch_size, seq_len, max_new_tokens, *, label=None):
         from traceforge.zoo import Launched
 
         launched = time.monotonic_ns()
-        done = threading.Event()
-        threading.Timer(self.gpu_s, done.set).start()
-        return Launched(None, done, None, launched, None)
+        return Launched(None, None, launched + int(self.gpu_s * 1e9), launched, None)
+
+    def poll(self, handle):
+        return time.monotonic_ns() >= handle.end_ev
 
     def finish(self, handle):
         from traceforge.zoo import RunStats
 
-        handle.start_ev.wait()
+        while not self.poll(handle):  # the executor thread blocks here, as on end_ev
+            time.sleep(max(0.0, (handle.end_ev - time.monotonic_ns()) / 1e9))
         return RunStats(handle.launched_ns, None, time.monotonic_ns(), int(self.gpu_s * 1e9),
                         0, None, None)
 
@@ -74,9 +78,9 @@ def instrument() -> None:
             STAMPS["taken"].append(time.monotonic_ns())
         return batch
 
-    def report_(self, batch, common, stats):
+    def report_(self, batch, common, stats, on_result=None):
         STAMPS["report"].append(time.monotonic_ns())
-        report(self, batch, common, stats)
+        report(self, batch, common, stats, on_result)
 
     ex.Executor.put, ex.Executor._next_batch_jobs, ex.Executor._report = put_, take_, report_
 
@@ -101,29 +105,35 @@ async def main(gpu_ms: float, passes: int, out: Path) -> None:
         resolve(rid, fields)
 
     backend._resolve = resolve_
-    print("pass   in: sent->launch (put->taken)   out: end->done (report->resolve)   "
-          "done-sent-gpu   late (timer)")
-    rows = []
+    print("pass inline   in: sent->launch (put->taken)   out: end->done (report->resolve)   "
+          "done-sent-gpu   late (device)")
+    rows: dict[bool, list] = {True: [], False: []}
     for p in range(passes):
-        for v in STAMPS.values():
-            v.clear()
-        run = out / f"pass{p}"
-        await replay(backend, clock, closed_trace(name, 400, shape), run, concurrency=1)
-        ok = ok_rows(run)
-        n = min(len(v) for v in STAMPS.values())
-        s = {k: np.array(v[-n:], dtype=float) for k, v in STAMPS.items()}
-        r = {"in": np.median((ok.service_start_ns - ok.sent_ns) / 1e3),
-             "put_taken": np.median((s["taken"] - s["put"]) / 1e3),
-             "out": np.median((ok.done_ns - ok.service_end_ns) / 1e3),
-             "report_resolve": np.median((s["resolve"] - s["report"]) / 1e3),
-             "dsg": np.median((ok.done_ns - ok.sent_ns - ok.gpu_ns) / 1e3),
-             "late": np.median((ok.service_end_ns - ok.service_start_ns - ok.gpu_ns) / 1e3)}
-        rows.append(r)
-        print(f"{p:>4} {r['in']:>8.1f} us ({r['put_taken']:.1f}) {r['out']:>22.1f} us "
-              f"({r['report_resolve']:.1f}) {r['dsg']:>20.1f} us {r['late']:>10.1f} us")
+        for inline in (False, True):  # alternating: the machine drifts between passes
+            backend.inline = inline  # on the CPU the backend would never inline by itself
+            for v in STAMPS.values():
+                v.clear()
+            run = out / f"pass{p}-{int(inline)}"
+            await replay(backend, clock, closed_trace(name, 400, shape), run, concurrency=1)
+            ok = ok_rows(run)
+            n = min(len(v) for v in STAMPS.values())
+            s = {k: np.array(v[-n:], dtype=float) for k, v in STAMPS.items()}
+            med = (lambda a: float(np.median(a)) if len(a) else float("nan"))
+            r = {"in": med((ok.service_start_ns - ok.sent_ns) / 1e3),
+                 "put_taken": med((s["taken"] - s["put"]) / 1e3),
+                 "out": med((ok.done_ns - ok.service_end_ns) / 1e3),
+                 "report_resolve": med((s["resolve"] - s["report"]) / 1e3),
+                 "dsg": med((ok.done_ns - ok.sent_ns - ok.gpu_ns) / 1e3),
+                 "late": med((ok.service_end_ns - ok.service_start_ns - ok.gpu_ns) / 1e3)}
+            rows[inline].append(r)
+            print(f"{p:>4} {'on' if inline else 'off':>6} {r['in']:>8.1f} us ({r['put_taken']:.1f})"
+                  f" {r['out']:>22.1f} us ({r['report_resolve']:.1f}) {r['dsg']:>20.1f} us "
+                  f"{r['late']:>10.1f} us")
     await backend.stop()
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print("median " + ", ".join(f"{k} {v:.1f} us" for k, v in med.items()))
+    for inline, rs in rows.items():
+        m = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
+        print(f"median, inline {'on' if inline else 'off'}: "
+              + ", ".join(f"{k} {v:.1f} us" for k, v in m.items()))
 
 
 if __name__ == "__main__":

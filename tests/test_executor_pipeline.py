@@ -9,6 +9,7 @@ the executor must launch it behind the one in flight instead of blocking on that
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -107,3 +108,152 @@ def test_concurrency_one_completes_every_request_in_order():
     for k in range(1, 4):
         assert dev.log.index(("launch", k)) > dev.log.index(("finish", k - 1))
 
+
+
+# -- inline requests: launched and completed on the event loop's thread ------------------------
+class TimedDevice:
+    """A launchable fake whose "GPU" is the clock: a launch ends ``gpu_s`` after the previous
+    one ended or after its own launch (one stream: FIFO). ``poll`` never blocks."""
+
+    device = _Device("cpu")
+
+    def __init__(self, gpu_s: float = 0.002, *, fail_launch=False, fail_poll=False) -> None:
+        self.gpu_ns = int(gpu_s * 1e9)
+        self.fail_launch, self.fail_poll = fail_launch, fail_poll
+        self.launches: list[tuple[int, int]] = []  # (request id, thread id)
+        self.finishes: list[tuple[int, int]] = []
+        self._busy_until = 0
+
+    def can_launch(self, batch_size, seq_len, max_new_tokens) -> bool:
+        return max_new_tokens == 0  # a decode waits for its first token: never launched
+
+    def launch(self, batch_size, seq_len, max_new_tokens, *, label=None):
+        if self.fail_launch:
+            raise RuntimeError("launch failed")
+        rid = int(label.split()[-1])
+        self.launches.append((rid, threading.get_ident()))
+        now = time.monotonic_ns()
+        end = max(now, self._busy_until) + self.gpu_ns
+        self._busy_until = end
+        return Launched(None, rid, end, now, None)
+
+    def poll(self, handle) -> bool:
+        if self.fail_poll:
+            raise RuntimeError("event query failed")
+        return time.monotonic_ns() >= handle.end_ev
+
+    def finish(self, handle) -> RunStats:
+        while not self.poll(handle):
+            time.sleep(0.0002)
+        self.finishes.append((handle.start_ev, threading.get_ident()))
+        return RunStats(handle.end_ev - self.gpu_ns, None, time.monotonic_ns(), self.gpu_ns, 0,
+                        8, 1)
+
+    def run(self, batch_size, seq_len, max_new_tokens, *, label=None) -> RunStats:
+        rid = int(label.split()[-1])
+        self.launches.append((rid, threading.get_ident()))
+        start = time.monotonic_ns()
+        time.sleep(self.gpu_ns / 1e9)
+        self.finishes.append((rid, threading.get_ident()))
+        return RunStats(start, None, time.monotonic_ns(), self.gpu_ns, 0, 8, 1)
+
+
+async def _inline_executor(dev) -> tuple[Executor, dict, asyncio.AbstractEventLoop]:
+    results: dict[int, asyncio.Future] = {}
+    loop = asyncio.get_running_loop()
+    executor = Executor({"m": dev}, t0_ns=0, worker="test", on_result=lambda rid, f: (
+        loop.call_soon_threadsafe(results[rid].set_result, (f, threading.get_ident()))))
+    executor.start_thread()
+    for _ in range(1000):  # until its thread waits for work
+        if executor._idle:
+            break
+        await asyncio.sleep(0.001)
+    return executor, results, loop
+
+
+def _submit(executor, results, loop, rid, new=0) -> bool:
+    results[rid] = loop.create_future()
+    job = Job(rid, "m", 1, 8, new)
+
+    def resolve(r, fields):
+        results[r].set_result((fields, threading.get_ident()))
+
+    if executor.try_inline(job, loop, resolve):
+        return True
+    executor.put(job)
+    return False
+
+
+def test_idle_executor_serves_inline_without_its_thread():
+    async def main():
+        dev = TimedDevice()
+        executor, results, loop = await _inline_executor(dev)
+        me = threading.get_ident()
+        for rid in range(5):  # closed loop, concurrency 1: every request inline
+            assert _submit(executor, results, loop, rid)
+            fields, tid = await asyncio.wait_for(results[rid], 5)
+            assert fields["status"] == "ok" and tid == me
+            assert fields["service_start_ns"] <= fields["service_end_ns"]
+        assert executor.inline_count == 5
+        assert {t for _, t in dev.launches} == {me} and {t for _, t in dev.finishes} == {me}
+        assert executor.stop() == []
+        executor.thread.join(5)
+
+    asyncio.run(main())
+
+
+def test_request_during_inline_one_is_queued_and_runs_behind_it():
+    async def main():
+        dev = TimedDevice(gpu_s=0.02)
+        executor, results, loop = await _inline_executor(dev)
+        assert _submit(executor, results, loop, 0)
+        assert not _submit(executor, results, loop, 1)  # one inline request at a time
+        assert not _submit(executor, results, loop, 2)  # the executor has one queued/in flight
+        out = [await asyncio.wait_for(results[r], 5) for r in range(3)]
+        assert all(f["status"] == "ok" for f, _ in out)
+        assert [r for r, _ in dev.launches] == [0, 1, 2]  # the device's (stream's) order
+        ends = [f["service_end_ns"] for f, _ in out]
+        assert ends == sorted(ends)
+        executor.stop()
+        executor.thread.join(5)
+
+    asyncio.run(main())
+
+
+def test_busy_executor_and_decode_requests_are_not_inlined():
+    async def main():
+        dev = TimedDevice(gpu_s=0.02)
+        executor, results, loop = await _inline_executor(dev)
+        assert not _submit(executor, results, loop, 0, new=4)  # decode: the executor runs it
+        for _ in range(1000):  # its thread took it and runs it
+            if not executor._idle:
+                break
+            await asyncio.sleep(0.001)
+        assert not _submit(executor, results, loop, 1)  # executor busy: queued
+        for r in (0, 1):
+            fields, _ = await asyncio.wait_for(results[r], 5)
+            assert fields["status"] == "ok"
+        assert executor.inline_count == 0
+        executor.stop()
+        executor.thread.join(5)
+
+    asyncio.run(main())
+
+
+def test_inline_failures_become_error_rows():
+    async def main():
+        for dev, text in ((TimedDevice(fail_launch=True), "launch failed"),
+                          (TimedDevice(fail_poll=True), "event query failed")):
+            executor, results, loop = await _inline_executor(dev)
+            assert _submit(executor, results, loop, 0)
+            fields, _ = await asyncio.wait_for(results[0], 5)
+            assert fields["status"] == "error" and text in fields["error"]
+            assert not executor.inline_in_flight
+            dev.fail_launch = dev.fail_poll = False  # the executor serves the next one
+            assert _submit(executor, results, loop, 1)
+            fields, _ = await asyncio.wait_for(results[1], 5)
+            assert fields["status"] == "ok"
+            executor.stop()
+            executor.thread.join(5)
+
+    asyncio.run(main())

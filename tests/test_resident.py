@@ -278,3 +278,33 @@ def test_cli_replay_resident_streams_on_cpu(tmp_path, capsys):
     assert manifest["backend_info"]["max_batch"] == 2
     rows = read_timeline(tmp_path / "run").to_pylist()
     assert [r["status"] for r in rows] == ["ok"] * 9
+
+
+def test_inline_requests_through_the_backend_and_stop_waits_for_one_in_flight():
+    """The backend's inline path with a launchable fake in place of the tiny model (on the CPU
+    the backend never inlines by itself: graphs need CUDA). Requests one at a time are served
+    inline; one still on the "device" when stop() comes is completed, not dropped; run.json's
+    live "inline" entry counts them."""
+    from test_executor_pipeline import TimedDevice
+
+    async def go():
+        backend = from_options({"mode": "exclusive", "device": "cpu", "telemetry": False})
+        assert backend.inline is False  # CPU: no graph launches
+        await backend.start([ModelInfo("bert", "tiny-bert")], RunClock())
+        described = backend.describe()  # what a manifest stores at start
+        assert described["inline"] == {"enabled": False}
+        dev = TimedDevice(gpu_s=0.05)
+        backend._executors["bert"].models["bert"] = dev
+        backend.inline = True
+        outs = [await backend.submit(Request(i, "bert", 1, 16, 0, 0)) for i in range(3)]
+        last = asyncio.ensure_future(backend.submit(Request(3, "bert", 1, 16, 0, 0)))
+        await asyncio.sleep(0.005)  # launched inline, still on the device
+        assert backend._executors["bert"].inline_in_flight
+        await backend.stop()
+        return outs + [await last], described, dev
+
+    outs, described, dev = asyncio.run(go())
+    assert [o.status for o in outs] == ["ok"] * 4, [o.error for o in outs]
+    assert all(o.gpu_ns == dev.gpu_ns for o in outs)
+    assert [r for r, _ in dev.launches] == [0, 1, 2, 3]
+    assert described["inline"] == {"enabled": True, "requests": 4}

@@ -256,6 +256,34 @@ def test_graph_forward_equals_eager_on_gpu():
     assert (st.bucket_batch_size, st.bucket_seq_len) == (2, 32) and st.gpu_ns > 0
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["exclusive", "streams"])
+def test_inline_requests_on_gpu(tmp_path, mode):
+    """Graph-captured requests that find their executor idle are launched and completed by the
+    event loop's thread (executor.try_inline); decodes still go to the executor thread. Every
+    row ok with its GPU time, and the ones served inline counted in run.json."""
+    import pyarrow.dataset as ds
+
+    trace = tmp_path / "t.parquet"
+    _small_trace(trace, [("enc", 1, 20, 0), ("dec", 1, 9, 5), ("enc", 2, 70, 0)] * 6)
+    for inline in (True, False):
+        run = tmp_path / f"run-{inline}"
+        out = subprocess.run([sys.executable, "-m", "traceforge", "replay", str(trace), "-o",
+                              str(run), "--backend", "resident", "--device", "cuda",
+                              "--mode", mode, "--no-progress",
+                              "--inline" if inline else "--no-inline"],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        t = ds.dataset(run / "timeline").to_table().to_pylist()
+        assert len(t) == 18 and all(r["status"] == "ok" and r["gpu_ns"] > 0 for r in t)
+        assert all(r["sent_ns"] <= r["service_start_ns"] <= r["service_end_ns"] <= r["done_ns"]
+                   for r in t)
+        info = json.loads((run / "run.json").read_text())["backend_info"]["inline"]
+        assert info["enabled"] is inline
+        # 12 encoder requests 20 ms apart, each alone on its executor: all inline
+        assert info["requests"] == (12 if inline else 0), info
+
+
 # -- simulator: a request's service is its bucket's ----------------------------------------------
 def _bucketed_profile(tmp_path: Path, buckets) -> Path:
     prof = {"schema": "traceforge.profile/1", "device": {"name": "test"},

@@ -74,6 +74,9 @@ class ResidentOptions:
     compile: str | None = None
     seq_buckets: list[int] | None = None  # seq_len padding buckets (None: the default ladder)
     prewarm: bool = True
+    # exclusive/streams: an idle executor's graph-captured requests are launched and completed
+    # by the event loop's thread (no thread hand-off; executor.py)
+    inline: bool = True
 
 
 @dataclass

@@ -142,6 +142,11 @@ def register(app: typer.Typer) -> None:
         prewarm: bool = typer.Option(True, "--prewarm/--no-prewarm",
                                      help="resident: run every bucket the trace needs before "
                                           "the schedule starts (--no-prewarm: cold shapes)."),
+        inline: bool = typer.Option(True, "--inline/--no-inline",
+                                    help="resident exclusive/streams on CUDA: the event loop "
+                                         "launches and completes an idle executor's "
+                                         "graph-captured requests itself (no thread "
+                                         "hand-off); --no-inline: always the executor thread."),
     ) -> None:
         """Replay a trace open-loop at its exact times and record every request."""
         from traceforge.replay import ReplayOptions, default_models, run_replay
@@ -213,7 +218,7 @@ def register(app: typer.Typer) -> None:
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms,
                 "zoo": {m.name: m.zoo for m in models if m.zoo},
                 "telemetry": telemetry, "compile": compile_, "seq_buckets": seq_buckets,
-                "prewarm": prewarm,
+                "prewarm": prewarm, "inline": inline,
                 "run_dir": out,  # telemetry.parquet and worker logs go into the run directory
                 "status": lambda line: typer.echo(line, err=True),  # a line per model loaded
             }

@@ -223,6 +223,7 @@ class LoadedModel:
         self.inductor_options = dict(INDUCTOR_OPTIONS)
         # ``compiled``: fuse q/k/v and gate/up projections first (zoo/serving.py)
         self.fuse_projections = FUSE_PROJECTIONS
+        self._events: list = []  # free (start, end) CUDA event pairs (_event_pair)
         self.configure()
 
     def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,
@@ -311,8 +312,7 @@ class LoadedModel:
             runner = self._runner(bucket, max_new_tokens)  # captured at first use
         if cuda:
             torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
-            start_ev = torch.cuda.Event(enable_timing=True)
-            end_ev = torch.cuda.Event(enable_timing=True)
+            start_ev, end_ev = self._event_pair()
         try:
             service_start = time.monotonic_ns()
             if cuda:
@@ -330,7 +330,10 @@ class LoadedModel:
                 end_ev.record()
                 end_ev.synchronize()
             service_end = time.monotonic_ns()
-            gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6) if cuda else None
+            gpu_ns = None
+            if cuda:
+                gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
+                self._events.append((start_ev, end_ev))
         finally:
             if cuda:
                 torch.cuda.nvtx.range_pop()
@@ -345,15 +348,13 @@ class LoadedModel:
         for the first token)."""
         import torch
 
-        if (self.compile == "eager" or not self.is_cuda
-                or (self.entry.kind == "decoder" and max_new_tokens > 0)):
+        if not self.can_launch(batch_size, seq_len, max_new_tokens):
             return None
         bucket = self.bucket(batch_size, seq_len, max_new_tokens)
         runner = self._runner(bucket, max_new_tokens)
         torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
         try:
-            start_ev = torch.cuda.Event(enable_timing=True)
-            end_ev = torch.cuda.Event(enable_timing=True)
+            start_ev, end_ev = self._event_pair()
             launched = time.monotonic_ns()
             start_ev.record()
             runner.fill(batch_size, seq_len)
@@ -372,8 +373,30 @@ class LoadedModel:
         end_ev.synchronize()
         end = time.monotonic_ns()
         gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
+        self._events.append((start_ev, end_ev))  # both recorded and done: reusable
         return RunStats(max(launched, end - gpu_ns), None, end, gpu_ns, 0, bucket.seq,
                         bucket.batch)
+
+    def can_launch(self, batch_size: int, seq_len: int, max_new_tokens: int) -> bool:
+        """Whether :meth:`launch` enqueues this request without waiting (a graph-captured
+        forward on CUDA; decode waits for its first token on the host)."""
+        return (self.compile != "eager" and self.is_cuda
+                and not (self.entry.kind == "decoder" and max_new_tokens > 0))
+
+    def poll(self, handle) -> bool:
+        """Whether a :meth:`launch` has ended on the device (never blocks)."""
+        return handle.end_ev.query()
+
+    def _event_pair(self):
+        """Two timing events, reused: constructing a CUDA event costs a driver call each, on
+        the request's critical path. ``finish`` returns the pair once both have completed
+        (list append/pop are atomic under the GIL: the executor and loop threads share it)."""
+        try:
+            return self._events.pop()
+        except IndexError:
+            import torch
+
+            return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
     def _run_eager(self, bucket, batch_size: int, seq_len: int, new: int) -> int | None:
         import torch

@@ -100,7 +100,7 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
                            run_dir=opts.get("run_dir"), seed=int(opts.get("seed") or 0),
                            compile=compile_, seq_buckets=seq_buckets,
                            prewarm=bool(opts.get("prewarm", True)),
-                           status=opts.get("status"))
+                           status=opts.get("status"), inline=bool(opts.get("inline", True)))
 
 
 class ResidentBackend:
@@ -111,7 +111,7 @@ class ResidentBackend:
                  zoo: dict[str, str] | None = None, telemetry: bool = True,
                  run_dir: str | os.PathLike | None = None, seed: int = 0,
                  compile: str | None = None, seq_buckets: list[int] | None = None,
-                 prewarm: bool = True, status: Any = None) -> None:
+                 prewarm: bool = True, status: Any = None, inline: bool = True) -> None:
         from traceforge.gpu.cuda import parse_device
 
         self.mode = mode
@@ -130,6 +130,9 @@ class ResidentBackend:
         self.compile = compile or ("graphs" if self.is_cuda else "eager")
         self.seq_buckets = seq_buckets  # --seq-buckets (None: each model's defaults)
         self.prewarm = prewarm
+        # In-process modes: an idle executor's graph-captured request is launched and polled by
+        # the event loop's thread itself (Executor.try_inline): no thread hand-off either way.
+        self.inline = inline and self.is_cuda and max_batch == 1 and mode not in PROCESS_MODES
         self._serving: dict[str, Any] = {}
         # status(line): progress while models load (the CLI prints it to stderr), else silent
         self.status = status or (lambda line: None)
@@ -176,6 +179,12 @@ class ResidentBackend:
             await self._start_workers()
         else:
             await asyncio.to_thread(self._start_in_process)
+            if self.inline and self.compile != "eager":
+                import torch
+
+                # try_inline records events and launches from this (the loop's) thread: its
+                # current device must be the models' one
+                torch.cuda.set_device(self.cuda_index)
             self.status(f"    all models ready in {time.perf_counter() - started:.1f} s")
         self._record_prewarm()
 
@@ -245,6 +254,8 @@ class ResidentBackend:
         except BucketDoesNotFit as exc:
             raise RunFailure(str(exc)) from None
         self._info["models"] = info
+        # live: stop() adds how many requests were served inline
+        self._live("inline", {"enabled": self.inline})
         common = {"t0_ns": self.clock.t0_ns, "on_result": self._on_thread_result,
                   "max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms}
         if self.mode == "exclusive":
@@ -336,8 +347,10 @@ class ResidentBackend:
         else:
             fut = self._loop.create_future()
             self._pending[rid] = fut
-            self._executors[model].put(Job(rid, model, request.batch_size, request.seq_len,
-                                           request.max_new_tokens))
+            executor = self._executors[model]
+            job = Job(rid, model, request.batch_size, request.seq_len, request.max_new_tokens)
+            if not (self.inline and executor.try_inline(job, self._loop, self._resolve)):
+                executor.put(job)
             try:
                 fields = await fut
             finally:
@@ -373,6 +386,13 @@ class ResidentBackend:
         for executor in executors:
             if executor.thread is not None:
                 await asyncio.to_thread(executor.thread.join, 60)
+        # an inline request still on the device completes through the loop's polls
+        deadline = time.monotonic() + 60
+        while any(e.inline_in_flight for e in executors) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        if "inline" in self._info:
+            self._live("inline", {"enabled": self.inline,
+                                  "requests": sum(e.inline_count for e in executors)})
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_result(stopped)
@@ -411,9 +431,10 @@ class ResidentBackend:
     def describe(self) -> dict[str, Any]:
         """Settings and environment for run.json.
 
-        The "telemetry", "mps" and "workers" sub-dicts are *live*: created at start and updated
-        in place by ``stop()``, so a manifest that stored this dict at start (a shallow copy)
-        still writes the end-of-run facts (telemetry summary, daemon quit, worker exits).
+        The "telemetry", "mps", "workers" and "inline" sub-dicts are *live*: created at start
+        and updated in place by ``stop()``, so a manifest that stored this dict at start (a
+        shallow copy) still writes the end-of-run facts (telemetry summary, daemon quit, worker
+        exits, requests served inline).
         """
         out: dict[str, Any] = {
             "backend": self.name, "mode": self.mode, "device": self.device,

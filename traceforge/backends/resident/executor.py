@@ -12,6 +12,14 @@ max_new_tokens: shorter members are padded, as in static batching). Every member
 batch's times; ``tokens_out`` is its own ``batch_size × max_new_tokens``. The model then pads
 the batch's shape up to its bucket (zoo/buckets.py); ``bucket_seq_len`` / ``bucket_batch_size``
 record the shape that ran.
+
+Inline requests (:meth:`Executor.try_inline`): when the executor is idle — nothing queued,
+nothing in flight, its thread waiting — a graph-captured request is launched by the event loop's
+own thread, which then polls the request's end event from loop callbacks and resolves it there.
+Neither thread hand-off (condition variable + GIL in; ``call_soon_threadsafe`` + the loop's
+wake-up out; ~90 µs each on the lent H200 host, docs/results/serving-h200.md) is paid. At most one
+inline request is in flight per executor; a request that comes meanwhile is queued for the
+executor thread, which launches it behind on the same stream, so the GPU order is still FIFO.
 """
 
 from __future__ import annotations
@@ -38,6 +46,11 @@ class Job:
 # to end, and block on it (a timed condition wait can overshoot by the kernel's timer slack,
 # 50 us by default, plus the wake-up).
 LOOKAHEAD_MARGIN_NS = 200_000
+# Inline requests: the event loop polls the end event from this long before the request is
+# expected to end, as the spin pacer spins before a send (ReplayOptions.spin_margin_ms): a loop
+# timer wakes ~60 µs late at p50 on the lent H200 host with a ms tail, and the stock asyncio
+# loop rounds its epoll timeout up to whole ms.
+INLINE_SPIN_NS = 1_500_000
 
 # on_result(request_id, outcome_fields) — called from the executor thread.
 ResultCallback = Callable[[int, dict[str, Any]], None]
@@ -62,6 +75,11 @@ class Executor:
         self._gpu_ns: dict[tuple, int] = {}
         self._last_end_ns = 0  # when the last completed launched request ended (monotonic)
         self.thread: threading.Thread | None = None
+        # try_inline: the executor thread waits for work with nothing in flight (``_idle``);
+        # the loop's inline request in flight, if any (its model, handle and future)
+        self._idle = False
+        self._inline = None
+        self.inline_count = 0  # requests served inline (run.json)
 
     # -- producer side -----------------------------------------------------------------------
     def put(self, job: Job) -> None:
@@ -150,6 +168,81 @@ class Executor:
             return False
         return None if handle is None else (batch, self._common(batch), handle)
 
+    # -- inline requests (the event loop's thread) -------------------------------------------
+    def try_inline(self, job: Job, loop, resolve: ResultCallback) -> bool:
+        """Serve ``job`` from the calling thread (the event loop's) if this executor is idle —
+        nothing queued, nothing in flight, its thread waiting — and the model launches without
+        waiting (a graph-captured forward): launch it now, poll its end from ``loop``'s
+        callbacks and call ``resolve(request_id, fields)`` there. False: nothing was done (the
+        caller ``put``s the job). Only the caller's thread puts jobs, so while it launches the
+        executor thread has nothing to launch: no lock is held around the launch."""
+        if self.max_batch != 1 or self._inline is not None:
+            return False
+        model = self.models.get(job.model)
+        can_launch = getattr(model, "can_launch", None)
+        if can_launch is None or not can_launch(job.batch_size, job.seq_len,
+                                                job.max_new_tokens):
+            return False
+        with self._cond:
+            if not self._idle or self._queue or self._stopping or self._inline is not None:
+                return False
+            common = self._common([job])
+            self._inline = (job, common, None, model)
+        label = f"req {job.request_id}"
+        try:
+            if self.stream is not None:
+                import torch
+
+                with torch.cuda.stream(self.stream):
+                    handle = model.launch(job.batch_size, job.seq_len, job.max_new_tokens,
+                                          label=label)
+            else:
+                handle = model.launch(job.batch_size, job.seq_len, job.max_new_tokens,
+                                      label=label)
+            if handle is None:
+                raise RuntimeError("the model declined a launch it said it could take")
+        except Exception as exc:
+            self._inline = None
+            self._fail([job], common, exc, on_result=resolve)
+            return True
+        self._inline = (job, common, handle, model)
+        self.inline_count += 1
+        # Poll from INLINE_SPIN_NS before the expected end (the shortest GPU time seen for the
+        # shape), every loop iteration from then on; from the launch when none was seen yet.
+        gpu = self._gpu_ns.get((job.model, job.batch_size, job.seq_len, job.max_new_tokens))
+        delay = 0 if gpu is None else (
+            max(handle.launched_ns, self._last_end_ns) + gpu - INLINE_SPIN_NS
+            - time.monotonic_ns())
+        if delay > 0:
+            loop.call_later(delay / 1e9, self._poll_inline, loop, resolve)
+        else:
+            loop.call_soon(self._poll_inline, loop, resolve)
+        return True
+
+    def _poll_inline(self, loop, resolve: ResultCallback) -> None:
+        job, common, handle, model = self._inline
+        try:
+            if not model.poll(handle):
+                loop.call_soon(self._poll_inline, loop, resolve)  # one loop iteration later
+                return
+            stats = model.finish(handle)
+            self._inline = None
+            self._note_end(job, stats)
+            self._report([job], common, stats, on_result=resolve)
+        except Exception as exc:  # the request becomes an error row, never a hang
+            self._inline = None
+            self._fail([job], common, exc, on_result=resolve)
+
+    @property
+    def inline_in_flight(self) -> bool:
+        return self._inline is not None
+
+    def _note_end(self, job: Job, stats) -> None:
+        self._last_end_ns = max(self._last_end_ns, stats.service_end_ns)
+        if stats.gpu_ns:
+            key = (job.model, job.batch_size, job.seq_len, job.max_new_tokens)
+            self._gpu_ns[key] = min(self._gpu_ns.get(key, stats.gpu_ns), stats.gpu_ns)
+
     def _lookahead_s(self, pending) -> float:
         """Seconds to wait for a new job before blocking on the request in flight: until
         LOOKAHEAD_MARGIN_NS before its expected end (0 until a GPU time was seen for its
@@ -172,11 +265,7 @@ class Executor:
         except Exception as exc:
             self._fail(batch, common, exc)
             return
-        self._last_end_ns = stats.service_end_ns
-        if stats.gpu_ns:
-            job = batch[0]
-            key = (job.model, job.batch_size, job.seq_len, job.max_new_tokens)
-            self._gpu_ns[key] = min(self._gpu_ns.get(key, stats.gpu_ns), stats.gpu_ns)
+        self._note_end(batch[0], stats)
         self._report(batch, common, stats)
 
     def _common(self, batch: list[Job]) -> dict[str, Any]:
@@ -184,10 +273,12 @@ class Executor:
         self._next_batch += 1
         return {"worker": self.worker, "batch_id": batch_id, "batched_with": len(batch)}
 
-    def _fail(self, batch: list[Job], common: dict[str, Any], exc: Exception) -> None:
+    def _fail(self, batch: list[Job], common: dict[str, Any], exc: Exception,
+              on_result=None) -> None:
+        on_result = on_result or self.on_result
         message = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
         for job in batch:
-            self.on_result(job.request_id, {**common, "status": "error", "error": message})
+            on_result(job.request_id, {**common, "status": "error", "error": message})
 
     def _next_batch_jobs(self, wait: bool | float = True) -> list[Job] | None:
         """The next batch; None when stopping. ``wait``: True blocks until a job comes; a
@@ -199,7 +290,9 @@ class Executor:
             while not self._queue and not self._stopping:
                 if wait is not True:
                     return []
+                self._idle = True  # nothing in flight here: try_inline may launch
                 self._cond.wait()
+                self._idle = False
             if self._stopping:
                 return None
             head = self._queue.popleft()
@@ -239,7 +332,8 @@ class Executor:
             return
         self._report(batch, common, stats)
 
-    def _report(self, batch: list[Job], common: dict[str, Any], stats) -> None:
+    def _report(self, batch: list[Job], common: dict[str, Any], stats, on_result=None) -> None:
+        on_result = on_result or self.on_result
         t0 = self.t0_ns
         first = None if stats.first_token_ns is None else stats.first_token_ns - t0
         times = {"service_start_ns": stats.service_start_ns - t0,
@@ -248,7 +342,7 @@ class Executor:
                  "bucket_batch_size": stats.bucket_batch_size}
         for job in batch:
             generative = job.max_new_tokens > 0 and first is not None
-            self.on_result(job.request_id, {
+            on_result(job.request_id, {
                 **common, **times, "status": "ok",
                 "first_token_ns": first if generative else None,
                 "tokens_out": job.batch_size * job.max_new_tokens if generative else 0})
