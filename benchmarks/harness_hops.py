@@ -85,6 +85,10 @@ def instrument() -> None:
     ex.Executor.put, ex.Executor._next_batch_jobs, ex.Executor._report = put_, take_, report_
 
 
+def med(a) -> float:
+    return float(np.median(a)) if len(a) else float("nan")
+
+
 async def main(gpu_ms: float, passes: int, out: Path) -> None:
     from traceforge.backends.resident import from_options
     from traceforge.clock import RunClock
@@ -118,7 +122,6 @@ async def main(gpu_ms: float, passes: int, out: Path) -> None:
             ok = ok_rows(run)
             n = min(len(v) for v in STAMPS.values())
             s = {k: np.array(v[-n:], dtype=float) for k, v in STAMPS.items()}
-            med = (lambda a: float(np.median(a)) if len(a) else float("nan"))
             r = {"in": med((ok.service_start_ns - ok.sent_ns) / 1e3),
                  "put_taken": med((s["taken"] - s["put"]) / 1e3),
                  "out": med((ok.done_ns - ok.service_end_ns) / 1e3),

@@ -301,7 +301,7 @@ def test_inline_requests_through_the_backend_and_stop_waits_for_one_in_flight():
         await asyncio.sleep(0.005)  # launched inline, still on the device
         assert backend._executors["bert"].inline_in_flight
         await backend.stop()
-        return outs + [await last], described, dev
+        return [*outs, await last], described, dev
 
     outs, described, dev = asyncio.run(go())
     assert [o.status for o in outs] == ["ok"] * 4, [o.error for o in outs]
