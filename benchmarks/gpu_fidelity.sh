@@ -21,7 +21,7 @@ card=$("$PY" -c "import torch;n=torch.cuda.get_device_name(0).lower();print('h20
 echo "---- profile" | tee -a "$LOG"
 timeout -k 10 "${PROFILE_LIMIT:-170}" "$PY" -m traceforge profile --models distilbert-base,distilgpt2 \
   --device cuda --modes "${MODES_PROFILE:-exclusive,mps}" --batch-sizes 1,2,4,8 \
-  --seq-lens 16,32,64,128,256 --new-tokens 16 --repeats 5 --warmup 1 --corun-seconds 3 \
+  --seq-lens 16,32,64,128,256 --new-tokens 16 --repeats 10 --warmup 1 --corun-seconds 3 \
   --corun-repeats 3 --corun-sets pairs --keep-runs "$WORK/profile-runs" \
   -o "$WORK/profile.json" 2>&1 | tee -a "$LOG"
 cp "$WORK/profile.json" "$OUT/profile-$card.json" 2>/dev/null
