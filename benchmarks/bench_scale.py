@@ -9,6 +9,7 @@ one cell after the other, with the load average printed beside them (on a shared
 ratio is what to read, and even it moves with the neighbours). Usage:
 
     python benchmarks/bench_scale.py [--workers 2] [--seconds 2] [--rates 2000,5000,...]
+                                     [--worker-pacer spin|sleep|thread]
 """
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ def sustained(check: dict) -> bool:
             and (check.get("achieved_rate_ratio") or 0) >= 0.995)
 
 
-def cell(rate: int, seconds: float, workers: int) -> dict:
+def cell(rate: int, seconds: float, workers: int, worker_pacer: str = "spin") -> dict:
     trace = poisson_trace(rate, seconds)
     with tempfile.TemporaryDirectory() as tmp:
         if workers == 1:
             summary = run_replay(trace, Path(tmp) / "run", make_backend("null", NULL),
                                  ReplayOptions())
         else:
-            summary = run_sharded(trace, Path(tmp) / "run", "null", NULL, ReplayOptions(),
-                                  workers=workers)
+            summary = run_sharded(trace, Path(tmp) / "run", "null", NULL,
+                                  ReplayOptions(pacer=worker_pacer), workers=workers)
     check = summary.self_check
     return {"rate": rate, "workers": workers, "loadavg": loadavg(),
             "p50_us": (check.get("send_lag_us") or {}).get("p50"),
@@ -54,14 +55,15 @@ def cell(rate: int, seconds: float, workers: int) -> dict:
             "achieved": check.get("achieved_rate_ratio"), "sustained": sustained(check)}
 
 
-def main(workers: int = 2, seconds: float = 2.0, rates: tuple[int, ...] = RATES) -> dict:
+def main(workers: int = 2, seconds: float = 2.0, rates: tuple[int, ...] = RATES,
+         worker_pacer: str = "spin") -> dict:
     cells = []
     best = {1: None, workers: None}
     print(f"{'workers':>7} {'rate':>6} {'lag p50 µs':>10} {'lag p99 µs':>10} {'achieved':>9} "
           f"{'ok':>3}  load average")
     for rate in rates:
         for n in (1, workers):
-            c = cell(rate, seconds, n)
+            c = cell(rate, seconds, n, worker_pacer)
             cells.append(c)
             if c["sustained"]:
                 best[n] = rate
@@ -72,7 +74,8 @@ def main(workers: int = 2, seconds: float = 2.0, rates: tuple[int, ...] = RATES)
     print(f"highest sustained rate (lag p99 <= 1 ms, achieved >= 99.5 %): one process "
           f"{best[1]}, {workers} workers {best[workers]}; ratio "
           + (f"{ratio:.2f}" if ratio else "n/a") + f" (load average now {loadavg()})")
-    return {"workers": workers, "seconds_per_cell": seconds, "cells": cells,
+    return {"workers": workers, "worker_pacer": worker_pacer, "seconds_per_cell": seconds,
+            "cells": cells,
             "max_rate_one_process": best[1], "max_rate_workers": best[workers],
             "ratio": ratio}
 
@@ -82,5 +85,8 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rates", default=",".join(map(str, RATES)))
+    parser.add_argument("--worker-pacer", default="spin", choices=("spin", "sleep", "thread"),
+                        help="the sharded runs' pacer (one process always uses the default)")
     args = parser.parse_args()
-    main(args.workers, args.seconds, tuple(int(r) for r in args.rates.split(",")))
+    main(args.workers, args.seconds, tuple(int(r) for r in args.rates.split(",")),
+         args.worker_pacer)

@@ -195,6 +195,8 @@ def test_workers_that_fill_every_core_are_warned_about(monkeypatch):
     assert w.crowding_warning(1, "local") is None
     assert "2 local workers on 2 cores" in w.crowding_warning(2, "local")
     assert "use at most 1" in w.crowding_warning(3, "local")
+    assert "--pacer sleep" in w.crowding_warning(2, "local", "spin")
+    assert "--pacer sleep" not in w.crowding_warning(2, "local", "sleep")
     assert w.crowding_warning(4, "ray") is None  # actors sit on other hosts' cores
 
 

@@ -240,7 +240,7 @@ def register(app: typer.Typer) -> None:
         if sharded:  # after the run, beside its self-check (a refused run prints one line only)
             from traceforge.replay.workers import crowding_warning
 
-            if (warn := crowding_warning(workers, executor)) is not None:
+            if (warn := crowding_warning(workers, executor, pacer)) is not None:
                 typer.echo(f"warning: {warn}", err=True)
         counts = ", ".join(f"{k} {v}" for k, v in summary.counts.items()) or "no rows"
         typer.echo(f"{summary.status}: {counts} in {summary.duration_s:.1f} s -> {out}",

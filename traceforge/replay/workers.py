@@ -313,19 +313,23 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
         claim.release(remove_if_empty=True)
 
 
-def crowding_warning(workers: int, executor: str) -> str | None:
+def crowding_warning(workers: int, executor: str, pacer: str = "spin") -> str | None:
     """A line when local workers leave no core free: each worker's spin pacer keeps a core busy,
     so their recorders' flushes (and everything else) take the CPU from a pacer. Measured on 2
     cores (docs/scale.md): 2 workers had send-lag p99 2.9–4.4 ms at 10k–60k req/s, their
-    dispatchers runnable-but-waiting 57–132 ms per 2 s, where one process held 69–635 µs."""
+    dispatchers runnable-but-waiting 57–132 ms per 2 s, where one process held 69–635 µs; with
+    ``--pacer sleep`` the same 2 workers held 0.47–0.79 ms at 10k–30k req/s."""
     if executor != "local" or not hasattr(os, "sched_getaffinity"):
         return None
     cores = len(os.sched_getaffinity(0))
     if workers < cores:
         return None
-    return (f"{workers} local workers on {cores} cores leave no core for their recorders and "
-            "the rest of the machine; expect ms-scale send lag (use at most "
-            f"{max(1, cores - 1)}, docs/scale.md)")
+    line = (f"{workers} local workers on {cores} cores leave no core for their recorders and "
+            "the rest of the machine; expect send lag of a few hundred µs to ms (use at most "
+            f"{max(1, cores - 1)}")
+    if pacer == "spin":
+        line += ", or --pacer sleep: spinning pacers starve each other's flushes"
+    return line + "; docs/scale.md)"
 
 
 def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: bool,
