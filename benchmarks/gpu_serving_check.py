@@ -417,22 +417,29 @@ max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
     tf = [sys.executable, "-m", "traceforge"]
     trace = out / "stability.parquet"
     subprocess.run([*tf, "trace", "gen", str(spec), "-o", str(trace)], check=True)
-    runs = []
+    # STAB_VARIANTS="inline,no-inline": each variant replayed twice, interleaved (A B A B),
+    # and each variant's pair compared; the first variant's comparison is the check's verdict.
+    variants = [v for v in os.environ.get("STAB_VARIANTS", "inline").split(",") if v]
+    runs: dict[str, list[str]] = {v: [] for v in variants}
     for i in (1, 2):
-        run = out / "runs" / f"stability-{i}"
-        t = time.perf_counter()
-        subprocess.run([*tf, "replay", str(trace), "-o", str(run), "--backend", "resident",
-                        "--device", DEVICE, "--mode", "exclusive", "--compile", COMPILE,
-                        "--warmup", "1", "--no-progress"], check=True)
-        runs.append(str(run))
-        log(f"stability replay {i}: {time.perf_counter() - t:.1f} s")
-    cmp = subprocess.run([*tf, "compare", *runs, "--json"], check=True, capture_output=True,
-                         text=True)
-    result = json.loads(cmp.stdout)
-    res = {"runs": runs, "compare": result}
-    for m, v in result.get("models", {}).items():
-        log(f"stability {m}: p50 ratio {v.get('p50_ratio'):.3f} p99 ratio "
-            f"{v.get('p99_ratio'):.3f} verdict {v.get('verdict')}")
+        for v in variants:
+            run = out / "runs" / (f"stability-{i}" if len(variants) == 1 else f"{v}-{i}")
+            t = time.perf_counter()
+            subprocess.run([*tf, "replay", str(trace), "-o", str(run), "--backend", "resident",
+                            "--device", DEVICE, "--mode", "exclusive", "--compile", COMPILE,
+                            "--warmup", "1", "--no-progress", f"--{v}"], check=True)
+            runs[v].append(str(run))
+            log(f"stability replay {i} ({v}): {time.perf_counter() - t:.1f} s")
+    res: dict = {"runs": runs[variants[0]], "variants": variants, "compare_by_variant": {}}
+    for v in variants:
+        cmp = subprocess.run([*tf, "compare", *runs[v], "--json"], check=True,
+                             capture_output=True, text=True)
+        result = json.loads(cmp.stdout)
+        res["compare_by_variant"][v] = result
+        for m, c in result.get("models", {}).items():
+            log(f"stability ({v}) {m}: p50 ratio {c.get('p50_ratio'):.3f} p99 ratio "
+                f"{c.get('p99_ratio'):.3f} verdict {c.get('verdict')}")
+    res["compare"] = res["compare_by_variant"][variants[0]]
     return res
 
 
