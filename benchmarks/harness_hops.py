@@ -17,7 +17,6 @@ the hops, not the throughput. docs/results/serving-h200.md has the H200 numbers.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -144,5 +143,11 @@ if __name__ == "__main__":
     ap.add_argument("--gpu-ms", type=float, default=0.5)
     ap.add_argument("--passes", type=int, default=3)
     a = ap.parse_args()
+    from traceforge.replay.loop import new_event_loop
+
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(main(a.gpu_ms, a.passes, Path(tmp)))
+        loop = new_event_loop()  # the loop `traceforge replay` runs on (timerfd waits)
+        try:
+            loop.run_until_complete(main(a.gpu_ms, a.passes, Path(tmp)))
+        finally:
+            loop.close()

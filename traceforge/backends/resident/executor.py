@@ -46,11 +46,14 @@ class Job:
 # to end, and block on it (a timed condition wait can overshoot by the kernel's timer slack,
 # 50 us by default, plus the wake-up).
 LOOKAHEAD_MARGIN_NS = 200_000
-# Inline requests: the event loop polls the end event from this long before the request is
-# expected to end, as the spin pacer spins before a send (ReplayOptions.spin_margin_ms): a loop
-# timer wakes ~60 µs late at p50 on the lent H200 host with a ms tail, and the stock asyncio
-# loop rounds its epoll timeout up to whole ms.
-INLINE_SPIN_NS = 1_500_000
+# Inline requests: the event loop polls the end event every loop iteration from this long before
+# the request is expected to end (a loop timer wakes ~60 µs late at p50 on the lent H200 host)
+# and sleeps until then: a loop that spins holds the GIL the executor thread needs, and the
+# other models' work there delayed sends (H200, 2026-11-30, spinning from the launch: send-lag
+# p99 603 / 712 µs vs 295 / 307 µs with --no-inline). The stock asyncio loop rounds its epoll
+# timeout up to whole ms: there the margin is the spin pacer's (ReplayOptions.spin_margin_ms).
+INLINE_SPIN_NS = 250_000
+INLINE_SPIN_COARSE_NS = 1_500_000
 
 # on_result(request_id, outcome_fields) — called from the executor thread.
 ResultCallback = Callable[[int, dict[str, Any]], None]
@@ -208,11 +211,13 @@ class Executor:
         self._inline = (job, common, handle, model)
         self.inline_count += 1
         # Poll from INLINE_SPIN_NS before the expected end (the shortest GPU time seen for the
-        # shape), every loop iteration from then on; from the launch when none was seen yet.
+        # shape), every loop iteration from then on; from the launch when none was seen yet
+        # (the first request of each shape).
         gpu = self._gpu_ns.get((job.model, job.batch_size, job.seq_len, job.max_new_tokens))
+        margin = (INLINE_SPIN_NS if getattr(loop, "_traceforge_precise", False)
+                  else INLINE_SPIN_COARSE_NS)
         delay = 0 if gpu is None else (
-            max(handle.launched_ns, self._last_end_ns) + gpu - INLINE_SPIN_NS
-            - time.monotonic_ns())
+            max(handle.launched_ns, self._last_end_ns) + gpu - margin - time.monotonic_ns())
         if delay > 0:
             loop.call_later(delay / 1e9, self._poll_inline, loop, resolve)
         else:
