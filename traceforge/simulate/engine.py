@@ -31,8 +31,7 @@ import numpy as np
 
 
 def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
-                 servers: int = 1, handoff_ns: np.ndarray | None = None,
-                 idle_extra_ns: np.ndarray | None = None
+                 servers: int = 1, handoff_ns: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Service start and end (int64 ns) of FIFO requests on ``servers`` identical servers.
 
@@ -42,16 +41,7 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
     taking the next job, launching it). A request that is already waiting starts at
     ``end + handoff`` of the one before; one that arrives later starts on arrival. It is Lindley
     on the occupancy ``service + handoff``, with ``end = start + service``.
-
-    ``idle_extra_ns`` (per request, optional; one server only): a request that finds the server
-    idle — it arrives after the previous end plus hand-off — runs this much longer
-    (launching onto an idle GPU: the host submits the work after the request's start, where a
-    queued request's submission overlapped its predecessor; docs/simulator.md).
     """
-    if idle_extra_ns is not None and np.any(np.asarray(idle_extra_ns) != 0):
-        if servers != 1:
-            raise ValueError("idle_extra_ns needs one server")
-        return _lindley_idle(arrival_ns, service_ns, handoff_ns, idle_extra_ns)
     if handoff_ns is None:
         start, end, _ = fifo_servers_assigned(arrival_ns, service_ns, servers)
         return start, end
@@ -59,28 +49,6 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
     occupancy = service + np.asarray(handoff_ns, dtype=np.int64)
     start, _, _ = fifo_servers_assigned(arrival_ns, occupancy, servers)
     return start, start + service
-
-
-def _lindley_idle(arrival_ns, service_ns, handoff_ns, idle_extra_ns
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    # Hand-written loop: the service depends on whether the server was idle, so the cumulative
-    # form of Lindley's recursion does not apply (about 0.3 s per million requests).
-    arrival = np.asarray(arrival_ns, dtype=np.int64).tolist()
-    service = np.asarray(service_ns, dtype=np.int64).tolist()
-    extra = np.asarray(idle_extra_ns, dtype=np.int64).tolist()
-    gap = ([0] * len(arrival) if handoff_ns is None
-           else np.asarray(handoff_ns, dtype=np.int64).tolist())
-    starts = [0] * len(arrival)
-    ends = [0] * len(arrival)
-    free = -(2**62)
-    for i, a in enumerate(arrival):
-        if a > free:  # idle: it did not wait (ties wait, as in the worker loops)
-            st, en = a, a + service[i] + extra[i]
-        else:
-            st, en = free, free + service[i]
-        starts[i], ends[i] = st, en
-        free = en + gap[i]
-    return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
 
 
 def fifo_servers_assigned(arrival_ns: np.ndarray, service_ns: np.ndarray, servers: int = 1
@@ -160,7 +128,6 @@ def shared_workers(
     batch_work: BatchWork | None = None,
     fast_path: bool = True,
     handoff_ns: Sequence[float] | None = None,
-    idle_extra_ns: Sequence[float] | None = None,
 ) -> list[WorkerResult]:
     """Simulate the resident workers.
 
@@ -182,20 +149,15 @@ def shared_workers(
     start its next batch (see :func:`fifo_servers`); the worker counts as idle for the
     interference model meanwhile (the GPU has nothing of it to run).
 
-    ``idle_extra_ns[m]``: a batch of model ``m`` whose first request reached its worker after
-    the worker became free (its end plus hand-off) runs this much longer, in alone time (see
-    :func:`fifo_servers`).
-
     ``fast_path=False`` forces the general loop where the inlined one would apply (tests check
     that both give the same timelines). Batch ids count per worker from ``worker << 40``, as the
     resident workers number them.
     """
     k = len(queues)
     gaps = [0.0] * k if handoff_ns is None else [float(g) for g in handoff_ns]
-    extras = [0.0] * k if idle_extra_ns is None else [float(x) for x in idle_extra_ns]
     if fast_path and not exclusive and max(1, int(max_batch)) == 1 and all(q.work_ns is not None
                                                               for q in queues):
-        return _concurrent_unbatched(queues, rates or {}, gaps, extras)
+        return _concurrent_unbatched(queues, rates or {}, gaps)
     if k == 0:
         return []
     arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
@@ -213,7 +175,7 @@ def shared_workers(
     max_batch = max(1, int(max_batch))
     wait = float(max_wait_ns) if max_batch > 1 else 0.0
     rate_table = rates or {}
-    if fast_path and not exclusive and not any(gaps) and not any(extras):
+    if fast_path and not exclusive and not any(gaps):
         return _concurrent_batched(arrivals, sizes, batch_work, rate_table, max_batch, wait)
     inf = math.inf
     n_workers = 1 if exclusive else k
@@ -235,8 +197,6 @@ def shared_workers(
     began = [0.0] * n_workers
     rate = list(ones)
     batch_counter = [0] * n_workers
-    free_at = [-inf] * n_workers  # when each worker last became free (end + hand-off)
-    any_extra = any(extras)
     busy_mask = 0
     workers = range(n_workers)
     interference = not exclusive and bool(rate_table)
@@ -293,10 +253,7 @@ def shared_workers(
         busy_mask |= 1 << w
         r = rate_table.get(busy_mask, ones)[w] if interference else 1.0
         rate[w] = r
-        work = batch_work(m, h, hi)
-        if any_extra and arrivals[m][h] > free_at[w]:  # found its worker idle
-            work += extras[m]
-        event[w] = now + work / r
+        event[w] = now + batch_work(m, h, hi) / r
 
     for w in workers:
         plan(w, 0.0)
@@ -317,7 +274,6 @@ def shared_workers(
                 e_m[i] = t
             busy[w] = False
             busy_mask &= ~(1 << w)
-            free_at[w] = t + gaps[m]
             plan(w, t + gaps[m])  # the hand-off: no start before t + gap
             if event[w] == t:  # the next batch is ready: start it in the same step
                 start(w, t)
@@ -343,8 +299,7 @@ def shared_workers(
 
 
 def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequence[float]],
-                          gaps: Sequence[float] | None = None,
-                          extras: Sequence[float] | None = None) -> list[WorkerResult]:
+                          gaps: Sequence[float] | None = None) -> list[WorkerResult]:
     """:func:`shared_workers` for one worker per model and no batching, inlined.
 
     The same event rules; kept separate because it is the common case and the per-event Python
@@ -369,8 +324,6 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
     mask = 0
     get_rates = rates.get
     gap = list(gaps) if gaps is not None else [0.0] * k
-    extra = list(extras) if extras is not None else [0.0] * k
-    free_at = [-inf] * k  # when each worker last became free (end + hand-off)
     while True:
         t = min(event)
         if t == inf:
@@ -382,7 +335,6 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
             ends[w][i] = t
             i += 1
             current[w] = i
-            free_at[w] = t + gap[w]
             if i < sizes[w]:
                 a = arrivals[w][i]
                 g = gap[w]
@@ -404,11 +356,7 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
             mask |= 1 << w
             r = get_rates(mask, ones)[w]
             rate[w] = r
-            x = extra[w]
-            if x and arrivals[w][i] > free_at[w]:  # found its worker idle
-                event[w] = t + (works[w][i] + x) / r
-            else:
-                event[w] = t + works[w][i] / r
+            event[w] = t + works[w][i] / r
         if mask != before and rates:
             new = get_rates(mask, ones)
             for u in workers:

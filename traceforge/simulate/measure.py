@@ -661,14 +661,11 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
     decode = np.zeros_like(service)
     cold = np.zeros_like(service)
     cvs = []
-    totals, prefills, decodes, idles = [], [], [], []
-    sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
-    idle = idle_starts(sent, start, end)
+    totals, prefills, decodes = [], [], []
     for g, _ in enumerate(points):
         rows = (group == g) & timed
         total = end[rows] - start[rows]
         totals.append(total)
-        idles.append(idle[rows])
         cvs.append(float(np.std(total) / np.mean(total)))
         if generative:
             if np.isnan(first[rows]).any():
@@ -676,15 +673,7 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
                                  "generative request; cannot split prefill from decode")
             prefills.append(first[rows] - start[rows])
             decodes.append((end[rows] - first[rows]) / (new - 1))
-    # Queued requests' means; the idle-start extra is the model's (the simulator adds it to a
-    # request that finds its worker idle). Only from an open-loop pass: closed-loop requests
-    # never queue.
-    if settings.alone_utilisation > 0:
-        means, idle_extra, n_idle, n_queued = split_idle_start(
-            prefills if generative else totals, idles)
-    else:
-        means, idle_extra, n_idle, n_queued = pooled_tail_means(
-            prefills if generative else totals), 0.0, 0, 0
+    means = pooled_tail_means(prefills if generative else totals)
     decode_means = pooled_tail_means(decodes) if generative else None
     for g, (i, j) in enumerate(points):
         service[i, j] = means[g] / 1e6
@@ -703,51 +692,11 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
         "cold_extra_ms": np.round(cold, 6).tolist(),
         "reference": {"batch_size": ref[0], "seq_len": ref[1], "max_new_tokens": ref[2]},
         "buckets": _bucket_info(entry, settings),
-        "idle_start_ms": round(idle_extra / 1e6, 6),
-        "idle_start_samples": {"idle": n_idle, "queued": n_queued},
     }
     if generative:
         entry_out["new_tokens"] = new
         entry_out["decode_ms_per_token"] = np.round(decode, 6).tolist()
     return entry_out
-
-
-IDLE_MIN_SAMPLES = 5  # idle-start and queued requests each, for an idle-start extra
-
-
-def idle_starts(sent_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray) -> np.ndarray:
-    """Per request of one worker's phase: True where it found the worker idle — it was sent
-    after every request that started before it had ended."""
-    sent = np.asarray(sent_ns, dtype=np.float64)
-    start = np.asarray(start_ns, dtype=np.float64)
-    end = np.asarray(end_ns, dtype=np.float64)
-    idle = np.ones(start.size, bool)
-    if start.size > 1:
-        order = np.argsort(start, kind="stable")
-        latest = np.maximum.accumulate(end[order])
-        idle[order[1:]] = sent[order[1:]] > latest[:-1]
-    return idle
-
-
-def split_idle_start(samples: list[np.ndarray], idle: list[np.ndarray]
-                     ) -> tuple[np.ndarray, float, int, int]:
-    """Each grid point's mean service of a *queued* request, and the extra (ns, >= 0) of one
-    that found the worker idle, from residuals around each point's median pooled over all
-    points (so a few samples per point suffice). On an H200 (distilbert-base, CUDA graphs) a
-    request launched onto an idle GPU took 1.3–1.56x the GPU time of one queued behind another:
-    the host submits its graph after its start event, which a queued request's predecessor
-    hides (docs/results/simulator-fidelity-h200.md). Without enough of both kinds: the pooled
-    means of all samples (:func:`pooled_tail_means`) and no extra."""
-    medians = np.array([float(np.median(v)) if len(v) else np.nan for v in samples])
-    wait = [v[~f] - m for v, f, m in zip(samples, idle, medians, strict=True) if len(v)]
-    went = [v[f] - m for v, f, m in zip(samples, idle, medians, strict=True) if len(v)]
-    r_wait = np.concatenate(wait) if wait else np.empty(0)
-    r_idle = np.concatenate(went) if went else np.empty(0)
-    if r_wait.size < IDLE_MIN_SAMPLES or r_idle.size < IDLE_MIN_SAMPLES:
-        return pooled_tail_means(samples), 0.0, int(r_idle.size), int(r_wait.size)
-    queued = medians + float(np.mean(r_wait))
-    extra = max(0.0, float(np.mean(r_idle) - np.mean(r_wait)))
-    return queued, extra, int(r_idle.size), int(r_wait.size)
 
 
 def pooled_tail_means(samples: list[np.ndarray]) -> np.ndarray:
@@ -822,17 +771,6 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
     out: dict[str, Any] = {"alone_ms": {}, "alone_se_ms": {}, "alone_ratio": {},
                            "alone_ratio_se": {}, "alone_scale": {}, "inbound_ms": {},
                            "outbound_ms": {}, "slowdown": {}, "corun": {}}
-    if settings.alone_utilisation > 0:
-        # This mode's idle-start extra at the reference shape (see split_idle_start); the
-        # models take turns in this phase, so each one's requests are its own worker's.
-        out["idle_start_ms"] = {}
-        for g, m in enumerate(models):
-            rows = (group == g) & timed
-            svc = end[rows] - start[rows]
-            _, extra, n_idle, n_queued = split_idle_start(
-                [svc], [idle_starts(sent[rows], start[rows], end[rows])])
-            if n_idle >= IDLE_MIN_SAMPLES and n_queued >= IDLE_MIN_SAMPLES:
-                out["idle_start_ms"][m] = round(extra / 1e6, 6)
     for g, m in enumerate(models):
         rows = (group == g) & timed
         service = (end[rows] - start[rows]) / 1e6

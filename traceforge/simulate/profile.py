@@ -55,9 +55,6 @@ class ModelProfile:
     # profile predates buckets (requests are looked up at their own shape).
     seq_buckets: tuple[int, ...] | None = None
     bucketed: bool = False
-    # A request that starts on an idle worker runs this much longer (ms; "idle_start_ms",
-    # measured with the grid; 0 in older profiles, whose service_ms averaged both kinds).
-    idle_start_ms: float = 0.0
 
     def bucket_shapes(self, batch_size, seq_len, new_tokens, *, batch_buckets: bool = False
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -131,9 +128,6 @@ class ModeProfile:
     # the next one already waiting (``handoff_ms`` in the JSON; absent in profiles made before
     # it was measured: then 0, the old model, unless the caller supplies values).
     handoff_ms: dict[str, float] = field(default_factory=dict)
-    # Per model, this mode's idle-start extra (ms; see ModelProfile.idle_start_ms), measured at
-    # the reference shape; a model missing here uses its grid value.
-    idle_start_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -203,17 +197,6 @@ def load_profile(path: Path | str) -> Profile:
     return profile_from_dict(data, source=path)
 
 
-def _non_negative(value, source: object, key: str) -> float:
-    """A time in ms that must be finite and >= 0 (BadInput naming ``key`` otherwise)."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        out = math.nan
-    if not math.isfinite(out) or out < 0:
-        raise BadInput("times must be finite and >= 0", source=source, key=key, value=value)
-    return out
-
-
 def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile:
     if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA_ID:
         raise BadInput("not a traceforge profile", source=source, key="schema",
@@ -248,7 +231,6 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                                  or np.any(cold < 0)):
             raise BadInput(f"cold_extra_ms must be a {shape[0]}x{shape[1]} grid of values >= 0",
                            source=source, key=f"{key}.cold_extra_ms")
-        idle = _non_negative(m.get("idle_start_ms", 0.0), source, f"{key}.idle_start_ms")
         models[name] = ModelProfile(
             name=name, zoo=m.get("zoo"), kind=str(m.get("kind", "")),
             generative=bool(m.get("generative", dec is not None)),
@@ -257,7 +239,6 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             decode_ms_per_token=dec, new_tokens=int(m.get("new_tokens", 0)),
             reference=dict(m.get("reference") or {}), cold_extra_ms=cold,
             seq_buckets=_seq_buckets(m, source, key), bucketed="buckets" in m,
-            idle_start_ms=idle,
         )
     if not models:
         raise BadInput("no models", source=source, key="models")
@@ -272,15 +253,20 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             if any(not np.isfinite(v) or v <= 0 for v in d.values()):
                 raise BadInput("slowdowns must be finite and > 0", source=source,
                                key=f"modes.{mode}.slowdown.{k}")
-        handoff = {k: _non_negative(v, source, f"modes.{mode}.handoff_ms.{k}")
-                   for k, v in (md.get("handoff_ms") or {}).items()}
-        idle_start = {k: _non_negative(v, source, f"modes.{mode}.idle_start_ms.{k}")
-                      for k, v in (md.get("idle_start_ms") or {}).items()}
+        handoff: dict[str, float] = {}
+        for k, v in (md.get("handoff_ms") or {}).items():
+            try:
+                handoff[k] = float(v)
+            except (TypeError, ValueError):
+                handoff[k] = math.nan
+            if not math.isfinite(handoff[k]) or handoff[k] < 0:
+                raise BadInput("hand-off times must be finite and >= 0", source=source,
+                               key=f"modes.{mode}.handoff_ms.{k}", value=v)
         modes[mode] = ModeProfile(
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
-            slowdown=slow, handoff_ms=handoff, idle_start_ms=idle_start,
+            slowdown=slow, handoff_ms=handoff,
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))

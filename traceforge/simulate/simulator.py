@@ -515,7 +515,6 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     inbound = np.zeros(k)
     outbound = np.zeros(k)
     handoff = np.zeros(k)  # executor hand-off after each request (0: profile without it)
-    idle_extra = np.zeros(k)  # extra service of a request that finds its worker idle
     for m, name in enumerate(names):
         pm_name = mapping[name]
         pm = profile.models[pm_name]
@@ -524,7 +523,6 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         inbound[m] = mp.inbound_ms.get(pm_name, 0.0) * 1e6
         outbound[m] = mp.outbound_ms.get(pm_name, 0.0) * 1e6
         handoff[m] = mp.handoff_ms.get(pm_name, 0.0) * 1e6
-        idle_extra[m] = mp.idle_start_ms.get(pm_name, pm.idle_start_ms) * 1e6
         cv = pm.service_cv
         if cv > 0:
             # Gamma with mean 1 and the measured coefficient of variation.
@@ -585,9 +583,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
                             np.rint(work[order]).astype(np.int64), 1,
                             handoff_ns=(np.rint(handoff[codes[order]]).astype(np.int64)
-                                        if handoff.any() else None),
-                            idle_extra_ns=(np.rint(idle_extra[codes[order]]).astype(np.int64)
-                                           if idle_extra.any() else None))
+                                        if handoff.any() else None))
         start[order] = s
         end[order] = e
         batch_id[order] = np.arange(n)
@@ -596,8 +592,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         results = shared_workers(queues, exclusive=exclusive, rates=rates,
                                  max_batch=max_batch, max_wait_ns=max_wait_ns,
                                  batch_work=batch_work,
-                                 handoff_ns=handoff.tolist() if handoff.any() else None,
-                                 idle_extra_ns=idle_extra.tolist() if idle_extra.any() else None)
+                                 handoff_ns=handoff.tolist() if handoff.any() else None)
         for m, rows in enumerate(rows_by_model):
             r = results[m]
             start[rows] = np.rint(r.start_ns).astype(np.int64)
