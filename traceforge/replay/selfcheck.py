@@ -142,8 +142,10 @@ def self_check(
     out["send_lag_us"] = {"p50": round(float(p50), 2), "p99": round(float(p99), 2),
                           "max": round(float(lag_us.max()), 2)}
     sched_span = 0.0
+    schedule_s = None  # the sends' span (s): limiting_cause's denominator
     if n >= 2:
         sent_span = float(sent.max() - sent.min())
+        schedule_s = sent_span / 1e9
         if sent_span > 0:
             out["achieved_rate_rps"] = round((n - 1) / sent_span * 1e9, 3)
         if not closed_loop:
@@ -153,7 +155,6 @@ def self_check(
                 out["target_rate_rps"] = round((n - 1) / sched_span * 1e9, 3)
             if sent_span > 0 and sched_span > 0:
                 out["achieved_rate_ratio"] = round(sched_span / sent_span, 5)
-    schedule_s = float(sent.max() - sent.min()) / 1e9 if n >= 2 else None
     if wakeups is not None:
         out["late_wakeups"] = wakeups
     own_p99 = p99

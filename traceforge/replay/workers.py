@@ -54,8 +54,8 @@ from traceforge.schema import Trace, sha256_file
 
 EXECUTORS = ("local", "ray")
 SHARDABLE_BACKENDS = ("null", "http")
-BARRIER_LEAD_NS = 50_000_000
-LOCAL_WORKERS_PER_CPU = 4  # origin = barrier + this: every worker must be awake by then
+BARRIER_LEAD_NS = 50_000_000  # origin = barrier + this: every worker must be awake by then
+LOCAL_WORKERS_PER_CPU = 4  # --executor local: at most this many workers per usable CPU
 
 
 @dataclass
