@@ -132,7 +132,9 @@ class ResidentBackend:
         self.prewarm = prewarm
         # In-process modes: an idle executor's graph-captured request is launched and polled by
         # the event loop's thread itself (Executor.try_inline): no thread hand-off either way.
-        self.inline = inline and self.is_cuda and max_batch == 1 and mode not in PROCESS_MODES
+        # Eager forwards never launch without waiting (LoadedModel.can_launch): not enabled.
+        self.inline = (inline and self.is_cuda and self.compile != "eager" and max_batch == 1
+                       and mode not in PROCESS_MODES)
         self._serving: dict[str, Any] = {}
         # status(line): progress while models load (the CLI prints it to stderr), else silent
         self.status = status or (lambda line: None)
@@ -179,7 +181,7 @@ class ResidentBackend:
             await self._start_workers()
         else:
             await asyncio.to_thread(self._start_in_process)
-            if self.inline and self.compile != "eager":
+            if self.inline:
                 import torch
 
                 # try_inline records events and launches from this (the loop's) thread: its
