@@ -308,3 +308,32 @@ def test_inline_requests_through_the_backend_and_stop_waits_for_one_in_flight():
     assert all(o.gpu_ns == dev.gpu_ns for o in outs)
     assert [r for r, _ in dev.launches] == [0, 1, 2, 3]
     assert described["inline"] == {"enabled": True, "requests": 4}
+
+
+def test_a_timed_out_inline_request_leaves_nothing_behind():
+    """A request cancelled while inline on the "device" (the dispatcher's --timeout): its
+    future is forgotten at once, its poll goes on until the device is done, and the next request
+    is served (queued behind it: one inline request at a time), not lost or hung."""
+    from test_executor_pipeline import TimedDevice
+
+    async def go():
+        backend = from_options({"mode": "exclusive", "device": "cpu", "telemetry": False})
+        await backend.start([ModelInfo("bert", "tiny-bert")], RunClock())
+        executor = backend._executors["bert"]
+        dev = TimedDevice(gpu_s=0.05)
+        executor.models["bert"] = dev
+        backend.inline = True
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(backend.submit(Request(0, "bert", 1, 16, 0, 0)), 0.005)
+        assert backend._pending == {}
+        assert executor.inline_in_flight  # still on the device
+        after = await backend.submit(Request(1, "bert", 1, 16, 0, 0))
+        assert not executor.inline_in_flight
+        count = executor.inline_count
+        await backend.stop()
+        return after, count, dev
+
+    after, count, dev = asyncio.run(go())
+    assert after.status == "ok", after.error
+    assert [r for r, _ in dev.launches] == [0, 1]
+    assert count == 1  # the timed-out one; the next went to the executor thread
