@@ -257,3 +257,24 @@ def test_inline_failures_become_error_rows():
             executor.thread.join(5)
 
     asyncio.run(main())
+
+
+def test_gpu_time_estimate_is_per_bucket_not_per_raw_shape():
+    """The lookahead and the inline poll's start use the shortest GPU time seen for the bucket a
+    request runs at: prompt lengths that pad to the same bucket share one estimate (a real
+    trace's lengths are mostly distinct); another bucket, or a model without buckets, does not."""
+    from traceforge.backends.resident.executor import _shape_key
+    from traceforge.zoo.buckets import Bucket
+
+    def handle(bucket):
+        return Launched(bucket, None, None, 0, None)
+
+    b32 = Bucket(1, 32)
+    assert _shape_key(Job(1, "m", 1, 20, 0), handle(b32)) == _shape_key(
+        Job(2, "m", 1, 30, 0), handle(b32))
+    assert _shape_key(Job(1, "m", 1, 20, 0), handle(b32)) != _shape_key(
+        Job(2, "m", 1, 40, 0), handle(Bucket(1, 64)))
+    assert _shape_key(Job(1, "m", 1, 20, 0), handle(None)) != _shape_key(
+        Job(2, "m", 1, 30, 0), handle(None))
+    assert _shape_key(Job(1, "m", 1, 20, 0), handle(b32)) != _shape_key(
+        Job(1, "other", 1, 20, 0), handle(b32))

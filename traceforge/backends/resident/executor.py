@@ -59,6 +59,16 @@ INLINE_SPIN_COARSE_NS = 1_500_000
 ResultCallback = Callable[[int, dict[str, Any]], None]
 
 
+def _shape_key(job: Job, handle) -> tuple:
+    """What a launched request's GPU time depends on: the bucket it runs at (the captured graph
+    replays that shape whatever the request's own seq_len; a real trace's many prompt lengths
+    share a few buckets), else (a model without buckets) the request's shape."""
+    bucket = getattr(handle, "bucket", None)
+    if bucket is not None:
+        return (job.model, bucket.batch, bucket.seq, bucket.new_cap)
+    return (job.model, job.batch_size, job.seq_len, job.max_new_tokens)
+
+
 class Executor:
     def __init__(self, models: dict, *, t0_ns: int, on_result: ResultCallback, worker: str,
                  batch_id_base: int = 0, max_batch: int = 1, max_wait_ms: float = 0.0,
@@ -74,7 +84,7 @@ class Executor:
         self._cond = threading.Condition()
         self._stopping = False
         self._next_batch = batch_id_base
-        # (model, batch, seq, new) -> shortest GPU time seen (ns), for the pipelining lookahead
+        # _shape_key -> shortest GPU time seen (ns), for the pipelining lookahead and inline polls
         self._gpu_ns: dict[tuple, int] = {}
         self._last_end_ns = 0  # when the last completed launched request ended (monotonic)
         self.thread: threading.Thread | None = None
@@ -211,9 +221,9 @@ class Executor:
         self._inline = (job, common, handle, model)
         self.inline_count += 1
         # Poll from INLINE_SPIN_NS before the expected end (the shortest GPU time seen for the
-        # shape), every loop iteration from then on; from the launch when none was seen yet
-        # (the first request of each shape).
-        gpu = self._gpu_ns.get((job.model, job.batch_size, job.seq_len, job.max_new_tokens))
+        # bucket, _shape_key), every loop iteration from then on; from the launch when none was
+        # seen yet (the first request of each bucket).
+        gpu = self._gpu_ns.get(_shape_key(job, handle))
         margin = (INLINE_SPIN_NS if getattr(loop, "_traceforge_precise", False)
                   else INLINE_SPIN_COARSE_NS)
         delay = 0 if gpu is None else (
@@ -232,7 +242,7 @@ class Executor:
                 return
             stats = model.finish(handle)
             self._inline = None
-            self._note_end(job, stats)
+            self._note_end(job, handle, stats)
             self._report([job], common, stats, on_result=resolve)
         except Exception as exc:  # the request becomes an error row, never a hang
             self._inline = None
@@ -242,10 +252,10 @@ class Executor:
     def inline_in_flight(self) -> bool:
         return self._inline is not None
 
-    def _note_end(self, job: Job, stats) -> None:
+    def _note_end(self, job: Job, handle, stats) -> None:
         self._last_end_ns = max(self._last_end_ns, stats.service_end_ns)
         if stats.gpu_ns:
-            key = (job.model, job.batch_size, job.seq_len, job.max_new_tokens)
+            key = _shape_key(job, handle)
             self._gpu_ns[key] = min(self._gpu_ns.get(key, stats.gpu_ns), stats.gpu_ns)
 
     def _lookahead_s(self, pending) -> float:
@@ -253,10 +263,9 @@ class Executor:
         LOOKAHEAD_MARGIN_NS before its expected end (0 until a GPU time was seen for its
         shape). It started on the device at its launch or, when launched behind the previous
         request, at that one's end, whichever is later; it runs for the shortest GPU time seen
-        for its shape."""
+        for its bucket (_shape_key)."""
         batch, _common, handle = pending
-        job = batch[0]
-        gpu = self._gpu_ns.get((job.model, job.batch_size, job.seq_len, job.max_new_tokens))
+        gpu = self._gpu_ns.get(_shape_key(batch[0], handle))
         launched = getattr(handle, "launched_ns", None)
         if gpu is None or launched is None:
             return 0.0
@@ -270,7 +279,7 @@ class Executor:
         except Exception as exc:
             self._fail(batch, common, exc)
             return
-        self._note_end(batch[0], stats)
+        self._note_end(batch[0], handle, stats)
         self._report(batch, common, stats)
 
     def _common(self, batch: list[Job]) -> dict[str, Any]:
