@@ -221,6 +221,24 @@ def test_fused_projections_decode_equals_eager():
     assert fuse_projections(gpt.model) == 0  # not a Llama-family layout: left alone
 
 
+def test_compiled_fuses_projections_before_any_runner_is_captured(monkeypatch):
+    # A prefill-only forward bucket is warmed before the decode buckets: fusing only when the
+    # first DecodeRunner is made would leave that forward's graph reading the replaced weights.
+    from traceforge.zoo import build_model, serving
+
+    m = build_model("tiny-llama", "cpu", seed=3)
+    seen = []
+
+    class Probe:
+        def __init__(self, lm, key, **kwargs):
+            seen.append(type(lm.model.model.layers[0].self_attn.q_proj).__name__)
+
+    monkeypatch.setattr(serving, "ForwardRunner", Probe)
+    m.compile, m.fuse_projections = "compiled", True
+    m._runner(m.bucket(1, 13, 0), 0)
+    assert seen == ["Part"]
+
+
 # -- GPU: CUDA graphs ----------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])

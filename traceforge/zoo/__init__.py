@@ -429,6 +429,14 @@ class LoadedModel:
         if runner is None:
             self._check_room(key, decode)
             graphs = self.compile != "eager"
+            if self.compile == "compiled" and self.fuse_projections:
+                from traceforge.zoo.serving import fuse_projections
+
+                # Before any runner is captured, not only the first decode one (DecodeRunner):
+                # fusing replaces the projection weights, so a forward graph captured earlier
+                # (a prefill-only bucket sorts, and pre-warms, before the decode buckets) would
+                # replay reads of the freed original weights. Idempotent.
+                fuse_projections(self.model)
             try:
                 runner = (DecodeRunner(self, key, graphs=graphs, pool=self._pool,
                                        inductor=self.compile == "compiled") if decode
