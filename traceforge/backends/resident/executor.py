@@ -189,7 +189,9 @@ class Executor:
         callbacks and call ``resolve(request_id, fields)`` there. False: nothing was done (the
         caller ``put``s the job). Only the caller's thread puts jobs, so while it launches the
         executor thread has nothing to launch: no lock is held around the launch."""
-        if self.max_batch != 1 or self._inline is not None:
+        # Unlocked first look (re-checked under the lock): a busy executor — every request at
+        # overload — declines without taking the lock its thread and put() contend for.
+        if self.max_batch != 1 or self._inline is not None or not self._idle:
             return False
         model = self.models.get(job.model)
         can_launch = getattr(model, "can_launch", None)
