@@ -320,7 +320,7 @@ def test_a_timed_out_inline_request_leaves_nothing_behind():
         backend = from_options({"mode": "exclusive", "device": "cpu", "telemetry": False})
         await backend.start([ModelInfo("bert", "tiny-bert")], RunClock())
         executor = backend._executors["bert"]
-        dev = TimedDevice(gpu_s=0.05)
+        dev = TimedDevice(gpu_s=0.2)  # well past the 5 ms timeout, even on a loaded host
         executor.models["bert"] = dev
         backend.inline = True
         with pytest.raises(asyncio.TimeoutError):
