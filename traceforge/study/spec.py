@@ -22,7 +22,7 @@ from typing import Any
 from traceforge.backends.options import BACKENDS, coerce_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec, read_toml
-from traceforge.limits import check_seconds, check_service_ms
+from traceforge.limits import check_service_ms
 from traceforge.study.capacity import PERCENTILES
 from traceforge.study.cells import format_value
 
@@ -266,16 +266,11 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
     if own:  # the mix's own length wins over the file's and the study's
         spec_dict.pop("duration_s", None)
         spec_dict.pop("requests", None)
-        if "duration_s" in own:
-            spec_dict["duration_s"] = r.number(own["duration_s"], f"{key}.duration_s", low=0,
-                                               low_open=True)
-            check_seconds(spec_dict["duration_s"], key=f"{key}.duration_s", source=r.source)
-        if "requests" in own:
-            if "duration_s" in own:
-                r.fail(f"{key}.requests", own["requests"],
-                       "give either duration_s or requests, not both")
-            spec_dict["requests"] = r.integer(own["requests"], f"{key}.requests", low=1,
-                                              high=None)
+        own_duration, own_requests = r.run_length(own, prefix=f"{key}.")
+        if own_duration is not None:
+            spec_dict["duration_s"] = own_duration
+        else:
+            spec_dict["requests"] = own_requests
     elif "duration_s" not in spec_dict and "requests" not in spec_dict:
         if duration_s is None and requests is None:
             r.missing("duration_s", f"the mix {name!r} sets no duration_s or requests: give "
