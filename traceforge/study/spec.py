@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traceforge.backends.options import BACKENDS, coerce_options
+from traceforge.backends.options import BACKENDS, coerce_options, split_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec, read_toml
 from traceforge.limits import check_service_ms
@@ -397,9 +397,9 @@ def _check_combinations(spec: StudySpec, source: object) -> None:
                 validate_backend_options(spec.backend, opts, spec.mixes[mix])
                 if spec.backend in ("null", "simulate") and not opts.get("profile"):
                     rows, span = sizes[mix]
-                    check_service_ms(float(opts.get("service_ms", 10.0)),
-                                     dist=opts.get("service_dist", "exp"), rows=rows,
-                                     span_s=span, key="service_ms")
+                    filled = split_options(spec.backend, opts)[0]  # the options' defaults
+                    check_service_ms(float(filled["service_ms"]), dist=filled["service_dist"],
+                                     rows=rows, span_s=span, key="service_ms")
                 if spec.capacity is not None and spec.capacity.prescreen:
                     try:
                         validate_backend_options("simulate", prescreen_options(spec, config),
