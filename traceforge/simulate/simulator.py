@@ -677,10 +677,10 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "service_end_ns": opt(r.service_end_ns, "service_end_ns"),
         "done_ns": opt(r.done_ns, "done_ns"),
         "status": (pa.repeat(pa.scalar("ok"), n) if cancelled is None
-                   else pa.array(np.where(cancelled, "cancelled", "ok"), pa.string())),
+                   else pc.if_else(pa.array(cancelled), "cancelled", "ok")),
         "error": (pa.nulls(n, pa.string()) if cancelled is None
-                  else pa.array([cancelled_msg if c else None for c in cancelled.tolist()],
-                                pa.string())),
+                  else pc.if_else(pa.array(cancelled), cancelled_msg,
+                                  pa.scalar(None, pa.string()))),
         "gpu_ns": pa.nulls(n, pa.int64()),
         "batch_id": opt(r.batch_id, "batch_id"),
         "batched_with": opt(r.batched_with, "batched_with"),
