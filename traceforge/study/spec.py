@@ -357,7 +357,7 @@ def _check_mixes(spec: StudySpec, source: object) -> dict[str, tuple[float, floa
     trace generator's own checks (time range, memory) now, not as failed cells later. Returns
     per mix (expected rows, seconds) at that load. Loads that are fractions of a capacity not
     yet known are checked when the cells are made."""
-    from traceforge.generate.build import preflight
+    from traceforge.generate.build import preflight, row_rate
 
     loads = [1.0]
     if "load" in spec.axes and spec.load_basis != "capacity":
@@ -374,8 +374,9 @@ def _check_mixes(spec: StudySpec, source: object) -> dict[str, tuple[float, floa
             if top != 1.0:
                 exc.message = f"at load {top:g}: {exc.message}"
             raise _rekey(exc, source, f"mixes.{mix}") from None
+        # rows count session turns: over the rate of rows, not of arrivals
         span = parsed.duration_s if parsed.duration_s is not None else rows / max(
-            parsed.long_run_rate(), 1e-300)
+            row_rate(parsed), 1e-300)
         out[mix] = (rows, float(span))
     return out
 
