@@ -168,7 +168,20 @@ async def _inline_executor(dev) -> tuple[Executor, dict, asyncio.AbstractEventLo
         if executor._idle:
             break
         await asyncio.sleep(0.001)
+    assert executor._idle, "the executor thread never waited for work"
     return executor, results, loop
+
+
+def _with_inline_executor(dev, body) -> None:
+    """Run ``await body(executor, results, loop)`` against an idle executor on ``dev``, then
+    stop it (``stop()`` must leave nothing unreported)."""
+    async def main():
+        executor, results, loop = await _inline_executor(dev)
+        await body(executor, results, loop)
+        assert executor.stop() == []
+        executor.thread.join(5)
+
+    asyncio.run(main())
 
 
 def _submit(executor, results, loop, rid, new=0) -> bool:
@@ -185,27 +198,30 @@ def _submit(executor, results, loop, rid, new=0) -> bool:
 
 
 def test_idle_executor_serves_inline_without_its_thread():
-    async def main():
-        dev = TimedDevice()
-        executor, results, loop = await _inline_executor(dev)
+    dev = TimedDevice()
+
+    async def body(executor, results, loop):
         me = threading.get_ident()
         for rid in range(5):  # closed loop, concurrency 1: every request inline
             assert _submit(executor, results, loop, rid)
             fields, tid = await asyncio.wait_for(results[rid], 5)
             assert fields["status"] == "ok" and tid == me
             assert fields["service_start_ns"] <= fields["service_end_ns"]
+            # the row carries the device's times: at least its GPU time from start to end
+            assert fields["gpu_ns"] == dev.gpu_ns
+            assert fields["service_end_ns"] - fields["service_start_ns"] >= dev.gpu_ns
         assert executor.inline_count == 5
+        assert [r for r, _ in dev.launches] == list(range(5))
         assert {t for _, t in dev.launches} == {me} and {t for _, t in dev.finishes} == {me}
-        assert executor.stop() == []
-        executor.thread.join(5)
 
-    asyncio.run(main())
+    _with_inline_executor(dev, body)
 
 
 def test_request_during_inline_one_is_queued_and_runs_behind_it():
-    async def main():
-        dev = TimedDevice(gpu_s=0.02)
-        executor, results, loop = await _inline_executor(dev)
+    dev = TimedDevice(gpu_s=0.02)
+
+    async def body(executor, results, loop):
+        me = threading.get_ident()
         assert _submit(executor, results, loop, 0)
         assert not _submit(executor, results, loop, 1)  # one inline request at a time
         assert not _submit(executor, results, loop, 2)  # the executor has one queued/in flight
@@ -214,37 +230,41 @@ def test_request_during_inline_one_is_queued_and_runs_behind_it():
         assert [r for r, _ in dev.launches] == [0, 1, 2]  # the device's (stream's) order
         ends = [f["service_end_ns"] for f, _ in out]
         assert ends == sorted(ends)
-        executor.stop()
-        executor.thread.join(5)
+        # 0 was launched and resolved on the loop's thread, 1 and 2 by the executor's thread
+        threads = dict(dev.launches)
+        assert threads[0] == me and threads[1] != me and threads[2] != me
+        assert out[0][1] == me and out[1][1] != me and out[2][1] != me
+        assert executor.inline_count == 1
 
-    asyncio.run(main())
+    _with_inline_executor(dev, body)
 
 
 def test_busy_executor_and_decode_requests_are_not_inlined():
-    async def main():
-        dev = TimedDevice(gpu_s=0.02)
-        executor, results, loop = await _inline_executor(dev)
+    dev = TimedDevice(gpu_s=0.02)
+
+    async def body(executor, results, loop):
+        me = threading.get_ident()
         assert not _submit(executor, results, loop, 0, new=4)  # decode: the executor runs it
         for _ in range(1000):  # its thread took it and runs it
             if not executor._idle:
                 break
             await asyncio.sleep(0.001)
+        assert not executor._idle, "the executor thread never took the decode request"
         assert not _submit(executor, results, loop, 1)  # executor busy: queued
         for r in (0, 1):
-            fields, _ = await asyncio.wait_for(results[r], 5)
-            assert fields["status"] == "ok"
+            fields, tid = await asyncio.wait_for(results[r], 5)
+            assert fields["status"] == "ok" and tid != me
         assert executor.inline_count == 0
-        executor.stop()
-        executor.thread.join(5)
+        assert [r for r, _ in dev.launches] == [0, 1]
+        assert me not in {t for _, t in dev.launches}
 
-    asyncio.run(main())
+    _with_inline_executor(dev, body)
 
 
 def test_inline_failures_become_error_rows():
-    async def main():
-        for dev, text in ((TimedDevice(fail_launch=True), "launch failed"),
-                          (TimedDevice(fail_poll=True), "event query failed")):
-            executor, results, loop = await _inline_executor(dev)
+    for dev, text in ((TimedDevice(fail_launch=True), "launch failed"),
+                      (TimedDevice(fail_poll=True), "event query failed")):
+        async def body(executor, results, loop, dev=dev, text=text):
             assert _submit(executor, results, loop, 0)
             fields, _ = await asyncio.wait_for(results[0], 5)
             assert fields["status"] == "error" and text in fields["error"]
@@ -253,10 +273,8 @@ def test_inline_failures_become_error_rows():
             assert _submit(executor, results, loop, 1)
             fields, _ = await asyncio.wait_for(results[1], 5)
             assert fields["status"] == "ok"
-            executor.stop()
-            executor.thread.join(5)
 
-    asyncio.run(main())
+        _with_inline_executor(dev, body)
 
 
 def test_gpu_time_estimate_is_per_bucket_not_per_raw_shape():

@@ -134,7 +134,12 @@ def http_server():
         proc.wait()
 
 
-def test_sharded_http_replay_sends_every_row_once(tmp_path, trace_path, capsys, http_server):
+def test_sharded_http_replay_sends_every_row_once(tmp_path, trace_path, capsys, http_server,
+                                                  monkeypatch):
+    import os
+
+    # 2 cores seen by the driver (whatever this machine has): 2 local workers fill them
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     out = tmp_path / "run"
     code, err = cli(["replay", str(trace_path), "-o", str(out), "--backend", "http", "--url",
                      http_server, "--no-stream", "--workers", "2", "--max-inflight", "8"],
@@ -148,6 +153,7 @@ def test_sharded_http_replay_sends_every_row_once(tmp_path, trace_path, capsys, 
     assert [w["self_check"]["requests_sent"] for w in manifest["worker_runs"]] == [150, 150]
     assert {json.loads((out / "workers" / f"w0{k}.json").read_text())["options"]["max_inflight"]
             for k in (0, 1)} == {4}
+    assert "warning: 2 local workers on 2 cores" in err  # the CLI prints crowding_warning's line
 
 
 RECORDING_SERVER = SERVER_CODE.replace(
@@ -195,6 +201,10 @@ def test_workers_that_fill_every_core_are_warned_about(monkeypatch):
     assert w.crowding_warning(1, "local") is None
     assert "2 local workers on 2 cores" in w.crowding_warning(2, "local")
     assert "use at most 1" in w.crowding_warning(3, "local")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert w.crowding_warning(3, "local") is None
+    assert "use at most 3" in w.crowding_warning(4, "local")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert "--pacer sleep" in w.crowding_warning(2, "local", "spin")
     assert "--pacer sleep" not in w.crowding_warning(2, "local", "sleep")
     assert w.crowding_warning(4, "ray") is None  # actors sit on other hosts' cores

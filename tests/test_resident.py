@@ -301,6 +301,10 @@ def test_inline_requests_through_the_backend_and_stop_waits_for_one_in_flight():
         await asyncio.sleep(0.005)  # launched inline, still on the device
         assert backend._executors["bert"].inline_in_flight
         await backend.stop()
+        # stop() returned only after the request on the device was finished (not left to the
+        # loop's later polls)
+        assert [r for r, _ in dev.finishes] == [0, 1, 2, 3]
+        assert not backend._executors["bert"].inline_in_flight
         return [*outs, await last], described, dev
 
     outs, described, dev = asyncio.run(go())

@@ -48,12 +48,14 @@ def overlaps(out: Path | str, inp: Path | str) -> bool:
 
 
 def check_output(out: Path | str, *, inputs: Iterable[tuple[str, Path | str | None]] = (),
-                 key: str = "-o", kind: str = "file") -> Path:
+                 key: str = "-o", kind: str = "file", replaces: tuple[str, ...] = ()) -> Path:
     """Refuse (BadInput, exit 2) an output that would destroy an input or cannot be written.
 
     ``inputs`` are ``(what, path)`` pairs, e.g. ``("the trace being replayed", trace)``; None
     paths are skipped. ``kind`` is ``file`` (an existing path must be a regular file; it is
-    replaced atomically) or ``dir`` (an existing path must be a directory).
+    replaced atomically) or ``dir`` (an existing path must be a directory). ``replaces``: the
+    suffixes (lower case) an existing file must have to be replaced, e.g. ``(".json",)`` for a
+    JSON export, so that a mistyped path never overwrites the trace a run was made from.
     """
     out = Path(out)
     _check_name_lengths(out, key)
@@ -68,6 +70,9 @@ def check_output(out: Path | str, *, inputs: Iterable[tuple[str, Path | str | No
             raise BadInput("is a directory; give a file name", key=key, value=str(out))
         if kind == "file" and not out.is_file():
             raise BadInput("exists and is not a regular file", key=key, value=str(out))
+        if replaces and out.is_file() and out.suffix.lower() not in replaces:
+            raise BadInput(f"exists and is not a {replaces[0]} file; choose another path",
+                           key=key, value=str(out))
         if kind == "dir" and not out.is_dir():
             raise BadInput("exists and is not a directory", key=key, value=str(out))
     check_writable(out, key=key)

@@ -30,11 +30,8 @@ def perfetto(
         raise BadInput("parent directory does not exist", source="-o", value=str(output))
     from traceforge.paths import check_output
 
-    if output.is_file() and output.suffix.lower() != ".json":
-        # e.g. the trace the run was made from: an existing file is replaced only by JSON
-        raise BadInput("exists and is not a .json file; choose another path", key="-o",
-                       value=str(output))
-    check_output(output, inputs=[("the run directory being exported", run_dir)], key="-o")
+    check_output(output, inputs=[("the run directory being exported", run_dir)], key="-o",
+                 replaces=(".json",))
     run = load_run(run_dir)
     export_perfetto(run_dir, output, run=run)
     typer.echo(f"wrote {output} ({run.n:,} requests); open it in https://ui.perfetto.dev")

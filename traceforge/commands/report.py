@@ -21,11 +21,7 @@ def _check_html_target(path: Path | None, inputs=()) -> None:
                        value=str(path))
     if not path.parent.exists():
         raise BadInput("parent directory does not exist", source="--html", value=str(path))
-    if path.is_file() and path.suffix.lower() not in (".html", ".htm"):
-        # e.g. the trace a run was made from: an existing file is replaced only by HTML
-        raise BadInput("exists and is not an .html file; choose another path", key="--html",
-                       value=str(path))
-    check_output(path, inputs=inputs, key="--html")
+    check_output(path, inputs=inputs, key="--html", replaces=(".html", ".htm"))
 
 
 def _emit(result: dict, *, json_out: bool, html: Path | None, label: str,

@@ -37,10 +37,11 @@ def gen(
 ) -> None:
     """Sample a trace from a workload spec (same spec and seed: byte-identical file)."""
     from traceforge.generate import generate_trace, load_spec
+    from traceforge.limits import check_seed
     from traceforge.schema import write_trace
 
-    if seed is not None and seed < 0:
-        raise BadInput("must be >= 0", key="--seed", value=seed)
+    if seed is not None:
+        check_seed(seed)
     _check_output(out, inputs=[("the workload spec", spec)])
     parsed = load_spec(spec)
     _check_output(out, inputs=[("a file the workload spec reads", p)

@@ -180,17 +180,20 @@ class SpecReader:
             self.fail(key, value, f"must be <= {_fmt(high)}")
         return value
 
-    def run_length(self, raw: dict) -> tuple[float | None, int | None]:
-        """``(duration_s, requests)`` of a spec's top table, at most one of them given (workload
-        and study specs alike); None where absent."""
+    def run_length(self, raw: dict, prefix: str = "") -> tuple[float | None, int | None]:
+        """``(duration_s, requests)`` of a spec's top table (or a study mix's, keys named with
+        ``prefix``), at most one of them given (workload and study specs alike); None where
+        absent."""
         duration_s = requests = None
         if "duration_s" in raw:
-            duration_s = self.number(raw["duration_s"], "duration_s", low=0, low_open=True,
-                                     high=MAX_TIME_S)
+            duration_s = self.number(raw["duration_s"], f"{prefix}duration_s", low=0,
+                                     low_open=True, high=MAX_TIME_S)
         if "requests" in raw:
-            requests = self.integer(raw["requests"], "requests", low=1, high=INT64_MAX)
+            requests = self.integer(raw["requests"], f"{prefix}requests", low=1,
+                                    high=INT64_MAX)
         if duration_s is not None and requests is not None:
-            self.fail("requests", requests, "give either duration_s or requests, not both")
+            self.fail(f"{prefix}requests", requests,
+                      "give either duration_s or requests, not both")
         return duration_s, requests
 
     def integer(self, value: object, key: str, *, low: int | None = None,

@@ -27,7 +27,7 @@ from traceforge import __version__
 from traceforge.errors import BadInput
 from traceforge.importers import azure_functions, azure_llm, burstgpt, csv_generic, mooncake
 from traceforge.importers.common import Records, parse_model_names
-from traceforge.limits import check_seconds, scaled_ns
+from traceforge.limits import check_seconds, check_seed, scaled_ns
 from traceforge.paths import missing_file_reason
 from traceforge.schema import (
     INT32_MAX,
@@ -103,8 +103,7 @@ def import_trace(fmt: str, sources: Sequence[Path | str], *, models: str | list[
     if thin and not rate_scale < 1:
         raise BadInput("--thin removes requests at random, so it needs --rate-scale below 1",
                        key="--rate-scale", value=rate_scale)
-    if seed is None or seed < 0:
-        raise BadInput("must be >= 0", key="--seed", value=seed)
+    check_seed(seed)
     for key, value, low in (("--batch-size", batch_size, 1), ("--seq-len", seq_len, 1),
                             ("--max-new-tokens", max_new_tokens, 0)):
         if not low <= value <= INT32_MAX:

@@ -21,7 +21,7 @@ from traceforge.errors import BadInput
 from traceforge.generate.servegen import load_pool, sample_pool
 from traceforge.importers import _positive
 from traceforge.importers.common import parse_model_names
-from traceforge.limits import check_seconds, scaled_ns
+from traceforge.limits import check_seconds, check_seed, scaled_ns
 from traceforge.schema import INT32_MAX, TRACE_SCHEMA_ID, Trace, trace_table
 
 
@@ -63,8 +63,7 @@ def import_servegen(paths: list[Path], *, models, start_s: float, duration_s: fl
     start_s = check_seconds(_positive(start_s, "--start", allow_zero=True), key="--start")
     time_scale = _positive(time_scale, "--time-scale")
     rate_scale = _positive(rate_scale, "--rate-scale")
-    if seed is None or seed < 0:
-        raise BadInput("must be >= 0", key="--seed", value=seed)
+    seed = check_seed(seed)
     if not 1 <= batch_size <= INT32_MAX:
         raise BadInput(f"must be between 1 and {INT32_MAX}", key="--batch-size",
                        value=batch_size)

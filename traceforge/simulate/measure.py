@@ -662,7 +662,7 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
     cold = np.zeros_like(service)
     cvs = []
     totals, prefills, decodes = [], [], []
-    for g, _ in enumerate(points):
+    for g in range(len(points)):
         rows = (group == g) & timed
         total = end[rows] - start[rows]
         totals.append(total)

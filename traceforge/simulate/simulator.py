@@ -272,18 +272,10 @@ class RunBound:
 
     @classmethod
     def checked(cls, duration_s: float | None, drain_timeout_s: float | None) -> RunBound:
-        def number(value) -> bool:
-            return (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value))
+        from traceforge.replay.options import ReplayOptions
 
-        if duration_s is not None:
-            if not (number(duration_s) and duration_s > 0):
-                raise BadInput("must be a positive number", key="--duration", value=duration_s)
-            check_seconds(duration_s, key="--duration")
-        if drain_timeout_s is not None:
-            if not (number(drain_timeout_s) and drain_timeout_s >= 0):
-                raise BadInput("must be >= 0", key="--drain-timeout", value=drain_timeout_s)
-            check_seconds(drain_timeout_s, key="--drain-timeout")
+        # replay's own checks of the two flags (same messages, same int64 ns bound)
+        ReplayOptions(duration_s=duration_s, drain_timeout_s=drain_timeout_s).validate()
         return cls(None if duration_s is None else round(duration_s * 1e9),
                    None if drain_timeout_s is None else round(drain_timeout_s * 1e9))
 
@@ -685,10 +677,10 @@ def _timeline_table(trace: pa.Table, scheduled: np.ndarray, r: SimResult, *,
         "service_end_ns": opt(r.service_end_ns, "service_end_ns"),
         "done_ns": opt(r.done_ns, "done_ns"),
         "status": (pa.repeat(pa.scalar("ok"), n) if cancelled is None
-                   else pa.array(np.where(cancelled, "cancelled", "ok"), pa.string())),
+                   else pc.if_else(pa.array(cancelled), "cancelled", "ok")),
         "error": (pa.nulls(n, pa.string()) if cancelled is None
-                  else pa.array([cancelled_msg if c else None for c in cancelled.tolist()],
-                                pa.string())),
+                  else pc.if_else(pa.array(cancelled), cancelled_msg,
+                                  pa.scalar(None, pa.string()))),
         "gpu_ns": pa.nulls(n, pa.int64()),
         "batch_id": opt(r.batch_id, "batch_id"),
         "batched_with": opt(r.batched_with, "batched_with"),

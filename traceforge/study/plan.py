@@ -158,11 +158,9 @@ def validate_backend_options(backend: str, options: dict[str, Any],
 
 
 def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> None:
-    from traceforge.simulate.simulator import SERVICE_DISTS
+    from traceforge.simulate.simulator import SERVICE_DISTS, RunBound
 
     (opts,) = split_options("simulate", options)
-    from traceforge.simulate.simulator import RunBound
-
     RunBound.checked(opts.get("duration_s"), opts.get("drain_timeout_s"))
     if opts["profile"] is None:
         if opts["mode"] is not None:

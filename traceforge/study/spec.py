@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traceforge.backends.options import BACKENDS, coerce_options
+from traceforge.backends.options import BACKENDS, coerce_options, split_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec, read_toml
-from traceforge.limits import check_seconds, check_service_ms
+from traceforge.limits import check_service_ms
 from traceforge.study.capacity import PERCENTILES
 from traceforge.study.cells import format_value
 
@@ -266,16 +266,11 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
     if own:  # the mix's own length wins over the file's and the study's
         spec_dict.pop("duration_s", None)
         spec_dict.pop("requests", None)
-        if "duration_s" in own:
-            spec_dict["duration_s"] = r.number(own["duration_s"], f"{key}.duration_s", low=0,
-                                               low_open=True)
-            check_seconds(spec_dict["duration_s"], key=f"{key}.duration_s", source=r.source)
-        if "requests" in own:
-            if "duration_s" in own:
-                r.fail(f"{key}.requests", own["requests"],
-                       "give either duration_s or requests, not both")
-            spec_dict["requests"] = r.integer(own["requests"], f"{key}.requests", low=1,
-                                              high=None)
+        own_duration, own_requests = r.run_length(own, prefix=f"{key}.")
+        if own_duration is not None:
+            spec_dict["duration_s"] = own_duration
+        else:
+            spec_dict["requests"] = own_requests
     elif "duration_s" not in spec_dict and "requests" not in spec_dict:
         if duration_s is None and requests is None:
             r.missing("duration_s", f"the mix {name!r} sets no duration_s or requests: give "
@@ -362,7 +357,7 @@ def _check_mixes(spec: StudySpec, source: object) -> dict[str, tuple[float, floa
     trace generator's own checks (time range, memory) now, not as failed cells later. Returns
     per mix (expected rows, seconds) at that load. Loads that are fractions of a capacity not
     yet known are checked when the cells are made."""
-    from traceforge.generate.build import preflight
+    from traceforge.generate.build import preflight, row_rate
 
     loads = [1.0]
     if "load" in spec.axes and spec.load_basis != "capacity":
@@ -379,8 +374,9 @@ def _check_mixes(spec: StudySpec, source: object) -> dict[str, tuple[float, floa
             if top != 1.0:
                 exc.message = f"at load {top:g}: {exc.message}"
             raise _rekey(exc, source, f"mixes.{mix}") from None
+        # rows count session turns: over the rate of rows, not of arrivals
         span = parsed.duration_s if parsed.duration_s is not None else rows / max(
-            parsed.long_run_rate(), 1e-300)
+            row_rate(parsed), 1e-300)
         out[mix] = (rows, float(span))
     return out
 
@@ -402,9 +398,9 @@ def _check_combinations(spec: StudySpec, source: object) -> None:
                 validate_backend_options(spec.backend, opts, spec.mixes[mix])
                 if spec.backend in ("null", "simulate") and not opts.get("profile"):
                     rows, span = sizes[mix]
-                    check_service_ms(float(opts.get("service_ms", 10.0)),
-                                     dist=opts.get("service_dist", "exp"), rows=rows,
-                                     span_s=span, key="service_ms")
+                    filled = split_options(spec.backend, opts)[0]  # the options' defaults
+                    check_service_ms(float(filled["service_ms"]), dist=filled["service_dist"],
+                                     rows=rows, span_s=span, key="service_ms")
                 if spec.capacity is not None and spec.capacity.prescreen:
                     try:
                         validate_backend_options("simulate", prescreen_options(spec, config),
