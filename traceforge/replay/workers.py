@@ -318,7 +318,7 @@ def crowding_warning(workers: int, executor: str, pacer: str = "spin") -> str | 
     so their recorders' flushes (and everything else) take the CPU from a pacer. Measured on 2
     cores (docs/scale.md): 2 workers had send-lag p99 2.9–4.4 ms at 10k–60k req/s, their
     dispatchers runnable-but-waiting 57–132 ms per 2 s, where one process held 69–635 µs; with
-    ``--pacer sleep`` the same 2 workers held 0.47–0.79 ms at 10k–30k req/s."""
+    ``--pacer sleep`` the same 2 workers held 0.46–0.79 ms at 10k–30k req/s in ad-hoc runs (docs/scale.md)."""
     if executor != "local" or not hasattr(os, "sched_getaffinity"):
         return None
     cores = len(os.sched_getaffinity(0))
