@@ -440,7 +440,53 @@ max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
             log(f"stability ({v}) {m}: p50 ratio {c.get('p50_ratio'):.3f} p99 ratio "
                 f"{c.get('p99_ratio'):.3f} verdict {c.get('verdict')}")
     res["compare"] = res["compare_by_variant"][variants[0]]
+    res["breakdown"] = {run: breakdown(Path(run)) for v in variants for run in runs[v]}
+    for run, b in res["breakdown"].items():
+        clk = b.get("telemetry", {})
+        log(f"stability {Path(run).name}: sm clock median {clk.get('sm_clock_mhz_p50')} MHz "
+            f"(p10 {clk.get('sm_clock_mhz_p10')}), power {clk.get('power_w_p50')} W; "
+            + "; ".join(f"{m}: " + " ".join(f"{k} {v:.0f}" for k, v in parts.items())
+                        for m, parts in b["models"].items()))
     return res
+
+
+def breakdown(run: Path) -> dict:
+    """Where a run's p50 latency goes, per model (µs, p50 of each part over ok rows after the
+    warm-up), and the card's SM clock and power over the run (telemetry.parquet): what tells a
+    GPU-side shift (clock, gpu_ns) from a host-side one (send lag, hand-offs) between replays.
+    numpy + pyarrow only (the GPU host has no pandas)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run / "timeline")
+    t = t.filter(pc.and_(pc.equal(t["status"], "ok"), pc.invert(t["warmup"])))
+    col = {c: t[c].to_numpy(zero_copy_only=False).astype(float)
+           for c in ("scheduled_ns", "sent_ns", "service_start_ns", "service_end_ns",
+                     "done_ns", "gpu_ns")}
+    model = np.asarray(t["model"].to_pylist())
+    out: dict = {"models": {}}
+    for m in sorted(set(model.tolist())):
+        k = model == m
+        c = {n: v[k] for n, v in col.items()}
+        parts = {
+            "lag": c["sent_ns"] - c["scheduled_ns"],
+            "to_start": c["service_start_ns"] - c["sent_ns"],
+            "gpu": c["gpu_ns"],
+            "queue+host": c["service_end_ns"] - c["service_start_ns"] - c["gpu_ns"],
+            "end_to_done": c["done_ns"] - c["service_end_ns"],
+            "latency": c["done_ns"] - c["scheduled_ns"],
+        }
+        out["models"][m] = {n: float(np.nanmedian(v)) / 1e3 for n, v in parts.items()}
+    tel = run / "telemetry.parquet"
+    if tel.exists():
+        d = pq.read_table(tel)
+        clk = d["sm_clock_mhz"].to_numpy(zero_copy_only=False).astype(float)
+        pw = d["power_w"].to_numpy(zero_copy_only=False).astype(float)
+        out["telemetry"] = {"sm_clock_mhz_p50": float(np.nanmedian(clk)),
+                            "sm_clock_mhz_p10": float(np.nanpercentile(clk, 10)),
+                            "power_w_p50": round(float(np.nanmedian(pw)), 1),
+                            "samples": int(len(clk))}
+    return out
 
 
 def main() -> None:

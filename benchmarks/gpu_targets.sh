@@ -8,6 +8,7 @@
 #   multi               studies/multi-gpu-short.toml with --gpus 0 and --gpus 0,1 (gpu_multi.sh)
 # fidelity-bg / fidelity-wait: benchmarks/gpu_fidelity.sh on GPU 1 in the background (to $OUT/fid).
 # gputests: pytest -m gpu tests/test_serving.py (graph and compiled decode == eager, token for token).
+# stability: one trace replayed twice per variant (A B A B), compare + where p50 goes (µs parts).
 # STEPS picks steps (default "decode overhead multi"). Results: $OUT (at most 8 files), a short
 # table last. Card settings are never changed.
 set -uo pipefail
@@ -61,6 +62,11 @@ for step in $STEPS; do
     overhead)
       check "${OVERHEAD_LIMIT:-110}" overhead --n "${N:-400}" --passes "${PASSES:-5}"
       ;;
+    stability)  # STAB_VARIANTS (default inline,no-inline), interleaved A B A B; runs kept
+      STAB_VARIANTS=${STAB_VARIANTS:-inline,no-inline} \
+        check "${STAB_LIMIT:-240}" stability --duration "${STAB_DURATION:-20}"
+      tar -C "$WORK" -czf "$OUT/stability-runs.tar.gz" --exclude='*.parquet.tmp' runs 2>/dev/null
+      ;;
     multi)
       note "---- multi-GPU study (limit ${MULTI_LIMIT:-300}s)"
       SPEC=${MULTI_SPEC:-studies/multi-gpu-short.toml} OUT="$WORK/multi" \
@@ -98,6 +104,16 @@ if o:
         print(f"  --no-inline: c1 ratio {rm.get('c1_noinline', float('nan')):.3f}, done-sent-gpu "
               f"p50 {o['done_sent_minus_gpu_us_c1_noinline']['p50']:.0f} us; "
               + ", ".join(f"{k} {v['p50']:.0f}" for k, v in hn.items()))
+s = J("stability.json")
+for v, c in (s.get("compare_by_variant") or {}).items():
+    print(f"stability ({v}): " + ", ".join(
+        f"{k} p50 x{x['p50_ratio']:.3f} p99 x{x['p99_ratio']:.3f} {x['verdict']}"
+        for k, x in c.get("models", {}).items()))
+for run, b in (s.get("breakdown") or {}).items():
+    tel = b.get("telemetry") or {}
+    print(f"  {pathlib.Path(run).name}: clock p50 {tel.get('sm_clock_mhz_p50')} MHz; " + "; ".join(
+        f"{k} " + " ".join(f"{n} {x:.0f}" for n, x in parts.items() if x == x)
+        for k, parts in b["models"].items()))
 if m:
     print(f"multi-GPU wall {m.get('wall_s')} ratio {m.get('ratio')} (target <= 0.55)")
     vs = [v for c in (m.get("verdicts") or {}).values() for v in c.values()]
