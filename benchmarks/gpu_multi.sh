@@ -36,6 +36,7 @@ run_study() {  # $1 = name, $2 = gpus
   rc=$?
   t1=$(date +%s.%N)
   echo "$t0 $t1" | awk '{printf "%.1f\n", $2 - $1}' > "$WORK/$1.wall"
+  echo "$t0 $t1" > "$WORK/$1.times"
   cp "$WORK/$1/study.json" "$OUT/$1.study.json" 2>/dev/null
   echo "---- study --gpus $2: exit $rc, wall $(cat "$WORK/$1.wall") s (log: $OUT/$1.log)"
   tail -3 "$OUT/$1.log"
@@ -86,8 +87,30 @@ for name, wa, wb, verdict in rows:
     print(f"{name:<34}{str(wa).split(' (')[0]:<26}{str(wb).split(' (')[0]:<26}{verdict}")
 all_v = [v for d in verdicts.values() for v in d.values()]
 print(f"compare verdicts: {sum(v == 'same' for v in all_v)} same of {len(all_v)}")
+from datetime import datetime
+
+
+def since(t0: float, iso: str | None) -> str:
+    return "-" if not iso else f"{datetime.fromisoformat(iso).timestamp() - t0:.1f}"
+
+
 for n, s in studies.items():
     print(f"study {n}: {s['status']}, cells {s['counts']}, wall {wall[n]:.1f} s")
+    # where the start and the end went, in s from the command's start
+    t0, t1 = map(float, (work / f"{n}.times").read_text().split())
+    cells = s["cells"]
+    first = min((c.get("started_at") or "~") for c in cells)
+    last = max((c.get("finished_at") or "") for c in cells)
+    workers = (s.get("executor_info") or {}).get("workers", [])
+    print(f"  study.json created {since(t0, s['created_at'])} s; first cell started "
+          f"{since(t0, first)} s; last cell finished {since(t0, last)} s; command ended "
+          f"{t1 - t0:.1f} s; executor close {(s.get('executor_info') or {}).get('close_s')} s")
+    for w in workers:
+        print(f"  worker gpu {w['gpu']}: spawn {w['spawn_s']} s, ready after {w['ready_after_s']}"
+              f" s, phases {w['phases']}")
+    for c in cells:
+        print(f"  {c['name']:<30} {since(t0, c.get('started_at'))} -> "
+              f"{since(t0, c.get('finished_at'))} s ({c.get('where', '?').split(' (')[0]})")
 if summary["ratio"] is not None:
     print(f"two GPUs / one GPU wall time: {summary['ratio']:.1%} (target <= 55 %)")
 else:

@@ -485,7 +485,7 @@ def breakdown(run: Path) -> dict:
         out["telemetry"] = {"sm_clock_mhz_p50": float(np.nanmedian(clk)),
                             "sm_clock_mhz_p10": float(np.nanpercentile(clk, 10)),
                             "power_w_p50": round(float(np.nanmedian(pw)), 1),
-                            "samples": int(len(clk))}
+                            "samples": len(clk)}
     return out
 
 

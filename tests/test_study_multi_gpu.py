@@ -29,7 +29,17 @@ def test_two_gpu_pool_gives_the_sequential_results(tmp_path):
     assert {w.split(" (")[0] for w in where} == {"gpu 0", "gpu 1"}
     assert all(c["attempts"] == 1 for c in result["cells"])
     assert not (tmp_path / "par" / ".scratch").exists()
-    assert json.loads((tmp_path / "par" / "study.json").read_text())["executor"] == "local-gpus"
+    saved = json.loads((tmp_path / "par" / "study.json").read_text())
+    assert saved["executor"] == "local-gpus"
+    # where the study's start went: one entry per worker, its own GPU and pid, spawn before ready
+    workers = saved["executor_info"]["workers"]
+    assert sorted(w["gpu"] for w in workers) == [0, 1]
+    assert {w["pid"] for w in workers} == {int(x.split("pid ")[1].rstrip(")")) for x in where}
+    assert all(0 <= w["spawn_s"] <= w["ready_after_s"] for w in workers)
+    assert all("import_runner_s" in w["phases"] for w in workers)
+    assert saved["executor_info"]["close_s"] >= 0
+    # each cell: the driver's clock when it started and ended, in that order
+    assert all(c["started_at"] <= c["finished_at"] for c in saved["cells"])
 
 
 def test_gpus_with_address_is_bad_input():

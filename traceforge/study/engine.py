@@ -156,6 +156,10 @@ class StudyRecord:
             rec = self._new_record(cell)
             self.cells[cell.name] = rec
         rec["status"] = event.status
+        # the driver's wall clock when it heard of the start / the end (a study's Gantt chart)
+        rec["started_at" if event.status == "running" else "finished_at"] = _now()
+        if event.status == "running":
+            rec.pop("finished_at", None)
         rec["attempts"] = max(rec.get("attempts", 0), 0) + (1 if event.status == "running"
                                                              else 0)
         if event.status != "running":
@@ -399,6 +403,9 @@ def _run(spec: StudySpec, study_dir: Path, record: StudyRecord, executor: Execut
         raise
     finally:
         executor.close()
+        info = getattr(executor, "info", None)
+        if info is not None:
+            record.data["executor_info"] = info()
     bar.close()
     failed = [c for c in record.cells.values() if c["status"] != "complete"]
     record.write("failed" if failed else "complete")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue as queue_mod
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,28 +34,51 @@ from traceforge.study.executor import CellEvent, EventSink, land_event, scratch_
 _POLL_S = 0.2
 
 
-def _preload() -> None:
+def _preload() -> dict[str, float]:
     """What every resident group's first start pays once per process, done while the driver
     still validates and plans: import torch, create the CUDA context and a cuBLAS handle on
-    this worker's GPU, import transformers' model machinery. Failures are left to the group's
-    own start to report."""
+    this worker's GPU, import transformers' model machinery. Returns each phase's seconds (for
+    study.json ``workers``). Failures are left to the group's own start to report."""
+    phases: dict[str, float] = {}
+    t = time.perf_counter()
+
+    def mark(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        phases[name] = round(now - t, 3)
+        t = now
+
     try:
         import torch
 
+        mark("import_torch_s")
         if torch.cuda.is_available():
             x = torch.ones((64, 64), device="cuda")
             (x @ x).sum().item()
+        mark("cuda_start_s")
         import transformers.modeling_utils  # noqa: F401  (the bulk of a zoo build's imports)
+
+        mark("import_transformers_s")
     except Exception:  # reported by the group that needs them
         pass
+    return phases
 
 
-def _worker_main(gpu: int, slot: int, tasks, events, preload: bool) -> None:
+def _worker_main(gpu: int, slot: int, tasks, events, preload: bool, spawned_at: float) -> None:
     """A spawned worker: pinned to ``gpu``, runs (group, scratch) tasks until it gets None."""
+    started_at = time.time()
     os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch can be imported
-    if preload:
-        _preload()
+    phases = _preload() if preload else {}
+    t = time.perf_counter()
     from traceforge.study.runner import run_group
+
+    phases["import_runner_s"] = round(time.perf_counter() - t, 3)
+    # Where a study's start goes (study.json ``workers``): spawn = process start and the
+    # interpreter's imports up to here, then the preload's phases.
+    events.put(("startup", slot, {"gpu": gpu, "pid": os.getpid(),
+                                  "spawn_s": round(started_at - spawned_at, 3),
+                                  "phases": phases,
+                                  "ready_after_s": round(time.time() - spawned_at, 3)}))
 
     where = f"gpu {gpu} (worker {slot}, pid {os.getpid()})"
 
@@ -78,6 +102,12 @@ def _worker_main(gpu: int, slot: int, tasks, events, preload: bool) -> None:
             events.put(("error", slot, f"{type(exc).__name__}: {exc}"))
         events.put(("done", slot, group.key))
     events.put(("exit", slot, None))
+    # Everything is reported and every group's backend stopped (run_group's finally): skip the
+    # interpreter's teardown (torch's CUDA and allocator shutdown, ~1-2 s on a GPU host) once
+    # the queue's feeder thread has handed the last message over.
+    events.close()
+    events.join_thread()
+    os._exit(0)
 
 
 class MultiGpuExecutor:
@@ -97,6 +127,14 @@ class MultiGpuExecutor:
         self._procs: list = []
         self._tasks = self._events = None
         self._alive: set[int] = set()
+        self._startup: dict[int, dict] = {}
+        self._close_s: float | None = None
+
+    def info(self) -> dict:
+        """For study.json: each worker's start (spawn, preload phases, ready after), so a slow
+        study start can be told apart from slow cells."""
+        return {"workers": [self._startup[k] for k in sorted(self._startup)],
+                "close_s": self._close_s}
 
     def prestart(self, *, preload: bool = False) -> None:
         """Start the worker processes now (idempotent)."""
@@ -107,7 +145,8 @@ class MultiGpuExecutor:
         ctx = multiprocessing.get_context("spawn")
         self._tasks, self._events = ctx.Queue(), ctx.Queue()
         self._procs = [ctx.Process(target=_worker_main,
-                                   args=(gpu, slot, self._tasks, self._events, preload),
+                                   args=(gpu, slot, self._tasks, self._events, preload,
+                                         time.time()),
                                    name=f"traceforge-study-gpu{gpu}", daemon=True)
                        for slot, gpu in enumerate(self.gpus)]
         for p in self._procs:
@@ -148,6 +187,8 @@ class MultiGpuExecutor:
                         finished.setdefault(current[slot] or "", set()).add(payload.cell.name)
                 elif kind == "start":
                     current[slot] = payload
+                elif kind == "startup":
+                    self._startup[slot] = payload
                 elif kind == "done":
                     outstanding.discard(payload)
                     current[slot] = None
@@ -203,6 +244,7 @@ class MultiGpuExecutor:
         procs, self._procs = self._procs, []
         if not procs:
             return
+        t = time.perf_counter()
         for p in procs:
             if p.is_alive():
                 self._tasks.put(None)
@@ -212,3 +254,4 @@ class MultiGpuExecutor:
                 p.kill()
                 p.join()
         self._alive = set()
+        self._close_s = round(time.perf_counter() - t, 3)
