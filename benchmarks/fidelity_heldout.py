@@ -101,6 +101,50 @@ def cmd_traces(profile_path: Path, work: Path, duration: float) -> dict:
     return out
 
 
+GAP_BINS_US = [(-1e18, 0, "queued"), (0, 20, "0-20 us"), (20, 100, "20-100 us"),
+               (100, 300, "100-300 us"), (300, 1000, "0.3-1 ms"), (1000, 3000, "1-3 ms"),
+               (3000, 1e18, "> 3 ms")]
+
+
+def idle_gap_rows(run: Path, mix: str, mode: str) -> list[str]:
+    """Each one-pass (0 new tokens) request's GPU time over its bucket's median, by the idle gap
+    before it (its service start minus the latest service end of any earlier request): whether
+    a request that finds the GPU idle costs more GPU time than one queued behind another."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(run / "timeline")
+    t = t.filter(pc.and_(pc.equal(t["status"], "ok"), pc.invert(t["warmup"])))
+    t = t.sort_by("service_start_ns")
+    start = t["service_start_ns"].to_numpy(zero_copy_only=False).astype(float)
+    end = t["service_end_ns"].to_numpy(zero_copy_only=False).astype(float)
+    gpu = t["gpu_ns"].to_numpy(zero_copy_only=False).astype(float)
+    new = t["max_new_tokens"].to_numpy(zero_copy_only=False)
+    model = np.asarray(t["model"].to_pylist())
+    key = np.asarray([f"{m}|{b}|{q}" for m, b, q in zip(
+        t["model"].to_pylist(), t["bucket_batch_size"].to_pylist(),
+        t["bucket_seq_len"].to_pylist(), strict=True)])
+    latest = np.maximum.accumulate(np.concatenate([[-np.inf], end[:-1]]))
+    gap_us = (start - latest) / 1e3
+    rows = []
+    for m in sorted(set(model[new == 0].tolist())):
+        sel = (model == m) & (new == 0) & np.isfinite(gpu)
+        if not sel.any():
+            continue
+        rel = np.full(len(t), np.nan)
+        for k in set(key[sel].tolist()):
+            ks = sel & (key == k)
+            rel[ks] = gpu[ks] / np.median(gpu[ks])
+        cells = []
+        for lo, hi, _label in GAP_BINS_US:
+            b = sel & (gap_us > lo) & (gap_us <= hi)
+            cells.append(f"{np.mean(rel[b]):.2f} / {np.median(rel[b]):.2f} ({int(b.sum())})"
+                         if b.sum() >= 5 else f"— ({int(b.sum())})")
+        rows.append(f"| {mix} | {mode} | {m} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     from traceforge.record import RunManifest
     from traceforge.simulate.fidelity import compare_run, oracle_run
@@ -109,7 +153,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     profile = load_profile(profile_path)
     mixes = json.loads((work / "mixes.json").read_text())
     env = json.loads((work / "env.json").read_text()) if (work / "env.json").exists() else {}
-    rows, oracle_rows, notes = [], [], []
+    rows, oracle_rows, notes, gap_rows = [], [], [], []
     ok_cells = total = 0
     for mix in MIXES:
         for mode in MODES:
@@ -118,6 +162,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                 rows.append(f"| {mix} | {mode} | — | not run | | | | | | |")
                 continue
             manifest = RunManifest.load(run)
+            gap_rows += idle_gap_rows(run, mix, mode)
             r = compare_run(run, profile)
             # The queueing model with the run's own service times and executor hand-offs: what
             # it still misses is neither service time nor hand-off (docs/simulator.md).
@@ -181,6 +226,13 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
         "| mix | mode | model | error p50 | error p99 |", "|---|---|---|---:|---:|",
         *oracle_rows, "",
     ]
+    if gap_rows:
+        lines += ["## One-pass GPU time by the idle gap before it",
+                  "", "GPU time over its bucket's median, mean / median (requests), by the gap "
+                  "between the request's service start and the latest earlier service end "
+                  "(`queued`: it started before that end).", "",
+                  "| mix | mode | model | " + " | ".join(b[2] for b in GAP_BINS_US) + " |",
+                  "|---|---|---|" + "---:|" * len(GAP_BINS_US), *gap_rows, ""]
     if notes:
         lines += ["## Cells outside the target, and why", "", *notes, ""]
     lines += ["Timeslice and streams were not replayed in this call (device time); the profile "

@@ -314,6 +314,9 @@ class LoadedModel:
             torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
             start_ev, end_ev = self._event_pair()
         try:
+            if runner is not None:  # inputs before the timed window (see launch)
+                with torch.inference_mode():
+                    runner.fill(batch_size, seq_len)
             service_start = time.monotonic_ns()
             if cuda:
                 start_ev.record()
@@ -321,7 +324,8 @@ class LoadedModel:
             tokens = 0
             with torch.inference_mode():
                 if runner is not None:
-                    first_token = self._run_graphs(runner, batch_size, seq_len, max_new_tokens)
+                    first_token = self._run_graphs(runner, batch_size, seq_len, max_new_tokens,
+                                                   filled=True)
                 else:
                     first_token = self._run_eager(bucket, batch_size, seq_len, max_new_tokens)
                 if self.entry.kind == "decoder" and max_new_tokens:
@@ -356,8 +360,13 @@ class LoadedModel:
         try:
             start_ev, end_ev = self._event_pair()
             launched = time.monotonic_ns()
-            start_ev.record()
+            # Inputs first, then the start event right before the graph: every torch op
+            # releases the GIL and must win it back, and on an idle GPU each wait between the
+            # start event and the graph launch would count as GPU time (another thread -- the
+            # event loop, a decoding executor -- can hold the GIL for a switch interval).
+            # Event.record keeps the GIL; graph replay releases it only once the launch is in.
             runner.fill(batch_size, seq_len)
+            start_ev.record()
             runner.run()
             output = runner.result()  # copied out: the next replay overwrites the buffers
             end_ev.record()
@@ -472,10 +481,12 @@ class LoadedModel:
                 f"{(free or 0) / 2**30:.2f} GiB free on {self.device}; use smaller "
                 "--seq-buckets / --max-batch or fewer resident models")
 
-    def _run_graphs(self, runner, batch_size: int, seq_len: int, new: int) -> int | None:
+    def _run_graphs(self, runner, batch_size: int, seq_len: int, new: int, *,
+                    filled: bool = False) -> int | None:
         import torch
 
-        runner.fill(batch_size, seq_len)
+        if not filled:
+            runner.fill(batch_size, seq_len)
         if not hasattr(runner, "step"):
             runner.run()
             return None
