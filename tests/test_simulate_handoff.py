@@ -283,3 +283,26 @@ def test_pooled_tail_means_resist_one_slow_sample_per_point():
     # no tail: the medians themselves
     flat = [np.full(5, b) for b in bodies]
     assert np.allclose(pooled_tail_means(flat), bodies)
+
+
+def test_alone_scale_applies_a_significant_mode_ratio_for_graphs_only():
+    from traceforge.simulate.measure import alone_scale
+
+    # the 14:17 UTC H200 profile: distilgpt2 1.1594 (se 0.0013), distilbert-base 1.0317 (0.0087)
+    assert alone_scale(1.1594, 0.0013, graphs=True) == pytest.approx(1.1594)
+    assert alone_scale(1.0317, 0.0087, graphs=True) == pytest.approx(1.0317)
+    assert alone_scale(0.95, 0.01, graphs=True) == pytest.approx(0.95)  # faster is a mode too
+    assert alone_scale(1.02, 0.01, graphs=True) == 1.0  # within 3 standard errors: noise
+    assert alone_scale(1.40, 0.001, graphs=False) == 1.0  # eager: process state, not the mode
+    assert alone_scale(float("nan"), 0.0, graphs=True) == 1.0
+
+
+def test_simulator_scales_the_grid_by_the_modes_alone_scale(tmp_path):
+    # a: 2 ms in the grid, alone_scale 1.5 in mps -> 3 ms of service when alone
+    profile = make_profile({"a": model_profile(2.0)},
+                           {"mps": {"alone_scale": {"a": 1.5}, "slowdown": {}}})
+    trace = make_trace([0, 10 * MS], models=["a", "a"])
+    simulate(trace, tmp_path / "run", profile=profile, mode="mps")
+    start = col_ms(tmp_path / "run", "service_start_ns")
+    end = col_ms(tmp_path / "run", "service_end_ns")
+    assert [e - s for s, e in zip(start, end, strict=True)] == pytest.approx([3.0, 3.0])

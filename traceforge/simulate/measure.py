@@ -13,7 +13,8 @@ Phases, per mode:
    size x seq_len point back to back, then ``repeats`` rounds over all points; generative models
    generate ``new_tokens`` tokens, which gives time to first token and per-token decode time;
 2. reference: every model alone at its reference shape: the mode's alone time, its ratio to the
-   first mode's (recorded; ``alone_scale`` stays 1, see _measure_reference) and transport
+   first mode's, applied as ``alone_scale`` for graph-captured models when it differs from 1
+   by more than 3 standard errors (:func:`alone_scale`; eager: 1, see there) and transport
    overheads (``service_start - sent``, ``done - service_end``, medians);
    The open-loop alone phases (``alone_utilisation`` > 0) also give the executor's hand-off
    (``handoff_ms``: :func:`handoff_gaps`, the mean gap between a request's end and the start
@@ -508,7 +509,8 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 profile["elapsed_s"] = round(time.perf_counter() - started, 1)
                 on_update(profile)
             baseline = next(iter(profile["modes"].values()), None)
-            mode_entry = await _measure_reference(replay, models, refs, settings, baseline)
+            mode_entry = await _measure_reference(replay, models, refs, settings, baseline,
+                                                  graphs=_compile_of(settings) != "eager")
             mode_entry["handoff_ms"] = handoff_ms(replay.alone_gaps)
             mode_entry["handoff_pairs"] = {
                 m: int(sum(g[m].size for g in replay.alone_gaps if m in g)) for m in models}
@@ -731,12 +733,36 @@ def _bucket_info(entry, settings: ProfileSettings) -> dict[str, Any]:
 
     policy = BucketPolicy.for_entry(entry, settings.seq_buckets)
     return {"seq_buckets": None if policy.seq_buckets is None else list(policy.seq_buckets),
-            "compile": settings.compile or ("graphs" if settings.device.startswith("cuda")
-                                            else "eager")}
+            "compile": _compile_of(settings)}
+
+
+def _compile_of(settings: ProfileSettings) -> str:
+    return settings.compile or ("graphs" if settings.device.startswith("cuda") else "eager")
+
+
+def alone_scale(ratio: float, ratio_se: float, *, graphs: bool) -> float:
+    """The factor the simulator applies to the grid in a mode: the mode's alone time over the
+    grid mode's at the reference shape, when the models run graph-captured and the ratio is
+    more than 3 standard errors from 1; else 1.
+
+    Why graphs only: with eager models (launch-bound) the alone time moved by 30-50 % between
+    phases of the *same* mode on the H200 (process state, not the mode), so one small sample
+    must not rescale a mode. Graph-captured models hold still, and the mode effect is real:
+    2026-11-30 14:17 UTC profile (docs/results/simulator-fidelity-h200.md), distilgpt2 alone
+    under MPS 1.159x its exclusive time (se 0.001), distilbert-base 1.032x (se 0.009) -- the
+    held-out MPS replays measured the decoder's service 17-18 % above the exclusive grid. The
+    co-run slowdowns are estimated against this mode's alone time, so the grid must be scaled
+    to it for the two to compose."""
+    if not graphs or not math.isfinite(ratio) or ratio <= 0:
+        return 1.0
+    if abs(ratio - 1.0) <= 3.0 * max(ratio_se, 0.0):
+        return 1.0
+    return float(ratio)
 
 
 async def _measure_reference(replay: _Replayer, models: list[str], refs, settings,
-                             baseline: dict[str, Any] | None) -> dict[str, Any]:
+                             baseline: dict[str, Any] | None, *,
+                             graphs: bool = False) -> dict[str, Any]:
     """Alone times at the reference shapes in this mode; ``baseline`` is the first mode's."""
     phase = _Phase()
     for g, m in enumerate(models):
@@ -783,12 +809,8 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
             base, base_se = baseline["alone_ms"][m], baseline["alone_se_ms"][m]
             ratio = alone / base
             ratio_se = ratio * math.hypot(se / alone, base_se / base)
-        # The ratio is recorded, not applied (alone_scale stays 1): on the H200 the alone time
-        # of launch-bound models moved by 30-50 % between phases of the *same* mode (process
-        # state, not the mode), far beyond its standard error, so one small sample per mode
-        # must not rescale the mode.
         out["alone_ratio_se"][m] = round(ratio_se, 4)
-        scale = 1.0
+        scale = alone_scale(ratio, ratio_se, graphs=graphs) if baseline is not None else 1.0
         out["alone_ratio"][m] = round(ratio, 4)
         out["alone_scale"][m] = round(scale, 4)
         out["inbound_ms"][m] = round(float(np.median(start[rows] - sent[rows])) / 1e6, 6)
