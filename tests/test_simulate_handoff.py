@@ -306,3 +306,29 @@ def test_simulator_scales_the_grid_by_the_modes_alone_scale(tmp_path):
     start = col_ms(tmp_path / "run", "service_start_ns")
     end = col_ms(tmp_path / "run", "service_end_ns")
     assert [e - s for s, e in zip(start, end, strict=True)] == pytest.approx([3.0, 3.0])
+
+
+def test_idle_inbound_ignores_requests_that_queued():
+    from traceforge.simulate.measure import idle_inbound_ns
+
+    # 8 requests find the worker idle (transport 0.2 ms), 16 arrive while the one before is
+    # still in service and wait ~3 ms more: a plain median over all of them is the wait's
+    rng = np.random.default_rng(3)
+    sent, start, end = [], [], []
+    t = 0.0
+    for i in range(24):
+        if i % 3 == 0:  # idle: long gap since the last end
+            t = (end[-1] if end else 0.0) + 10e6
+            sent.append(t)
+            start.append(t + 0.2e6)
+        else:  # sent 0.1 ms after the previous start: queued behind it
+            sent.append(start[-1] + 0.1e6)
+            start.append(end[-1] + rng.uniform(0, 0.1e6))
+        end.append(start[-1] + 3e6)
+    sent, start, end = map(np.asarray, (sent, start, end))
+    rows = np.ones(sent.size, bool)
+    assert np.median(start - sent) > 1e6  # what the profile used to record
+    assert idle_inbound_ns(sent, start, end, rows) == pytest.approx(0.2e6)
+    # too few idle rows: every row, as before
+    assert idle_inbound_ns(sent, start, end, rows, minimum=50) == pytest.approx(
+        np.median(start - sent))
