@@ -125,6 +125,15 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     assert data["schema"] == "traceforge.profile/1"
     assert data["device"]["kind"] == "cpu" and data["versions"]["python"]
     assert "--models tiny-bert,tiny-gpt2" in data["command"]
+    # measured on the loop replays run on (timerfd waits on Linux), not stock asyncio
+    from traceforge.replay.loop import new_event_loop
+
+    loop = new_event_loop()
+    expected = "asyncio+timerfd" if getattr(loop, "_traceforge_precise", False) else "asyncio"
+    loop.close()
+    assert data["event_loop"] == expected
+    for mode in ("exclusive", "timeslice"):  # a transport time, never a queueing wait
+        assert all(0 <= v < 50 for v in data["modes"][mode]["inbound_ms"].values())
     bert, gpt = data["models"]["tiny-bert"], data["models"]["tiny-gpt2"]
     assert np.array(bert["service_ms"]).shape == (2, 2) and not bert["generative"]
     assert gpt["generative"] and np.array(gpt["decode_ms_per_token"]).shape == (2, 2)

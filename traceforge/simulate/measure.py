@@ -469,8 +469,21 @@ def measure_profile(settings: ProfileSettings, *, command: str | None = None,
                        allowed="cpu, cuda, cuda:N")
     if "mps" in settings.resolved_modes() and not settings.device.startswith("cuda"):
         raise BadInput("mps needs a CUDA device", key="--modes", value="mps")
-    return asyncio.run(_measure(settings, entries, command=command, log=log or _stderr,
-                                on_update=on_update or (lambda profile: None)))
+    # The loop `traceforge replay` and studies run on (timerfd waits): on stock asyncio, waits
+    # round up to whole milliseconds, so an inline request's end was noticed up to ~1 ms late
+    # and its service start (end − GPU time) with it — the H200 profiles of 2026-11-30 14:17
+    # and 14:50 UTC measured distilbert-base's transport at 1.5–2.6 ms, replays at 0.16–0.27 ms.
+    from traceforge.replay.loop import new_event_loop
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_measure(settings, entries, command=command, log=log or _stderr,
+                                   on_update=on_update or (lambda profile: None)))
+
+
+def _loop_name() -> str:
+    from traceforge.replay.loop import describe_loop
+
+    return describe_loop(asyncio.get_running_loop())
 
 
 def _stderr(line: str) -> None:
@@ -499,6 +512,7 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": command,
         "host": platform.node(),
+        "event_loop": _loop_name(),
         "device": _device_info(settings.device),
         "versions": _versions(),
         "units": {"*_ms": "milliseconds, mean over timed requests (transport: median)",
