@@ -360,11 +360,13 @@ class LoadedModel:
         try:
             start_ev, end_ev = self._event_pair()
             launched = time.monotonic_ns()
-            # Inputs first, then the start event right before the graph: every torch op
-            # releases the GIL and must win it back, and on an idle GPU each wait between the
-            # start event and the graph launch would count as GPU time (another thread -- the
-            # event loop, a decoding executor -- can hold the GIL for a switch interval).
-            # Event.record keeps the GIL; graph replay releases it only once the launch is in.
+            # Inputs first, then the start event right before the graph: a torch op releases
+            # the GIL and must win it back, and on an idle GPU each wait between the start event
+            # and the graph launch counts as GPU time (another thread -- the event loop, a
+            # decoding executor -- can hold the GIL for a switch interval). With the fill's two
+            # ops outside, nothing but the replay call sits between the two. Measured on the
+            # H200 (docs/results/simulator-fidelity-h200.md): distilbert-base GPU time after a
+            # 0.1-0.3 ms idle gap went from 1.45x its bucket median to 1.03x.
             runner.fill(batch_size, seq_len)
             start_ev.record()
             runner.run()
