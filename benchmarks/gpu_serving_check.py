@@ -450,33 +450,26 @@ max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
     return res
 
 
+# breakdown's names for the report's decomposition (analyze/rundata.py): p50 of each, µs
+PARTS = {"lag": "send_lag", "to_start": "queue_wait", "gpu": "gpu", "end_to_done": "transport_other"}
+
+
 def breakdown(run: Path) -> dict:
-    """Where a run's p50 latency goes, per model (µs, p50 of each part over ok rows after the
-    warm-up), and the card's SM clock and power over the run (telemetry.parquet): what tells a
-    GPU-side shift (clock, gpu_ns) from a host-side one (send lag, hand-offs) between replays.
-    numpy + pyarrow only (the GPU host has no pandas)."""
-    import pyarrow.compute as pc
+    """Where a run's p50 latency goes, per model (µs): the p50 of each part of the report's
+    decomposition (ok rows, warm-up rows dropped; ``traceforge report``), and the card's SM
+    clock and power over the run (telemetry.parquet): what tells a GPU-side shift (clock,
+    gpu_ns) from a host-side one (send lag, hand-offs) between replays."""
     import pyarrow.parquet as pq
 
-    t = pq.read_table(run / "timeline")
-    t = t.filter(pc.and_(pc.equal(t["status"], "ok"), pc.invert(t["warmup"])))
-    col = {c: t[c].to_numpy(zero_copy_only=False).astype(float)
-           for c in ("scheduled_ns", "sent_ns", "service_start_ns", "service_end_ns",
-                     "done_ns", "gpu_ns")}
-    model = np.asarray(t["model"].to_pylist())
+    from traceforge.analyze.report import build_report
+
+    report = build_report(run)
     out: dict = {"models": {}}
-    for m in sorted(set(model.tolist())):
-        k = model == m
-        c = {n: v[k] for n, v in col.items()}
-        parts = {
-            "lag": c["sent_ns"] - c["scheduled_ns"],
-            "to_start": c["service_start_ns"] - c["sent_ns"],
-            "gpu": c["gpu_ns"],
-            "queue+host": c["service_end_ns"] - c["service_start_ns"] - c["gpu_ns"],
-            "end_to_done": c["done_ns"] - c["service_end_ns"],
-            "latency": c["done_ns"] - c["scheduled_ns"],
-        }
-        out["models"][m] = {n: float(np.nanmedian(v)) / 1e3 for n, v in parts.items()}
+    for m, r in report["models"].items():
+        dec = r["decomposition_ms"]
+        parts = {k: dec[v]["p50"] for k, v in PARTS.items()}
+        parts["latency"] = r["latency_ms"]["p50"]
+        out["models"][m] = {k: float("nan") if v is None else v * 1e3 for k, v in parts.items()}
     tel = run / "telemetry.parquet"
     if tel.exists():
         d = pq.read_table(tel)
