@@ -327,8 +327,13 @@ def test_idle_inbound_ignores_requests_that_queued():
         end.append(start[-1] + 3e6)
     sent, start, end = map(np.asarray, (sent, start, end))
     rows = np.ones(sent.size, bool)
+    worker = np.zeros(sent.size, np.int64)  # one worker serves them all
     assert np.median(start - sent) > 1e6  # what the profile used to record
-    assert idle_inbound_ns(sent, start, end, rows) == pytest.approx(0.2e6)
+    assert idle_inbound_ns(worker, sent, start, end, rows) == pytest.approx(0.2e6)
     # too few idle rows: every row, as before
-    assert idle_inbound_ns(sent, start, end, rows, minimum=50) == pytest.approx(
+    assert idle_inbound_ns(worker, sent, start, end, rows, minimum=50) == pytest.approx(
+        np.median(start - sent))
+    # a request waits only behind its own worker: on a worker each, every one was idle
+    alone = np.arange(sent.size)
+    assert idle_inbound_ns(alone, sent, start, end, rows) == pytest.approx(
         np.median(start - sent))

@@ -170,7 +170,7 @@ def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any
     full simulation comes from the service and interference model (the profile).
     """
     from traceforge.simulate.engine import fifo_servers
-    from traceforge.simulate.measure import handoff_gaps
+    from traceforge.simulate.measure import handoff_gaps, idle_transport_ns
 
     if handoff not in (None, "exact", "mean"):
         raise BadInput("unknown hand-off model", key="--oracle-handoff", value=handoff,
@@ -203,15 +203,12 @@ def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any
     if handoff is not None:
         # Requests that found their worker idle give the transport; the gap after each request
         # whose successor on the worker was already waiting is its hand-off.
-        idle = np.zeros(t.num_rows, bool)
         order = {}
         for w in set(workers.tolist()):
             idx = np.flatnonzero(workers == w)
-            order[w] = idx = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
-            prev_end = np.concatenate(([np.iinfo(np.int64).min], d["service_end_ns"][idx][:-1]))
-            idle[idx] = d["sent_ns"][idx] > prev_end
-        transport = {m: float(np.median((d["service_start_ns"] - d["sent_ns"])[
-            idle & (models == m)])) for m in set(models.tolist()) if (idle & (models == m)).any()}
+            order[w] = idx[np.argsort(d["service_start_ns"][idx], kind="stable")]
+        transport = idle_transport_ns(workers, models, d["sent_ns"], d["service_start_ns"],
+                                      d["service_end_ns"])
         per_model = handoff_gaps(workers, models, d["sent_ns"], d["service_start_ns"],
                                  d["service_end_ns"], transport)
         mean_gap = {m: max(0.0, float(np.mean(g))) if g.size else 0.0

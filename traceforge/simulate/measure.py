@@ -266,16 +266,12 @@ def handoff_gaps(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
     sent = np.asarray(sent_ns, dtype=np.float64)
     start = np.asarray(start_ns, dtype=np.float64)
     end = np.asarray(end_ns, dtype=np.float64)
+    if transport_ns is None:
+        transport_ns = idle_transport_ns(worker, model, sent, start, end)
     order = np.lexsort((start, worker))
     w, m = worker[order], model[order]
     se, st, en = sent[order], start[order], end[order]
     same = w[1:] == w[:-1]
-    idle = np.concatenate(([True], ~same | (se[1:] > en[:-1])))
-    if transport_ns is None:
-        transport_ns = {}
-        for name in np.unique(m).tolist():
-            rows = idle & (m == name)
-            transport_ns[name] = float(np.median(st[rows] - se[rows])) if rows.any() else 0.0
     reach = se + np.array([transport_ns.get(x, 0.0) for x in m.tolist()], dtype=np.float64)
     waiting = same & (reach[1:] <= en[:-1])
     gaps = st[1:] - en[:-1]
@@ -317,24 +313,42 @@ def timeline_gaps(timeline: pa.Table, transport_ms: dict[str, float] | None = No
                         col("service_end_ns"), transport)
 
 
-def idle_inbound_ns(sent_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
-                    rows: np.ndarray, *, minimum: int = 8) -> float:
-    """Transport to the worker (``service_start − sent``, median) over the ``rows`` that found
-    it idle: sent after every earlier-sent request of the phase had ended. In an open-loop phase
-    at 50 % utilisation about half the requests queue behind another, so a median over all of
-    them sits on the edge between transport and queueing wait and jumps between the two (H200,
-    2026-11-30: distilbert-base exclusive 0.45 ms in one profile, 2.57 ms in the next, against
-    0.16–0.27 ms measured in replays); the simulator adds the queueing itself. Falls back to
-    all ``rows`` when fewer than ``minimum`` found the worker idle."""
-    order = np.argsort(sent_ns, kind="stable")
-    busy_until = np.empty(order.size)
-    busy_until[0] = -np.inf
-    busy_until[1:] = np.maximum.accumulate(end_ns[order])[:-1]
+def found_worker_idle(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
+                      end_ns: np.ndarray) -> np.ndarray:
+    """Per row: whether the request found its worker idle — sent after the request before it
+    on the same worker (in service-start order) had ended, or the worker's first."""
+    worker = np.asarray(worker)
+    sent = np.asarray(sent_ns, dtype=np.float64)
+    order = np.lexsort((np.asarray(start_ns, dtype=np.float64), worker))
+    w = worker[order]
+    prev_end = np.asarray(end_ns, dtype=np.float64)[order][:-1]
     idle = np.empty(order.size, bool)
-    idle[order] = sent_ns[order] >= busy_until
+    idle[order] = np.concatenate(([True], (w[1:] != w[:-1]) | (sent[order][1:] > prev_end)))
+    return idle
+
+
+def idle_transport_ns(worker, model, sent_ns, start_ns, end_ns) -> dict[str, float]:
+    """Per model, the transport to the worker: median ``service_start − sent`` over the requests
+    that found their worker idle (:func:`found_worker_idle`; a queued request's wait is not
+    transport). Models that never found it idle are left out."""
+    model = np.asarray(model)
+    delay = np.asarray(start_ns, dtype=np.float64) - np.asarray(sent_ns, dtype=np.float64)
+    idle = found_worker_idle(worker, sent_ns, start_ns, end_ns)
+    return {name: float(np.median(delay[idle & (model == name)]))
+            for name in np.unique(model).tolist() if (idle & (model == name)).any()}
+
+
+def idle_inbound_ns(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
+                    end_ns: np.ndarray, rows: np.ndarray, *, minimum: int = 8) -> float:
+    """The profile's ``inbound_ms`` for ``rows`` (one model's timed requests of a phase): the
+    median transport over those that found their worker idle (:func:`found_worker_idle`). In an
+    open-loop phase at 50 % utilisation about half the requests queue behind another, so a
+    median over all of them mixes queueing wait into the transport; the simulator adds the
+    queueing itself. Falls back to all ``rows`` when fewer than ``minimum`` found it idle."""
+    idle = found_worker_idle(worker, sent_ns, start_ns, end_ns)
     rows = np.asarray(rows, bool)
     pick = rows & idle if int((rows & idle).sum()) >= minimum else rows
-    return float(np.median(start_ns[pick] - sent_ns[pick]))
+    return float(np.median(np.asarray(start_ns)[pick] - np.asarray(sent_ns)[pick]))
 
 
 def demand_starts(reached_ns: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray,
@@ -469,10 +483,12 @@ def measure_profile(settings: ProfileSettings, *, command: str | None = None,
                        allowed="cpu, cuda, cuda:N")
     if "mps" in settings.resolved_modes() and not settings.device.startswith("cuda"):
         raise BadInput("mps needs a CUDA device", key="--modes", value="mps")
-    # The loop `traceforge replay` and studies run on (timerfd waits): on stock asyncio, waits
-    # round up to whole milliseconds, so an inline request's end was noticed up to ~1 ms late
-    # and its service start (end − GPU time) with it — the H200 profiles of 2026-11-30 14:17
-    # and 14:50 UTC measured distilbert-base's transport at 1.5–2.6 ms, replays at 0.16–0.27 ms.
+    # The loop `traceforge replay` and studies run on (timerfd waits), so that transport and
+    # hand-offs are measured as replays will see them. On stock asyncio, waits round up to whole
+    # milliseconds; the H200 profiles of 2026-11-30 14:23 and 14:30 UTC (stock loop) measured
+    # distilbert-base's exclusive transport at 2.6 and 1.5 ms where the held-out replays of the
+    # 14:17 and 14:30 calls measured 0.26-0.30 ms (requests that found the worker idle). Not yet re-measured
+    # on this loop (docs/results/simulator-fidelity-h200.md).
     from traceforge.replay.loop import new_event_loop
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -784,7 +800,8 @@ def alone_scale(ratio: float, ratio_se: float, *, graphs: bool) -> float:
     must not rescale a mode. Graph-captured models hold still, and the mode effect is real:
     2026-11-30 14:17 UTC profile (docs/results/simulator-fidelity-h200.md), distilgpt2 alone
     under MPS 1.159x its exclusive time (se 0.001), distilbert-base 1.032x (se 0.009) -- the
-    held-out MPS replays measured the decoder's service 17-18 % above the exclusive grid. The
+    held-out MPS replays measured the decoder's service 17-18 % above what the simulator gave
+    without this scale. The
     co-run slowdowns are estimated against this mode's alone time, so the grid must be scaled
     to it for the two to compose."""
     if not graphs or not math.isfinite(ratio) or ratio <= 0:
@@ -828,6 +845,7 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         timed = np.asarray(phase.timed)
     sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    worker = np.asarray(timeline.column("worker").fill_null("").to_pylist())
     out: dict[str, Any] = {"alone_ms": {}, "alone_se_ms": {}, "alone_ratio": {},
                            "alone_ratio_se": {}, "alone_scale": {}, "inbound_ms": {},
                            "outbound_ms": {}, "slowdown": {}, "corun": {}}
@@ -847,7 +865,7 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         scale = alone_scale(ratio, ratio_se, graphs=graphs) if baseline is not None else 1.0
         out["alone_ratio"][m] = round(ratio, 4)
         out["alone_scale"][m] = round(scale, 4)
-        out["inbound_ms"][m] = round(idle_inbound_ns(sent, start, end, rows) / 1e6, 6)
+        out["inbound_ms"][m] = round(idle_inbound_ns(worker, sent, start, end, rows) / 1e6, 6)
         out["outbound_ms"][m] = round(float(np.median(done[rows] - end[rows])) / 1e6, 6)
     return out
 
