@@ -314,18 +314,16 @@ class LoadedModel:
             torch.cuda.nvtx.range_push(label or f"{self.name} b{batch_size} s{seq_len}")
             start_ev, end_ev = self._event_pair()
         try:
-            if runner is not None:  # inputs before the timed window (see launch)
-                with torch.inference_mode():
-                    runner.fill(batch_size, seq_len)
-            service_start = time.monotonic_ns()
-            if cuda:
-                start_ev.record()
             first_token = None
             tokens = 0
             with torch.inference_mode():
+                if runner is not None:  # inputs before the timed window (see launch)
+                    runner.fill(batch_size, seq_len)
+                service_start = time.monotonic_ns()
+                if cuda:
+                    start_ev.record()
                 if runner is not None:
-                    first_token = self._run_graphs(runner, batch_size, seq_len, max_new_tokens,
-                                                   filled=True)
+                    first_token = self._run_graphs(runner, max_new_tokens)
                 else:
                     first_token = self._run_eager(bucket, batch_size, seq_len, max_new_tokens)
                 if self.entry.kind == "decoder" and max_new_tokens:
@@ -483,12 +481,10 @@ class LoadedModel:
                 f"{(free or 0) / 2**30:.2f} GiB free on {self.device}; use smaller "
                 "--seq-buckets / --max-batch or fewer resident models")
 
-    def _run_graphs(self, runner, batch_size: int, seq_len: int, new: int, *,
-                    filled: bool = False) -> int | None:
+    def _run_graphs(self, runner, new: int) -> int | None:
+        """Run a filled runner (``run`` fills it before the start event)."""
         import torch
 
-        if not filled:
-            runner.fill(batch_size, seq_len)
         if not hasattr(runner, "step"):
             runner.run()
             return None
