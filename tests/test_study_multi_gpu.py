@@ -113,3 +113,22 @@ def test_cli_wrong_study_dir_with_gpus_exits_2_before_workers_start(tmp_path, ca
     assert_one_line_error(code, err, "nothing to resume", "-o")
     assert started == []  # refused before any GPU worker process was started
     assert (full / "notes.txt").read_text() == "mine" and not (tmp_path / "new").exists()
+
+
+def test_a_failed_study_still_records_the_executors_start(tmp_path):
+    # the executor fails mid-study: study.json says failed, and still says where the start went
+    from traceforge.study.executor import LocalExecutor
+
+    class Failing(LocalExecutor):
+        def info(self) -> dict:
+            return {"workers": [{"gpu": 0, "ready_after_s": 1.5}]}
+
+        def run(self, groups, *, study_dir, on_event) -> None:
+            raise RuntimeError("worker pool lost")
+
+    spec = load_study(write_study(tmp_path))
+    with pytest.raises(RuntimeError, match="pool lost"):
+        run_study(spec, tmp_path / "s", executor=Failing())
+    saved = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert saved["status"] == "failed"
+    assert saved["executor_info"] == {"workers": [{"gpu": 0, "ready_after_s": 1.5}]}

@@ -314,6 +314,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _note_executor(record: StudyRecord, executor: Executor) -> None:
+    """What the executor tells of itself (``--gpus``: each worker's start), for study.json."""
+    info = getattr(executor, "info", None)
+    if info is not None:
+        record.data["executor_info"] = info()
+
+
 def run_study(spec: StudySpec, study_dir: Path | str, *, resume: bool = False,
               executor: Executor | None = None, progress: bool = False) -> dict[str, Any]:
     """Run (or resume) a study; returns the final study.json content. Raises BadInput before
@@ -392,20 +399,20 @@ def _run(spec: StudySpec, study_dir: Path, record: StudyRecord, executor: Execut
             groups = plan_groups(spec, skip=done, capacity_of=capacity_of)
             executor.run(groups, study_dir=study_dir, on_event=on_event)
     except KeyboardInterrupt:
+        _note_executor(record, executor)
         record.mark_interrupted()
         record.write("interrupted")
         bar.close()
         raise
     except BaseException:
+        _note_executor(record, executor)
         record.mark_interrupted()
         record.write("failed")
         bar.close()
         raise
     finally:
         executor.close()
-        info = getattr(executor, "info", None)
-        if info is not None:
-            record.data["executor_info"] = info()
+    _note_executor(record, executor)  # again after close: close_s
     bar.close()
     failed = [c for c in record.cells.values() if c["status"] != "complete"]
     record.write("failed" if failed else "complete")
