@@ -99,8 +99,8 @@ for n, s in studies.items():
     # where the start and the end went, in s from the command's start
     t0, t1 = map(float, (work / f"{n}.times").read_text().split())
     cells = s["cells"]
-    first = min((c.get("started_at") or "~") for c in cells)
-    last = max((c.get("finished_at") or "") for c in cells)
+    first = min((c["started_at"] for c in cells if c.get("started_at")), default=None)
+    last = max((c["finished_at"] for c in cells if c.get("finished_at")), default=None)
     workers = (s.get("executor_info") or {}).get("workers", [])
     print(f"  study.json created {since(t0, s['created_at'])} s; first cell started "
           f"{since(t0, first)} s; last cell finished {since(t0, last)} s; command ended "
