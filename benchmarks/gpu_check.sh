@@ -66,7 +66,7 @@ if [ "$limit" -ge 60 ]; then
 else
   echo "---- seed study skipped: only ${limit}s of the budget for it" | tee -a "$LOG"
 fi
-mps_left=$(pgrep -l nvidia-cuda-mps | tr '\n' ' ')
+mps_left=$("$PY" -m traceforge.gpu.mps_left)
 echo "${mps_left:-none}" > "$WORK/mps-after-study.txt"
 echo "MPS daemons/servers after the study: ${mps_left:-none}" | tee -a "$LOG"
 run_step 150 gpu_serving_check.py stability --duration "$([ "$QUICK" = 1 ] && echo 8 || echo 20)"
@@ -91,7 +91,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
   else
     echo "---- profile skipped: only ${left}s left" | tee -a "$LOG"
   fi
-  echo "MPS daemons/servers after profile: $(pgrep -l nvidia-cuda-mps || echo none)" | tee -a "$LOG"
+  echo "MPS daemons/servers after profile: $("${PY:-python3}" -m traceforge.gpu.mps_left)" | tee -a "$LOG"
 fi
 cp "$LOG" "$OUT"/
 ls -la "$OUT"

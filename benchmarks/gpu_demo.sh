@@ -19,7 +19,7 @@ timeout -k 15 300 python3 -m traceforge demo -o /tmp/gpu-demo 2>&1 | tee "$OUT/d
 echo "demo rc=${PIPESTATUS[0]}"
 d=$(ls -d /tmp/gpu-demo/*/ 2>/dev/null | tail -1)
 [ -n "$d" ] && cp "$d/report.json" "$OUT/" && tar -C "$d" -czf "$OUT/demo-run.tar.gz" .
-echo "MPS processes after demo: $(pgrep -l nvidia-cuda-mps || echo none)"
+echo "MPS processes after demo: $("${PY:-python3}" -m traceforge.gpu.mps_left)"
 echo "---- pytest -m gpu"
 timeout -k 15 180 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -15 | tee "$OUT/pytest-gpu.log"
-echo "MPS processes at the end: $(pgrep -l nvidia-cuda-mps || echo none)"
+echo "MPS processes at the end: $("${PY:-python3}" -m traceforge.gpu.mps_left)"

@@ -37,7 +37,7 @@ for mix in bursty steady; do
     cp "$WORK/$mix.raw.parquet" "$WORK/runs/$mix-$mode/trace.parquet" 2>/dev/null
   done
 done
-echo "MPS daemons/servers left: $(pgrep -l nvidia-cuda-mps || echo none)" | tee -a "$LOG"
+echo "MPS daemons/servers left: $("${PY:-python3}" -m traceforge.gpu.mps_left)" | tee -a "$LOG"
 "$PY" benchmarks/fidelity_heldout.py doc "$WORK/profile.json" "$WORK" \
   "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
 cp "$WORK/simulator-fidelity-$card.md" "$LOG" "$OUT"/ 2>/dev/null

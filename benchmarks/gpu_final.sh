@@ -11,7 +11,7 @@
 #      replayed twice, `traceforge compare` verdict `same`).
 # Each step runs under `timeout -s INT` (the study stops cleanly: study.json stays consistent and
 # finished cells are kept) with a kill fallback; every process a step left behind is found by an
-# environment tag and ended by pid; after each step `pgrep -f nvidia-cuda-mps` must find nothing
+# environment tag and ended by pid; after each step no live MPS process may be left (zombies do not count)
 # (MPS daemons of the resident backend are asked to quit, then ended). Results go to $OUT (at
 # most 8 files): gpu_final.log, summary.txt, summary.json, seed-study.tar.gz (STUDY_DIR with
 # report.json), multi-gpu.tar.gz, stability.tar.gz, env.txt. The summary table is printed last.
@@ -63,7 +63,8 @@ tagged_pids() {
   done
 }
 
-mps_pids() { pgrep -f nvidia-cuda-mps 2>/dev/null | tr '\n' ' ' | sed 's/ $//'; }
+# live MPS processes only: an exited daemon reparented to a pid 1 that does not reap stays a zombie
+mps_pids() { "${PY:-python3}" -c 'from traceforge.gpu.mps import mps_processes as m; print(" ".join(str(p["pid"]) for p in m()))' 2>/dev/null; }
 
 # After a step: ask MPS daemons it started to quit, end its leftover processes by pid, and say
 # what MPS processes remain (there should be none).
@@ -90,7 +91,7 @@ cleanup_step() {
     sleep 3  # an exiting daemon can linger a moment
     mps=$(mps_pids)
   fi
-  stamp "after step $tag: pgrep -f nvidia-cuda-mps -> ${mps:-none}"
+  stamp "after step $tag: live MPS processes -> ${mps:-none}; $("${PY:-python3}" -m traceforge.gpu.mps_left)"
   [ -n "$mps" ] && ps -o pid=,etimes=,args= -p "${mps// /,}" 2>/dev/null
   MPS_LEFT=${mps:-}
 }

@@ -45,7 +45,7 @@ for step in $STEPS; do
       ;;
     fidelity-wait)
       [ -n "$fid_pid" ] && wait "$fid_pid"
-      note "---- fidelity done: $(tail -1 "$WORK/fid.log"); MPS left: $(pgrep -l nvidia-cuda-mps || echo none)"
+      note "---- fidelity done: $(tail -1 "$WORK/fid.log"); MPS left: $("${PY:-python3}" -m traceforge.gpu.mps_left)"
       tail -25 "$WORK/fid.log" | tee -a "$LOG"
       fid_pid=
       ;;
@@ -72,7 +72,7 @@ for step in $STEPS; do
       SPEC=${MULTI_SPEC:-studies/multi-gpu-short.toml} OUT="$WORK/multi" \
         MULTI_WORK="$WORK/multi-studies" PYTHON="$PY" \
         timeout -k 10 "${MULTI_LIMIT:-300}" bash benchmarks/gpu_multi.sh 2>&1 | tee -a "$LOG"
-      note "---- exit ${PIPESTATUS[0]}; MPS left: $(pgrep -l nvidia-cuda-mps || echo none)"
+      note "---- exit ${PIPESTATUS[0]}; MPS left: $("${PY:-python3}" -m traceforge.gpu.mps_left)"
       tar -C "$WORK" -czf "$OUT/multi.tar.gz" multi multi-studies 2>/dev/null
       ;;
   esac
