@@ -5,7 +5,8 @@
 #                       per-kernel profile of each step); GPU 0
 #   overhead            harness vs bare loop, distilbert-base b8x128, exclusive, c=1/c=2, >= 5
 #                       alternating passes; done - sent - gpu_ns at c=1 and its hops; GPU 0
-#   multi               studies/multi-gpu-short.toml with --gpus 0 and --gpus 0,1 (gpu_multi.sh)
+#   multi               MULTI_SPEC (default studies/multi-gpu-50s.toml, ~340 s on an H200 pair) with
+#                       --gpus 0 and --gpus 0,1 (gpu_multi.sh); MULTI_LIMIT default 540 s
 # fidelity-bg / fidelity-wait: benchmarks/gpu_fidelity.sh on GPU 1 in the background (to $OUT/fid).
 # gputests: pytest -m gpu tests/test_serving.py (graph and compiled decode == eager, token for token).
 # stability: one trace replayed twice per variant (A B A B), compare + where p50 goes (µs parts).
@@ -68,10 +69,10 @@ for step in $STEPS; do
       tar -C "$WORK" -czf "$OUT/stability-runs.tar.gz" --exclude='*.parquet.tmp' runs 2>/dev/null
       ;;
     multi)
-      note "---- multi-GPU study (limit ${MULTI_LIMIT:-300}s)"
-      SPEC=${MULTI_SPEC:-studies/multi-gpu-short.toml} OUT="$WORK/multi" \
+      note "---- multi-GPU study (limit ${MULTI_LIMIT:-540}s)"
+      SPEC=${MULTI_SPEC:-studies/multi-gpu-50s.toml} OUT="$WORK/multi" \
         MULTI_WORK="$WORK/multi-studies" PYTHON="$PY" \
-        timeout -k 10 "${MULTI_LIMIT:-300}" bash benchmarks/gpu_multi.sh 2>&1 | tee -a "$LOG"
+        timeout -k 10 "${MULTI_LIMIT:-540}" bash benchmarks/gpu_multi.sh 2>&1 | tee -a "$LOG"
       note "---- exit ${PIPESTATUS[0]}; MPS left: $("${PY:-python3}" -m traceforge.gpu.mps_left)"
       tar -C "$WORK" -czf "$OUT/multi.tar.gz" multi multi-studies 2>/dev/null
       ;;

@@ -143,6 +143,12 @@ def test_shipped_studies_parse(monkeypatch):
     assert seed.capacity.max_probes == 3 and seed.capacity.duration_s == 8.0
     assert set(seed.axes["mode"]) == {"exclusive", "timeslice", "mps", "streams"}
     json.dumps(seed.to_dict())
+    # Every GPU study file shipped for the scripts parses too (a typo there costs a device call).
+    for name in ("multi-gpu-short", "multi-gpu-50s", "multi-gpu-study"):
+        spec = load_study(REPO / "studies" / f"{name}.toml")
+        assert set(spec.axes["mode"]) == {"exclusive", "streams"}, name
+    assert load_study(REPO / "studies" / "multi-gpu-50s.toml").to_dict()["mixes"]["steady"][
+        "duration_s"] == 50.0
 
 
 def test_prescreen_needs_profile_models(tmp_path, capsys):
