@@ -125,7 +125,10 @@ def test_writer_failure_aborts_the_run_cleanly(tmp_path, monkeypatch):
     backend = from_options({"servers": 4, "service_ms": 0.2, "service_dist": "const",
                             "seed": 0})
     with pytest.raises(RunFailure, match="No space left"):
-        run_replay(trace, run_dir, backend, ReplayOptions(flush_interval_s=0.05))
+        # The thread flusher: the patched writer runs in this process (the process flusher's
+        # own failure path is tests/test_recorder_process.py).
+        run_replay(trace, run_dir, backend, ReplayOptions(flush_interval_s=0.05,
+                                                          flusher="thread"))
     man = json.loads((run_dir / "run.json").read_text())
     assert man["status"] == "failed" and "No space left" in man["error"]
     tl = read_timeline(run_dir)

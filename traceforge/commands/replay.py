@@ -74,6 +74,10 @@ def register(app: typer.Typer) -> None:
         pacer: str = typer.Option("spin", "--pacer", help="spin | thread | sleep (docs/replay.md)."),
         event_loop: str = typer.Option("auto", "--event-loop",
                                        help="auto (= precise) | precise | asyncio | uvloop"),
+        flusher: str = typer.Option("process", "--flusher",
+                                    help="Who writes timeline parts: process (a child process; "
+                                         "shares no GIL with the dispatcher) | thread "
+                                         "(docs/replay.md)."),
         cpu_qos: bool = typer.Option(True, "--cpu-qos/--no-cpu-qos",
                                      help="Hold a 0 µs CPU latency request (PM QoS) during the "
                                           "schedule so idle CPUs poll, not halt (where "
@@ -189,6 +193,7 @@ def register(app: typer.Typer) -> None:
             progress=sys.stderr.isatty() if progress is None else progress,
             models=models, pacer=pacer, event_loop=event_loop, rate=rate_info,
             scrape_url=scrape, scrape_interval_s=scrape_interval, cpu_qos=cpu_qos,
+            flusher=flusher,
         ).validate()
 
         if backend == "null":

@@ -15,12 +15,29 @@ priority was tried and is worse: a starved flusher that holds the GIL stalls the
 
 Null handling: integer columns use the dtype's minimum as the "null" sentinel, masked out when the
 part is built; strings and the inter-token list live in sparse dicts (most rows have none).
+
+``flusher="process"`` (what a replay uses by default, ``ReplayOptions.flusher``) takes the
+flusher out of the dispatcher's process: the columns live in memory-mapped files in a scratch
+directory ``timeline/.recorder-*`` (ignored by Parquet dataset readers), the sparse values go to
+an append-only side log there (error text scrubbed first: nothing unscrubbed reaches disk), and a
+child process (:mod:`traceforge.record.flusher`) scans the status column and writes the parts.
+The dispatcher then shares neither the GIL nor its core with the flusher. Measured on the 2-core
+VM (docs/scale.md): the thread flusher's GIL hand-offs were what limited one process to
+40–50k req/s (send-lag p99 ≤ 1 ms) while, with no flushing at all, it sustained 80k. A
+``kill -9`` of the dispatcher loses nothing: the child sees its stdin close, writes every
+finished row and removes the scratch directory. If the child dies, the recorder falls back to
+the thread flusher over the same columns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
+import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -43,6 +60,12 @@ _STATUS_DICT = pa.array(list(STATUSES), pa.string())
 _I64_FIELDS = ("service_start_ns", "first_token_ns", "service_end_ns", "gpu_ns", "batch_id",
                "wire_sent_ns", "conn_wait_ns", "connect_ns")
 _I32_FIELDS = ("batched_with", "tokens_out", "bucket_seq_len", "bucket_batch_size")
+
+# Side log records (process flusher): header (row, kind, payload bytes), then the payload.
+SIDE_HEADER = struct.Struct("<qBI")
+SIDE_ERROR, SIDE_ITL, SIDE_WORKER = 0, 1, 2  # utf-8 text / int64 array / utf-8 name (row = code)
+FLUSHERS = ("process", "thread")
+_SCRUB_CACHE_MAX = 4096
 
 
 class TimelineRecorder:
@@ -71,8 +94,11 @@ class TimelineRecorder:
         flusher_cpus: set[int] | None = None,
         replay_worker: int | None = None,
         scrub=scrub_text,
+        flusher: str = "thread",
     ) -> None:
         n = len(request_id)
+        if flusher not in FLUSHERS:
+            raise ValueError(f"flusher must be one of {FLUSHERS}, not {flusher!r}")
         # The one place error text is scrubbed before it reaches disk (redact.py): a Scrubber
         # that knows the backend's secret values, or URL credentials and auth echoes only.
         self.scrub = scrub
@@ -80,32 +106,47 @@ class TimelineRecorder:
         self.replay_worker = replay_worker
         tag = "" if replay_worker is None else f"w{replay_worker:02d}"
         self.writer = TimelineWriter(run_dir, tag=tag)
-        self.request_id = np.asarray(request_id, np.int64)
-        self.model_codes = np.asarray(model_codes, np.int32)
+        self.flusher = flusher if background else "thread"
+        # Process flusher: every column in a memory-mapped file the child reads (see the module
+        # docstring); otherwise plain arrays.
+        self._scratch: Path | None = None
+        if self.flusher == "process":
+            self._scratch = self.writer.dir / f".recorder-{tag or 'main'}-{os.getpid()}"
+            self._scratch.mkdir()
+        column = self._column
+        self.request_id = column("request_id", np.int64, np.asarray(request_id, np.int64))
+        self.model_codes = column("model_codes", np.int32, np.asarray(model_codes, np.int32))
         self.model_dict = pa.array(model_names, pa.string())
-        self.batch_size = np.asarray(batch_size, np.int32)
-        self.seq_len = np.asarray(seq_len, np.int32)
-        self.max_new_tokens = np.asarray(max_new_tokens, np.int32)
-        self.scheduled_ns = scheduled_ns
+        self.batch_size = column("batch_size", np.int32, np.asarray(batch_size, np.int32))
+        self.seq_len = column("seq_len", np.int32, np.asarray(seq_len, np.int32))
+        self.max_new_tokens = column("max_new_tokens", np.int32,
+                                     np.asarray(max_new_tokens, np.int32))
+        # Shared with the dispatcher, which fills it in (closed loop) and makes it absolute.
+        self.scheduled_ns = (scheduled_ns if self._scratch is None else
+                             column("scheduled_ns", np.int64, np.asarray(scheduled_ns, np.int64)))
         # From the trace; NULL_I64 / NULL_I32 where a row belongs to no session.
-        self.session_id = (np.full(n, NULL_I64, np.int64) if session_id is None
-                           else np.asarray(session_id, np.int64))
-        self.turn = (np.full(n, NULL_I32, np.int32) if turn is None
-                     else np.asarray(turn, np.int32))
+        self.session_id = column("session_id", np.int64, NULL_I64 if session_id is None
+                                 else np.asarray(session_id, np.int64))
+        self.turn = column("turn", np.int32, NULL_I32 if turn is None
+                           else np.asarray(turn, np.int32))
+        self._params: np.ndarray | None = None  # [warmup_end_ns] for the process flusher
+        if self._scratch is not None:
+            self._params = np.asarray(np.lib.format.open_memmap(
+                self._scratch / "params.npy", mode="w+", dtype=np.int64, shape=(1,)))
         self.warmup_end_ns = warmup_end_ns
-        self.sent_ns = np.full(n, NULL_I64, np.int64)
-        self.done_ns = np.full(n, NULL_I64, np.int64)
-        self.status = np.full(n, PENDING, np.int8)
-        self._i64 = {name: np.full(n, NULL_I64, np.int64) for name in _I64_FIELDS}
-        self._i32 = {name: np.full(n, NULL_I32, np.int32) for name in _I32_FIELDS}
+        self.sent_ns = column("sent_ns", np.int64, NULL_I64)
+        self.done_ns = column("done_ns", np.int64, NULL_I64)
+        self.status = column("status", np.int8, PENDING)
+        self._i64 = {name: column(name, np.int64, NULL_I64) for name in _I64_FIELDS}
+        self._i32 = {name: column(name, np.int32, NULL_I32) for name in _I32_FIELDS}
         self.error: dict[int, str] = {}
         # Workers repeat (a few servers or endpoints serve every row): dictionary-encoded, so the
         # flusher builds the column without a Python loop over rows.
-        self.worker_code = np.full(n, -1, np.int32)
+        self.worker_code = column("worker_code", np.int32, -1)
         self._worker_codes: dict[str, int] = {}
         self._worker_names: list[str] = []
         self.itl_ns: dict[int, list[int]] = {}
-        self.truncated = np.full(n, -1, np.int8)  # -1 null, 0 false, 1 true
+        self.truncated = column("truncated", np.int8, -1)  # -1 null, 0 false, 1 true
         # Finished indices not yet on disk. Appended by the event loop; the flusher takes a
         # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
         self._finished: list[int] = []
@@ -119,11 +160,128 @@ class TimelineRecorder:
         # once rather than keep sending requests whose rows can no longer reach disk.
         self.on_error = None
         self._thread: threading.Thread | None = None
-        self._warm_up()
-        if background:
+        self._side_fd: int | None = None
+        self._proc: subprocess.Popen | None = None
+        self._child: dict = {}  # the child's final summary (rows, windows, error)
+        self._child_rows = 0
+        self._closing = False
+        self._scrubbed: dict[str, str] = {}
+        self.flusher_note: str | None = None  # why the process flusher fell back, if it did
+        if self._scratch is not None:
+            self.written = column("written", np.int8, 0)  # set by the child once on disk
+            self._start_child(run_dir, tag, model_names)
+        else:
+            self._warm_up()
+            if background:
+                self._thread = threading.Thread(target=self._flush_loop, name="timeline-flusher",
+                                                daemon=True)
+                self._thread.start()
+
+    @property
+    def warmup_end_ns(self) -> int | None:
+        return self._warmup_end_ns
+
+    @warmup_end_ns.setter
+    def warmup_end_ns(self, value: int | None) -> None:
+        self._warmup_end_ns = value
+        if self._params is not None:
+            self._params[0] = NULL_I64 if value is None else value
+
+    def _column(self, name: str, dtype, values) -> np.ndarray:
+        """A column: ``values`` (an array to copy, or a scalar fill) in a plain array, or in a
+        memory-mapped ``.npy`` file under the scratch directory (process flusher)."""
+        if self._scratch is None:
+            if np.isscalar(values):
+                return np.full(self.n, values, dtype)
+            return np.array(values, dtype, copy=True) if values.dtype != dtype else values
+        mm = np.lib.format.open_memmap(self._scratch / f"{name}.npy", mode="w+", dtype=dtype,
+                                       shape=(self.n,))
+        mm[:] = values
+        return np.asarray(mm)  # a plain ndarray view: no memmap subclass cost on the hot path
+
+    def _start_child(self, run_dir, tag: str, model_names: list[str]) -> None:
+        meta = {"run_dir": str(Path(run_dir)), "tag": tag, "n": self.n,
+                "model_names": list(model_names), "replay_worker": self.replay_worker, "interval_s": self.flush_interval_s,
+                "i64": list(_I64_FIELDS), "i32": list(_I32_FIELDS)}
+        (self._scratch / "meta.json").write_text(json.dumps(meta))
+        self._side_fd = os.open(self._scratch / "side.log",
+                                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # importable as in this process
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
+                                    else "")
+        # Its own session: a signal to this process group (Ctrl-C, killpg) does not stop it
+        # before it has written what this process finished; it exits when our pipe closes.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "traceforge.record.flusher", str(self._scratch)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, start_new_session=True)
+        if self.flusher_cpus:
+            with contextlib.suppress(AttributeError, OSError):
+                os.sched_setaffinity(self._proc.pid, self.flusher_cpus)
+        line = self._proc.stdout.readline()  # "ready" once imports and pyarrow's warm-up ran
+        if not line.startswith(b'{"event": "ready"'):
+            err = self._proc.stderr.read().decode(errors="replace")[-500:] if line == b"" else ""
+            self._fall_back(f"flusher process did not start ({line[:200]!r} {err})".strip())
+            return
+        self._reader = threading.Thread(target=self._read_child, name="timeline-flusher-pipe",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read_child(self) -> None:
+        """Blocks on the child's stdout (no GIL while it waits): errors stop the run at once,
+        the final summary is kept; an early EOF means the child died: fall back."""
+        proc = self._proc
+        for raw in proc.stdout:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue
+            if msg.get("event") == "error":
+                self._error = OSError(f"timeline flusher process: {msg.get('message')}")
+                if self.on_error is not None:
+                    self.on_error(self._error)
+            elif msg.get("event") == "done":
+                self._child = msg
+        if not self._child and not self._closing:
+            self._fall_back(f"flusher process exited early (status {proc.wait()})")
+
+    def _fall_back(self, why: str) -> None:
+        """The child is gone: flush from this process (thread), continuing its part numbers.
+        From here complete() queues rows again; a row queued twice is written once (flush)."""
+        self.flusher_note = why
+        self.writer.resync()
+        self._side_fd_close()
+        self._finished.extend(np.flatnonzero((self.status != PENDING)
+                                             & (self.written == 0)).tolist())
+        if not self._closing:
             self._thread = threading.Thread(target=self._flush_loop, name="timeline-flusher",
                                             daemon=True)
             self._thread.start()
+
+    def _side_fd_close(self) -> None:
+        fd, self._side_fd = self._side_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _side(self, i: int, kind: int, payload: bytes) -> None:
+        fd = self._side_fd
+        if fd is not None:
+            try:
+                os.write(fd, SIDE_HEADER.pack(i, kind, len(payload)) + payload)
+            except OSError as exc:  # disk full: the run stops, as when a part fails
+                self._error = exc
+                if self.on_error is not None:
+                    self.on_error(exc)
+
+    def _scrubbed_text(self, text: str) -> str:
+        clean = self._scrubbed.get(text)
+        if clean is None:
+            clean = self.scrub(text)
+            if len(self._scrubbed) < _SCRUB_CACHE_MAX:
+                self._scrubbed[text] = clean
+        return clean
 
     # -- hot path (event loop) ---------------------------------------------------------------
     def complete(self, i: int, status: int, done_ns: int | None, outcome=None,
@@ -147,17 +305,25 @@ class TimelineRecorder:
                 if code is None:
                     code = self._worker_codes[worker] = len(self._worker_names)
                     self._worker_names.append(worker)
+                    if self._side_fd is not None:
+                        self._side(code, SIDE_WORKER, worker.encode())
                 self.worker_code[i] = code
             if outcome.itl_ns is not None:
                 self.itl_ns[i] = outcome.itl_ns
+                if self._side_fd is not None:
+                    self._side(i, SIDE_ITL, np.asarray(outcome.itl_ns, np.int64).tobytes())
             if outcome.truncated is not None:
                 self.truncated[i] = outcome.truncated
             if error is None:
                 error = outcome.error
         if error is not None:
             self.error[i] = error
+            if self._side_fd is not None:
+                self._side(i, SIDE_ERROR, self._scrubbed_text(error).encode())
+        # Last: the process flusher takes a row once its status is set (side records first).
         self.status[i] = status
-        self._finished.append(i)
+        if self._side_fd is None:  # the thread flusher's queue (the child scans the statuses)
+            self._finished.append(i)
 
     def finalize_pending(self, due: np.ndarray, *, cancelled_msg: str, dropped_msg: str) -> dict:
         """Give every due row that never finished a final status, vectorised.
@@ -168,27 +334,47 @@ class TimelineRecorder:
         pending = np.flatnonzero((self.status == PENDING) & due)
         sent = self.sent_ns[pending] != NULL_I64
         cancelled, dropped = pending[sent], pending[~sent]
-        self.status[cancelled] = CANCELLED
-        self.status[dropped] = DROPPED
         for i in cancelled.tolist():
             self.error[i] = cancelled_msg
         for i in dropped.tolist():
             self.error[i] = dropped_msg
-        self._finished.extend(pending.tolist())
+        if self._side_fd is not None and pending.size:  # one write, before the statuses
+            chunks = []
+            for rows, msg in ((cancelled, cancelled_msg), (dropped, dropped_msg)):
+                text = self._scrubbed_text(msg).encode()
+                chunks += [SIDE_HEADER.pack(i, SIDE_ERROR, len(text)) + text
+                           for i in rows.tolist()]
+            try:
+                os.write(self._side_fd, b"".join(chunks))
+            except OSError as exc:
+                self._error = self._error or exc
+        self.status[cancelled] = CANCELLED
+        self.status[dropped] = DROPPED
+        if self._side_fd is None:
+            self._finished.extend(pending.tolist())
         return {"cancelled": int(cancelled.size), "dropped": int(dropped.size)}
 
     # -- flushing (background thread) --------------------------------------------------------
     def flush(self) -> int:
-        """Write every finished row not yet on disk as one part; returns the row count."""
+        """Write every finished row not yet on disk as one part; returns the row count.
+        (With the process flusher the child writes; here only after a fall-back.)"""
+        if self._proc is not None and self.flusher_note is None:
+            return 0
         with self._flush_lock:
             k = len(self._finished)
             if k == 0:
                 return 0
             started = time.monotonic_ns()
             idx = np.array(self._finished[:k], dtype=np.int64)
-            idx.sort()
+            if self._scratch is not None:  # after a fall-back: each row once, none the child wrote
+                idx = np.unique(idx)
+                idx = idx[self.written[idx] == 0]
+            else:
+                idx.sort()
             table = self._build(idx)
             self.writer.write_part(table)
+            if self._scratch is not None:
+                self.written[idx] = 1
             if len(self.flush_windows) < 100_000:  # for the self-check (replay/selfcheck.py)
                 self.flush_windows.append((started, time.monotonic_ns()))
             # Only once the part is on disk: a failed write (disk full, no descriptors) leaves
@@ -202,7 +388,7 @@ class TimelineRecorder:
 
     @property
     def rows_written(self) -> int:
-        return self.writer.rows_written
+        return self.writer.rows_written + self._child_rows
 
     def _build(self, idx: np.ndarray) -> pa.Table:
         def i64(values: np.ndarray) -> pa.Array:
@@ -314,6 +500,8 @@ class TimelineRecorder:
 
     def close(self) -> None:
         """Stop the flusher and write what is left; re-raises a flusher failure."""
+        if self._proc is not None:
+            self._close_child()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -324,6 +512,55 @@ class TimelineRecorder:
                 self._error = exc
         if self._error is not None:
             raise self._error
+
+    def _close_child(self) -> None:
+        """Ask the child to write every finished row and exit; take over what it could not."""
+        self._closing = True
+        proc = self._proc
+        self._side_fd_close()  # every record is written: os.write does not buffer
+        if self.flusher_note is None:
+            with contextlib.suppress(OSError):
+                proc.stdin.write(b"close\n")
+                proc.stdin.flush()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        # A final part of a million rows takes the child about a second here; be generous.
+        deadline = 30.0 + self.n / 50_000
+        try:
+            proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.join(timeout=5)
+        summary = self._child
+        self._child_rows = int(summary.get("rows_written", 0))
+        self.child_windows = summary.get("windows", [])
+        if summary.get("error") and self._error is None:
+            self._error = OSError(f"timeline flusher process: {summary['error']}")
+        left = np.flatnonzero((self.status != PENDING) & (self.written == 0))
+        if left.size:  # the child died or failed: write the rest from here
+            if self.flusher_note is None:
+                self.flusher_note = (f"flusher process ended with {left.size} finished rows "
+                                     f"unwritten (exit status {proc.returncode})")
+            self.writer.resync()
+            with self._flush_lock:
+                self._finished = left.tolist()
+        else:
+            self._finished = []
+        shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def describe_flusher(self) -> dict:
+        """For run.json: which flusher wrote the parts, and any fall-back."""
+        out: dict = {"flusher": self.flusher}
+        if self._proc is not None:
+            out["flusher_pid"] = self._proc.pid
+            out["child_rows"] = self._child_rows
+            out["child_parts"] = len(getattr(self, "child_windows", []))
+        if self.flusher_note:
+            out["fallback"] = self.flusher_note
+        return out
 
     # -- summaries ---------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -49,6 +49,15 @@ class TimelineWriter:
             atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
             self.rows_written += table.num_rows
 
+    def resync(self) -> None:
+        """Continue after the highest part number on disk (another process — the recorder's
+        flusher child — may have written parts under this prefix)."""
+        with self._lock:
+            for path in self.dir.glob(f"{self._prefix}*.parquet"):
+                tail = path.stem[len(self._prefix):]
+                if tail.isdigit():
+                    self._part = max(self._part, int(tail))
+
     def close(self) -> None:
         """Nothing is buffered here; kept so callers can treat writers alike."""
 

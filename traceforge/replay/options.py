@@ -61,6 +61,10 @@ class ReplayOptions:
     # CPUs for the timeline flusher thread (None: inherit the process's): a dispatcher pinned
     # to one core keeps that core to itself (bench_pacing.py, replay workers).
     flusher_cpus: set[int] | None = None
+    # Who writes the timeline parts: "process" (a child process reading the recorder's
+    # memory-mapped columns: no GIL shared with the dispatcher) or "thread" (a thread of this
+    # process). record/recorder.py; measured in docs/scale.md.
+    flusher: str = "process"
     # Hold a 0 µs PM QoS CPU latency request for the schedule (replay/cpuqos.py): idle CPUs
     # poll instead of halting, so a sleeping dispatcher wakes on time. Where the device is not
     # writable, run.json says it was not held. --no-cpu-qos turns it off.
@@ -122,6 +126,8 @@ class ReplayOptions:
         if self.switch_interval_us is not None and not (1 <= self.switch_interval_us <= 100_000):
             raise BadInput("must be in [1, 100000] µs", key="switch_interval_us",
                            value=self.switch_interval_us)
+        if self.flusher not in ("process", "thread"):
+            raise BadInput("must be 'process' or 'thread'", key="--flusher", value=self.flusher)
         if not (0 < self.flush_interval_s <= 1.0):
             raise BadInput("must be in (0, 1] (parts are closed at least every second)",
                            key="flush_interval_s", value=self.flush_interval_s)

@@ -13,6 +13,7 @@ is ready, and ``scheduled_ns = schedule_origin_ns + round(arrival_ns × time_sca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 import sys
@@ -199,63 +200,69 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         flusher_cpus=options.flusher_cpus,
         replay_worker=None if worker is None else worker.index,
         scrub=Scrubber(backend_secrets(backend)),
+        flusher=options.flusher,
     )
-    describe = _safe_describe(backend)
-    manifest = RunManifest(
-        run_dir,
-        name="run.json" if worker is None else f"workers/w{worker.index:02d}.json",
-        backend=backend.name,
-        backend_info=describe,
-        **{k: describe[k] for k in ("mode", "device", "gpu") if k in describe},
-        options=options.to_json(),
-        trace=trace_info,
-        models=[{"name": m.name, "zoo": m.zoo} for m in models],
-    )
+    try:  # until the dispatch owns the recorder: a failure here must not leave its flusher
+        describe = _safe_describe(backend)
+        manifest = RunManifest(
+            run_dir,
+            name="run.json" if worker is None else f"workers/w{worker.index:02d}.json",
+            backend=backend.name,
+            backend_info=describe,
+            **{k: describe[k] for k in ("mode", "device", "gpu") if k in describe},
+            options=options.to_json(),
+            trace=trace_info,
+            models=[{"name": m.name, "zoo": m.zoo} for m in models],
+        )
 
-    # The dispatcher thread's CPU wait (schedstat), read through the loop's selector where it
-    # keeps the file open: the pacer's late waits and the whole schedule's total (_QuietRuntime).
-    def probe() -> int | None:
-        return run_delay_ns(loop)
+        # The dispatcher thread's CPU wait (schedstat), read through the loop's selector where it
+        # keeps the file open: the pacer's late waits and the whole schedule's total (_QuietRuntime).
+        def probe() -> int | None:
+            return run_delay_ns(loop)
 
-    pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6),
-                       probe=probe)
-    dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
-                            model_names=model_names, closed_loop=bool(options.concurrency),
-                            inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
-                            duration_s=options.duration_s,
-                            drain_timeout_s=options.drain_timeout_s,
-                            gc_safe_points=options.gc_safe_points)
-    if worker is not None:
-        worker.attach(loop, dispatcher)
-    # A recorder that cannot write ends the run at once (then status failed, exit 1).
-    recorder.on_error = lambda exc: loop.call_soon_threadsafe(dispatcher.interrupt)
-    received: list[str] = []
-    installed = _install_signal_handlers(loop, dispatcher, received)
-    progress_task = (loop.create_task(_show_progress(dispatcher))
-                     if options.progress and len(arrival_ns) else None)
-    scraper = None
-    # Its own process (replay/scrape.py); it starts idle, then begin(). With --workers only
-    # worker 0 scrapes (one server, one file); the driver copies its summary into run.json.
-    if options.scrape_url and (worker is None or worker.index == 0):
-        from traceforge.replay.scrape import MetricsScraper
+        pacer = make_pacer(options.pacer, clock, margin_ns=int(options.spin_margin_ms * 1e6),
+                           probe=probe)
+        dispatcher = Dispatcher(backend=backend, recorder=recorder, clock=clock, pacer=pacer,
+                                model_names=model_names, closed_loop=bool(options.concurrency),
+                                inflight_cap=options.inflight_cap, timeout_s=options.timeout_s,
+                                duration_s=options.duration_s,
+                                drain_timeout_s=options.drain_timeout_s,
+                                gc_safe_points=options.gc_safe_points)
+        if worker is not None:
+            worker.attach(loop, dispatcher)
+        # A recorder that cannot write ends the run at once (then status failed, exit 1).
+        recorder.on_error = lambda exc: loop.call_soon_threadsafe(dispatcher.interrupt)
+        received: list[str] = []
+        installed = _install_signal_handlers(loop, dispatcher, received)
+        progress_task = (loop.create_task(_show_progress(dispatcher))
+                         if options.progress and len(arrival_ns) else None)
+        scraper = None
+        # Its own process (replay/scrape.py); it starts idle, then begin(). With --workers only
+        # worker 0 scrapes (one server, one file); the driver copies its summary into run.json.
+        if options.scrape_url and (worker is None or worker.index == 0):
+            from traceforge.replay.scrape import MetricsScraper
 
-        scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock, run_dir)
-        scraper.start()
-    gc.collect()
-    gc.freeze()  # keep the setup's objects out of every GC pass during the run
-    # The origin is taken last, after all preparation, so the first sends are not late.
-    if worker is None:
-        origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
-    else:  # the driver's start barrier: every worker is ready, one origin for all
-        origin_ns = await loop.run_in_executor(None, worker.wait_origin)
-    if options.warmup_s:
-        recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
-    manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
-                               "schedule_origin_ns": origin_ns,
-                               "time_scale": options.time_scale})
-    manifest.write()
-    if scraper is not None:
-        scraper.begin(origin_ns)
+            scraper = MetricsScraper(options.scrape_url, options.scrape_interval_s, clock, run_dir)
+            scraper.start()
+        gc.collect()
+        gc.freeze()  # keep the setup's objects out of every GC pass during the run
+        # The origin is taken last, after all preparation, so the first sends are not late.
+        if worker is None:
+            origin_ns = clock.now() + int(options.start_delay_ms * 1e6)
+        else:  # the driver's start barrier: every worker is ready, one origin for all
+            origin_ns = await loop.run_in_executor(None, worker.wait_origin)
+        if options.warmup_s:
+            recorder.warmup_end_ns = origin_ns + int(options.warmup_s * 1e9)
+        manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
+                                   "schedule_origin_ns": origin_ns,
+                                   "time_scale": options.time_scale})
+        manifest.write()
+        if scraper is not None:
+            scraper.begin(origin_ns)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            recorder.close()
+        raise
     quiet = _QuietRuntime(options, probe)  # GC at safe points, short GIL switch (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
@@ -351,7 +358,8 @@ async def _dispatch_and_finish(dispatcher: Dispatcher, recorder: TimelineRecorde
                         "switch_interval_us": round(quiet.switch_s * 1e6, 1),
                         "cpu_qos": quiet.qos_state,
                         # the dispatcher thread's time runnable but waiting for a CPU (schedstat)
-                        "dispatcher_cpu_wait_ms": quiet.cpu_wait_ms}
+                        "dispatcher_cpu_wait_ms": quiet.cpu_wait_ms,
+                        **recorder.describe_flusher()}
     counts = recorder.counts()
     n_due = int(np.count_nonzero(due))
     # not_due: rows whose time had not come (after --duration or an interrupt): no row by
