@@ -42,5 +42,7 @@ echo "MPS daemons/servers left: $("${PY:-python3}" -m traceforge.gpu.mps_left)" 
   "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
 cp "$WORK/simulator-fidelity-$card.md" "$LOG" "$OUT"/ 2>/dev/null
 tar -C "$WORK" -czf "$OUT/fidelity-runs.tar.gz" runs mixes.json bursty.toml steady.toml 2>/dev/null
+# the profile's own phase runs (transport, hand-off and co-run timelines), for offline diagnosis
+tar -C "$WORK" -czf "$OUT/profile-runs.tar.gz" profile-runs 2>/dev/null
 [ -d docs/results ] && cp "$WORK/simulator-fidelity-$card.md" docs/results/ 2>/dev/null
 tail -30 "$WORK/simulator-fidelity-$card.md"

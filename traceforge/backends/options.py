@@ -36,6 +36,7 @@ class ReplayFields:
     duration_s: float | None = None  # --duration: stop sending at S s of the schedule
     drain_timeout_s: float | None = None  # --drain-timeout: then in-flight -> cancelled
     cpu_qos: bool = True  # --cpu-qos/--no-cpu-qos: PM QoS latency request (replay/cpuqos.py)
+    flusher: str = "process"  # --flusher process|thread: who writes the parts (record/recorder.py)
 
 
 @dataclass
