@@ -148,6 +148,21 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
         assert all(v >= 0 for v in entry["handoff_ms"].values())
         assert set(entry["handoff_pairs"]) == {"tiny-bert", "tiny-gpt2"}
     assert sum(data["modes"]["exclusive"]["handoff_pairs"].values()) > 0
+    # exclusive: the mixed reference phase measures hand-offs between different models too
+    pairs = data["modes"]["exclusive"]["handoff_pair_ms"]
+    assert {(a, b) for a, nexts in pairs.items() for b in nexts} >= {
+        ("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-bert")}, pairs
+    assert all(v >= 0 for nexts in pairs.values() for e in nexts.values() for k, v in e.items()
+               if not k.startswith("n_"))
+    assert data["modes"]["timeslice"]["handoff_pair_ms"].keys() <= {"tiny-bert", "tiny-gpt2"}
+    assert all(set(nexts) <= {a} for a, nexts in
+               data["modes"]["timeslice"]["handoff_pair_ms"].items())  # a worker per model
+    simulate(write_poisson_trace(tmp_path / "x.parquet", rate_per_s=50, n=100,
+                                 models=["bert", "gpt"], seed=4,
+                                 zoo={"bert": "tiny-bert", "gpt": "tiny-gpt2"}, new={"gpt": 4}),
+             tmp_path / "sim-x", profile=load_profile(out), mode="exclusive")
+    info = json.loads((tmp_path / "sim-x" / "run.json").read_text())["backend_info"]
+    assert set(info["handoff_pair_ms"]) == {"bert", "gpt"}
 
     profile = load_profile(out)
     trace = write_poisson_trace(tmp_path / "t.parquet", rate_per_s=50, n=200,

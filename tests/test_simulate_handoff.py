@@ -18,8 +18,19 @@ from traceforge.errors import BadInput
 from traceforge.record import RunManifest, read_timeline
 from traceforge.schema import read_trace, write_trace
 from traceforge.simulate import simulate
-from traceforge.simulate.engine import ModelQueue, fifo_servers, shared_workers
-from traceforge.simulate.measure import demand_starts, handoff_gaps, handoff_ms
+from traceforge.simulate.engine import (
+    ModelQueue,
+    fifo_pair_handoff,
+    fifo_servers,
+    shared_workers,
+)
+from traceforge.simulate.measure import (
+    demand_starts,
+    handoff_classes,
+    handoff_gaps,
+    handoff_ms,
+    handoff_pair_ms,
+)
 from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
 
 MS = 1_000_000
@@ -337,3 +348,77 @@ def test_idle_inbound_ignores_requests_that_queued():
     alone = np.arange(sent.size)
     assert idle_inbound_ns(alone, sent, start, end, rows) == pytest.approx(
         np.median(start - sent))
+
+
+# -- hand-off by class: (finished model, next model, next already waiting at the start) --------
+
+def test_fifo_pair_handoff_hand_computed():
+    # Service 100 each. #1 (b) arrived at 10, before #0 (a) started at 0? No: 10 > 0, so late:
+    # gap(a, b, late) = 30 -> starts 130. #2 (b) arrived at 20 <= #1's start 130: early,
+    # gap(b, b, early) = 5 -> 235. #3 (a) arrives at 900 (idle): gap(b, a, late) = 40 occupies
+    # the worker only until 375: starts on arrival.
+    gaps = {("a", "b", False): 30, ("b", "b", True): 5, ("b", "a", False): 40}
+    names = ["a", "b"]
+    start, end = fifo_pair_handoff(np.array([0, 10, 20, 900]), np.full(4, 100),
+                                   np.array([0, 1, 1, 0]),
+                                   lambda p, n, e: gaps[(names[p], names[n], e)])
+    assert start.tolist() == [0, 130, 235, 900]
+    assert end.tolist() == [100, 230, 335, 1000]
+
+
+def test_fifo_pair_handoff_with_one_gap_per_model_is_fifo_servers():
+    rng = np.random.default_rng(5)
+    arrival = np.cumsum(rng.exponential(80, 400)).astype(np.int64)
+    service = rng.integers(20, 150, 400)
+    model = rng.integers(0, 3, 400)
+    per_model = np.array([7, 0, 31])
+    start, end = fifo_pair_handoff(arrival, service, model, lambda p, n, e: per_model[p])
+    s2, e2 = fifo_servers(arrival, service, 1, handoff_ns=per_model[model])
+    assert start.tolist() == s2.tolist() and end.tolist() == e2.tolist()
+
+
+def test_handoff_classes_hand_computed():
+    # One worker: r0 a [0, 100]; r1 b sent 50 (reached 60 > r0's start 10: late) starts 130;
+    # r2 b sent 55 (reached 65 <= r1's start 130: early) starts 205 after r1's end 200;
+    # r3 a sent 500 (idle): no pair.
+    worker = np.array(["w"] * 4)
+    model = np.array(["a", "b", "b", "a"])
+    sent = np.array([0, 50, 55, 500])
+    start = np.array([10, 130, 205, 510])
+    end = np.array([100, 200, 300, 600])
+    got = handoff_classes(worker, model, sent, start, end, {"a": 10.0, "b": 10.0})
+    assert {k: v.tolist() for k, v in got.items()} == {("a", "b", False): [30.0],
+                                                      ("b", "b", True): [5.0]}
+    table = handoff_pair_ms([got, got, got], minimum=3)
+    assert table == {"a": {"b": {"late": 3e-5, "n_late": 3}},
+                     "b": {"b": {"early": 5e-6, "n_early": 3}}}
+    assert handoff_pair_ms([got], minimum=3) == {}
+
+
+def test_profile_pair_table_loads_falls_back_and_refuses_bad_values():
+    modes = {"exclusive": {"handoff_ms": {"a": 0.5},
+                           "handoff_pair_ms": {"a": {"b": {"early": 0.1, "late": 0.3,
+                                                           "n_early": 9, "n_late": 4}}}}}
+    mp = make_profile({"a": model_profile(2.0), "b": model_profile(1.0)}, modes).modes[
+        "exclusive"]
+    assert mp.pair_gap_ms("a", "b", True) == 0.1 and mp.pair_gap_ms("a", "b", False) == 0.3
+    assert mp.pair_gap_ms("a", "a", True) == 0.5  # no class: the finished model's mean
+    assert mp.pair_gap_ms("b", "a", False) == 0.0  # nothing known
+    bad = {"exclusive": {"handoff_pair_ms": {"a": {"b": {"late": -0.2}}}}}
+    with pytest.raises(BadInput, match=r"modes\.exclusive\.handoff_pair_ms\.a\.b\.late"):
+        make_profile({"a": model_profile(2.0), "b": model_profile(1.0)}, bad)
+
+
+def test_simulator_exclusive_uses_the_pair_table(tmp_path):
+    # a: 2 ms, b: 1 ms. Arrivals 0 (a), 0.5 ms (b: late, it came after a started), 1 ms (a:
+    # early, it came before b started at 2.4): gap(a, b, late) 0.4 -> b at 2.4; gap(b, a, early)
+    # 0.05 -> a at 3.45. The per-model values (0.5 / 0.25) are what older profiles had.
+    modes = {"exclusive": {"handoff_ms": {"a": 0.5, "b": 0.25},
+                           "handoff_pair_ms": {"a": {"b": {"late": 0.4}},
+                                               "b": {"a": {"early": 0.05}}}}}
+    profile = make_profile({"a": model_profile(2.0), "b": model_profile(1.0)}, modes)
+    trace = make_trace([0, MS // 2, MS], models=["a", "b", "a"])
+    simulate(trace, tmp_path / "run", profile=profile, mode="exclusive")
+    assert col_ms(tmp_path / "run", "service_start_ns") == pytest.approx([0, 2.4, 3.45])
+    info = RunManifest.load(tmp_path / "run")["backend_info"]
+    assert info["handoff_pair_ms"] == {"a": {"b": {"late": 0.4}}, "b": {"a": {"early": 0.05}}}

@@ -278,6 +278,63 @@ def handoff_gaps(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
     return {name: gaps[waiting & (m[:-1] == name)] for name in np.unique(m).tolist()}
 
 
+def handoff_classes(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
+                    start_ns: np.ndarray, end_ns: np.ndarray,
+                    transport_ns: dict[str, float] | None = None
+                    ) -> dict[tuple[str, str, bool], np.ndarray]:
+    """:func:`handoff_gaps` split by the pair (finished model, next model) and by whether the
+    next request had already reached the worker when the finished one *started* (``early``:
+    it could be launched behind it) or only while it ran. Measured on an H200 (exclusive,
+    distilbert-base ``enc`` + distilgpt2 ``gen``, 2026-11-30 16:05 UTC) the classes differ
+    far more than the per-model mean shows: enc→enc 31–35 µs early vs 99–258 µs late,
+    enc→gen 210–267 µs, gen→enc 434–535 µs, gen→gen 369–476 µs; which classes a workload
+    produces depends on its mix and burstiness, so a per-model mean from one workload does
+    not carry to another (docs/results/simulator-fidelity-h200.md)."""
+    worker = np.asarray(worker)
+    model = np.asarray(model)
+    sent = np.asarray(sent_ns, dtype=np.float64)
+    start = np.asarray(start_ns, dtype=np.float64)
+    end = np.asarray(end_ns, dtype=np.float64)
+    if transport_ns is None:
+        transport_ns = idle_transport_ns(worker, model, sent, start, end)
+    order = np.lexsort((start, worker))
+    w, m = worker[order], model[order]
+    se, st, en = sent[order], start[order], end[order]
+    same = w[1:] == w[:-1]
+    reach = se + np.array([transport_ns.get(x, 0.0) for x in m.tolist()], dtype=np.float64)
+    waiting = same & (reach[1:] <= en[:-1])
+    early = reach[1:] <= st[:-1]
+    gaps = st[1:] - en[:-1]
+    out = {}
+    names = np.unique(m).tolist()
+    for a in names:
+        for b in names:
+            for e in (True, False):
+                k = waiting & (m[:-1] == a) & (m[1:] == b) & (early == e)
+                if k.any():
+                    out[(a, b, e)] = gaps[k]
+    return out
+
+
+def handoff_pair_ms(classes: list[dict[tuple[str, str, bool], np.ndarray]], *,
+                    minimum: int = 5) -> dict[str, dict[str, dict[str, float]]]:
+    """``{finished: {next: {"early": ms, "late": ms, "n_early": k, "n_late": k}}}``: the mean
+    gap (>= 0) of each class with at least ``minimum`` pairs over several timelines."""
+    pooled: dict[tuple[str, str, bool], list[np.ndarray]] = {}
+    for c in classes:
+        for key, values in c.items():
+            pooled.setdefault(key, []).append(values)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (a, b, e), parts in sorted(pooled.items()):
+        values = np.concatenate(parts)
+        if values.size >= minimum:
+            entry = out.setdefault(a, {}).setdefault(b, {})
+            label = "early" if e else "late"
+            entry[label] = round(max(0.0, float(np.mean(values))) / 1e6, 6)
+            entry[f"n_{label}"] = int(values.size)
+    return out
+
+
 def handoff_ms(gaps: list[dict[str, np.ndarray]]) -> dict[str, float]:
     """Per model, the mean hand-off (ms, >= 0) over the gaps of several timelines."""
     pooled: dict[str, list[np.ndarray]] = {}
@@ -294,9 +351,10 @@ def handoff_ms(gaps: list[dict[str, np.ndarray]]) -> dict[str, float]:
     return out
 
 
-def timeline_gaps(timeline: pa.Table, transport_ms: dict[str, float] | None = None
-                  ) -> dict[str, np.ndarray]:
-    """:func:`handoff_gaps` of a timeline's ok rows (``transport_ms`` per model, optional)."""
+def timeline_gaps(timeline: pa.Table, transport_ms: dict[str, float] | None = None, *,
+                  classes: bool = False) -> dict:
+    """:func:`handoff_gaps` of a timeline's ok rows (``transport_ms`` per model, optional);
+    ``classes``: :func:`handoff_classes` instead."""
     import pyarrow.compute as pc
 
     t = timeline.filter(pc.equal(timeline.column("status"), "ok"))
@@ -309,8 +367,9 @@ def timeline_gaps(timeline: pa.Table, transport_ms: dict[str, float] | None = No
     worker = np.asarray(t.column("worker").fill_null("").to_pylist())
     model = np.asarray(t.column("model").to_pylist())
     transport = None if transport_ms is None else {k: v * 1e6 for k, v in transport_ms.items()}
-    return handoff_gaps(worker, model, col("sent_ns"), col("service_start_ns"),
-                        col("service_end_ns"), transport)
+    fn = handoff_classes if classes else handoff_gaps
+    return fn(worker, model, col("sent_ns"), col("service_start_ns"), col("service_end_ns"),
+              transport)
 
 
 def found_worker_idle(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
@@ -560,10 +619,12 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 on_update(profile)
             baseline = next(iter(profile["modes"].values()), None)
             mode_entry = await _measure_reference(replay, models, refs, settings, baseline,
-                                                  graphs=_compile_of(settings) != "eager")
+                                                  graphs=_compile_of(settings) != "eager",
+                                                  mixed=mode == "exclusive")
             mode_entry["handoff_ms"] = handoff_ms(replay.alone_gaps)
             mode_entry["handoff_pairs"] = {
                 m: int(sum(g[m].size for g in replay.alone_gaps if m in g)) for m in models}
+            mode_entry["handoff_pair_ms"] = handoff_pair_ms(replay.alone_classes)
             mode_entry["backend"] = _safe(backend.describe)
             log(f"[{time.perf_counter() - started:7.1f} s] {mode}: alone "
                 + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
@@ -607,8 +668,10 @@ class _Replayer:
         self.kept = kept  # the runs outlive the profile (--keep-runs), else a temp dir
         self.infos = infos
         self.count = 0
-        # Hand-off gaps of the alone open-loop phases (grid-open, reference-open) of this mode.
+        # Hand-off gaps of the alone open-loop phases (grid-open, reference-open) of this mode,
+        # per finished model and per class (handoff_classes).
         self.alone_gaps: list[dict[str, np.ndarray]] = []
+        self.alone_classes: list[dict] = []
 
     async def run(self, phase: _Phase, concurrency: int | None, label: str) -> pa.Table:
         from traceforge.record import read_timeline
@@ -635,6 +698,7 @@ class _Replayer:
                              f"(first: {first}); {where}")
         if concurrency is None and label.startswith(("grid-open", "reference-open")):
             self.alone_gaps.append(timeline_gaps(timeline))
+            self.alone_classes.append(timeline_gaps(timeline, classes=True))
         return timeline
 
 
@@ -813,8 +877,12 @@ def alone_scale(ratio: float, ratio_se: float, *, graphs: bool) -> float:
 
 async def _measure_reference(replay: _Replayer, models: list[str], refs, settings,
                              baseline: dict[str, Any] | None, *,
-                             graphs: bool = False) -> dict[str, Any]:
-    """Alone times at the reference shapes in this mode; ``baseline`` is the first mode's."""
+                             graphs: bool = False, mixed: bool = False) -> dict[str, Any]:
+    """Alone times at the reference shapes in this mode; ``baseline`` is the first mode's.
+
+    ``mixed`` (exclusive: one worker serves every model, so they are never busy together):
+    the open-loop phase interleaves the models' requests at random instead of one model after
+    the other, so the hand-off between *different* models (handoff_classes) is measured too."""
     phase = _Phase()
     for g, m in enumerate(models):
         for _ in range(settings.warmup):
@@ -834,11 +902,20 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         rng = np.random.default_rng(7)
         phase = _Phase()
         t = 0.0
-        for g, m in enumerate(models):
-            for _ in range(max(settings.repeats, 40)):  # 40: enough waiting pairs for handoff_ms
-                t += rng.exponential(est[g] / settings.alone_utilisation)
-                phase.add(m, *refs[m], g, True, arrival_ns=int(t))
-            t += 10 * est[g]  # a gap between models: never both busy
+        count = max(settings.repeats, 40)  # 40: enough waiting pairs for handoff_ms
+        if mixed and len(models) > 1:
+            # One merged Poisson stream at the same utilisation, models in random order.
+            picks = rng.permutation(np.repeat(np.arange(len(models)), count * 2))
+            mean_est = float(np.mean([est[int(g)] for g in picks]))
+            for g in picks.tolist():
+                t += rng.exponential(mean_est / settings.alone_utilisation)
+                phase.add(models[g], *refs[models[g]], g, True, arrival_ns=int(t))
+        else:
+            for g, m in enumerate(models):
+                for _ in range(count):
+                    t += rng.exponential(est[g] / settings.alone_utilisation)
+                    phase.add(m, *refs[m], g, True, arrival_ns=int(t))
+                t += 10 * est[g]  # a gap between models: never both busy
         timeline = await replay.run(phase, None, "reference-open")
         start, end, _ = _times(timeline)
         group = np.asarray(phase.group)

@@ -128,6 +128,20 @@ class ModeProfile:
     # the next one already waiting (``handoff_ms`` in the JSON; absent in profiles made before
     # it was measured: then 0, the old model, unless the caller supplies values).
     handoff_ms: dict[str, float] = field(default_factory=dict)
+    # The same by class (``handoff_pair_ms``: finished model -> next model -> ``early`` /
+    # ``late`` ms, measure.handoff_classes); used for exclusive mode, where one worker serves
+    # every model. Empty in older profiles.
+    handoff_pair_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def pair_gap_ms(self, prev: str, nxt: str, early: bool) -> float:
+        """The class's hand-off; falls back to the other timing of the pair, then to
+        ``handoff_ms[prev]``, then 0."""
+        entry = self.handoff_pair_ms.get(prev, {}).get(nxt, {})
+        first, second = ("early", "late") if early else ("late", "early")
+        for label in (first, second):
+            if label in entry:
+                return entry[label]
+        return self.handoff_ms.get(prev, 0.0)
 
 
 @dataclass(frozen=True)
@@ -262,11 +276,31 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             if not math.isfinite(handoff[k]) or handoff[k] < 0:
                 raise BadInput("hand-off times must be finite and >= 0", source=source,
                                key=f"modes.{mode}.handoff_ms.{k}", value=v)
+        pairs: dict[str, dict[str, dict[str, float]]] = {}
+        raw_pairs = md.get("handoff_pair_ms") or {}
+        if not isinstance(raw_pairs, dict):
+            raise BadInput("must be a table finished -> next -> early/late", source=source,
+                           key=f"modes.{mode}.handoff_pair_ms", value=raw_pairs)
+        for a, nexts in raw_pairs.items():
+            for b, entry in (nexts or {}).items():
+                for label in ("early", "late"):
+                    if not isinstance(entry, dict) or label not in entry:
+                        continue
+                    v = entry[label]
+                    try:
+                        x = float(v)
+                    except (TypeError, ValueError):
+                        x = math.nan
+                    if not math.isfinite(x) or x < 0:
+                        raise BadInput("hand-off times must be finite and >= 0", source=source,
+                                       key=f"modes.{mode}.handoff_pair_ms.{a}.{b}.{label}",
+                                       value=v)
+                    pairs.setdefault(a, {}).setdefault(b, {})[label] = x
         modes[mode] = ModeProfile(
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
-            slowdown=slow, handoff_ms=handoff,
+            slowdown=slow, handoff_ms=handoff, handoff_pair_ms=pairs,
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))

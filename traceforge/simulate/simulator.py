@@ -33,6 +33,7 @@ from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
 from traceforge.simulate.engine import (
     ModelQueue,
+    fifo_pair_handoff,
     fifo_servers,
     fifo_servers_assigned,
     shared_workers,
@@ -192,6 +193,15 @@ def simulate(
                     "handoff_ms": {n: profile.modes[mode].handoff_ms[p]
                                    for n, p in mapping.items()
                                    if p in profile.modes[mode].handoff_ms},
+                    # By class, where the profile has it and the mode serves every model from
+                    # one worker (exclusive, unbatched): finished -> next -> early/late ms.
+                    "handoff_pair_ms": (
+                        {a: {b: profile.modes[mode].handoff_pair_ms[pa][pb]
+                             for b, pb in mapping.items()
+                             if pb in profile.modes[mode].handoff_pair_ms[pa]}
+                         for a, pa in mapping.items()
+                         if pa in profile.modes[mode].handoff_pair_ms}
+                        if mode == "exclusive" and max_batch == 1 else {}),
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -572,10 +582,22 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             arrive[rows] = queues[m].arrival_ns
             work[rows] = queues[m].work_ns
         order = np.argsort(arrive, kind="stable")
-        s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
-                            np.rint(work[order]).astype(np.int64), 1,
-                            handoff_ns=(np.rint(handoff[codes[order]]).astype(np.int64)
-                                        if handoff.any() else None))
+        if mp.handoff_pair_ms:
+            # The hand-off by (finished model, next model, next already waiting at the start):
+            # measured by the profile's mixed phase (simulate/measure.handoff_classes).
+            pm_names = [mapping[x] for x in names]
+
+            def gap_ns(prev: int, nxt: int, early: bool) -> float:
+                return mp.pair_gap_ms(pm_names[prev], pm_names[nxt], early) * 1e6
+
+            s, e = fifo_pair_handoff(np.rint(arrive[order]).astype(np.int64),
+                                     np.rint(work[order]).astype(np.int64), codes[order],
+                                     gap_ns)
+        else:
+            s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
+                                np.rint(work[order]).astype(np.int64), 1,
+                                handoff_ns=(np.rint(handoff[codes[order]]).astype(np.int64)
+                                            if handoff.any() else None))
         start[order] = s
         end[order] = e
         batch_id[order] = np.arange(n)
