@@ -15,6 +15,8 @@ is used to build or tune it.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import tempfile
 import time
@@ -85,7 +87,13 @@ def cmd_traces(profile_path: Path, work: Path, duration: float) -> dict:
     out = {}
     for name, text in MIXES.items():
         spec = work / f"{name}.toml"
-        spec.write_text(text.format(duration=duration))
+        # MIX_SEED_OFFSET (default 0) draws fresh traces from the same specs: a mix whose seed
+        # no earlier call used is held out from every decision made on earlier results too.
+        offset = int(os.environ.get("MIX_SEED_OFFSET", "0"))
+        text = re.sub(r"^seed = (\d+)$",
+                      lambda m, k=offset: f"seed = {int(m.group(1)) + k}",
+                      text.format(duration=duration), flags=re.M)
+        spec.write_text(text)
         import subprocess
 
         raw = work / f"{name}.raw.parquet"

@@ -6,7 +6,8 @@
 #      time-scaled to 65 % exclusive utilisation by the profile
 #   3. each mix replayed in each mode (pre-warmed, graphs), then simulated and compared
 # Results under $WORK; the doc, the profile and a tarball of the runs go to $OUT.
-# Env: MIX_S (trace seconds, default 12), MODES_PROFILE (default exclusive,mps).
+# Env: MIX_S (trace seconds, default 12), MODES_PROFILE (default exclusive,mps), MIX_SEED_OFFSET
+# (added to the mixes' seeds 21 / 22: fresh held-out draws; default 0).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -39,7 +40,7 @@ for mix in bursty steady; do
 done
 echo "MPS daemons/servers left: $("${PY:-python3}" -m traceforge.gpu.mps_left)" | tee -a "$LOG"
 "$PY" benchmarks/fidelity_heldout.py doc "$WORK/profile.json" "$WORK" \
-  "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
+  "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S MIX_SEED_OFFSET=${MIX_SEED_OFFSET:-0} bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
 cp "$WORK/simulator-fidelity-$card.md" "$LOG" "$OUT"/ 2>/dev/null
 tar -C "$WORK" -czf "$OUT/fidelity-runs.tar.gz" runs mixes.json bursty.toml steady.toml 2>/dev/null
 # the profile's own phase runs (transport, hand-off and co-run timelines), for offline diagnosis
