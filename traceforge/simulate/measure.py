@@ -285,7 +285,7 @@ def handoff_classes(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
     """:func:`handoff_gaps` split by the pair (finished model, next model) and by whether the
     next request had already reached the worker when the finished one *started* (``early``:
     it could be launched behind it) or only while it ran. Measured on an H200 (exclusive,
-    distilbert-base ``enc`` + distilgpt2 ``gen``, 2026-11-30 16:05 UTC) the classes differ
+    distilbert-base ``enc`` + distilgpt2 ``gen``, 2026-11-30 16:03 UTC) the classes differ
     far more than the per-model mean shows: enc→enc 31–35 µs early vs 99–258 µs late,
     enc→gen 210–267 µs, gen→enc 434–535 µs, gen→gen 369–476 µs; which classes a workload
     produces depends on its mix and burstiness, so a per-model mean from one workload does
@@ -700,11 +700,11 @@ class _Replayer:
             self.alone_gaps.append(timeline_gaps(timeline))
             if label.startswith("reference-open"):
                 # Classes from the reference phase only. The grid's open-loop phases send one
-                # model's small requests at ~1,250 req/s (50 % of a 0.4 ms service): the
+                # model's small requests at ~1,200 req/s (50 % of a 0.4 ms service): the
                 # dispatcher then spins between sends nearly all the time and the executor
                 # thread waits for the GIL. H200, exclusive, distilbert-base, same call:
                 # enc->enc "early" gaps mean 233 µs (p50 68, p90 835) in the grid phase,
-                # -21 µs in the mixed reference phase (~130 req/s), 23-35 µs in held-out mixes
+                # -21 µs in the mixed reference phase (~140 req/s), 23-35 µs in held-out mixes
                 # at 200-270 req/s. The hand-off depends on the send rate; the mixed phase is the
                 # one near serving rates.
                 self.alone_classes.append(timeline_gaps(timeline, classes=True))
