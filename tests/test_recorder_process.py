@@ -160,3 +160,21 @@ def test_unknown_flusher_is_refused():
     with pytest.raises(ValueError, match="flusher"):
         make("/nonexistent", flusher="fork")
     assert CANCELLED != OK  # the names imported above are the recorder's own
+
+
+def test_no_space_for_the_maps_falls_back_to_the_thread(tmp_path, monkeypatch):
+    import errno
+
+    import traceforge.record.recorder as recorder_mod
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(recorder_mod.os, "posix_fallocate", full)
+    rec = make(tmp_path, flusher="process")
+    assert rec.flusher == "thread" and "No space left" in rec.flusher_note
+    assert not list((tmp_path / "timeline").glob(".recorder-*"))  # nothing half-made left
+    rec.complete(0, OK, 10, None)
+    rec.close()
+    assert rows(tmp_path)["request_id"] == [100]
+    assert "No space left" in rec.describe_flusher()["fallback"]

@@ -1,7 +1,7 @@
 """``python -m traceforge.record.flusher SCRATCH``: the recorder's flusher in its own process.
 
 Started by :class:`~traceforge.record.recorder.TimelineRecorder` (``flusher="process"``). It maps
-the recorder's columns (``SCRATCH/*.npy``), reads the side log of sparse values (scrubbed error
+the recorder's columns (``SCRATCH/*.bin``, dtypes in ``meta.json``), reads the side log of sparse values (scrubbed error
 text, inter-token lists, worker names) and, every ``interval_s``, writes the rows whose status
 became final as the next ``timeline/part-*.parquet`` — the same table the thread flusher builds
 (``TimelineRecorder._build``). It shares no GIL with the dispatcher.
@@ -83,7 +83,9 @@ def _open(scratch: Path):
     meta = json.loads((scratch / "meta.json").read_text())
 
     def col(name: str, mode: str = "r") -> np.ndarray:
-        return np.load(scratch / f"{name}.npy", mmap_mode=mode)
+        shape = (1,) if name == "params" else (meta["n"],)
+        return np.memmap(scratch / f"{name}.bin", dtype=np.dtype(meta["columns"][name]),
+                         mode=mode, shape=shape)
 
     # The recorder's own _build, on an instance whose columns are the maps.
     rec = TimelineRecorder.__new__(TimelineRecorder)

@@ -108,45 +108,39 @@ class TimelineRecorder:
         self.writer = TimelineWriter(run_dir, tag=tag)
         self.flusher = flusher if background else "thread"
         # Process flusher: every column in a memory-mapped file the child reads (see the module
-        # docstring); otherwise plain arrays.
+        # docstring); otherwise plain arrays. Where the files cannot be made (no space: the
+        # blocks are reserved up front, so a full disk is an error here, never a SIGBUS
+        # mid-run), the thread flusher takes over and run.json says why.
+        self.flusher_note: str | None = None  # why the process flusher is not used, if so
         self._scratch: Path | None = None
+        self._mapped_dtypes: dict[str, str] = {}
+        trace_cols = (request_id, model_codes, batch_size, seq_len, max_new_tokens,
+                      scheduled_ns, session_id, turn)
+        if self.flusher == "process" and n == 0:
+            self.flusher = "thread"  # nothing to write
         if self.flusher == "process":
-            self._scratch = self.writer.dir / f".recorder-{tag or 'main'}-{os.getpid()}"
-            self._scratch.mkdir()
-        column = self._column
-        self.request_id = column("request_id", np.int64, np.asarray(request_id, np.int64))
-        self.model_codes = column("model_codes", np.int32, np.asarray(model_codes, np.int32))
+            scratch = self.writer.dir / f".recorder-{tag or 'main'}-{os.getpid()}"
+            try:
+                scratch.mkdir()
+                self._scratch = scratch
+                self._allocate(*trace_cols)
+            except OSError as exc:
+                shutil.rmtree(scratch, ignore_errors=True)
+                self._scratch = None
+                self._mapped_dtypes = {}
+                self.flusher = "thread"
+                self.flusher_note = (f"process flusher unavailable ({type(exc).__name__}: "
+                                     f"{exc}); the thread flusher writes the parts")
+        if self._scratch is None:
+            self._allocate(*trace_cols)
         self.model_dict = pa.array(model_names, pa.string())
-        self.batch_size = column("batch_size", np.int32, np.asarray(batch_size, np.int32))
-        self.seq_len = column("seq_len", np.int32, np.asarray(seq_len, np.int32))
-        self.max_new_tokens = column("max_new_tokens", np.int32,
-                                     np.asarray(max_new_tokens, np.int32))
-        # Shared with the dispatcher, which fills it in (closed loop) and makes it absolute.
-        self.scheduled_ns = (scheduled_ns if self._scratch is None else
-                             column("scheduled_ns", np.int64, np.asarray(scheduled_ns, np.int64)))
-        # From the trace; NULL_I64 / NULL_I32 where a row belongs to no session.
-        self.session_id = column("session_id", np.int64, NULL_I64 if session_id is None
-                                 else np.asarray(session_id, np.int64))
-        self.turn = column("turn", np.int32, NULL_I32 if turn is None
-                           else np.asarray(turn, np.int32))
-        self._params: np.ndarray | None = None  # [warmup_end_ns] for the process flusher
-        if self._scratch is not None:
-            self._params = np.asarray(np.lib.format.open_memmap(
-                self._scratch / "params.npy", mode="w+", dtype=np.int64, shape=(1,)))
         self.warmup_end_ns = warmup_end_ns
-        self.sent_ns = column("sent_ns", np.int64, NULL_I64)
-        self.done_ns = column("done_ns", np.int64, NULL_I64)
-        self.status = column("status", np.int8, PENDING)
-        self._i64 = {name: column(name, np.int64, NULL_I64) for name in _I64_FIELDS}
-        self._i32 = {name: column(name, np.int32, NULL_I32) for name in _I32_FIELDS}
         self.error: dict[int, str] = {}
         # Workers repeat (a few servers or endpoints serve every row): dictionary-encoded, so the
         # flusher builds the column without a Python loop over rows.
-        self.worker_code = column("worker_code", np.int32, -1)
         self._worker_codes: dict[str, int] = {}
         self._worker_names: list[str] = []
         self.itl_ns: dict[int, list[int]] = {}
-        self.truncated = column("truncated", np.int8, -1)  # -1 null, 0 false, 1 true
         # Finished indices not yet on disk. Appended by the event loop; the flusher takes a
         # prefix with slice + del, each atomic under the GIL, so no lock is needed here.
         self._finished: list[int] = []
@@ -166,9 +160,7 @@ class TimelineRecorder:
         self._child_rows = 0
         self._closing = False
         self._scrubbed: dict[str, str] = {}
-        self.flusher_note: str | None = None  # why the process flusher fell back, if it did
         if self._scratch is not None:
-            self.written = column("written", np.int8, 0)  # set by the child once on disk
             self._start_child(run_dir, tag, model_names)
         else:
             self._warm_up()
@@ -187,22 +179,73 @@ class TimelineRecorder:
         if self._params is not None:
             self._params[0] = NULL_I64 if value is None else value
 
+    def _allocate(self, request_id, model_codes, batch_size, seq_len, max_new_tokens,
+                  scheduled_ns, session_id, turn) -> None:
+        """Every column, in plain arrays or (process flusher) in mapped files."""
+        column = self._column
+        self.request_id = column("request_id", np.int64, np.asarray(request_id, np.int64))
+        self.model_codes = column("model_codes", np.int32, np.asarray(model_codes, np.int32))
+        self.batch_size = column("batch_size", np.int32, np.asarray(batch_size, np.int32))
+        self.seq_len = column("seq_len", np.int32, np.asarray(seq_len, np.int32))
+        self.max_new_tokens = column("max_new_tokens", np.int32,
+                                     np.asarray(max_new_tokens, np.int32))
+        # Shared with the dispatcher, which fills it in (closed loop) and makes it absolute.
+        self.scheduled_ns = (scheduled_ns if self._scratch is None else
+                             column("scheduled_ns", np.int64, np.asarray(scheduled_ns, np.int64)))
+        # From the trace; NULL_I64 / NULL_I32 where a row belongs to no session.
+        self.session_id = column("session_id", np.int64, NULL_I64 if session_id is None
+                                 else np.asarray(session_id, np.int64))
+        self.turn = column("turn", np.int32, NULL_I32 if turn is None
+                           else np.asarray(turn, np.int32))
+        self.sent_ns = column("sent_ns", np.int64, NULL_I64)
+        self.done_ns = column("done_ns", np.int64, NULL_I64)
+        self.status = column("status", np.int8, PENDING)
+        self._i64 = {name: column(name, np.int64, NULL_I64) for name in _I64_FIELDS}
+        self._i32 = {name: column(name, np.int32, NULL_I32) for name in _I32_FIELDS}
+        # Workers repeat (a few servers or endpoints serve every row): dictionary-encoded, so the
+        # flusher builds the column without a Python loop over rows.
+        self.worker_code = column("worker_code", np.int32, -1)
+        self.truncated = column("truncated", np.int8, -1)  # -1 null, 0 false, 1 true
+        self._params: np.ndarray | None = None  # [warmup_end_ns] for the process flusher
+        if self._scratch is not None:
+            self.written = column("written", np.int8, 0)  # set by the child once on disk
+            self._params = self._mapped("params", np.int64, 1)
+            self._params[0] = NULL_I64
+
     def _column(self, name: str, dtype, values) -> np.ndarray:
         """A column: ``values`` (an array to copy, or a scalar fill) in a plain array, or in a
-        memory-mapped ``.npy`` file under the scratch directory (process flusher)."""
+        memory-mapped file under the scratch directory (process flusher)."""
         if self._scratch is None:
             if np.isscalar(values):
                 return np.full(self.n, values, dtype)
             return np.array(values, dtype, copy=True) if values.dtype != dtype else values
-        mm = np.lib.format.open_memmap(self._scratch / f"{name}.npy", mode="w+", dtype=dtype,
-                                       shape=(self.n,))
+        mm = self._mapped(name, dtype, self.n)
         mm[:] = values
-        return np.asarray(mm)  # a plain ndarray view: no memmap subclass cost on the hot path
+        return mm
+
+    def _mapped(self, name: str, dtype, n: int) -> np.ndarray:
+        """A zero-copy view of ``SCRATCH/name.bin``, its blocks reserved first (posix_fallocate:
+        ENOSPC here, as an OSError, instead of SIGBUS on a page fault mid-run)."""
+        dtype = np.dtype(dtype)
+        path = self._scratch / f"{name}.bin"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            size = max(1, n * dtype.itemsize)
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, size)
+            else:
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        self._mapped_dtypes[name] = dtype.str
+        # a plain ndarray over the map: no memmap subclass cost on the hot path
+        return np.asarray(np.memmap(path, dtype=dtype, mode="r+", shape=(n,)))
 
     def _start_child(self, run_dir, tag: str, model_names: list[str]) -> None:
         meta = {"run_dir": str(Path(run_dir)), "tag": tag, "n": self.n,
-                "model_names": list(model_names), "replay_worker": self.replay_worker, "interval_s": self.flush_interval_s,
-                "i64": list(_I64_FIELDS), "i32": list(_I32_FIELDS)}
+                "model_names": list(model_names), "replay_worker": self.replay_worker,
+                "interval_s": self.flush_interval_s, "i64": list(_I64_FIELDS),
+                "i32": list(_I32_FIELDS), "columns": self._mapped_dtypes}
         (self._scratch / "meta.json").write_text(json.dumps(meta))
         self._side_fd = os.open(self._scratch / "side.log",
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
