@@ -178,3 +178,34 @@ def test_no_space_for_the_maps_falls_back_to_the_thread(tmp_path, monkeypatch):
     rec.close()
     assert rows(tmp_path)["request_id"] == [100]
     assert "No space left" in rec.describe_flusher()["fallback"]
+
+
+def test_a_child_that_cannot_start_leaves_the_thread_in_charge(tmp_path, monkeypatch):
+    import traceforge.record.recorder as recorder_mod
+
+    monkeypatch.setattr(recorder_mod.sys, "executable", str(tmp_path / "no-such-python"))
+    rec = make(tmp_path, flusher="process")
+    assert "did not start" in rec.flusher_note
+    rec.complete(0, ERROR, 10, None, "boom")
+    rec.complete(1, OK, 20, None)
+    rec.close()
+    got = rows(tmp_path)
+    assert got["request_id"] == [100, 101] and got["error"][0] == "boom"
+    assert not list((tmp_path / "timeline").glob(".recorder-*"))  # scratch removed
+
+
+def test_a_child_that_says_something_else_is_stopped(tmp_path, monkeypatch):
+    """A child whose first line is not 'ready' is killed before the thread takes over, so no
+    row can be written twice."""
+    import traceforge.record.recorder as recorder_mod
+
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\necho hello\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(recorder_mod.sys, "executable", str(fake))
+    rec = make(tmp_path / "run", flusher="process")
+    assert "did not start" in rec.flusher_note and "hello" in rec.flusher_note
+    assert rec._proc.poll() is not None  # killed
+    rec.complete(0, OK, 10, None)
+    rec.close()
+    assert rows(tmp_path / "run")["request_id"] == [100]

@@ -255,17 +255,32 @@ class TimelineRecorder:
                                     else "")
         # Its own session: a signal to this process group (Ctrl-C, killpg) does not stop it
         # before it has written what this process finished; it exits when our pipe closes.
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "traceforge.record.flusher", str(self._scratch)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, start_new_session=True)
+        # stderr to a file, read only on failure: a pipe nobody drains could fill and stall it
+        err_path = self._scratch / "flusher.err"
+        try:
+            with open(err_path, "wb") as err_file:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "traceforge.record.flusher", str(self._scratch)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err_file,
+                    env=env, start_new_session=True)
+        except OSError as exc:
+            self._fall_back(f"flusher process did not start ({type(exc).__name__}: {exc})")
+            return
         if self.flusher_cpus:
             with contextlib.suppress(AttributeError, OSError):
                 os.sched_setaffinity(self._proc.pid, self.flusher_cpus)
         line = self._proc.stdout.readline()  # "ready" once imports and pyarrow's warm-up ran
         if not line.startswith(b'{"event": "ready"'):
-            err = self._proc.stderr.read().decode(errors="replace")[-500:] if line == b"" else ""
-            self._fall_back(f"flusher process did not start ({line[:200]!r} {err})".strip())
+            # Whatever it is doing, it must not write parts beside the thread that takes over.
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                self._proc.wait(timeout=5)
+            lines: list[str] = []
+            with contextlib.suppress(OSError):
+                lines = err_path.read_text(errors="replace").strip().splitlines()
+            last = lines[-1] if lines else ""
+            self._fall_back(f"flusher process did not start ({line[:200]!r} {last})".strip())
             return
         self._reader = threading.Thread(target=self._read_child, name="timeline-flusher-pipe",
                                         daemon=True)
@@ -553,6 +568,9 @@ class TimelineRecorder:
         except BaseException as exc:
             if self._error is None:
                 self._error = exc
+        if self._scratch is not None and self._proc is None:  # the child never started
+            self._side_fd_close()
+            shutil.rmtree(self._scratch, ignore_errors=True)
         if self._error is not None:
             raise self._error
 
