@@ -30,12 +30,8 @@ CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"
 
 
-def mps_processes(pipe_dir: str | None = None) -> list[dict]:
-    """Running MPS control daemons / servers (``/proc`` scan), optionally only ``pipe_dir``'s.
-
-    Each: {"pid", "name", "pipe_dir"}; pipe_dir is None where the environment is unreadable.
-    """
-    found = []
+def _mps_entries():
+    """(pid, name, state, /proc entry) of every process whose name starts nvidia-cuda-mps."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -45,7 +41,23 @@ def mps_processes(pipe_dir: str | None = None) -> list[dict]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if not name.startswith("nvidia-cuda-mps") or state in ("Z", "X"):
+        if name.startswith("nvidia-cuda-mps"):
+            yield int(entry.name), name, state, entry
+
+
+def mps_zombies() -> list[int]:
+    """MPS processes that exited and await reaping (state Z): no GPU context, no pipe."""
+    return sorted(pid for pid, _, state, _ in _mps_entries() if state == "Z")
+
+
+def mps_processes(pipe_dir: str | None = None) -> list[dict]:
+    """Running MPS control daemons / servers (``/proc`` scan), optionally only ``pipe_dir``'s.
+
+    Each: {"pid", "name", "pipe_dir"}; pipe_dir is None where the environment is unreadable.
+    """
+    found = []
+    for pid, name, state, entry in _mps_entries():
+        if state in ("Z", "X"):
             continue
         env_pipe: str | None = None
         try:
@@ -55,7 +67,7 @@ def mps_processes(pipe_dir: str | None = None) -> list[dict]:
         except OSError:
             pass
         if pipe_dir is None or env_pipe == pipe_dir:
-            found.append({"pid": int(entry.name), "name": name, "pipe_dir": env_pipe})
+            found.append({"pid": pid, "name": name, "pipe_dir": env_pipe})
     return found
 
 

@@ -11,24 +11,12 @@ a live one remains.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from traceforge.gpu.mps import mps_processes
+from traceforge.gpu.mps import mps_processes, mps_zombies
 
 
 def zombies() -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            name = (entry / "comm").read_text().strip()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if name.startswith("nvidia-cuda-mps") and state == "Z":
-            out.append(int(entry.name))
-    return sorted(out)
+    return mps_zombies()
 
 
 def main() -> int:

@@ -248,48 +248,11 @@ def estimate_slowdowns(intervals: dict[str, tuple[np.ndarray, np.ndarray]],
     return out
 
 
-def handoff_gaps(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
-                 start_ns: np.ndarray, end_ns: np.ndarray,
-                 transport_ns: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """The executor's hand-off gaps in one timeline (ok rows), by the model that finished.
-
-    On each worker, in service-start order: when request ``k+1`` was already waiting as ``k``
-    ended (sent, plus its model's transport to the worker, no later than ``k``'s
-    ``service_end``), ``start[k+1] - end[k]`` is time the worker spent on neither request:
-    reporting the result, taking the next job, launching it. ``transport_ns`` per model: the
-    dispatcher-to-worker delay; by default the median ``start - sent`` of the requests that
-    found their worker idle. Gaps may be negative where the executor pipelines (a graph launched
-    behind the previous one); they are returned as measured.
-    """
-    worker = np.asarray(worker)
-    model = np.asarray(model)
-    sent = np.asarray(sent_ns, dtype=np.float64)
-    start = np.asarray(start_ns, dtype=np.float64)
-    end = np.asarray(end_ns, dtype=np.float64)
-    if transport_ns is None:
-        transport_ns = idle_transport_ns(worker, model, sent, start, end)
-    order = np.lexsort((start, worker))
-    w, m = worker[order], model[order]
-    se, st, en = sent[order], start[order], end[order]
-    same = w[1:] == w[:-1]
-    reach = se + np.array([transport_ns.get(x, 0.0) for x in m.tolist()], dtype=np.float64)
-    waiting = same & (reach[1:] <= en[:-1])
-    gaps = st[1:] - en[:-1]
-    return {name: gaps[waiting & (m[:-1] == name)] for name in np.unique(m).tolist()}
-
-
-def handoff_classes(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
-                    start_ns: np.ndarray, end_ns: np.ndarray,
-                    transport_ns: dict[str, float] | None = None
-                    ) -> dict[tuple[str, str, bool], np.ndarray]:
-    """:func:`handoff_gaps` split by the pair (finished model, next model) and by whether the
-    next request had already reached the worker when the finished one *started* (``early``:
-    it could be launched behind it) or only while it ran. Measured on an H200 (exclusive,
-    distilbert-base ``enc`` + distilgpt2 ``gen``, 2026-11-30 16:03 UTC) the classes differ
-    far more than the per-model mean shows: enc→enc 31–35 µs early vs 99–258 µs late,
-    enc→gen 210–267 µs, gen→enc 434–535 µs, gen→gen 369–476 µs; which classes a workload
-    produces depends on its mix and burstiness, so a per-model mean from one workload does
-    not carry to another (docs/results/simulator-fidelity-h200.md)."""
+def _waiting_pairs(worker, model, sent_ns, start_ns, end_ns,
+                   transport_ns: dict[str, float] | None):
+    """Consecutive requests on each worker, in service-start order: the models of both sides,
+    whether the second was already waiting as the first ended (``waiting``), whether it had
+    arrived before the first *started* (``early``), and the gap ``start[k+1] - end[k]``."""
     worker = np.asarray(worker)
     model = np.asarray(model)
     sent = np.asarray(sent_ns, dtype=np.float64)
@@ -304,13 +267,47 @@ def handoff_classes(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
     reach = se + np.array([transport_ns.get(x, 0.0) for x in m.tolist()], dtype=np.float64)
     waiting = same & (reach[1:] <= en[:-1])
     early = reach[1:] <= st[:-1]
-    gaps = st[1:] - en[:-1]
+    return m[:-1], m[1:], waiting, early, st[1:] - en[:-1]
+
+
+def handoff_gaps(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
+                 start_ns: np.ndarray, end_ns: np.ndarray,
+                 transport_ns: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """The executor's hand-off gaps in one timeline (ok rows), by the model that finished.
+
+    On each worker, in service-start order: when request ``k+1`` was already waiting as ``k``
+    ended (sent, plus its model's transport to the worker, no later than ``k``'s
+    ``service_end``), ``start[k+1] - end[k]`` is time the worker spent on neither request:
+    reporting the result, taking the next job, launching it. ``transport_ns`` per model: the
+    dispatcher-to-worker delay; by default the median ``start - sent`` of the requests that
+    found their worker idle. Gaps may be negative where the executor pipelines (a graph launched
+    behind the previous one); they are returned as measured.
+    """
+    done, _, waiting, _, gaps = _waiting_pairs(worker, model, sent_ns, start_ns, end_ns,
+                                               transport_ns)
+    return {name: gaps[waiting & (done == name)] for name in np.unique(model).tolist()}
+
+
+def handoff_classes(worker: np.ndarray, model: np.ndarray, sent_ns: np.ndarray,
+                    start_ns: np.ndarray, end_ns: np.ndarray,
+                    transport_ns: dict[str, float] | None = None
+                    ) -> dict[tuple[str, str, bool], np.ndarray]:
+    """:func:`handoff_gaps` split by the pair (finished model, next model) and by whether the
+    next request had already reached the worker when the finished one *started* (``early``:
+    it could be launched behind it) or only while it ran. Measured on an H200 (exclusive,
+    distilbert-base ``enc`` + distilgpt2 ``gen``, 2026-11-30 16:03 UTC) the classes differ
+    far more than the per-model mean shows: enc→enc 31–35 µs early vs 99–258 µs late,
+    enc→gen 210–267 µs, gen→enc 434–535 µs, gen→gen 369–476 µs; which classes a workload
+    produces depends on its mix and burstiness, so a per-model mean from one workload does
+    not carry to another (docs/results/simulator-fidelity-h200.md)."""
+    done, nxt, waiting, early, gaps = _waiting_pairs(worker, model, sent_ns, start_ns, end_ns,
+                                                     transport_ns)
     out = {}
-    names = np.unique(m).tolist()
+    names = np.unique(model).tolist()
     for a in names:
         for b in names:
             for e in (True, False):
-                k = waiting & (m[:-1] == a) & (m[1:] == b) & (early == e)
+                k = waiting & (done == a) & (nxt == b) & (early == e)
                 if k.any():
                     out[(a, b, e)] = gaps[k]
     return out
