@@ -11,8 +11,11 @@ from traceforge.schema import atomic_write
 
 def pack_dir(root: Path | str) -> dict[str, bytes]:
     root = Path(root)
+    # Dot-files and anything under a dot-directory (temporaries, a recorder's scratch) stay.
     return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".")
+                                       for part in p.relative_to(root).parts)}
 
 
 def land_files(files: dict[str, bytes], dest: Path | str) -> list[Path]:
