@@ -163,6 +163,14 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
              tmp_path / "sim-x", profile=load_profile(out), mode="exclusive")
     info = json.loads((tmp_path / "sim-x" / "run.json").read_text())["backend_info"]
     assert set(info["handoff_pair_ms"]) == {"bert", "gpt"}
+    # transport by idle time, from every phase; the simulator applied it (and says so)
+    for mode in ("exclusive", "timeslice"):
+        table = data["modes"][mode]["inbound_by_idle_ms"]
+        assert set(table) == {"tiny-bert", "tiny-gpt2"}
+        for rows in table.values():
+            assert all(r[3] >= 5 and r[2] >= 0 for r in rows)
+            assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert set(info["inbound_by_idle_ms"]) == {"bert", "gpt"}
 
     profile = load_profile(out)
     trace = write_poisson_trace(tmp_path / "t.parquet", rate_per_s=50, n=200,

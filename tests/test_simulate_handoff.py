@@ -9,6 +9,7 @@ waiting starts at ``end + g``; one arriving later starts on arrival (docs/simula
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ from traceforge.simulate.measure import (
     handoff_gaps,
     handoff_ms,
     handoff_pair_ms,
+    idle_transport_bins,
+    idle_transport_samples,
 )
 from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
 
@@ -422,3 +425,66 @@ def test_simulator_exclusive_uses_the_pair_table(tmp_path):
     assert col_ms(tmp_path / "run", "service_start_ns") == pytest.approx([0, 2.4, 3.45])
     info = RunManifest.load(tmp_path / "run")["backend_info"]
     assert info["handoff_pair_ms"] == {"a": {"b": {"late": 0.4}}, "b": {"a": {"early": 0.05}}}
+
+
+# -- transport by the worker's idle time ---------------------------------------------------------
+
+def test_idle_transport_samples_and_bins():
+    # One worker: r0 sent 0 (first: idle for inf), start 100, end 200. r1 sent 5_000_200 (idle
+    # 5 ms) starts 5_000_600: transport 400. r2 sent 5_000_700 while r1 runs: not idle.
+    worker = np.array(["w", "w", "w"])
+    model = np.array(["a", "a", "a"])
+    sent = np.array([0, 5_000_200, 5_000_700])
+    start = np.array([100, 5_000_600, 5_001_000])
+    end = np.array([200, 5_000_900, 5_001_200])
+    got = idle_transport_samples(worker, model, sent, start, end)
+    gaps, transport = got["a"]
+    assert np.isinf(gaps[0]) and gaps[1] == 5_000_000 and transport.tolist() == [100, 400]
+    bins = idle_transport_bins([got, got, got, got, got])
+    assert bins == {"a": [[3.0, 10.0, 0.0004, 5], [10.0, None, 0.0001, 5]]}
+
+
+def test_profile_idle_inbound_table_loads_and_picks_the_bin():
+    modes = {"mps": {"inbound_ms": {"a": 0.25},
+                     "inbound_by_idle_ms": {"a": [[0.0, 1.0, 0.2, 9], [1.0, 10.0, 0.3, 9],
+                                                  [10.0, None, 0.6, 9]]},
+                     "slowdown": {}}}
+    mp = make_profile({"a": model_profile(2.0)}, modes).modes["mps"]
+    assert mp.idle_inbound_ms("a", 0.1) == 0.2 and mp.idle_inbound_ms("a", 5) == 0.3
+    assert mp.idle_inbound_ms("a", math.inf) == 0.6 and mp.idle_inbound_ms("b", 1) is None
+    bad = {"mps": {"inbound_by_idle_ms": {"a": [[2.0, 1.0, 0.2, 9]]}}}
+    with pytest.raises(BadInput, match=r"modes\.mps\.inbound_by_idle_ms\.a"):
+        make_profile({"a": model_profile(2.0)}, bad)
+
+
+def test_concurrent_worker_idle_inbound_hand_computed():
+    # One worker, work 100. r0 sent 0: first request, idle forever -> inbound f(inf) = 50.
+    # r1 sent 120 while r0 runs (50..150): keeps its arrival 120 + 10 = 130 -> starts at 150.
+    # r2 sent 1_000 (idle since 250 for 750) -> inbound 750 // 10 = 75 -> starts 1_075.
+    def f(idle):
+        return 50.0 if math.isinf(idle) else idle / 10
+
+    q = ModelQueue(np.array([10.0, 130.0, 1010.0]), np.array([100.0, 100.0, 100.0]),
+                   sent_ns=np.array([0.0, 120.0, 1000.0]), idle_inbound=f)
+    res = shared_workers([q], exclusive=False)
+    assert res[0].start_ns.tolist() == [50.0, 150.0, 1075.0]
+    # Without the table: the constant arrivals.
+    res0 = shared_workers([ModelQueue(q.arrival_ns, q.work_ns)], exclusive=False)
+    assert res0[0].start_ns.tolist() == [10.0, 130.0, 1010.0]
+
+
+def test_fifo_pair_handoff_idle_inbound_matches_the_concurrent_worker():
+    rng = np.random.default_rng(9)
+    sent = np.cumsum(rng.exponential(300, 300))
+    work = rng.uniform(50, 250, 300)
+
+    def f(idle):
+        return 40.0 if math.isinf(idle) else 20 + min(idle, 1000) / 20
+
+    arrival = sent + 20
+    res = shared_workers([ModelQueue(arrival, work, sent_ns=sent, idle_inbound=f)],
+                         exclusive=False)
+    s, _ = fifo_pair_handoff(np.rint(arrival).astype(np.int64), np.rint(work).astype(np.int64),
+                             np.zeros(300, np.int64), lambda p, n, e: 0.0,
+                             np.rint(sent).astype(np.int64), lambda m, idle: f(idle))
+    assert np.abs(s - res[0].start_ns).max() <= 3  # integer rounding only

@@ -52,17 +52,22 @@ def fifo_servers(arrival_ns: np.ndarray, service_ns: np.ndarray,
 
 
 def fifo_pair_handoff(arrival_ns: np.ndarray, service_ns: np.ndarray, model: np.ndarray,
-                      gap_ns: Callable[[int, int, bool], float]
+                      gap_ns: Callable[[int, int, bool], float],
+                      sent_ns: np.ndarray | None = None,
+                      idle_inbound: Callable[[int, float], float] | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """One FIFO server (requests in arrival order, ``arrival_ns`` non-decreasing) whose
     hand-off depends on the pair: a request already waiting when the one before it ends starts
     ``gap_ns(prev model, its model, early)`` after that end, ``early`` meaning it had arrived by
     the time the one before it *started* (simulate/measure.handoff_classes); one that arrives
     later starts on arrival. A Python loop (the gap depends on the previous start), ~1 µs per
-    request."""
+    request. ``idle_inbound(model, idle_ns)`` with ``sent_ns``: a request sent after the one
+    before it ended reaches the server ``idle_inbound`` after its send (see ``ModelQueue``)."""
     arrival = np.asarray(arrival_ns, dtype=np.int64).tolist()
     service = np.asarray(service_ns, dtype=np.int64).tolist()
     models = np.asarray(model).tolist()
+    sent = None if sent_ns is None or idle_inbound is None else \
+        np.asarray(sent_ns, dtype=np.int64).tolist()
     n = len(arrival)
     start = [0] * n
     prev_start = prev_end = None
@@ -70,6 +75,9 @@ def fifo_pair_handoff(arrival_ns: np.ndarray, service_ns: np.ndarray, model: np.
     cache: dict[tuple[int, int, bool], int] = {}
     for k in range(n):
         a = arrival[k]
+        if sent is not None and (prev_end is None or sent[k] > prev_end):
+            idle = math.inf if prev_end is None else sent[k] - prev_end
+            a = sent[k] + round(idle_inbound(models[k], idle))
         if prev_end is None:
             s = a
         else:  # as fifo_servers: the hand-off occupies the server, whoever comes next
@@ -138,6 +146,12 @@ class ModelQueue:
 
     arrival_ns: np.ndarray  # float64, non-decreasing: when each request reaches its worker
     work_ns: np.ndarray | None = None  # alone service time per request (no batching)
+    # Transport that depends on how long the worker had been idle (simulate/measure.py,
+    # idle_transport_bins): a request sent at ``sent_ns[i]`` to a worker idle since ``t``
+    # reaches it at ``sent + idle_inbound(sent - t)`` (``t`` = -inf before its first request);
+    # one sent while the worker is busy keeps ``arrival_ns[i]``. Unbatched workers only.
+    sent_ns: np.ndarray | None = None
+    idle_inbound: Callable[[float], float] | None = None
 
 
 @dataclass(slots=True)
@@ -351,6 +365,12 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
     ones = [1.0] * k
     workers = range(k)
     event = [a[0] if a else inf for a in arrivals]
+    idle_fn = [q.idle_inbound if q.sent_ns is not None else None for q in queues]
+    sents = [None if f is None else np.asarray(q.sent_ns, dtype=np.float64).tolist()
+             for f, q in zip(idle_fn, queues, strict=True)]
+    for w in workers:
+        if idle_fn[w] is not None and sizes[w]:
+            event[w] = sents[w][0] + idle_fn[w](inf)
     busy = [False] * k
     current = [0] * k  # request in service (busy) or next to start (idle)
     rate = list(ones)
@@ -370,6 +390,9 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
             current[w] = i
             if i < sizes[w]:
                 a = arrivals[w][i]
+                f = idle_fn[w]
+                if f is not None and sents[w][i] > t:  # sent to an idle worker
+                    a = sents[w][i] + f(sents[w][i] - t)
                 g = gap[w]
                 if g > 0.0:  # the hand-off: idle until t + g at the earliest
                     a = a if a > t + g else t + g

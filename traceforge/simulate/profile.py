@@ -133,6 +133,22 @@ class ModeProfile:
     # every model. Empty in older profiles.
     handoff_pair_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
+    # Transport to the worker by how long it had been idle (``inbound_by_idle_ms``: model ->
+    # [[lo_ms, hi_ms or None, median_ms, n], ...], measure.idle_transport_bins). Empty in older
+    # profiles: then ``inbound_ms`` for every request.
+    inbound_by_idle_ms: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+
+    def idle_inbound_ms(self, model: str, idle_ms: float) -> float | None:
+        """The transport of a request sent to ``model``'s worker idle for ``idle_ms``: the
+        median of its bin; beyond the measured bins, the nearest one's. None without a table."""
+        rows = self.inbound_by_idle_ms.get(model)
+        if not rows:
+            return None
+        for lo, hi, value in rows:
+            if lo <= idle_ms < hi:
+                return value
+        return rows[0][2] if idle_ms < rows[0][0] else rows[-1][2]
+
     def pair_gap_ms(self, prev: str, nxt: str, early: bool) -> float:
         """The class's hand-off; falls back to the other timing of the pair, then to
         ``handoff_ms[prev]``, then 0."""
@@ -296,11 +312,27 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                                        key=f"modes.{mode}.handoff_pair_ms.{a}.{b}.{label}",
                                        value=v)
                     pairs.setdefault(a, {}).setdefault(b, {})[label] = x
+        idle_bins: dict[str, list[tuple[float, float, float]]] = {}
+        for name, rows in (md.get("inbound_by_idle_ms") or {}).items():
+            key = f"modes.{mode}.inbound_by_idle_ms.{name}"
+            parsed = []
+            try:
+                for row in rows:
+                    lo, hi, value = float(row[0]), (math.inf if row[1] is None
+                                                    else float(row[1])), float(row[2])
+                    if not (0 <= lo < hi and math.isfinite(value) and value >= 0):
+                        raise ValueError
+                    parsed.append((lo, hi, value))
+            except (TypeError, ValueError, IndexError):
+                raise BadInput("rows must be [lo_ms, hi_ms or null, median_ms >= 0, n] with "
+                               "lo < hi", source=source, key=key, value=rows) from None
+            idle_bins[name] = sorted(parsed)
         modes[mode] = ModeProfile(
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
             slowdown=slow, handoff_ms=handoff, handoff_pair_ms=pairs,
+            inbound_by_idle_ms=idle_bins,
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))

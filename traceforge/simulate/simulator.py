@@ -202,6 +202,14 @@ def simulate(
                          for a, pa in mapping.items()
                          if pa in profile.modes[mode].handoff_pair_ms}
                         if mode == "exclusive" and max_batch == 1 else {}),
+                    # transport by the worker's idle time (profile inbound_by_idle_ms), per
+                    # trace model: [[lo_ms, hi_ms, median_ms], ...]; {} = constant inbound_ms
+                    "inbound_by_idle_ms": (
+                        {n: [[lo, None if math.isinf(hi) else hi, v] for lo, hi, v in
+                             profile.modes[mode].inbound_by_idle_ms[p]]
+                         for n, p in mapping.items()
+                         if p in profile.modes[mode].inbound_by_idle_ms}
+                        if max_batch == 1 else {}),
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -541,8 +549,14 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                 shape = ((run_bs[rows] << 42) | (run_seq[rows] << 21) | new_all[rows])
                 _, first = np.unique(shape, return_index=True)
                 work[first] += pm.cold_ns(run_bs[rows][first], run_seq[rows][first])
-        queues.append(ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
-                                 work_ns=work))
+        queue = ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
+                           work_ns=work)
+        if max_batch == 1 and pm_name in mp.inbound_by_idle_ms:
+            # Transport by how long the worker had been idle (profile inbound_by_idle_ms).
+            queue.sent_ns = scheduled[rows].astype(np.float64)
+            queue.idle_inbound = (lambda idle_ns, p=pm_name:
+                                  mp.idle_inbound_ms(p, idle_ns / 1e6) * 1e6)
+        queues.append(queue)
 
     batch_work = None
     if max_batch > 1:
@@ -582,17 +596,25 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             arrive[rows] = queues[m].arrival_ns
             work[rows] = queues[m].work_ns
         order = np.argsort(arrive, kind="stable")
-        if mp.handoff_pair_ms:
+        pm_names = [mapping[x] for x in names]
+        idle_table = any(p in mp.inbound_by_idle_ms for p in pm_names)
+        if mp.handoff_pair_ms or idle_table:
             # The hand-off by (finished model, next model, next already waiting at the start):
-            # measured by the profile's mixed phase (simulate/measure.handoff_classes).
-            pm_names = [mapping[x] for x in names]
-
+            # measured by the profile's mixed phase (simulate/measure.handoff_classes); the
+            # transport of a request sent to the idle worker by how long it had been idle.
             def gap_ns(prev: int, nxt: int, early: bool) -> float:
-                return mp.pair_gap_ms(pm_names[prev], pm_names[nxt], early) * 1e6
+                if mp.handoff_pair_ms:
+                    return mp.pair_gap_ms(pm_names[prev], pm_names[nxt], early) * 1e6
+                return float(handoff[prev])
+
+            def idle_inbound(m: int, idle_ns: float) -> float:
+                value = mp.idle_inbound_ms(pm_names[m], idle_ns / 1e6)
+                return inbound[m] if value is None else value * 1e6
 
             s, e = fifo_pair_handoff(np.rint(arrive[order]).astype(np.int64),
                                      np.rint(work[order]).astype(np.int64), codes[order],
-                                     gap_ns)
+                                     gap_ns, scheduled[order] if idle_table else None,
+                                     idle_inbound if idle_table else None)
         else:
             s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
                                 np.rint(work[order]).astype(np.int64), 1,
