@@ -170,6 +170,7 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
         for rows in table.values():
             assert all(r[3] >= 5 and r[2] >= 0 for r in rows)
             assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+            assert rows[-1][:2] == [10.0, None], rows  # the sparse phase's long idle gaps
     assert set(info["inbound_by_idle_ms"]) == {"bert", "gpt"}
 
     profile = load_profile(out)

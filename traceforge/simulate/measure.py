@@ -395,6 +395,10 @@ def idle_transport_ns(worker, model, sent_ns, start_ns, end_ns) -> dict[str, flo
 
 
 IDLE_BINS_MS = (0.0, 0.3, 1.0, 3.0, 10.0, math.inf)
+# The profile's sparse phase: per model and mode this many requests, exponential gaps of this
+# mean (ms): about 60 % of them find the worker idle for more than 10 ms. ~0.5 s per model.
+IDLE_PHASE_REQUESTS = 24
+IDLE_PHASE_GAP_MS = 20.0
 
 
 def idle_transport_samples(worker, model, sent_ns, start_ns, end_ns
@@ -992,6 +996,16 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         start, end, _ = _times(timeline)
         group = np.asarray(phase.group)
         timed = np.asarray(phase.timed)
+        # A sparse pass, one model at a time: requests ~IDLE_PHASE_GAP_MS apart, so the
+        # transport after long idle gaps is measured too (idle_transport_bins; only that is
+        # taken from this phase). The phases above leave a worker idle for milliseconds at most.
+        sparse = _Phase()
+        t = 0.0
+        for g, m in enumerate(models):
+            for _ in range(IDLE_PHASE_REQUESTS):
+                t += rng.exponential(IDLE_PHASE_GAP_MS * 1e6)
+                sparse.add(m, *refs[m], g, True, arrival_ns=int(t))
+        await replay.run(sparse, None, "reference-idle")
     sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     worker = np.asarray(timeline.column("worker").fill_null("").to_pylist())
