@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from traceforge.record import read_timeline
-from traceforge.record.recorder import CANCELLED, ERROR, OK, TIMEOUT, TimelineRecorder
+from traceforge.record.recorder import CANCELLED, DROPPED, ERROR, OK, TIMEOUT, TimelineRecorder
 from traceforge.redact import Scrubber
 from traceforge.replay import Outcome
 
@@ -159,7 +159,41 @@ def test_a_failed_part_in_the_child_stops_the_run(tmp_path):
 def test_unknown_flusher_is_refused():
     with pytest.raises(ValueError, match="flusher"):
         make("/nonexistent", flusher="fork")
-    assert CANCELLED != OK  # the names imported above are the recorder's own
+
+
+def test_sparse_values_live_in_the_side_log_only(tmp_path):
+    """While the child writes, this process keeps no per-row error text or inter-token list:
+    at overload (every row a timeout) or in a long streamed run those dicts would grow with
+    every row."""
+    rec = make(tmp_path, n=6, flusher="process")
+    rec.complete(0, TIMEOUT, None, None, "no response in 5 s")
+    rec.complete(1, OK, 20, Outcome(itl_ns=[1, 2, 3], worker="w1"))
+    rec.sent_ns[2] = 5  # sent, never answered: cancelled; the rest were never sent: dropped
+    rec.finalize_pending(np.ones(6, bool), cancelled_msg="cancelled: run interrupted",
+                         dropped_msg="not sent")
+    assert rec.error == {} and rec.itl_ns == {}
+    assert rec.status[2] == CANCELLED and rec.status[3] == DROPPED and rec.status[0] == TIMEOUT
+    rec.close()
+    got = rows(tmp_path)
+    assert got["error"][:4] == ["no response in 5 s", None, "cancelled: run interrupted",
+                                "not sent"]
+    assert got["itl_ns"][1] == [1, 2, 3] and got["worker"][1] == "w1"
+
+
+def test_a_dead_child_s_unwritten_rows_keep_their_error_text(tmp_path):
+    # The child scans once a second: row 0 finishes, then the child dies before writing it.
+    rec = make(tmp_path, n=6, flusher="process", flush_interval_s=1.0)
+    rec.complete(0, ERROR, 10, None, "ValueError: before the crash")
+    rec._proc.kill()
+    rec._proc.wait()
+    deadline = time.monotonic() + 5
+    while rec.flusher_note is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    rec.complete(1, ERROR, 20, None, "ValueError: after the crash")
+    rec.close()
+    got = rows(tmp_path)
+    assert got["request_id"] == [100, 101]
+    assert got["error"] == ["ValueError: before the crash", "ValueError: after the crash"]
 
 
 def test_no_space_for_the_maps_falls_back_to_the_thread(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ written one scan later, and scans run every half interval, so parts lag by at mo
 interval either way. ``close`` on stdin, or stdin's EOF (the dispatcher
 died, even by SIGKILL), ends it with a last part of every finished row; after an EOF it also
 removes SCRATCH. Messages on stdout, one JSON object per line: ``ready``, ``error`` (a part
-could not be written: the dispatcher stops the run), ``done`` (rows written, part windows).
+could not be written: the dispatcher stops the run), ``done`` (rows and parts written).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import platform
 import select
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,43 +34,6 @@ def _say(**msg) -> None:
         sys.stdout.flush()
     except (BrokenPipeError, OSError):  # the dispatcher is gone: nobody to tell
         pass
-
-
-class _SideLog:
-    """Reads complete records appended since the last call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.tail = b""
-
-    def read(self, rec) -> None:
-        from traceforge.record.recorder import SIDE_ERROR, SIDE_HEADER, SIDE_ITL, SIDE_WORKER
-
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        buf = self.tail + data
-        pos, size = 0, SIDE_HEADER.size
-        while pos + size <= len(buf):
-            i, kind, length = SIDE_HEADER.unpack_from(buf, pos)
-            if pos + size + length > len(buf):
-                break
-            payload = buf[pos + size: pos + size + length]
-            if kind == SIDE_ERROR:
-                rec.error[i] = payload.decode(errors="replace")
-            elif kind == SIDE_ITL:
-                rec.itl_ns[i] = np.frombuffer(payload, np.int64).tolist()
-            elif kind == SIDE_WORKER:
-                while len(rec._worker_names) <= i:
-                    rec._worker_names.append("")
-                rec._worker_names[i] = payload.decode(errors="replace")
-            pos += size + length
-        self.tail = buf[pos:]
 
 
 def _open(scratch: Path):
@@ -109,12 +71,12 @@ def _open(scratch: Path):
 
 
 def main(argv: list[str]) -> int:
-    from traceforge.record.recorder import NULL_I64, PENDING
+    from traceforge.record.recorder import NULL_I64, PENDING, SideLog
 
     scratch = Path(argv[0])
     meta, rec, written, writer = _open(scratch)
     rec._warm_up()  # pyarrow's first-call costs, before the schedule
-    side = _SideLog(scratch / "side.log")
+    side = SideLog(scratch / "side.log")
     # x86: stores become visible in program order; other CPUs may reorder them, so a row is
     # taken one scan after its status was seen (twice the scans, same lag).
     settle = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
@@ -123,7 +85,7 @@ def main(argv: list[str]) -> int:
     _say(event="ready", pid=os.getpid())
     lo = 0  # rows below lo are all written
     seen = np.empty(0, np.int64)  # final at the last scan, not yet written
-    windows: list[list[int]] = []
+    parts = 0
     error: str | None = None
     parent_gone = False
     while True:
@@ -143,15 +105,15 @@ def main(argv: list[str]) -> int:
         rows = done if final or not settle else np.intersect1d(seen, done, assume_unique=True)
         try:
             if rows.size:
-                started = time.monotonic_ns()
                 end = int(rec._params[0])
                 rec._warmup_end_ns = None if end == NULL_I64 else end
                 writer.write_part(rec._build(rows))
                 written[rows] = 1
-                windows.append([started, time.monotonic_ns()])
-                for i in rows.tolist():
-                    rec.error.pop(i, None)
-                    rec.itl_ns.pop(i, None)
+                parts += 1
+                if rec.error or rec.itl_ns:
+                    for i in rows.tolist():
+                        rec.error.pop(i, None)
+                        rec.itl_ns.pop(i, None)
         except Exception as exc:  # reported; the dispatcher ends the run
             error = f"{type(exc).__name__}: {exc}"[:500]
             _say(event="error", message=error)
@@ -163,7 +125,7 @@ def main(argv: list[str]) -> int:
     written.flush()
     if parent_gone:  # nobody else will: the parts hold every finished row now
         shutil.rmtree(scratch, ignore_errors=True)
-    _say(event="done", rows_written=writer.rows_written, windows=windows, error=error,
+    _say(event="done", rows_written=writer.rows_written, parts=parts, error=error,
          parent_gone=parent_gone)
     return 0
 

@@ -21,7 +21,9 @@ flusher out of the dispatcher's process: the columns live in memory-mapped files
 directory ``timeline/.recorder-*`` (ignored by Parquet dataset readers), the sparse values go to
 an append-only side log there (error text scrubbed first: nothing unscrubbed reaches disk), and a
 child process (:mod:`traceforge.record.flusher`) scans the status column and writes the parts.
-The dispatcher then shares neither the GIL nor its core with the flusher. Measured on the 2-core
+The dispatcher then shares neither the GIL nor its core with the flusher; its own cost is one
+``write`` per row that has an error or an inter-token list (the side log), and none kept in
+memory (those values are not also held in this process's dicts). Measured on the 2-core
 VM (docs/scale.md): the thread flusher's GIL hand-offs were what limited one process to
 40–50k req/s (send-lag p99 ≤ 1 ms) while, with no flushing at all, it sustained 80k. A
 ``kill -9`` of the dispatcher loses nothing: the child sees its stdin close, writes every
@@ -66,6 +68,44 @@ SIDE_HEADER = struct.Struct("<qBI")
 SIDE_ERROR, SIDE_ITL, SIDE_WORKER = 0, 1, 2  # utf-8 text / int64 array / utf-8 name (row = code)
 FLUSHERS = ("process", "thread")
 _SCRUB_CACHE_MAX = 4096
+
+
+class SideLog:
+    """Reads the side log's complete records appended since the last call into a recorder's
+    sparse values (``error``, ``itl_ns``, ``_worker_names``): the flusher child, and this
+    process after a fall-back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.tail = b""
+
+    def read(self, rec) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        buf = self.tail + data
+        pos, size = 0, SIDE_HEADER.size
+        while pos + size <= len(buf):
+            i, kind, length = SIDE_HEADER.unpack_from(buf, pos)
+            if pos + size + length > len(buf):
+                break
+            payload = buf[pos + size: pos + size + length]
+            if kind == SIDE_ERROR:
+                rec.error[i] = payload.decode(errors="replace")
+            elif kind == SIDE_ITL:
+                rec.itl_ns[i] = np.frombuffer(payload, np.int64).tolist()
+            elif kind == SIDE_WORKER:
+                while len(rec._worker_names) <= i:
+                    rec._worker_names.append("")
+                rec._worker_names[i] = payload.decode(errors="replace")
+            pos += size + length
+        self.tail = buf[pos:]
+
 
 
 class TimelineRecorder:
@@ -155,9 +195,13 @@ class TimelineRecorder:
         self.on_error = None
         self._thread: threading.Thread | None = None
         self._side_fd: int | None = None
+        self._side_reader: SideLog | None = None  # this process's reader, after a fall-back
         self._proc: subprocess.Popen | None = None
-        self._child: dict = {}  # the child's final summary (rows, windows, error)
-        self._child_rows = 0
+        # True while the child writes the parts: complete() then keeps sparse values in the
+        # side log only (not also in this process's dicts: they would grow with every error
+        # and streamed row of the run) and queues nothing for the thread.
+        self._child_active = False
+        self._child: dict = {}  # the child's final summary (rows, parts, error)
         self._closing = False
         self._scrubbed: dict[str, str] = {}
         if self._scratch is not None:
@@ -249,6 +293,7 @@ class TimelineRecorder:
         (self._scratch / "meta.json").write_text(json.dumps(meta))
         self._side_fd = os.open(self._scratch / "side.log",
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._side_reader = SideLog(self._scratch / "side.log")
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # importable as in this process
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
@@ -282,6 +327,7 @@ class TimelineRecorder:
             last = lines[-1] if lines else ""
             self._fall_back(f"flusher process did not start ({line[:200]!r} {last})".strip())
             return
+        self._child_active = True
         self._reader = threading.Thread(target=self._read_child, name="timeline-flusher-pipe",
                                         daemon=True)
         self._reader.start()
@@ -306,10 +352,12 @@ class TimelineRecorder:
 
     def _fall_back(self, why: str) -> None:
         """The child is gone: flush from this process (thread), continuing its part numbers.
-        From here complete() queues rows again; a row queued twice is written once (flush)."""
+        From here complete() queues rows again (a row queued twice is written once, flush());
+        sparse values keep going to the side log, which flush() reads. The side log stays open
+        until close(): it is closed only by the thread that writes it."""
+        self._child_active = False
         self.flusher_note = why
         self.writer.resync()
-        self._side_fd_close()
         self._finished.extend(np.flatnonzero((self.status != PENDING)
                                              & (self.written == 0)).tolist())
         if not self._closing:
@@ -324,14 +372,22 @@ class TimelineRecorder:
                 os.close(fd)
 
     def _side(self, i: int, kind: int, payload: bytes) -> None:
-        fd = self._side_fd
-        if fd is not None:
-            try:
-                os.write(fd, SIDE_HEADER.pack(i, kind, len(payload)) + payload)
-            except OSError as exc:  # disk full: the run stops, as when a part fails
-                self._error = exc
-                if self.on_error is not None:
-                    self.on_error(exc)
+        try:
+            os.write(self._side_fd, SIDE_HEADER.pack(i, kind, len(payload)) + payload)
+        except OSError as exc:  # disk full: the run stops, as when a part fails
+            self._error = exc
+            if self.on_error is not None:
+                self.on_error(exc)
+
+    def _load_side(self) -> None:
+        """After a fall-back: the side log's new records into this process's dicts, less the
+        rows the child already wrote."""
+        if self._side_reader is None:
+            return
+        self._side_reader.read(self)
+        for d in (self.error, self.itl_ns):
+            for i in [i for i in d if self.written[i]]:
+                del d[i]
 
     def _scrubbed_text(self, text: str) -> str:
         clean = self._scrubbed.get(text)
@@ -367,20 +423,22 @@ class TimelineRecorder:
                         self._side(code, SIDE_WORKER, worker.encode())
                 self.worker_code[i] = code
             if outcome.itl_ns is not None:
-                self.itl_ns[i] = outcome.itl_ns
-                if self._side_fd is not None:
+                if self._side_fd is None:
+                    self.itl_ns[i] = outcome.itl_ns
+                else:
                     self._side(i, SIDE_ITL, np.asarray(outcome.itl_ns, np.int64).tobytes())
             if outcome.truncated is not None:
                 self.truncated[i] = outcome.truncated
             if error is None:
                 error = outcome.error
         if error is not None:
-            self.error[i] = error
-            if self._side_fd is not None:
+            if self._side_fd is None:
+                self.error[i] = error
+            else:
                 self._side(i, SIDE_ERROR, self._scrubbed_text(error).encode())
         # Last: the process flusher takes a row once its status is set (side records first).
         self.status[i] = status
-        if self._side_fd is None:  # the thread flusher's queue (the child scans the statuses)
+        if not self._child_active:  # the thread flusher's queue (the child scans the statuses)
             self._finished.append(i)
 
     def finalize_pending(self, due: np.ndarray, *, cancelled_msg: str, dropped_msg: str) -> dict:
@@ -392,11 +450,12 @@ class TimelineRecorder:
         pending = np.flatnonzero((self.status == PENDING) & due)
         sent = self.sent_ns[pending] != NULL_I64
         cancelled, dropped = pending[sent], pending[~sent]
-        for i in cancelled.tolist():
-            self.error[i] = cancelled_msg
-        for i in dropped.tolist():
-            self.error[i] = dropped_msg
-        if self._side_fd is not None and pending.size:  # one write, before the statuses
+        if self._side_fd is None:
+            for i in cancelled.tolist():
+                self.error[i] = cancelled_msg
+            for i in dropped.tolist():
+                self.error[i] = dropped_msg
+        elif pending.size:  # one write, before the statuses
             chunks = []
             for rows, msg in ((cancelled, cancelled_msg), (dropped, dropped_msg)):
                 text = self._scrubbed_text(msg).encode()
@@ -408,7 +467,7 @@ class TimelineRecorder:
                 self._error = self._error or exc
         self.status[cancelled] = CANCELLED
         self.status[dropped] = DROPPED
-        if self._side_fd is None:
+        if not self._child_active:
             self._finished.extend(pending.tolist())
         return {"cancelled": int(cancelled.size), "dropped": int(dropped.size)}
 
@@ -416,7 +475,7 @@ class TimelineRecorder:
     def flush(self) -> int:
         """Write every finished row not yet on disk as one part; returns the row count.
         (With the process flusher the child writes; here only after a fall-back.)"""
-        if self._proc is not None and self.flusher_note is None:
+        if self._child_active:
             return 0
         with self._flush_lock:
             k = len(self._finished)
@@ -427,6 +486,7 @@ class TimelineRecorder:
             if self._scratch is not None:  # after a fall-back: each row once, none the child wrote
                 idx = np.unique(idx)
                 idx = idx[self.written[idx] == 0]
+                self._load_side()  # after the rows: their records precede their statuses
             else:
                 idx.sort()
             table = self._build(idx)
@@ -446,7 +506,7 @@ class TimelineRecorder:
 
     @property
     def rows_written(self) -> int:
-        return self.writer.rows_written + self._child_rows
+        return self.writer.rows_written + int(self._child.get("rows_written", 0))
 
     def _build(self, idx: np.ndarray) -> pa.Table:
         def i64(values: np.ndarray) -> pa.Array:
@@ -595,11 +655,9 @@ class TimelineRecorder:
         reader = getattr(self, "_reader", None)
         if reader is not None:
             reader.join(timeout=5)
-        summary = self._child
-        self._child_rows = int(summary.get("rows_written", 0))
-        self.child_windows = summary.get("windows", [])
-        if summary.get("error") and self._error is None:
-            self._error = OSError(f"timeline flusher process: {summary['error']}")
+        self._child_active = False
+        if self._child.get("error") and self._error is None:
+            self._error = OSError(f"timeline flusher process: {self._child['error']}")
         left = np.flatnonzero((self.status != PENDING) & (self.written == 0))
         if left.size:  # the child died or failed: write the rest from here
             if self.flusher_note is None:
@@ -608,6 +666,7 @@ class TimelineRecorder:
             self.writer.resync()
             with self._flush_lock:
                 self._finished = left.tolist()
+                self._load_side()  # before the scratch goes
         else:
             self._finished = []
         shutil.rmtree(self._scratch, ignore_errors=True)
@@ -617,8 +676,8 @@ class TimelineRecorder:
         out: dict = {"flusher": self.flusher}
         if self._proc is not None:
             out["flusher_pid"] = self._proc.pid
-            out["child_rows"] = self._child_rows
-            out["child_parts"] = len(getattr(self, "child_windows", []))
+            out["child_rows"] = int(self._child.get("rows_written", 0))
+            out["child_parts"] = int(self._child.get("parts", 0))
         if self.flusher_note:
             out["fallback"] = self.flusher_note
         return out
