@@ -369,18 +369,28 @@ def timeline_gaps(timeline: pa.Table, transport_ms: dict[str, float] | None = No
               transport)
 
 
-def found_worker_idle(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
-                      end_ns: np.ndarray) -> np.ndarray:
-    """Per row: whether the request found its worker idle — sent after the request before it
-    on the same worker (in service-start order) had ended, or the worker's first."""
+def idle_for_ns(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
+                end_ns: np.ndarray) -> np.ndarray:
+    """Per row: ``sent`` − the ``service_end`` of the request before it on the same worker (in
+    service-start order); +inf for a worker's first. Positive: the request found the worker
+    idle, for that long."""
     worker = np.asarray(worker)
     sent = np.asarray(sent_ns, dtype=np.float64)
     order = np.lexsort((np.asarray(start_ns, dtype=np.float64), worker))
     w = worker[order]
-    prev_end = np.asarray(end_ns, dtype=np.float64)[order][:-1]
-    idle = np.empty(order.size, bool)
-    idle[order] = np.concatenate(([True], (w[1:] != w[:-1]) | (sent[order][1:] > prev_end)))
-    return idle
+    prev_end = np.full(order.size, -np.inf)
+    prev_end[1:] = np.where(w[1:] == w[:-1], np.asarray(end_ns, dtype=np.float64)[order][:-1],
+                            -np.inf)
+    out = np.empty(order.size)
+    out[order] = sent[order] - prev_end
+    return out
+
+
+def found_worker_idle(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
+                      end_ns: np.ndarray) -> np.ndarray:
+    """Per row: whether the request found its worker idle — sent after the request before it
+    on the same worker (in service-start order) had ended, or the worker's first."""
+    return idle_for_ns(worker, sent_ns, start_ns, end_ns) > 0
 
 
 def idle_transport_ns(worker, model, sent_ns, start_ns, end_ns) -> dict[str, float]:
@@ -407,18 +417,11 @@ def idle_transport_samples(worker, model, sent_ns, start_ns, end_ns
     how long the worker had been idle when the request was sent (``sent`` − the previous
     request's ``service_end`` on that worker; inf for its first) and the transport
     ``service_start − sent``, both ns."""
-    worker = np.asarray(worker)
     model = np.asarray(model)
     sent = np.asarray(sent_ns, dtype=np.float64)
     start = np.asarray(start_ns, dtype=np.float64)
-    end = np.asarray(end_ns, dtype=np.float64)
-    order = np.lexsort((start, worker))
-    w = worker[order]
-    prev_end = np.full(order.size, -np.inf)
-    prev_end[1:] = np.where(w[1:] == w[:-1], end[order][:-1], -np.inf)
-    idle_for = np.empty(order.size)
-    idle_for[order] = sent[order] - prev_end
-    idle = found_worker_idle(worker, sent, start, end)
+    idle_for = idle_for_ns(worker, sent, start, end_ns)
+    idle = idle_for > 0  # found_worker_idle
     out = {}
     for name in np.unique(model).tolist():
         k = idle & (model == name)
