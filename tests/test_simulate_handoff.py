@@ -488,3 +488,16 @@ def test_fifo_pair_handoff_idle_inbound_matches_the_concurrent_worker():
                              np.zeros(300, np.int64), lambda p, n, e: 0.0,
                              np.rint(sent).astype(np.int64), lambda m, idle: f(idle))
     assert np.abs(s - res[0].start_ns).max() <= 3  # integer rounding only
+
+
+@pytest.mark.parametrize("where, value, key", [
+    ("handoff_pair_ms", [1, 2], r"modes\.exclusive\.handoff_pair_ms"),
+    ("handoff_pair_ms", {"a": [0.1]}, r"modes\.exclusive\.handoff_pair_ms\.a"),
+    ("handoff_pair_ms", {"a": {"b": 0.1}}, r"modes\.exclusive\.handoff_pair_ms\.a\.b"),
+    ("inbound_by_idle_ms", [[0, 1, 0.2, 9]], r"modes\.exclusive\.inbound_by_idle_ms"),
+    ("handoff_ms", [0.1], r"modes\.exclusive\.handoff_ms"),
+])
+def test_a_malformed_hand_off_or_transport_table_is_one_line(where, value, key):
+    with pytest.raises(BadInput, match=key):
+        make_profile({"a": model_profile(2.0), "b": model_profile(1.0)},
+                     {"exclusive": {where: value}})

@@ -283,37 +283,35 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             if any(not np.isfinite(v) or v <= 0 for v in d.values()):
                 raise BadInput("slowdowns must be finite and > 0", source=source,
                                key=f"modes.{mode}.slowdown.{k}")
-        handoff: dict[str, float] = {}
-        for k, v in (md.get("handoff_ms") or {}).items():
+        def ms(v, key: str) -> float:  # a hand-off time: finite and >= 0
             try:
-                handoff[k] = float(v)
+                x = float(v)
             except (TypeError, ValueError):
-                handoff[k] = math.nan
-            if not math.isfinite(handoff[k]) or handoff[k] < 0:
+                x = math.nan
+            if not math.isfinite(x) or x < 0:
                 raise BadInput("hand-off times must be finite and >= 0", source=source,
-                               key=f"modes.{mode}.handoff_ms.{k}", value=v)
+                               key=key, value=v)
+            return x
+
+        def table(value, key: str) -> dict:
+            if not isinstance(value, dict):
+                raise BadInput("must be a table", source=source, key=key, value=value)
+            return value
+
+        handoff = {k: ms(v, f"modes.{mode}.handoff_ms.{k}")
+                   for k, v in table(md.get("handoff_ms") or {},
+                                     f"modes.{mode}.handoff_ms").items()}
         pairs: dict[str, dict[str, dict[str, float]]] = {}
-        raw_pairs = md.get("handoff_pair_ms") or {}
-        if not isinstance(raw_pairs, dict):
-            raise BadInput("must be a table finished -> next -> early/late", source=source,
-                           key=f"modes.{mode}.handoff_pair_ms", value=raw_pairs)
-        for a, nexts in raw_pairs.items():
-            for b, entry in (nexts or {}).items():
+        key = f"modes.{mode}.handoff_pair_ms"
+        for a, nexts in table(md.get("handoff_pair_ms") or {}, key).items():
+            for b, entry in table(nexts or {}, f"{key}.{a}").items():
                 for label in ("early", "late"):
-                    if not isinstance(entry, dict) or label not in entry:
-                        continue
-                    v = entry[label]
-                    try:
-                        x = float(v)
-                    except (TypeError, ValueError):
-                        x = math.nan
-                    if not math.isfinite(x) or x < 0:
-                        raise BadInput("hand-off times must be finite and >= 0", source=source,
-                                       key=f"modes.{mode}.handoff_pair_ms.{a}.{b}.{label}",
-                                       value=v)
-                    pairs.setdefault(a, {}).setdefault(b, {})[label] = x
+                    if label in table(entry, f"{key}.{a}.{b}"):
+                        pairs.setdefault(a, {}).setdefault(b, {})[label] = ms(
+                            entry[label], f"{key}.{a}.{b}.{label}")
         idle_bins: dict[str, list[tuple[float, float, float]]] = {}
-        for name, rows in (md.get("inbound_by_idle_ms") or {}).items():
+        for name, rows in table(md.get("inbound_by_idle_ms") or {},
+                                f"modes.{mode}.inbound_by_idle_ms").items():
             key = f"modes.{mode}.inbound_by_idle_ms.{name}"
             parsed = []
             try:
