@@ -15,14 +15,10 @@ import sys
 from traceforge.gpu.mps import mps_processes, mps_zombies
 
 
-def zombies() -> list[int]:
-    return mps_zombies()
-
-
 def main() -> int:
     live = mps_processes()
     text = ", ".join(f"{p['pid']} {p['name']} (pipe {p['pipe_dir'] or '?'})" for p in live)
-    dead = zombies()
+    dead = mps_zombies()
     note = f" [exited, not yet reaped (zombie): {' '.join(map(str, dead))}]" if dead else ""
     print((text or "none") + note)
     return 1 if live else 0
