@@ -60,8 +60,8 @@ def fifo_pair_handoff(arrival_ns: np.ndarray, service_ns: np.ndarray, model: np.
     hand-off depends on the pair: a request already waiting when the one before it ends starts
     ``gap_ns(prev model, its model, early)`` after that end, ``early`` meaning it had arrived by
     the time the one before it *started* (simulate/measure.handoff_classes); one that arrives
-    later starts on arrival. A Python loop (the gap depends on the previous start), ~1 µs per
-    request. ``idle_inbound(model, idle_ns)`` with ``sent_ns``: a request sent after the one
+    later starts on arrival. A Python loop (the gap depends on the previous start): 0.38 µs per
+    request on the 2-core VM, 0.52 µs with ``idle_inbound`` (1M requests). ``idle_inbound(model, idle_ns)`` with ``sent_ns``: a request sent after the one
     before it ended reaches the server ``idle_inbound`` after its send (see ``ModelQueue``)."""
     arrival = np.asarray(arrival_ns, dtype=np.int64).tolist()
     service = np.asarray(service_ns, dtype=np.int64).tolist()
