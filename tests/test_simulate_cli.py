@@ -138,6 +138,18 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     assert np.array(bert["service_ms"]).shape == (2, 2) and not bert["generative"]
     assert gpt["generative"] and np.array(gpt["decode_ms_per_token"]).shape == (2, 2)
     assert all(v > 0 for row in bert["service_ms"] + gpt["decode_ms_per_token"] for v in row)
+    # the grid's body (medians) with the tail the exclusive reference phase measured
+    # (measure.reanchor_tail): service = median x that phase's mean / median at its shape
+    tail = data["modes"]["exclusive"]["tail"]
+    assert bert["tail_factor"]["used"] == "reference" == gpt["tail_factor"]["used"]
+    assert np.allclose(np.array(bert["service_ms"]),
+                       np.array(bert["service_median_ms"]) * tail["tiny-bert"]["service"],
+                       rtol=1e-3, atol=1e-5)
+    assert np.allclose(np.array(gpt["decode_ms_per_token"]),
+                       np.array(gpt["decode_median_ms_per_token"]) * tail["tiny-gpt2"]["decode"],
+                       rtol=1e-3, atol=1e-5)
+    assert bert["service_cv"] == pytest.approx(tail["tiny-bert"]["cv"], abs=1e-4)
+    assert isinstance(bert["tail_factor"]["grid"], float) and bert["service_cv_grid"] >= 0
     assert set(data["modes"]) == {"exclusive", "timeslice"}
     slow = data["modes"]["timeslice"]["slowdown"]["tiny-bert+tiny-gpt2"]
     assert set(slow) == {"tiny-bert", "tiny-gpt2"} and all(v > 0 for v in slow.values())

@@ -501,3 +501,39 @@ def test_a_malformed_hand_off_or_transport_table_is_one_line(where, value, key):
     with pytest.raises(BadInput, match=key):
         make_profile({"a": model_profile(2.0), "b": model_profile(1.0)},
                      {"exclusive": {where: value}})
+
+
+def test_reanchor_tail_keeps_the_grid_body_and_takes_the_reference_phase_tail():
+    """The grid's medians stay; its pooled tail (lifted by a few slow samples in a fast phase)
+    gives way to the reference phase's mean / median and CV; too few reference samples, or a
+    grid without medians (an old profile), leave the entry as it was."""
+    from traceforge.simulate.measure import TAIL_MIN_SAMPLES, reanchor_tail, tail_of
+
+    medians = [[0.4, 0.5], [0.6, 0.9]]
+    enc = {"generative": False, "service_median_ms": medians,
+           "service_ms": (np.array(medians) * 1.224).tolist(), "service_cv": 0.39,
+           "tail_factor": {"grid": 1.224, "used": "grid"}}
+    ref = np.r_[np.full(79, 0.4), 0.4 * 2.0]  # one sample in 80 twice the median
+    tail = {"n": 80, "service": tail_of(ref), "cv": float(np.std(ref) / np.mean(ref))}
+    assert tail["service"] == pytest.approx(1 + 1 / 80)
+    reanchor_tail(enc, tail)
+    assert np.allclose(enc["service_ms"], np.array(medians) * (1 + 1 / 80), atol=1e-6)
+    assert enc["service_cv"] == pytest.approx(tail["cv"], abs=1e-4)
+    assert enc["service_cv_grid"] == 0.39
+    assert enc["tail_factor"] == {"grid": 1.224, "used": "reference",
+                                  "reference": round(1 + 1 / 80, 4), "reference_samples": 80}
+    gen = {"generative": True, "service_median_ms": medians, "service_ms": medians,
+           "decode_median_ms_per_token": [[1.0, 1.0], [2.0, 2.0]],
+           "decode_ms_per_token": [[1.5, 1.5], [3.0, 3.0]], "service_cv": 0.2}
+    reanchor_tail(gen, {"n": 40, "service": 1.0, "prefill": 1.1, "decode": 1.02, "cv": 0.01})
+    assert np.allclose(gen["service_ms"], np.array(medians) * 1.1)
+    assert np.allclose(gen["decode_ms_per_token"], [[1.02, 1.02], [2.04, 2.04]])
+    assert gen["tail_factor"]["reference"] == {"prefill": 1.1, "decode": 1.02}
+    few = {"generative": False, "service_median_ms": medians, "service_ms": [[9.0, 9.0]] * 2,
+           "service_cv": 0.3}
+    reanchor_tail(few, {"n": TAIL_MIN_SAMPLES - 1, "service": 1.0, "cv": 0.0})
+    assert few["service_ms"] == [[9.0, 9.0]] * 2 and few["service_cv"] == 0.3
+    old = {"generative": False, "service_ms": [[9.0]], "service_cv": 0.3}
+    reanchor_tail(old, {"n": 80, "service": 1.0, "cv": 0.0})
+    assert old == {"generative": False, "service_ms": [[9.0]], "service_cv": 0.3}
+    assert tail_of(np.array([])) == 1.0 and tail_of(np.array([np.nan, 2.0, 2.0])) == 1.0
