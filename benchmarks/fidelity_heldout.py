@@ -264,7 +264,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
         *oracle_rows, "",
     ]
     if rep_rows:
-        spread = [abs(float(x)) for row in rep_rows for x in re.findall(
+        spread = [abs(float(x)) / 100 for row in rep_rows for x in re.findall(
             r"\| ([+-][0-9.]+)% / [+-][0-9.]+% \|", row)]
         lines += ["## Repeatability of the measurement", "",
                   "Each mix x mode was replayed again in the same call (same trace, same "

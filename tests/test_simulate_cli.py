@@ -119,7 +119,7 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     done = cli("profile", "--models", "tiny-bert,tiny-gpt2", "--device", "cpu",
                "--modes", "exclusive,timeslice", "--batch-sizes", "1,2", "--seq-lens", "16,32",
                "--new-tokens", "3", "--repeats", "3", "--warmup", "1", "--corun-seconds", "0.4",
-               "-o", str(out), timeout=240)
+               "--keep-runs", str(tmp_path / "runs"), "-o", str(out), timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["schema"] == "traceforge.profile/1"
@@ -134,6 +134,13 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     assert data["event_loop"] == expected
     for mode in ("exclusive", "timeslice"):  # a transport time, never a queueing wait
         assert all(0 <= v < 50 for v in data["modes"][mode]["inbound_ms"].values())
+        # the dispatcher's send lag from the mode's mixed reference phase (timeslice: its own
+        # reference-mix pass, exclusive: the mixed reference-open pass)
+        assert 0 <= data["modes"][mode]["send_lag_ms"] < 50
+    assert sorted(p.name for p in (tmp_path / "runs" / "timeslice").iterdir()
+                  if p.is_dir())[:4] == ["01-reference", "02-reference-open", "03-reference-mix",
+                                         "04-reference-idle"]
+    assert not any("reference-mix" in p.name for p in (tmp_path / "runs" / "exclusive").iterdir())
     bert, gpt = data["models"]["tiny-bert"], data["models"]["tiny-gpt2"]
     assert np.array(bert["service_ms"]).shape == (2, 2) and not bert["generative"]
     assert gpt["generative"] and np.array(gpt["decode_ms_per_token"]).shape == (2, 2)

@@ -496,6 +496,9 @@ def test_fifo_pair_handoff_idle_inbound_matches_the_concurrent_worker():
     ("handoff_pair_ms", {"a": {"b": 0.1}}, r"modes\.exclusive\.handoff_pair_ms\.a\.b"),
     ("inbound_by_idle_ms", [[0, 1, 0.2, 9]], r"modes\.exclusive\.inbound_by_idle_ms"),
     ("handoff_ms", [0.1], r"modes\.exclusive\.handoff_ms"),
+    ("send_lag_ms", -0.1, r"modes\.exclusive\.send_lag_ms"),
+    ("send_lag_ms", "fast", r"modes\.exclusive\.send_lag_ms"),
+    ("send_lag_ms", float("nan"), r"modes\.exclusive\.send_lag_ms"),
 ])
 def test_a_malformed_hand_off_or_transport_table_is_one_line(where, value, key):
     with pytest.raises(BadInput, match=key):
@@ -537,3 +540,22 @@ def test_reanchor_tail_keeps_the_grid_body_and_takes_the_reference_phase_tail():
     reanchor_tail(old, {"n": 80, "service": 1.0, "cv": 0.0})
     assert old == {"generative": False, "service_ms": [[9.0]], "service_cv": 0.3}
     assert tail_of(np.array([])) == 1.0 and tail_of(np.array([np.nan, 2.0, 2.0])) == 1.0
+
+
+@pytest.mark.parametrize("mode", ["exclusive", "timeslice"])
+def test_the_profiles_send_lag_delays_every_request_and_the_workers_arrivals(tmp_path, mode):
+    """send_lag_ms: the dispatcher's median sent - scheduled in the mixed reference phase.
+    Every request reaches its worker that much later (so queueing moves with it) and its
+    latency from the scheduled time grows by it; sent_ns stays the scheduled time."""
+    modes = {"handoff_ms": {"a": 0.5}, "slowdown": {"a+b": {"a": 1.0, "b": 1.0}}}
+    base = make_profile({"a": model_profile(2.0), "b": model_profile(1.0)}, {mode: modes})
+    lagged = make_profile({"a": model_profile(2.0), "b": model_profile(1.0)},
+                          {mode: {**modes, "send_lag_ms": 0.25}})
+    trace = make_trace([0, MS // 2, 10 * MS], models=["a", "a", "b"])
+    simulate(trace, tmp_path / "0", profile=base, mode=mode)
+    simulate(trace, tmp_path / "1", profile=lagged, mode=mode)
+    for column in ("service_start_ns", "service_end_ns", "done_ns"):
+        assert col_ms(tmp_path / "1", column) == pytest.approx(
+            [x + 0.25 for x in col_ms(tmp_path / "0", column)])
+    assert col_ms(tmp_path / "1", "sent_ns") == col_ms(tmp_path / "0", "sent_ns") == [0, 0.5, 10]
+    assert RunManifest.load(tmp_path / "1")["backend_info"]["send_lag_ms"] == 0.25

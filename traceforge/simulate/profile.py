@@ -137,6 +137,10 @@ class ModeProfile:
     # [[lo_ms, hi_ms or None, median_ms, n], ...], measure.idle_transport_bins). Empty in older
     # profiles: then ``inbound_ms`` for every request.
     inbound_by_idle_ms: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    # The dispatcher's median send lag (``sent - scheduled``) in the mode's mixed reference
+    # phase (``send_lag_ms``); a replay's latency counts from the scheduled time, so the
+    # simulator adds it to every request. 0 in older profiles.
+    send_lag_ms: float = 0.0
 
     def idle_inbound_ms(self, model: str, idle_ms: float) -> float | None:
         """The transport of a request sent to ``model``'s worker idle for ``idle_ms``: the
@@ -325,7 +329,18 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                 raise BadInput("rows must be [lo_ms, hi_ms or null, median_ms >= 0, n] with "
                                "lo < hi", source=source, key=key, value=rows) from None
             idle_bins[name] = sorted(parsed)
+        lag = md.get("send_lag_ms", 0.0)
+        if lag is None:
+            lag = 0.0
+        try:
+            lag_ok = not isinstance(lag, bool) and math.isfinite(float(lag)) and float(lag) >= 0
+        except (TypeError, ValueError):
+            lag_ok = False
+        if not lag_ok:
+            raise BadInput("must be a number of ms >= 0", source=source,
+                           key=f"modes.{mode}.send_lag_ms", value=lag)
         modes[mode] = ModeProfile(
+            send_lag_ms=float(lag),
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},

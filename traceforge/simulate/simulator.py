@@ -210,6 +210,8 @@ def simulate(
                          for n, p in mapping.items()
                          if p in profile.modes[mode].inbound_by_idle_ms}
                         if max_batch == 1 else {}),
+                    # the dispatcher's send lag added to every request (profile send_lag_ms)
+                    "send_lag_ms": profile.modes[mode].send_lag_ms,
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -518,6 +520,9 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             run_bs[rows], run_seq[rows] = pm.bucket_shapes(bs_all[rows], seq_all[rows],
                                                            new_all[rows])
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(k)]
+    # When the dispatcher actually sends: the schedule plus its measured median send lag
+    # (profile send_lag_ms; the timeline's sent_ns column stays the scheduled time).
+    sent = scheduled.astype(np.float64) + mp.send_lag_ms * 1e6
 
     queues: list[ModelQueue] = []
     noise: list[np.ndarray] = []
@@ -549,11 +554,10 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                 shape = ((run_bs[rows] << 42) | (run_seq[rows] << 21) | new_all[rows])
                 _, first = np.unique(shape, return_index=True)
                 work[first] += pm.cold_ns(run_bs[rows][first], run_seq[rows][first])
-        queue = ModelQueue(arrival_ns=scheduled[rows].astype(np.float64) + inbound[m],
-                           work_ns=work)
+        queue = ModelQueue(arrival_ns=sent[rows] + inbound[m], work_ns=work)
         if max_batch == 1 and pm_name in mp.inbound_by_idle_ms:
             # Transport by how long the worker had been idle (profile inbound_by_idle_ms).
-            queue.sent_ns = scheduled[rows].astype(np.float64)
+            queue.sent_ns = sent[rows]
             queue.idle_inbound = (lambda idle_ns, p=pm_name:
                                   mp.idle_inbound_ms(p, idle_ns / 1e6) * 1e6)
         queues.append(queue)
@@ -613,7 +617,9 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
 
             s, e = fifo_pair_handoff(np.rint(arrive[order]).astype(np.int64),
                                      np.rint(work[order]).astype(np.int64), codes[order],
-                                     gap_ns, scheduled[order] if idle_table else None,
+                                     gap_ns,
+                                     np.rint(sent[order]).astype(np.int64) if idle_table
+                                     else None,
                                      idle_inbound if idle_table else None)
         else:
             s, e = fifo_servers(np.rint(arrive[order]).astype(np.int64),
