@@ -559,3 +559,16 @@ def test_the_profiles_send_lag_delays_every_request_and_the_workers_arrivals(tmp
             [x + 0.25 for x in col_ms(tmp_path / "0", column)])
     assert col_ms(tmp_path / "1", "sent_ns") == col_ms(tmp_path / "0", "sent_ns") == [0, 0.5, 10]
     assert RunManifest.load(tmp_path / "1")["backend_info"]["send_lag_ms"] == 0.25
+
+
+def test_the_mixed_transport_pass_is_bounded_for_slow_models():
+    from traceforge.simulate.measure import MIX_PHASE_MIN, mix_phase_requests
+
+    # fast models (0.4 ms and 7 ms alone at 50 %): 3 x count each, ~1.8 s
+    assert mix_phase_requests(40, [0.4e6, 7e6], 0.5) == 120
+    # a 400 ms decoder beside a 1 ms encoder: ~0.4 s per request, at most ~10 s in all
+    n = mix_phase_requests(40, [1e6, 400e6], 0.5)
+    assert n * 2 * (200.5e6 / 0.5) / 1e9 <= 10.5 or n == MIX_PHASE_MIN
+    assert n == MIX_PHASE_MIN  # 10 s / 0.4 s / 2 models = 12 -> the floor of 20
+    assert mix_phase_requests(40, [5e6, 5e6], 0.5) == 120
+    assert 20 <= mix_phase_requests(40, [60e6, 60e6], 0.5) < 120  # 10 s / 0.12 s / 2 = 41

@@ -18,7 +18,12 @@ Phases, per mode:
    overheads (``service_start - sent``, ``done - service_end``, medians);
    The open-loop alone phases (``alone_utilisation`` > 0) also give the executor's hand-off
    (``handoff_ms``: :func:`handoff_gaps`, the mean gap between a request's end and the start
-   of the next one already waiting on the same worker, by the model that finished);
+   of the next one already waiting on the same worker, by the model that finished). In the
+   first mode the reference open-loop pass also gives the grid's tail and CV
+   (:func:`reanchor_tail`). Modes with a worker per model add a mixed pass (``reference-mix``:
+   every model in one stream at serving rates) for ``outbound_ms`` and ``send_lag_ms``; a
+   sparse pass (``reference-idle``) adds long idle gaps; the idle-transport table pools the
+   reference passes only;
 3. co-run (not in ``exclusive``): each pair and the full set at the reference shapes, open
    loop: every model's requests arrive as a Poisson stream at ``corun_utilisation`` of its
    alone capacity (a realistic load, not back-to-back closed-loop pressure), ``corun_repeats``
@@ -403,6 +408,20 @@ def idle_transport_ns(worker, model, sent_ns, start_ns, end_ns) -> dict[str, flo
     return {name: float(np.median(delay[idle & (model == name)]))
             for name in np.unique(model).tolist() if (idle & (model == name)).any()}
 
+
+# The mixed transport pass (reference-mix): at most this long where the models are slow, and
+# never fewer requests per model than this.
+MIX_PHASE_MAX_S = 10.0
+MIX_PHASE_MIN = 20
+
+
+def mix_phase_requests(count: int, alone_ns: list[float], utilisation: float) -> int:
+    """Requests per model in the mixed transport pass: ``3 x count``, fewer where the merged
+    stream (mean gap = mean alone time / utilisation) would run past MIX_PHASE_MAX_S, never
+    fewer than MIX_PHASE_MIN."""
+    gap_s = float(np.mean(alone_ns)) / utilisation / 1e9
+    fit = int(MIX_PHASE_MAX_S / max(gap_s, 1e-9) / max(len(alone_ns), 1))
+    return max(MIX_PHASE_MIN, min(count * 3, fit))
 
 IDLE_BINS_MS = (0.0, 0.3, 1.0, 3.0, 10.0, math.inf)
 # The profile's sparse phase: per model and mode this many requests, exponential gaps of this
@@ -1088,7 +1107,12 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
             # req/s (measured by how long the dispatcher had been idle, docs/results).
             mix = _Phase()
             t = 0.0
-            picks = rng.permutation(np.repeat(np.arange(len(models)), count * 3))
+            # 3 x count requests per model, fewer where that would take longer than
+            # MIX_PHASE_MAX_S (slow models: a 0.4 s decode at 50 % is one request per 0.8 s),
+            # never fewer than MIX_PHASE_MIN per model.
+            per_model = mix_phase_requests(count, list(est.values()),
+                                           settings.alone_utilisation)
+            picks = rng.permutation(np.repeat(np.arange(len(models)), per_model))
             mean_est = float(np.mean([est[int(g)] for g in picks]))
             for g in picks.tolist():
                 t += rng.exponential(mean_est / settings.alone_utilisation)
