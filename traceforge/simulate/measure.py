@@ -423,6 +423,7 @@ def mix_phase_requests(count: int, alone_ns: list[float], utilisation: float) ->
     fit = int(MIX_PHASE_MAX_S / max(gap_s, 1e-9) / max(len(alone_ns), 1))
     return max(MIX_PHASE_MIN, min(count * 3, fit))
 
+
 IDLE_BINS_MS = (0.0, 0.3, 1.0, 3.0, 10.0, math.inf)
 # The profile's sparse phase: per model and mode this many requests, exponential gaps of this
 # mean (ms): about 60 % of them find the worker idle for more than 10 ms. ~0.5 s per model.
