@@ -52,5 +52,12 @@ cp "$WORK/simulator-fidelity-$card.md" "$LOG" "$OUT"/ 2>/dev/null
 tar -C "$WORK" -czf "$OUT/fidelity-runs.tar.gz" runs mixes.json bursty.toml steady.toml 2>/dev/null
 # the profile's own phase runs (transport, hand-off and co-run timelines), for offline diagnosis
 tar -C "$WORK" -czf "$OUT/profile-runs.tar.gz" profile-runs 2>/dev/null
-[ -d docs/results ] && cp "$WORK/simulator-fidelity-$card.md" docs/results/ 2>/dev/null
+# The new doc replaces the generated part of docs/results/...; the per-call history below it
+# (from the first "## Calls of" heading on, written by hand) is kept.
+if [ -d docs/results ]; then
+  dest="docs/results/simulator-fidelity-$card.md"
+  { cat "$WORK/simulator-fidelity-$card.md"
+    [ -f "$dest" ] && grep -q '^## Calls of ' "$dest" && { echo; sed -n '/^## Calls of /,$p' "$dest"; }
+  } > "$dest.tmp" 2>/dev/null && mv "$dest.tmp" "$dest"
+fi
 tail -30 "$WORK/simulator-fidelity-$card.md"
