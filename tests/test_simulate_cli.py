@@ -182,7 +182,7 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
              tmp_path / "sim-x", profile=load_profile(out), mode="exclusive")
     info = json.loads((tmp_path / "sim-x" / "run.json").read_text())["backend_info"]
     assert set(info["handoff_pair_ms"]) == {"bert", "gpt"}
-    # transport by idle time, from every phase; the simulator applied it (and says so)
+    # transport by idle time, from the reference phases; the simulator applied it (and says so)
     for mode in ("exclusive", "timeslice"):
         table = data["modes"][mode]["inbound_by_idle_ms"]
         assert set(table) == {"tiny-bert", "tiny-gpt2"}

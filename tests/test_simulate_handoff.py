@@ -499,6 +499,7 @@ def test_fifo_pair_handoff_idle_inbound_matches_the_concurrent_worker():
     ("send_lag_ms", -0.1, r"modes\.exclusive\.send_lag_ms"),
     ("send_lag_ms", "fast", r"modes\.exclusive\.send_lag_ms"),
     ("send_lag_ms", float("nan"), r"modes\.exclusive\.send_lag_ms"),
+    ("send_lag_ms", True, r"modes\.exclusive\.send_lag_ms"),
 ])
 def test_a_malformed_hand_off_or_transport_table_is_one_line(where, value, key):
     with pytest.raises(BadInput, match=key):
@@ -536,6 +537,10 @@ def test_reanchor_tail_keeps_the_grid_body_and_takes_the_reference_phase_tail():
            "service_cv": 0.3}
     reanchor_tail(few, {"n": TAIL_MIN_SAMPLES - 1, "service": 1.0, "cv": 0.0})
     assert few["service_ms"] == [[9.0, 9.0]] * 2 and few["service_cv"] == 0.3
+    no_prefill = {"generative": True, "service_median_ms": medians, "service_ms": [[9.0]],
+                  "decode_median_ms_per_token": medians, "service_cv": 0.3}
+    reanchor_tail(no_prefill, {"n": 80, "service": 1.0, "cv": 0.0})  # a decoder's tail needs both
+    assert no_prefill["service_ms"] == [[9.0]] and "tail_factor" not in no_prefill
     old = {"generative": False, "service_ms": [[9.0]], "service_cv": 0.3}
     reanchor_tail(old, {"n": 80, "service": 1.0, "cv": 0.0})
     assert old == {"generative": False, "service_ms": [[9.0]], "service_cv": 0.3}

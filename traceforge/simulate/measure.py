@@ -701,11 +701,8 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                                                   graphs=_compile_of(settings) != "eager",
                                                   mixed=mode == "exclusive")
             if grid_first:
-                for m in models:
-                    tail = mode_entry["tail"].get(m)
-                    if tail is not None and ("prefill" in tail
-                                             or not profile["models"][m].get("generative")):
-                        reanchor_tail(profile["models"][m], tail)
+                for m, tail in mode_entry["tail"].items():
+                    reanchor_tail(profile["models"][m], tail)
             mode_entry["handoff_ms"] = handoff_ms(replay.alone_gaps)
             mode_entry["handoff_pairs"] = {
                 m: int(sum(g[m].size for g in replay.alone_gaps if m in g)) for m in models}
@@ -715,7 +712,7 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
             if mode != "exclusive":
                 await _measure_corun(replay, mode, mode_entry, refs, settings, log, started)
-            # Transport by how long the worker had been idle, over every phase of the mode.
+            # Transport by how long the worker had been idle, over the mode's reference phases.
             mode_entry["inbound_by_idle_ms"] = idle_transport_bins(replay.transport_samples)
             profile["modes"][mode] = mode_entry
             profile["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -759,7 +756,7 @@ class _Replayer:
         # per finished model and per class (handoff_classes).
         self.alone_gaps: list[dict[str, np.ndarray]] = []
         self.alone_classes: list[dict] = []
-        # (idle gap, transport) of requests that found their worker idle, every phase
+        # (idle gap, transport) of requests that found their worker idle, reference phases
         self.transport_samples: list[dict] = []
 
     async def run(self, phase: _Phase, concurrency: int | None, label: str) -> pa.Table:
@@ -958,13 +955,10 @@ def pooled_tail(samples: list[np.ndarray]) -> tuple[np.ndarray, float]:
 
 
 def tail_of(samples: np.ndarray) -> float:
-    """One shape's tail factor: mean / median of its samples (1.0 when empty)."""
+    """One shape's tail factor: mean / median of its finite samples (:func:`pooled_tail` of
+    one point; 1.0 when empty)."""
     samples = np.asarray(samples, dtype=np.float64)
-    samples = samples[np.isfinite(samples)]
-    if samples.size == 0:
-        return 1.0
-    med = float(np.median(samples))
-    return float(np.mean(samples) / med) if med > 0 else 1.0
+    return pooled_tail([samples[np.isfinite(samples)]])[1]
 
 
 # The reference phase re-anchors the grid's tail when it has at least this many timed samples
@@ -986,10 +980,12 @@ def reanchor_tail(entry: dict[str, Any], tail: dict[str, Any]) -> None:
     0.03-0.16 in the reference open-loop phase (~140 req/s) and 1.004-1.032 and 0.04-0.15 in
     the held-out replays of the same calls (per bucket); the 1.224 call simulated the encoder's
     service 18 % too high (0.525 vs 0.443 ms). The body (medians by shape) stays the grid's."""
-    if int(tail.get("n", 0)) < TAIL_MIN_SAMPLES or "service_median_ms" not in entry:
+    generative = entry.get("generative") and "decode_median_ms_per_token" in entry
+    if (int(tail.get("n", 0)) < TAIL_MIN_SAMPLES or "service_median_ms" not in entry
+            or (generative and "prefill" not in tail)):
         return
     info = entry.setdefault("tail_factor", {})
-    if entry.get("generative") and "decode_median_ms_per_token" in entry:
+    if generative:
         entry["service_ms"] = np.round(np.asarray(entry["service_median_ms"])
                                        * tail["prefill"], 6).tolist()
         entry["decode_ms_per_token"] = np.round(

@@ -287,13 +287,13 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             if any(not np.isfinite(v) or v <= 0 for v in d.values()):
                 raise BadInput("slowdowns must be finite and > 0", source=source,
                                key=f"modes.{mode}.slowdown.{k}")
-        def ms(v, key: str) -> float:  # a hand-off time: finite and >= 0
+        def ms(v, key: str) -> float:  # a time in ms (hand-off, send lag): finite and >= 0
             try:
-                x = float(v)
+                x = math.nan if isinstance(v, bool) else float(v)
             except (TypeError, ValueError):
                 x = math.nan
             if not math.isfinite(x) or x < 0:
-                raise BadInput("hand-off times must be finite and >= 0", source=source,
+                raise BadInput("times must be finite numbers of ms >= 0", source=source,
                                key=key, value=v)
             return x
 
@@ -329,18 +329,9 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                 raise BadInput("rows must be [lo_ms, hi_ms or null, median_ms >= 0, n] with "
                                "lo < hi", source=source, key=key, value=rows) from None
             idle_bins[name] = sorted(parsed)
-        lag = md.get("send_lag_ms", 0.0)
-        if lag is None:
-            lag = 0.0
-        try:
-            lag_ok = not isinstance(lag, bool) and math.isfinite(float(lag)) and float(lag) >= 0
-        except (TypeError, ValueError):
-            lag_ok = False
-        if not lag_ok:
-            raise BadInput("must be a number of ms >= 0", source=source,
-                           key=f"modes.{mode}.send_lag_ms", value=lag)
+        lag = md.get("send_lag_ms")
         modes[mode] = ModeProfile(
-            send_lag_ms=float(lag),
+            send_lag_ms=0.0 if lag is None else ms(lag, f"modes.{mode}.send_lag_ms"),
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},

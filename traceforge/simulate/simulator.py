@@ -611,9 +611,9 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                     return mp.pair_gap_ms(pm_names[prev], pm_names[nxt], early) * 1e6
                 return float(handoff[prev])
 
-            def idle_inbound(m: int, idle_ns: float) -> float:
-                value = mp.idle_inbound_ms(pm_names[m], idle_ns / 1e6)
-                return inbound[m] if value is None else value * 1e6
+            def idle_inbound(m: int, idle_ns: float) -> float:  # the queues' (above)
+                f = queues[m].idle_inbound
+                return inbound[m] if f is None else f(idle_ns)
 
             s, e = fifo_pair_handoff(np.rint(arrive[order]).astype(np.int64),
                                      np.rint(work[order]).astype(np.int64), codes[order],
