@@ -159,6 +159,12 @@ def test_a_failed_part_in_the_child_stops_the_run(tmp_path):
 def test_unknown_flusher_is_refused():
     with pytest.raises(ValueError, match="flusher"):
         make("/nonexistent", flusher="fork")
+    from traceforge.errors import BadInput
+    from traceforge.replay import ReplayOptions
+
+    with pytest.raises(BadInput, match="--flusher") as info:  # the CLI's one line
+        ReplayOptions(flusher="fork").validate()
+    assert "process" in str(info.value) and "thread" in str(info.value)
 
 
 def test_sparse_values_live_in_the_side_log_only(tmp_path):

@@ -99,8 +99,8 @@ def main(argv: list[str]) -> int:
                 final = True
         if error is not None and not final:
             continue  # after a failed part: wait for close (the dispatcher stops the run)
-        status = rec.status[lo:]
-        done = np.flatnonzero((status != PENDING) & (written[lo:] == 0)) + lo
+        unwritten = written[lo:] == 0  # one pass over the tail per scan
+        done = np.flatnonzero((rec.status[lo:] != PENDING) & unwritten) + lo
         side.read(rec)  # after the scan: records precede their row's status store
         rows = done if final or not settle else np.intersect1d(seen, done, assume_unique=True)
         try:
@@ -109,6 +109,7 @@ def main(argv: list[str]) -> int:
                 rec._warmup_end_ns = None if end == NULL_I64 else end
                 writer.write_part(rec._build(rows))
                 written[rows] = 1
+                unwritten[rows - lo] = False
                 parts += 1
                 if rec.error or rec.itl_ns:
                     for i in rows.tolist():
@@ -118,8 +119,8 @@ def main(argv: list[str]) -> int:
             error = f"{type(exc).__name__}: {exc}"[:500]
             _say(event="error", message=error)
         seen = np.setdiff1d(done, rows, assume_unique=True)
-        unwritten = np.flatnonzero(written[lo:] == 0)
-        lo = lo + int(unwritten[0]) if unwritten.size else rec.n
+        first = int(np.argmax(unwritten)) if unwritten.size else 0
+        lo = lo + first if unwritten.size and unwritten[first] else rec.n
         if final:
             break
     written.flush()

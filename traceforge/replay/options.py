@@ -126,8 +126,11 @@ class ReplayOptions:
         if self.switch_interval_us is not None and not (1 <= self.switch_interval_us <= 100_000):
             raise BadInput("must be in [1, 100000] µs", key="switch_interval_us",
                            value=self.switch_interval_us)
-        if self.flusher not in ("process", "thread"):
-            raise BadInput("must be 'process' or 'thread'", key="--flusher", value=self.flusher)
+        from traceforge.record.recorder import FLUSHERS
+
+        if self.flusher not in FLUSHERS:
+            raise BadInput("unknown flusher", key="--flusher", value=self.flusher,
+                           allowed=", ".join(FLUSHERS))
         if not (0 < self.flush_interval_s <= 1.0):
             raise BadInput("must be in (0, 1] (parts are closed at least every second)",
                            key="flush_interval_s", value=self.flush_interval_s)
