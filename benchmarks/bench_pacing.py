@@ -169,39 +169,38 @@ def start_server(cores: set[int]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("bench HTTP server did not start")
 
 
-def stall_probe(seconds: float = 1.0) -> dict:
-    """How often is this core taken from us? A bare spin loop's gaps > 200 µs (the floor under
-    any pacer's tail on a shared machine)."""
+def spin_gaps(seconds: float, over_ns: int) -> list[int]:
+    """A bare spin loop on this thread's core for ``seconds``: every gap between two clock
+    reads longer than ``over_ns`` (the core was taken from us)."""
     end = time.monotonic_ns() + int(seconds * 1e9)
     last = time.monotonic_ns()
     gaps = []
     while (now := time.monotonic_ns()) < end:
-        if now - last > 200_000:
+        if now - last > over_ns:
             gaps.append(now - last)
         last = now
+    return gaps
+
+
+def stall_probe(seconds: float = 1.0) -> dict:
+    """How often is this core taken from us? A bare spin loop's gaps > 200 µs (the floor under
+    any pacer's tail on a shared machine)."""
+    gaps = spin_gaps(seconds, 200_000)
     return {"stalls_over_200us_per_s": round(len(gaps) / seconds, 1),
             "max_stall_us": round(max(gaps, default=0) / 1e3, 1)}
 
 
 def quietest_core(cpus: list[int], seconds: float = 0.5) -> tuple[int, dict[int, float]]:
     """The core that a bare spin loop loses least often (gaps > 50 µs per second), each probed
-    for ``seconds``; this thread is left pinned to it. On the 2-vCPU VM these runs use, core 0
-    lost a bare loop 50-238 times/s and core 1 17-50 times/s (the host routes interrupts
-    unevenly): a 1 s cell at 5k/s allows 50 late sends, so the core decides the p99 as much as
-    the pacer does (docs/scale.md). A latency-critical deployment would do the same (or keep
-    interrupts off the pacing core)."""
+    for ``seconds``; this thread is left pinned to it. On the 2-vCPU VM these runs use, ad-hoc
+    probes once found core 0 lost 50-238 times/s and core 1 17-50 (interrupts are routed
+    unevenly), and this probe later found them alike (14 vs 16): a 1 s cell at 5k/s allows 50
+    late sends, so the core decides the p99 as much as the pacer does (docs/scale.md)."""
     rates: dict[int, float] = {}
     for cpu in cpus:
         os.sched_setaffinity(0, {cpu})
         time.sleep(0.01)  # let the migration settle
-        end = time.monotonic_ns() + int(seconds * 1e9)
-        last = time.monotonic_ns()
-        gaps = 0
-        while (now := time.monotonic_ns()) < end:
-            if now - last > 50_000:
-                gaps += 1
-            last = now
-        rates[cpu] = round(gaps / seconds, 1)
+        rates[cpu] = round(len(spin_gaps(seconds, 50_000)) / seconds, 1)
     best = min(cpus, key=lambda c: (rates[c], c))
     os.sched_setaffinity(0, {best})
     return best, rates

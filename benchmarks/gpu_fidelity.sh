@@ -53,8 +53,9 @@ tar -C "$WORK" -czf "$OUT/fidelity-runs.tar.gz" runs mixes.json bursty.toml stea
 # the profile's own phase runs (transport, hand-off and co-run timelines), for offline diagnosis
 tar -C "$WORK" -czf "$OUT/profile-runs.tar.gz" profile-runs 2>/dev/null
 # The new doc replaces the generated part of docs/results/...; the per-call history below it
-# (from the first "## Calls of" heading on, written by hand) is kept.
-if [ -d docs/results ]; then
+# (from the first "## Calls of" heading on, written by hand) is kept. No new doc (the doc step
+# failed): the page is left as it was.
+if [ -d docs/results ] && [ -s "$WORK/simulator-fidelity-$card.md" ]; then
   dest="docs/results/simulator-fidelity-$card.md"
   { cat "$WORK/simulator-fidelity-$card.md"
     [ -f "$dest" ] && grep -q '^## Calls of ' "$dest" && { echo; sed -n '/^## Calls of /,$p' "$dest"; }

@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,46 +42,25 @@ SCALES = {"bursty": 0.942, "steady": 0.437}
 
 
 def make_traces(work: Path, duration: float) -> dict[str, Path]:
-    from fidelity_heldout import MIXES
+    from fidelity_heldout import MIXES, write_mix
 
-    offset = int(os.environ.get("MIX_SEED_OFFSET", "0"))
-    out = {}
-    for name, text in MIXES.items():
-        text = re.sub(r"^seed = (\d+)$", lambda m: f"seed = {int(m.group(1)) + offset}",
-                      text.format(duration=duration), flags=re.M)
-        spec = work / f"{name}.toml"
-        spec.write_text(text)
-        raw = work / f"{name}.raw.parquet"
-        subprocess.run([sys.executable, "-m", "traceforge", "trace", "gen", str(spec), "-o",
-                        str(raw)], check=True)
-        out[name] = raw
-    return out
+    return {name: write_mix(name, work, duration) for name in MIXES}
 
 
 def metrics(run_dir: Path) -> dict:
-    import pyarrow.compute as pc
-
     from traceforge.record import read_timeline
+    from traceforge.simulate.fidelity import latencies_by_model
     from traceforge.simulate.measure import timeline_gaps
 
     t = read_timeline(run_dir)
     manifest = json.loads((run_dir / "run.json").read_text())
-    sc = manifest.get("self_check", {})
-    out = {"status": manifest.get("status"), "send_lag_us": sc.get("send_lag_us"),
-           "rows": t.num_rows}
-    ok = t.filter(pc.and_(pc.equal(t["status"], "ok"), pc.invert(t["warmup"])))
-    lat = {}
-    for m in sorted(set(ok["model"].to_pylist())):
-        r = ok.filter(pc.equal(ok["model"], m))
-        sched = r["scheduled_ns"].to_numpy().astype(float)
-        done = r["done_ns"].to_numpy(zero_copy_only=False).astype(float)
-        service = (r["service_end_ns"].to_numpy(zero_copy_only=False).astype(float)
-                   - r["service_start_ns"].to_numpy(zero_copy_only=False).astype(float))
-        ms = (done - sched) / 1e6
-        lat[m] = {"n": int(r.num_rows), "p50_ms": float(np.percentile(ms, 50)),
-                  "p99_ms": float(np.percentile(ms, 99)),
-                  "service_ms": float(np.mean(service) / 1e6)}
-    out["latency"] = lat
+    out = {"status": manifest.get("status"),
+           "send_lag_us": manifest.get("self_check", {}).get("send_lag_us"), "rows": t.num_rows}
+    out["latency"] = {m: {"n": int(v["latency_ms"].size),
+                          "p50_ms": float(np.percentile(v["latency_ms"], 50)),
+                          "p99_ms": float(np.percentile(v["latency_ms"], 99)),
+                          "service_ms": float(np.mean(v["service_ms"]))}
+                      for m, v in latencies_by_model(run_dir).items() if v["latency_ms"].size}
     classes = timeline_gaps(t, classes=True)
     out["handoff_us"] = {f"{a}>{b}:{'early' if e else 'late'}":
                          {"n": int(v.size), "mean": float(np.mean(v) / 1e3),
