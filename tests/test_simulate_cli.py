@@ -141,6 +141,25 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
                   if p.is_dir())[:4] == ["01-reference", "02-reference-open", "03-reference-mix",
                                          "04-reference-idle"]
     assert not any("reference-mix" in p.name for p in (tmp_path / "runs" / "exclusive").iterdir())
+    # timeslice: the way back is the median over the mixed pass and the co-runs together
+    backs: dict[str, list] = {}
+    for run in sorted((tmp_path / "runs" / "timeslice").iterdir()):
+        if run.is_dir() and run.name[3:].startswith(("reference-mix", "corun-")):
+            t = read_timeline(run)
+            for row in t.filter(pc.equal(t.column("status"), "ok")).to_pylist():
+                backs.setdefault(row["model"], []).append(row["done_ns"] - row["service_end_ns"])
+    assert data["modes"]["timeslice"]["outbound_ms"] == pytest.approx(
+        {m: np.median(v) / 1e6 for m, v in backs.items()}, abs=2e-6)
+    # and the spread of single transports around the medians, both ways, in every mode
+    from traceforge.simulate.profile import SPREAD_QUANTILES
+
+    for mode in ("exclusive", "timeslice"):
+        for key in ("inbound_spread_ms", "outbound_spread_ms"):
+            table = data["modes"][mode][key]
+            assert set(table) == {"tiny-bert", "tiny-gpt2"}, (mode, key)
+            for qs in table.values():
+                assert len(qs) == len(SPREAD_QUANTILES) and qs == sorted(qs)
+                assert qs[0] <= 0 <= qs[-1]  # around the median
     bert, gpt = data["models"]["tiny-bert"], data["models"]["tiny-gpt2"]
     assert np.array(bert["service_ms"]).shape == (2, 2) and not bert["generative"]
     assert gpt["generative"] and np.array(gpt["decode_ms_per_token"]).shape == (2, 2)

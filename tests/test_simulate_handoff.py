@@ -577,3 +577,95 @@ def test_the_mixed_transport_pass_is_bounded_for_slow_models():
     assert n == MIX_PHASE_MIN  # 10 s / 0.4 s / 2 models = 12 -> the floor of 20
     assert mix_phase_requests(40, [5e6, 5e6], 0.5) == 120
     assert 20 <= mix_phase_requests(40, [60e6, 60e6], 0.5) < 120  # 10 s / 0.12 s / 2 = 41
+
+
+def test_pooled_outbound_is_the_median_over_every_phase_not_of_phase_medians():
+    from traceforge.simulate.measure import pooled_outbound_ms
+
+    mix = {"a": np.array([300e3, 310e3, 320e3]), "b": np.array([500e3])}
+    corun = {"a": np.array([100e3] * 7), "b": np.array([])}
+    out = pooled_outbound_ms([mix, corun])
+    # ten samples of a: seven at 0.1 ms, so the pooled median is 0.1 ms (the mean of the two
+    # phase medians would be 0.205); b's empty co-run sample is ignored
+    assert out == {"a": 0.1, "b": 0.5}
+    assert pooled_outbound_ms([]) == {}
+
+
+def _spread(center_ms: float = 0.0, width_ms: float = 0.1) -> list[float]:
+    from traceforge.simulate.profile import SPREAD_QUANTILES
+
+    return [round(center_ms + width_ms * (q - 0.5), 6) for q in SPREAD_QUANTILES]
+
+
+@pytest.mark.parametrize("mode", ["exclusive", "mps"])
+def test_transport_spreads_vary_single_transports_around_their_medians(tmp_path, mode):
+    """inbound/outbound_spread_ms: each request's transport is its median plus a draw from the
+    measured quantiles; the same seed gives the same run, and requests far apart (never
+    queued) end exactly their draw later than without spreads."""
+    from traceforge.simulate.profile import SPREAD_QUANTILES
+
+    base = {"inbound_ms": {"a": 0.3}, "outbound_ms": {"a": 0.2}, "slowdown": {}}
+    plain = make_profile({"a": model_profile(1.0)}, {mode: base})
+    spread = make_profile({"a": model_profile(1.0)}, {mode: {
+        **base, "inbound_spread_ms": {"a": _spread(0.05, 0.2)},
+        "outbound_spread_ms": {"a": _spread(0.1, 0.3)}}})
+    n = 400
+    trace = make_trace([i * 10 * MS for i in range(n)], models=["a"] * n)
+    for name, profile in (("0", plain), ("1", spread), ("2", spread)):
+        simulate(trace, tmp_path / name, profile=profile, mode=mode, seed=3)
+    start0, start1 = (np.array(col_ms(tmp_path / x, "service_start_ns")) for x in "01")
+    back0, back1 = (np.array(col_ms(tmp_path / x, "done_ns"))
+                    - np.array(col_ms(tmp_path / x, "service_end_ns")) for x in "01")
+    assert np.allclose(start0 - np.arange(n) * 10, 0.3)  # the median alone
+    dev_in, dev_out = start1 - start0, back1 - back0
+    # every draw lies between the 1 % and 99 % quantiles; their median near the 50 % one
+    lo_in, hi_in = 0.05 + 0.2 * (SPREAD_QUANTILES[0] - 0.5), 0.05 + 0.2 * 0.49
+    assert dev_in.min() >= lo_in - 1e-6 and dev_in.max() <= hi_in + 1e-6
+    assert np.median(dev_in) == pytest.approx(0.05, abs=0.02)
+    assert np.median(dev_out) == pytest.approx(0.1, abs=0.03)
+    assert dev_out.std() > 0.05 and dev_in.std() > 0.03  # they do vary
+    assert col_ms(tmp_path / "1", "done_ns") == col_ms(tmp_path / "2", "done_ns")
+
+
+def test_a_transport_never_goes_below_zero():
+    from traceforge.simulate.simulator import _transport_deviations
+
+    mp = make_profile({"a": model_profile(1.0)}, {"mps": {
+        "inbound_ms": {"a": 0.1}, "outbound_ms": {"a": 0.1}, "slowdown": {},
+        "inbound_spread_ms": {"a": _spread(-1.0, 0.1)},
+        "outbound_spread_ms": {"a": _spread(-1.0, 0.1)}}}).modes["mps"]
+    dev_in, dev_out = _transport_deviations(mp, [np.arange(50)], ["a"], {"a": "a"}, 50, 1)
+    assert (dev_in >= -0.1 * MS - 1e-6).all()  # floored at minus the median
+    assert (dev_out < -0.9 * MS).all()  # the way back is floored where it is added (done >= end)
+
+
+@pytest.mark.parametrize("value", [[0.1] * 5, _spread()[::-1], [*_spread()[:-1], "x"],
+                                   [*_spread()[:-1], float("nan")], "wide"])
+def test_a_malformed_transport_spread_is_one_line(value):
+    for where in ("inbound_spread_ms", "outbound_spread_ms"):
+        with pytest.raises(BadInput, match=rf"modes\.mps\.{where}\.a"):
+            make_profile({"a": model_profile(2.0)}, {"mps": {where: {"a": value}}})
+
+
+def test_idle_transport_spread_is_around_each_requests_own_bin():
+    from traceforge.simulate.measure import (
+        SPREAD_MIN_SAMPLES,
+        idle_transport_spread,
+        outbound_spread,
+    )
+    from traceforge.simulate.profile import SPREAD_QUANTILES
+
+    # Two bins with medians 0.2 ms (idle < 1 ms) and 0.6 ms (>= 1 ms); each request's transport
+    # is its bin's median plus -10, 0 or +40 µs: the spread is those offsets, not the 0.4 ms
+    # between the bins.
+    gaps = np.array([0.5e6] * 30 + [5e6] * 30)
+    offsets = np.tile([-10e3, 0.0, 40e3], 20)
+    transport = np.where(gaps < 1e6, 0.2e6, 0.6e6) + offsets
+    bins = {"a": [[0.0, 1.0, 0.2, 30], [1.0, None, 0.6, 30]]}
+    spread = idle_transport_spread([{"a": (gaps, transport)}], bins)
+    assert len(spread["a"]) == len(SPREAD_QUANTILES)
+    assert spread["a"][0] == pytest.approx(-0.01) and spread["a"][-1] == pytest.approx(0.04)
+    assert spread["a"][10] == pytest.approx(0.0)
+    back = {"a": np.full(SPREAD_MIN_SAMPLES, 0.3e6), "b": np.full(SPREAD_MIN_SAMPLES - 1, 1e6)}
+    out = outbound_spread([back], {"a": 0.25, "b": 1.0})
+    assert out == {"a": [pytest.approx(0.05)] * len(SPREAD_QUANTILES)}  # b: too few samples

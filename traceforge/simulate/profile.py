@@ -18,6 +18,7 @@ through the replay and resident packages, and only when called.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -118,6 +119,12 @@ class ModelProfile:
         return np.clip(first / np.maximum(total, 1.0), 0.0, 1.0)
 
 
+# The quantiles at which a profile keeps the spread of single transports around their medians
+# (ModeProfile.inbound_spread_ms / outbound_spread_ms): every 5 %, the extremes as 1 % / 99 %
+# so that one outlier in a few hundred requests does not become a simulated floor or ceiling.
+SPREAD_QUANTILES = (0.01, *(i / 20 for i in range(1, 20)), 0.99)
+
+
 @dataclass(frozen=True)
 class ModeProfile:
     alone_scale: dict[str, float]
@@ -141,6 +148,12 @@ class ModeProfile:
     # phase (``send_lag_ms``); a replay's latency counts from the scheduled time, so the
     # simulator adds it to every request. 0 in older profiles.
     send_lag_ms: float = 0.0
+    # How far single transports fall from those medians (``inbound_spread_ms``: model ->
+    # quantiles of transport - its idle bin's median, at SPREAD_QUANTILES; ``outbound_spread_ms``:
+    # the same for the way back around ``outbound_ms``), so simulated transports vary as
+    # measured ones do (measure.transport_spread). Empty in older profiles: the medians alone.
+    inbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    outbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def idle_inbound_ms(self, model: str, idle_ms: float) -> float | None:
         """The transport of a request sent to ``model``'s worker idle for ``idle_ms``: the
@@ -329,8 +342,27 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                 raise BadInput("rows must be [lo_ms, hi_ms or null, median_ms >= 0, n] with "
                                "lo < hi", source=source, key=key, value=rows) from None
             idle_bins[name] = sorted(parsed)
+        spreads: dict[str, dict[str, tuple[float, ...]]] = {}
+        for field_name in ("inbound_spread_ms", "outbound_spread_ms"):
+            spreads[field_name] = {}
+            for name, qs in table(md.get(field_name) or {},
+                                  f"modes.{mode}.{field_name}").items():
+                key = f"modes.{mode}.{field_name}.{name}"
+                try:
+                    values = tuple(math.nan if isinstance(v, bool) else float(v) for v in qs)
+                except (TypeError, ValueError):
+                    values = ()
+                if (len(values) != len(SPREAD_QUANTILES)
+                        or not all(math.isfinite(v) for v in values)
+                        or any(b < a for a, b in itertools.pairwise(values))):
+                    raise BadInput(f"must be {len(SPREAD_QUANTILES)} finite, non-decreasing "
+                                   "ms values (quantiles of transport - its median)",
+                                   source=source, key=key, value=qs)
+                spreads[field_name][name] = values
         lag = md.get("send_lag_ms")
         modes[mode] = ModeProfile(
+            inbound_spread_ms=spreads["inbound_spread_ms"],
+            outbound_spread_ms=spreads["outbound_spread_ms"],
             send_lag_ms=0.0 if lag is None else ms(lag, f"modes.{mode}.send_lag_ms"),
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},

@@ -38,7 +38,7 @@ from traceforge.simulate.engine import (
     fifo_servers_assigned,
     shared_workers,
 )
-from traceforge.simulate.profile import Profile, load_profile
+from traceforge.simulate.profile import SPREAD_QUANTILES, Profile, load_profile
 
 SERVICE_DISTS = ("const", "exp")
 
@@ -523,6 +523,12 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
     # When the dispatcher actually sends: the schedule plus its measured median send lag
     # (profile send_lag_ms; the timeline's sent_ns column stays the scheduled time).
     sent = scheduled.astype(np.float64) + mp.send_lag_ms * 1e6
+    # Single transports vary around their medians (profile inbound/outbound_spread_ms): one
+    # draw per request and direction from the measured quantiles. The way in shifts the moment
+    # the request leaves the dispatcher by its deviation (so the worker's idle-time bin, and
+    # with it the median, follows from the shifted time); the way back is added to done.
+    dev_in, dev_out = _transport_deviations(mp, rows_by_model, names, mapping, n, seed)
+    reach = sent + dev_in
 
     queues: list[ModelQueue] = []
     noise: list[np.ndarray] = []
@@ -554,10 +560,11 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                 shape = ((run_bs[rows] << 42) | (run_seq[rows] << 21) | new_all[rows])
                 _, first = np.unique(shape, return_index=True)
                 work[first] += pm.cold_ns(run_bs[rows][first], run_seq[rows][first])
-        queue = ModelQueue(arrival_ns=sent[rows] + inbound[m], work_ns=work)
+        queue = ModelQueue(arrival_ns=np.maximum(reach[rows] + inbound[m], sent[rows]),
+                           work_ns=work)
         if max_batch == 1 and pm_name in mp.inbound_by_idle_ms:
             # Transport by how long the worker had been idle (profile inbound_by_idle_ms).
-            queue.sent_ns = sent[rows]
+            queue.sent_ns = reach[rows]
             queue.idle_inbound = (lambda idle_ns, p=pm_name:
                                   mp.idle_inbound_ms(p, idle_ns / 1e6) * 1e6)
         queues.append(queue)
@@ -618,7 +625,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             s, e = fifo_pair_handoff(np.rint(arrive[order]).astype(np.int64),
                                      np.rint(work[order]).astype(np.int64), codes[order],
                                      gap_ns,
-                                     np.rint(sent[order]).astype(np.int64) if idle_table
+                                     np.rint(reach[order]).astype(np.int64) if idle_table
                                      else None,
                                      idle_inbound if idle_table else None)
         else:
@@ -641,7 +648,8 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             end[rows] = np.rint(r.end_ns).astype(np.int64)
             batch_id[rows] = r.batch_id
             batched[rows] = r.batched_with
-    done = end + np.rint(outbound[codes]).astype(np.int64) if n else end.copy()
+    done = (end + np.rint(np.maximum(outbound[codes] + dev_out, 0.0)).astype(np.int64)
+            if n else end.copy())
 
     first_token = np.full(n, np.nan)
     # As the resident executor reports it: batch_size x max_new_tokens for generation, else 0.
@@ -670,6 +678,33 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                      first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
                      batched_with=batched, worker=worker, bucket_seq_len=bucket_seq,
                      bucket_batch_size=bucket_batch)
+
+
+def _transport_deviations(mp, rows_by_model: list[np.ndarray], names: list[str],
+                          mapping: dict[str, str], n: int, seed: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Per request, ns: how far its transport to the worker and back falls from the profile's
+    median, drawn from the mode's ``inbound_spread_ms`` / ``outbound_spread_ms`` quantiles
+    (inverse CDF, linear between quantiles, the 1 % / 99 % ones beyond); zeros for models
+    without them. The way in never goes below minus the smallest median (a transport is never
+    negative). Each model and direction has its own stream, so adding a model or a spread
+    leaves the others' draws as they were."""
+    dev = (np.zeros(n), np.zeros(n))
+    for m, rows in enumerate(rows_by_model):
+        p = mapping[names[m]]
+        if not rows.size:
+            continue
+        for d, (table, floor) in enumerate((
+                (mp.inbound_spread_ms, -min([mp.inbound_ms.get(p, 0.0)]
+                                            + [r[2] for r in mp.inbound_by_idle_ms.get(p, [])])),
+                (mp.outbound_spread_ms, -math.inf))):
+            q = table.get(p)
+            if q is None:
+                continue
+            rng = np.random.default_rng([max(int(seed), 0), 17, m, d])
+            draw = np.interp(rng.random(rows.size), SPREAD_QUANTILES, q)
+            dev[d][rows] = np.maximum(draw, floor) * 1e6
+    return dev
 
 
 def _rate_table(profile: Profile, mode: str, pnames: list[str]) -> dict[int, list[float]]:
