@@ -12,7 +12,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu-fidelity}
-WORK=${WORK:-/tmp/traceforge-gpu-fidelity}
+# A fresh work directory every call: a machine kept warm between calls still holds the last
+# call's runs, and the doc step would compare them with this call's new traces (seen on the
+# H200, 2026-11-30 20:50 UTC: the profile and every replay refused the used directories and
+# the doc reported 1 of 8 from stale runs). A WORK given by the caller must be empty.
+if [ -n "${WORK:-}" ]; then
+  if [ -e "$WORK" ] && [ -n "$(ls -A "$WORK" 2>/dev/null)" ]; then
+    echo "gpu_fidelity.sh: WORK = '$WORK' is not empty; give a new or empty directory" >&2
+    exit 2
+  fi
+else
+  WORK=$(mktemp -d /tmp/traceforge-gpu-fidelity.XXXXXX)
+fi
 PY=${PYTHON:-python3}
 MIX_S=${MIX_S:-12}
 mkdir -p "$OUT" "$WORK/runs"
@@ -25,6 +36,11 @@ timeout -k 10 "${PROFILE_LIMIT:-170}" "$PY" -m traceforge profile --models disti
   --seq-lens 16,32,64,128,256 --new-tokens 16 --repeats 10 --warmup 1 --corun-seconds 3 \
   --corun-repeats 3 --corun-sets pairs --keep-runs "$WORK/profile-runs" \
   -o "$WORK/profile.json" 2>&1 | tee -a "$LOG"
+if [ ! -s "$WORK/profile.json" ]; then
+  echo "gpu_fidelity.sh: the profile step made no profile; nothing else is run (log: $LOG)" | tee -a "$LOG" >&2
+  cp "$LOG" "$OUT"/ 2>/dev/null
+  exit 1
+fi
 cp "$WORK/profile.json" "$OUT/profile-$card.json" 2>/dev/null
 echo "---- held-out traces" | tee -a "$LOG"
 "$PY" benchmarks/fidelity_heldout.py traces "$WORK/profile.json" "$WORK" "$MIX_S" 2>&1 | tee -a "$LOG"
