@@ -192,9 +192,27 @@ def repeat_rows(work: Path, mix: str, mode: str, first: dict, profile,
     return rows
 
 
+def quantile_position(latency_ms, simulated_p50_ms: float) -> str:
+    """Where the simulated p50 falls in the measured distribution (its percentile rank there)
+    and how steep that distribution is around its median (the p45-p55 span, and how far one
+    percentile point moves the p50 there): a p50 that sits where few requests lie (between a
+    mode of requests that found the GPU free and one that waited behind a decode) moves by
+    many % when a percent of the requests changes side."""
+    from scipy import stats
+
+    lat = np.asarray(latency_ms, dtype=float)
+    if lat.size < 20:
+        return ""
+    rank = stats.percentileofscore(lat, simulated_p50_ms, kind="mean")
+    p45, p50, p55 = np.percentile(lat, [45, 50, 55])
+    return (f" The simulated p50 sits at the measured p{rank:.1f}; the measured p45-p55 span "
+            f"{p45:.2f}-{p55:.2f} ms, so one percentile point moves the p50 by "
+            f"~{(p55 - p45) / p50 / 10:.1%} there.")
+
+
 def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     from traceforge.record import RunManifest
-    from traceforge.simulate.fidelity import compare_run, oracle_run
+    from traceforge.simulate.fidelity import compare_run, latencies_by_model, oracle_run
     from traceforge.simulate.profile import load_profile
 
     profile = load_profile(profile_path)
@@ -247,6 +265,9 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                         + (f"the service/interference model (profile) carries the {q} error."
                            if abs(ov.get(f"error_{q}", 0)) < abs(sim_err) else
                            f"the queueing model itself misses the {q} here.")
+                        + (quantile_position(
+                            latencies_by_model(run).get(model, {}).get("latency_ms", []),
+                            v["simulated_p50_ms"]) if q == "p50" else "")
                         + "".join(f" The identical replay {k} measured p50 {d50:+.1%}, p99 "
                                   f"{d99:+.1%} from this one (simulator against it: {r50:+.1%}"
                                   f" / {r99:+.1%})." for k, d50, d99, r50, r99
