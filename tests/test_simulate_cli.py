@@ -150,6 +150,16 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
                 backs.setdefault(row["model"], []).append(row["done_ns"] - row["service_end_ns"])
     assert data["modes"]["timeslice"]["outbound_ms"] == pytest.approx(
         {m: np.median(v) / 1e6 for m, v in backs.items()}, abs=2e-6)
+    # exclusive: the median over its mixed reference-open pass
+    backs = {}
+    for run in sorted((tmp_path / "runs" / "exclusive").iterdir()):
+        if run.is_dir() and run.name[3:].startswith("reference-open"):
+            t = read_timeline(run)
+            for row in t.filter(pc.equal(t.column("status"), "ok")).to_pylist():
+                backs.setdefault(row["model"], []).append(row["done_ns"] - row["service_end_ns"])
+    assert set(backs) == {"tiny-bert", "tiny-gpt2"}
+    assert data["modes"]["exclusive"]["outbound_ms"] == pytest.approx(
+        {m: np.median(v) / 1e6 for m, v in backs.items()}, abs=2e-6)
     # and the spread of single transports around the medians, both ways, in every mode
     from traceforge.simulate.profile import SPREAD_QUANTILES
 

@@ -784,13 +784,16 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
             if mode != "exclusive":
                 await _measure_corun(replay, mode, mode_entry, refs, settings, log, started)
-            # The way back: exclusive from its mixed reference-open pass (outbound_ms already
-            # set), other modes pooled over the mixed pass and the co-runs (pooled_outbound_ms);
-            # its spread around that median from the same phases.
-            back = [sample for label, sample in replay.back_samples if label.startswith(
-                "reference-open" if mode == "exclusive" else ("reference-mix", "corun-"))]
-            if mode != "exclusive":
-                mode_entry["outbound_ms"].update(pooled_outbound_ms(back))
+            # The way back and its spread around that median, from the open-loop phases where
+            # every model is sent: pooled over the mixed pass and the co-runs in modes with a
+            # worker per model (pooled_outbound_ms), else (exclusive, or one model) the
+            # reference-open pass; without any, the closed-loop reference phase's median stays.
+            mixed = [sample for label, sample in replay.back_samples
+                     if label.startswith(("reference-mix", "corun-"))]
+            back = mixed if mode != "exclusive" and mixed else [
+                sample for label, sample in replay.back_samples
+                if label.startswith("reference-open")]
+            mode_entry["outbound_ms"].update(pooled_outbound_ms(back))
             mode_entry["outbound_spread_ms"] = outbound_spread(back, mode_entry["outbound_ms"])
             # Transport by how long the worker had been idle, over the mode's reference phases,
             # and the spread of single transports around those medians.
@@ -1025,22 +1028,15 @@ async def _measure_grid(replay: _Replayer, model: str, entry, grid, ref, setting
     return entry_out
 
 
-def pooled_tail_means(samples: list[np.ndarray]) -> np.ndarray:
-    """Each grid point's mean service from a few samples of a heavy-tailed distribution: the
-    point's median times a tail factor pooled over every point (the mean of sample / its point's
-    median). The shape decides the body (GPU time grows smoothly with batch and length); the
-    tail (a late wake-up, a host hiccup) does not depend on the shape. Measured on an H200
-    (distilbert-base graphs, 20 points × 5 samples, 2026-11-30 10:03 UTC profile): plain
-    per-point means ranged 0.40–1.02 ms, non-monotonic in batch and length, while the held-out
-    replays of the same buckets measured 0.36–0.83 ms medians and mean/median ≈ 1.2 — one slow
-    sample in five moved a point's mean by up to 2.6×."""
-    medians, factor = pooled_tail(samples)
-    return medians * factor
-
-
 def pooled_tail(samples: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    """(each point's median, the tail factor pooled over every point: the mean of sample / its
-    point's median) -- :func:`pooled_tail_means` is their product."""
+    """Each grid point's median and a tail factor pooled over every point (the mean of sample /
+    its point's median); a point's mean service is their product. From a few samples of a
+    heavy-tailed distribution the shape decides the body (GPU time grows smoothly with batch
+    and length); the tail (a late wake-up, a host hiccup) does not depend on the shape.
+    Measured on an H200 (distilbert-base graphs, 20 points × 5 samples, 2026-11-30 10:03 UTC
+    profile): plain per-point means ranged 0.40–1.02 ms, non-monotonic in batch and length,
+    while the held-out replays of the same buckets measured 0.36–0.83 ms medians and
+    mean/median ≈ 1.2 — one slow sample in five moved a point's mean by up to 2.6×."""
     medians = np.array([float(np.median(v)) if len(v) else np.nan for v in samples])
     ratios = [v / m for v, m in zip(samples, medians, strict=True) if len(v) and m > 0]
     factor = float(np.mean(np.concatenate(ratios))) if ratios else 1.0
@@ -1208,7 +1204,7 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
                 t += rng.exponential(mean_est / settings.alone_utilisation)
                 mix.add(models[g], *refs[models[g]], g, True, arrival_ns=int(t))
             mix_timeline = await replay.run(mix, None, "reference-mix")
-        out_mix = _dispatcher_times(mix_timeline)
+        send_lag = _send_lag_ms(mix_timeline)
         # A sparse pass, one model at a time: requests ~IDLE_PHASE_GAP_MS apart, so the
         # transport after long idle gaps is measured too (idle_transport_bins; only that is
         # taken from this phase). The phases above leave a worker idle for milliseconds at most.
@@ -1220,7 +1216,7 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
                 sparse.add(m, *refs[m], g, True, arrival_ns=int(t))
         await replay.run(sparse, None, "reference-idle")
     else:
-        out_mix = None
+        send_lag = None
     sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     worker = np.asarray(timeline.column("worker").fill_null("").to_pylist())
@@ -1244,9 +1240,8 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         out["alone_ratio"][m] = round(ratio, 4)
         out["alone_scale"][m] = round(scale, 4)
         out["inbound_ms"][m] = round(idle_inbound_ns(worker, sent, start, end, rows) / 1e6, 6)
+        # replaced by the open-loop phases' where there are any (_measure, pooled_outbound_ms)
         out["outbound_ms"][m] = round(float(np.median(done[rows] - end[rows])) / 1e6, 6)
-        if out_mix is not None and m in out_mix["outbound_ms"]:
-            out["outbound_ms"][m] = out_mix["outbound_ms"][m]
         # The tail at the reference shape at this phase's (serving-like) load: reanchor_tail.
         tail = {"n": int(rows.sum()), "service": tail_of(service),
                 "cv": float(np.std(service) / np.mean(service)) if service.size else 0.0}
@@ -1257,29 +1252,21 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
                               else 1.0)
         out["tail"][m] = {k: round(v, 4) if isinstance(v, float) else v
                           for k, v in tail.items()}
-    if out_mix is not None:
-        out["send_lag_ms"] = out_mix["send_lag_ms"]
+    if send_lag is not None:
+        out["send_lag_ms"] = send_lag
     return out
 
 
-def _dispatcher_times(timeline: pa.Table) -> dict[str, Any]:
-    """From an open-loop mixed phase at serving rates: the dispatcher's median send lag
-    (``sent - scheduled``, every model: the simulator adds it to every request, since a
-    replay's latency counts from the scheduled time) and, per model, the median
-    ``done - service_end`` (result back to the dispatcher)."""
+def _send_lag_ms(timeline: pa.Table) -> float:
+    """The dispatcher's median send lag (``sent - scheduled`` of the ok rows, every model) in
+    an open-loop mixed phase at serving rates: the simulator adds it to every request, since a
+    replay's latency counts from the scheduled time."""
     import pyarrow.compute as pc
 
     ok = timeline.filter(pc.equal(timeline.column("status"), "ok"))
-
-    def col(name: str) -> np.ndarray:
-        return ok.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-
-    lag = col("sent_ns") - col("scheduled_ns")
-    back = col("done_ns") - col("service_end_ns")
-    model = np.asarray(ok.column("model").to_pylist())
-    return {"send_lag_ms": round(max(0.0, float(np.median(lag))) / 1e6, 6) if lag.size else 0.0,
-            "outbound_ms": {m: round(float(np.median(back[model == m])) / 1e6, 6)
-                            for m in np.unique(model).tolist()}}
+    lag = (ok.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+           - ok.column("scheduled_ns").to_numpy(zero_copy_only=False).astype(np.float64))
+    return round(max(0.0, float(np.median(lag))) / 1e6, 6) if lag.size else 0.0
 
 
 # Modes whose co-run slowdowns count each worker busy from its requests' measured service

@@ -151,7 +151,7 @@ class ModeProfile:
     # How far single transports fall from those medians (``inbound_spread_ms``: model ->
     # quantiles of transport - its idle bin's median, at SPREAD_QUANTILES; ``outbound_spread_ms``:
     # the same for the way back around ``outbound_ms``), so simulated transports vary as
-    # measured ones do (measure.transport_spread). Empty in older profiles: the medians alone.
+    # measured ones do (measure.idle_transport_spread, measure.outbound_spread). Empty in older profiles: the medians alone.
     inbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     outbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
