@@ -235,6 +235,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
             # it still misses is neither service time nor hand-off (docs/simulator.md).
             o = oracle_run(run, "exact")
             deltas: dict[str, list] = {}
+            latencies: dict[str, dict] = {}  # the run's, read at its first p50 miss
             rep_rows += repeat_rows(work, mix, mode, r, profile, rep_hits, deltas)
             spread += [abs(d[1]) for ds in deltas.values() for d in ds]
             for model, v in r["models"].items():
@@ -256,6 +257,11 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                     # judged on the quantile that misses (p50 first)
                     q = "p50" if abs(e50) > 0.05 else "p99"
                     sim_err = e50 if q == "p50" else e99
+                    position = ""
+                    if q == "p50":
+                        latencies = latencies or latencies_by_model(run)
+                        position = quantile_position(
+                            latencies.get(model, {}).get("latency_ms", []), v["simulated_p50_ms"])
                     notes.append(
                         f"- {mix}/{mode}/{model}: p50 {e50:+.1%}, p99 {e99:+.1%}; mean service "
                         f"simulated {v['simulated_service_ms']:.3f} ms vs measured "
@@ -265,9 +271,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                         + (f"the service/interference model (profile) carries the {q} error."
                            if abs(ov.get(f"error_{q}", 0)) < abs(sim_err) else
                            f"the queueing model itself misses the {q} here.")
-                        + (quantile_position(
-                            latencies_by_model(run).get(model, {}).get("latency_ms", []),
-                            v["simulated_p50_ms"]) if q == "p50" else "")
+                        + position
                         + "".join(f" The identical replay {k} measured p50 {d50:+.1%}, p99 "
                                   f"{d99:+.1%} from this one (simulator against it: {r50:+.1%}"
                                   f" / {r99:+.1%})." for k, d50, d99, r50, r99
