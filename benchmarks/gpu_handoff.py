@@ -1,6 +1,6 @@
 """Exclusive-mode executor hand-off against the dispatcher's GIL settings, on a GPU.
 
-    python benchmarks/gpu_handoff.py WORK [--passes 2] [--variants base,sw20,sw5,m03]
+    python benchmarks/gpu_handoff.py WORK [--passes 2] [--variants base,syncdec,sw20,sw5,m03]
 
 One process, the models loaded once (distilbert-base ``enc`` + distilgpt2 ``gen``, exclusive,
 graphs, pre-warmed for both mixes' buckets); the held-out mixes of fidelity_heldout.py (seeds
@@ -16,6 +16,9 @@ the executor thread, which gives up the GIL in every CUDA wait, gets it back onl
 switch-interval timeout forces a switch. A hand-off with k such waits costs ~k x
 ``switch_interval_us`` whenever the dispatcher happens to be spinning, which depends on the send
 rate: a cost that moves with the workload.
+
+``syncdec`` runs graph-captured decodes synchronously, as the executor did before it pipelined
+them (executor.PIPELINE_DECODES): the hand-off after a decode against the default's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ VARIANTS = {
     "sw20": {"switch_interval_us": 20.0},
     "sw5": {"switch_interval_us": 5.0},
     "m03": {"spin_margin_ms": 0.3},
+    # decodes run synchronously, as before the executor pipelined them (2026-12-01)
+    "syncdec": {"pipeline_decodes": False},
 }
 # time scales of the 18:02 UTC call (55 % / 70 % exclusive utilisation from its profile)
 SCALES = {"bursty": 0.942, "steady": 0.437}
@@ -71,6 +76,7 @@ def metrics(run_dir: Path) -> dict:
 
 async def main_async(args) -> dict:
     from traceforge.backends import resident
+    from traceforge.backends.resident import executor as executor_mod
     from traceforge.clock import RunClock
     from traceforge.replay import ModelInfo, ReplayOptions, replay_async
     from traceforge.replay.run import trace_shapes
@@ -100,8 +106,10 @@ async def main_async(args) -> dict:
             for variant in order:
                 for mix, trace in traces.items():
                     run_dir = work / "runs" / f"p{p}-{variant}-{mix}"
+                    kwargs = dict(VARIANTS[variant])
+                    executor_mod.PIPELINE_DECODES = kwargs.pop("pipeline_decodes", True)
                     opts = ReplayOptions(time_scale=SCALES[mix], models=infos, warmup_s=0.5,
-                                         **VARIANTS[variant])
+                                         **kwargs)
                     await replay_async(trace, run_dir, _KeepStarted(backend, clock), opts)
                     row = {"pass": p, "variant": variant, "mix": mix, **metrics(run_dir)}
                     results.append(row)
@@ -147,7 +155,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("work")
     ap.add_argument("--passes", type=int, default=2)
-    ap.add_argument("--variants", default="base,sw20,sw5,m03")
+    ap.add_argument("--variants", default="base,syncdec",
+                    help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--mix-s", type=float, default=12.0)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script")
     args = ap.parse_args()

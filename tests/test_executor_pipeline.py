@@ -296,3 +296,139 @@ def test_gpu_time_estimate_is_per_bucket_not_per_raw_shape():
         Job(2, "m", 1, 30, 0), handle(None))
     assert _shape_key(Job(1, "m", 1, 20, 0), handle(b32)) != _shape_key(
         Job(1, "other", 1, 20, 0), handle(b32))
+
+
+# -- decodes: begun behind the request in flight, the next request enqueued behind their steps ---
+class _Decode:
+    """What LoadedModel.begin_decode returns, for DecodeDevice (clock-based like TimedDevice)."""
+
+    def __init__(self, rid, new, launched, prefill_end) -> None:
+        self.rid, self.new, self.launched_ns, self.prefill_end = rid, new, launched, prefill_end
+        self.bucket = None
+        self.first_token_ns = None
+        self.end_ns = None
+        self.steps_pending = True
+
+
+class DecodeDevice(TimedDevice):
+    """TimedDevice plus graph-captured decodes: a prefill of ``prefill_s`` and ``new - 1`` steps
+    of ``step_s`` on the same one-stream clock. ``log``: (event, request id) in host order."""
+
+    def __init__(self, gpu_s=0.002, prefill_s=0.004, step_s=0.003, fail_resume=False) -> None:
+        super().__init__(gpu_s)
+        self.prefill_ns, self.step_ns = int(prefill_s * 1e9), int(step_s * 1e9)
+        self.fail_resume = fail_resume
+        self.log: list[tuple[str, int]] = []
+
+    def launch(self, batch_size, seq_len, max_new_tokens, *, label=None):
+        if max_new_tokens:
+            return None
+        handle = super().launch(batch_size, seq_len, max_new_tokens, label=label)
+        self.log.append(("launch", handle.start_ev))
+        return handle
+
+    def can_pipeline_decode(self, batch_size, seq_len, max_new_tokens) -> bool:
+        return max_new_tokens > 0
+
+    def begin_decode(self, batch_size, seq_len, max_new_tokens, *, label=None):
+        rid = int(label.split()[-1])
+        self.log.append(("begin", rid))
+        now = time.monotonic_ns()
+        self._busy_until = max(now, self._busy_until) + self.prefill_ns
+        return _Decode(rid, max_new_tokens, now, self._busy_until)
+
+    def resume_decode(self, handle) -> None:
+        if self.fail_resume:
+            raise RuntimeError("resume failed")
+        while time.monotonic_ns() < handle.prefill_end:
+            time.sleep(0.0002)
+        self.log.append(("resume", handle.rid))
+        handle.first_token_ns = time.monotonic_ns()
+        handle.end_ns = (max(handle.first_token_ns, self._busy_until)
+                         + self.step_ns * (handle.new - 1))
+        self._busy_until = handle.end_ns
+        handle.steps_pending = False
+
+    def finish(self, handle) -> RunStats:
+        if not isinstance(handle, _Decode):
+            stats = super().finish(handle)
+            self.log.append(("finish", handle.start_ev))
+            return stats
+        while time.monotonic_ns() < handle.end_ns:
+            time.sleep(0.0002)
+        self.log.append(("finish", handle.rid))
+        gpu = handle.end_ns - handle.prefill_end + self.prefill_ns
+        return RunStats(handle.end_ns - gpu, handle.first_token_ns, time.monotonic_ns(), gpu,
+                        handle.new, 8, 1)
+
+
+def _run_jobs(dev, jobs, *, gap_s=0.0) -> dict[int, dict]:
+    results: dict[int, dict] = {}
+    done = threading.Event()
+
+    def on_result(rid, fields):
+        results[rid] = fields
+        if len(results) == len(jobs):
+            done.set()
+
+    executor = Executor({"m": dev}, t0_ns=0, on_result=on_result, worker="test")
+    executor.start_thread()
+    for job in jobs:
+        if callable(job):
+            job(executor)
+        else:
+            executor.put(job)
+    assert done.wait(10), f"only {len(results)} of {len(jobs)} results"
+    assert executor.stop() == []
+    executor.thread.join(5)
+    return results
+
+
+def test_decode_is_begun_behind_the_request_in_flight_and_the_next_queued_behind_it():
+    """Queued decode 0, forward 1, decode 2: forward 1 is enqueued behind decode 0's steps
+    before the executor waits for 0; decode 2's prefill is enqueued behind forward 1 before
+    the executor waits for 1, and 2 is resumed (its first token awaited) only after 1 was
+    completed, so 1's end is read when it happens, not after 2's prefill."""
+    dev = DecodeDevice()
+    results = _run_jobs(dev, [Job(0, "m", 1, 8, 5), Job(1, "m", 1, 8, 0), Job(2, "m", 1, 8, 4)])
+    assert dev.log == [("begin", 0), ("resume", 0), ("launch", 1), ("finish", 0),
+                       ("begin", 2), ("finish", 1), ("resume", 2), ("finish", 2)], dev.log
+    assert all(r["status"] == "ok" for r in results.values())
+    for rid, new in ((0, 5), (2, 4)):
+        r = results[rid]
+        assert r["service_start_ns"] < r["first_token_ns"] < r["service_end_ns"]
+        assert r["tokens_out"] == new
+    assert results[1]["first_token_ns"] is None and results[1]["tokens_out"] == 0
+    ends = [results[k]["service_end_ns"] for k in range(3)]
+    assert ends == sorted(ends)
+
+
+def test_request_arriving_during_a_decode_is_enqueued_behind_its_steps():
+    """Once a decode's step time is known for its bucket, the executor waits for new work until
+    shortly before the decode is expected to end: a forward that arrives meanwhile is launched
+    before the executor waits for the decode (the GPU does not idle while it reports)."""
+    dev = DecodeDevice(step_s=0.01)  # decode of 8 tokens: 70 ms of steps
+
+    def during(rid):  # put forward `rid` 20 ms into the steps of decode `rid - 1`
+        def put(executor):
+            while ("resume", rid - 1) not in dev.log:
+                time.sleep(0.0005)
+            time.sleep(0.02)
+            executor.put(Job(rid, "m", 1, 8, 0))
+        return put
+
+    results = _run_jobs(dev, [Job(0, "m", 1, 8, 8), during(1), Job(2, "m", 1, 8, 8), during(3)])
+    assert all(r["status"] == "ok" for r in results.values())
+    log = dev.log
+    # the first decode of the bucket has no step estimate: the executor waits for it at once
+    assert log.index(("finish", 0)) < log.index(("launch", 1)), log
+    # the second has one: forward 3 is launched while decode 2 is still in flight
+    assert log.index(("resume", 2)) < log.index(("launch", 3)) < log.index(("finish", 2)), log
+
+
+def test_failed_decode_resume_is_an_error_row_and_the_executor_goes_on():
+    dev = DecodeDevice(fail_resume=True)
+    results = _run_jobs(dev, [Job(0, "m", 1, 8, 5), Job(1, "m", 1, 8, 0)])
+    assert results[0]["status"] == "error" and "resume failed" in results[0]["error"]
+    assert results[1]["status"] == "ok"
+    assert ("finish", 0) not in dev.log

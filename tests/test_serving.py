@@ -256,6 +256,43 @@ def test_graph_decode_equals_eager_on_gpu(name):
 
 
 @pytest.mark.gpu
+def test_pipelined_decode_equals_run_on_gpu():
+    """begin_decode + resume_decode + finish (the executor's pipelined decode) generate the same
+    tokens as run() from the same inputs, with a first token inside the service interval; a
+    second decode begun behind the first on the same bucket (its inputs refilled on the stream
+    while the first still runs) changes neither's tokens."""
+    from traceforge.zoo import build_model
+
+    m = build_model("tiny-gpt2", "cuda", dtype="float32", seed=3)
+    m.configure(compile="graphs")
+    runner = m._runner(m.bucket(2, 13, 9), 9)
+    m.generator.manual_seed(7)
+    ref = []
+    for _ in range(2):
+        m.run(2, 13, 9)
+        ref.append(runner.generated(9))
+    assert not torch.equal(ref[0], ref[1])
+    m.generator.manual_seed(7)
+    h = m.begin_decode(2, 13, 9)
+    m.resume_decode(h)
+    st = m.finish(h)
+    assert torch.equal(h.runner.generated(9), ref[0])
+    assert st.service_start_ns <= st.first_token_ns <= st.service_end_ns
+    assert st.gpu_ns > 0 and st.tokens_out == 18
+    assert (st.bucket_batch_size, st.bucket_seq_len) == (2, 16)
+    m.generator.manual_seed(7)
+    first = m.begin_decode(2, 13, 9)
+    m.resume_decode(first)
+    first_tokens = first.runner.generated(9)  # a copy, ordered on the stream before the next
+    second = m.begin_decode(2, 13, 9)  # enqueued behind the first's steps
+    m.finish(first)
+    m.resume_decode(second)
+    m.finish(second)
+    assert torch.equal(first_tokens, ref[0])
+    assert torch.equal(second.runner.generated(9), ref[1])
+
+
+@pytest.mark.gpu
 def test_graph_forward_equals_eager_on_gpu():
     from traceforge.zoo import build_model
     from traceforge.zoo.serving import ForwardRunner
@@ -296,6 +333,9 @@ def test_inline_requests_on_gpu(tmp_path, mode):
         assert len(t) == 18 and all(r["status"] == "ok" and r["gpu_ns"] > 0 for r in t)
         assert all(r["sent_ns"] <= r["service_start_ns"] <= r["service_end_ns"] <= r["done_ns"]
                    for r in t)
+        dec = [r for r in t if r["model"] == "dec"]  # pipelined decodes: TTFT inside service
+        assert all(r["service_start_ns"] < r["first_token_ns"] < r["service_end_ns"]
+                   and r["tokens_out"] == 5 for r in dec)
         info = json.loads((run / "run.json").read_text())["backend_info"]["inline"]
         assert info["enabled"] is inline
         # 12 encoder requests 20 ms apart, each alone on its executor: all inline

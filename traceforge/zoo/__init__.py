@@ -171,6 +171,26 @@ class Launched(NamedTuple):
     output: Any
 
 
+@dataclass(slots=True)
+class DecodeLaunched:
+    """A graph-captured decode begun by :meth:`LoadedModel.begin_decode`: inputs filled and the
+    prefill enqueued. :meth:`LoadedModel.resume_decode` waits for the first token and enqueues
+    the remaining ``new - 1`` steps (``steps_pending`` then False); :meth:`LoadedModel.finish`
+    waits for the last. ``launched_ns`` / ``first_token_ns``: monotonic."""
+
+    bucket: Any
+    start_ev: Any
+    prefill_ev: Any
+    end_ev: Any
+    launched_ns: int
+    runner: Any
+    new: int
+    batch_size: int
+    label: str
+    first_token_ns: int | None = None
+    steps_pending: bool = True
+
+
 class BucketDoesNotFit(RuntimeError):
     """A bucket's static buffers (KV cache, graph pool) do not fit in free device memory."""
 
@@ -224,6 +244,7 @@ class LoadedModel:
         # ``compiled``: fuse q/k/v and gate/up projections first (zoo/serving.py)
         self.fuse_projections = FUSE_PROJECTIONS
         self._events: list = []  # free (start, end) CUDA event pairs (_event_pair)
+        self._prefill_events: list = []  # free untimed events (begin_decode)
         self.configure()
 
     def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,
@@ -375,16 +396,71 @@ class LoadedModel:
         return Launched(bucket, start_ev, end_ev, launched, output)
 
     def finish(self, handle) -> RunStats:
-        """Wait for a :meth:`launch`; the service interval is the GPU's (it may have started
-        after the launch, behind the previous request)."""
+        """Wait for a :meth:`launch` or a resumed :meth:`begin_decode`; the service interval is
+        the GPU's (it may have started after the launch, behind the previous request)."""
         bucket, start_ev, end_ev, launched = (handle.bucket, handle.start_ev, handle.end_ev,
                                               handle.launched_ns)
         end_ev.synchronize()
         end = time.monotonic_ns()
         gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
         self._events.append((start_ev, end_ev))  # both recorded and done: reusable
-        return RunStats(max(launched, end - gpu_ns), None, end, gpu_ns, 0, bucket.seq,
+        first, tokens = None, 0
+        if isinstance(handle, DecodeLaunched):
+            self._prefill_events.append(handle.prefill_ev)
+            first, tokens = handle.first_token_ns, handle.batch_size * handle.new
+        return RunStats(max(launched, end - gpu_ns), first, end, gpu_ns, tokens, bucket.seq,
                         bucket.batch)
+
+    def can_pipeline_decode(self, batch_size: int, seq_len: int, max_new_tokens: int) -> bool:
+        """Whether this request is a graph-captured decode that :meth:`begin_decode` /
+        :meth:`resume_decode` can serve, so the executor can enqueue the next request behind
+        its last step instead of waiting for it (the host still waits for the first token)."""
+        return (self.compile != "eager" and self.is_cuda and self.entry.kind == "decoder"
+                and max_new_tokens > 0)
+
+    def begin_decode(self, batch_size: int, seq_len: int, max_new_tokens: int, *,
+                     label: str | None = None) -> DecodeLaunched:
+        """Fill a decode's inputs and enqueue its prefill on the current stream (behind any
+        request in flight there); returns at once. The executor completes the request in
+        flight before it calls :meth:`resume_decode`, so that one's end is read while this
+        prefill runs, not after it (the same prefill and step graphs as :meth:`run`)."""
+        import torch
+
+        bucket = self.bucket(batch_size, seq_len, max_new_tokens)
+        runner = self._runner(bucket, max_new_tokens)
+        label = label or f"{self.name} b{batch_size} s{seq_len}"
+        torch.cuda.nvtx.range_push(label + " prefill")
+        try:
+            start_ev, end_ev = self._event_pair()
+            prefill_ev = (self._prefill_events.pop() if self._prefill_events
+                          else torch.cuda.Event())
+            launched = time.monotonic_ns()
+            with torch.inference_mode():
+                runner.fill(batch_size, seq_len)  # before the start event, as in launch()
+                start_ev.record()
+                runner.prefill()
+            prefill_ev.record()
+        finally:
+            torch.cuda.nvtx.range_pop()
+        return DecodeLaunched(bucket, start_ev, prefill_ev, end_ev, launched, runner,
+                              max_new_tokens, batch_size, label)
+
+    def resume_decode(self, handle: DecodeLaunched) -> None:
+        """Wait for a begun decode's first token (the TTFT a streaming server would see, as in
+        :meth:`run`), then enqueue its remaining steps and its end event; returns at once."""
+        import torch
+
+        handle.prefill_ev.synchronize()
+        handle.first_token_ns = time.monotonic_ns()
+        torch.cuda.nvtx.range_push(handle.label + " decode")
+        try:
+            with torch.inference_mode():
+                for _ in range(handle.new - 1):
+                    handle.runner.step()
+            handle.end_ev.record()
+        finally:
+            torch.cuda.nvtx.range_pop()
+        handle.steps_pending = False
 
     def can_launch(self, batch_size: int, seq_len: int, max_new_tokens: int) -> bool:
         """Whether :meth:`launch` enqueues this request without waiting (a graph-captured

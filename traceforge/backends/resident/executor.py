@@ -55,6 +55,11 @@ LOOKAHEAD_MARGIN_NS = 200_000
 INLINE_SPIN_NS = 250_000
 INLINE_SPIN_COARSE_NS = 1_500_000
 
+# Graph-captured decodes pipelined (Executor._loop: begun, the request in flight completed, then
+# resumed). False runs them synchronously, as before 2026-12-01: only for measuring the two in
+# one process (benchmarks/gpu_handoff.py, variant ``syncdec``).
+PIPELINE_DECODES = True
+
 # on_result(request_id, outcome_fields) — called from the executor thread.
 ResultCallback = Callable[[int, dict[str, Any]], None]
 
@@ -86,6 +91,8 @@ class Executor:
         self._next_batch = batch_id_base
         # _shape_key -> shortest GPU time seen (ns), for the pipelining lookahead and inline polls
         self._gpu_ns: dict[tuple, int] = {}
+        # _shape_key -> shortest time per decode step seen (ns), from first token to end
+        self._step_ns: dict[tuple, int] = {}
         self._last_end_ns = 0  # when the last completed launched request ended (monotonic)
         self.thread: threading.Thread | None = None
         # try_inline: the executor thread waits for work with nothing in flight (``_idle``);
@@ -134,7 +141,14 @@ class Executor:
         # Pipelining (one request ahead): a graph-captured forward is enqueued on the stream and
         # the next queued request is enqueued behind it before the host waits for the first, so
         # the GPU never idles while this thread reports a result or takes the next job.
-        # Decoders (the host waits for the first token) and eager runs execute synchronously.
+        # A graph-captured decode is begun (inputs + prefill enqueued, behind the request in
+        # flight), the request in flight is completed, then the decode is resumed: the host
+        # waits for its first token and enqueues its steps, and the next request can be
+        # enqueued behind the last step. Before this, decodes ran synchronously and the GPU
+        # idled after each one while this thread reported it and launched the next (exclusive
+        # mode on the lent H200: 370-800 µs from a decode's end to the next request's start,
+        # against ~30 µs for a forward launched behind; docs/results/simulator-fidelity-h200.md).
+        # Eager runs and dynamic batches execute synchronously.
         #
         # With a request in flight and none queued, the thread waits for a new job until shortly
         # before the one in flight is expected to end (LOOKAHEAD_MARGIN_NS), and only then
@@ -162,7 +176,7 @@ class Executor:
                 pending = None
             if launched is None:
                 self._execute(batch)
-            elif launched is not False:
+            elif launched is not False and self._resume(launched):
                 pending = launched
 
     def _launch(self, batch: list[Job]):
@@ -173,13 +187,31 @@ class Executor:
         launch = getattr(model, "launch", None)
         if launch is None:
             return None
+        label = f"req {job.request_id}"
         try:
-            handle = launch(job.batch_size, job.seq_len, job.max_new_tokens,
-                            label=f"req {job.request_id}")
+            handle = launch(job.batch_size, job.seq_len, job.max_new_tokens, label=label)
+            pipelined = getattr(model, "can_pipeline_decode", None)
+            if handle is None and PIPELINE_DECODES and pipelined is not None and pipelined(
+                    job.batch_size, job.seq_len, job.max_new_tokens):
+                handle = model.begin_decode(job.batch_size, job.seq_len, job.max_new_tokens,
+                                            label=label)
         except Exception as exc:
             self._fail(batch, self._common(batch), exc)
             return False
         return None if handle is None else (batch, self._common(batch), handle)
+
+    def _resume(self, launched) -> bool:
+        """A begun decode (``steps_pending``): wait for its first token and enqueue its steps.
+        False when that failed (error rows sent)."""
+        batch, common, handle = launched
+        if not getattr(handle, "steps_pending", False):
+            return True
+        try:
+            self.models[batch[0].model].resume_decode(handle)
+        except Exception as exc:
+            self._fail(batch, common, exc)
+            return False
+        return True
 
     # -- inline requests (the event loop's thread) -------------------------------------------
     def try_inline(self, job: Job, loop, resolve: ResultCallback) -> bool:
@@ -256,23 +288,37 @@ class Executor:
 
     def _note_end(self, job: Job, handle, stats) -> None:
         self._last_end_ns = max(self._last_end_ns, stats.service_end_ns)
+        key = _shape_key(job, handle)
         if stats.gpu_ns:
-            key = _shape_key(job, handle)
             self._gpu_ns[key] = min(self._gpu_ns.get(key, stats.gpu_ns), stats.gpu_ns)
+        if stats.first_token_ns is not None and job.max_new_tokens > 1:
+            step = (stats.service_end_ns - stats.first_token_ns) // (job.max_new_tokens - 1)
+            self._step_ns[key] = min(self._step_ns.get(key, step), step)
 
     def _lookahead_s(self, pending) -> float:
         """Seconds to wait for a new job before blocking on the request in flight: until
-        LOOKAHEAD_MARGIN_NS before its expected end (0 until a GPU time was seen for its
-        shape). It started on the device at its launch or, when launched behind the previous
-        request, at that one's end, whichever is later; it runs for the shortest GPU time seen
-        for its bucket (_shape_key)."""
+        LOOKAHEAD_MARGIN_NS before its expected end (0 when nothing seen yet gives one).
+
+        A launched forward started on the device at its launch or, when launched behind the
+        previous request, at that one's end, whichever is later, and runs for the shortest GPU
+        time seen for its bucket (_shape_key). A resumed decode ends its remaining steps after
+        its first token, each the shortest step seen for its bucket (a bucket serves many
+        decode lengths, so its whole-request GPU time does not predict one)."""
         batch, _common, handle = pending
-        gpu = self._gpu_ns.get(_shape_key(batch[0], handle))
-        launched = getattr(handle, "launched_ns", None)
-        if gpu is None or launched is None:
-            return 0.0
-        start = max(launched, self._last_end_ns)
-        return max(0.0, (start + gpu - LOOKAHEAD_MARGIN_NS - time.monotonic_ns()) / 1e9)
+        key = _shape_key(batch[0], handle)
+        first = getattr(handle, "first_token_ns", None)
+        if first is not None:
+            step = self._step_ns.get(key)
+            if step is None:
+                return 0.0
+            end = first + step * (batch[0].max_new_tokens - 1)
+        else:
+            gpu = self._gpu_ns.get(key)
+            launched = getattr(handle, "launched_ns", None)
+            if gpu is None or launched is None:
+                return 0.0
+            end = max(launched, self._last_end_ns) + gpu
+        return max(0.0, (end - LOOKAHEAD_MARGIN_NS - time.monotonic_ns()) / 1e9)
 
     def _complete(self, batch: list[Job], common: dict[str, Any], handle) -> None:
         model = self.models[batch[0].model]
