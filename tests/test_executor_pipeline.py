@@ -53,7 +53,7 @@ class FakeDevice:
         self._q.put((rid, done))
         return Launched(None, done, rid, time.monotonic_ns(), None)
 
-    def finish(self, handle) -> RunStats:
+    def finish(self, handle, anchor=None) -> RunStats:
         handle.start_ev.wait()
         self.note("finish", handle.end_ev)
         end = time.monotonic_ns()
@@ -142,7 +142,7 @@ class TimedDevice:
             raise RuntimeError("event query failed")
         return time.monotonic_ns() >= handle.end_ev
 
-    def finish(self, handle) -> RunStats:
+    def finish(self, handle, anchor=None) -> RunStats:
         while not self.poll(handle):
             time.sleep(0.0002)
         self.finishes.append((handle.start_ev, threading.get_ident()))
@@ -349,9 +349,9 @@ class DecodeDevice(TimedDevice):
         self._busy_until = handle.end_ns
         handle.steps_pending = False
 
-    def finish(self, handle) -> RunStats:
+    def finish(self, handle, anchor=None) -> RunStats:
         if not isinstance(handle, _Decode):
-            stats = super().finish(handle)
+            stats = super().finish(handle, anchor)
             self.log.append(("finish", handle.start_ev))
             return stats
         while time.monotonic_ns() < handle.end_ns:
@@ -432,3 +432,144 @@ def test_failed_decode_resume_is_an_error_row_and_the_executor_goes_on():
     assert results[0]["status"] == "error" and "resume failed" in results[0]["error"]
     assert results[1]["status"] == "ok"
     assert ("finish", 0) not in dev.log
+
+
+# -- where a launched request's GPU interval lands on the host clock (LoadedModel.finish) -------
+class _Ev:
+    """A CUDA timing event stand-in: ``t`` ms on the device clock."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, other) -> float:
+        return other.t - self.t
+
+
+def _finish(monkeypatch, handle, anchor, seen_ns):
+    import collections
+    from types import SimpleNamespace
+
+    import traceforge.zoo as zoo
+
+    model = SimpleNamespace(_retired=collections.deque(), _events=[], _prefill_events=[])
+    monkeypatch.setattr(zoo.time, "monotonic_ns", lambda: seen_ns)
+    return zoo.LoadedModel.finish(model, handle, anchor), model
+
+
+def test_finish_places_a_request_issued_behind_another_by_device_time(monkeypatch):
+    """Issued behind a request that ended at host 1.000 ms (its end event at device 10 ms), with
+    its start event 5 µs and its end 405 µs after that end on the device, and seen ending 300 µs
+    late by the host: it ran 1.005-1.405 ms, not 1.305-1.705 ms (the host's late view)."""
+    from traceforge.zoo import IDLE_STREAM, Launched
+    from traceforge.zoo.buckets import Bucket
+
+    prev_end = _Ev(10.0)
+    h = Launched(Bucket(1, 32), _Ev(10.005), _Ev(10.405), 900_000, None, 950_000)
+    seen = 1_000_000 + 405_000 + 300_000
+    st, _ = _finish(monkeypatch, h, (1_000_000, prev_end), seen)
+    assert (st.service_start_ns, st.service_end_ns, st.gpu_ns) == (1_005_000, 1_405_000, 400_000)
+    # without an anchor: ended when seen (the behaviour before 2026-12-01)
+    st, _ = _finish(monkeypatch, h, None, seen)
+    assert (st.service_start_ns, st.service_end_ns) == (seen - 400_000, seen)
+    # on an idle stream: started when its start event was issued
+    st, _ = _finish(monkeypatch, h, IDLE_STREAM, seen)
+    assert (st.service_start_ns, st.service_end_ns) == (950_000, 1_350_000)
+    # never before it was issued, never after the host saw it end
+    st, _ = _finish(monkeypatch, h, (800_000, prev_end), seen)
+    assert st.service_start_ns == 950_000
+    st, _ = _finish(monkeypatch, h, (2_000_000, prev_end), seen)
+    assert (st.service_start_ns, st.service_end_ns) == (seen - 400_000, seen)
+
+
+def test_finish_keeps_an_end_event_out_of_the_pool_until_the_next_finish_read_it(monkeypatch):
+    from traceforge.zoo import DecodeLaunched
+    from traceforge.zoo.buckets import Bucket
+
+    h = DecodeLaunched(Bucket(2, 16, 8), _Ev(1.0), _Ev(1.2), _Ev(3.0), 100, None, 4, 2, "d", issued_ns=200,
+                       first_token_ns=5_000_000, steps_pending=False)
+    st, model = _finish(monkeypatch, h, (0, _Ev(0.999)), 10_000_000)
+    assert model._events == [] and list(model._retired) == [(h.start_ev, h.end_ev)]
+    # the first token, read by the host after the prefill, is clamped into the interval
+    assert st.service_start_ns == 1_000 and st.service_end_ns == 2_001_000
+    assert st.first_token_ns == st.service_end_ns and st.tokens_out == 8
+    import traceforge.zoo as zoo
+
+    later = DecodeLaunched(Bucket(2, 16, 8), _Ev(4.0), _Ev(4.2), _Ev(6.0), 100, None, 4, 2,
+                           "d", first_token_ns=0, steps_pending=False)
+    zoo.LoadedModel.finish(model, later, None)
+    assert model._events == []  # the next finish may still read its end event
+    zoo.LoadedModel.finish(model, later, None)
+    assert model._events == [(h.start_ev, h.end_ev)]  # two finishes later: reusable
+
+
+class AnchorDevice(TimedDevice):
+    def __init__(self, *a, fail_finish=(), **k) -> None:
+        super().__init__(*a, **k)
+        self.anchors: dict[int, object] = {}
+        self.end_evs: dict[int, object] = {}
+        self.fail_finish = set(fail_finish)
+
+    def finish(self, handle, anchor=None) -> RunStats:
+        self.anchors[handle.start_ev] = anchor  # TimedDevice: start_ev is the request id
+        self.end_evs[handle.start_ev] = handle.end_ev
+        if handle.start_ev in self.fail_finish:
+            raise RuntimeError("finish failed")
+        return super().finish(handle, anchor)
+
+
+def test_executor_anchors_each_request_to_the_one_it_was_issued_behind():
+    """Three queued requests: the first is issued on an idle stream (IDLE_STREAM), each later
+    one behind the one before (that one's reported end and end event); behind a request whose
+    completion failed there is no anchor (its end is unknown). A timeslice executor never
+    claims an idle stream."""
+    from traceforge.zoo import IDLE_STREAM
+
+    dev = AnchorDevice(gpu_s=0.01, fail_finish={2})
+    results = _run_jobs(dev, [Job(k, "m", 1, 8, 0) for k in range(4)])
+    assert dev.anchors[0] == IDLE_STREAM
+    for k in (1, 2):
+        end_ns, end_ev = dev.anchors[k]
+        assert end_ev == dev.end_evs[k - 1]
+        assert end_ns == results[k - 1]["service_end_ns"]
+    assert results[2]["status"] == "error" and dev.anchors[3] is None
+
+    dev = AnchorDevice(gpu_s=0.01)
+    results: dict[int, dict] = {}
+    done = threading.Event()
+
+    def on_result(rid, fields):
+        results[rid] = fields
+        done.set()
+
+    executor = Executor({"m": dev}, t0_ns=0, on_result=on_result, worker="ts",
+                        idle_start_exact=False)
+    executor.start_thread()
+    executor.put(Job(0, "m", 1, 8, 0))
+    assert done.wait(5)
+    executor.stop()
+    executor.thread.join(5)
+    assert dev.anchors[0] is None
+
+
+def test_request_issued_behind_an_inline_one_is_anchored_to_its_start():
+    """The loop thread's inline request was issued on an idle stream (finished with
+    IDLE_STREAM); one the executor thread issues behind it is placed from that request's start
+    event and issue time, not from when the executor thread happened to see it end."""
+    from traceforge.zoo import IDLE_STREAM
+
+    dev = AnchorDevice(gpu_s=0.02)
+
+    async def body(executor, results, loop):
+        assert _submit(executor, results, loop, 0)
+        assert not _submit(executor, results, loop, 1)
+        out = [await asyncio.wait_for(results[r], 5) for r in range(2)]
+        assert all(f["status"] == "ok" for f, _ in out)
+        assert dev.anchors[0] == IDLE_STREAM
+        host_ns, event = dev.anchors[1]
+        assert event == 0  # TimedDevice: the inline request's start event is its id
+        assert 0 < host_ns <= out[0][0]["service_start_ns"] + 1  # its issue (launch) time
+
+    _with_inline_executor(dev, body)

@@ -14,6 +14,7 @@ KV cache that produces exactly ``max_new_tokens`` tokens (no EOS stop: exactness
 
 from __future__ import annotations
 
+import collections
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -169,6 +170,11 @@ class Launched(NamedTuple):
     end_ev: Any
     launched_ns: int
     output: Any
+    issued_ns: int | None = None  # right before the start event was recorded
+
+
+# A stream that had nothing in flight when a request was issued (LoadedModel.finish's anchor).
+IDLE_STREAM = (0, None)
 
 
 @dataclass(slots=True)
@@ -189,6 +195,7 @@ class DecodeLaunched:
     label: str
     first_token_ns: int | None = None
     steps_pending: bool = True
+    issued_ns: int | None = None  # right before the start event was recorded
 
 
 class BucketDoesNotFit(RuntimeError):
@@ -245,6 +252,7 @@ class LoadedModel:
         self.fuse_projections = FUSE_PROJECTIONS
         self._events: list = []  # free (start, end) CUDA event pairs (_event_pair)
         self._prefill_events: list = []  # free untimed events (begin_decode)
+        self._retired: collections.deque = collections.deque()  # pairs finish() may still read
         self.configure()
 
     def configure(self, *, compile: str = "eager", seq_buckets: list[int] | None = None,
@@ -387,29 +395,59 @@ class LoadedModel:
             # H200 (docs/results/simulator-fidelity-h200.md): distilbert-base GPU time after a
             # 0.1-0.3 ms idle gap went from 1.45x its bucket median to 1.03x.
             runner.fill(batch_size, seq_len)
+            issued = time.monotonic_ns()
             start_ev.record()
             runner.run()
             output = runner.result()  # copied out: the next replay overwrites the buffers
             end_ev.record()
         finally:
             torch.cuda.nvtx.range_pop()
-        return Launched(bucket, start_ev, end_ev, launched, output)
+        return Launched(bucket, start_ev, end_ev, launched, output, issued)
 
-    def finish(self, handle) -> RunStats:
-        """Wait for a :meth:`launch` or a resumed :meth:`begin_decode`; the service interval is
-        the GPU's (it may have started after the launch, behind the previous request)."""
-        bucket, start_ev, end_ev, launched = (handle.bucket, handle.start_ev, handle.end_ev,
-                                              handle.launched_ns)
+    def finish(self, handle, anchor=None) -> RunStats:
+        """Wait for a :meth:`launch` or a resumed :meth:`begin_decode`. The service interval
+        is the GPU's: ``gpu_ns`` long (its CUDA events), placed on the host clock by
+        ``anchor``:
+
+        - ``(host_ns, event)``: an event of an earlier request on the same stream and its host
+          time — the end of the request it was issued behind (as this method returned it), or
+          the start of an inline request issued on an idle stream: it started
+          ``event.elapsed_time(start_ev)`` after that, a device-clock interval;
+        - :data:`IDLE_STREAM`: nothing was in flight on the stream when it was issued (and no
+          other context can hold the stream back: not ``timeslice``), so it started when its
+          start event was recorded;
+        - None: it ended when this thread saw it end (the latest it can have ended).
+
+        The first two never place it before it was issued nor after the host saw it end.
+        Before 2026-12-01 every request took the third: a request whose end the executor
+        thread read late (waiting for the GIL, or busy launching the next) was recorded late
+        by as much, and the gap to the next request absorbed it (H200, exclusive: gaps between
+        requests launched back to back on one stream of -100 ... +800 µs, where the device's
+        own gap is a few µs; docs/results/simulator-fidelity-h200.md)."""
+        bucket, start_ev, end_ev = handle.bucket, handle.start_ev, handle.end_ev
         end_ev.synchronize()
-        end = time.monotonic_ns()
-        gpu_ns = int(start_ev.elapsed_time(end_ev) * 1e6)
-        self._events.append((start_ev, end_ev))  # both recorded and done: reusable
+        seen = time.monotonic_ns()
+        gpu_ns = round(start_ev.elapsed_time(end_ev) * 1e6)
+        issued = handle.issued_ns or handle.launched_ns
+        latest = max(issued, seen - gpu_ns)
+        start = max(handle.launched_ns, seen - gpu_ns)
+        if anchor is not None:
+            prev_ns, prev_ev = anchor
+            estimate = (issued if prev_ev is None
+                        else prev_ns + round(prev_ev.elapsed_time(start_ev) * 1e6))
+            start = min(max(estimate, issued), latest)
+        end = start + gpu_ns
+        # Both events are done, but the next request's finish may still read this end event
+        # (its anchor): a pair goes back to the pool two finishes later.
+        self._retired.append((start_ev, end_ev))
+        while len(self._retired) > 2:
+            self._events.append(self._retired.popleft())
         first, tokens = None, 0
         if isinstance(handle, DecodeLaunched):
             self._prefill_events.append(handle.prefill_ev)
-            first, tokens = handle.first_token_ns, handle.batch_size * handle.new
-        return RunStats(max(launched, end - gpu_ns), first, end, gpu_ns, tokens, bucket.seq,
-                        bucket.batch)
+            first = min(max(handle.first_token_ns, start), end)
+            tokens = handle.batch_size * handle.new
+        return RunStats(start, first, end, gpu_ns, tokens, bucket.seq, bucket.batch)
 
     def can_pipeline_decode(self, batch_size: int, seq_len: int, max_new_tokens: int) -> bool:
         """Whether this request is a graph-captured decode that :meth:`begin_decode` /
@@ -437,13 +475,14 @@ class LoadedModel:
             launched = time.monotonic_ns()
             with torch.inference_mode():
                 runner.fill(batch_size, seq_len)  # before the start event, as in launch()
+                issued = time.monotonic_ns()
                 start_ev.record()
                 runner.prefill()
             prefill_ev.record()
         finally:
             torch.cuda.nvtx.range_pop()
         return DecodeLaunched(bucket, start_ev, prefill_ev, end_ev, launched, runner,
-                              max_new_tokens, batch_size, label)
+                              max_new_tokens, batch_size, label, issued_ns=issued)
 
     def resume_decode(self, handle: DecodeLaunched) -> None:
         """Wait for a begun decode's first token (the TTFT a streaming server would see, as in

@@ -291,6 +291,7 @@ class ResidentBackend:
                 env = self._mps.apply_client_env(env, self.sm_percent.get(name))
             cfg = {"models": {name: zoo}, "device": self.device, "seed": self.seed + i,
                    "t0_ns": self.clock.t0_ns, "worker": f"{self.mode}-{name}",
+                   "mode": self.mode,
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads,
                    "cpu_nice": CPU_WORKER_NICE,

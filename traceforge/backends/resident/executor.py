@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from traceforge.zoo import IDLE_STREAM
+
 
 @dataclass(slots=True)
 class Job:
@@ -77,7 +79,7 @@ def _shape_key(job: Job, handle) -> tuple:
 class Executor:
     def __init__(self, models: dict, *, t0_ns: int, on_result: ResultCallback, worker: str,
                  batch_id_base: int = 0, max_batch: int = 1, max_wait_ms: float = 0.0,
-                 stream=None) -> None:
+                 stream=None, idle_start_exact: bool = True) -> None:
         self.models = models  # model name (as in the trace) -> LoadedModel
         self.t0_ns = t0_ns
         self.on_result = on_result
@@ -85,6 +87,9 @@ class Executor:
         self.max_batch = max(1, int(max_batch))
         self.max_wait_ns = int(max_wait_ms * 1e6)
         self.stream = stream  # a torch.cuda.Stream (streams mode) or None
+        # A request issued on an idle stream starts when issued (LoadedModel.finish,
+        # IDLE_STREAM); False where another context can hold the stream back (timeslice).
+        self.idle_start_exact = idle_start_exact
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -156,7 +161,12 @@ class Executor:
         # current one runs (its sender was woken by the previous result): waiting on the
         # in-flight one at once left the GPU idle from its end until this thread had reported
         # it and launched the next (H200, distilbert b8x128: harness 0.89 of the bare loop).
-        pending = None
+        #
+        # Each launched request carries the anchor that places its GPU interval on the host
+        # clock (LoadedModel.finish): the end of the request it was issued behind, the start
+        # of the inline request it was issued behind, or IDLE_STREAM when nothing was in
+        # flight on the stream.
+        pending = None  # (batch, common, handle, anchor)
         while True:
             wait: bool | float = True
             if pending is not None:
@@ -170,14 +180,23 @@ class Executor:
                 self._complete(*pending)
                 pending = None
                 continue
+            # Nothing in flight here: the stream is idle, or holds the loop thread's inline
+            # request (issued at a known host time on an idle stream: its start event anchors
+            # what is issued behind it). Read once: the loop thread clears _inline.
+            behind = None
+            if pending is None and self.idle_start_exact:
+                inline = self._inline
+                handle = None if inline is None else inline[2]
+                behind = (IDLE_STREAM if inline is None else None if handle is None else
+                          (handle.issued_ns or handle.launched_ns, handle.start_ev))
             launched = self._launch(batch) if self.max_batch == 1 else None
             if pending is not None:
-                self._complete(*pending)
+                behind = self._complete(*pending)
                 pending = None
             if launched is None:
                 self._execute(batch)
             elif launched is not False and self._resume(launched):
-                pending = launched
+                pending = (*launched, behind)
 
     def _launch(self, batch: list[Job]):
         """Enqueue ``batch`` without waiting; (batch, common, handle), None when the model must
@@ -274,7 +293,9 @@ class Executor:
             if not model.poll(handle):
                 loop.call_soon(self._poll_inline, loop, resolve)  # one loop iteration later
                 return
-            stats = model.finish(handle)
+            # launched only when the executor was idle: nothing in flight on its stream
+            stats = (model.finish(handle, IDLE_STREAM) if self.idle_start_exact
+                     else model.finish(handle))
             self._inline = None
             self._note_end(job, handle, stats)
             self._report([job], common, stats, on_result=resolve)
@@ -304,7 +325,7 @@ class Executor:
         time seen for its bucket (_shape_key). A resumed decode ends its remaining steps after
         its first token, each the shortest step seen for its bucket (a bucket serves many
         decode lengths, so its whole-request GPU time does not predict one)."""
-        batch, _common, handle = pending
+        batch, _common, handle = pending[:3]
         key = _shape_key(batch[0], handle)
         first = getattr(handle, "first_token_ns", None)
         if first is not None:
@@ -320,15 +341,19 @@ class Executor:
             end = max(launched, self._last_end_ns) + gpu
         return max(0.0, (end - LOOKAHEAD_MARGIN_NS - time.monotonic_ns()) / 1e9)
 
-    def _complete(self, batch: list[Job], common: dict[str, Any], handle) -> None:
+    def _complete(self, batch: list[Job], common: dict[str, Any], handle, anchor=None):
+        """Wait for a launched request and report it; the anchor of a request issued behind
+        it — (its end, its end event) — or None when it failed."""
         model = self.models[batch[0].model]
         try:
-            stats = model.finish(handle)
+            stats = model.finish(handle, anchor) if anchor is not None else model.finish(handle)
         except Exception as exc:
             self._fail(batch, common, exc)
-            return
+            return None
         self._note_end(batch[0], handle, stats)
         self._report(batch, common, stats)
+        end_ev = getattr(handle, "end_ev", None)
+        return None if end_ev is None else (stats.service_end_ns, end_ev)
 
     def _common(self, batch: list[Job]) -> dict[str, Any]:
         batch_id = self._next_batch

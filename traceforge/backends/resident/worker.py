@@ -162,7 +162,9 @@ def main(argv: list[str]) -> int:
     executor = Executor(loaded, t0_ns=cfg["t0_ns"], worker=cfg["worker"],
                         on_result=lambda rid, fields: send(("result", rid, fields)),
                         batch_id_base=cfg["batch_id_base"], max_batch=cfg["max_batch"],
-                        max_wait_ms=cfg["max_wait_ms"])
+                        max_wait_ms=cfg["max_wait_ms"],
+                        # time-sliced contexts: an idle stream's request can wait for its slice
+                        idle_start_exact=cfg.get("mode") != "timeslice")
 
     def reader() -> None:
         while True:
