@@ -375,8 +375,8 @@ class LoadedModel:
                label: str | None = None):
         """Enqueue one graph-captured forward on the current stream and return at once (the
         executor pipelines one request ahead); :meth:`finish` waits for it. None when this
-        request must run synchronously (:meth:`run`): eager, CPU, or decode (the host waits
-        for the first token)."""
+        request cannot be enqueued without waiting: eager or CPU (:meth:`run`), or a decode
+        (the host waits for its first token: :meth:`begin_decode` / :meth:`resume_decode`)."""
         import torch
 
         if not self.can_launch(batch_size, seq_len, max_new_tokens):
