@@ -372,8 +372,13 @@ def _run_jobs(dev, jobs, *, gap_s=0.0) -> dict[int, dict]:
             done.set()
 
     executor = Executor({"m": dev}, t0_ns=0, on_result=on_result, worker="test")
+    # The jobs before the first callable are queued before the thread starts, so the order the
+    # executor finds them in does not depend on how fast this thread puts them.
+    lead = next((k for k, job in enumerate(jobs) if callable(job)), len(jobs))
+    for job in jobs[:lead]:
+        executor.put(job)
     executor.start_thread()
-    for job in jobs:
+    for job in jobs[lead:]:
         if callable(job):
             job(executor)
         else:
