@@ -520,3 +520,38 @@ def test_cold_start_charges_the_first_request_of_each_shape(tmp_path, max_batch)
     warm = [e - s for s, e in zip(timeline_ms(tmp_path / "warm", "service_start_ns"),
                                   timeline_ms(tmp_path / "warm", "service_end_ns"), strict=True)]
     assert warm == pytest.approx([1.0, 1.0, 2.0, 2.0])
+
+
+def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_path):
+    """The shipped H200 profile measured co-runs at batch 1 x 128 for both models. An encoder
+    sending half its requests at batch 8 x 200 (bucket 8 x 256: 16x the reference tokens) is
+    named, with the share and the ratio, in run.json and on the command's stderr; the decoder at
+    its reference bucket is not; exclusive mode (no interference) names nothing."""
+    import subprocess
+    import sys
+
+    n = 40
+    models = ["enc", "gen"] * (n // 2)
+    bs = [8 if k % 4 == 0 else 1 for k in range(n)]  # every other encoder request: 8 x 200
+    seq = [200 if k % 4 == 0 else 100 for k in range(n)]
+    new = [0 if m == "enc" else 16 for m in models]
+    trace = make_trace(np.arange(n) * 5_000_000, models=models, batch_size=bs, seq_len=seq,
+                       new_tokens=new, meta={"spec": {"models": {
+                           "enc": {"zoo": "distilbert-base"}, "gen": {"zoo": "distilgpt2"}}}})
+    path = tmp_path / "t.parquet"
+    write_trace(trace.table, path, trace.meta)
+    root = Path(__file__).resolve().parents[1]
+    for mode in ("mps", "exclusive"):
+        run = tmp_path / mode
+        out = subprocess.run([sys.executable, "-m", "traceforge", "simulate", str(path), "-o",
+                              str(run), "--profile", "h200-fidelity", "--mode", mode],
+                             capture_output=True, text=True, cwd=root)
+        assert out.returncode == 0, out.stderr
+        shapes = RunManifest.load(run)["backend_info"]["interference_shapes"]
+        if mode == "exclusive":
+            assert shapes == {} and "note:" not in out.stderr
+            continue
+        assert shapes["enc"] == {"reference": "1x128", "above_2x_share": 0.5, "max_ratio": 16.0}
+        assert shapes["gen"]["above_2x_share"] == 0.0 and shapes["gen"]["max_ratio"] == 1.0
+        assert "enc 50% (up to 16x its 1x128 reference)" in out.stderr
+        assert "gen" not in out.stderr.split("note:")[1].split(";")[0]

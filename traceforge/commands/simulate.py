@@ -58,3 +58,10 @@ def simulate_command(
     tail = f" ({cut} not due after --duration)" if cut else ""
     typer.echo(f"simulated {n} requests{tail} ({summary.virtual_s:.3f} s of virtual time) in "
                f"{summary.elapsed_s:.3f} s -> {summary.run_dir}")
+    from traceforge.record import RunManifest
+    from traceforge.simulate.simulator import interference_note
+
+    info = RunManifest.load(summary.run_dir).get("backend_info") or {}
+    note = interference_note(info.get("interference_shapes") or {})
+    if note:
+        typer.echo(note, err=True)

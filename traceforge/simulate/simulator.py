@@ -212,6 +212,9 @@ def simulate(
                         if max_batch == 1 else {}),
                     # the dispatcher's send lag added to every request (profile send_lag_ms)
                     "send_lag_ms": profile.modes[mode].send_lag_ms,
+                    # how far the trace's shapes are from those the co-runs measured
+                    "interference_shapes": interference_shapes(table, codes, names, mapping,
+                                                               profile, mode),
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -442,6 +445,65 @@ def _rows_by_model(codes: np.ndarray, k: int) -> list[np.ndarray]:
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(k + 1))
     return [order[bounds[m]:bounds[m + 1]] for m in range(k)]
+
+
+# A request more than this many times its model's reference size (interference_shapes).
+LARGE_SHAPE_RATIO = 2.0
+
+
+def _size(kind: str, batch: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """What a request's co-run pressure grows with: tokens (batch x seq), pixels for vision
+    models (batch x side^2)."""
+    seq = np.asarray(seq, np.float64)
+    return np.asarray(batch, np.float64) * (seq * seq if kind == "vision" else seq)
+
+
+def interference_shapes(table: pa.Table, codes: np.ndarray, names: list[str],
+                        mapping: dict[str, str], profile: Profile, mode: str
+                        ) -> dict[str, dict[str, float]]:
+    """Per trace model whose requests interfere with others (two or more models, a sharing
+    mode): its requests' size (tokens, or pixels for vision; at their bucket) against the
+    size of the reference shape the profile's co-runs used — the share more than
+    LARGE_SHAPE_RATIO x it and the largest ratio. The co-run slowdown is measured at the
+    reference shape only, and a larger co-runner slows the others more: on the H200 under MPS,
+    distilgpt2 beside distilbert-base 1.16-1.18x at 128 tokens (the profile), 1.63-1.81x beside
+    buckets of more than 700 tokens (held-out replays, 2026-12-01, docs/simulator.md). {} in
+    exclusive mode, with one model, or for models whose profile has no reference shape."""
+    if mode == "exclusive" or len(names) < 2:
+        return {}
+    bs = table.column("batch_size").to_numpy()
+    seq = table.column("seq_len").to_numpy()
+    new = table.column("max_new_tokens").to_numpy()
+    out: dict[str, dict[str, float]] = {}
+    for m, name in enumerate(names):
+        pm = profile.models[mapping[name]]
+        ref = pm.reference or {}
+        rows = np.flatnonzero(codes == m)
+        if not rows.size or not ref.get("batch_size") or not ref.get("seq_len"):
+            continue
+        kind = pm.kind or ("decoder" if pm.generative else "encoder")
+        rb, rs = pm.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
+                                  [ref.get("max_new_tokens", 0)])
+        b, sq = pm.bucket_shapes(bs[rows], seq[rows], new[rows])
+        ratio = _size(kind, b, sq) / float(_size(kind, rb, rs)[0])
+        out[name] = {"reference": f"{int(rb[0])}x{int(rs[0])}",
+                     "above_2x_share": round(float(np.mean(ratio > LARGE_SHAPE_RATIO)), 4),
+                     "max_ratio": round(float(ratio.max()), 2)}
+    return out
+
+
+def interference_note(shapes: dict[str, dict[str, float]]) -> str | None:
+    """One line for the simulate command when some model sends requests far larger than the
+    shape its co-run slowdowns were measured at; None when none does."""
+    large = {m: v for m, v in shapes.items() if v["above_2x_share"] > 0}
+    if not large:
+        return None
+    parts = ", ".join(f"{m} {v['above_2x_share']:.0%} (up to {v['max_ratio']:g}x its "
+                      f"{v['reference']} reference)" for m, v in sorted(large.items()))
+    return (f"note: requests larger than {LARGE_SHAPE_RATIO:g}x the co-runs' reference shape: "
+            f"{parts}; the profile measured interference at the reference shapes only, so "
+            "the slowdown such requests cause beside other models is likely under-estimated "
+            "(docs/simulator.md, Limitations; profile with --reference at your shapes)")
 
 
 def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
