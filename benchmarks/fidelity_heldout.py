@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from traceforge.simulate.fidelity import SIZE_CLASS_LABELS
+
 TARGET_UTIL = {"bursty": 0.55, "steady": 0.7}  # exclusive utilisation, inside 50-80 %
 MODES = ("exclusive", "mps")
 
@@ -210,6 +212,25 @@ def quantile_position(latency_ms, simulated_p50_ms: float) -> str:
             f"~{(p55 - p45) / p50 / 10:.1%} there.")
 
 
+def corunner_size_rows(work: Path, profile) -> list[str]:
+    """Table rows: per first replay in a sharing mode, each model's co-run slowdown by the
+    size class of the request beside it (slowdown_by_corunner_size)."""
+    from traceforge.simulate.fidelity import slowdown_by_corunner_size
+
+    rows = []
+    for mix in MIXES:
+        for mode in MODES:
+            run = work / "runs" / f"{mix}-{mode}"
+            if mode == "exclusive" or not (run / "run.json").exists():
+                continue
+            for model, v in slowdown_by_corunner_size(run, profile).items():
+                cells = [("—" if s is None else f"{s:.2f}") + f" ({ms:.0f})"
+                         for s, ms in zip(v["slowdown"], v["overlap_ms"], strict=True)]
+                prof = "—" if v["profile"] is None else f"{v['profile']:.3f}"
+                rows.append(f"| {mix} | {mode} | {model} | {prof} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     from traceforge.record import RunManifest
     from traceforge.simulate.fidelity import compare_run, latencies_by_model, oracle_run
@@ -331,6 +352,17 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                   "(`queued`: it started before that end).", "",
                   "| mix | mode | model | " + " | ".join(b[2] for b in GAP_BINS_US) + " |",
                   "|---|---|---|" + "---:|" * len(GAP_BINS_US), *gap_rows, ""]
+    size_rows = corunner_size_rows(work, profile)
+    if size_rows:
+        lines += ["## Co-run slowdown by the size of the request beside it", "",
+                  "The profile measures each model's co-run slowdown at the reference shapes "
+                  "only. Here, per sharing-mode replay (first replays), each model's slowdown "
+                  "is fitted to the time each size class of the other model's requests ran "
+                  "beside it (`traceforge.simulate.fidelity.slowdown_by_corunner_size`; size: "
+                  "tokens at the bucket, over that model's reference size; in parentheses the "
+                  "overlap, ms).", "",
+                  "| mix | mode | model | profile | " + " | ".join(SIZE_CLASS_LABELS) + " |",
+                  "|---|---|---|---:|" + "---:|" * len(SIZE_CLASS_LABELS), *size_rows, ""]
     if notes:
         lines += ["## Cells outside the target, and why", "", *notes, ""]
     lines += ["Timeslice and streams were not replayed in this call (device time); the profile "

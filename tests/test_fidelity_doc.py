@@ -28,3 +28,43 @@ def test_a_p50_between_two_modes_is_placed_and_its_steepness_stated():
     smooth = np.linspace(1.0, 2.0, 101)
     assert "measured p50.0" in quantile_position(smooth, 1.5)
     assert quantile_position(lat[:19], 1.0) == ""  # too few requests to say
+
+
+def test_corunner_size_table_has_a_row_per_model_of_each_sharing_replay(tmp_path):
+    """The doc's "Co-run slowdown by the size of the request beside it" table: one row per model
+    of each first replay in a sharing mode (none for exclusive), the profile's slowdown, and the
+    fitted slowdown with its overlap per size class; a shape-blind simulated co-run gives the
+    profile's value back where there was overlap."""
+    import pyarrow as pa
+
+    from traceforge.schema import conform_trace_table, write_trace
+    from traceforge.simulate import simulate
+    from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
+
+    def model(grid):
+        return {"kind": "encoder", "generative": False, "batch_sizes": [1, 8],
+                "seq_lens": [32, 256], "service_ms": grid, "service_cv": 0.0,
+                "reference": {"batch_size": 1, "seq_len": 32, "max_new_tokens": 0}}
+
+    profile = profile_from_dict({
+        "schema": PROFILE_SCHEMA_ID, "device": {"name": "test"},
+        "models": {"enc": model([[1.0, 2.0], [3.0, 6.0]]), "gen": model([[0.5, 1.0], [1.5, 3.0]])},
+        "modes": {"exclusive": {}, "mps": {"slowdown": {"enc+gen": {"enc": 1.5, "gen": 1.2}}}}})
+    rng = np.random.default_rng(3)
+    n = 600
+    table = conform_trace_table(pa.table({
+        "request_id": np.arange(n, dtype=np.int64),
+        "arrival_ns": np.cumsum(rng.exponential(2.5e6, n)).astype(np.int64),
+        "model": rng.choice(["enc", "gen"], n).tolist(),
+        "batch_size": rng.choice([1, 8], n).astype(np.int32),
+        "seq_len": np.full(n, 32, np.int32), "max_new_tokens": np.zeros(n, np.int32)}))
+    write_trace(table, tmp_path / "t.parquet", {})
+    for mode in ("exclusive", "mps"):
+        simulate(tmp_path / "t.parquet", tmp_path / "runs" / f"bursty-{mode}", profile=profile,
+                 mode=mode)
+    rows = _module().corunner_size_rows(tmp_path, profile)
+    assert len(rows) == 2
+    enc = next(r for r in rows if r.startswith("| bursty | mps | enc |"))
+    cells = [c.strip() for c in enc.strip("|").split("|")]
+    assert cells[3] == "1.500"
+    assert cells[4].startswith("1.50 (") and cells[5] == "— (0)" and cells[7].startswith("1.50 (")

@@ -555,3 +555,40 @@ def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_pat
         assert shapes["gen"]["above_2x_share"] == 0.0 and shapes["gen"]["max_ratio"] == 1.0
         assert "enc 50% (up to 16x its 1x128 reference)" in out.stderr
         assert "gen" not in out.stderr.split("note:")[1].split(";")[0]
+
+
+def test_slowdown_by_corunner_size_recovers_a_shape_blind_slowdown(tmp_path):
+    """A simulated MPS run (processor sharing, no noise) whose interference does not depend on
+    shapes: the fit gives the profile's slowdowns back in every size class of the request beside
+    (a 1.5, b 1.25), with the overlap each class had; a run of one model or in exclusive mode
+    gives {}."""
+    from traceforge.simulate.fidelity import slowdown_by_corunner_size
+
+    grid = dict(batch_sizes=(1, 8), seq_lens=(32, 256))
+    ref = {"reference": {"batch_size": 1, "seq_len": 32, "max_new_tokens": 0}}
+    modes = {"mps": {"slowdown": {"a+b": {"a": 1.5, "b": 1.25}}}, "exclusive": {}}
+    profile = make_profile({"a": model_profile([[1.0, 2.0], [3.0, 6.0]], **grid, **ref),
+                            "b": model_profile([[0.5, 1.0], [1.5, 3.0]], **grid, **ref)}, modes)
+    rng = np.random.default_rng(5)
+    n = 3000
+    models = rng.choice(["a", "b"], n)
+    bs = rng.choice([1, 2, 4, 8], n)
+    seq = rng.choice([32, 64, 128, 256], n)
+    trace = make_trace(poisson_ns(0.4, n, 6), models=models, batch_size=bs, seq_len=seq)
+    path = tmp_path / "t.parquet"
+    write_trace(trace.table, path, {})
+    simulate(path, tmp_path / "mps", profile=profile, mode="mps")
+    got = slowdown_by_corunner_size(tmp_path / "mps", profile)
+    assert set(got) == {"a", "b"}
+    for name, want in (("a", 1.5), ("b", 1.25)):
+        v = got[name]
+        assert v["profile"] == want
+        # sizes over the 1 x 32 reference: 1, 2, 4 ... 64: every class has overlap
+        assert all(ms > 0 for ms in v["overlap_ms"]), v
+        assert v["slowdown"] == pytest.approx([want] * 4, abs=1e-3), v
+    simulate(path, tmp_path / "excl", profile=profile, mode="exclusive")
+    assert slowdown_by_corunner_size(tmp_path / "excl", profile) == {}
+    one = make_trace(poisson_ns(0.2, 50, 7), models=["a"] * 50)
+    write_trace(one.table, tmp_path / "one.parquet", {})
+    simulate(tmp_path / "one.parquet", tmp_path / "one", profile=profile, mode="mps")
+    assert slowdown_by_corunner_size(tmp_path / "one", profile) == {}

@@ -111,6 +111,104 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
             "cold_start": cold_start, "models": models}
 
 
+# Size classes of the request running beside another model's, as a multiple of its model's
+# reference size (the shape the profile's co-runs used): <= 1.5x, 1.5-3x, 3-6x, > 6x.
+SIZE_CLASS_EDGES = (1.5, 3.0, 6.0)
+SIZE_CLASS_LABELS = ("<= 1.5x", "1.5-3x", "3-6x", "> 6x")
+
+
+def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str, Any]:
+    """Per model of a run in a sharing mode: its co-run slowdown split by how large the other
+    models' requests running beside it were (tokens, or pixels for vision models, at their
+    bucket, over the size of their model's reference shape).
+
+    Each ok request's excess over its alone service (the profile's grid x ``alone_scale``) is
+    fitted by least squares to the time each size class of other requests overlapped it: under
+    processor sharing, ``excess = sum_c T_c (1 - 1/s_c)``. The profile measures one slowdown,
+    at the reference shapes; on the H200 under MPS distilgpt2's was 1.16-1.18 there and
+    1.63-1.81 beside distilbert-base buckets of more than 700 tokens (2026-12-01,
+    docs/results/simulator-fidelity-h200.md). Returns ``{model: {"slowdown": [per class or
+    None], "overlap_ms": [per class], "profile": the profile's pairwise slowdown or None}}``;
+    {} for ``exclusive`` (nothing overlaps) or a run with one model."""
+    from traceforge.simulate.simulator import _map_models, _size
+
+    run_dir = Path(run_dir)
+    manifest = RunManifest.load(run_dir)
+    mode = manifest.get("mode") or (manifest.get("backend_info") or {}).get("mode")
+    t = read_timeline(run_dir)
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    names = sorted(set(t.column("model").to_pylist()))
+    if mode == "exclusive" or len(names) < 2 or mode not in profile.modes:
+        return {}
+    mapping = _map_models(names, read_trace(_trace_of(run_dir, manifest)), profile)
+    mp = profile.modes[mode]
+    col = {c: t.column(c).to_numpy(zero_copy_only=False) for c in
+           ("model", "batch_size", "seq_len", "max_new_tokens", "service_start_ns",
+            "service_end_ns", "bucket_batch_size", "bucket_seq_len")}
+    model = np.asarray(col["model"])
+    start = col["service_start_ns"].astype(np.float64)
+    end = col["service_end_ns"].astype(np.float64)
+    ratio = np.full(model.size, np.nan)
+    alone = np.zeros(model.size)
+    for name in names:
+        pm = profile.models[mapping[name]]
+        rows = model == name
+        # the bucket that ran where the backend recorded it, else the profile's bucketing
+        b = np.asarray(col["bucket_batch_size"][rows], dtype=np.float64)
+        sq = np.asarray(col["bucket_seq_len"][rows], dtype=np.float64)
+        if np.isnan(b).any() or np.isnan(sq).any():
+            bb, ss = pm.bucket_shapes(col["batch_size"][rows], col["seq_len"][rows],
+                                      col["max_new_tokens"][rows])
+            b = np.where(np.isnan(b), bb, b)
+            sq = np.where(np.isnan(sq), ss, sq)
+        alone[rows] = (pm.service_ns(b, sq, col["max_new_tokens"][rows])
+                       * mp.alone_scale.get(mapping[name], 1.0))
+        ref = pm.reference or {}
+        if ref.get("batch_size") and ref.get("seq_len"):
+            kind = pm.kind or ("decoder" if pm.generative else "encoder")
+            rb, rs = pm.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
+                                      [ref.get("max_new_tokens", 0)])
+            ratio[rows] = _size(kind, b, sq) / float(_size(kind, rb, rs)[0])
+    size_class = np.digitize(ratio, SIZE_CLASS_EDGES)
+    out: dict[str, Any] = {}
+    for name in names:
+        mine = np.flatnonzero(model == name)
+        others = np.flatnonzero((model != name) & ~np.isnan(ratio))
+        if not mine.size or not others.size:
+            continue
+        o_start, o_end, o_class = start[others], end[others], size_class[others]
+        order = np.argsort(o_start)
+        o_start, o_end, o_class = o_start[order], o_end[order], o_class[order]
+        k = len(SIZE_CLASS_LABELS)
+        overlap = np.zeros((mine.size, k))
+        reach = np.maximum.accumulate(o_end)  # the latest end among requests started so far
+        for row, i in enumerate(mine):
+            # other requests that started before this one ended and ended after it started
+            hi = np.searchsorted(o_start, end[i], side="left")
+            lo = np.searchsorted(reach[:hi], start[i], side="right")
+            if lo >= hi:
+                continue
+            ov = np.clip(np.minimum(o_end[lo:hi], end[i]) - np.maximum(o_start[lo:hi], start[i]),
+                         0.0, None)
+            np.add.at(overlap[row], o_class[lo:hi], ov)
+        excess = (end[mine] - start[mine]) - alone[mine]
+        support = overlap.sum(axis=0)
+        slow: list[float | None] = [None] * k
+        used = np.flatnonzero(support > 0)
+        if used.size:
+            coef = np.linalg.lstsq(overlap[:, used], excess, rcond=None)[0]
+            for c, x in zip(used.tolist(), coef.tolist(), strict=True):
+                slow[c] = round(1.0 / (1.0 - x), 4) if x < 1.0 else None
+        others_p = [mapping[o] for o in names if o != name]
+        try:
+            measured = profile.slowdown(mode, mapping[name], [mapping[name], *others_p])
+        except BadInput:
+            measured = None
+        out[name] = {"slowdown": slow, "overlap_ms": [round(float(v) / 1e6, 2) for v in support],
+                     "profile": measured}
+    return out
+
+
 def handoff_from_runs(run_dirs: list[Path | str]) -> dict[str, dict[str, float]]:
     """Per mode, per zoo model: the executor hand-off (ms) measured in these runs'
     timelines (:func:`~traceforge.simulate.measure.handoff_gaps`), keyed by zoo entry so it
