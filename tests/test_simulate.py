@@ -10,6 +10,7 @@ off-by-one in the recursion (which moves these numbers by 10 % or more) cannot p
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import zlib
 from pathlib import Path
@@ -555,6 +556,12 @@ def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_pat
         assert shapes["gen"]["above_2x_share"] == 0.0 and shapes["gen"]["max_ratio"] == 1.0
         assert "enc 50% (up to 16x its 1x128 reference)" in out.stderr
         assert "gen" not in out.stderr.split("note:")[1].split(";")[0]
+        # the report of the simulated run carries the same note
+        rep = subprocess.run([sys.executable, "-m", "traceforge", "report", str(run), "--json"],
+                             capture_output=True, text=True, cwd=root)
+        assert rep.returncode == 0, rep.stderr
+        notes = json.loads(rep.stdout)["notes"]
+        assert any("enc 50% (up to 16x its 1x128 reference)" in n for n in notes), notes
 
 
 def test_slowdown_by_corunner_size_recovers_a_shape_blind_slowdown(tmp_path):

@@ -413,6 +413,13 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
                          f"its queue grew (median latency {trend['early_p50_ms']:.3g} ms in "
                          f"the first fifth of arrivals, {trend['late_p50_ms']:.3g} ms in the "
                          f"last; Kendall tau {trend['kendall_tau']:.2f})")
+    # A simulated run whose models sent requests far larger than the shapes the profile's
+    # co-runs measured (simulate/simulator.py: interference_shapes).
+    from traceforge.simulate.simulator import interference_note
+
+    shapes = (manifest.get("backend_info") or {}).get("interference_shapes")
+    if isinstance(shapes, dict) and (note := interference_note(shapes)):
+        notes.append(note.removeprefix("note: "))
     extra = {}  # sections present only when the run has them (analyze/sessions.py)
     from traceforge.analyze.sessions import server_metrics_report, session_report
 
