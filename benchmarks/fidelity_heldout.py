@@ -214,8 +214,9 @@ def quantile_position(latency_ms, simulated_p50_ms: float) -> str:
 
 def corunner_size_rows(work: Path, profile) -> list[str]:
     """Table rows: per first replay in a sharing mode, each model's co-run slowdown by the
-    size class of the request beside it (slowdown_by_corunner_size)."""
-    from traceforge.simulate.fidelity import slowdown_by_corunner_size
+    size class of the request beside it (slowdown_by_corunner_size, rendered as
+    ``python -m traceforge.simulate.fidelity --by-corunner-size`` does), led by mix and mode."""
+    from traceforge.simulate.fidelity import render_corunner_size, slowdown_by_corunner_size
 
     rows = []
     for mix in MIXES:
@@ -223,11 +224,9 @@ def corunner_size_rows(work: Path, profile) -> list[str]:
             run = work / "runs" / f"{mix}-{mode}"
             if mode == "exclusive" or not (run / "run.json").exists():
                 continue
-            for model, v in slowdown_by_corunner_size(run, profile).items():
-                cells = [("—" if s is None else f"{s:.2f}") + f" ({ms:.0f})"
-                         for s, ms in zip(v["slowdown"], v["overlap_ms"], strict=True)]
-                prof = "—" if v["profile"] is None else f"{v['profile']:.3f}"
-                rows.append(f"| {mix} | {mode} | {model} | {prof} | " + " | ".join(cells) + " |")
+            table = render_corunner_size({str(run): slowdown_by_corunner_size(run, profile)})
+            rows += [line.replace(f"| {run.name} |", f"| {mix} | {mode} |", 1)
+                     for line in table.splitlines()[2:]]
     return rows
 
 

@@ -564,7 +564,7 @@ def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_pat
         assert any("enc 50% (up to 16x its 1x128 reference)" in n for n in notes), notes
 
 
-def test_slowdown_by_corunner_size_recovers_a_shape_blind_slowdown(tmp_path):
+def test_slowdown_by_corunner_size_recovers_a_shape_blind_slowdown(tmp_path, capsys):
     """A simulated MPS run (processor sharing, no noise) whose interference does not depend on
     shapes: the fit gives the profile's slowdowns back in every size class of the request beside
     (a 1.5, b 1.25), with the overlap each class had; a run of one model or in exclusive mode
@@ -593,9 +593,60 @@ def test_slowdown_by_corunner_size_recovers_a_shape_blind_slowdown(tmp_path):
         # sizes over the 1 x 32 reference: 1, 2, 4 ... 64: every class has overlap
         assert all(ms > 0 for ms in v["overlap_ms"]), v
         assert v["slowdown"] == pytest.approx([want] * 4, abs=1e-3), v
+    # the command prints the same fit, per run and model
+    from traceforge.simulate.fidelity import main
+
+    prof_path = tmp_path / "p.json"
+    prof_path.write_text(json.dumps(profile.data))
+    assert main(["--profile", str(prof_path), "--by-corunner-size", str(tmp_path / "mps")]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| mps |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["a", "b"]
+    assert rows[0].split("|")[3].strip() == "1.500" and "| 1.50 (" in rows[0]
+    assert main(["--profile", str(prof_path), "--by-corunner-size", str(tmp_path / "none")]) == 2
+    assert "fidelity: error:" in capsys.readouterr().err
     simulate(path, tmp_path / "excl", profile=profile, mode="exclusive")
     assert slowdown_by_corunner_size(tmp_path / "excl", profile) == {}
     one = make_trace(poisson_ns(0.2, 50, 7), models=["a"] * 50)
     write_trace(one.table, tmp_path / "one.parquet", {})
     simulate(tmp_path / "one.parquet", tmp_path / "one", profile=profile, mode="mps")
     assert slowdown_by_corunner_size(tmp_path / "one", profile) == {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 16), st.integers(1, 3000), st.integers(0, 300)),
+                min_size=1, max_size=60),
+       st.booleans())
+def test_bucket_shapes_match_the_backends_policy_request_by_request(shapes, huge):
+    """ModelProfile.bucket_shapes (one int64 key per shape, or the column-wise unique when a
+    value does not fit 21 bits) gives each request the bucket zoo/buckets.py pads it to; a
+    shape beyond the largest bucket keeps its own shape."""
+    from traceforge.simulate.profile import ModelProfile
+    from traceforge.zoo.buckets import BucketPolicy
+
+    pm = make_profile({"d": model_profile(1.0, seq_buckets=[16, 64, 256, 1024])}).models["d"]
+    pm = ModelProfile(**{**pm.__dict__, "kind": "decoder", "generative": True,
+                         "seq_buckets": (16, 64, 256, 1024), "bucketed": True})
+    if huge:
+        shapes = [*shapes, (1, 1 << 22, 0)]
+    b, s, n = (np.array(c, np.int64) for c in zip(*shapes, strict=True))
+    got_b, got_s = pm.bucket_shapes(b, s, n)
+    policy = BucketPolicy(kind="decoder", seq_buckets=(16, 64, 256, 1024), batch_buckets=False,
+                          max_positions=None)
+    for k in range(b.size):
+        try:
+            want = policy.bucket(int(b[k]), int(s[k]), int(n[k]))
+            want = (want.batch, want.seq)
+        except ValueError:
+            want = (int(b[k]), int(s[k]))
+        assert (int(got_b[k]), int(got_s[k])) == want
+
+
+def test_interference_note_ignores_malformed_run_json_entries():
+    """`report` reads interference_shapes back from run.json: entries that are not
+    {model: {numbers}} are skipped, never a crash; a well-formed one is still named."""
+    from traceforge.simulate.simulator import interference_note
+
+    good = {"reference": "1x128", "above_2x_share": 0.25, "max_ratio": 8.0}
+    assert interference_note({"a": 5, "b": {"above_2x_share": "x"}, "c": {}}) is None
+    note = interference_note({"a": 5, "b": None, "enc": good})
+    assert note is not None and "enc 25% (up to 8x its 1x128 reference)" in note

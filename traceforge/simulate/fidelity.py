@@ -126,11 +126,11 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
     fitted by least squares to the time each size class of other requests overlapped it: under
     processor sharing, ``excess = sum_c T_c (1 - 1/s_c)``. The profile measures one slowdown,
     at the reference shapes; on the H200 under MPS distilgpt2's was 1.16-1.18 there and
-    1.63-1.81 beside distilbert-base buckets of more than 700 tokens (2026-12-01,
-    docs/results/simulator-fidelity-h200.md). Returns ``{model: {"slowdown": [per class or
+    1.60-1.77 beside distilbert-base requests of more than 6x its 1 x 128 reference
+    (2026-12-01, docs/results/simulator-fidelity-h200.md). Returns ``{model: {"slowdown": [per class or
     None], "overlap_ms": [per class], "profile": the profile's pairwise slowdown or None}}``;
     {} for ``exclusive`` (nothing overlaps) or a run with one model."""
-    from traceforge.simulate.simulator import _map_models, _size
+    from traceforge.simulate.simulator import map_models
 
     run_dir = Path(run_dir)
     manifest = RunManifest.load(run_dir)
@@ -140,7 +140,7 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
     names = sorted(set(t.column("model").to_pylist()))
     if mode == "exclusive" or len(names) < 2 or mode not in profile.modes:
         return {}
-    mapping = _map_models(names, read_trace(_trace_of(run_dir, manifest)), profile)
+    mapping = map_models(names, read_trace(_trace_of(run_dir, manifest)), profile)
     mp = profile.modes[mode]
     col = {c: t.column(c).to_numpy(zero_copy_only=False) for c in
            ("model", "batch_size", "seq_len", "max_new_tokens", "service_start_ns",
@@ -163,12 +163,9 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
             sq = np.where(np.isnan(sq), ss, sq)
         alone[rows] = (pm.service_ns(b, sq, col["max_new_tokens"][rows])
                        * mp.alone_scale.get(mapping[name], 1.0))
-        ref = pm.reference or {}
-        if ref.get("batch_size") and ref.get("seq_len"):
-            kind = pm.kind or ("decoder" if pm.generative else "encoder")
-            rb, rs = pm.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
-                                      [ref.get("max_new_tokens", 0)])
-            ratio[rows] = _size(kind, b, sq) / float(_size(kind, rb, rs)[0])
+        size = pm.size_over_reference(b, sq)
+        if size is not None:
+            ratio[rows] = size
     size_class = np.digitize(ratio, SIZE_CLASS_EDGES)
     out: dict[str, Any] = {}
     for name in names:
@@ -379,6 +376,20 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_corunner_size(by_run: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per run and model, the profile's slowdown and the fitted one per size class
+    (overlap ms in parentheses)."""
+    lines = ["| run | model | profile | " + " | ".join(SIZE_CLASS_LABELS) + " |",
+             "|---|---|---:|" + "---:|" * len(SIZE_CLASS_LABELS)]
+    for run, models in by_run.items():
+        for model, v in models.items():
+            cells = [("—" if x is None else f"{x:.2f}") + f" ({ms:.0f})"
+                     for x, ms in zip(v["slowdown"], v["overlap_ms"], strict=True)]
+            prof = "—" if v["profile"] is None else f"{v['profile']:.3f}"
+            lines.append(f"| {Path(run).name} | {model} | {prof} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m traceforge.simulate.fidelity",
                                      description=__doc__.splitlines()[0])
@@ -400,10 +411,25 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="RUN_DIR",
                         help="measure the executor hand-off from this run (repeatable) for a "
                              "profile without handoff_ms; never one of the compared runs")
+    parser.add_argument("--by-corunner-size", action="store_true",
+                        help="with --profile: each sharing-mode run's co-run slowdown per model "
+                             "by the size class of the request beside it "
+                             "(slowdown_by_corunner_size) instead of a simulation")
     args = parser.parse_args(argv)
     if not args.oracle and args.profile is None:
         parser.error("--profile is required (or --oracle)")
     try:
+        for run in args.runs:
+            if not (run / "run.json").is_file():
+                raise BadInput("not a run directory (no run.json in it)", key="RUN_DIR",
+                               value=str(run))
+        if args.by_corunner_size:
+            profile = load_profile(args.profile)
+            by_size = {str(run): slowdown_by_corunner_size(run, profile) for run in args.runs}
+            text = (json.dumps(by_size, indent=1) + "\n" if args.json
+                    else render_corunner_size(by_size))
+            sys.stdout.write(text)
+            return 0
         if args.oracle:
             results = [oracle_run(run, args.oracle_handoff) for run in args.runs]
         else:

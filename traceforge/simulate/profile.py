@@ -72,7 +72,16 @@ class ModelProfile:
                               max_positions=None)
         new = np.asarray(new_tokens, np.int64)
         keys = np.stack([np.broadcast_to(bs, seq.shape), seq, np.broadcast_to(new, seq.shape)])
-        uniq, inverse = np.unique(keys.reshape(3, -1), axis=1, return_inverse=True)
+        keys = keys.reshape(3, -1)
+        if keys.size and keys.min() >= 0 and keys.max() < 1 << 21:
+            # One int64 per shape: a 1-D unique sorts 1M requests in ~0.1 s, where the
+            # column-wise unique (axis=1) took ~1 s (2-core VM, 2026-12-01).
+            packed = (keys[0] << 42) | (keys[1] << 21) | keys[2]
+            upacked, inverse = np.unique(packed, return_inverse=True)
+            uniq = np.stack([upacked >> 42, (upacked >> 21) & ((1 << 21) - 1),
+                             upacked & ((1 << 21) - 1)])
+        else:
+            uniq, inverse = np.unique(keys, axis=1, return_inverse=True)
         out_b = np.empty(uniq.shape[1], np.int64)
         out_s = np.empty(uniq.shape[1], np.int64)
         for k in range(uniq.shape[1]):
@@ -84,6 +93,29 @@ class ModelProfile:
                 out_b[k], out_s[k] = b, s
         inverse = inverse.reshape(-1)
         return out_b[inverse].reshape(seq.shape), out_s[inverse].reshape(seq.shape)
+
+    def size_over_reference(self, batch: np.ndarray, seq: np.ndarray) -> np.ndarray | None:
+        """Requests' size at the shape they run at (``batch``, ``seq``: their bucket) over the
+        size of this model's reference shape (the co-runs'), at its bucket: tokens (batch x
+        seq), pixels for vision models (batch x side^2). None without a reference shape."""
+        ref = self.reference or {}
+        if not ref.get("batch_size") or not ref.get("seq_len"):
+            return None
+        rb, rs = self.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
+                                    [ref.get("max_new_tokens", 0)])
+        power = 2 if self.kind == "vision" else 1
+        batch = np.asarray(batch, np.float64)
+        seq = np.asarray(seq, np.float64)
+        return batch * seq**power / float(rb[0] * float(rs[0]) ** power)
+
+    def reference_label(self) -> str | None:
+        """The reference shape at its bucket, ``"BxS"``; None without one."""
+        ref = self.reference or {}
+        if not ref.get("batch_size") or not ref.get("seq_len"):
+            return None
+        rb, rs = self.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
+                                    [ref.get("max_new_tokens", 0)])
+        return f"{int(rb[0])}x{int(rs[0])}"
 
     def cold_ns(self, batch_size, seq_len) -> np.ndarray:
         """Extra time (float ns) of the first request of a shape after the backend starts."""

@@ -172,7 +172,7 @@ def simulate(
             raise BadInput("--profile needs --mode", key="--mode",
                            allowed=", ".join(profile.modes))
         profile.mode(mode, source=profile.path)
-        mapping = _map_models(names, trace, profile)
+        mapping = map_models(names, trace, profile)
         if cold_start is None:
             cold_start = not any(profile.models[p].bucketed for p in mapping.values())
 
@@ -451,42 +451,30 @@ def _rows_by_model(codes: np.ndarray, k: int) -> list[np.ndarray]:
 LARGE_SHAPE_RATIO = 2.0
 
 
-def _size(kind: str, batch: np.ndarray, seq: np.ndarray) -> np.ndarray:
-    """What a request's co-run pressure grows with: tokens (batch x seq), pixels for vision
-    models (batch x side^2)."""
-    seq = np.asarray(seq, np.float64)
-    return np.asarray(batch, np.float64) * (seq * seq if kind == "vision" else seq)
-
-
 def interference_shapes(table: pa.Table, codes: np.ndarray, names: list[str],
                         mapping: dict[str, str], profile: Profile, mode: str
                         ) -> dict[str, dict[str, float]]:
     """Per trace model whose requests interfere with others (two or more models, a sharing
-    mode): its requests' size (tokens, or pixels for vision; at their bucket) against the
-    size of the reference shape the profile's co-runs used — the share more than
+    mode): its requests' size at their bucket over the size of the reference shape the
+    profile's co-runs used (ModelProfile.size_over_reference) — the share more than
     LARGE_SHAPE_RATIO x it and the largest ratio. The co-run slowdown is measured at the
-    reference shape only, and a larger co-runner slows the others more: on the H200 under MPS,
-    distilgpt2 beside distilbert-base 1.16-1.18x at 128 tokens (the profile), 1.63-1.81x beside
-    buckets of more than 700 tokens (held-out replays, 2026-12-01, docs/simulator.md). {} in
-    exclusive mode, with one model, or for models whose profile has no reference shape."""
+    reference shape only, and a larger co-runner slows the others more (docs/simulator.md,
+    Limitations, with the H200's numbers). {} in exclusive mode, with one model, or for models
+    whose profile has no reference shape."""
     if mode == "exclusive" or len(names) < 2:
         return {}
-    bs = table.column("batch_size").to_numpy()
-    seq = table.column("seq_len").to_numpy()
-    new = table.column("max_new_tokens").to_numpy()
+    bs = table.column("batch_size").to_numpy().astype(np.int64)
+    seq = table.column("seq_len").to_numpy().astype(np.int64)
+    new = table.column("max_new_tokens").to_numpy().astype(np.int64)
     out: dict[str, dict[str, float]] = {}
     for m, name in enumerate(names):
         pm = profile.models[mapping[name]]
-        ref = pm.reference or {}
-        rows = np.flatnonzero(codes == m)
-        if not rows.size or not ref.get("batch_size") or not ref.get("seq_len"):
+        label = pm.reference_label()
+        rows = codes == m
+        if label is None or not rows.any():
             continue
-        kind = pm.kind or ("decoder" if pm.generative else "encoder")
-        rb, rs = pm.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
-                                  [ref.get("max_new_tokens", 0)])
-        b, sq = pm.bucket_shapes(bs[rows], seq[rows], new[rows])
-        ratio = _size(kind, b, sq) / float(_size(kind, rb, rs)[0])
-        out[name] = {"reference": f"{int(rb[0])}x{int(rs[0])}",
+        ratio = pm.size_over_reference(*pm.bucket_shapes(bs[rows], seq[rows], new[rows]))
+        out[name] = {"reference": label,
                      "above_2x_share": round(float(np.mean(ratio > LARGE_SHAPE_RATIO)), 4),
                      "max_ratio": round(float(ratio.max()), 2)}
     return out
@@ -495,7 +483,10 @@ def interference_shapes(table: pa.Table, codes: np.ndarray, names: list[str],
 def interference_note(shapes: dict[str, dict[str, float]]) -> str | None:
     """One line for the simulate command when some model sends requests far larger than the
     shape its co-run slowdowns were measured at; None when none does."""
-    large = {m: v for m, v in shapes.items() if v["above_2x_share"] > 0}
+    # run.json is read back by `report`: anything but {model: {numbers}} is ignored
+    large = {m: v for m, v in shapes.items() if isinstance(v, dict)
+             and isinstance(v.get("above_2x_share"), int | float) and v["above_2x_share"] > 0
+             and isinstance(v.get("max_ratio"), int | float)}
     if not large:
         return None
     parts = ", ".join(f"{m} {v['above_2x_share']:.0%} (up to {v['max_ratio']:g}x its "
@@ -537,7 +528,7 @@ def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
                      tokens_out=np.where(tokens > 0, tokens, -1), worker=worker)
 
 
-def _map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, str]:
+def map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, str]:
     """Trace model -> profile model: the same name, else the trace spec's ``zoo`` entry."""
     spec_models = ((trace.meta or {}).get("spec") or {}).get("models") or {}
     by_zoo = {p.zoo: key for key, p in profile.models.items() if p.zoo}
