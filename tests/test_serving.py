@@ -349,7 +349,8 @@ def test_back_to_back_requests_never_overlap_on_one_stream_on_gpu(tmp_path):
     each launched behind the one before. Their recorded service intervals come from the device's
     events (LoadedModel.finish's anchors), so none starts before the one before it ended (0.5 µs
     event resolution, 2 µs allowed). Recorded from the host's view of each end, they overlapped
-    by up to ~100 µs (H200, 2026-12-01: p10 of enc→enc gaps −81 µs)."""
+    (H200, 2026-12-01 02:45 UTC, a held-out steady exclusive replay: 170 of 1,028 consecutive
+    pairs, by up to 7.0 ms; p10 of waiting enc→enc gaps −81 µs)."""
     import pyarrow.dataset as ds
 
     trace = tmp_path / "t.parquet"

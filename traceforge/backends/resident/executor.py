@@ -151,8 +151,9 @@ class Executor:
         # waits for its first token and enqueues its steps, and the next request can be
         # enqueued behind the last step. Before this, decodes ran synchronously and the GPU
         # idled after each one while this thread reported it and launched the next (exclusive
-        # mode on the lent H200: 370-800 µs from a decode's end to the next request's start,
-        # against ~30 µs for a forward launched behind; docs/results/simulator-fidelity-h200.md).
+        # mode on the lent H200, 2026-12-01, mean gap from a decode's end to the next waiting
+        # request's start: 293-419 µs synchronous, 6-129 µs pipelined; benchmarks/gpu_handoff.py,
+        # docs/results/simulator-fidelity-h200.md).
         # Eager runs and dynamic batches execute synchronously.
         #
         # With a request in flight and none queued, the thread waits for a new job until shortly
@@ -294,8 +295,7 @@ class Executor:
                 loop.call_soon(self._poll_inline, loop, resolve)  # one loop iteration later
                 return
             # launched only when the executor was idle: nothing in flight on its stream
-            stats = (model.finish(handle, IDLE_STREAM) if self.idle_start_exact
-                     else model.finish(handle))
+            stats = model.finish(handle, IDLE_STREAM if self.idle_start_exact else None)
             self._inline = None
             self._note_end(job, handle, stats)
             self._report([job], common, stats, on_result=resolve)
@@ -346,7 +346,7 @@ class Executor:
         it — (its end, its end event) — or None when it failed."""
         model = self.models[batch[0].model]
         try:
-            stats = model.finish(handle, anchor) if anchor is not None else model.finish(handle)
+            stats = model.finish(handle, anchor)
         except Exception as exc:
             self._fail(batch, common, exc)
             return None
