@@ -552,16 +552,17 @@ def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_pat
         if mode == "exclusive":
             assert shapes == {} and "note:" not in out.stderr
             continue
-        assert shapes["enc"] == {"reference": "1x128", "above_2x_share": 0.5, "max_ratio": 16.0}
+        assert shapes["enc"] == {"reference": "1x128", "measured_up_to": 1.0,
+                                 "above_2x_share": 0.5, "max_ratio": 16.0}
         assert shapes["gen"]["above_2x_share"] == 0.0 and shapes["gen"]["max_ratio"] == 1.0
-        assert "enc 50% (up to 16x its 1x128 reference)" in out.stderr
+        assert "enc 50% (up to 16x its 1x128 reference, measured up to 1x)" in out.stderr
         assert "gen" not in out.stderr.split("note:")[1].split(";")[0]
         # the report of the simulated run carries the same note
         rep = subprocess.run([sys.executable, "-m", "traceforge", "report", str(run), "--json"],
                              capture_output=True, text=True, cwd=root)
         assert rep.returncode == 0, rep.stderr
         notes = json.loads(rep.stdout)["notes"]
-        assert any("enc 50% (up to 16x its 1x128 reference)" in n for n in notes), notes
+        assert any("enc 50% (up to 16x its 1x128 reference" in n for n in notes), notes
 
 
 def test_slowdown_by_corunner_size_recovers_a_shape_blind_slowdown(tmp_path, capsys):
@@ -649,4 +650,7 @@ def test_interference_note_ignores_malformed_run_json_entries():
     good = {"reference": "1x128", "above_2x_share": 0.25, "max_ratio": 8.0}
     assert interference_note({"a": 5, "b": {"above_2x_share": "x"}, "c": {}}) is None
     note = interference_note({"a": 5, "b": None, "enc": good})
-    assert note is not None and "enc 25% (up to 8x its 1x128 reference)" in note
+    # a run simulated before size tables has no measured_up_to: the reference only
+    assert note is not None and "enc 25% (up to 8x its 1x128 reference, measured up to 1x)" in note
+    note = interference_note({"enc": {**good, "measured_up_to": "x"}})
+    assert "measured up to 1x" in note

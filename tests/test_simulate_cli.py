@@ -119,8 +119,26 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     done = cli("profile", "--models", "tiny-bert,tiny-gpt2", "--device", "cpu",
                "--modes", "exclusive,timeslice", "--batch-sizes", "1,2", "--seq-lens", "16,32",
                "--new-tokens", "3", "--repeats", "3", "--warmup", "1", "--corun-seconds", "0.4",
-               "--keep-runs", str(tmp_path / "runs"), "-o", str(out), timeout=240)
+               "--corun-sizes", "2,8", "--keep-runs", str(tmp_path / "runs"), "-o", str(out),
+               timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
+    # each model beside the other's 2x requests (2 x 32 over the 1 x 32 reference: the grid
+    # has no shape near 8x, so that size is skipped, with a line saying so)
+    data = json.loads(out.read_text())
+    by_size = data["modes"]["timeslice"]["slowdown_by_size"]["tiny-bert+tiny-gpt2"]
+    assert set(by_size) == {"tiny-bert", "tiny-gpt2"}
+    for victim, other in (("tiny-bert", "tiny-gpt2"), ("tiny-gpt2", "tiny-bert")):
+        entry = by_size[victim]
+        assert entry["aggressor"] == other and entry["size"] == [1.0, 2.0]
+        assert entry["shapes"] == [["1x32"], ["2x32"]]
+        assert entry["slowdown"][0] == data["modes"]["timeslice"]["slowdown"][
+            "tiny-bert+tiny-gpt2"][victim]
+        assert len(entry["repeats"][1]) == 2 and 0.5 <= entry["slowdown"][1] <= 50
+    assert "no grid shape of 8x its reference" in done.stderr
+    assert "slowdown_by_size" not in data["modes"]["exclusive"]
+    cosize = sorted(p.name for p in (tmp_path / "runs" / "timeslice").iterdir()
+                    if p.is_dir() and "cosize-" in p.name)
+    assert len(cosize) == 4 and cosize[0].endswith("cosize-tiny-bert-by-tiny-gpt2-2x-r0")
     data = json.loads(out.read_text())
     assert data["schema"] == "traceforge.profile/1"
     assert data["device"]["kind"] == "cpu" and data["versions"]["python"]

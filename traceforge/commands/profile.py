@@ -22,6 +22,17 @@ def _ints(text: str, key: str) -> list[int]:
         raise BadInput("must be comma-separated integers", key=key, value=text) from exc
 
 
+def _sizes(text: str) -> list[float]:
+    """``--corun-sizes``: comma-separated sizes, or ``none`` / empty for none."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise BadInput("must be comma-separated numbers or 'none'", key="--corun-sizes",
+                       value=text) from exc
+
+
 def _references(text: str | None) -> dict[str, tuple[int, int, int | None]]:
     """``MODEL=BxS[xN],...`` -> {model: (batch, seq_len, new tokens or None)}."""
     out: dict[str, tuple[int, int, int | None]] = {}
@@ -79,6 +90,13 @@ def profile_command(
                                                  "this load (0: closed loop only)."),
     corun_repeats: int = typer.Option(3, "--corun-repeats",
                                       help="Co-run repeats (median kept, spread reported)."),
+    corun_sizes: str = typer.Option(
+        "4,8,16", "--corun-sizes",
+        help="Each pair again with one model's requests at these sizes (x its reference "
+             "size; tokens, pixels for vision): the simulator's slowdown then follows the "
+             "size of the request beside. 'none': the reference only."),
+    corun_size_repeats: int = typer.Option(2, "--corun-size-repeats",
+                                           help="Repeats of each --corun-sizes co-run."),
     keep_runs: Path | None = typer.Option(None, "--keep-runs",
                                           help="Keep every phase's run directory here."),
 ) -> None:
@@ -99,6 +117,7 @@ def profile_command(
         references=_references(reference), keep_runs=keep_runs, compile=compile_,
         seq_buckets=parse_buckets(seq_buckets), corun_utilisation=corun_utilisation,
         corun_repeats=corun_repeats, alone_utilisation=alone_utilisation,
+        corun_sizes=_sizes(corun_sizes), corun_size_repeats=corun_size_repeats,
     ).validate()
     from traceforge.paths import check_output
 
@@ -121,6 +140,7 @@ def profile_command(
         *(["--seq-buckets", seq_buckets] if seq_buckets else []),
         "--corun-utilisation", f"{corun_utilisation:g}", "--corun-repeats", str(corun_repeats),
         "--alone-utilisation", f"{alone_utilisation:g}",
+        "--corun-sizes", corun_sizes, "--corun-size-repeats", str(corun_size_repeats),
         "-o", str(out)])
 
     def save(profile: dict) -> None:

@@ -165,6 +165,58 @@ class WorkerResult:
 BatchWork = Callable[[int, int, int], float]  # (model index, first row, end row) -> alone ns
 
 
+@dataclass(slots=True)
+class SizeInterference:
+    """Co-run slowdowns that depend on the size of the request each busy worker runs.
+
+    ``excess[u][c][w]``: added to worker ``w``'s slowdown while worker ``u`` runs a request of
+    size class ``c`` (0 at the size ``rates`` were measured at; Profile.size_excess).
+    ``classes[u][i]``: the class of worker ``u``'s request ``i`` run alone;
+    ``batch_class(u, i, j)``: the class of its rows ``i:j`` run as one batch (batching;
+    default: the first row's class). Worker ``w``'s slowdown under busy set ``S`` is then
+    ``1/rates[S][w] + sum over u in S, u != w of excess[u][class of u's batch][w]``, the
+    profile's additive rule for sets (Profile.slowdown), never below MIN_SLOWDOWN.
+    """
+
+    classes: list[list[int]]
+    excess: list[list[Sequence[float]]]
+    batch_class: Callable[[int, int, int], int] | None = None
+
+
+MIN_SLOWDOWN = 0.5  # as the profile clamps its measured slowdowns (measure._clamp)
+
+
+def _size_rates(rates: dict[int, Sequence[float]], k: int, sized: SizeInterference
+                ) -> Callable[[int, list[int]], list[float]]:
+    """``resolve(mask, cur)``: every worker's rate while ``mask`` is busy and busy worker
+    ``u`` runs a class-``cur[u]`` batch. Memoised per state, so a state's list is always the
+    same object (the engines compare rates by value anyway)."""
+    ones = [1.0] * k
+    memo: dict[tuple[int, ...], list[float]] = {}
+    excess = sized.excess
+    workers = range(k)
+
+    def resolve(mask: int, cur: list[int]) -> list[float]:
+        key = (mask, *[cur[u] if mask >> u & 1 else -1 for u in workers])
+        out = memo.get(key)
+        if out is None:
+            base = rates.get(mask, ones)
+            out = []
+            for w in workers:
+                if not mask >> w & 1:
+                    out.append(1.0)
+                    continue
+                slow = 1.0 / base[w]
+                for u in workers:
+                    if u != w and mask >> u & 1:
+                        slow += excess[u][cur[u]][w]
+                out.append(1.0 / max(slow, MIN_SLOWDOWN))
+            memo[key] = out
+        return out
+
+    return resolve
+
+
 def shared_workers(
     queues: Sequence[ModelQueue],
     *,
@@ -175,6 +227,7 @@ def shared_workers(
     batch_work: BatchWork | None = None,
     fast_path: bool = True,
     handoff_ns: Sequence[float] | None = None,
+    sized: SizeInterference | None = None,
 ) -> list[WorkerResult]:
     """Simulate the resident workers.
 
@@ -196,6 +249,9 @@ def shared_workers(
     start its next batch (see :func:`fifo_servers`); the worker counts as idle for the
     interference model meanwhile (the GPU has nothing of it to run).
 
+    ``sized``: slowdowns that also depend on the size of the batch each other busy worker runs
+    (:class:`SizeInterference`); ignored in exclusive mode (nothing runs beside).
+
     ``fast_path=False`` forces the general loop where the inlined one would apply (tests check
     that both give the same timelines). Batch ids count per worker from ``worker << 40``, as the
     resident workers number them.
@@ -204,7 +260,7 @@ def shared_workers(
     gaps = [0.0] * k if handoff_ns is None else [float(g) for g in handoff_ns]
     if fast_path and not exclusive and max(1, int(max_batch)) == 1 and all(q.work_ns is not None
                                                               for q in queues):
-        return _concurrent_unbatched(queues, rates or {}, gaps)
+        return _concurrent_unbatched(queues, rates or {}, gaps, sized)
     if k == 0:
         return []
     arrivals = [np.asarray(q.arrival_ns, dtype=np.float64).tolist() for q in queues]
@@ -222,8 +278,14 @@ def shared_workers(
     max_batch = max(1, int(max_batch))
     wait = float(max_wait_ns) if max_batch > 1 else 0.0
     rate_table = rates or {}
+    if exclusive:
+        sized = None
+    batch_class = None
+    if sized is not None:
+        batch_class = sized.batch_class or (lambda m, i, j, c=sized.classes: c[m][i])
     if fast_path and not exclusive and not any(gaps):
-        return _concurrent_batched(arrivals, sizes, batch_work, rate_table, max_batch, wait)
+        return _concurrent_batched(arrivals, sizes, batch_work, rate_table, max_batch, wait,
+                                   sized, batch_class)
     inf = math.inf
     n_workers = 1 if exclusive else k
     ones = [1.0] * n_workers
@@ -246,8 +308,11 @@ def shared_workers(
     batch_counter = [0] * n_workers
     busy_mask = 0
     workers = range(n_workers)
-    interference = not exclusive and bool(rate_table)
+    interference = not exclusive and (bool(rate_table) or sized is not None)
     bisect_right = bisect.bisect_right
+    cur = [0] * n_workers  # size class of each worker's batch (sized interference)
+    resolve = (_size_rates(rate_table, k, sized) if sized is not None
+               else (lambda mask, cur: rate_table.get(mask, ones)))
 
     def plan(w: int, now: float) -> None:
         """Set idle worker w's next start time and model (the batching rule)."""
@@ -298,7 +363,9 @@ def shared_workers(
         batch_counter[w] += 1
         busy[w] = True
         busy_mask |= 1 << w
-        r = rate_table.get(busy_mask, ones)[w] if interference else 1.0
+        if batch_class is not None:
+            cur[w] = batch_class(m, h, hi)
+        r = resolve(busy_mask, cur)[w] if interference else 1.0
         rate[w] = r
         event[w] = now + batch_work(m, h, hi) / r
 
@@ -326,11 +393,12 @@ def shared_workers(
                 start(w, t)
         else:
             start(w, t)
-        if interference and busy_mask != mask_before:
-            # Apply the rates of the new busy set: a busy worker with remaining work
-            # (event - t) * old rate finishes at t + remaining / new rate. (A worker that
-            # started at t already runs at its new rate.)
-            new = rate_table.get(busy_mask, ones)
+        if interference and (busy_mask != mask_before or batch_class is not None):
+            # Apply the rates of the new busy set (and, sized, of the new batch's class): a
+            # busy worker with remaining work (event - t) * old rate finishes at
+            # t + remaining / new rate. (A worker that started at t already runs at its new
+            # rate.)
+            new = resolve(busy_mask, cur)
             for u in workers:
                 if busy[u]:
                     r = new[u]
@@ -346,12 +414,14 @@ def shared_workers(
 
 
 def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequence[float]],
-                          gaps: Sequence[float] | None = None) -> list[WorkerResult]:
+                          gaps: Sequence[float] | None = None,
+                          sized: SizeInterference | None = None) -> list[WorkerResult]:
     """:func:`shared_workers` for one worker per model and no batching, inlined.
 
     The same event rules; kept separate because it is the common case and the per-event Python
     work decides the speed (1M requests in about a second). A worker that finishes and finds its
-    next request waiting restarts at once: the busy set is unchanged, so no rate changes.
+    next request waiting restarts at once: the busy set is unchanged, so no rate changes
+    (unless ``sized`` and the new request's size class differs: then the others' rates follow).
     """
     k = len(queues)
     if k == 0:
@@ -377,6 +447,10 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
     mask = 0
     get_rates = rates.get
     gap = list(gaps) if gaps is not None else [0.0] * k
+    sz = sized is not None
+    cls = sized.classes if sz else []
+    cur = [0] * k  # size class of each worker's request (sized)
+    resolve = _size_rates(rates, k, sized) if sz else None
     while True:
         t = min(event)
         if t == inf:
@@ -398,7 +472,20 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
                     a = a if a > t + g else t + g
                 elif a <= t:  # waiting already: restart, same busy set, same rate
                     starts[w][i] = t
-                    event[w] = t + works[w][i] / rate[w]
+                    if not sz or cls[w][i] == cur[w]:
+                        event[w] = t + works[w][i] / rate[w]
+                        continue
+                    # a request of another size class: its own and the others' rates change
+                    cur[w] = cls[w][i]
+                    new = resolve(mask, cur)
+                    rate[w] = new[w]
+                    event[w] = t + works[w][i] / new[w]
+                    for u in workers:
+                        if busy[u] and u != w:
+                            r = new[u]
+                            if r != rate[u]:
+                                event[u] = t + (event[u] - t) * rate[u] / r
+                                rate[u] = r
                     continue
                 event[w] = a
             else:
@@ -410,11 +497,15 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
             starts[w][i] = t
             busy[w] = True
             mask |= 1 << w
-            r = get_rates(mask, ones)[w]
+            if sz:
+                cur[w] = cls[w][i]
+                r = resolve(mask, cur)[w]
+            else:
+                r = get_rates(mask, ones)[w]
             rate[w] = r
             event[w] = t + works[w][i] / r
-        if mask != before and rates:
-            new = get_rates(mask, ones)
+        if mask != before and (rates or sz):
+            new = resolve(mask, cur) if sz else get_rates(mask, ones)
             for u in workers:
                 if busy[u] and u != w:
                     r = new[u]
@@ -428,7 +519,9 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
 
 def _concurrent_batched(arrivals: list[list[float]], sizes: list[int], batch_work: BatchWork,
                         rates: dict[int, Sequence[float]], max_batch: int,
-                        wait: float) -> list[WorkerResult]:
+                        wait: float, sized: SizeInterference | None = None,
+                        batch_class: Callable[[int, int, int], int] | None = None
+                        ) -> list[WorkerResult]:
     """:func:`shared_workers` for one worker per model with dynamic batching, inlined (the
     general loop's rules, checked against it in the tests)."""
     k = len(arrivals)
@@ -449,6 +542,9 @@ def _concurrent_batched(arrivals: list[list[float]], sizes: list[int], batch_wor
     counter = [0] * k
     mask = 0
     get_rates = rates.get
+    sz = sized is not None and batch_class is not None
+    cur = [0] * k  # size class of each worker's batch (sized)
+    resolve = _size_rates(rates, k, sized) if sz else None
     bisect_right = bisect.bisect_right
 
     def ready(w: int, h: int) -> float:
@@ -510,11 +606,15 @@ def _concurrent_batched(arrivals: list[list[float]], sizes: list[int], batch_wor
                     b_n[i] = j - h
             busy[w] = True
             mask |= 1 << w
-            r = get_rates(mask, ones)[w]
+            if sz:
+                cur[w] = batch_class(w, h, j)
+                r = resolve(mask, cur)[w]
+            else:
+                r = get_rates(mask, ones)[w]
             rate[w] = r
             event[w] = t + batch_work(w, h, j) / r
-        if mask != before and rates:
-            new = get_rates(mask, ones)
+        if (mask != before or sz) and (rates or sz):
+            new = resolve(mask, cur) if sz else get_rates(mask, ones)
             for u in workers:
                 if busy[u] and u != w:
                     r = new[u]

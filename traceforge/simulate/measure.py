@@ -98,6 +98,13 @@ class ProfileSettings:
     # its alone capacity, repeated with different seeds (the spread goes into the profile).
     corun_utilisation: float = 0.5
     corun_repeats: int = 3
+    # Each pair's slowdowns again with one model's requests at these sizes (x its reference
+    # size: tokens, pixels for vision) and the other's at its reference: a model's co-run
+    # slowdown grows with the size of the request beside it (H200, MPS: distilgpt2 1.16 beside
+    # distilbert-base at 1 x 128, 1.5-2.0 beside 8 x 256; docs/results/simulator-fidelity-h200.md).
+    # A size needs a grid shape within a factor sqrt(2) of it; [] measures the reference only.
+    corun_sizes: list[float] = field(default_factory=lambda: [4.0, 8.0, 16.0])
+    corun_size_repeats: int = 2
     # Alone service times (grid and reference) are re-measured open loop at this utilisation
     # (Poisson gaps of mean service / utilisation), because a GPU that idles between requests
     # runs them slower than back to back (clocks, caches): replays run at such loads. 0 keeps
@@ -155,6 +162,14 @@ class ProfileSettings:
                            value=self.corun_utilisation)
         if self.corun_repeats < 1:
             raise BadInput("must be >= 1", key="--corun-repeats", value=self.corun_repeats)
+        if not 1 <= self.corun_size_repeats <= 1000:
+            raise BadInput("must be in [1, 1000]", key="--corun-size-repeats",
+                           value=self.corun_size_repeats)
+        sizes = list(self.corun_sizes)
+        if (any(not math.isfinite(x) or x <= 0 or x == 1.0 for x in sizes)
+                or sorted(set(sizes)) != sizes):
+            raise BadInput("must be increasing sizes > 0 other than 1 (x the reference size)",
+                           key="--corun-sizes", value=",".join(f"{x:g}" for x in sizes))
         if self.corun_sets not in ("pairs+all", "pairs"):
             raise BadInput("unknown co-run set choice", key="--corun-sets",
                            value=self.corun_sets, allowed="pairs+all, pairs")
@@ -784,6 +799,9 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 + ", ".join(f"{m} {v:.3f} ms" for m, v in mode_entry["alone_ms"].items()))
             if mode != "exclusive":
                 await _measure_corun(replay, mode, mode_entry, refs, settings, log, started)
+                if settings.corun_sizes:
+                    await _measure_corun_sizes(replay, mode, mode_entry, refs, grids,
+                                               profile["models"], settings, log, started)
             # The way back and its spread around that median, from the open-loop phases where
             # every model is sent: pooled over the mixed pass and the co-runs in modes with a
             # worker per model (pooled_outbound_ms), else (exclusive, or one model) the
@@ -1359,6 +1377,129 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
             + ", ".join(f"{m} {v:.3f}" for m, v in slow.items()) + " (repeats "
             + "; ".join(f"{m} " + ",".join(f"{v:.2f}" for v in estimates[m]) for m in group)
             + ")")
+
+
+def size_candidates(pm, grid, ref, level: float) -> list[tuple[int, int, float]]:
+    """The grid shapes ``(batch, seq, size)`` whose size over the reference (ModelProfile
+    .size_over_reference) is within a factor sqrt(2) of ``level``, closest first."""
+    batch_sizes, seqs, _ = grid
+    out = []
+    for b in batch_sizes:
+        for sq in seqs:
+            size = pm.size_over_reference([b], [sq])
+            if size is None:
+                return []
+            r = float(size[0])
+            if abs(math.log2(r / level)) <= 0.5 + 1e-9:
+                out.append((int(b), int(sq), r))
+    return sorted(out, key=lambda x: (abs(math.log2(x[2] / level)), -x[0], x[1]))
+
+
+async def _measure_corun_sizes(replay: _Replayer, mode: str, mode_entry: dict[str, Any], refs,
+                               grids, models_data: dict[str, Any], settings: ProfileSettings,
+                               log: Log, started: float) -> None:
+    """Each pair again with one model (the aggressor) at each of ``corun_sizes`` x its
+    reference size and the other (the victim) at its reference: open loop at
+    ``corun_utilisation`` each, as the reference co-runs, ``corun_size_repeats`` times. The
+    victim's slowdown per size goes to ``modes.MODE.slowdown_by_size`` (size 1: the pair's
+    reference co-run); the simulator interpolates it by the size of the request running
+    beside (Profile.size_excess). The aggressor's own slowdown at that size is kept as
+    ``aggressor_slowdown`` (not used by the simulator). The aggressor's requests cycle over
+    every grid shape of the size (e.g. 4 x 128 and 2 x 256 for 4x of 1 x 128)."""
+    from traceforge.simulate.profile import PROFILE_SCHEMA_ID as schema
+    from traceforge.simulate.profile import profile_from_dict
+
+    pms = profile_from_dict({"schema": schema, "models": models_data}).models
+    refs_ms = mode_entry["alone_ms"]
+    table = mode_entry.setdefault("slowdown_by_size", {})
+    for group in settings.corun_groups():
+        if len(group) != 2:
+            continue
+        key = corun_key(group)
+        for victim, aggressor in (group, group[::-1]):
+            pm = pms[aggressor]
+            scale = mode_entry["alone_scale"].get(aggressor, 1.0)
+            new = refs[aggressor][2]
+            sizes = [1.0]
+            slow = [mode_entry["slowdown"][key][victim]]
+            reps = [mode_entry["corun"][key]["repeats"][victim]]
+            own: list[float | None] = [mode_entry["slowdown"][key][aggressor]]
+            shapes = [[f"{refs[aggressor][0]}x{refs[aggressor][1]}"]]
+            for li, level in enumerate(settings.corun_sizes):
+                cands = size_candidates(pm, grids[aggressor], refs[aggressor], level)
+                if not cands:
+                    log(f"[{time.perf_counter() - started:7.1f} s] {mode}: {aggressor} has no "
+                        f"grid shape of {level:g}x its reference; size skipped")
+                    continue
+                alone_agg = [float(pm.service_ns([b], [sq], [new])[0]) * scale
+                             for b, sq, _ in cands]
+                mean_size = round(float(np.mean([c[2] for c in cands])), 6)
+                if mean_size in sizes:  # the same shapes as a size already measured
+                    continue
+                mean_alone = float(np.mean(alone_agg))
+                alone_ns = {victim: refs_ms[victim] * 1e6, aggressor: mean_alone}
+                est_v: list[float] = []
+                est_a: list[float] = []
+                for rep in range(settings.corun_size_repeats):
+                    rng = np.random.default_rng([rep, 101, li, len(victim), len(aggressor)])
+                    phase = _Phase()
+                    rows = []
+                    for m in (victim, aggressor):
+                        rate = settings.corun_utilisation / (alone_ns[m] / 1e9)
+                        n = int(min(max(rate * settings.corun_seconds, 8), 20000))
+                        times = np.cumsum(rng.exponential(1e9 / rate, n))
+                        rows += [(float(t), m, i) for i, t in enumerate(times)]
+                    rows.sort()
+                    for t, m, i in rows:
+                        shape = (refs[m] if m == victim else
+                                 (*cands[i % len(cands)][:2], new))
+                        phase.add(m, *shape, 0, i >= 1, arrival_ns=int(t))
+                    timeline = await replay.run(
+                        phase, None, f"cosize-{victim}-by-{aggressor}-{level:g}x-r{rep}")
+                    start, end, _ = _times(timeline)
+                    models_col = np.asarray(phase.models)
+                    timed = np.asarray(phase.timed)
+                    sent = timeline.column("sent_ns").to_numpy(
+                        zero_copy_only=False).astype(np.float64)
+                    intervals = {}
+                    for m in group:
+                        sel = models_col == m
+                        if mode in SERVICE_START_MODES:
+                            intervals[m] = (start[sel], end[sel])
+                            continue
+                        gap = mode_entry.get("handoff_ms", {}).get(m, 0.0) * 1e6
+                        intervals[m] = (demand_starts(
+                            sent[sel] + mode_entry["inbound_ms"][m] * 1e6, start[sel],
+                            end[sel], gap), end[sel])
+                    est = estimate_slowdowns(intervals, alone_ns, lambda m, busy: 1.0,
+                                             {m: timed[models_col == m] for m in group})
+                    if not math.isnan(est[victim]["slowdown"]):
+                        est_v.append(float(est[victim]["slowdown"]))
+                    if not math.isnan(est[aggressor]["slowdown"]):
+                        est_a.append(float(est[aggressor]["slowdown"]))
+                med = float(np.median(est_v)) if est_v else math.nan
+                if est_v and med < 1.0 and not all(v < 1.0 for v in est_v):
+                    med = 1.0
+                sizes.append(mean_size)
+                slow.append(round(_clamp(med), 4))
+                reps.append([round(v, 4) for v in est_v])
+                own.append(round(float(np.median(est_a)), 4) if est_a else None)
+                shapes.append([f"{b}x{sq}" for b, sq, _ in cands])
+                log(f"[{time.perf_counter() - started:7.1f} s] {mode}: {victim} beside "
+                    f"{aggressor} at {sizes[-1]:g}x ({', '.join(shapes[-1])}): slowdown "
+                    f"{slow[-1]:.3f} (repeats " + ",".join(f"{v:.2f}" for v in est_v) + ")")
+            if len(sizes) > 1:
+                order = np.argsort(sizes, kind="stable").tolist()  # sizes below 1 first
+
+                def by_size(values: list, order: list[int] = order) -> list:
+                    return [values[i] for i in order]
+
+                table.setdefault(key, {})[victim] = {
+                    "aggressor": aggressor, "size": by_size(sizes), "slowdown": by_size(slow),
+                    "repeats": by_size(reps), "aggressor_slowdown": by_size(own),
+                    "shapes": by_size(shapes),
+                    "method": "open loop, Poisson at corun_utilisation of alone capacity; "
+                              "the aggressor at each size, the victim at its reference"}
 
 
 def _clamp(slowdown: float) -> float:

@@ -186,6 +186,13 @@ class ModeProfile:
     # measured ones do (measure.idle_transport_spread, measure.outbound_spread). Empty in older profiles: the medians alone.
     inbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     outbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # A model's co-run slowdown by the size of the other model's request beside it
+    # (``slowdown_by_size``: pair key -> victim -> {"aggressor", "size": [...], "slowdown":
+    # [...]}; sizes are the aggressor's request size over its reference shape's, increasing;
+    # measure._measure_corun_sizes). Parsed: (victim, aggressor) -> (sizes, slowdowns). Empty
+    # in older profiles: the pair's one slowdown whatever runs beside.
+    slowdown_by_size: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict)
 
     def idle_inbound_ms(self, model: str, idle_ms: float) -> float | None:
         """The transport of a request sent to ``model``'s worker idle for ``idle_ms``: the
@@ -249,6 +256,19 @@ class Profile:
                                allowed=", ".join(table) or "none")
             total += float(pair[model]) - 1.0
         return total
+
+    def size_excess(self, mode: str, model: str, other: str, ratio) -> np.ndarray | None:
+        """How much more (or less) ``model`` is slowed while ``other`` runs a request of
+        ``ratio`` times its reference size than at the reference size the pair's slowdown was
+        measured at: the profile's ``slowdown_by_size`` for the pair, linear in size between
+        the measured sizes and flat beyond them, minus its value at size 1. None when the
+        profile has no such table for the pair (older profiles: size-blind)."""
+        entry = self.modes[mode].slowdown_by_size.get((model, other))
+        if entry is None:
+            return None
+        sizes, slow = entry
+        ratio = np.asarray(ratio, np.float64)
+        return np.interp(ratio, sizes, slow) - float(np.interp(1.0, sizes, slow))
 
 
 def shipped_profiles() -> dict[str, Path]:
@@ -391,8 +411,12 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                                    "ms values (quantiles of transport - its median)",
                                    source=source, key=key, value=qs)
                 spreads[field_name][name] = values
+        by_size = _slowdown_by_size(table(md.get("slowdown_by_size") or {},
+                                          f"modes.{mode}.slowdown_by_size"),
+                                    f"modes.{mode}.slowdown_by_size", source)
         lag = md.get("send_lag_ms")
         modes[mode] = ModeProfile(
+            slowdown_by_size=by_size,
             inbound_spread_ms=spreads["inbound_spread_ms"],
             outbound_spread_ms=spreads["outbound_spread_ms"],
             send_lag_ms=0.0 if lag is None else ms(lag, f"modes.{mode}.send_lag_ms"),
@@ -404,6 +428,38 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))
+
+
+def _slowdown_by_size(value: dict, key: str, source: object
+                      ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    out: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for pair, victims in value.items():
+        if not isinstance(victims, dict):
+            raise BadInput("must be a table of models", source=source, key=f"{key}.{pair}",
+                           value=victims)
+        for victim, entry in victims.items():
+            where = f"{key}.{pair}.{victim}"
+            aggressor = entry.get("aggressor") if isinstance(entry, dict) else None
+            members = pair.split("+")
+            if (not isinstance(aggressor, str) or victim not in members
+                    or aggressor not in members or aggressor == victim or len(members) != 2):
+                raise BadInput("must name the other model of the pair as 'aggressor'",
+                               source=source, key=where, value=entry)
+            try:
+                sizes = np.asarray([math.nan if isinstance(v, bool) else float(v)
+                                    for v in entry["size"]], np.float64)
+                slow = np.asarray([math.nan if isinstance(v, bool) else float(v)
+                                   for v in entry["slowdown"]], np.float64)
+            except (KeyError, TypeError, ValueError):
+                sizes = slow = np.zeros(0)
+            if (sizes.size == 0 or sizes.shape != slow.shape
+                    or not np.all(np.isfinite(sizes)) or not np.all(np.isfinite(slow))
+                    or np.any(sizes <= 0) or np.any(np.diff(sizes) <= 0) or np.any(slow <= 0)):
+                raise BadInput("'size' (increasing, > 0) and 'slowdown' (> 0) must be lists "
+                               "of finite numbers of one length", source=source, key=where,
+                               value={k: entry.get(k) for k in ("size", "slowdown")})
+            out[(victim, aggressor)] = (sizes, slow)
+    return out
 
 
 def _seq_buckets(m: dict, source: object, key: str) -> tuple[int, ...] | None:

@@ -33,6 +33,7 @@ from traceforge.record import RunManifest, TimelineWriter
 from traceforge.schema import TIMELINE_SCHEMA, Trace, read_trace, sha256_file
 from traceforge.simulate.engine import (
     ModelQueue,
+    SizeInterference,
     fifo_pair_handoff,
     fifo_servers,
     fifo_servers_assigned,
@@ -456,16 +457,19 @@ def interference_shapes(table: pa.Table, codes: np.ndarray, names: list[str],
                         ) -> dict[str, dict[str, float]]:
     """Per trace model whose requests interfere with others (two or more models, a sharing
     mode): its requests' size at their bucket over the size of the reference shape the
-    profile's co-runs used (ModelProfile.size_over_reference) — the share more than
-    LARGE_SHAPE_RATIO x it and the largest ratio. The co-run slowdown is measured at the
-    reference shape only, and a larger co-runner slows the others more (docs/simulator.md,
-    Limitations, with the H200's numbers). {} in exclusive mode, with one model, or for models
-    whose profile has no reference shape."""
+    profile's co-runs used (ModelProfile.size_over_reference), the largest size the profile
+    measured its interference at (``measured_up_to``: the smallest, over the other models, of
+    the largest size in their ``slowdown_by_size`` table beside it; 1 without tables), the
+    share of requests more than LARGE_SHAPE_RATIO x that, and the largest ratio. A larger
+    co-runner slows the others more (docs/simulator.md, Limitations, with the H200's numbers);
+    beyond the measured sizes the simulator keeps the largest one's slowdown. {} in exclusive
+    mode, with one model, or for models whose profile has no reference shape."""
     if mode == "exclusive" or len(names) < 2:
         return {}
     bs = table.column("batch_size").to_numpy().astype(np.int64)
     seq = table.column("seq_len").to_numpy().astype(np.int64)
     new = table.column("max_new_tokens").to_numpy().astype(np.int64)
+    by_size = profile.modes[mode].slowdown_by_size
     out: dict[str, dict[str, float]] = {}
     for m, name in enumerate(names):
         pm = profile.models[mapping[name]]
@@ -473,28 +477,39 @@ def interference_shapes(table: pa.Table, codes: np.ndarray, names: list[str],
         rows = codes == m
         if label is None or not rows.any():
             continue
+        measured = min(
+            (max(1.0, float(by_size[(mapping[v], mapping[name])][0][-1]))
+             if (mapping[v], mapping[name]) in by_size else 1.0)
+            for v in names if v != name)
         ratio = pm.size_over_reference(*pm.bucket_shapes(bs[rows], seq[rows], new[rows]))
-        out[name] = {"reference": label,
-                     "above_2x_share": round(float(np.mean(ratio > LARGE_SHAPE_RATIO)), 4),
+        out[name] = {"reference": label, "measured_up_to": round(measured, 2),
+                     "above_2x_share": round(float(np.mean(
+                         ratio > LARGE_SHAPE_RATIO * measured)), 4),
                      "max_ratio": round(float(ratio.max()), 2)}
     return out
 
 
 def interference_note(shapes: dict[str, dict[str, float]]) -> str | None:
     """One line for the simulate command when some model sends requests far larger than the
-    shape its co-run slowdowns were measured at; None when none does."""
+    sizes its co-run slowdowns were measured at; None when none does."""
     # run.json is read back by `report`: anything but {model: {numbers}} is ignored
     large = {m: v for m, v in shapes.items() if isinstance(v, dict)
              and isinstance(v.get("above_2x_share"), int | float) and v["above_2x_share"] > 0
              and isinstance(v.get("max_ratio"), int | float)}
     if not large:
         return None
+
+    def upto(v: dict) -> float:  # runs simulated before size tables: the reference only
+        x = v.get("measured_up_to", 1.0)
+        return float(x) if isinstance(x, int | float) and x >= 1 else 1.0
+
     parts = ", ".join(f"{m} {v['above_2x_share']:.0%} (up to {v['max_ratio']:g}x its "
-                      f"{v['reference']} reference)" for m, v in sorted(large.items()))
-    return (f"note: requests larger than {LARGE_SHAPE_RATIO:g}x the co-runs' reference shape: "
-            f"{parts}; the profile measured interference at the reference shapes only, so "
-            "the slowdown such requests cause beside other models is likely under-estimated "
-            "(docs/simulator.md, Limitations; profile with --reference at your shapes)")
+                      f"{v['reference']} reference, measured up to {upto(v):g}x)"
+                      for m, v in sorted(large.items()))
+    return (f"note: requests larger than {LARGE_SHAPE_RATIO:g}x the largest size the co-runs "
+            f"measured: {parts}; the simulator keeps the largest measured size's slowdown for "
+            "them, so the slowdown they cause beside other models is likely under-estimated "
+            "(docs/simulator.md, Limitations; profile with --corun-sizes up to your shapes)")
 
 
 def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
@@ -691,10 +706,14 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         batch_id[order] = np.arange(n)
     else:
         rates = None if exclusive else _rate_table(profile, mode, [mapping[x] for x in names])
+        sized = None if exclusive else _size_interference(
+            profile, mode, [mapping[x] for x in names], rows_by_model, run_bs, run_seq,
+            (bs_all, seq_all, new_all) if max_batch > 1 else None)
         results = shared_workers(queues, exclusive=exclusive, rates=rates,
                                  max_batch=max_batch, max_wait_ns=max_wait_ns,
                                  batch_work=batch_work,
-                                 handoff_ns=handoff.tolist() if handoff.any() else None)
+                                 handoff_ns=handoff.tolist() if handoff.any() else None,
+                                 sized=sized)
         for m, rows in enumerate(rows_by_model):
             r = results[m]
             start[rows] = np.rint(r.start_ns).astype(np.int64)
@@ -758,6 +777,65 @@ def _transport_deviations(mp, rows_by_model: list[np.ndarray], names: list[str],
             draw = np.interp(rng.random(rows.size), SPREAD_QUANTILES, q)
             dev[d][rows] = np.maximum(draw, floor) * 1e6
     return dev
+
+
+def _size_interference(profile: Profile, mode: str, pnames: list[str],
+                       rows_by_model: list[np.ndarray], run_bs: np.ndarray, run_seq: np.ndarray,
+                       batch_shapes: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+                       ) -> SizeInterference | None:
+    """The profile's size-dependent co-run slowdowns (``slowdown_by_size``) for the engine:
+    each request's size class (its distinct size over its model's reference, at the shape it
+    runs at) and, per class, how much it adds to every other model's slowdown. None when the
+    profile has no such table for any pair of these models (the engine stays size-blind).
+    ``batch_shapes`` (the trace's batch, seq and new-token columns) when batching: a batch's
+    class comes from the bucket the whole batch runs at, as its work does."""
+    mp = profile.modes[mode]
+    k = len(pnames)
+    if not mp.slowdown_by_size or not any(
+            (pnames[w], pnames[u]) in mp.slowdown_by_size
+            for w in range(k) for u in range(k) if u != w):
+        return None
+    ratio_class: list[dict[float, int]] = [{} for _ in range(k)]
+    excess: list[list[list[float]]] = [[] for _ in range(k)]
+
+    def class_of(u: int, ratio: float) -> int:
+        c = ratio_class[u].get(ratio)
+        if c is None:
+            c = ratio_class[u][ratio] = len(excess[u])
+            row = []
+            for w in range(k):
+                e = None if w == u else profile.size_excess(mode, pnames[w], pnames[u], ratio)
+                row.append(0.0 if e is None else float(e))
+            excess[u].append(row)
+        return c
+
+    classes: list[list[int]] = []
+    for u, rows in enumerate(rows_by_model):
+        pm = profile.models[pnames[u]]
+        ratio = pm.size_over_reference(run_bs[rows], run_seq[rows]) if rows.size else None
+        if ratio is None:  # no reference shape: every request counts as the reference size
+            classes.append([class_of(u, 1.0)] * rows.size)
+            continue
+        uniq, inverse = np.unique(np.round(ratio, 9), return_inverse=True)
+        codes = [class_of(u, float(x)) for x in uniq]
+        classes.append(np.asarray(codes, np.int64)[inverse.reshape(-1)].tolist())
+    batch_class = None
+    if batch_shapes is not None:
+        bs_m, seq_m, new_m = ([col[r].tolist() for r in rows_by_model] for col in batch_shapes)
+        cache: dict[tuple[int, int, int, int], int] = {}
+
+        def batch_class(u: int, i: int, j: int) -> int:
+            key = (u, sum(bs_m[u][i:j]), max(seq_m[u][i:j]), max(new_m[u][i:j]))
+            c = cache.get(key)
+            if c is None:
+                pm = profile.models[pnames[u]]
+                b_run, s_run = pm.bucket_shapes(key[1], key[2], key[3], batch_buckets=True)
+                ratio = pm.size_over_reference(b_run, s_run)
+                c = cache[key] = class_of(u, 1.0 if ratio is None
+                                          else round(float(ratio), 9))
+            return c
+
+    return SizeInterference(classes=classes, excess=excess, batch_class=batch_class)
 
 
 def _rate_table(profile: Profile, mode: str, pnames: list[str]) -> dict[int, list[float]]:
