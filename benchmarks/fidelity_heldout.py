@@ -230,6 +230,23 @@ def corunner_size_rows(work: Path, profile) -> list[str]:
     return rows
 
 
+def size_table_rows(profile) -> list[str]:
+    """Table rows: the profile's measured slowdown_by_size, per mode, victim and aggressor."""
+    rows = []
+    for mode, md in sorted((profile.data.get("modes") or {}).items()):
+        for victims in (md.get("slowdown_by_size") or {}).values():
+            for victim, e in sorted(victims.items()):
+                cells = []
+                for k, (size, slow) in enumerate(zip(e["size"], e["slowdown"], strict=True)):
+                    reps = (e.get("repeats") or [[]] * len(e["size"]))[k] or []
+                    shapes = (e.get("shapes") or [[]] * len(e["size"]))[k] or []
+                    cells.append(f"{size:g}x ({', '.join(shapes)}): {slow:.3f} ["
+                                 + ", ".join(f"{r:.2f}" for r in reps) + "]")
+                rows.append(f"| {mode} | {victim} | {e['aggressor']} | " + "; ".join(cells)
+                            + " |")
+    return rows
+
+
 def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     from traceforge.record import RunManifest
     from traceforge.simulate.fidelity import compare_run, latencies_by_model, oracle_run
@@ -354,14 +371,25 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     size_rows = corunner_size_rows(work, profile)
     if size_rows:
         lines += ["## Co-run slowdown by the size of the request beside it", "",
-                  "The profile measures each model's co-run slowdown at the reference shapes "
-                  "only. Here, per sharing-mode replay (first replays), each model's slowdown "
-                  "is fitted to the time each size class of the other model's requests ran "
-                  "beside it (`traceforge.simulate.fidelity.slowdown_by_corunner_size`; size: "
-                  "tokens at the bucket, over that model's reference size; in parentheses the "
-                  "overlap, ms).", "",
+                  "The profile measures each pair's co-run slowdown at the reference shapes "
+                  "(`profile` below) and, with `--corun-sizes`, again with the other model's "
+                  "requests at larger sizes (`slowdown_by_size`, listed after this table); "
+                  "the simulator interpolates that table by the size of the request running "
+                  "beside. Here, per sharing-mode replay (first replays), each model's "
+                  "slowdown is fitted to the time each size class of the other model's "
+                  "requests ran beside it (`traceforge.simulate.fidelity."
+                  "slowdown_by_corunner_size`; size: tokens at the bucket, over that model's "
+                  "reference size; in parentheses the overlap, ms). Where the profile has a "
+                  "size table, a cell reads `fit / profile`: the profile's slowdown beside "
+                  "the requests of that class, weighted by their overlap.", "",
                   "| mix | mode | model | profile | " + " | ".join(SIZE_CLASS_LABELS) + " |",
                   "|---|---|---|---:|" + "---:|" * len(SIZE_CLASS_LABELS), *size_rows, ""]
+        table_rows = size_table_rows(profile)
+        if table_rows:
+            lines += ["The profile's `slowdown_by_size` (median of the repeats; the repeats "
+                      "in brackets; size 1 is the reference co-run):", "",
+                      "| mode | model | beside | size → slowdown [repeats] |",
+                      "|---|---|---|---|", *table_rows, ""]
     if notes:
         lines += ["## Cells outside the target, and why", "", *notes, ""]
     lines += ["Timeslice and streams were not replayed in this call (device time); the profile "

@@ -68,3 +68,20 @@ def test_corunner_size_table_has_a_row_per_model_of_each_sharing_replay(tmp_path
     cells = [c.strip() for c in enc.strip("|").split("|")]
     assert cells[3] == "1.500"
     assert cells[4].startswith("1.50 (") and cells[5] == "— (0)" and cells[7].startswith("1.50 (")
+
+
+def test_the_profiles_size_table_is_listed_with_its_repeats_and_shapes():
+    from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
+
+    model = {"kind": "encoder", "generative": False, "batch_sizes": [1], "seq_lens": [32],
+             "service_ms": [[1.0]], "service_cv": 0.0}
+    profile = profile_from_dict({
+        "schema": PROFILE_SCHEMA_ID, "models": {"enc": model, "gen": model},
+        "modes": {"mps": {"slowdown": {"enc+gen": {"enc": 1.2, "gen": 1.16}},
+                          "slowdown_by_size": {"enc+gen": {"gen": {
+                              "aggressor": "enc", "size": [1.0, 4.0], "slowdown": [1.16, 1.31],
+                              "repeats": [[1.15, 1.16, 1.17], [1.3, 1.32]],
+                              "shapes": [["1x128"], ["4x128", "2x256"]]}}}}}})
+    rows = _module().size_table_rows(profile)
+    assert rows == ["| mps | gen | enc | 1x (1x128): 1.160 [1.15, 1.16, 1.17]; "
+                    "4x (4x128, 2x256): 1.310 [1.30, 1.32] |"]

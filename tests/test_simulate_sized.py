@@ -118,6 +118,14 @@ def test_the_fit_recovers_the_profiles_slowdown_by_size(tmp_path):
     gen = got["gen"]["slowdown"]
     # encoder sizes 1 (<= 1.5x), 2 (1.5-3x: a third of the way from 1 to 4), 4, 16 (> 6x)
     assert gen == pytest.approx([1.2, 1.2 + 0.2 / 3, 1.4, 2.0], abs=1e-3)
+    # the profile's own slowdown per class (overlap-weighted) says the same
+    assert got["gen"]["profile_by_class"] == pytest.approx([1.2, 1.2 + 0.2 / 3, 1.4, 2.0],
+                                                           abs=1e-3)
+    assert got["enc"]["profile_by_class"] == [None] * 4  # no table that way round
+    from traceforge.simulate.fidelity import render_corunner_size
+
+    row = [r for r in render_corunner_size({"sized": got}).splitlines() if "| gen |" in r][0]
+    assert "| 1.40 / 1.40 (" in row and "| 2.00 / 2.00 (" in row
     # the decoder's requests are all at its reference size: one class, at the pair's 1.1
     assert got["enc"]["slowdown"][0] == pytest.approx(1.1, abs=0.01)
     assert got["enc"]["slowdown"][1:] == [None, None, None]

@@ -173,11 +173,28 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
         others = np.flatnonzero((model != name) & ~np.isnan(ratio))
         if not mine.size or not others.size:
             continue
+        # the profile's slowdown of this model beside each other request: the pair's, plus
+        # its size table's excess at that request's size (slowdown_by_size), if any
+        o_prof = np.full(others.size, np.nan)
+        sized = False
+        for o in names:
+            if o == name:
+                continue
+            sel = model[others] == o
+            try:
+                pair = profile.slowdown(mode, mapping[name], [mapping[name], mapping[o]])
+            except BadInput:
+                continue
+            ex = profile.size_excess(mode, mapping[name], mapping[o], ratio[others][sel])
+            sized = sized or ex is not None
+            o_prof[sel] = pair + (0.0 if ex is None else ex)
         o_start, o_end, o_class = start[others], end[others], size_class[others]
         order = np.argsort(o_start)
         o_start, o_end, o_class = o_start[order], o_end[order], o_class[order]
+        o_prof = o_prof[order]
         k = len(SIZE_CLASS_LABELS)
         overlap = np.zeros((mine.size, k))
+        prof_acc = np.zeros(k)
         reach = np.maximum.accumulate(o_end)  # the latest end among requests started so far
         for row, i in enumerate(mine):
             # other requests that started before this one ended and ended after it started
@@ -188,6 +205,7 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
             ov = np.clip(np.minimum(o_end[lo:hi], end[i]) - np.maximum(o_start[lo:hi], start[i]),
                          0.0, None)
             np.add.at(overlap[row], o_class[lo:hi], ov)
+            np.add.at(prof_acc, o_class[lo:hi], ov * o_prof[lo:hi])
         excess = (end[mine] - start[mine]) - alone[mine]
         support = overlap.sum(axis=0)
         slow: list[float | None] = [None] * k
@@ -201,8 +219,15 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
             measured = profile.slowdown(mode, mapping[name], [mapping[name], *others_p])
         except BadInput:
             measured = None
+        # per class, the overlap-weighted mean of the profile's slowdown beside those requests
+        # (only where the profile has a size table: otherwise it is "profile" in every class)
+        by_class: list[float | None] = [None] * k
+        if sized:
+            for c in used.tolist():
+                v = prof_acc[c] / support[c]
+                by_class[c] = round(float(v), 4) if np.isfinite(v) else None
         out[name] = {"slowdown": slow, "overlap_ms": [round(float(v) / 1e6, 2) for v in support],
-                     "profile": measured}
+                     "profile": measured, "profile_by_class": by_class}
     return out
 
 
@@ -377,14 +402,17 @@ def render_markdown(results: list[dict[str, Any]]) -> str:
 
 
 def render_corunner_size(by_run: dict[str, dict[str, Any]]) -> str:
-    """Markdown: per run and model, the profile's slowdown and the fitted one per size class
-    (overlap ms in parentheses)."""
+    """Markdown: per run and model, the profile's slowdown at the reference shapes and the
+    fitted one per size class (overlap ms in parentheses); where the profile has a size table
+    (slowdown_by_size), each class also shows the profile's slowdown there, "fit / profile"."""
     lines = ["| run | model | profile | " + " | ".join(SIZE_CLASS_LABELS) + " |",
              "|---|---|---:|" + "---:|" * len(SIZE_CLASS_LABELS)]
     for run, models in by_run.items():
         for model, v in models.items():
-            cells = [("—" if x is None else f"{x:.2f}") + f" ({ms:.0f})"
-                     for x, ms in zip(v["slowdown"], v["overlap_ms"], strict=True)]
+            by_class = v.get("profile_by_class") or [None] * len(v["slowdown"])
+            cells = [("—" if x is None else f"{x:.2f}")
+                     + ("" if p is None else f" / {p:.2f}") + f" ({ms:.0f})"
+                     for x, p, ms in zip(v["slowdown"], by_class, v["overlap_ms"], strict=True)]
             prof = "—" if v["profile"] is None else f"{v['profile']:.3f}"
             lines.append(f"| {Path(run).name} | {model} | {prof} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
