@@ -419,17 +419,29 @@ max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
     subprocess.run([*tf, "trace", "gen", str(spec), "-o", str(trace)], check=True)
     # STAB_VARIANTS="inline,no-inline": each variant replayed twice, interleaved (A B A B),
     # and each variant's pair compared; the first variant's comparison is the check's verdict.
+    # A variant "V+pin" replays V with the whole replay (dispatcher, flusher, workers) confined
+    # by taskset to the CPUs sharing one L3 cache with CPU 2 (at most 8; see l3_group), for
+    # the A/B of host-side placement. STAB_REPEATS (default 2): replays per variant; pairs
+    # 1-2 give the verdict, every replay's p50/p99 is logged.
     variants = [v for v in os.environ.get("STAB_VARIANTS", "inline").split(",") if v]
+    repeats = max(2, int(os.environ.get("STAB_REPEATS", "2")))
     runs: dict[str, list[str]] = {v: [] for v in variants}
-    for i in (1, 2):
+    group = l3_group()
+    log(f"stability: L3 group of CPU 2: {group} (of {sorted(os.sched_getaffinity(0))})")
+    for i in range(1, repeats + 1):
         for v in variants:
+            flag, _, pin = v.partition("+")
             run = out / "runs" / (f"stability-{i}" if len(variants) == 1 else f"{v}-{i}")
             t = time.perf_counter()
-            subprocess.run([*tf, "replay", str(trace), "-o", str(run), "--backend", "resident",
-                            "--device", DEVICE, "--mode", "exclusive", "--compile", COMPILE,
-                            "--warmup", "1", "--no-progress", f"--{v}"], check=True)
+            wrap = ["taskset", "-c", ",".join(map(str, group))] if pin == "pin" else []
+            subprocess.run([*wrap, *tf, "replay", str(trace), "-o", str(run), "--backend",
+                            "resident", "--device", DEVICE, "--mode", "exclusive",
+                            "--compile", COMPILE, "--warmup", "1", "--no-progress",
+                            f"--{flag}"], check=True)
             runs[v].append(str(run))
-            log(f"stability replay {i} ({v}): {time.perf_counter() - t:.1f} s")
+            log(f"stability replay {i} ({v}): {time.perf_counter() - t:.1f} s; "
+                + "; ".join(f"{m} p50 {q[0]:.3f} p99 {q[1]:.3f} ms"
+                            for m, q in latency_quantiles(run).items()))
     res: dict = {"runs": runs[variants[0]], "variants": variants, "compare_by_variant": {}}
     for v in variants:
         cmp = subprocess.run([*tf, "compare", *runs[v], "--json"], check=True,
@@ -440,6 +452,13 @@ max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
             log(f"stability ({v}) {m}: p50 ratio {c.get('p50_ratio'):.3f} p99 ratio "
                 f"{c.get('p99_ratio'):.3f} verdict {c.get('verdict')}")
     res["compare"] = res["compare_by_variant"][variants[0]]
+    res["p50_ms"] = {v: [latency_quantiles(Path(r)) for r in runs[v]] for v in variants}
+    for v in variants:
+        for m in res["p50_ms"][v][0]:
+            p50 = [q[m][0] for q in res["p50_ms"][v]]
+            log(f"stability ({v}) {m}: p50 over {len(p50)} replays "
+                + " ".join(f"{x:.3f}" for x in p50)
+                + f" ms, max/min {max(p50) / min(p50):.3f}")
     res["breakdown"] = {run: breakdown(Path(run)) for v in variants for run in runs[v]}
     for run, b in res["breakdown"].items():
         clk = b.get("telemetry", {})
@@ -448,6 +467,31 @@ max_new_tokens = {{ dist = "uniform", low = 8, high = 32 }}
             + "; ".join(f"{m}: " + " ".join(f"{k} {v:.0f}" for k, v in parts.items())
                         for m, parts in b["models"].items()))
     return res
+
+
+def l3_group(cpu: int = 2, limit: int = 8) -> list[int]:
+    """The CPUs (of this process's affinity) sharing an L3 cache with ``cpu``, at most
+    ``limit``; the affinity's first ``limit`` when the topology is not readable."""
+    allowed = sorted(os.sched_getaffinity(0))
+    try:
+        text = Path(f"/sys/devices/system/cpu/cpu{cpu}/cache/index3/shared_cpu_list").read_text()
+        cpus = []
+        for part in text.strip().split(","):
+            lo, _, hi = part.partition("-")
+            cpus += range(int(lo), int(hi or lo) + 1)
+        group = [c for c in cpus if c in allowed]
+    except (OSError, ValueError):
+        group = []
+    return (group or allowed)[:limit]
+
+
+def latency_quantiles(run: Path) -> dict[str, tuple[float, float]]:
+    """Per model: p50 and p99 (ms) of the ok latencies, with the report's warm-up rules (as
+    ``traceforge compare`` reads them)."""
+    from traceforge.analyze.compare import ok_latencies_by_model
+
+    return {m: (float(np.percentile(v, 50)) / 1e6, float(np.percentile(v, 99)) / 1e6)
+            for m, v in ok_latencies_by_model(run).items() if v.size}
 
 
 # breakdown's names for the report's decomposition (analyze/rundata.py): p50 of each, µs
