@@ -239,3 +239,26 @@ def test_interference_note_counts_from_the_largest_measured_size():
     blind = interference_shapes(table, codes, names, mapping, _profile(None), "mps")
     assert blind["enc"]["measured_up_to"] == 1.0 and blind["enc"]["above_2x_share"] == 0.5
     assert "enc 50% (up to 32x its 1x32 reference, measured up to 1x)" in interference_note(blind)
+
+
+def test_fidelity_cli_size_blind_simulates_without_the_size_tables(tmp_path, capsys):
+    """A run simulated with a size table is matched exactly by the same profile (0 % error)
+    and missed by ``--size-blind`` for the model the table slows (the decoder); the encoder,
+    with no table beside it, is matched either way."""
+    import json as json_
+
+    from traceforge.simulate.fidelity import main
+
+    path = _mixed_trace(tmp_path, n=1500)
+    prof = _profile(_sized_table([1.2, 1.4, 2.0]))
+    simulate(path, tmp_path / "run", profile=prof, mode="mps")
+    (tmp_path / "p.json").write_text(json_.dumps(prof.data))
+    errors = {}
+    for flag in ([], ["--size-blind"]):
+        assert main(["--profile", str(tmp_path / "p.json"), "--json", *flag,
+                     str(tmp_path / "run")]) == 0
+        models = json_.loads(capsys.readouterr().out)[0]["models"]
+        errors[bool(flag)] = {m: (v["error_p50"], v["error_p99"]) for m, v in models.items()}
+    assert errors[False] == {"enc": (0.0, 0.0), "gen": (0.0, 0.0)}
+    assert errors[True]["gen"][0] < -0.02 and errors[True]["gen"][1] < 0
+    assert abs(errors[True]["enc"][0]) < 0.02  # only the decoder's co-runs changed

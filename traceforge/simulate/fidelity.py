@@ -272,6 +272,15 @@ def with_handoff(profile: Profile, measured: dict[str, dict[str, float]]) -> Pro
     return dataclasses.replace(profile, modes=modes)
 
 
+def size_blind(profile: Profile) -> Profile:
+    """``profile`` without its ``slowdown_by_size`` tables: the pairs' one slowdown whatever
+    runs beside (the A/B of the size model, ``--size-blind``)."""
+    import dataclasses
+
+    return dataclasses.replace(profile, modes={
+        mode: dataclasses.replace(mp, slowdown_by_size={}) for mode, mp in profile.modes.items()})
+
+
 def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any]:
     """Re-queue a measured run with its own measured service times: the simulator's queueing
     rules (per-model FIFO, or one global FIFO worker in ``exclusive``) with each request's
@@ -443,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --profile: each sharing-mode run's co-run slowdown per model "
                              "by the size class of the request beside it "
                              "(slowdown_by_corunner_size) instead of a simulation")
+    parser.add_argument("--size-blind", action="store_true",
+                        help="simulate without the profile's slowdown_by_size tables (each "
+                             "pair's reference slowdown whatever runs beside): what the size "
+                             "model changes, on the same runs")
     args = parser.parse_args(argv)
     if not args.oracle and args.profile is None:
         parser.error("--profile is required (or --oracle)")
@@ -462,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             results = [oracle_run(run, args.oracle_handoff) for run in args.runs]
         else:
             profile = load_profile(args.profile)
+            if args.size_blind:
+                profile = size_blind(profile)
             if args.handoff_from:
                 compared = {p.resolve() for p in args.runs}
                 if any(p.resolve() in compared for p in args.handoff_from):
