@@ -524,12 +524,16 @@ def test_cold_start_charges_the_first_request_of_each_shape(tmp_path, max_batch)
 
 
 def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_path):
-    """The shipped H200 profile measured co-runs at batch 1 x 128 for both models. An encoder
-    sending half its requests at batch 8 x 200 (bucket 8 x 256: 16x the reference tokens) is
-    named, with the share and the ratio, in run.json and on the command's stderr; the decoder at
-    its reference bucket is not; exclusive mode (no interference) names nothing."""
+    """The shipped H200 profile measured co-runs at batch 1 x 128 for both models and, beside
+    each, the other at up to 16x that (slowdown_by_size). An encoder sending half its requests
+    at batch 8 x 200 (bucket 8 x 256: 16x the reference tokens) is within what was measured: no
+    note. The same profile without its size tables measured the reference only: the encoder is
+    named, with the share and the ratio, in run.json and on the command's stderr; the decoder
+    at its reference bucket is not; exclusive mode (no interference) names nothing."""
     import subprocess
     import sys
+
+    from traceforge.simulate.profile import shipped_profiles
 
     n = 40
     models = ["enc", "gen"] * (n // 2)
@@ -542,10 +546,24 @@ def test_interference_shapes_flag_requests_far_above_the_corun_reference(tmp_pat
     path = tmp_path / "t.parquet"
     write_trace(trace.table, path, trace.meta)
     root = Path(__file__).resolve().parents[1]
+    shipped = json.loads(shipped_profiles()["h200-fidelity"].read_text())
+    assert shipped["modes"]["mps"]["slowdown_by_size"]
+    out = subprocess.run([sys.executable, "-m", "traceforge", "simulate", str(path), "-o",
+                          str(tmp_path / "sized"), "--profile", "h200-fidelity", "--mode", "mps"],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    shapes = RunManifest.load(tmp_path / "sized")["backend_info"]["interference_shapes"]
+    assert shapes["enc"] == {"reference": "1x128", "measured_up_to": 16.0,
+                             "above_2x_share": 0.0, "max_ratio": 16.0}
+    assert "note:" not in out.stderr
+    for table in shipped["modes"].values():
+        table.pop("slowdown_by_size", None)
+    blind = tmp_path / "blind.json"
+    blind.write_text(json.dumps(shipped))
     for mode in ("mps", "exclusive"):
         run = tmp_path / mode
         out = subprocess.run([sys.executable, "-m", "traceforge", "simulate", str(path), "-o",
-                              str(run), "--profile", "h200-fidelity", "--mode", mode],
+                              str(run), "--profile", str(blind), "--mode", mode],
                              capture_output=True, text=True, cwd=root)
         assert out.returncode == 0, out.stderr
         shapes = RunManifest.load(run)["backend_info"]["interference_shapes"]
