@@ -124,7 +124,7 @@ def test_the_fit_recovers_the_profiles_slowdown_by_size(tmp_path):
     assert got["enc"]["profile_by_class"] == [None] * 4  # no table that way round
     from traceforge.simulate.fidelity import render_corunner_size
 
-    row = [r for r in render_corunner_size({"sized": got}).splitlines() if "| gen |" in r][0]
+    row = next(r for r in render_corunner_size({"sized": got}).splitlines() if "| gen |" in r)
     assert "| 1.40 / 1.40 (" in row and "| 2.00 / 2.00 (" in row
     # the decoder's requests are all at its reference size: one class, at the pair's 1.1
     assert got["enc"]["slowdown"][0] == pytest.approx(1.1, abs=0.01)
