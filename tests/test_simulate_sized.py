@@ -136,6 +136,12 @@ def test_the_fit_recovers_the_profiles_slowdown_by_size(tmp_path):
     for col in ("service_start_ns", "service_end_ns", "done_ns"):
         assert (read_timeline(tmp_path / "flat").column(col).to_pylist()
                 == read_timeline(tmp_path / "blind").column(col).to_pylist())
+    # run.json says which tables the interference used; none for the size-blind run
+    from traceforge.record import RunManifest
+
+    info = RunManifest.load(tmp_path / "sized")["backend_info"]
+    assert info["slowdown_by_size"] == {"gen": {"enc": [[1.0, 1.2], [4.0, 1.4], [16.0, 2.0]]}}
+    assert RunManifest.load(tmp_path / "blind")["backend_info"]["slowdown_by_size"] == {}
     sized_end = np.asarray(read_timeline(tmp_path / "sized").column("service_end_ns"))
     blind_end = np.asarray(read_timeline(tmp_path / "blind").column("service_end_ns"))
     assert (sized_end >= blind_end).all() and (sized_end > blind_end).any()

@@ -216,6 +216,18 @@ def simulate(
                     # how far the trace's shapes are from those the co-runs measured
                     "interference_shapes": interference_shapes(table, codes, names, mapping,
                                                                profile, mode),
+                    # the size tables the interference used (profile slowdown_by_size), per
+                    # trace model: the other trace model -> [[size, slowdown], ...]; {} =
+                    # each pair's reference slowdown whatever runs beside
+                    "slowdown_by_size": (
+                        {} if mode == "exclusive" else
+                        {v: {a: [[float(x), float(y)] for x, y in zip(
+                            *profile.modes[mode].slowdown_by_size[(pv, pa)], strict=True)]
+                             for a, pa in mapping.items()
+                             if a != v and (pv, pa) in profile.modes[mode].slowdown_by_size}
+                         for v, pv in mapping.items()
+                         if any(a != v and (pv, pa) in profile.modes[mode].slowdown_by_size
+                                for a, pa in mapping.items())}),
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
