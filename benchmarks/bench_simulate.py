@@ -38,7 +38,7 @@ RATE_PER_MS = 0.5  # per model; with 1 ms service, rho = 0.5 alone
 SEED = 0
 
 
-def make_trace(n: int = N, seed: int = SEED) -> Trace:
+def make_trace(n: int = N, seed: int = SEED, mixed_batch: bool = False) -> Trace:
     rng = np.random.default_rng(seed)
     # The superposition of three Poisson streams: one Poisson stream, models drawn uniformly.
     arrival = np.cumsum(rng.exponential(1e6 / (RATE_PER_MS * len(MODELS)), n)).astype(np.int64)
@@ -46,20 +46,33 @@ def make_trace(n: int = N, seed: int = SEED) -> Trace:
     table = conform_trace_table(pa.table({
         "request_id": np.arange(n, dtype=np.int64), "arrival_ns": arrival,
         "model": pa.array(list(MODELS), pa.string()).take(pa.array(codes)),
-        "batch_size": np.ones(n, np.int32), "seq_len": np.full(n, 128, np.int32),
+        # mixed_batch: half the requests at batch 8 (8x the reference size), for the size
+        # tables' case; the same arrivals and models either way
+        "batch_size": (np.where(np.random.default_rng(seed + 1).random(n) < 0.5, 8, 1)
+                       .astype(np.int32) if mixed_batch else np.ones(n, np.int32)),
+        "seq_len": np.full(n, 128, np.int32),
         "max_new_tokens": np.zeros(n, np.int32)}))
     return Trace(table=table, meta={})
 
 
-def synthetic_profile():
+def synthetic_profile(sized: bool = False):
     models = {m: {"kind": "encoder", "batch_sizes": [1, 8], "seq_lens": [128],
-                  "service_ms": [[0.6], [1.8]], "service_cv": 0.1} for m in MODELS}
+                  "service_ms": [[0.6], [1.8]], "service_cv": 0.1,
+                  "reference": {"batch_size": 1, "seq_len": 128, "max_new_tokens": 0}}
+              for m in MODELS}
     slowdown = {"bert+gpt": {"bert": 1.3, "gpt": 1.2}, "bert+vit": {"bert": 1.4, "vit": 1.1},
                 "gpt+vit": {"gpt": 1.3, "vit": 1.2},
                 "bert+gpt+vit": {"bert": 1.7, "gpt": 1.5, "vit": 1.3}}
+    timeslice: dict = {"slowdown": slowdown}
+    if sized:  # every pair: the victim's slowdown + 0.4 beside a request 8x the reference
+        timeslice["slowdown_by_size"] = {
+            key: {v: {"aggressor": a, "size": [1.0, 8.0],
+                      "slowdown": [slowdown[key][v], slowdown[key][v] + 0.4]}
+                  for v, a in (key.split("+"), key.split("+")[::-1])}
+            for key in slowdown if key.count("+") == 1}
     return profile_from_dict({"schema": PROFILE_SCHEMA_ID, "device": {"name": "synthetic"},
                               "models": models,
-                              "modes": {"exclusive": {}, "timeslice": {"slowdown": slowdown}}})
+                              "modes": {"exclusive": {}, "timeslice": timeslice}})
 
 
 def simpy_queues(trace: Trace, service_ms: float, seed: int) -> tuple[float, dict]:
@@ -146,8 +159,25 @@ def main() -> dict:
         "profile timeslice + batching 8/1ms": dict(profile=profile, mode="timeslice",
                                                    max_batch=8, max_wait_ms=1.0),
     }
+    # Interference by request size (engine.SizeInterference): the same trace with batch 1 / 8
+    # mixed, without and with the size tables; a change of size class re-rates the others.
+    mixed = make_trace(mixed_batch=True)
+    sized_cases = {
+        "timeslice + interference, batch 1/8": dict(profile=profile, mode="timeslice"),
+        "  the same + size tables": dict(profile=synthetic_profile(sized=True),
+                                         mode="timeslice"),
+    }
     results: dict[str, dict] = {}
     try:
+        for name, kwargs in sized_cases.items():
+            best = float("inf")
+            for r in range(2):
+                out = tmp / f"sized-{len(results)}-{r}"
+                t0 = time.perf_counter()
+                simulate(mixed, out, **kwargs)
+                best = min(best, time.perf_counter() - t0)
+                shutil.rmtree(out)
+            results[name] = {"requests": N, "seconds": best, "p99_ms": None}
         for i, (name, kwargs) in enumerate(cases.items()):
             best, p99 = float("inf"), None
             for r in range(2):
@@ -179,8 +209,11 @@ def main() -> dict:
         p99 = f"{r['p99_ms']:7.2f}" if r["p99_ms"] is not None else "      -"
         print(f"{name:38s} {r['seconds']:8.3f} {r['requests'] / r['seconds'] / 1e6:8.2f} {p99}")
     print(f"simulate() vs SimPy on the same queues (identical service starts): {speedup:.1f}x")
+    sized_cost = (results["  the same + size tables"]["seconds"]
+                  / results["timeslice + interference, batch 1/8"]["seconds"])
+    print(f"size tables: {sized_cost:.2f}x the size-blind interference's time, same trace")
     bucketing = bucketing_ratio(trace)
-    return {"cases": results, "speedup_vs_simpy": speedup, "null_1M_seconds": ours,
+    return {"cases": results, "size_tables_cost": sized_cost, "speedup_vs_simpy": speedup, "null_1M_seconds": ours,
             "bucketing": bucketing,
             "interference_1M_seconds": results["profile timeslice + interference"]["seconds"]}
 

@@ -83,10 +83,13 @@ if [ "${PROFILE:-0}" = 1 ]; then
   limit=$(( left < ${PROFILE_LIMIT:-170} ? left : ${PROFILE_LIMIT:-170} ))
   echo "---- traceforge profile -> profile-$card.json (limit ${limit}s)" | tee -a "$LOG"
   if [ "$limit" -gt 60 ]; then
+    # --corun-sizes none: three models in three sharing modes would add ~4 min of co-runs by
+    # size (2026-12-01); this quick profile keeps its limit, the size tables come from
+    # benchmarks/gpu_fidelity.sh.
     timeout -k 10 "$limit" "$PY" -m traceforge profile \
       --models distilbert-base,distilgpt2,mistral-7b --device cuda \
       --batch-sizes 1,8 --seq-lens 64,128 --repeats 5 --warmup 2 --corun-seconds 3 \
-      --keep-runs "$WORK/profile-runs" -o "$OUT/profile-$card.json" 2>&1 | tee -a "$LOG"
+      --corun-sizes none --keep-runs "$WORK/profile-runs" -o "$OUT/profile-$card.json" 2>&1 | tee -a "$LOG"
     tar -C "$WORK" -czf "$OUT/profile-runs.tar.gz" profile-runs 2>/dev/null
   else
     echo "---- profile skipped: only ${left}s left" | tee -a "$LOG"
