@@ -457,6 +457,7 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
             break
         w = event.index(t)
         before = mask
+        resized = False  # w restarted with a request of another size class (sized)
         if busy[w]:
             i = current[w]
             ends[w][i] = t
@@ -472,26 +473,20 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
                     a = a if a > t + g else t + g
                 elif a <= t:  # waiting already: restart, same busy set, same rate
                     starts[w][i] = t
-                    if not sz or cls[w][i] == cur[w]:
-                        event[w] = t + works[w][i] / rate[w]
+                    if sz and cls[w][i] != cur[w]:  # unless its size class changes them
+                        cur[w] = cls[w][i]
+                        rate[w] = resolve(mask, cur)[w]
+                        resized = True
+                    event[w] = t + works[w][i] / rate[w]
+                    if not resized:
                         continue
-                    # a request of another size class: its own and the others' rates change
-                    cur[w] = cls[w][i]
-                    new = resolve(mask, cur)
-                    rate[w] = new[w]
-                    event[w] = t + works[w][i] / new[w]
-                    for u in workers:
-                        if busy[u] and u != w:
-                            r = new[u]
-                            if r != rate[u]:
-                                event[u] = t + (event[u] - t) * rate[u] / r
-                                rate[u] = r
-                    continue
-                event[w] = a
+                if not resized:
+                    event[w] = a
             else:
                 event[w] = inf
-            busy[w] = False
-            mask &= ~(1 << w)
+            if not resized:
+                busy[w] = False
+                mask &= ~(1 << w)
         else:
             i = current[w]
             starts[w][i] = t
@@ -504,7 +499,7 @@ def _concurrent_unbatched(queues: Sequence[ModelQueue], rates: dict[int, Sequenc
                 r = get_rates(mask, ones)[w]
             rate[w] = r
             event[w] = t + works[w][i] / r
-        if mask != before and (rates or sz):
+        if (mask != before or resized) and (rates or sz):
             new = resolve(mask, cur) if sz else get_rates(mask, ones)
             for u in workers:
                 if busy[u] and u != w:

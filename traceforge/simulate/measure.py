@@ -1301,6 +1301,42 @@ def _send_lag_ms(timeline: pa.Table) -> float:
 SERVICE_START_MODES = ("mps", "timeslice")
 
 
+def _poisson_rows(rng: np.random.Generator, models: list[str], alone_ns: dict[str, float],
+                  settings: ProfileSettings) -> list[tuple[float, str, int]]:
+    """A co-run phase's arrivals: per model (drawn in the given order), a Poisson stream at
+    ``corun_utilisation`` of its alone capacity over ``corun_seconds`` (8 to 20,000 requests);
+    ``(arrival ns, model, index within the model)``, merged in time order."""
+    rows = []
+    for m in models:
+        rate = settings.corun_utilisation / (alone_ns[m] / 1e9)
+        n = int(min(max(rate * settings.corun_seconds, 8), 20000))
+        times = np.cumsum(rng.exponential(1e9 / rate, n))
+        rows += [(float(t), m, i) for i, t in enumerate(times)]
+    rows.sort()
+    return rows
+
+
+def _corun_intervals(mode: str, mode_entry: dict[str, Any], group, phase: _Phase,
+                     timeline: pa.Table) -> tuple[dict, dict]:
+    """A co-run phase's busy intervals per model (from the service starts in
+    SERVICE_START_MODES, else from when each request could have started: demand_starts) and
+    which of its requests count (``phase.timed``), for :func:`estimate_slowdowns`."""
+    start, end, _ = _times(timeline)
+    sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    models_col = np.asarray(phase.models)
+    timed = np.asarray(phase.timed)
+    intervals = {}
+    for m in group:
+        sel = models_col == m
+        if mode in SERVICE_START_MODES:
+            intervals[m] = (start[sel], end[sel])
+            continue
+        gap = mode_entry.get("handoff_ms", {}).get(m, 0.0) * 1e6
+        intervals[m] = (demand_starts(sent[sel] + mode_entry["inbound_ms"][m] * 1e6,
+                                      start[sel], end[sel], gap), end[sel])
+    return intervals, {m: timed[models_col == m] for m in group}
+
+
 async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any], refs,
                          settings: ProfileSettings, log: Log, started: float) -> None:
     from traceforge.simulate.profile import ModeProfile, Profile
@@ -1324,31 +1360,11 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
             # the models overlap as they do in a replay (not back to back as in a closed loop).
             rng = np.random.default_rng([rep, len(group), *map(len, group)])
             phase = _Phase()
-            rows = []
-            for m in sorted(group):
-                rate = settings.corun_utilisation / (alone_ns[m] / 1e9)
-                n = int(min(max(rate * settings.corun_seconds, 8), 20000))
-                times = np.cumsum(rng.exponential(1e9 / rate, n))
-                rows += [(float(t), m, i) for i, t in enumerate(times)]
-            rows.sort()
-            for t, m, i in rows:
+            for t, m, i in _poisson_rows(rng, sorted(group), alone_ns, settings):
                 # The first request per model is uncounted (it starts the overlap).
                 phase.add(m, *refs[m], 0, i >= 1, arrival_ns=int(t))
             timeline = await replay.run(phase, None, f"corun-{key}-r{rep}")
-            start, end, _ = _times(timeline)
-            sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
-            models_col = np.asarray(phase.models)
-            timed = np.asarray(phase.timed)
-            intervals = {}
-            for m in group:
-                sel = models_col == m
-                if mode in SERVICE_START_MODES:
-                    intervals[m] = (start[sel], end[sel])
-                    continue
-                gap = mode_entry.get("handoff_ms", {}).get(m, 0.0) * 1e6
-                intervals[m] = (demand_starts(sent[sel] + mode_entry["inbound_ms"][m] * 1e6,
-                                              start[sel], end[sel], gap), end[sel])
-            counted = {m: timed[models_col == m] for m in group}
+            intervals, counted = _corun_intervals(mode, mode_entry, group, phase, timeline)
             est = estimate_slowdowns(intervals, alone_ns, known, counted)
             for m, e in est.items():
                 if not math.isnan(e["slowdown"]):
@@ -1443,36 +1459,16 @@ async def _measure_corun_sizes(replay: _Replayer, mode: str, mode_entry: dict[st
                 for rep in range(settings.corun_size_repeats):
                     rng = np.random.default_rng([rep, 101, li, len(victim), len(aggressor)])
                     phase = _Phase()
-                    rows = []
-                    for m in (victim, aggressor):
-                        rate = settings.corun_utilisation / (alone_ns[m] / 1e9)
-                        n = int(min(max(rate * settings.corun_seconds, 8), 20000))
-                        times = np.cumsum(rng.exponential(1e9 / rate, n))
-                        rows += [(float(t), m, i) for i, t in enumerate(times)]
-                    rows.sort()
-                    for t, m, i in rows:
+                    for t, m, i in _poisson_rows(rng, [victim, aggressor], alone_ns,
+                                                 settings):
                         shape = (refs[m] if m == victim else
                                  (*cands[i % len(cands)][:2], new))
                         phase.add(m, *shape, 0, i >= 1, arrival_ns=int(t))
                     timeline = await replay.run(
                         phase, None, f"cosize-{victim}-by-{aggressor}-{level:g}x-r{rep}")
-                    start, end, _ = _times(timeline)
-                    models_col = np.asarray(phase.models)
-                    timed = np.asarray(phase.timed)
-                    sent = timeline.column("sent_ns").to_numpy(
-                        zero_copy_only=False).astype(np.float64)
-                    intervals = {}
-                    for m in group:
-                        sel = models_col == m
-                        if mode in SERVICE_START_MODES:
-                            intervals[m] = (start[sel], end[sel])
-                            continue
-                        gap = mode_entry.get("handoff_ms", {}).get(m, 0.0) * 1e6
-                        intervals[m] = (demand_starts(
-                            sent[sel] + mode_entry["inbound_ms"][m] * 1e6, start[sel],
-                            end[sel], gap), end[sel])
-                    est = estimate_slowdowns(intervals, alone_ns, lambda m, busy: 1.0,
-                                             {m: timed[models_col == m] for m in group})
+                    intervals, counted = _corun_intervals(mode, mode_entry, group, phase,
+                                                          timeline)
+                    est = estimate_slowdowns(intervals, alone_ns, lambda m, busy: 1.0, counted)
                     if not math.isnan(est[victim]["slowdown"]):
                         est_v.append(float(est[victim]["slowdown"]))
                     if not math.isnan(est[aggressor]["slowdown"]):
