@@ -206,11 +206,11 @@ def test_measured_size_candidates_take_grid_shapes_within_sqrt2():
     p = _profile(None)
     pm = p.models["enc"]
     grid = ([1, 2, 4, 8], [32, 64, 128, 256], 0)
-    got = size_candidates(pm, grid, (1, 32, 0), 4.0)
+    got = size_candidates(pm, grid, 4.0)
     assert [(b, s) for b, s, _ in got] == [(4, 32), (2, 64), (1, 128)]
     assert {r for _, _, r in got} == {4.0}
-    assert [(b, s) for b, s, _ in size_candidates(pm, grid, (1, 32, 0), 64.0)] == [(8, 256)]
-    assert size_candidates(pm, grid, (1, 32, 0), 1000.0) == []
+    assert [(b, s) for b, s, _ in size_candidates(pm, grid, 64.0)] == [(8, 256)]
+    assert size_candidates(pm, grid, 1000.0) == []
 
 
 def test_profile_cli_refuses_bad_corun_sizes(tmp_path):

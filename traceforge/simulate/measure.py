@@ -1395,9 +1395,10 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
             + ")")
 
 
-def size_candidates(pm, grid, ref, level: float) -> list[tuple[int, int, float]]:
-    """The grid shapes ``(batch, seq, size)`` whose size over the reference (ModelProfile
-    .size_over_reference) is within a factor sqrt(2) of ``level``, closest first."""
+def size_candidates(pm, grid, level: float) -> list[tuple[int, int, float]]:
+    """The grid shapes ``(batch, seq, size)`` whose size over the model's reference shape
+    (ModelProfile.size_over_reference: the grid entry's ``reference``, the co-runs' shape) is
+    within a factor sqrt(2) of ``level``, closest first (then larger batches first)."""
     batch_sizes, seqs, _ = grid
     out = []
     for b in batch_sizes:
@@ -1442,7 +1443,7 @@ async def _measure_corun_sizes(replay: _Replayer, mode: str, mode_entry: dict[st
             own: list[float | None] = [mode_entry["slowdown"][key][aggressor]]
             shapes = [[f"{refs[aggressor][0]}x{refs[aggressor][1]}"]]
             for li, level in enumerate(settings.corun_sizes):
-                cands = size_candidates(pm, grids[aggressor], refs[aggressor], level)
+                cands = size_candidates(pm, grids[aggressor], level)
                 if not cands:
                     log(f"[{time.perf_counter() - started:7.1f} s] {mode}: {aggressor} has no "
                         f"grid shape of {level:g}x its reference; size skipped")
