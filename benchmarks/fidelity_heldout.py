@@ -247,6 +247,38 @@ def size_table_rows(profile) -> list[str]:
     return rows
 
 
+def size_ab_rows(work: Path, profile) -> list[str]:
+    """Table rows: what the profile's size tables change, on the same runs. Every replay in a
+    sharing mode (repeats too) simulated with the profile as measured and again size-blind
+    (``fidelity --size-blind``): p50 / p99 errors and the mean service, both ways. [] when the
+    profile has no size table."""
+    from traceforge.simulate.fidelity import compare_run, size_blind
+
+    if not any(mp.slowdown_by_size for mp in profile.modes.values()):
+        return []
+    blind = size_blind(profile)
+    rows = []
+    for mix in MIXES:
+        for mode in MODES:
+            k = 1
+            while True:
+                run = work / "runs" / (f"{mix}-{mode}" if k == 1 else f"{mix}-{mode}-r{k}")
+                if mode == "exclusive" or not (run / "run.json").exists():
+                    break
+                sized, plain = compare_run(run, profile), compare_run(run, blind)
+                for model, v in sized["models"].items():
+                    b = plain["models"][model]
+                    rows.append(
+                        f"| {mix} | {mode} | {k} | {model} | {v['error_p50']:+.1%} / "
+                        f"{v['error_p99']:+.1%} {'yes' if within(v['error_p50'], v['error_p99']) else 'no'} | "
+                        f"{b['error_p50']:+.1%} / {b['error_p99']:+.1%} "
+                        f"{'yes' if within(b['error_p50'], b['error_p99']) else 'no'} | "
+                        f"{v['measured_service_ms']:.3f} / {v['simulated_service_ms']:.3f} / "
+                        f"{b['simulated_service_ms']:.3f} |")
+                k += 1
+    return rows
+
+
 def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     from traceforge.record import RunManifest
     from traceforge.simulate.fidelity import compare_run, latencies_by_model, oracle_run
@@ -390,6 +422,15 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                       "in brackets; size 1 is the reference co-run):", "",
                       "| mode | model | beside | size → slowdown [repeats] |",
                       "|---|---|---|---|", *table_rows, ""]
+        ab_rows = size_ab_rows(work, profile)
+        if ab_rows:
+            lines += ["What the size tables change, on the same runs: every sharing-mode "
+                      "replay simulated with the profile as measured and without its size "
+                      "tables (`python -m traceforge.simulate.fidelity --profile PROFILE "
+                      "[--size-blind] RUN`): error p50 / p99 and whether the cell is within "
+                      "target; mean service measured / simulated / simulated size-blind, ms.",
+                      "", "| mix | mode | replay | model | sized | size-blind | service ms |",
+                      "|---|---|---:|---|---|---|---|", *ab_rows, ""]
     if notes:
         lines += ["## Cells outside the target, and why", "", *notes, ""]
     lines += ["Timeslice and streams were not replayed in this call (device time); the profile "

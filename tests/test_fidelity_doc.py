@@ -85,3 +85,54 @@ def test_the_profiles_size_table_is_listed_with_its_repeats_and_shapes():
     rows = _module().size_table_rows(profile)
     assert rows == ["| mps | gen | enc | 1x (1x128): 1.160 [1.15, 1.16, 1.17]; "
                     "4x (4x128, 2x256): 1.310 [1.30, 1.32] |"]
+
+
+def test_size_ab_rows_compare_every_sharing_replay_with_and_without_the_tables(tmp_path):
+    """A run simulated with a size table (the decoder 1.2 beside the encoder's reference 1 x 32,
+    2.0 beside 8 x 32): against that profile every cell is exact; size-blind the decoder is
+    simulated faster than it ran. One row per model of each sharing-mode replay (repeats
+    too), none for exclusive or for a profile without tables."""
+    import pyarrow as pa
+
+    from traceforge.schema import conform_trace_table, write_trace
+    from traceforge.simulate import simulate
+    from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
+
+    def model(grid):
+        return {"kind": "encoder", "generative": False, "batch_sizes": [1, 8],
+                "seq_lens": [32, 256], "service_ms": grid, "service_cv": 0.0,
+                "reference": {"batch_size": 1, "seq_len": 32, "max_new_tokens": 0}}
+
+    data = {
+        "schema": PROFILE_SCHEMA_ID, "device": {"name": "test"},
+        "models": {"enc": model([[0.5, 1.0], [2.0, 4.0]]), "gen": model([[4.0, 4.0], [4.0, 4.0]])},
+        "modes": {"exclusive": {}, "mps": {
+            "slowdown": {"enc+gen": {"enc": 1.1, "gen": 1.2}},
+            "slowdown_by_size": {"enc+gen": {"gen": {"aggressor": "enc", "size": [1.0, 8.0],
+                                                     "slowdown": [1.2, 2.0]}}}}}}
+    profile = profile_from_dict(data)
+    rng = np.random.default_rng(4)
+    n = 800
+    models = rng.choice(["enc", "gen"], n, p=[0.7, 0.3])
+    table = conform_trace_table(pa.table({
+        "request_id": np.arange(n, dtype=np.int64),
+        "arrival_ns": np.cumsum(rng.exponential(2e6, n)).astype(np.int64),
+        "model": models.tolist(),
+        "batch_size": np.where(models == "enc", rng.choice([1, 8], n), 1).astype(np.int32),
+        "seq_len": np.full(n, 32, np.int32), "max_new_tokens": np.zeros(n, np.int32)}))
+    write_trace(table, tmp_path / "t.parquet", {})
+    for name, mode in (("bursty-mps", "mps"), ("bursty-mps-r2", "mps"),
+                       ("bursty-exclusive", "exclusive")):
+        simulate(tmp_path / "t.parquet", tmp_path / "runs" / name, profile=profile, mode=mode)
+    rows = _module().size_ab_rows(tmp_path, profile)
+    assert [r.split("|")[3].strip() + r.split("|")[4].strip() for r in rows] == [
+        "1enc", "1gen", "2enc", "2gen"]
+    gen = next(r for r in rows if r.startswith("| bursty | mps | 1 | gen |"))
+    cells = [c.strip() for c in gen.strip("|").split("|")]
+    assert cells[4] == "+0.0% / +0.0% yes"
+    blind_p50 = float(cells[5].split("%")[0])
+    assert blind_p50 < -1.0  # size-blind: the decoder beside 8 x 32 batches runs too fast
+    measured, simulated, blind = (float(x) for x in cells[6].split(" / "))
+    assert simulated == measured and blind < measured
+    del data["modes"]["mps"]["slowdown_by_size"]
+    assert _module().size_ab_rows(tmp_path, profile_from_dict(data)) == []
