@@ -165,17 +165,30 @@ def idle_gap_rows(run: Path, mix: str, mode: str) -> list[str]:
     return rows
 
 
+_COMPARED: dict[tuple[str, int], tuple[object, dict]] = {}
+
+
+def compared(run: Path, profile) -> dict:
+    """compare_run of ``run`` with ``profile``, once per (run, profile object): the doc's
+    tables (cells, repeats, the size A/B) read the same simulations. The cache holds the
+    profile too, so its id is never reused by another profile while cached."""
+    from traceforge.simulate.fidelity import compare_run
+
+    key = (str(run), id(profile))
+    if key not in _COMPARED:
+        _COMPARED[key] = (profile, compare_run(run, profile))
+    return _COMPARED[key][1]
+
+
 def repeat_rows(work: Path, mix: str, mode: str, first: dict, profile,
                 hits: dict[int, list[bool]], deltas: dict | None = None) -> list[str]:
     """Rows for the repeats ``{mix}-{mode}-r{k}`` (k >= 2) of one cell: each repeat's measured
     p50, its difference from the first replay (``first``: compare_run of it) and the
     simulator's error against it."""
-    from traceforge.simulate.fidelity import compare_run
-
     rows = []
     k = 2
     while (work / "runs" / f"{mix}-{mode}-r{k}" / "run.json").exists():
-        r = compare_run(work / "runs" / f"{mix}-{mode}-r{k}", profile)
+        r = compared(work / "runs" / f"{mix}-{mode}-r{k}", profile)
         for model, v in r["models"].items():
             f = first["models"].get(model)
             e50, e99 = v["error_p50"], v["error_p99"]
@@ -252,7 +265,7 @@ def size_ab_rows(work: Path, profile) -> list[str]:
     sharing mode (repeats too) simulated with the profile as measured and again size-blind
     (``fidelity --size-blind``): p50 / p99 errors and the mean service, both ways. [] when the
     profile has no size table."""
-    from traceforge.simulate.fidelity import compare_run, size_blind
+    from traceforge.simulate.fidelity import size_blind
 
     if not any(mp.slowdown_by_size for mp in profile.modes.values()):
         return []
@@ -265,7 +278,7 @@ def size_ab_rows(work: Path, profile) -> list[str]:
                 run = work / "runs" / (f"{mix}-{mode}" if k == 1 else f"{mix}-{mode}-r{k}")
                 if mode == "exclusive" or not (run / "run.json").exists():
                     break
-                sized, plain = compare_run(run, profile), compare_run(run, blind)
+                sized, plain = compared(run, profile), compared(run, blind)
                 for model, v in sized["models"].items():
                     b = plain["models"][model]
                     rows.append(
@@ -281,7 +294,7 @@ def size_ab_rows(work: Path, profile) -> list[str]:
 
 def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
     from traceforge.record import RunManifest
-    from traceforge.simulate.fidelity import compare_run, latencies_by_model, oracle_run
+    from traceforge.simulate.fidelity import latencies_by_model, oracle_run
     from traceforge.simulate.profile import load_profile
 
     profile = load_profile(profile_path)
@@ -299,7 +312,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                 continue
             manifest = RunManifest.load(run)
             gap_rows += idle_gap_rows(run, mix, mode)
-            r = compare_run(run, profile)
+            r = compared(run, profile)
             # The queueing model with the run's own service times and executor hand-offs: what
             # it still misses is neither service time nor hand-off (docs/simulator.md).
             o = oracle_run(run, "exact")

@@ -133,7 +133,12 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
         assert entry["shapes"] == [["1x32"], ["2x32"]]
         assert entry["slowdown"][0] == data["modes"]["timeslice"]["slowdown"][
             "tiny-bert+tiny-gpt2"][victim]
-        assert len(entry["repeats"][1]) == 2 and 0.5 <= entry["slowdown"][1] <= 50
+        # the recorded slowdown is the repeats' median (1.0 when only some repeats are below
+        # 1: interference does not speed a model up), clamped to [0.5, 50]
+        reps = entry["repeats"][1]
+        med = float(np.median(reps))
+        want = 1.0 if med < 1.0 and not all(r < 1.0 for r in reps) else min(max(med, 0.5), 50)
+        assert len(reps) == 2 and entry["slowdown"][1] == pytest.approx(want, abs=1e-4)
     assert "no grid shape of 8x its reference" in done.stderr
     assert "slowdown_by_size" not in data["modes"]["exclusive"]
     cosize = sorted(p.name for p in (tmp_path / "runs" / "timeslice").iterdir()

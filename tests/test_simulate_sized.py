@@ -268,3 +268,33 @@ def test_fidelity_cli_size_blind_simulates_without_the_size_tables(tmp_path, cap
     assert errors[False] == {"enc": (0.0, 0.0), "gen": (0.0, 0.0)}
     assert errors[True]["gen"][0] < -0.02 and errors[True]["gen"][1] < 0
     assert abs(errors[True]["enc"][0]) < 0.02  # only the decoder's co-runs changed
+
+
+def test_fidelity_cli_by_corunner_size_writes_out_and_honours_size_blind(tmp_path, capsys):
+    """``--by-corunner-size -o FILE`` writes the table there (it printed to stdout and
+    ignored -o before); with ``--size-blind`` the profile's per-class column is gone;
+    ``--size-blind --oracle`` is refused (the oracle uses no profile)."""
+    import json as json_
+
+    from traceforge.simulate.fidelity import main
+
+    path = _mixed_trace(tmp_path, n=600)
+    prof = _profile(_sized_table([1.2, 1.4, 2.0]))
+    simulate(path, tmp_path / "run", profile=prof, mode="mps")
+    (tmp_path / "p.json").write_text(json_.dumps(prof.data))
+    base = ["--profile", str(tmp_path / "p.json"), "--by-corunner-size", "--json"]
+    out = tmp_path / "by-size.json"
+    assert main([*base, "-o", str(out), str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out == ""
+    sized = json_.loads(out.read_text())[str(tmp_path / "run")]["gen"]
+    assert sized["profile_by_class"][0] == pytest.approx(1.2, abs=1e-3)
+    assert main([*base, "--size-blind", str(tmp_path / "run")]) == 0
+    blind = json_.loads(capsys.readouterr().out)[str(tmp_path / "run")]["gen"]
+    assert blind["profile_by_class"] == [None] * 4
+    assert blind["slowdown"] == sized["slowdown"]  # the fit reads the run, not the table
+    # -o onto an input (the run directory) is refused, nothing written
+    assert main([*base, "-o", str(tmp_path / "run"), str(tmp_path / "run")]) == 2
+    assert (tmp_path / "run" / "run.json").is_file()
+    with pytest.raises(SystemExit) as exc:
+        main(["--oracle", "--size-blind", str(tmp_path / "run")])
+    assert exc.value.code == 2

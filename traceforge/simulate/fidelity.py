@@ -124,12 +124,15 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
 
     Each ok request's excess over its alone service (the profile's grid x ``alone_scale``) is
     fitted by least squares to the time each size class of other requests overlapped it: under
-    processor sharing, ``excess = sum_c T_c (1 - 1/s_c)``. The profile measures one slowdown,
-    at the reference shapes; on the H200 under MPS distilgpt2's was 1.16-1.18 there and
-    1.60-1.77 beside distilbert-base requests of more than 6x its 1 x 128 reference
-    (2026-12-01, docs/results/simulator-fidelity-h200.md). Returns ``{model: {"slowdown": [per class or
-    None], "overlap_ms": [per class], "profile": the profile's pairwise slowdown or None}}``;
-    {} for ``exclusive`` (nothing overlaps) or a run with one model."""
+    processor sharing, ``excess = sum_c T_c (1 - 1/s_c)``. It checks the profile's co-run
+    slowdowns against a real run, class by class: on the H200 under MPS distilgpt2's was
+    1.16-1.18 at the reference shapes and 1.60-1.77 beside distilbert-base requests of more
+    than 6x its 1 x 128 reference (2026-12-01 02:45-03:09 UTC, before the profile measured
+    sizes; docs/results/simulator-fidelity-h200.md). Returns ``{model: {"slowdown": [per class
+    or None], "overlap_ms": [per class], "profile": the profile's slowdown at the reference
+    shapes or None, "profile_by_class": [per class: the profile's slowdown beside those
+    requests, overlap-weighted, where it has a size table, else None]}}``; {} for
+    ``exclusive`` (nothing overlaps) or a run with one model."""
     from traceforge.simulate.simulator import map_models
 
     run_dir = Path(run_dir)
@@ -457,26 +460,27 @@ def main(argv: list[str] | None = None) -> int:
                              "pair's reference slowdown whatever runs beside): what the size "
                              "model changes, on the same runs")
     args = parser.parse_args(argv)
-    if not args.oracle and args.profile is None:
+    if (not args.oracle or args.by_corunner_size) and args.profile is None:
         parser.error("--profile is required (or --oracle)")
+    if args.oracle and args.size_blind:
+        parser.error("--size-blind simulates with a profile; --oracle uses none")
     try:
         for run in args.runs:
             if not (run / "run.json").is_file():
                 raise BadInput("not a run directory (no run.json in it)", key="RUN_DIR",
                                value=str(run))
-        if args.by_corunner_size:
-            profile = load_profile(args.profile)
-            by_size = {str(run): slowdown_by_corunner_size(run, profile) for run in args.runs}
-            text = (json.dumps(by_size, indent=1) + "\n" if args.json
-                    else render_corunner_size(by_size))
-            sys.stdout.write(text)
-            return 0
-        if args.oracle:
-            results = [oracle_run(run, args.oracle_handoff) for run in args.runs]
-        else:
+        profile = None
+        if args.profile is not None:
             profile = load_profile(args.profile)
             if args.size_blind:
                 profile = size_blind(profile)
+        if args.by_corunner_size:
+            by_size = {str(run): slowdown_by_corunner_size(run, profile) for run in args.runs}
+            text = (json.dumps(by_size, indent=1) + "\n" if args.json
+                    else render_corunner_size(by_size))
+        elif args.oracle:
+            results = [oracle_run(run, args.oracle_handoff) for run in args.runs]
+        else:
             if args.handoff_from:
                 compared = {p.resolve() for p in args.runs}
                 if any(p.resolve() in compared for p in args.handoff_from):
@@ -489,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"fidelity: error: {exc}", file=sys.stderr)
         return 2
-    text = (json.dumps(results, indent=1) + "\n") if args.json else render_markdown(results)
+    if not args.by_corunner_size:
+        text = (json.dumps(results, indent=1) + "\n") if args.json else render_markdown(results)
     if args.out:
         from traceforge.paths import check_output
         from traceforge.schema import atomic_write

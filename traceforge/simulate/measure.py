@@ -100,8 +100,9 @@ class ProfileSettings:
     corun_repeats: int = 3
     # Each pair's slowdowns again with one model's requests at these sizes (x its reference
     # size: tokens, pixels for vision) and the other's at its reference: a model's co-run
-    # slowdown grows with the size of the request beside it (H200, MPS: distilgpt2 1.16 beside
-    # distilbert-base at 1 x 128, 1.5-2.0 beside 8 x 256; docs/results/simulator-fidelity-h200.md).
+    # slowdown grows with the size of the request beside it (H200, MPS, three profiles of
+    # 2026-12-01: distilgpt2 1.14-1.17 beside distilbert-base at 1 x 128, 1.74-1.78 beside
+    # 8 x 256; docs/results/simulator-fidelity-h200.md).
     # A size needs a grid shape within a factor sqrt(2) of it; [] measures the reference only.
     corun_sizes: list[float] = field(default_factory=lambda: [4.0, 8.0, 16.0])
     corun_size_repeats: int = 2
@@ -1371,14 +1372,7 @@ async def _measure_corun(replay: _Replayer, mode: str, mode_entry: dict[str, Any
                     estimates[m].append(float(e["slowdown"]))
                 overlaps[m].append(e["overlap"])
                 counts[m] += e["requests"]
-        slow = {}
-        for m in group:
-            vals = estimates[m]
-            med = float(np.median(vals)) if vals else math.nan
-            # Interference never speeds a model up: below 1.0 only when every repeat says so.
-            if vals and med < 1.0 and not all(v < 1.0 for v in vals):
-                med = 1.0
-            slow[m] = round(_clamp(med), 4)
+        slow = {m: _median_slowdown(estimates[m]) for m in group}
         mode_entry["slowdown"][key] = slow
         mode_entry["corun"][key] = {
             "method": "open loop, Poisson at corun_utilisation of alone capacity",
@@ -1400,15 +1394,12 @@ def size_candidates(pm, grid, level: float) -> list[tuple[int, int, float]]:
     (ModelProfile.size_over_reference: the grid entry's ``reference``, the co-runs' shape) is
     within a factor sqrt(2) of ``level``, closest first (then larger batches first)."""
     batch_sizes, seqs, _ = grid
-    out = []
-    for b in batch_sizes:
-        for sq in seqs:
-            size = pm.size_over_reference([b], [sq])
-            if size is None:
-                return []
-            r = float(size[0])
-            if abs(math.log2(r / level)) <= 0.5 + 1e-9:
-                out.append((int(b), int(sq), r))
+    b, sq = (a.ravel() for a in np.meshgrid(batch_sizes, seqs, indexing="ij"))
+    size = pm.size_over_reference(b, sq)
+    if size is None:
+        return []
+    out = [(int(x), int(y), float(r)) for x, y, r in zip(b, sq, size, strict=True)
+           if abs(math.log2(r / level)) <= 0.5 + 1e-9]
     return sorted(out, key=lambda x: (abs(math.log2(x[2] / level)), -x[0], x[1]))
 
 
@@ -1441,19 +1432,19 @@ async def _measure_corun_sizes(replay: _Replayer, mode: str, mode_entry: dict[st
             slow = [mode_entry["slowdown"][key][victim]]
             reps = [mode_entry["corun"][key]["repeats"][victim]]
             own: list[float | None] = [mode_entry["slowdown"][key][aggressor]]
-            shapes = [[f"{refs[aggressor][0]}x{refs[aggressor][1]}"]]
+            shapes = [[pm.reference_label()]]
             for li, level in enumerate(settings.corun_sizes):
                 cands = size_candidates(pm, grids[aggressor], level)
                 if not cands:
                     log(f"[{time.perf_counter() - started:7.1f} s] {mode}: {aggressor} has no "
                         f"grid shape of {level:g}x its reference; size skipped")
                     continue
-                alone_agg = [float(pm.service_ns([b], [sq], [new])[0]) * scale
-                             for b, sq, _ in cands]
                 mean_size = round(float(np.mean([c[2] for c in cands])), 6)
                 if mean_size in sizes:  # the same shapes as a size already measured
                     continue
-                mean_alone = float(np.mean(alone_agg))
+                b_c, s_c = np.array([c[0] for c in cands]), np.array([c[1] for c in cands])
+                mean_alone = float(np.mean(pm.service_ns(b_c, s_c, np.full(b_c.size, new))
+                                           * scale))
                 alone_ns = {victim: refs_ms[victim] * 1e6, aggressor: mean_alone}
                 est_v: list[float] = []
                 est_a: list[float] = []
@@ -1474,11 +1465,8 @@ async def _measure_corun_sizes(replay: _Replayer, mode: str, mode_entry: dict[st
                         est_v.append(float(est[victim]["slowdown"]))
                     if not math.isnan(est[aggressor]["slowdown"]):
                         est_a.append(float(est[aggressor]["slowdown"]))
-                med = float(np.median(est_v)) if est_v else math.nan
-                if est_v and med < 1.0 and not all(v < 1.0 for v in est_v):
-                    med = 1.0
                 sizes.append(mean_size)
-                slow.append(round(_clamp(med), 4))
+                slow.append(_median_slowdown(est_v))
                 reps.append([round(v, 4) for v in est_v])
                 own.append(round(float(np.median(est_a)), 4) if est_a else None)
                 shapes.append([f"{b}x{sq}" for b, sq, _ in cands])
@@ -1497,6 +1485,16 @@ async def _measure_corun_sizes(replay: _Replayer, mode: str, mode_entry: dict[st
                     "shapes": by_size(shapes),
                     "method": "open loop, Poisson at corun_utilisation of alone capacity; "
                               "the aggressor at each size, the victim at its reference"}
+
+
+def _median_slowdown(repeats: list[float]) -> float:
+    """The slowdown a co-run's repeats give: their median, clamped (:func:`_clamp`); below
+    1.0 only when every repeat is (interference never speeds a model up: one noisy repeat
+    must not say it does)."""
+    med = float(np.median(repeats)) if repeats else math.nan
+    if repeats and med < 1.0 and not all(v < 1.0 for v in repeats):
+        med = 1.0
+    return round(_clamp(med), 4)
 
 
 def _clamp(slowdown: float) -> float:

@@ -94,28 +94,32 @@ class ModelProfile:
         inverse = inverse.reshape(-1)
         return out_b[inverse].reshape(seq.shape), out_s[inverse].reshape(seq.shape)
 
+    def reference_bucket(self) -> tuple[int, int] | None:
+        """The reference shape (the co-runs') at its bucket, ``(batch, seq)``; None without
+        one."""
+        ref = self.reference or {}
+        if not ref.get("batch_size") or not ref.get("seq_len"):
+            return None
+        rb, rs = self.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
+                                    [ref.get("max_new_tokens", 0)])
+        return int(rb[0]), int(rs[0])
+
     def size_over_reference(self, batch: np.ndarray, seq: np.ndarray) -> np.ndarray | None:
         """Requests' size at the shape they run at (``batch``, ``seq``: their bucket) over the
         size of this model's reference shape (the co-runs'), at its bucket: tokens (batch x
         seq), pixels for vision models (batch x side^2). None without a reference shape."""
-        ref = self.reference or {}
-        if not ref.get("batch_size") or not ref.get("seq_len"):
+        ref = self.reference_bucket()
+        if ref is None:
             return None
-        rb, rs = self.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
-                                    [ref.get("max_new_tokens", 0)])
         power = 2 if self.kind == "vision" else 1
         batch = np.asarray(batch, np.float64)
         seq = np.asarray(seq, np.float64)
-        return batch * seq**power / float(rb[0] * float(rs[0]) ** power)
+        return batch * seq**power / float(ref[0] * float(ref[1]) ** power)
 
     def reference_label(self) -> str | None:
         """The reference shape at its bucket, ``"BxS"``; None without one."""
-        ref = self.reference or {}
-        if not ref.get("batch_size") or not ref.get("seq_len"):
-            return None
-        rb, rs = self.bucket_shapes([ref["batch_size"]], [ref["seq_len"]],
-                                    [ref.get("max_new_tokens", 0)])
-        return f"{int(rb[0])}x{int(rs[0])}"
+        ref = self.reference_bucket()
+        return None if ref is None else f"{ref[0]}x{ref[1]}"
 
     def cold_ns(self, batch_size, seq_len) -> np.ndarray:
         """Extra time (float ns) of the first request of a shape after the backend starts."""

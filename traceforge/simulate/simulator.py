@@ -219,15 +219,8 @@ def simulate(
                     # the size tables the interference used (profile slowdown_by_size), per
                     # trace model: the other trace model -> [[size, slowdown], ...]; {} =
                     # each pair's reference slowdown whatever runs beside
-                    "slowdown_by_size": (
-                        {} if mode == "exclusive" else
-                        {v: {a: [[float(x), float(y)] for x, y in zip(
-                            *profile.modes[mode].slowdown_by_size[(pv, pa)], strict=True)]
-                             for a, pa in mapping.items()
-                             if a != v and (pv, pa) in profile.modes[mode].slowdown_by_size}
-                         for v, pv in mapping.items()
-                         if any(a != v and (pv, pa) in profile.modes[mode].slowdown_by_size
-                                for a, pa in mapping.items())}),
+                    "slowdown_by_size": ({} if mode == "exclusive" else
+                                         _size_tables_used(profile, mode, mapping)),
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -789,6 +782,21 @@ def _transport_deviations(mp, rows_by_model: list[np.ndarray], names: list[str],
             draw = np.interp(rng.random(rows.size), SPREAD_QUANTILES, q)
             dev[d][rows] = np.maximum(draw, floor) * 1e6
     return dev
+
+
+def _size_tables_used(profile: Profile, mode: str, mapping: dict[str, str]
+                      ) -> dict[str, dict[str, list[list[float]]]]:
+    """Per trace model, the size tables its interference uses: the other trace model ->
+    ``[[size, slowdown], ...]`` (profile ``slowdown_by_size``)."""
+    tables = profile.modes[mode].slowdown_by_size
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    for v, pv in mapping.items():
+        for a, p_a in mapping.items():
+            if a != v and (pv, p_a) in tables:
+                sizes, slow = tables[(pv, p_a)]
+                out.setdefault(v, {})[a] = [[float(x), float(y)] for x, y in zip(
+                    sizes, slow, strict=True)]
+    return out
 
 
 def _size_interference(profile: Profile, mode: str, pnames: list[str],
