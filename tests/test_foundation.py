@@ -125,3 +125,31 @@ def test_manifest_written_running_then_finished(tmp_path):
     assert "finished_at" in data
     with pytest.raises(ValueError):
         manifest.finish("weird")
+
+
+@pytest.mark.parametrize(
+    ("meta", "fragment"),
+    [
+        (b"[1, 2]", "metadata key 'traceforge' is not a JSON object (an array)"),
+        (b'{"spec": 5}', "traceforge.spec: must be a JSON object, not a number"),
+        (b'{"spec": {"models": ["a"]}}', "traceforge.spec.models: must be a JSON object"),
+        (b'{"source": "x"}', "traceforge.source: must be a JSON object, not a string"),
+        (b'{"duration_s": "abc"}', "traceforge.duration_s = 'abc': must be a number"),
+        (b'{"duration_s": -1}', "traceforge.duration_s = -1: must be a number"),
+    ],
+)
+def test_read_trace_refuses_metadata_of_the_wrong_shape(tmp_path, meta, fragment):
+    # replay, stats and --rate read these keys: a wrong shape was a traceback (exit 1)
+    path = tmp_path / "t.parquet"
+    pq.write_table(_trace().replace_schema_metadata({b"traceforge": meta}), path)
+    with pytest.raises(BadInput, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        read_trace(path)
+
+
+def test_read_trace_refuses_a_directory_of_parquet_files(tmp_path):
+    # pyarrow reads a directory as one dataset: the trace path must be a file
+    folder = tmp_path / "t.parquet"
+    folder.mkdir()
+    write_trace(_trace(), folder / "part-0.parquet", {})
+    with pytest.raises(BadInput, match="t.parquet: is a directory, not a file"):
+        read_trace(folder)

@@ -200,8 +200,10 @@ def write_trace(table: pa.Table, path: Path | str, meta: dict[str, Any]) -> None
 def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
     """Read and validate a trace file; every problem is a one-line :class:`BadInput`."""
     path = Path(path)
-    if not path.exists():
-        raise BadInput("no such file", source=path)
+    if not path.is_file():  # a directory of Parquet files would read as one dataset
+        from traceforge.paths import missing_file_reason
+
+        raise BadInput(missing_file_reason(path), source=path)
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
@@ -211,6 +213,7 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
         meta = json.loads(raw) if raw else {}
     except json.JSONDecodeError as exc:
         raise BadInput("metadata key 'traceforge' is not JSON", source=path) from exc
+    _check_meta(meta, path)
     for field in TRACE_SCHEMA:
         if field.name not in table.column_names and not field.nullable:
             raise BadInput("missing column", source=path, key=field.name,
@@ -226,6 +229,35 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
     if validate:
         validate_trace_table(table, source=path, meta=meta)
     return Trace(table=table, meta=meta, path=path)
+
+
+def _check_meta(meta: object, source: object) -> None:
+    """The metadata's shape where readers rely on it (replay, stats, --rate): an object whose
+    ``spec``, ``spec.models``, ``spec.modulations`` and ``source`` are objects and whose
+    ``duration_s`` is a number >= 0, where present."""
+    import math
+
+    def json_type(value: object) -> str:
+        return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(
+            type(value), "a number")
+
+    if not isinstance(meta, dict):
+        raise BadInput(f"metadata key 'traceforge' is not a JSON object ({json_type(meta)})",
+                       source=source)
+    spec = meta.get("spec")
+    for key, value in (("spec", spec), ("source", meta.get("source")),
+                       *((f"spec.{k}", spec.get(k)) for k in ("models", "modulations")
+                         if isinstance(spec, dict))):
+        if value is not None and not isinstance(value, dict):
+            raise BadInput(f"must be a JSON object, not {json_type(value)}", source=source,
+                           key=f"traceforge.{key}")
+    duration = meta.get("duration_s")
+    if duration is not None and (isinstance(duration, bool)
+                                 or not isinstance(duration, int | float)
+                                 or not math.isfinite(duration) or duration < 0):
+        shown = {"value": duration} if not isinstance(duration, list | dict) else {}
+        raise BadInput("must be a number of seconds >= 0", source=source,
+                       key="traceforge.duration_s", **shown)
 
 
 def _refuse_nulls(table: pa.Table, name: str, source: object) -> None:
