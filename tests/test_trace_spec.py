@@ -43,6 +43,11 @@ BAD_SPECS = {
     "unknown process": (
         'duration_s = 5\n[models.m]\narrival = { process = "hawkes", rate = 1 }\n',
         ["models.m.arrival.process = 'hawkes'", "allowed: constant, poisson, gamma"]),
+    "process not a string": (
+        'duration_s = 5\n[models.m]\narrival = { process = ["poisson"], rate = 1 }\n',
+        ["models.m.arrival.process = ['poisson']", "unknown arrival process"]),
+    "dist a table": ("duration_s = 5\n" + GOOD_MODEL + 'seq_len = { dist = { a = 1 } }\n',
+                     ["models.m.seq_len.dist = {'a': 1}", "unknown distribution"]),
     "weights length": (
         "duration_s = 5\n" + GOOD_MODEL
         + 'batch_size = { dist = "choice", values = [1, 8], weights = [1.0] }\n',

@@ -377,7 +377,7 @@ def _checked_tagged_table(r: SpecReader, key: str, table: dict, tag: str,
     if tag not in table:
         r.missing(f"{key}.{tag}", ", ".join(params))
     name = table[tag]
-    if name not in params:
+    if not isinstance(name, str) or name not in params:  # a list or table is unhashable
         r.fail(f"{key}.{tag}", name, f"unknown {what}", ", ".join(params))
     required, optional = params[name]
     r.check_keys(table, key, (tag, *required, *optional))
