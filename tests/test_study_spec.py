@@ -42,6 +42,8 @@ def write(tmp_path, text, name="s.toml"):
     ("[axes]\nmode = [\"mps\"]\n", ["axes.mode", "mps", "needs a profile"]),
     ("[capacity]\nslo = { metric = \"p42\", ms = 5 }\n",
      ["capacity.slo.metric", "p42", "p99"]),
+    ("[capacity]\nslo = { metric = [\"p99\"], ms = 5 }\n",
+     ["capacity.slo.metric = ['p99']", "unknown metric"]),
     ("[capacity]\nslo = { metric = \"p99\", ms = 5 }\nprescreen = \"simulate\"\n",
      ["capacity.prescreen", "already runs on the simulator"]),
     ("[capacity]\nslo = { attainment = 0.99 }\n",

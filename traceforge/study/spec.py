@@ -310,7 +310,7 @@ def _parse_capacity(r: SpecReader, table: object, backend: str, options: dict[st
                            "attainment needs each model's slo_ms (or capacity.slo.ms)")
     else:
         metric = slo_raw.get("metric", "p99")
-        if metric not in PERCENTILES:
+        if not isinstance(metric, str) or metric not in PERCENTILES:  # a list is unhashable
             r.fail("capacity.slo.metric", metric, "unknown metric", ", ".join(PERCENTILES))
         if "ms" not in slo_raw:
             r.missing("capacity.slo.ms", "the latency bound in milliseconds")
