@@ -6,7 +6,9 @@
 #      time-scaled to 65 % exclusive utilisation by the profile
 #   3. each mix replayed in each mode (pre-warmed, graphs), then simulated and compared
 # Results under $WORK; the doc, the profile and a tarball of the runs go to $OUT.
-# Env: MIX_S (trace seconds, default 12), MODES_PROFILE (default exclusive,mps), MIX_SEED_OFFSET
+# Env: MIX_S (trace seconds, default 12), FIDELITY_MODES (modes profiled, replayed and scored,
+# default exclusive,mps; any of exclusive,mps,timeslice,streams), MODES_PROFILE (default
+# FIDELITY_MODES), MIX_SEED_OFFSET
 # (added to the mixes' seeds 21 / 22: fresh held-out draws; default 0), REPEATS (default 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +27,7 @@ else
   WORK=$(mktemp -d /tmp/traceforge-gpu-fidelity.XXXXXX)
 fi
 PY=${PYTHON:-python3}
+export FIDELITY_MODES=${FIDELITY_MODES:-exclusive,mps}
 MIX_S=${MIX_S:-12}
 mkdir -p "$OUT" "$WORK/runs"
 LOG="$WORK/fidelity.log"
@@ -32,7 +35,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | tee -a "
 card=$("$PY" -c "import torch;n=torch.cuda.get_device_name(0).lower();print('h200' if 'h200' in n else 'h100' if 'h100' in n else 'gpu')" 2>/dev/null || echo gpu)
 echo "---- profile" | tee -a "$LOG"
 timeout -k 10 "${PROFILE_LIMIT:-170}" "$PY" -m traceforge profile --models distilbert-base,distilgpt2 \
-  --device cuda --modes "${MODES_PROFILE:-exclusive,mps}" --batch-sizes 1,2,4,8 \
+  --device cuda --modes "${MODES_PROFILE:-$FIDELITY_MODES}" --batch-sizes 1,2,4,8 \
   --seq-lens 16,32,64,128,256 --new-tokens 16 --repeats 10 --warmup 1 --corun-seconds 3 \
   --corun-repeats 3 --corun-sets pairs --keep-runs "$WORK/profile-runs" \
   -o "$WORK/profile.json" 2>&1 | tee -a "$LOG"
@@ -48,7 +51,8 @@ echo "---- held-out traces" | tee -a "$LOG"
 # repeats; the doc judges the simulator against the first replay and reports how far the
 # identical repeats differ from it (the measurement's own repeatability).
 for rep in $(seq 1 "${REPEATS:-2}"); do
-  modes="exclusive mps"; [ $((rep % 2)) -eq 0 ] && modes="mps exclusive"
+  modes=$(echo "$FIDELITY_MODES" | tr ',' ' ')
+  [ $((rep % 2)) -eq 0 ] && modes=$(echo "$modes" | tr ' ' '\n' | tac | tr '\n' ' ')
   suffix=""; [ "$rep" -gt 1 ] && suffix="-r$rep"
   for mix in bursty steady; do
     scale=$("$PY" -c "import json;print(json.load(open('$WORK/mixes.json'))['$mix']['time_scale'])")
@@ -63,7 +67,7 @@ for rep in $(seq 1 "${REPEATS:-2}"); do
 done
 echo "MPS daemons/servers left: $("${PY:-python3}" -m traceforge.gpu.mps_left)" | tee -a "$LOG"
 "$PY" benchmarks/fidelity_heldout.py doc "$WORK/profile.json" "$WORK" \
-  "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S MIX_SEED_OFFSET=${MIX_SEED_OFFSET:-0} REPEATS=${REPEATS:-2} bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
+  "$WORK/simulator-fidelity-$card.md" "MIX_S=$MIX_S FIDELITY_MODES=$FIDELITY_MODES MIX_SEED_OFFSET=${MIX_SEED_OFFSET:-0} REPEATS=${REPEATS:-2} bash benchmarks/gpu_fidelity.sh" 2>&1 | tee -a "$LOG"
 cp "$WORK/simulator-fidelity-$card.md" "$LOG" "$OUT"/ 2>/dev/null
 tar -C "$WORK" -czf "$OUT/fidelity-runs.tar.gz" runs mixes.json bursty.toml steady.toml 2>/dev/null
 # the profile's own phase runs (transport, hand-off and co-run timelines), for offline diagnosis
