@@ -255,3 +255,51 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
     gen = pc.equal(t.column("model"), "gpt")
     assert t.filter(gen).column("first_token_ns").null_count == 0
     assert t.filter(gen).column("tokens_out").unique().to_pylist() == [4]
+
+
+def test_profile_streams_transports_and_slowdowns_from_the_mixed_pass(tmp_path):
+    """streams (executor threads in the dispatcher's process): the transports come from the
+    mixed reference pass alone (the co-runs measure a GIL-saturated process), and the co-run
+    slowdowns count each model busy from its measured service starts."""
+    pytest.importorskip("torch")
+    from traceforge.simulate.measure import (
+        SERVICE_START_MODES, TRANSPORT_FROM_MIX_MODES, estimate_slowdowns, idle_inbound_ns)
+
+    assert "streams" in SERVICE_START_MODES and "streams" in TRANSPORT_FROM_MIX_MODES
+    out = tmp_path / "streams.json"
+    done = cli("profile", "--models", "tiny-bert,tiny-gpt2", "--device", "cpu",
+               "--modes", "streams", "--batch-sizes", "1", "--seq-lens", "16,32",
+               "--new-tokens", "3", "--repeats", "3", "--warmup", "1", "--corun-seconds", "0.4",
+               "--corun-repeats", "1", "--corun-sizes", "none",
+               "--keep-runs", str(tmp_path / "runs"), "-o", str(out), timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    entry = json.loads(out.read_text())["modes"]["streams"]
+    runs = {p.name[3:]: p for p in (tmp_path / "runs" / "streams").iterdir() if p.is_dir()}
+    mix = read_timeline(runs["reference-mix"])
+    mix = mix.filter(pc.equal(mix.column("status"), "ok"))
+    col = {c: mix.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+           for c in ("sent_ns", "service_start_ns", "service_end_ns", "done_ns")}
+    model = np.asarray(mix.column("model").to_pylist())
+    worker = np.asarray(mix.column("worker").fill_null("").to_pylist())
+    for m in ("tiny-bert", "tiny-gpt2"):
+        rows = model == m
+        want_in = idle_inbound_ns(worker, col["sent_ns"], col["service_start_ns"],
+                                  col["service_end_ns"], rows) / 1e6
+        assert entry["inbound_ms"][m] == pytest.approx(want_in, abs=2e-6)
+        want_back = np.median(col["done_ns"][rows] - col["service_end_ns"][rows]) / 1e6
+        assert entry["outbound_ms"][m] == pytest.approx(want_back, abs=2e-6)
+    # the co-run's slowdowns from its service starts (the recorded repeat is that estimate)
+    corun = read_timeline(runs["corun-tiny-bert+tiny-gpt2-r0"])
+    names = np.asarray(corun.column("model").to_pylist())
+    start = corun.column("service_start_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    end = corun.column("service_end_ns").to_numpy(zero_copy_only=False).astype(np.float64)
+    intervals, counted = {}, {}
+    for m in ("tiny-bert", "tiny-gpt2"):
+        sel = names == m
+        intervals[m] = (start[sel], end[sel])
+        counted[m] = np.arange(int(sel.sum())) >= 1  # the first request per model starts it
+    est = estimate_slowdowns(intervals, {m: entry["alone_ms"][m] * 1e6 for m in intervals},
+                             lambda m, busy: 1.0, counted)
+    for m, e in est.items():
+        assert entry["corun"]["tiny-bert+tiny-gpt2"]["repeats"][m] == [
+            pytest.approx(e["slowdown"], abs=1e-4)]

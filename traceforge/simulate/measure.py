@@ -787,7 +787,7 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
             baseline = next(iter(profile["modes"].values()), None)
             mode_entry = await _measure_reference(replay, models, refs, settings, baseline,
                                                   graphs=_compile_of(settings) != "eager",
-                                                  mixed=mode == "exclusive")
+                                                  mixed=mode == "exclusive", mode=mode)
             if grid_first:
                 for m, tail in mode_entry["tail"].items():
                     reanchor_tail(profile["models"][m], tail)
@@ -807,8 +807,12 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
             # every model is sent: pooled over the mixed pass and the co-runs in modes with a
             # worker per model (pooled_outbound_ms), else (exclusive, or one model) the
             # reference-open pass; without any, the closed-loop reference phase's median stays.
+            # In TRANSPORT_FROM_MIX_MODES, the mixed pass alone (the co-runs there measure a
+            # GIL-saturated process).
+            pooled_from = (("reference-mix",) if mode in TRANSPORT_FROM_MIX_MODES
+                           else ("reference-mix", "corun-"))
             mixed = [sample for label, sample in replay.back_samples
-                     if label.startswith(("reference-mix", "corun-"))]
+                     if label.startswith(pooled_from)]
             back = mixed if mode != "exclusive" and mixed else [
                 sample for label, sample in replay.back_samples
                 if label.startswith("reference-open")]
@@ -1157,12 +1161,14 @@ def alone_scale(ratio: float, ratio_se: float, *, graphs: bool) -> float:
 
 async def _measure_reference(replay: _Replayer, models: list[str], refs, settings,
                              baseline: dict[str, Any] | None, *,
-                             graphs: bool = False, mixed: bool = False) -> dict[str, Any]:
+                             graphs: bool = False, mixed: bool = False,
+                             mode: str | None = None) -> dict[str, Any]:
     """Alone times at the reference shapes in this mode; ``baseline`` is the first mode's.
 
     ``mixed`` (exclusive: one worker serves every model, so they are never busy together):
     the open-loop phase interleaves the models' requests at random instead of one model after
-    the other, so the hand-off between *different* models (handoff_classes) is measured too."""
+    the other, so the hand-off between *different* models (handoff_classes) is measured too.
+    In TRANSPORT_FROM_MIX_MODES ``inbound_ms`` comes from the mixed pass (``reference-mix``)."""
     phase = _Phase()
     for g, m in enumerate(models):
         for _ in range(settings.warmup):
@@ -1239,6 +1245,9 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
     sent = timeline.column("sent_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     done = timeline.column("done_ns").to_numpy(zero_copy_only=False).astype(np.float64)
     worker = np.asarray(timeline.column("worker").fill_null("").to_pylist())
+    inbound_mix = None
+    if mode in TRANSPORT_FROM_MIX_MODES and send_lag is not None:
+        inbound_mix = _mix_inbound_ns(mix_timeline, models)
     out: dict[str, Any] = {"alone_ms": {}, "alone_se_ms": {}, "alone_ratio": {},
                            "alone_ratio_se": {}, "alone_scale": {}, "inbound_ms": {},
                            "outbound_ms": {}, "slowdown": {}, "corun": {}, "tail": {}}
@@ -1258,7 +1267,9 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         scale = alone_scale(ratio, ratio_se, graphs=graphs) if baseline is not None else 1.0
         out["alone_ratio"][m] = round(ratio, 4)
         out["alone_scale"][m] = round(scale, 4)
-        out["inbound_ms"][m] = round(idle_inbound_ns(worker, sent, start, end, rows) / 1e6, 6)
+        inbound = (inbound_mix[m] if inbound_mix and m in inbound_mix
+                   else idle_inbound_ns(worker, sent, start, end, rows))
+        out["inbound_ms"][m] = round(inbound / 1e6, 6)
         # replaced by the open-loop phases' where there are any (_measure, pooled_outbound_ms)
         out["outbound_ms"][m] = round(float(np.median(done[rows] - end[rows])) / 1e6, 6)
         # The tail at the reference shape at this phase's (serving-like) load: reanchor_tail.
@@ -1274,6 +1285,22 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
     if send_lag is not None:
         out["send_lag_ms"] = send_lag
     return out
+
+
+def _mix_inbound_ns(timeline: pa.Table, models: list[str]) -> dict[str, float]:
+    """Per model, :func:`idle_inbound_ns` over the ok rows of the mixed pass (every row is
+    timed there); models with no ok row are left out."""
+    import pyarrow.compute as pc
+
+    ok = timeline.filter(pc.equal(timeline.column("status"), "ok"))
+    if not ok.num_rows:
+        return {}
+    cols = [ok.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+            for c in ("sent_ns", "service_start_ns", "service_end_ns")]
+    worker = np.asarray(ok.column("worker").fill_null("").to_pylist())
+    model = np.asarray(ok.column("model").to_pylist())
+    return {m: idle_inbound_ns(worker, *cols, model == m) for m in models
+            if (model == m).any()}
 
 
 def _send_lag_ms(timeline: pa.Table) -> float:
@@ -1298,8 +1325,22 @@ def _send_lag_ms(timeline: pa.Table) -> float:
 # service of requests fully overlapped by the other model to that of requests not overlapped
 # at all, in the co-runs and in every held-out replay alike (every bucket from b1 s32 to
 # b8 s256: 1.17-1.24). streams (threads of one process, where a start can wait for the GIL)
-# keeps demand_starts: not measured there.
-SERVICE_START_MODES = ("mps", "timeslice")
+# kept demand_starts until it was measured: H200, 2026-12-01 10:58 UTC call, distilbert-base
+# beside distilgpt2, reference co-runs 2.05-2.18 that way (its transport under load is long:
+# 3.7-12 ms to start) against 1.33-1.38 from the service starts, and the simulated mean
+# service of the held-out streams replays 0.741 / 0.787 ms against 0.475 / 0.508 measured
+# (0.519 / 0.552 from the service starts; docs/results/simulator-fidelity-h200.md).
+SERVICE_START_MODES = ("mps", "timeslice", "streams")
+
+# Modes whose transports (inbound_ms, outbound_ms and its spread) come from the mixed pass at
+# serving rates only. In streams every model's executor is a thread of the dispatcher's
+# process, so a transport waits for the GIL as long as the others keep it: the per-model
+# open-loop pass (~1,250 req/s of one model) and the co-runs (both models at half capacity,
+# the encoder queueing 3.7-270 ms) measure a saturated process. Same call: the encoder's
+# transport to start 1.454 ms in the per-model pass, 0.212 ms in the mixed pass, 0.19-0.25 ms
+# (p50) in the held-out replays; its way back 0.268 ms pooled with the co-runs, 0.083 ms in the
+# mixed pass, 0.086 / 0.164 ms in the replays.
+TRANSPORT_FROM_MIX_MODES = ("streams",)
 
 
 def _poisson_rows(rng: np.random.Generator, models: list[str], alone_ns: dict[str, float],
