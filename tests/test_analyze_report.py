@@ -288,6 +288,41 @@ def test_not_a_run_dir(tmp_path, cli):
     assert result.returncode == 2 and "not JSON" in result.stderr
 
 
+@pytest.mark.parametrize("key, value, needle", [
+    ("trace", "x", "trace = 'x': must be a JSON object"),
+    ("options", 5, "options = 5: must be a JSON object"),
+    ("options", {"warmup_s": "x"}, "options.warmup_s = 'x': must be a number"),
+])
+def test_run_json_of_the_wrong_shape_is_one_line(tmp_path, cli, key, value, needle):
+    # report and compare read these keys: a wrong type was a traceback (exit 1)
+    base = write_synthetic_run(tmp_path / "a", MODELS[:1], requests=50, seed=1)
+    bad = write_synthetic_run(tmp_path / "b", MODELS[:1], requests=50, seed=2)
+    manifest = json.loads((bad / "run.json").read_text())
+    manifest[key] = value
+    (bad / "run.json").write_text(json.dumps(manifest))
+    for args in (["report", str(bad), "--html", str(tmp_path / "r.html")],
+                 ["compare", str(base), str(bad)]):
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.strip() == f"traceforge: error: {bad / 'run.json'}: {needle}"
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_timeline_nulls_in_a_required_column_are_one_line(tmp_path, cli):
+    # every latency is measured from scheduled_ns: a null one was a traceback in the plots
+    run = write_synthetic_run(tmp_path / "r", MODELS[:1], requests=50, seed=1)
+    part = sorted((run / "timeline").glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    i = table.schema.get_field_index("scheduled_ns")
+    pq.write_table(table.set_column(i, "scheduled_ns", pa.nulls(table.num_rows, pa.int64())),
+                   part)
+    result = cli("report", str(run), "--html", str(tmp_path / "r.html"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (f"traceforge: error: {run / 'timeline'}: scheduled_ns = "
+                                     "None: null value (row 0); the column must be complete")
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_real_null_and_simulated_runs(tmp_path, cli):
     """The same report on a null-backend replay and a simulation of one generated trace."""
     pytest.importorskip("traceforge.generate")

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
 from traceforge.record import read_timeline
-from traceforge.schema import STATUSES
+from traceforge.schema import STATUSES, TIMELINE_SCHEMA, _refuse_nulls
 
 NS_PER_MS = 1e6
 NS_PER_S = 1e9
@@ -150,6 +150,32 @@ class RunData:
             raise BadInput(f"not a readable Parquet file ({exc})", source=path) from exc
 
 
+# run.json keys the analyses read, by the JSON type they must have where present (not null)
+_MANIFEST_OBJECTS = ("trace", "trace.meta", "trace.meta.spec", "options", "backend_info",
+                     "self_check", "counts")
+_MANIFEST_NUMBERS = ("trace.rows", "not_due", "options.warmup_s", "options.time_scale")
+
+
+def _check_manifest(manifest: dict[str, Any], source: Path) -> None:
+    """run.json keys of the wrong JSON type are one line (they were tracebacks downstream)."""
+    def lookup(key: str) -> Any:
+        value: Any = manifest
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+
+    for key in _MANIFEST_OBJECTS:
+        value = lookup(key)
+        if value is not None and not isinstance(value, dict):
+            raise BadInput("must be a JSON object", source=source, key=key,
+                           **({} if isinstance(value, list) else {"value": value}))
+    for key in _MANIFEST_NUMBERS:
+        value = lookup(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise BadInput("must be a number", source=source, key=key,
+                           **({} if isinstance(value, list | dict) else {"value": value}))
+
+
 def load_run(run_dir: Path | str) -> RunData:
     """Read ``run.json`` and the timeline; every problem is a one-line :class:`BadInput`."""
     run_dir = Path(run_dir)
@@ -166,10 +192,14 @@ def load_run(run_dir: Path | str) -> RunData:
         raise BadInput(f"not JSON ({exc})", source=manifest_path) from exc
     if not isinstance(manifest, dict):
         raise BadInput("not a JSON object", source=manifest_path)
+    _check_manifest(manifest, manifest_path)
     try:
         table = read_timeline(run_dir)
     except (pa.ArrowInvalid, OSError) as exc:
         raise BadInput(f"unreadable timeline ({exc})", source=run_dir / "timeline") from exc
+    for name in TIMELINE_SCHEMA.names:  # a part without the column reads as nulls
+        if not TIMELINE_SCHEMA.field(name).nullable:
+            _refuse_nulls(table, name, run_dir / "timeline")
     encoded = pc.dictionary_encode(table.column("model")).combine_chunks()
     dictionary = encoded.dictionary.to_pylist()
     models = sorted(dictionary)
