@@ -70,6 +70,15 @@ CASES = {
     "trace gen onto a hard link of its spec": (
         lambda w: ["trace", "gen", w["spec"], "-o", w["base"] / "spec-hardlink.toml"], "spec",
         "-o"),
+    # not inputs, but an existing file is replaced only by one of its kind
+    "trace gen onto a run's run.json": (
+        lambda w: ["trace", "gen", w["spec"], "-o", w["runB"] / "run.json"], "runB", "-o"),
+    "trace import onto a run's run.json": (
+        lambda w: ["trace", "import", "csv", w["csv"], "-o", w["runB"] / "run.json",
+                   "--columns", "time=ts_ms", "--time-unit", "ms"], "runB", "-o"),
+    "profile -o onto a trace": (
+        lambda w: ["profile", "--models", "tiny-bert", "--device", "cpu", "-o", w["trace"]],
+        "trace", "-o"),
     "trace stats --plot onto the trace (symlink)": (
         lambda w: ["trace", "stats", w["trace"], "--plot", w["base"] / "link.png"], "trace",
         "--plot"),

@@ -121,7 +121,8 @@ def profile_command(
     ).validate()
     from traceforge.paths import check_output
 
-    check_output(out, inputs=[("the --keep-runs directory", keep_runs)], key="-o")
+    check_output(out, inputs=[("the --keep-runs directory", keep_runs)], key="-o",
+                 replaces=(".json",))  # an existing trace, spec... is not replaced
     if keep_runs is not None:
         # Every phase claims a run directory inside it: an old profile's runs (or any other
         # content) would stop the profile minutes in; refused now instead.

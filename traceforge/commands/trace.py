@@ -21,10 +21,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(trace_app, name="trace")
 
 
-def _check_output(out: Path, key: str = "-o", inputs=()) -> Path:
+def _check_output(out: Path, key: str = "-o", inputs=(), replaces=(".parquet",)) -> Path:
     from traceforge.paths import check_output
 
-    return check_output(out, inputs=inputs, key=key)
+    # an existing file is replaced only by one of its kind: never a run.json or a spec
+    return check_output(out, inputs=inputs, key=key, replaces=replaces)
 
 
 @trace_app.command("gen")
@@ -70,7 +71,7 @@ def stats(
     if plot is not None and plot.suffix.lower() != ".png":
         raise BadInput("must end in .png", key="--plot", value=str(plot))
     if plot is not None:
-        _check_output(plot, "--plot", inputs=[("the trace", trace_path)])
+        _check_output(plot, "--plot", inputs=[("the trace", trace_path)], replaces=(".png",))
     trace = read_trace(trace_path)
     report = trace_stats(trace, confidence=confidence)
     if plot is not None:
