@@ -141,6 +141,15 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
         assert len(reps) == 2 and entry["slowdown"][1] == pytest.approx(want, abs=1e-4)
     assert "no grid shape of 8x its reference" in done.stderr
     assert "slowdown_by_size" not in data["modes"]["exclusive"]
+    # timeslice: the time slice fitted to its mixed pass (measure.fit_time_slice)
+    from traceforge.simulate.measure import TIME_SLICE_QUANTA_MS
+
+    fit = data["modes"]["timeslice"]["time_slice"]
+    assert min(TIME_SLICE_QUANTA_MS) - 0.25 <= fit["quantum_ms"] <= max(TIME_SLICE_QUANTA_MS) + 0.25
+    assert fit["switch_ms"] >= 0 and fit["phase"] == "reference-mix"
+    assert fit["applied"] == (fit["fit_rms"] < fit["ps_rms"])
+    assert "timeslice: time slice" in done.stderr
+    assert "time_slice" not in data["modes"]["exclusive"]
     cosize = sorted(p.name for p in (tmp_path / "runs" / "timeslice").iterdir()
                     if p.is_dir() and "cosize-" in p.name)
     assert len(cosize) == 4 and cosize[0].endswith("cosize-tiny-bert-by-tiny-gpt2-2x-r0")
@@ -263,7 +272,11 @@ def test_profile_streams_transports_and_slowdowns_from_the_mixed_pass(tmp_path):
     slowdowns count each model busy from its measured service starts."""
     pytest.importorskip("torch")
     from traceforge.simulate.measure import (
-        SERVICE_START_MODES, TRANSPORT_FROM_MIX_MODES, estimate_slowdowns, idle_inbound_ns)
+        SERVICE_START_MODES,
+        TRANSPORT_FROM_MIX_MODES,
+        estimate_slowdowns,
+        idle_inbound_ns,
+    )
 
     assert "streams" in SERVICE_START_MODES and "streams" in TRANSPORT_FROM_MIX_MODES
     out = tmp_path / "streams.json"

@@ -619,3 +619,135 @@ def _concurrent_batched(arrivals: list[list[float]], sizes: list[int], batch_wor
     return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
                          np.array(batch_ids[m], dtype=np.int64),
                          np.array(batched[m], dtype=np.int32)) for m in range(k)]
+
+
+def timeslice_workers(queues: Sequence[ModelQueue], quantum_ns: float, *,
+                      yield_ns: Sequence[np.ndarray | None] | None = None,
+                      switch_ns: float = 0.0) -> list[WorkerResult]:
+    """One GPU time-sliced between the workers' contexts (``timeslice``: CUDA's time-slicing
+    of processes without MPS), one FIFO worker per model, no batching.
+
+    At any instant at most one worker's request runs, at its alone speed (``work_ns``). The
+    worker holding the GPU keeps it while it has work (a request ends and its next one is
+    already waiting: it runs on), until another worker waits at one of its time-slice
+    boundaries (every ``quantum_ns`` from when it got the GPU): the GPU then passes to the next
+    waiting worker in round-robin order, and the preempted request keeps its remaining work for
+    its worker's next turn. A worker with nothing more to run gives the GPU to the next waiting
+    one at once, and so does a request's yield point ``yield_ns[m][i]`` (the work done when a
+    decoder's host waits for its first token; None or NaN: none). ``switch_ns``: the GPU's
+    idle time at each change of owner (a context switch). The simulator fits both parameters
+    to the profile's mixed pass (measure.fit_time_slice); this is not processor sharing: a
+    request's GPU time is its alone time, and what another model costs it is waiting.
+
+    A request's start is when it first runs, its end when its last work ends (a preempted one
+    spans the other workers' turns, as its CUDA events do). Transport by idle time
+    (``sent_ns``/``idle_inbound``) as in :func:`shared_workers`.
+    """
+    k = len(queues)
+    if k == 0:
+        return []
+    q = float(quantum_ns)
+    if not q > 0:
+        raise ValueError(f"quantum_ns must be > 0, got {quantum_ns!r}")
+    inf = math.inf
+    arrivals = [np.asarray(x.arrival_ns, dtype=np.float64).tolist() for x in queues]
+    works = [np.asarray(x.work_ns, dtype=np.float64).tolist() for x in queues]
+    sizes = [len(a) for a in arrivals]
+    yields = [[inf] * n for n in sizes]
+    if yield_ns is not None:
+        for m, y in enumerate(yield_ns):
+            if y is not None:
+                yields[m] = [v if v == v and 0.0 < v < works[m][i] else inf
+                             for i, v in enumerate(np.asarray(y, dtype=np.float64).tolist())]
+    idle_fn = [x.idle_inbound if x.sent_ns is not None else None for x in queues]
+    sents = [None if f is None else np.asarray(x.sent_ns, dtype=np.float64).tolist()
+             for f, x in zip(idle_fn, queues, strict=True)]
+    starts = [[0.0] * n for n in sizes]
+    ends = [[0.0] * n for n in sizes]
+    cur = [0] * k  # the request each worker is on
+    done = [0.0] * k  # work done on it
+    began = [False] * k
+    ready = [inf] * k  # when its current request reaches it (inf: none left)
+
+    def arrive(w: int, free_at: float) -> None:
+        i = cur[w]
+        if i >= sizes[w]:
+            ready[w] = inf
+            return
+        a = arrivals[w][i]
+        f = idle_fn[w]
+        if f is not None and sents[w][i] > free_at:  # sent to an idle worker
+            a = sents[w][i] + f(sents[w][i] - free_at)
+        ready[w] = a
+
+    for w in range(k):
+        arrive(w, -inf)
+
+    def next_waiting(after: int, t: float) -> int:
+        for d in range(1, k + 1):
+            u = (after + d) % k
+            if u != after and ready[u] <= t:
+                return u
+        return -1
+
+    def take(w: int, t: float) -> None:
+        if not began[w]:
+            starts[w][cur[w]] = t
+            began[w] = True
+
+    owner, t, slice_at = -1, 0.0, 0.0
+    while True:
+        if owner < 0:
+            t0 = min(ready)
+            if t0 == inf:
+                break
+            owner = ready.index(t0)
+            t = t0 if t0 > t else t
+            slice_at = t
+            take(owner, t)
+        w = owner
+        i = cur[w]
+        y = yields[w][i]
+        target = y if done[w] < y < inf else works[w][i]
+        seg_end = t + (target - done[w])
+        # The first boundary of w's slices at which another worker waits.
+        other = min([ready[u] for u in range(k) if u != w], default=inf)
+        if other < seg_end:
+            when = other if other > t else t
+            b = slice_at + q * math.ceil((when - slice_at) / q - 1e-12)
+            if b <= t:
+                b = slice_at + q * (math.floor((t - slice_at) / q) + 1)
+            if b < seg_end:  # preempted at b
+                done[w] += b - t
+                u = next_waiting(w, b)
+                t = b + switch_ns
+                owner, slice_at = u, t
+                take(u, t)
+                continue
+        done[w] = target
+        t = seg_end
+        if target < works[w][i]:  # the yield point: pass to a waiting worker
+            u = next_waiting(w, t)
+            if u >= 0:
+                t += switch_ns
+                owner, slice_at = u, t
+                take(u, t)
+            continue
+        ends[w][i] = t
+        cur[w] = i + 1
+        done[w] = 0.0
+        began[w] = False
+        arrive(w, t)
+        if ready[w] <= t:
+            take(w, t)  # its next request is waiting: it keeps the GPU and its slice
+            continue
+        u = next_waiting(w, t)
+        if u >= 0:
+            t += switch_ns
+            owner, slice_at = u, t
+            take(u, t)
+        else:
+            owner = -1
+    return [WorkerResult(np.array(starts[m]), np.array(ends[m]),
+                         np.arange(sizes[m], dtype=np.int64) + (m << 40),
+                         np.ones(sizes[m], np.int32)) for m in range(k)]

@@ -197,6 +197,12 @@ class ModeProfile:
     # in older profiles: the pair's one slowdown whatever runs beside.
     slowdown_by_size: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict)
+    # ``timeslice`` only: the GPU's time slice and context-switch cost, ms, fitted to the
+    # mode's mixed pass (``time_slice``: {"quantum_ms", "switch_ms", ...};
+    # measure.fit_time_slice). With it the simulator runs the time-sliced engine
+    # (engine.timeslice_workers: one context on the GPU at a time, alone speed, waiting for a
+    # slice) instead of processor sharing with co-run slowdowns. None in older profiles.
+    time_slice: tuple[float, float] | None = None
 
     def idle_inbound_ms(self, model: str, idle_ms: float) -> float | None:
         """The transport of a request sent to ``model``'s worker idle for ``idle_ms``: the
@@ -419,7 +425,25 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                                           f"modes.{mode}.slowdown_by_size"),
                                     f"modes.{mode}.slowdown_by_size", source)
         lag = md.get("send_lag_ms")
+        time_slice = None
+        if md.get("time_slice") is not None:
+            key = f"modes.{mode}.time_slice"
+            entry = table(md["time_slice"], key)
+            if not isinstance(entry.get("applied", True), bool):
+                raise BadInput("must be true or false", source=source, key=f"{key}.applied",
+                               value=entry.get("applied"))
+            quantum = ms(entry.get("quantum_ms"), f"{key}.quantum_ms")
+            if quantum <= 0:
+                raise BadInput("must be > 0", source=source, key=f"{key}.quantum_ms",
+                               value=entry.get("quantum_ms"))
+            time_slice = (quantum, ms(entry.get("switch_ms", 0.0), f"{key}.switch_ms"))
+            if mode != "timeslice":
+                raise BadInput("only the timeslice mode has a time slice", source=source,
+                               key=key)
+            if not entry.get("applied", True):  # measured, but it fit worse than sharing
+                time_slice = None
         modes[mode] = ModeProfile(
+            time_slice=time_slice,
             slowdown_by_size=by_size,
             inbound_spread_ms=spreads["inbound_spread_ms"],
             outbound_spread_ms=spreads["outbound_spread_ms"],

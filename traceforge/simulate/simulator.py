@@ -38,6 +38,7 @@ from traceforge.simulate.engine import (
     fifo_servers,
     fifo_servers_assigned,
     shared_workers,
+    timeslice_workers,
 )
 from traceforge.simulate.profile import SPREAD_QUANTILES, Profile, load_profile
 
@@ -182,6 +183,8 @@ def simulate(
                                      profile, mode, max_batch=max_batch,
                                      max_wait_ns=max_wait_ms * 1e6, seed=seed,
                                      cold_start=cold_start)
+        time_sliced = (mode == "timeslice" and max_batch == 1
+                       and profile.modes[mode].time_slice is not None)
         describe = {"name": "simulate", "service_model": "profile", "mode": mode,
                     "profile": {"path": str(profile.path) if profile.path else None,
                                 "sha256": (sha256_file(profile.path)
@@ -219,8 +222,13 @@ def simulate(
                     # the size tables the interference used (profile slowdown_by_size), per
                     # trace model: the other trace model -> [[size, slowdown], ...]; {} =
                     # each pair's reference slowdown whatever runs beside
-                    "slowdown_by_size": ({} if mode == "exclusive" else
+                    "slowdown_by_size": ({} if mode == "exclusive" or time_sliced else
                                          _size_tables_used(profile, mode, mapping)),
+                    # timeslice with the profile's fitted time slice: the time-sliced engine
+                    # ({"quantum_ms", "switch_ms"}); None = processor sharing with slowdowns
+                    "time_slice": ({"quantum_ms": profile.modes[mode].time_slice[0],
+                                    "switch_ms": profile.modes[mode].time_slice[1]}
+                                   if time_sliced else None),
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -714,11 +722,21 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         sized = None if exclusive else _size_interference(
             profile, mode, [mapping[x] for x in names], rows_by_model, run_bs, run_seq,
             (bs_all, seq_all, new_all) if max_batch > 1 else None)
-        results = shared_workers(queues, exclusive=exclusive, rates=rates,
-                                 max_batch=max_batch, max_wait_ns=max_wait_ns,
-                                 batch_work=batch_work,
-                                 handoff_ns=handoff.tolist() if handoff.any() else None,
-                                 sized=sized)
+        if mode == "timeslice" and mp.time_slice is not None and max_batch == 1:
+            # One context on the GPU at a time (engine.timeslice_workers), with the slice and
+            # switch cost the profile fitted: a decoder yields at its first token.
+            quantum_ms, switch_ms = mp.time_slice
+            results = timeslice_workers(queues, quantum_ms * 1e6,
+                                        yield_ns=_first_token_work(profile, mapping, names,
+                                                                   rows_by_model, run_bs,
+                                                                   run_seq, new_all, queues),
+                                        switch_ns=switch_ms * 1e6)
+        else:
+            results = shared_workers(queues, exclusive=exclusive, rates=rates,
+                                     max_batch=max_batch, max_wait_ns=max_wait_ns,
+                                     batch_work=batch_work,
+                                     handoff_ns=handoff.tolist() if handoff.any() else None,
+                                     sized=sized)
         for m, rows in enumerate(rows_by_model):
             r = results[m]
             start[rows] = np.rint(r.start_ns).astype(np.int64)
@@ -755,6 +773,24 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                      first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
                      batched_with=batched, worker=worker, bucket_seq_len=bucket_seq,
                      bucket_batch_size=bucket_batch)
+
+
+def _first_token_work(profile: Profile, mapping: dict[str, str], names: list[str],
+                      rows_by_model: list[np.ndarray], run_bs: np.ndarray,
+                      run_seq: np.ndarray, new_all: np.ndarray,
+                      queues: list[ModelQueue]) -> list[np.ndarray | None]:
+    """Per model, the work (ns) each request has done when its first token is out (the
+    decoder's host waits for it there: timeslice_workers' yield point); None for models that
+    do not generate, NaN for their requests without new tokens."""
+    out: list[np.ndarray | None] = []
+    for m, rows in enumerate(rows_by_model):
+        pm = profile.models[mapping[names[m]]]
+        if not pm.generative or not rows.size:
+            out.append(None)
+            continue
+        frac = pm.prefill_fraction(run_bs[rows], run_seq[rows], new_all[rows])
+        out.append(np.where(new_all[rows] > 0, frac * queues[m].work_ns, np.nan))
+    return out
 
 
 def _transport_deviations(mp, rows_by_model: list[np.ndarray], names: list[str],

@@ -1,0 +1,172 @@
+"""Time-sliced GPU sharing (``timeslice``): one context on the GPU at a time, taking turns in
+time slices (engine.timeslice_workers), with the slice and switch cost the profile fits to its
+mixed pass (measure.fit_time_slice, profile ``modes.timeslice.time_slice``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_simulate import make_profile, make_trace, model_profile, poisson_ns
+
+from traceforge.errors import BadInput
+from traceforge.record import RunManifest
+from traceforge.schema import write_trace
+from traceforge.simulate import simulate
+from traceforge.simulate.engine import ModelQueue, fifo_servers, timeslice_workers
+from traceforge.simulate.fidelity import latencies_by_model
+from traceforge.simulate.measure import fit_time_slice
+from traceforge.simulate.profile import PROFILE_SCHEMA_ID, profile_from_dict
+
+US = 1_000.0  # ns
+
+
+def _queues(*models):
+    return [ModelQueue(np.asarray(a, float) * US, np.asarray(w, float) * US) for a, w in models]
+
+
+def _times(results):
+    return [(list(np.round(r.start_ns / US, 6)), list(np.round(r.end_ns / US, 6)))
+            for r in results]
+
+
+def test_a_request_arriving_mid_slice_waits_for_the_boundary_then_runs_alone():
+    """Worker 1 runs a 10 ms request from 0 with a 2 ms slice; worker 0's 0.4 ms request
+    reaches it at 0.5 ms. By hand: worker 1 is preempted at its slice boundary (2 ms), worker 0
+    runs alone 2.0-2.4 ms, worker 1 resumes with 8 ms left: ends at 10.4 ms. With a 0.1 ms
+    switch each change of owner costs 0.1 ms: 2.1-2.5, then 2.6 + 8 = 10.6 ms."""
+    q = _queues(([500], [400]), ([0], [10_000]))
+    assert _times(timeslice_workers(q, 2_000 * US)) == [([2000.0], [2400.0]),
+                                                        ([0.0], [10400.0])]
+    assert _times(timeslice_workers(q, 2_000 * US, switch_ns=100 * US)) == [
+        ([2100.0], [2500.0]), ([0.0], [10600.0])]
+    # arriving after the first boundary: the next one (4 ms)
+    q = _queues(([2_500], [400]), ([0], [10_000]))
+    assert _times(timeslice_workers(q, 2_000 * US)) == [([4000.0], [4400.0]),
+                                                        ([0.0], [10400.0])]
+
+
+def test_a_decoder_yields_at_its_first_token_and_a_worker_keeps_the_gpu_for_its_queue():
+    """Worker 1's request has its first token out after 0.7 ms of work: worker 0, waiting
+    since 0.5 ms, gets the GPU then (0.7-1.1 ms), not at the 2 ms boundary. Worker 0's second
+    request, already waiting when its first ends, runs on in the same turn."""
+    q = _queues(([500, 600], [400, 300]), ([0], [10_000]))
+    r = timeslice_workers(q, 2_000 * US, yield_ns=[None, np.array([700 * US])])
+    assert _times(r) == [([700.0, 1100.0], [1100.0, 1400.0]), ([0.0], [10700.0])]
+    # a yield point at or beyond the work (or NaN) is none
+    for y in (10_000 * US, np.nan):
+        r = timeslice_workers(_queues(([500], [400]), ([0], [10_000])), 2_000 * US,
+                              yield_ns=[None, np.array([y])])
+        assert _times(r) == [([2000.0], [2400.0]), ([0.0], [10400.0])]
+
+
+def test_two_long_requests_alternate_slices_and_one_model_alone_is_plain_fifo():
+    """Two 5 ms requests from 0, 2 ms slices: w0 0-2, w1 2-4, w0 4-6, w1 6-8, w0 8-9 (its
+    last 1 ms), w1 9-10. Round robin, each request's interval spans the other's turns."""
+    q = _queues(([0], [5_000]), ([0], [5_000]))
+    assert _times(timeslice_workers(q, 2_000 * US)) == [([0.0], [9000.0]), ([2000.0], [10000.0])]
+    rng = np.random.default_rng(3)
+    arrival = np.sort(rng.uniform(0, 1e9, 500))
+    work = rng.exponential(2e6, 500)
+    r = timeslice_workers([ModelQueue(arrival, work)], 1e6, switch_ns=5e5)
+    s, e = fifo_servers(np.rint(arrival).astype(np.int64), np.rint(work).astype(np.int64), 1)
+    np.testing.assert_allclose(r[0].start_ns, s, atol=2)
+    np.testing.assert_allclose(r[0].end_ns, e, atol=2)
+    with pytest.raises(ValueError, match="quantum_ns"):
+        timeslice_workers(q, 0.0)
+
+
+def test_work_is_conserved_and_at_most_one_context_runs():
+    """Random three-worker load: the GPU's busy time equals the work (plus the switches), and
+    no two requests of one worker overlap; every request starts after it arrives."""
+    rng = np.random.default_rng(11)
+    queues = [ModelQueue(np.sort(rng.uniform(0, 2e8, n)), rng.exponential(w, n))
+              for n, w in ((400, 2e5), (60, 3e6), (200, 5e5))]
+    r = timeslice_workers(queues, 1.5e6)
+    total_work = sum(float(q.work_ns.sum()) for q in queues)
+    end = max(float(x.end_ns.max()) for x in r)
+    assert end >= total_work  # one context at a time: the work takes at least its sum
+    for q, x in zip(queues, r, strict=True):
+        assert (x.start_ns >= q.arrival_ns - 1e-6).all()
+        assert (x.end_ns - x.start_ns >= q.work_ns - 1e-6).all()
+        assert (x.start_ns[1:] >= x.end_ns[:-1] - 1e-6).all()
+
+
+def _ts_profile(time_slice: dict | None = None, *, slowdown: float = 2.0):
+    grid = dict(batch_sizes=(1,), seq_lens=(32,))
+    ref = {"reference": {"batch_size": 1, "seq_len": 32, "max_new_tokens": 0}}
+    ts = {"slowdown": {"enc+gen": {"enc": slowdown, "gen": slowdown}}}
+    if time_slice is not None:
+        ts["time_slice"] = time_slice
+    return make_profile({"enc": model_profile([[0.4]], **grid, **ref),
+                         "gen": model_profile([[8.0]], **grid, **ref)},
+                        {"exclusive": {}, "timeslice": ts})
+
+
+def _mix(tmp_path, n: int = 600, rate_per_ms: float = 0.12):
+    rng = np.random.default_rng(5)
+    models = rng.choice(["enc", "gen"], n, p=[0.6, 0.4])
+    trace = make_trace(poisson_ns(rate_per_ms, n, 6), models=models, seq_len=np.full(n, 32))
+    path = tmp_path / "mix.parquet"
+    write_trace(trace.table, path, {})
+    return path
+
+
+def test_the_simulator_runs_the_time_sliced_engine_when_the_profile_has_a_slice(tmp_path):
+    """With ``time_slice`` the encoder's service is its alone time (it waits for a turn
+    instead of running slower) and run.json says which engine ran; without it, processor
+    sharing slows both by the co-run slowdown; ``applied: false`` keeps processor sharing."""
+    path = _mix(tmp_path)
+    runs = {}
+    for name, ts in (("sliced", {"quantum_ms": 2.0, "switch_ms": 0.1}), ("shared", None),
+                     ("not-applied", {"quantum_ms": 2.0, "switch_ms": 0.1, "applied": False})):
+        simulate(path, tmp_path / name, profile=_ts_profile(ts), mode="timeslice", seed=1)
+        runs[name] = latencies_by_model(tmp_path / name)
+    info = RunManifest.load(tmp_path / "sliced")["backend_info"]
+    assert info["time_slice"] == {"quantum_ms": 2.0, "switch_ms": 0.1}
+    assert info["slowdown_by_size"] == {}
+    assert RunManifest.load(tmp_path / "shared")["backend_info"]["time_slice"] is None
+    assert RunManifest.load(tmp_path / "not-applied")["backend_info"]["time_slice"] is None
+    assert np.median(runs["sliced"]["enc"]["service_ms"]) == pytest.approx(0.4, rel=1e-6)
+    assert np.max(runs["shared"]["enc"]["service_ms"]) > 0.41  # slowed where gen was busy
+    np.testing.assert_array_equal(runs["shared"]["enc"]["latency_ms"],
+                                  runs["not-applied"]["enc"]["latency_ms"])
+
+
+@pytest.mark.parametrize(("entry", "key"), [
+    ({"quantum_ms": 0}, "modes.timeslice.time_slice.quantum_ms"),
+    ({"quantum_ms": "x"}, "modes.timeslice.time_slice.quantum_ms"),
+    ({}, "modes.timeslice.time_slice.quantum_ms"),
+    ({"quantum_ms": 2, "switch_ms": -1}, "modes.timeslice.time_slice.switch_ms"),
+    ({"quantum_ms": 2, "applied": "yes"}, "modes.timeslice.time_slice.applied"),
+    ([2.0, 0.1], "modes.timeslice.time_slice"),
+])
+def test_a_malformed_time_slice_is_refused_naming_its_key(entry, key):
+    with pytest.raises(BadInput) as err:
+        _ts_profile(entry)
+    assert err.value.key == key
+    data = {"schema": PROFILE_SCHEMA_ID, "models": {"enc": model_profile([[0.4]])},
+            "modes": {"mps": {"time_slice": {"quantum_ms": 2.0}}}}
+    with pytest.raises(BadInput) as err:
+        profile_from_dict(data)
+    assert err.value.key == "modes.mps.time_slice"
+
+
+def test_the_fit_recovers_the_slice_and_switch_of_a_simulated_mixed_pass(tmp_path):
+    """A "measured" mixed pass simulated with a 2.5 ms slice and a 0.15 ms switch: the fit,
+    given the rest of the mode's profile, finds exactly those (both on its grid), reproduces
+    the pass (rms 0) and beats processor sharing, so it is applied."""
+    path = _mix(tmp_path)
+    truth = _ts_profile({"quantum_ms": 2.5, "switch_ms": 0.15})
+    simulate(path, tmp_path / "measured", profile=truth, mode="timeslice", seed=0)
+    data = json.loads(json.dumps(truth.data))
+    entry = data["modes"]["timeslice"]
+    entry.pop("time_slice")
+    fit = fit_time_slice(data["models"], entry, path, tmp_path / "measured")
+    assert (fit["quantum_ms"], fit["switch_ms"]) == (2.5, 0.15)
+    assert fit["fit_rms"] == pytest.approx(0.0, abs=1e-9) and fit["ps_rms"] > 0.01
+    assert fit["applied"] is True and fit["phase"] == "reference-mix"
+    # and the fitted entry loads back as the engine's parameters
+    entry["time_slice"] = fit
+    assert profile_from_dict(data).modes["timeslice"].time_slice == (2.5, 0.15)
