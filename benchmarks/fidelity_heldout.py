@@ -455,9 +455,9 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
         lines += ["## Cells outside the target, and why", "", *notes, ""]
     missing = [m for m in ALL_MODES if m not in MODES]
     if missing:
-        named = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1
-                             else missing)
-        lines += [f"{named.capitalize()} {'was' if len(missing) == 1 else 'were'} "
+        shown = [m.upper() if m == "mps" else m for m in missing]
+        named = " and ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)
+        lines += [f"{named[0].upper()}{named[1:]} {'was' if len(missing) == 1 else 'were'} "
                   "not replayed in this call (device time); `FIDELITY_MODES` of "
                   "benchmarks/gpu_fidelity.sh picks the modes profiled and replayed.", ""]
     out_md.write_text("\n".join(lines))

@@ -6,6 +6,8 @@
 #      time-scaled to 65 % exclusive utilisation by the profile
 #   3. each mix replayed in each mode (pre-warmed, graphs), then simulated and compared
 # Results under $WORK; the doc, the profile and a tarball of the runs go to $OUT.
+# FIDELITY_MODES=exclusive,timeslice,streams (for one) writes
+# docs/results/simulator-fidelity-<card>-exclusive-timeslice-streams.md instead.
 # Env: MIX_S (trace seconds, default 12), FIDELITY_MODES (modes profiled, replayed and scored,
 # default exclusive,mps; any of exclusive,mps,timeslice,streams), MODES_PROFILE (default
 # FIDELITY_MODES), MIX_SEED_OFFSET
@@ -75,8 +77,11 @@ tar -C "$WORK" -czf "$OUT/profile-runs.tar.gz" profile-runs 2>/dev/null
 # The new doc replaces the generated part of docs/results/...; the per-call history below it
 # (from the first "## Calls of" heading on, written by hand) is kept. No new doc (the doc step
 # failed): the page is left as it was.
+# Modes other than the default (exclusive,mps) go to a page of their own, named by the modes:
+# docs/results/simulator-fidelity-<card>-<mode>-<mode>....md.
+if [ "$FIDELITY_MODES" = "exclusive,mps" ]; then page="$card"; else page="$card-$(echo "$FIDELITY_MODES" | tr ',' '-')"; fi
 if [ -d docs/results ] && [ -s "$WORK/simulator-fidelity-$card.md" ]; then
-  dest="docs/results/simulator-fidelity-$card.md"
+  dest="docs/results/simulator-fidelity-$page.md"
   { cat "$WORK/simulator-fidelity-$card.md"
     [ -f "$dest" ] && grep -q '^## Calls of ' "$dest" && { echo; sed -n '/^## Calls of /,$p' "$dest"; }
   } > "$dest.tmp" 2>/dev/null && mv "$dest.tmp" "$dest"

@@ -1324,7 +1324,8 @@ def fit_time_slice(models_data: dict[str, Any], mode_entry: dict[str, Any], trac
     timeslice replays was its alone time, 0.371 / 0.489 ms mean, while the co-run slowdown of
     2.14 made it 0.622 / 0.678 ms in the simulation; the wait moved before the start, 0.92 /
     1.63 ms median from send to start). The co-runs at half each model's capacity saturate a
-    time-sliced GPU (the encoder queued 85-176 ms there), so they say little about a slice."""
+    time-sliced GPU (the encoder's median send to start per co-run phase: 25-176 ms), so they
+    say little about a slice."""
     import copy
     import tempfile
 
@@ -1425,9 +1426,9 @@ SERVICE_START_MODES = ("mps", "timeslice", "streams")
 # process, so a transport waits for the GIL as long as the others keep it: the per-model
 # open-loop pass (~1,250 req/s of one model) and the co-runs (both models at half capacity,
 # the encoder queueing 3.7-270 ms) measure a saturated process. Same call: the encoder's
-# transport to start 1.454 ms in the per-model pass, 0.212 ms in the mixed pass, 0.19-0.25 ms
-# (p50) in the held-out replays; its way back 0.268 ms pooled with the co-runs, 0.083 ms in the
-# mixed pass, 0.086 / 0.164 ms in the replays.
+# transport to start 1.454 ms in the per-model pass, 0.212 ms in the mixed pass, 0.194 ms
+# (median, send to start) in the steady held-out replay; its way back 0.268 ms pooled with the
+# co-runs, 0.083 ms in the mixed pass, 0.086 / 0.164 ms in the replays.
 TRANSPORT_FROM_MIX_MODES = ("streams",)
 
 
