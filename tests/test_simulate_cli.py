@@ -76,6 +76,25 @@ def test_simulate_command_and_bad_input(tmp_path):
         assert not (tmp_path / "p.json").exists()
 
 
+def test_profile_path_that_is_not_a_json_file_is_one_line(tmp_path, capsys):
+    """--profile naming a directory, a missing file or a non-JSON file: exit 2, one line
+    naming the path, nothing written (a directory was a traceback-free exit 1)."""
+    from trace_cli_helpers import assert_one_line_error, run_cli
+
+    trace = write_poisson_trace(tmp_path / "t.parquet", rate_per_s=100, n=10, models=["a"],
+                                seed=1)
+    (tmp_path / "pdir").mkdir()
+    (tmp_path / "bad.json").write_text("not json")
+    for profile, needle in [(tmp_path / "pdir", "is a directory, not a file"),
+                            (tmp_path / "missing.json", "no such file"),
+                            (tmp_path / "bad.json", "not JSON")]:
+        out = tmp_path / "run"
+        code, _, err = run_cli(["simulate", trace, "-o", out, "--profile", profile,
+                                "--mode", "exclusive"], capsys)
+        assert_one_line_error(code, err, str(profile), needle)
+        assert not out.exists()
+
+
 @pytest.mark.realtime
 def test_simulate_matches_real_null_replay(tmp_path):
     """The same trace through `simulate` and through a real `replay --backend null` run.

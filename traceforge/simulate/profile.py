@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from traceforge.errors import BadInput
+from traceforge.paths import missing_file_reason
 
 PROFILE_SCHEMA_ID = "traceforge.profile/1"
 MODES = ("exclusive", "timeslice", "mps", "streams")
@@ -299,6 +300,8 @@ def load_profile(path: Path | str) -> Profile:
         else:
             raise BadInput("no such file or shipped profile", source=path,
                            allowed=", ".join(shipped) or "no shipped profiles")
+    if not path.is_file():  # a directory, a FIFO...: refused before reading
+        raise BadInput(missing_file_reason(path), source=path)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
