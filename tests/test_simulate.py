@@ -319,6 +319,24 @@ def test_bad_inputs_write_nothing(tmp_path):
         assert not (tmp_path / f"run{i}").exists()
 
 
+def test_failure_after_the_claim_leaves_no_lock_and_no_empty_directory(tmp_path):
+    """The run directory is claimed after the simulation; a fault between the claim and
+    run.json (here the trace file is gone by the time it is hashed, as when it is deleted
+    mid-run) left OUT/.traceforge.lock and the directory behind."""
+    from dataclasses import replace
+
+    trace = replace(make_trace([0, 1]), path=tmp_path / "gone.parquet")
+    out = tmp_path / "new" / "run"
+    with pytest.raises(FileNotFoundError):
+        simulate(trace, out)
+    assert not out.exists()
+    existing = tmp_path / "empty"
+    existing.mkdir()
+    with pytest.raises(FileNotFoundError):
+        simulate(trace, existing)
+    assert list(existing.iterdir()) == []  # adopted, not made here: kept, without the lock
+
+
 def test_profile_model_matched_by_zoo_entry(tmp_path):
     profile = make_profile({"distilbert-base": model_profile(1.0, zoo="distilbert-base")})
     trace = make_trace([0], models=["bert"],

@@ -254,21 +254,22 @@ def simulate(
         extra["drain_expired"] = True
 
     claim = claim_run_dir(run_dir, inputs=out_inputs)  # exclusive: a second simulate exits 2
-    manifest = RunManifest(
-        run_dir,
-        backend="simulate",
-        backend_info=describe,
-        mode=mode,
-        device=device,
-        options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
-                 "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info,
-                 "duration_s": duration_s, "drain_timeout_s": drain_timeout_s},
-        trace={"path": str(trace.path) if trace.path else None,
-               "sha256": sha256_file(trace.path) if trace.path else None,
-               "rows": table.num_rows, "meta": trace.meta},
-        virtual_time=True,
-    )
+    manifest = None
     try:
+        manifest = RunManifest(
+            run_dir,
+            backend="simulate",
+            backend_info=describe,
+            mode=mode,
+            device=device,
+            options={"time_scale": time_scale, "warmup_s": warmup_s, "concurrency": None,
+                     "max_inflight": None, "timeout_s": None, "seed": seed, "rate": rate_info,
+                     "duration_s": duration_s, "drain_timeout_s": drain_timeout_s},
+            trace={"path": str(trace.path) if trace.path else None,
+                   "sha256": sha256_file(trace.path) if trace.path else None,
+                   "rows": table.num_rows, "meta": trace.meta},
+            virtual_time=True,
+        )
         manifest.write()
         writer = TimelineWriter(run_dir)
         writer.write_table(out)
@@ -278,11 +279,14 @@ def simulate(
                         simulation={"elapsed_s": round(elapsed, 4), "virtual_s": virtual_s,
                                     **session_info})
     except BaseException as exc:
-        with contextlib.suppress(Exception):  # leave a readable "failed", never "running"
-            manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        if manifest is not None:
+            with contextlib.suppress(Exception):  # leave a readable "failed", never "running"
+                manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        claim.release()
+        # The lock goes on every path; the directory too if this call made it and a failure
+        # left nothing in it (the trace's hash failed before run.json), as replay does.
+        claim.release(remove_if_empty=True)
     return SimulationSummary(run_dir=run_dir, status="complete", counts=counts,
                              self_check=self_check, elapsed_s=elapsed, virtual_s=virtual_s,
                              extra=extra)
