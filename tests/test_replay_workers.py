@@ -90,6 +90,7 @@ def test_sharded_null_replay_has_the_unsharded_rows(tmp_path, trace_path, capsys
     manifest = json.loads((two / "run.json").read_text())
     assert manifest["status"] == "complete" and manifest["workers"] == 2
     assert manifest["counts"] == {"ok": 300}
+    assert (manifest["rows_written"], manifest["not_due"], manifest["rows_lost"]) == (300, 0, 0)
     per_worker = manifest["worker_runs"]
     assert sum(w["rows"] for w in per_worker) == 300
     assert sum(w["self_check"]["requests_sent"] for w in per_worker) == 300
@@ -226,3 +227,34 @@ def test_a_worker_failure_reaches_run_json_with_its_secrets_masked(tmp_path):
     assert summary.status == "failed"
     assert "sk-live-12345" not in text and "u:pw@" not in text
     assert json.loads(text)["worker_runs"][0]["error"] == "ClientError: bad key *** at http://***@h/v1"
+
+
+def test_rows_of_a_worker_that_died_are_written_or_lost_in_run_json(tmp_path):
+    """rows_written + not_due + rows_lost = trace rows holds for a sharded run: each worker's
+    own rows_lost is summed, and a worker that died counts its finished part files as written
+    and the rest of its shard as lost (run.json had no rows_lost, and those rows no count)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from traceforge.record.manifest import RunManifest
+    from traceforge.replay.options import ReplayOptions
+    from traceforge.replay.workers import _merge
+
+    manifest = RunManifest(tmp_path, backend="null", trace={"rows": 12})
+    manifest.write()
+    (tmp_path / "timeline").mkdir()
+    pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / "timeline" / "part-w01-000001.parquet")
+    pq.write_table(pa.table({"x": [4]}),  # a part being written when w01 died: not on disk yet
+                   tmp_path / "timeline" / ".part-w01-000002.parquet.abc.tmp")
+    pq.write_table(pa.table({"x": [5]}), tmp_path / "timeline" / "part-w00-000001.parquet")
+    arr = np.arange(4, dtype=np.int64)
+    w00 = {"manifest": {"status": "failed", "counts": {"ok": 2}, "rows_written": 2,
+                        "not_due": 1, "rows_lost": 1, "trace": {"shard_rows": 4}},
+           "scheduled_ns": arr, "sent_ns": arr, "ready_ns": arr, "slot_waits": 0}
+    results = {0: ("result", w00, None), 1: ("died", -9),
+               2: ("error", {"type": "OSError", "message": "boom", "bad_input": False})}
+    _merge(manifest, results, ReplayOptions(), tmp_path, [], 0.1, shard_rows=[4, 5, 3])
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert (data["rows_written"], data["not_due"], data["rows_lost"]) == (2 + 3, 1, 1 + 2 + 3)
+    assert data["rows_written"] + data["not_due"] + data["rows_lost"] == 12
+    assert [w.get("rows") for w in data["worker_runs"]] == [4, 5, 3]

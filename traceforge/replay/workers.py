@@ -307,7 +307,7 @@ def run_sharded(trace: Trace, run_dir: Path | str, backend: str, backend_options
                                  run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns,
                                  prompt_plan=plans[k]))
         return _drive(pool, jobs, clock, run_dir, existed, options, trace_info, models,
-                      backend, shard_by, scrub)
+                      backend, shard_by, scrub, shard_rows=[len(rows) for rows in shards])
     finally:
         pool.close()
         claim.release(remove_if_empty=True)
@@ -334,7 +334,7 @@ def crowding_warning(workers: int, executor: str, pacer: str = "spin") -> str | 
 
 def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: bool,
            options: ReplayOptions, trace_info: dict, models, backend: str,
-           shard_by: str, scrub: Scrubber) -> RunSummary:
+           shard_by: str, scrub: Scrubber, *, shard_rows: list[int] | None = None) -> RunSummary:
     started = time.perf_counter()
     try:
         pool.start(jobs, clock)
@@ -373,7 +373,8 @@ def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     duration_s = time.perf_counter() - started
-    return _merge(manifest, results, options, run_dir, received, duration_s, scrub)
+    return _merge(manifest, results, options, run_dir, received, duration_s, scrub,
+                  shard_rows=shard_rows)
 
 
 def _barrier_error(failed: dict[int, tuple]) -> Exception:
@@ -420,11 +421,14 @@ def _forward_signals(pool, received: list[str]) -> dict:
 
 def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOptions,
            run_dir: Path, received: list[str], duration_s: float,
-           scrub: Scrubber = scrub_text) -> RunSummary:
+           scrub: Scrubber = scrub_text, *, shard_rows: list[int] | None = None) -> RunSummary:
+    """``shard_rows``: each worker's trace rows. A worker that died (no manifest came back)
+    counts the rows its part files hold in ``rows_written`` and the rest of its shard in
+    ``rows_lost``, so that ``rows_written + not_due + rows_lost = trace rows`` holds."""
     per_worker, arrays, problems = [], [], []
     counts: dict[str, int] = {}
     statuses = []
-    rows_written = not_due = slot_waits = 0
+    rows_written = not_due = rows_lost = slot_waits = 0
     event_loop = None
     for k in sorted(results):
         msg = results[k]
@@ -436,6 +440,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
                 counts[name] = counts.get(name, 0) + v
             rows_written += data.get("rows_written", 0)
             not_due += data.get("not_due", 0)
+            rows_lost += data.get("rows_lost", 0)
             slot_waits += res["slot_waits"]
             arrays.append(res)
             event_loop = event_loop or (data.get("self_check") or {}).get("event_loop")
@@ -454,6 +459,11 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
             what = scrub(describe_failure(msg))
             entry = {"worker": k, "status": "failed", "error": what}
             problems.append(f"w{k:02d}: {what}")
+            written = _part_rows(run_dir, k)  # what reached disk before it died
+            rows_written += written
+            if shard_rows is not None:
+                entry["rows"] = shard_rows[k]
+                rows_lost += max(0, shard_rows[k] - written)
         per_worker.append(entry)
     os_delay = wakeups = None
     if arrays:
@@ -479,7 +489,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
               else "interrupted" if "interrupted" in statuses else "complete")
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": rows_written, "not_due": not_due,
-                             "worker_runs": per_worker}
+                             "rows_lost": rows_lost, "worker_runs": per_worker}
     if received:
         extra["interrupted_by"] = received[0]
     if problems:
@@ -487,3 +497,15 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
     manifest.finish(status, **extra)
     return RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
                       duration_s=duration_s)
+
+
+def _part_rows(run_dir: Path, k: int) -> int:
+    """Rows in worker ``k``'s finished part files (``timeline/part-wNN-*.parquet``; a part
+    being written is a dot-file and not counted, nor is one that cannot be read)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in (Path(run_dir) / "timeline").glob(f"part-w{k:02d}-*.parquet"):
+        with contextlib.suppress(OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+            total += pq.read_metadata(path).num_rows
+    return total
