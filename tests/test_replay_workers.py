@@ -258,3 +258,120 @@ def test_rows_of_a_worker_that_died_are_written_or_lost_in_run_json(tmp_path):
     assert (data["rows_written"], data["not_due"], data["rows_lost"]) == (2 + 3, 1, 1 + 2 + 3)
     assert data["rows_written"] + data["not_due"] + data["rows_lost"] == 12
     assert [w.get("rows") for w in data["worker_runs"]] == [4, 5, 3]
+
+
+def _status_part(path, statuses):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"request_id": list(range(len(statuses))), "status": statuses}), path)
+
+
+def test_counts_of_a_worker_that_died_are_the_statuses_of_its_parts(tmp_path):
+    """The rows of a dead worker's finished parts are in the timeline and in rows_written, so
+    they are in counts too, by their status column (counts held only the workers that sent
+    results back: ok 2 against rows_written 5). A part its flusher child writes after the
+    worker died (the scratch directory is still there) is waited for."""
+    import threading
+
+    from traceforge.record.manifest import RunManifest
+    from traceforge.replay.options import ReplayOptions
+    from traceforge.replay.workers import _merge
+
+    manifest = RunManifest(tmp_path, backend="null", trace={"rows": 12})
+    manifest.write()
+    timeline = tmp_path / "timeline"
+    timeline.mkdir()
+    _status_part(timeline / "part-w01-000001.parquet", ["ok", "error"])
+    _status_part(timeline / ".part-w01-000002.parquet.abc.tmp", ["ok"])  # never finished
+    scratch = timeline / ".recorder-w01-4242"  # the dead worker's flusher is still writing
+    scratch.mkdir()
+
+    def flusher_finishes():
+        _status_part(timeline / "part-w01-000003.parquet", ["ok", "timeout"])
+        scratch.rmdir()
+
+    timer = threading.Timer(0.3, flusher_finishes)
+    timer.start()
+    arr = np.arange(4, dtype=np.int64)
+    w00 = {"manifest": {"status": "complete", "counts": {"ok": 4}, "rows_written": 4,
+                        "not_due": 0, "rows_lost": 0, "trace": {"shard_rows": 4}},
+           "scheduled_ns": arr, "sent_ns": arr, "ready_ns": arr, "slot_waits": 0}
+    try:
+        summary = _merge(manifest, {0: ("result", w00, None), 1: ("died", -9)}, ReplayOptions(),
+                         tmp_path, [], 0.1, shard_rows=[4, 8])
+    finally:
+        timer.join()
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["counts"] == summary.counts == {"ok": 6, "error": 1, "timeout": 1}
+    assert data["worker_runs"][1]["counts"] == {"ok": 2, "error": 1, "timeout": 1}
+    assert sum(data["counts"].values()) == data["rows_written"] == 8
+    assert data["rows_lost"] == 4 and summary.status == "failed"
+    assert summary.error == data["error"] == "w01: exited with code -9"
+
+
+def test_a_failed_sharded_run_exits_1(tmp_path, trace_path, capsys, monkeypatch):
+    """The CLI maps a sharded run's status to the exit code as for one process: failed is 1
+    (it printed `failed: ok 200 ...` and exited 0)."""
+    from pathlib import Path
+
+    from traceforge.replay import workers
+    from traceforge.replay.options import RunSummary
+
+    def failed_run(trace, run_dir, *args, **kwargs):
+        summary = RunSummary(run_dir=Path(run_dir), status="failed", counts={"ok": 200})
+        summary.error = "w01: exited with code -9"  # run.json's error
+        return summary
+
+    monkeypatch.setattr(workers, "run_sharded", failed_run)
+    out = tmp_path / "run"
+    code, err = cli(["replay", str(trace_path), "-o", str(out), "--backend", "null",
+                     "--workers", "2"], capsys)
+    assert code == 1, err
+    assert "failed: ok 200" in err
+    assert f"traceforge: failed: replay failed: w01: exited with code -9 (partial timeline " \
+           f"kept in {out})" in err
+
+
+def test_a_worker_killed_mid_run_fails_the_replay_with_its_rows_counted(tmp_path, capsys):
+    """kill -9 of one worker of a real sharded replay: exit 1 (run.json failed), and
+    run.json's counts are the timeline's statuses, rows_written its rows."""
+    import collections
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    trace = tmp_path / "trace.parquet"
+    make_trace(poisson_arrivals(500, 1500, seed=1), models=["a", "b"] * 750, path=trace)
+    out = tmp_path / "run"
+    killed = []
+
+    def kill_w01_after_its_first_part():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            if (out / "timeline").is_dir() and any((out / "timeline").glob("part-w01-*")):
+                for proc in multiprocessing.active_children():
+                    if proc.name == "traceforge-replay-w01":
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_w01_after_its_first_part, daemon=True)
+    killer.start()
+    try:
+        code, err = cli(["replay", str(trace), "-o", str(out), "--backend", "null",
+                         "--service-ms", "1", "--workers", "2", "--pacer", "sleep"], capsys)
+    finally:
+        killed.append(None)  # stops the thread if it never found the worker
+        killer.join()
+    assert killed[0] is not None, err
+    assert code == 1, err
+    assert "traceforge: failed: replay failed: w01: exited with code -9" in err
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "failed"
+    statuses = read_timeline(out).column("status").to_pylist()
+    assert manifest["counts"] == dict(collections.Counter(statuses))
+    assert manifest["rows_written"] == len(statuses) > 750  # all of w00's and some of w01's
+    assert manifest["rows_written"] + manifest["not_due"] + manifest["rows_lost"] == 1500

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from traceforge.errors import BadInput
+from traceforge.errors import BadInput, RunFailure
 
 BACKENDS = ("null", "http", "resident")
 
@@ -251,5 +251,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{summary.status}: {counts} in {summary.duration_s:.1f} s -> {out}",
                    err=True)
         typer.echo(format_self_check(summary.self_check), err=True)
+        if summary.status == "failed":  # a sharded run (a worker died or failed): exit 1, as
+            # a failed one-process replay does (run_replay raises RunFailure itself)
+            raise RunFailure(f"replay failed: {summary.error or 'a replay worker failed'} "
+                             f"(partial timeline kept in {out})")
         if summary.status == "interrupted":
             raise typer.Exit(130)

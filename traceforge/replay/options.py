@@ -162,3 +162,4 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     self_check: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
+    error: str | None = None  # run.json's error (a failed run)

@@ -55,6 +55,7 @@ from traceforge.schema import Trace, sha256_file
 EXECUTORS = ("local", "ray")
 SHARDABLE_BACKENDS = ("null", "http")
 BARRIER_LEAD_NS = 50_000_000  # origin = barrier + this: every worker must be awake by then
+FLUSHER_WAIT_S = 5.0  # a dead worker's flusher child: how long its last parts may take
 LOCAL_WORKERS_PER_CPU = 4  # --executor local: at most this many workers per usable CPU
 
 
@@ -423,7 +424,8 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
            run_dir: Path, received: list[str], duration_s: float,
            scrub: Scrubber = scrub_text, *, shard_rows: list[int] | None = None) -> RunSummary:
     """``shard_rows``: each worker's trace rows. A worker that died (no manifest came back)
-    counts the rows its part files hold in ``rows_written`` and the rest of its shard in
+    counts the rows its part files hold in ``rows_written`` (and their ``status`` in
+    ``counts``, so run.json's counts are the timeline's) and the rest of its shard in
     ``rows_lost``, so that ``rows_written + not_due + rows_lost = trace rows`` holds."""
     per_worker, arrays, problems = [], [], []
     counts: dict[str, int] = {}
@@ -459,8 +461,12 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
             what = scrub(describe_failure(msg))
             entry = {"worker": k, "status": "failed", "error": what}
             problems.append(f"w{k:02d}: {what}")
-            written = _part_rows(run_dir, k)  # what reached disk before it died
+            written, on_disk = _part_rows(run_dir, k)  # what reached disk before it died
             rows_written += written
+            for name, v in on_disk.items():  # its rows in the timeline count like the others'
+                counts[name] = counts.get(name, 0) + v
+            if on_disk:
+                entry["counts"] = on_disk
             if shard_rows is not None:
                 entry["rows"] = shard_rows[k]
                 rows_lost += max(0, shard_rows[k] - written)
@@ -496,16 +502,35 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
         extra["error"] = "; ".join(problems)[:4000]
     manifest.finish(status, **extra)
     return RunSummary(run_dir=run_dir, status=status, counts=counts, self_check=check,
-                      duration_s=duration_s)
+                      duration_s=duration_s, error=extra.get("error"))
 
 
-def _part_rows(run_dir: Path, k: int) -> int:
+def _part_rows(run_dir: Path, k: int) -> tuple[int, dict[str, int]]:
     """Rows in worker ``k``'s finished part files (``timeline/part-wNN-*.parquet``; a part
-    being written is a dot-file and not counted, nor is one that cannot be read)."""
+    being written is a dot-file and not counted, nor is one that cannot be read), and their
+    ``status`` counts. Waits first (at most ``FLUSHER_WAIT_S``) for the worker's flusher
+    child: it outlives the worker and writes the rows the worker finished, then removes its
+    scratch directory ``timeline/.recorder-wNN-<pid>``."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    timeline = Path(run_dir) / "timeline"
+    deadline = time.monotonic() + FLUSHER_WAIT_S
+    while any(timeline.glob(f".recorder-w{k:02d}-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
     total = 0
-    for path in (Path(run_dir) / "timeline").glob(f"part-w{k:02d}-*.parquet"):
-        with contextlib.suppress(OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
-            total += pq.read_metadata(path).num_rows
-    return total
+    counts: dict[str, int] = {}
+    for path in sorted(timeline.glob(f"part-w{k:02d}-*.parquet")):
+        try:  # pyarrow's ArrowInvalid is a ValueError
+            part = pq.ParquetFile(path)
+            rows = part.metadata.num_rows
+            status = (part.read(columns=["status"]).column("status")
+                      if "status" in part.schema_arrow.names else None)
+        except (OSError, ValueError):
+            continue
+        total += rows
+        if status is not None:
+            for row in pc.value_counts(status).to_pylist():
+                if row["values"] is not None:
+                    counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return total, counts
