@@ -151,5 +151,5 @@ def test_read_trace_refuses_a_directory_of_parquet_files(tmp_path):
     folder = tmp_path / "t.parquet"
     folder.mkdir()
     write_trace(_trace(), folder / "part-0.parquet", {})
-    with pytest.raises(BadInput, match="t.parquet: is a directory, not a file"):
+    with pytest.raises(BadInput, match=r"t\.parquet: is a directory, not a file"):
         read_trace(folder)
