@@ -25,8 +25,11 @@ def test_two_gpu_pool_gives_the_sequential_results(tmp_path):
     assert result["status"] == "complete"
     assert cell_rows(tmp_path / "par") == cell_rows(tmp_path / "seq")
     where = {c["where"] for c in result["cells"]}
-    # 4 groups (mix x servers) over 2 workers: both GPUs were used, each by its own process
-    assert {w.split(" (")[0] for w in where} == {"gpu 0", "gpu 1"}
+    # 4 groups (mix x servers) over 2 workers, each on its own GPU in its own process. Which
+    # worker takes which group is a race (one queue, millisecond cells): a worker that is ready
+    # seconds before the other can take all four, as it did once on the loaded 2-core VM
+    # (2026-12-01, full suite), so each cell must name one of the two, not both be used.
+    assert {w.split(" (")[0] for w in where} <= {"gpu 0", "gpu 1"}
     assert all(c["attempts"] == 1 for c in result["cells"])
     assert not (tmp_path / "par" / ".scratch").exists()
     saved = json.loads((tmp_path / "par" / "study.json").read_text())
@@ -34,7 +37,11 @@ def test_two_gpu_pool_gives_the_sequential_results(tmp_path):
     # where the study's start went: one entry per worker, its own GPU and pid, spawn before ready
     workers = saved["executor_info"]["workers"]
     assert sorted(w["gpu"] for w in workers) == [0, 1]
-    assert {w["pid"] for w in workers} == {int(x.split("pid ")[1].rstrip(")")) for x in where}
+    assert len({w["pid"] for w in workers}) == 2
+    assert {int(x.split("pid ")[1].rstrip(")")) for x in where} <= {w["pid"] for w in workers}
+    for x in where:  # the GPU a cell names is the one its worker was pinned to
+        pid = int(x.split("pid ")[1].rstrip(")"))
+        assert x.startswith(f"gpu {next(w['gpu'] for w in workers if w['pid'] == pid)} ")
     assert all(0 <= w["spawn_s"] <= w["ready_after_s"] for w in workers)
     assert all("import_runner_s" in w["phases"] for w in workers)
     assert saved["executor_info"]["close_s"] >= 0
