@@ -1,6 +1,6 @@
 """Queueing engines in virtual time: where each request starts and ends service.
 
-Two engines, chosen by what the model needs:
+Three engines, chosen by what the model needs:
 
 * :func:`fifo_servers` — ``c`` identical FIFO servers without interference (the ``null`` backend,
   and ``exclusive`` mode without batching). ``c = 1`` is Lindley's recursion in closed form,
@@ -15,8 +15,10 @@ Two engines, chosen by what the model needs:
   busy at that instant (processor sharing with measured slowdowns, rates recomputed at every
   event). An event loop over per-worker state; arrivals are not events — a queue is an index range
   into the model's sorted arrival times, advanced by ``searchsorted`` when a worker looks at it.
+* :func:`timeslice_workers` — ``timeslice`` with the profile's fitted time slice: one worker per
+  model, one context on the GPU at a time at alone speed, taking turns at slice boundaries.
 
-Both are deterministic: ties go to the lower model index, then the lower request index.
+All are deterministic: ties go to the lower model index, then the lower request index.
 """
 
 from __future__ import annotations
