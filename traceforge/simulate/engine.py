@@ -18,7 +18,8 @@ Three engines, chosen by what the model needs:
 * :func:`timeslice_workers` — ``timeslice`` with the profile's fitted time slice: one worker per
   model, one context on the GPU at a time at alone speed, taking turns at slice boundaries.
 
-All are deterministic: ties go to the lower model index, then the lower request index.
+All are deterministic: ties go to the lower model index, then the lower request index (the
+time-sliced engine passes turns round-robin from the worker that held the GPU).
 """
 
 from __future__ import annotations
