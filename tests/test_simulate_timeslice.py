@@ -170,3 +170,101 @@ def test_the_fit_recovers_the_slice_and_switch_of_a_simulated_mixed_pass(tmp_pat
     # and the fitted entry loads back as the engine's parameters
     entry["time_slice"] = fit
     assert profile_from_dict(data).modes["timeslice"].time_slice == (2.5, 0.15)
+
+
+def _tick_reference(arrivals, works, yields, quantum, switch):
+    """The engine's rules literally, one time unit at a time (integer times): the owner runs one
+    unit of work per tick; after each tick a request that ended, a yield point reached, or a
+    slice boundary with another worker waiting decides who runs next (its own next request
+    waiting keeps it; else the next waiting worker in round-robin order, after ``switch``
+    idle units)."""
+    k = len(arrivals)
+    cur, done, began = [0] * k, [0] * k, [False] * k
+    starts = [[None] * len(a) for a in arrivals]
+    ends = [[None] * len(a) for a in arrivals]
+    passed = [[False] * len(a) for a in arrivals]  # the request's yield point is behind it
+
+    def waiting(w, t):
+        return cur[w] < len(arrivals[w]) and arrivals[w][cur[w]] <= t
+
+    def take(w, t):
+        if not began[w]:
+            starts[w][cur[w]], began[w] = t, True
+
+    def next_after(w, t):
+        for d in range(1, k + 1):
+            u = (w + d) % k
+            if u != w and waiting(u, t):
+                return u
+        return -1
+
+    owner, slice_at, t = -1, 0, 0
+    total = sum(len(a) for a in arrivals)
+    while sum(cur) < total:
+        if owner < 0:
+            ready = [(arrivals[w][cur[w]], w) for w in range(k) if cur[w] < len(arrivals[w])]
+            first, w = min(ready)
+            if first > t:
+                t += 1
+                continue
+            owner, slice_at = w, t
+            take(w, t)
+        w = owner
+        done[w] += 1
+        t += 1
+        i = cur[w]
+        if done[w] == works[w][i]:
+            ends[w][i] = t
+            cur[w], done[w], began[w] = i + 1, 0, False
+            if waiting(w, t):
+                take(w, t)
+                continue
+            u = next_after(w, t)
+            owner = -1
+            if u >= 0:  # the switch's idle units, then u's turn
+                owner, slice_at = u, t + switch
+                t += switch
+                take(u, t)
+            continue
+        y = yields[w][i]
+        if y is not None and done[w] == y and not passed[w][i]:
+            passed[w][i] = True
+            u = next_after(w, t)
+            if u >= 0:
+                owner, slice_at = u, t + switch
+                t += switch
+                take(u, t)
+                continue
+        if (t - slice_at) % quantum == 0 and t > slice_at:
+            u = next_after(w, t)
+            if u >= 0:
+                owner, slice_at = u, t + switch
+                t += switch
+                take(u, t)
+    return starts, ends
+
+
+def test_the_engine_matches_a_tick_by_tick_reference_on_random_small_cases():
+    """300 random cases of 2-3 workers with integer arrivals, works, yield points, slices and
+    switch costs: every start and end equals the tick-by-tick reference's."""
+    rng = np.random.default_rng(23)
+    for _ in range(300):
+        k = int(rng.integers(2, 4))
+        arrivals, works, yields = [], [], []
+        for _w in range(k):
+            n = int(rng.integers(1, 6))
+            arrivals.append(np.sort(rng.integers(0, 40, n)).tolist())
+            works.append(rng.integers(1, 12, n).tolist())
+            yields.append([int(rng.integers(1, w)) if w > 1 and rng.random() < 0.4 else None
+                           for w in works[-1]])
+        quantum, switch = int(rng.integers(1, 6)), int(rng.integers(0, 3))
+        want_s, want_e = _tick_reference(arrivals, works, yields, quantum, switch)
+        got = timeslice_workers(
+            [ModelQueue(np.array(a, float), np.array(w, float))
+             for a, w in zip(arrivals, works, strict=True)], float(quantum),
+            yield_ns=[np.array([np.nan if v is None else v for v in y], float) for y in yields],
+            switch_ns=float(switch))
+        for m in range(k):
+            case = (arrivals, works, yields, quantum, switch, m)
+            assert got[m].start_ns.tolist() == pytest.approx(want_s[m], abs=1e-6), case
+            assert got[m].end_ns.tolist() == pytest.approx(want_e[m], abs=1e-6), case
