@@ -268,3 +268,25 @@ def test_the_engine_matches_a_tick_by_tick_reference_on_random_small_cases():
             case = (arrivals, works, yields, quantum, switch, m)
             assert got[m].start_ns.tolist() == pytest.approx(want_s[m], abs=1e-6), case
             assert got[m].end_ns.tolist() == pytest.approx(want_e[m], abs=1e-6), case
+
+
+def test_a_failing_time_slice_fit_keeps_the_timeslice_mode(monkeypatch):
+    """The fit runs last in the timeslice mode; if it fails, the mode's measurements stand
+    (processor sharing, the reason recorded), instead of the whole mode being dropped."""
+    pytest.importorskip("torch")
+    from traceforge.simulate import measure
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setattr(measure, "fit_time_slice", broken)
+    lines: list[str] = []
+    data = measure.measure_profile(measure.ProfileSettings(
+        models=["tiny-bert", "tiny-gpt2"], device="cpu", modes=["timeslice"], batch_sizes=[1],
+        seq_lens=[16], new_tokens=2, repeats=2, warmup=1, corun_seconds=0.2, corun_repeats=1,
+        corun_sizes=[], image_sides=[224]), log=lines.append)
+    entry = data["modes"]["timeslice"]
+    assert "errors" not in data and "time_slice" not in entry
+    assert entry["time_slice_error"] == "RuntimeError: no luck"
+    assert entry["slowdown"] and any("time slice not fitted" in line for line in lines)
+    profile_from_dict(data)  # and it loads: processor sharing for timeslice

@@ -825,8 +825,14 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 replay.transport_samples, mode_entry["inbound_by_idle_ms"])
             if mode == "timeslice" and "reference-mix" in replay.runs:
                 t0 = time.perf_counter()
-                fit = fit_time_slice(profile["models"], mode_entry,
-                                     *replay.runs["reference-mix"])
+                try:
+                    fit = fit_time_slice(profile["models"], mode_entry,
+                                         *replay.runs["reference-mix"])
+                except Exception as exc:  # the mode's measurements stand without the fit
+                    fit = None
+                    mode_entry["time_slice_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    log(f"[{time.perf_counter() - started:7.1f} s] timeslice: time slice not "
+                        f"fitted ({mode_entry['time_slice_error']}); processor sharing stays")
                 if fit is not None:
                     mode_entry["time_slice"] = fit
                     log(f"[{time.perf_counter() - started:7.1f} s] timeslice: time slice "
