@@ -290,3 +290,50 @@ def test_a_failing_time_slice_fit_keeps_the_timeslice_mode(monkeypatch):
     assert entry["time_slice_error"] == "RuntimeError: no luck"
     assert entry["slowdown"] and any("time slice not fitted" in line for line in lines)
     profile_from_dict(data)  # and it loads: processor sharing for timeslice
+
+
+def test_time_slice_override_runs_a_what_if_or_forces_processor_sharing(tmp_path):
+    """``--time-slice Q[,S]`` runs the time-sliced engine with that slice whatever the profile
+    holds (the switch defaults to the profile's); ``none`` forces processor sharing; bad values,
+    other modes and the null model are refused naming --time-slice, with nothing written."""
+    from typer.testing import CliRunner
+
+    from traceforge.cli import app
+
+    path = _mix(tmp_path)
+    fitted = _ts_profile({"quantum_ms": 2.0, "switch_ms": 0.1})
+    for name, value, want in (("q4", "4", {"quantum_ms": 4.0, "switch_ms": 0.1}),
+                              ("q1s0", "1,0", {"quantum_ms": 1.0, "switch_ms": 0.0}),
+                              ("ps", "none", None)):
+        simulate(path, tmp_path / name, profile=fitted, mode="timeslice", time_slice=value)
+        info = RunManifest.load(tmp_path / name)["backend_info"]
+        assert info["time_slice"] == want and info["time_slice_override"] == value
+    # none = the profile without a slice; a slice on a profile without one = as if fitted
+    simulate(path, tmp_path / "plain", profile=_ts_profile(None), mode="timeslice")
+    np.testing.assert_array_equal(latencies_by_model(tmp_path / "ps")["enc"]["latency_ms"],
+                                  latencies_by_model(tmp_path / "plain")["enc"]["latency_ms"])
+    simulate(path, tmp_path / "what-if", profile=_ts_profile(None), mode="timeslice",
+             time_slice="2,0.1")
+    simulate(path, tmp_path / "as-fitted", profile=fitted, mode="timeslice")
+    np.testing.assert_array_equal(
+        latencies_by_model(tmp_path / "what-if")["enc"]["latency_ms"],
+        latencies_by_model(tmp_path / "as-fitted")["enc"]["latency_ms"])
+    for kwargs, value in ((dict(profile=fitted, mode="timeslice"), "0"),
+                          (dict(profile=fitted, mode="timeslice"), "2,-1"),
+                          (dict(profile=fitted, mode="timeslice"), "fast"),
+                          (dict(profile=fitted, mode="timeslice"), "1,2,3"),
+                          (dict(profile=fitted, mode="timeslice"), "nan"),
+                          (dict(profile=fitted, mode="exclusive"), "2"),
+                          ({}, "2")):
+        with pytest.raises(BadInput) as err:
+            simulate(path, tmp_path / "bad", time_slice=value, **kwargs)
+        assert err.value.key == "--time-slice"
+        assert not (tmp_path / "bad").exists()
+    profile_file = tmp_path / "p.json"
+    profile_file.write_text(json.dumps(fitted.data))
+    done = CliRunner().invoke(app, ["simulate", str(path), "-o", str(tmp_path / "cli"),
+                                    "--profile", str(profile_file), "--mode", "timeslice",
+                                    "--time-slice", "3,0.05"])
+    assert done.exit_code == 0, done.output
+    assert RunManifest.load(tmp_path / "cli")["backend_info"]["time_slice"] == {
+        "quantum_ms": 3.0, "switch_ms": 0.05}

@@ -44,6 +44,10 @@ def simulate_command(
         help="With --profile: a backend without pre-warm (first request of each bucket pays "
              "the profile's cold_extra_ms: replay --no-prewarm), or a warm one. Default: warm "
              "for a profile with shape buckets, cold for an older one."),
+    time_slice: str | None = typer.Option(
+        None, "--time-slice",
+        help="With --mode timeslice: QUANTUM_MS[,SWITCH_MS] runs the time-sliced engine with "
+             "that slice (a what-if), none runs processor sharing; default: the profile's."),
 ) -> None:
     """Simulate TRACE in virtual time and write the run directory a replay would write."""
     from traceforge.simulate import simulate
@@ -52,7 +56,8 @@ def simulate_command(
                        service_dist=service_dist, profile=profile, mode=mode,
                        max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
                        time_scale=time_scale, warmup_s=warmup, cold_start=cold_start,
-                       rate=rate, duration_s=duration, drain_timeout_s=drain_timeout)
+                       rate=rate, duration_s=duration, drain_timeout_s=drain_timeout,
+                       time_slice=time_slice)
     n = sum(summary.counts.values())
     cut = summary.extra.get("not_due")
     tail = f" ({cut} not due after --duration)" if cut else ""

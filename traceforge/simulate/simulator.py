@@ -92,8 +92,15 @@ def simulate(
     rate: str | None = None,
     duration_s: float | None = None,
     drain_timeout_s: float | None = None,
+    time_slice: str | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
+
+    ``time_slice`` (``--time-slice``, ``timeslice`` with a profile only): ``"QUANTUM_MS"`` or
+    ``"QUANTUM_MS,SWITCH_MS"`` runs the time-sliced engine with that slice (and switch cost;
+    default the profile's fitted one, else 0) whatever the profile holds — a what-if for another
+    driver time-slice setting; ``"none"`` runs processor sharing with the co-run slowdowns even
+    where the profile has a fitted slice. None: the profile's choice.
 
     ``cold_start`` (profile model): the backend has just started without pre-warm (``replay
     --no-prewarm``): the first request of each shape (bucket) per model pays the profile's
@@ -144,6 +151,9 @@ def simulate(
     if profile is None:
         if mode is not None:
             raise BadInput("--mode needs --profile", key="--mode", value=mode)
+        if time_slice is not None:
+            raise BadInput("--time-slice needs --profile and --mode timeslice",
+                           key="--time-slice", value=time_slice)
         if cold_start is not None:  # the null model has no warm-up cost to model
             raise BadInput("--cold-start/--warm-start need --profile",
                            key="--cold-start" if cold_start else "--warm-start", value=True)
@@ -174,6 +184,8 @@ def simulate(
             raise BadInput("--profile needs --mode", key="--mode",
                            allowed=", ".join(profile.modes))
         profile.mode(mode, source=profile.path)
+        if time_slice is not None:
+            profile = _with_time_slice(profile, mode, time_slice)
         mapping = map_models(names, trace, profile)
         if cold_start is None:
             cold_start = not any(profile.models[p].bucketed for p in mapping.values())
@@ -229,6 +241,8 @@ def simulate(
                     "time_slice": ({"quantum_ms": profile.modes[mode].time_slice[0],
                                     "switch_ms": profile.modes[mode].time_slice[1]}
                                    if time_sliced else None),
+                    # --time-slice as given (None: the profile's choice)
+                    "time_slice_override": time_slice,
                     "seed": seed}
         device = f"simulated: {profile.device.get('name', 'unknown device')}"
 
@@ -777,6 +791,36 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                      first_token_ns=first_token, tokens_out=tokens_out, batch_id=batch_id,
                      batched_with=batched, worker=worker, bucket_seq_len=bucket_seq,
                      bucket_batch_size=bucket_batch)
+
+
+def _with_time_slice(profile: Profile, mode: str, value: str) -> Profile:
+    """``profile`` with its ``timeslice`` mode's time slice replaced by ``--time-slice``
+    (``QUANTUM_MS[,SWITCH_MS]``, or ``none`` for processor sharing)."""
+    import dataclasses
+
+    if mode != "timeslice":
+        raise BadInput("only --mode timeslice has a time slice", key="--time-slice",
+                       value=value)
+    mp = profile.modes[mode]
+    text = str(value).strip().lower()
+    if text == "none":
+        new = None
+    else:
+        parts = text.split(",")
+        try:
+            nums = [float(x) for x in parts]
+        except ValueError:
+            nums = []
+        if (len(parts) not in (1, 2) or len(nums) != len(parts)
+                or not all(math.isfinite(x) for x in nums) or nums[0] <= 0
+                or (len(nums) == 2 and nums[1] < 0)):
+            raise BadInput("give QUANTUM_MS (> 0), QUANTUM_MS,SWITCH_MS (>= 0) or none",
+                           key="--time-slice", value=value)
+        switch = nums[1] if len(nums) == 2 else (mp.time_slice[1] if mp.time_slice else 0.0)
+        new = (nums[0], switch)
+    modes = dict(profile.modes)
+    modes[mode] = dataclasses.replace(mp, time_slice=new)
+    return dataclasses.replace(profile, modes=modes)
 
 
 def _first_token_work(profile: Profile, mapping: dict[str, str], names: list[str],
