@@ -5,6 +5,7 @@ mixed pass (measure.fit_time_slice, profile ``modes.timeslice.time_slice``)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,3 +338,49 @@ def test_time_slice_override_runs_a_what_if_or_forces_processor_sharing(tmp_path
     assert done.exit_code == 0, done.output
     assert RunManifest.load(tmp_path / "cli")["backend_info"]["time_slice"] == {
         "quantum_ms": 3.0, "switch_ms": 0.05}
+
+
+def test_a_study_applies_time_slice_to_its_timeslice_cells_only(tmp_path):
+    """``[options] time_slice`` reaches the timeslice cells (their run.json says so) and not the
+    other modes' cells of the same mode axis; a malformed value or one without a profile is
+    refused naming the key, before anything is written."""
+    from traceforge.study.engine import run_study
+    from traceforge.study.spec import load_study
+
+    profile_file = tmp_path / "p.json"
+    profile_file.write_text(json.dumps(_ts_profile({"quantum_ms": 2.0, "switch_ms": 0.1}).data))
+
+    def spec(options: str, axes: str = 'mode = ["exclusive", "timeslice"]') -> Path:
+        path = tmp_path / f"s{len(list(tmp_path.glob('s*.toml')))}.toml"
+        path.write_text(f"""name = "ts"
+backend = "simulate"
+[mixes.m]
+duration_s = 3
+[mixes.m.models.enc]
+arrival = {{ process = "poisson", rate = 40 }}
+seq_len = 32
+[mixes.m.models.gen]
+arrival = {{ process = "poisson", rate = 20 }}
+seq_len = 32
+[axes]
+{axes}
+[options]
+{options}
+""")
+        return path
+
+    result = run_study(load_study(spec(f'profile = "{profile_file}"\ntime_slice = "4,0.05"')),
+                       tmp_path / "ok")
+    assert result["status"] == "complete"
+    seen = {}
+    for run in (tmp_path / "ok" / "cells").iterdir():
+        info = RunManifest.load(run)["backend_info"]
+        seen[info["mode"]] = info["time_slice"]
+    assert seen == {"timeslice": {"quantum_ms": 4.0, "switch_ms": 0.05}, "exclusive": None}
+    for options, axes in ((f'profile = "{profile_file}"\ntime_slice = "fast"',
+                           'mode = ["exclusive", "timeslice"]'),
+                          ('time_slice = "2"', "load = [1.0]")):
+        with pytest.raises(BadInput) as err:
+            run_study(load_study(spec(options, axes)), tmp_path / "bad")
+        assert err.value.key.endswith("time_slice")
+        assert not (tmp_path / "bad").exists()

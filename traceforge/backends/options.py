@@ -95,6 +95,7 @@ class SimulateOptions:
     warmup_s: float = 0.0
     duration_s: float | None = None  # as replay's --duration / --drain-timeout
     drain_timeout_s: float | None = None
+    time_slice: str | None = None  # --time-slice (timeslice with a profile): "Q[,S]" or "none"
 
 
 BACKEND_OPTIONS: dict[str, tuple[type, ...]] = {

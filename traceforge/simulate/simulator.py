@@ -793,31 +793,43 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
                      bucket_batch_size=bucket_batch)
 
 
-def _with_time_slice(profile: Profile, mode: str, value: str) -> Profile:
-    """``profile`` with its ``timeslice`` mode's time slice replaced by ``--time-slice``
-    (``QUANTUM_MS[,SWITCH_MS]``, or ``none`` for processor sharing)."""
-    import dataclasses
-
+def parse_time_slice(value: object, mode: str | None, *, key: str = "--time-slice"
+                     ) -> tuple[float, float | None] | None:
+    """``--time-slice`` (or a study's ``time_slice``): ``"QUANTUM_MS"``, ``"QUANTUM_MS,
+    SWITCH_MS"`` -> ``(quantum, switch or None)``; ``"none"`` -> None. Refused (BadInput naming
+    ``key``) unless ``mode`` is ``timeslice`` and the value has that form."""
     if mode != "timeslice":
-        raise BadInput("only --mode timeslice has a time slice", key="--time-slice",
-                       value=value)
-    mp = profile.modes[mode]
+        raise BadInput("only mode timeslice has a time slice", key=key, value=value)
     text = str(value).strip().lower()
     if text == "none":
-        new = None
-    else:
-        parts = text.split(",")
-        try:
-            nums = [float(x) for x in parts]
-        except ValueError:
-            nums = []
-        if (len(parts) not in (1, 2) or len(nums) != len(parts)
-                or not all(math.isfinite(x) for x in nums) or nums[0] <= 0
-                or (len(nums) == 2 and nums[1] < 0)):
-            raise BadInput("give QUANTUM_MS (> 0), QUANTUM_MS,SWITCH_MS (>= 0) or none",
-                           key="--time-slice", value=value)
-        switch = nums[1] if len(nums) == 2 else (mp.time_slice[1] if mp.time_slice else 0.0)
-        new = (nums[0], switch)
+        return None
+    parts = text.split(",")
+    try:
+        nums = [float(x) for x in parts]
+    except ValueError:
+        nums = []
+    if (isinstance(value, bool) or len(parts) not in (1, 2) or len(nums) != len(parts)
+            or not all(math.isfinite(x) for x in nums) or nums[0] <= 0
+            or (len(nums) == 2 and nums[1] < 0)):
+        raise BadInput("give QUANTUM_MS (> 0), QUANTUM_MS,SWITCH_MS (>= 0) or none", key=key,
+                       value=value)
+    return nums[0], (nums[1] if len(nums) == 2 else None)
+
+
+def _with_time_slice(profile: Profile, mode: str, value: str) -> Profile:
+    """``profile`` with its ``timeslice`` mode's time slice replaced by ``--time-slice``
+    (``QUANTUM_MS[,SWITCH_MS]``, or ``none`` for processor sharing; the switch defaults to the
+    profile's fitted one, else 0)."""
+    import dataclasses
+
+    parsed = parse_time_slice(value, mode)
+    mp = profile.modes[mode]
+    new = None
+    if parsed is not None:
+        quantum, switch = parsed
+        if switch is None:
+            switch = mp.time_slice[1] if mp.time_slice else 0.0
+        new = (quantum, switch)
     modes = dict(profile.modes)
     modes[mode] = dataclasses.replace(mp, time_slice=new)
     return dataclasses.replace(profile, modes=modes)

@@ -169,6 +169,9 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
         if opts.get("cold_start") is not None:
             raise BadInput("cold_start needs a profile on the simulate backend",
                            key="cold_start", value=opts["cold_start"])
+        if opts.get("time_slice") is not None:
+            raise BadInput("time_slice needs a profile and mode timeslice on the simulate "
+                           "backend", key="time_slice", value=opts["time_slice"])
         if opts["max_batch"] != 1 or opts["max_wait_ms"]:
             raise BadInput("dynamic batching needs a profile on the simulate backend",
                            key="max_batch", value=opts["max_batch"])
@@ -190,6 +193,12 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
                        allowed=", ".join(profile.modes))
     if opts["max_batch"] < 1:
         raise BadInput("must be an integer >= 1", key="max_batch", value=opts["max_batch"])
+    if opts.get("time_slice") is not None:
+        # Applies to the study's timeslice cells (runner.run_cell drops it for other modes, so
+        # a mode axis may mix them); its form is checked whatever the mode.
+        from traceforge.simulate.simulator import parse_time_slice
+
+        parse_time_slice(opts["time_slice"], "timeslice", key="time_slice")
     by_zoo = {p.zoo for p in profile.models.values() if p.zoo}
     for model, table in workload["models"].items():
         zoo = table.get("zoo")

@@ -130,6 +130,8 @@ class _GroupRuntime:
             from traceforge.simulate import simulate
 
             (opts,) = split_options("simulate", cell.options)
+            if opts.get("mode") != "timeslice":  # time_slice is for the timeslice cells only
+                opts.pop("time_slice", None)
             # None means "simulate()'s own default" (e.g. cold_start follows the profile)
             summary = simulate(trace, run_dir,
                                **{k: v for k, v in opts.items() if v is not None})
