@@ -384,3 +384,25 @@ seq_len = 32
             run_study(load_study(spec(options, axes)), tmp_path / "bad")
         assert err.value.key.endswith("time_slice")
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_time_sliced_run_says_so_in_its_report_and_has_no_co_run_shape_note(tmp_path):
+    """The report of a time-sliced simulated run names the slice and switch; the co-run shape
+    note (large requests beside, under-estimated slowdowns) does not apply and is not given."""
+    from traceforge.analyze.report import build_report
+
+    path = _mix(tmp_path)
+    big = make_trace(poisson_ns(0.12, 400, 6), models=["enc", "gen"] * 200,
+                     batch_size=np.full(400, 1), seq_len=np.full(400, 256))
+    write_trace(big.table, tmp_path / "big.parquet", {})
+    for name, ts in (("sliced", {"quantum_ms": 2.0, "switch_ms": 0.1}), ("shared", None)):
+        for trace in (path, tmp_path / "big.parquet"):
+            run = tmp_path / f"{name}-{trace.stem}"
+            simulate(trace, run, profile=_ts_profile(ts), mode="timeslice")
+            notes = build_report(run)["notes"]
+            sliced = [n for n in notes if n.startswith("simulated time-sliced")]
+            assert bool(sliced) == (name == "sliced")
+            if sliced:
+                assert "2 ms slices with a 0.1 ms context switch" in sliced[0]
+            info = RunManifest.load(run)["backend_info"]
+            assert (info["interference_shapes"] == {}) == (name == "sliced")

@@ -420,6 +420,13 @@ def build_report(run_dir: Path | str, *, warmup_s: float | None = None,
     shapes = (manifest.get("backend_info") or {}).get("interference_shapes")
     if isinstance(shapes, dict) and (note := interference_note(shapes)):
         notes.append(note.removeprefix("note: "))
+    # A simulated timeslice run on the time-sliced engine (simulate/engine.timeslice_workers)
+    sliced = (manifest.get("backend_info") or {}).get("time_slice")
+    if (isinstance(sliced, dict) and isinstance(sliced.get("quantum_ms"), int | float)
+            and isinstance(sliced.get("switch_ms"), int | float)):
+        notes.append(f"simulated time-sliced: the models took turns on the GPU in "
+                     f"{sliced['quantum_ms']:g} ms slices with a {sliced['switch_ms']:g} ms "
+                     "context switch (no co-run slowdowns; docs/simulator.md)")
     extra = {}  # sections present only when the run has them (analyze/sessions.py)
     from traceforge.analyze.sessions import server_metrics_report, session_report
 

@@ -228,9 +228,11 @@ def simulate(
                         if max_batch == 1 else {}),
                     # the dispatcher's send lag added to every request (profile send_lag_ms)
                     "send_lag_ms": profile.modes[mode].send_lag_ms,
-                    # how far the trace's shapes are from those the co-runs measured
-                    "interference_shapes": interference_shapes(table, codes, names, mapping,
-                                                               profile, mode),
+                    # how far the trace's shapes are from those the co-runs measured ({}
+                    # with the time-sliced engine: it uses no co-run slowdowns)
+                    "interference_shapes": ({} if time_sliced else
+                                            interference_shapes(table, codes, names, mapping,
+                                                                profile, mode)),
                     # the size tables the interference used (profile slowdown_by_size), per
                     # trace model: the other trace model -> [[size, slowdown], ...]; {} =
                     # each pair's reference slowdown whatever runs beside
