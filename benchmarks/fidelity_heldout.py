@@ -347,7 +347,7 @@ def cmd_doc(profile_path: Path, work: Path, out_md: Path, command: str) -> None:
                     # time-sliced engine (timeslice with a fitted slice) the wait for a turn is
                     # left out of it, so it cannot say which part misses.
                     sliced = (mode == "timeslice"
-                              and profile.modes["timeslice"].time_slice is not None)
+                              and profile.modes["timeslice"].sliced() is not None)
                     sliced_note = ("; as a FIFO per model of measured service times it leaves "
                                    "out the wait for a turn on a time-sliced GPU, so it does "
                                    "not place this error.")

@@ -133,6 +133,13 @@ def test_the_simulator_runs_the_time_sliced_engine_when_the_profile_has_a_slice(
     assert np.max(runs["shared"]["enc"]["service_ms"]) > 0.41  # slowed where gen was busy
     np.testing.assert_array_equal(runs["shared"]["enc"]["latency_ms"],
                                   runs["not-applied"]["enc"]["latency_ms"])
+    # a slice fitted but not applied is kept: --time-slice with a quantum only takes its switch
+    kept = _ts_profile({"quantum_ms": 2.0, "switch_ms": 0.1, "applied": False})
+    assert kept.modes["timeslice"].time_slice == (2.0, 0.1)
+    assert kept.modes["timeslice"].sliced() is None
+    simulate(path, tmp_path / "what-if", profile=kept, mode="timeslice", time_slice="3")
+    assert RunManifest.load(tmp_path / "what-if")["backend_info"]["time_slice"] == {
+        "quantum_ms": 3.0, "switch_ms": 0.1}
 
 
 @pytest.mark.parametrize(("entry", "key"), [

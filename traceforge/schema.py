@@ -220,7 +220,7 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
                            allowed=", ".join(TRACE_SCHEMA.names))
         if not field.nullable:
             # before the cast, which refuses nulls in a non-nullable field with a ValueError
-            _refuse_nulls(table, field.name, path)
+            refuse_nulls(table, field.name, path)
     try:
         table = conform_trace_table(table)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
@@ -260,7 +260,7 @@ def _check_meta(meta: object, source: object) -> None:
                        key="traceforge.duration_s", **shown)
 
 
-def _refuse_nulls(table: pa.Table, name: str, source: object) -> None:
+def refuse_nulls(table: pa.Table, name: str, source: object) -> None:
     """BadInput naming the first null row of a column that must be complete."""
     import numpy as np
 
@@ -282,7 +282,7 @@ def validate_trace_table(table: pa.Table, *, source: object = None,
     for name in TRACE_SCHEMA.names:
         if name in OPTIONAL_TRACE_COLUMNS:
             continue
-        _refuse_nulls(table, name, source)
+        refuse_nulls(table, name, source)
     ids = table.column("request_id").to_numpy()
     bad = np.flatnonzero(ids != np.arange(n, dtype=np.int64))
     if bad.size:  # CONTRACT.md: ids are 0..n-1 in row order (duplicates would merge rows)

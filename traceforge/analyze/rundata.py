@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from traceforge.errors import BadInput
 from traceforge.record import read_timeline
-from traceforge.schema import STATUSES, TIMELINE_SCHEMA, _refuse_nulls
+from traceforge.schema import STATUSES, TIMELINE_SCHEMA, refuse_nulls
 
 NS_PER_MS = 1e6
 NS_PER_S = 1e9
@@ -199,7 +199,7 @@ def load_run(run_dir: Path | str) -> RunData:
         raise BadInput(f"unreadable timeline ({exc})", source=run_dir / "timeline") from exc
     for name in TIMELINE_SCHEMA.names:  # a part without the column reads as nulls
         if not TIMELINE_SCHEMA.field(name).nullable:
-            _refuse_nulls(table, name, run_dir / "timeline")
+            refuse_nulls(table, name, run_dir / "timeline")
     encoded = pc.dictionary_encode(table.column("model")).combine_chunks()
     dictionary = encoded.dictionary.to_pylist()
     models = sorted(dictionary)

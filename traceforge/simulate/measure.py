@@ -1359,7 +1359,7 @@ def fit_time_slice(models_data: dict[str, Any], mode_entry: dict[str, Any], trac
                      mode="timeslice", seed=0, cold_start=False)
             sim = latencies_by_model(Path(tmp) / "sim")
         errors = [math.log(max(f(sim[m]["latency_ms"]), 1e-9) / max(f(x), 1e-9))
-                  for m, x in measured.items() if sim.get(m, {}).get("latency_ms", []).size
+                  for m, x in measured.items() if m in sim and sim[m]["latency_ms"].size
                   for f in stats]
         return math.sqrt(float(np.mean(np.square(errors)))) if errors else math.inf
 

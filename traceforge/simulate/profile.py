@@ -204,6 +204,13 @@ class ModeProfile:
     # (engine.timeslice_workers: one context on the GPU at a time, alone speed, waiting for a
     # slice) instead of processor sharing with co-run slowdowns. None in older profiles.
     time_slice: tuple[float, float] | None = None
+    # whether the simulator uses it (``time_slice.applied``: the fit beat processor sharing)
+    time_slice_applied: bool = False
+
+    def sliced(self, max_batch: int = 1) -> tuple[float, float] | None:
+        """(quantum_ms, switch_ms) when the time-sliced engine runs (a fitted slice that is
+        applied, no batching), else None: processor sharing with the co-run slowdowns."""
+        return self.time_slice if self.time_slice_applied and max_batch == 1 else None
 
     def idle_inbound_ms(self, model: str, idle_ms: float) -> float | None:
         """The transport of a request sent to ``model``'s worker idle for ``idle_ms``: the
@@ -428,25 +435,24 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                                           f"modes.{mode}.slowdown_by_size"),
                                     f"modes.{mode}.slowdown_by_size", source)
         lag = md.get("send_lag_ms")
-        time_slice = None
+        time_slice, applied = None, False
         if md.get("time_slice") is not None:
             key = f"modes.{mode}.time_slice"
+            if mode != "timeslice":
+                raise BadInput("only the timeslice mode has a time slice", source=source,
+                               key=key)
             entry = table(md["time_slice"], key)
-            if not isinstance(entry.get("applied", True), bool):
+            applied = entry.get("applied", True)  # false: fitted, but sharing fit better
+            if not isinstance(applied, bool):
                 raise BadInput("must be true or false", source=source, key=f"{key}.applied",
-                               value=entry.get("applied"))
+                               value=applied)
             quantum = ms(entry.get("quantum_ms"), f"{key}.quantum_ms")
             if quantum <= 0:
                 raise BadInput("must be > 0", source=source, key=f"{key}.quantum_ms",
                                value=entry.get("quantum_ms"))
             time_slice = (quantum, ms(entry.get("switch_ms", 0.0), f"{key}.switch_ms"))
-            if mode != "timeslice":
-                raise BadInput("only the timeslice mode has a time slice", source=source,
-                               key=key)
-            if not entry.get("applied", True):  # measured, but it fit worse than sharing
-                time_slice = None
         modes[mode] = ModeProfile(
-            time_slice=time_slice,
+            time_slice=time_slice, time_slice_applied=applied,
             slowdown_by_size=by_size,
             inbound_spread_ms=spreads["inbound_spread_ms"],
             outbound_spread_ms=spreads["outbound_spread_ms"],

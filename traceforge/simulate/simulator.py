@@ -195,8 +195,8 @@ def simulate(
                                      profile, mode, max_batch=max_batch,
                                      max_wait_ns=max_wait_ms * 1e6, seed=seed,
                                      cold_start=cold_start)
-        time_sliced = (mode == "timeslice" and max_batch == 1
-                       and profile.modes[mode].time_slice is not None)
+        sliced = profile.modes[mode].sliced(max_batch)  # the time-sliced engine runs
+        time_sliced = sliced is not None
         describe = {"name": "simulate", "service_model": "profile", "mode": mode,
                     "profile": {"path": str(profile.path) if profile.path else None,
                                 "sha256": (sha256_file(profile.path)
@@ -240,8 +240,7 @@ def simulate(
                                          _size_tables_used(profile, mode, mapping)),
                     # timeslice with the profile's fitted time slice: the time-sliced engine
                     # ({"quantum_ms", "switch_ms"}); None = processor sharing with slowdowns
-                    "time_slice": ({"quantum_ms": profile.modes[mode].time_slice[0],
-                                    "switch_ms": profile.modes[mode].time_slice[1]}
+                    "time_slice": ({"quantum_ms": sliced[0], "switch_ms": sliced[1]}
                                    if time_sliced else None),
                     # --time-slice as given (None: the profile's choice)
                     "time_slice_override": time_slice,
@@ -738,20 +737,22 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
         end[order] = e
         batch_id[order] = np.arange(n)
     else:
-        rates = None if exclusive else _rate_table(profile, mode, [mapping[x] for x in names])
-        sized = None if exclusive else _size_interference(
-            profile, mode, [mapping[x] for x in names], rows_by_model, run_bs, run_seq,
-            (bs_all, seq_all, new_all) if max_batch > 1 else None)
-        if mode == "timeslice" and mp.time_slice is not None and max_batch == 1:
+        sliced = mp.sliced(max_batch)
+        if sliced is not None:
             # One context on the GPU at a time (engine.timeslice_workers), with the slice and
             # switch cost the profile fitted: a decoder yields at its first token.
-            quantum_ms, switch_ms = mp.time_slice
+            quantum_ms, switch_ms = sliced
             results = timeslice_workers(queues, quantum_ms * 1e6,
                                         yield_ns=_first_token_work(profile, mapping, names,
                                                                    rows_by_model, run_bs,
                                                                    run_seq, new_all, queues),
                                         switch_ns=switch_ms * 1e6)
         else:
+            rates = None if exclusive else _rate_table(profile, mode,
+                                                       [mapping[x] for x in names])
+            sized = None if exclusive else _size_interference(
+                profile, mode, [mapping[x] for x in names], rows_by_model, run_bs, run_seq,
+                (bs_all, seq_all, new_all) if max_batch > 1 else None)
             results = shared_workers(queues, exclusive=exclusive, rates=rates,
                                      max_batch=max_batch, max_wait_ns=max_wait_ns,
                                      batch_work=batch_work,
@@ -826,14 +827,15 @@ def _with_time_slice(profile: Profile, mode: str, value: str) -> Profile:
 
     parsed = parse_time_slice(value, mode)
     mp = profile.modes[mode]
-    new = None
-    if parsed is not None:
+    modes = dict(profile.modes)
+    if parsed is None:  # processor sharing; the fitted slice stays in the profile, unused
+        modes[mode] = dataclasses.replace(mp, time_slice_applied=False)
+    else:
         quantum, switch = parsed
         if switch is None:
             switch = mp.time_slice[1] if mp.time_slice else 0.0
-        new = (quantum, switch)
-    modes = dict(profile.modes)
-    modes[mode] = dataclasses.replace(mp, time_slice=new)
+        modes[mode] = dataclasses.replace(mp, time_slice=(quantum, switch),
+                                          time_slice_applied=True)
     return dataclasses.replace(profile, modes=modes)
 
 
