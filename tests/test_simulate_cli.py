@@ -130,9 +130,11 @@ def test_simulate_matches_real_null_replay(tmp_path):
     assert np.median(np.abs(real - sim)) < 3.0
 
 
+@pytest.mark.realtime
 def test_profile_command_on_cpu_then_simulate(tmp_path):
     """`traceforge profile` on tiny CPU models (the same code path as on a GPU), then a
-    simulation with the profile it wrote."""
+    simulation with the profile it wrote. Realtime: its transport bounds and co-run repeats
+    assume a machine not busy with other tests."""
     pytest.importorskip("torch")
     out = tmp_path / "cpu.json"
     done = cli("profile", "--models", "tiny-bert,tiny-gpt2", "--device", "cpu",
@@ -154,10 +156,11 @@ def test_profile_command_on_cpu_then_simulate(tmp_path):
             "tiny-bert+tiny-gpt2"][victim]
         # the recorded slowdown is the repeats' median (1.0 when only some repeats are below
         # 1: interference does not speed a model up), clamped to [0.5, 50]
+        # (a repeat whose 0.4 s co-run saw no overlap gives no estimate and is left out)
         reps = entry["repeats"][1]
         med = float(np.median(reps))
         want = 1.0 if med < 1.0 and not all(r < 1.0 for r in reps) else min(max(med, 0.5), 50)
-        assert len(reps) == 2 and entry["slowdown"][1] == pytest.approx(want, abs=1e-4)
+        assert len(reps) in (1, 2) and entry["slowdown"][1] == pytest.approx(want, abs=1e-4)
     assert "no grid shape of 8x its reference" in done.stderr
     assert "slowdown_by_size" not in data["modes"]["exclusive"]
     # timeslice: the time slice fitted to its mixed pass (measure.fit_time_slice)
