@@ -280,7 +280,10 @@ def test_the_engine_matches_a_tick_by_tick_reference_on_random_small_cases():
 
 def test_a_failing_time_slice_fit_keeps_the_timeslice_mode(monkeypatch):
     """The fit runs last in the timeslice mode; if it fails, the mode's measurements stand
-    (processor sharing, the reason recorded), instead of the whole mode being dropped."""
+    (processor sharing, the reason recorded), instead of the whole mode being dropped.
+    The same CPU profile checks the way back by activity (``outbound_by_activity_ms``, written
+    for the modes in ACTIVITY_OUTBOUND_MODES: mps on a GPU, timeslice here) is measured from
+    the mode's open-loop phases and loads."""
     pytest.importorskip("torch")
     from traceforge.simulate import measure
 
@@ -288,6 +291,7 @@ def test_a_failing_time_slice_fit_keeps_the_timeslice_mode(monkeypatch):
         raise RuntimeError("no luck")
 
     monkeypatch.setattr(measure, "fit_time_slice", broken)
+    monkeypatch.setattr(measure, "ACTIVITY_OUTBOUND_MODES", ("timeslice",))
     lines: list[str] = []
     data = measure.measure_profile(measure.ProfileSettings(
         models=["tiny-bert", "tiny-gpt2"], device="cpu", modes=["timeslice"], batch_sizes=[1],
@@ -297,7 +301,14 @@ def test_a_failing_time_slice_fit_keeps_the_timeslice_mode(monkeypatch):
     assert "errors" not in data and "time_slice" not in entry
     assert entry["time_slice_error"] == "RuntimeError: no luck"
     assert entry["slowdown"] and any("time slice not fitted" in line for line in lines)
-    profile_from_dict(data)  # and it loads: processor sharing for timeslice
+    by_activity = entry["outbound_by_activity_ms"]
+    assert set(by_activity) == {"tiny-bert", "tiny-gpt2"}
+    for rows in by_activity.values():
+        assert rows and all(r[0] in measure.ACTIVITY_BINS and r[2] > 0 and r[3] >= 8
+                            for r in rows)
+    assert "outbound_by_activity_ms" not in data["modes"].get("exclusive", {})
+    loaded = profile_from_dict(data)  # and it loads: processor sharing for timeslice
+    assert loaded.modes["timeslice"].activity_outbound_ms("tiny-bert", 0) > 0
 
 
 def test_time_slice_override_runs_a_what_if_or_forces_processor_sharing(tmp_path):

@@ -564,6 +564,105 @@ def idle_transport_bins(samples: list[dict[str, tuple[np.ndarray, np.ndarray]]],
     return out
 
 
+# The way back by the dispatcher's activity just before it (``outbound_by_activity_ms``): the
+# number of dispatcher events (sends and completions received, any model) in the
+# ACTIVITY_WINDOW_MS before the request's service end, binned by ACTIVITY_BINS.
+ACTIVITY_WINDOW_MS = 10.0
+ACTIVITY_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, math.inf)
+
+
+# Modes whose profile carries ``outbound_by_activity_ms``. Checked offline against the
+# held-out replays of four H200 calls of 2026-12-01 (profile phases and replays saved by
+# gpu_fidelity.sh; the way back's median per replay against the prediction at the replay's own
+# activity): MPS encoder 183-216 µs predicted vs 215-293 measured (one pooled median: 156),
+# decoder 418 vs 364-395 (285); with it the 10:47 call's MPS cells went from 5 to 8 of 8 within
+# 5 % / 10 % (both replays of both mixes). timeslice: the way back is predicted better too (decoder 249-342 vs
+# 257-342 measured, pooled 191-255), but its encoder p50, already over-predicted by the
+# time-sliced engine, moved further up (mean |error| 5.5 → 8.1 % over six replays): not used
+# there until the engine's waits are right. exclusive (one worker: the way back is tied to the
+# next request's hand-off) and streams (its open-loop phases run a GIL-saturated process):
+# the prediction was as often worse as better.
+ACTIVITY_OUTBOUND_MODES = ("mps",)
+
+
+def dispatcher_activity(sent_ns, done_ns, at_ns, window_ms: float = ACTIVITY_WINDOW_MS
+                        ) -> np.ndarray:
+    """For each moment in ``at_ns``: how many sends (``sent_ns``) and completions
+    (``done_ns``) fall in ``[at − window, at)``. The simulator counts the same way on its own
+    timeline (simulator._activity_outbound), so a profile's bins and a simulation's lookups
+    mean the same thing."""
+    events = np.sort(np.concatenate((np.asarray(sent_ns, np.float64),
+                                     np.asarray(done_ns, np.float64))))
+    at = np.asarray(at_ns, np.float64)
+    return (np.searchsorted(events, at, "left")
+            - np.searchsorted(events, at - window_ms * 1e6, "left")).astype(np.int64)
+
+
+def back_activity_samples(model, sent_ns, end_ns, done_ns
+                          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per model of one open-loop timeline (ok rows): the dispatcher's activity before each
+    request's service end (:func:`dispatcher_activity`) and its way back ``done − service_end``
+    (ns)."""
+    model = np.asarray(model)
+    end = np.asarray(end_ns, np.float64)
+    back = np.asarray(done_ns, np.float64) - end
+    activity = dispatcher_activity(sent_ns, done_ns, end)
+    return {name: (activity[model == name], back[model == name])
+            for name in np.unique(model).tolist()}
+
+
+def outbound_activity_bins(samples: list[dict[str, tuple[np.ndarray, np.ndarray]]], *,
+                           minimum: int = 8) -> dict[str, list[list[float]]]:
+    """``{model: [[lo, hi, median_ms, n], ...]}`` over :data:`ACTIVITY_BINS` (``hi`` None for
+    the open last bin) from :func:`back_activity_samples` of several timelines; bins with fewer
+    than ``minimum`` requests are left out.
+
+    Why: the way back (worker's reply → the dispatcher's event loop) is longer the quieter the
+    dispatcher was before it. H200, MPS, distilbert-base, the 10:47 UTC call of 2026-12-01
+    (profile phases and held-out replays saved by gpu_fidelity.sh): medians 321–383 µs with
+    fewer than 2 events in the 10 ms before, 197–220 µs with 10–20, in all four held-out
+    replays, and 373 / 165–182 µs in the profile's mixed pass / co-runs at the same activity;
+    one pooled median (156 µs, mostly co-run requests) against 218–293 µs measured."""
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for sample in samples:
+        for name, pair in sample.items():
+            pooled.setdefault(name, []).append(pair)
+    out: dict[str, list[list[float]]] = {}
+    for name, parts in sorted(pooled.items()):
+        activity = np.concatenate([p[0] for p in parts])
+        back = np.concatenate([p[1] for p in parts]) / 1e6
+        rows = []
+        for lo, hi in itertools.pairwise(ACTIVITY_BINS):
+            k = (activity >= lo) & (activity < hi)
+            if int(k.sum()) >= minimum:
+                rows.append([lo, None if math.isinf(hi) else hi,
+                             round(float(np.median(back[k])), 6), int(k.sum())])
+        if rows:
+            out[name] = rows
+    return out
+
+
+def outbound_activity_spread(samples: list[dict[str, tuple[np.ndarray, np.ndarray]]],
+                             bins: dict[str, list[list[float]]]) -> dict[str, list[float]]:
+    """Per model, quantiles (ms) of ``way back − its activity bin's median`` (the nearest bin's
+    beyond the measured ones: ModeProfile.activity_outbound_ms) over the samples of
+    :func:`outbound_activity_bins`."""
+    from traceforge.simulate.profile import ModeProfile
+
+    lookup = ModeProfile({}, {}, {}, {}, outbound_by_activity_ms={
+        m: [(lo, math.inf if hi is None else hi, med) for lo, hi, med, _n in rows]
+        for m, rows in bins.items()})
+    out: dict[str, list[float]] = {}
+    for name in sorted(bins):
+        devs = [back - lookup.activity_outbound_ms(name, activity) * 1e6
+                for sample in samples if name in sample
+                for activity, back in (sample[name],)]
+        spread = _spread(np.concatenate(devs)) if devs else None
+        if spread is not None:
+            out[name] = spread
+    return out
+
+
 def idle_inbound_ns(worker: np.ndarray, sent_ns: np.ndarray, start_ns: np.ndarray,
                     end_ns: np.ndarray, rows: np.ndarray, *, minimum: int = 8) -> float:
     """The profile's ``inbound_ms`` for ``rows`` (one model's timed requests of a phase): the
@@ -818,6 +917,14 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 if label.startswith("reference-open")]
             mode_entry["outbound_ms"].update(pooled_outbound_ms(back))
             mode_entry["outbound_spread_ms"] = outbound_spread(back, mode_entry["outbound_ms"])
+            if mode in ACTIVITY_OUTBOUND_MODES:
+                # the way back by the dispatcher's activity before it, and its spread around
+                # those medians (ACTIVITY_OUTBOUND_MODES says why only there)
+                bins = outbound_activity_bins(replay.back_activity)
+                if bins:
+                    mode_entry["outbound_by_activity_ms"] = bins
+                    mode_entry["outbound_spread_ms"].update(
+                        outbound_activity_spread(replay.back_activity, bins))
             # Transport by how long the worker had been idle, over the mode's reference phases,
             # and the spread of single transports around those medians.
             mode_entry["inbound_by_idle_ms"] = idle_transport_bins(replay.transport_samples)
@@ -888,6 +995,10 @@ class _Replayer:
         # (phase label, per model ``done - service_end``: result back to the dispatcher) of
         # the mixed phases and co-runs: pooled_outbound_ms, outbound_spread
         self.back_samples: list[tuple[str, dict[str, np.ndarray]]] = []
+        # (dispatcher activity, way back) per model of every open-loop phase with a reference
+        # model in it (reference-open, reference-mix, co-runs, co-runs by size):
+        # outbound_activity_bins
+        self.back_activity: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
         # phase label -> (its trace, its run directory), for fits that re-simulate a phase
         self.runs: dict[str, tuple[Path, Path]] = {}
 
@@ -934,6 +1045,12 @@ class _Replayer:
             model = np.asarray(ok.column("model").to_pylist())
             self.back_samples.append(
                 (label, {m: back[model == m] for m in np.unique(model).tolist()}))
+        if ok.num_rows and label.startswith(("reference-open", "reference-mix", "corun-",
+                                             "cosize-")):
+            self.back_activity.append(back_activity_samples(
+                np.asarray(ok.column("model").to_pylist()),
+                *(ok.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                  for c in ("sent_ns", "service_end_ns", "done_ns"))))
         if concurrency is None and label.startswith(("grid-open", "reference-open")):
             self.alone_gaps.append(timeline_gaps(timeline))
             if label.startswith("reference-open"):

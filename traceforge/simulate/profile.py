@@ -181,6 +181,12 @@ class ModeProfile:
     # [[lo_ms, hi_ms or None, median_ms, n], ...], measure.idle_transport_bins). Empty in older
     # profiles: then ``inbound_ms`` for every request.
     inbound_by_idle_ms: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    # The way back by the dispatcher's activity before the request's service end
+    # (``outbound_by_activity_ms``: model -> [[lo, hi or None, median_ms, n], ...], activity =
+    # sends and completions in the 10 ms before; measure.outbound_activity_bins). Empty in
+    # older profiles: then ``outbound_ms`` for every request.
+    outbound_by_activity_ms: dict[str, list[tuple[float, float, float]]] = field(
+        default_factory=dict)
     # The dispatcher's median send lag (``sent - scheduled``) in the mode's mixed reference
     # phase (``send_lag_ms``); a replay's latency counts from the scheduled time, so the
     # simulator adds it to every request. 0 in older profiles.
@@ -222,6 +228,20 @@ class ModeProfile:
             if lo <= idle_ms < hi:
                 return value
         return rows[0][2] if idle_ms < rows[0][0] else rows[-1][2]
+
+    def activity_outbound_ms(self, model: str, activity) -> np.ndarray | float | None:
+        """The way back of ``model``'s requests after ``activity`` dispatcher events (scalar or
+        array): the median of its activity bin; beyond the measured bins, the nearest one's.
+        None without a table."""
+        rows = self.outbound_by_activity_ms.get(model)
+        if not rows:
+            return None
+        a = np.asarray(activity, np.float64)
+        out = np.full(a.shape, rows[-1][2])
+        out[a < rows[0][0]] = rows[0][2]
+        for lo, hi, value in rows:
+            out[(a >= lo) & (a < hi)] = value
+        return float(out) if out.ndim == 0 else out
 
     def pair_gap_ms(self, prev: str, nxt: str, early: bool) -> float:
         """The class's hand-off; falls back to the other timing of the pair, then to
@@ -398,22 +418,25 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                     if label in table(entry, f"{key}.{a}.{b}"):
                         pairs.setdefault(a, {}).setdefault(b, {})[label] = ms(
                             entry[label], f"{key}.{a}.{b}.{label}")
-        idle_bins: dict[str, list[tuple[float, float, float]]] = {}
-        for name, rows in table(md.get("inbound_by_idle_ms") or {},
-                                f"modes.{mode}.inbound_by_idle_ms").items():
-            key = f"modes.{mode}.inbound_by_idle_ms.{name}"
-            parsed = []
-            try:
-                for row in rows:
-                    lo, hi, value = float(row[0]), (math.inf if row[1] is None
-                                                    else float(row[1])), float(row[2])
-                    if not (0 <= lo < hi and math.isfinite(value) and value >= 0):
-                        raise ValueError
-                    parsed.append((lo, hi, value))
-            except (TypeError, ValueError, IndexError):
-                raise BadInput("rows must be [lo_ms, hi_ms or null, median_ms >= 0, n] with "
-                               "lo < hi", source=source, key=key, value=rows) from None
-            idle_bins[name] = sorted(parsed)
+        binned: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+        for field_name, unit in (("inbound_by_idle_ms", "lo_ms, hi_ms"),
+                                 ("outbound_by_activity_ms", "lo, hi")):
+            binned[field_name] = {}
+            for name, rows in table(md.get(field_name) or {},
+                                    f"modes.{mode}.{field_name}").items():
+                key = f"modes.{mode}.{field_name}.{name}"
+                parsed = []
+                try:
+                    for row in rows:
+                        lo, hi, value = float(row[0]), (math.inf if row[1] is None
+                                                        else float(row[1])), float(row[2])
+                        if not (0 <= lo < hi and math.isfinite(value) and value >= 0):
+                            raise ValueError
+                        parsed.append((lo, hi, value))
+                except (TypeError, ValueError, IndexError):
+                    raise BadInput(f"rows must be [{unit} or null, median_ms >= 0, n] with "
+                                   "lo < hi", source=source, key=key, value=rows) from None
+                binned[field_name][name] = sorted(parsed)
         spreads: dict[str, dict[str, tuple[float, ...]]] = {}
         for field_name in ("inbound_spread_ms", "outbound_spread_ms"):
             spreads[field_name] = {}
@@ -461,7 +484,8 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
             outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
             slowdown=slow, handoff_ms=handoff, handoff_pair_ms=pairs,
-            inbound_by_idle_ms=idle_bins,
+            inbound_by_idle_ms=binned["inbound_by_idle_ms"],
+            outbound_by_activity_ms=binned["outbound_by_activity_ms"],
         )
     return Profile(data=data, models=models, modes=modes,
                    path=None if source is None else Path(str(source)))

@@ -764,7 +764,10 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             end[rows] = np.rint(r.end_ns).astype(np.int64)
             batch_id[rows] = r.batch_id
             batched[rows] = r.batched_with
-    done = (end + np.rint(np.maximum(outbound[codes] + dev_out, 0.0)).astype(np.int64)
+    way_back = outbound[codes]
+    if n and mp.outbound_by_activity_ms:
+        way_back = _activity_outbound(mp, names, mapping, codes, sent, end, way_back)
+    done = (end + np.rint(np.maximum(way_back + dev_out, 0.0)).astype(np.int64)
             if n else end.copy())
 
     first_token = np.full(n, np.nan)
@@ -854,6 +857,24 @@ def _first_token_work(profile: Profile, mapping: dict[str, str], names: list[str
             continue
         frac = pm.prefill_fraction(run_bs[rows], run_seq[rows], new_all[rows])
         out.append(np.where(new_all[rows] > 0, frac * queues[m].work_ns, np.nan))
+    return out
+
+
+def _activity_outbound(mp, names: list[str], mapping: dict[str, str], codes: np.ndarray,
+                       sent: np.ndarray, end: np.ndarray, way_back: np.ndarray) -> np.ndarray:
+    """The way back of each request (ns) by the dispatcher's activity before its service end
+    (profile ``outbound_by_activity_ms``; measure.dispatcher_activity on the simulated
+    timeline: sends, and completions at ``end`` + the model's median way back); models without
+    a table keep their median ``way_back``."""
+    from traceforge.simulate.measure import dispatcher_activity
+
+    activity = dispatcher_activity(sent, end + way_back, end)
+    out = way_back.astype(np.float64).copy()
+    for m, name in enumerate(names):
+        rows = codes == m
+        value = mp.activity_outbound_ms(mapping[name], activity[rows])
+        if value is not None and rows.any():
+            out[rows] = np.asarray(value) * 1e6
     return out
 
 
