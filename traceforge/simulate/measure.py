@@ -1297,6 +1297,17 @@ def alone_scale(ratio: float, ratio_se: float, *, graphs: bool) -> float:
     return float(ratio)
 
 
+# Requests per model in the exclusive mode's mixed open-loop pass (reference-open), in units of
+# max(repeats, 40). The pass gives the hand-off classes (handoff_pair_ms), and a queued
+# encoder's hand-off decides the capacity of a bursty mix: at 2 x 40 per model it held 12-14
+# early encoder -> encoder pairs, and that mean came out 8-195 µs over five H200 calls of
+# 2026-12-01 against 49-143 µs in the same calls' held-out replays (1,000-2,000 pairs each;
+# 10:47-14:43 UTC). 14:43 call, re-scored offline with the replays' 50 µs instead of the
+# profile's 8 µs: bursty exclusive encoder p50 -19.2 / -11.1 % -> -10.0 / -0.8 % (two replays).
+# 8 x 40: about four times the pairs, ~5 s more per profile on the H200.
+MIXED_OPEN_FACTOR = 8
+
+
 async def _measure_reference(replay: _Replayer, models: list[str], refs, settings,
                              baseline: dict[str, Any] | None, *,
                              graphs: bool = False, mixed: bool = False,
@@ -1328,8 +1339,9 @@ async def _measure_reference(replay: _Replayer, models: list[str], refs, setting
         t = 0.0
         count = max(settings.repeats, 40)  # 40: enough waiting pairs for handoff_ms
         if mixed and len(models) > 1:
-            # One merged Poisson stream at the same utilisation, models in random order.
-            picks = rng.permutation(np.repeat(np.arange(len(models)), count * 2))
+            # One merged Poisson stream at the same utilisation, models in random order;
+            # MIXED_OPEN_FACTOR x count requests per model (the hand-off classes come from it).
+            picks = rng.permutation(np.repeat(np.arange(len(models)), count * MIXED_OPEN_FACTOR))
             mean_est = float(np.mean([est[int(g)] for g in picks]))
             for g in picks.tolist():
                 t += rng.exponential(mean_est / settings.alone_utilisation)
