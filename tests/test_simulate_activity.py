@@ -73,9 +73,9 @@ def test_bins_median_per_activity_and_the_lookup_takes_the_nearest_bin_beyond():
     assert max(abs(v) for v in spread) < 0.06  # only the sparse middle bins' rows deviate
 
 
-def _profile(table):
+def _profile(table, *, spreads: dict | None = None):
     ref = {"reference": {"batch_size": 1, "seq_len": 32, "max_new_tokens": 0}}
-    mode = {"inbound_ms": {"enc": 0.05}, "outbound_ms": {"enc": 0.2}}
+    mode = {"inbound_ms": {"enc": 0.05}, "outbound_ms": {"enc": 0.2}, **(spreads or {})}
     if table is not None:
         mode["outbound_by_activity_ms"] = {"enc": table}
     return make_profile({"enc": model_profile([[0.1]], batch_sizes=(1,), seq_lens=(32,),
@@ -132,3 +132,39 @@ def test_simulate_cli_refuses_a_bad_table_with_exit_2(tmp_path, capsys):
     assert "p.json" in err and "modes.mps.outbound_by_activity_ms.enc" in err and "slow" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_each_way_back_draws_from_its_own_spread_and_pooled_way_back_drops_the_table(tmp_path):
+    """A constant spread makes the draw visible: +0.3 ms around the activity bins
+    (``outbound_by_activity_spread_ms``), +0.02 ms around the pooled median
+    (``outbound_spread_ms``). With the table every way back is its bin's median + 0.3; through
+    fidelity.pooled_way_back (``--pooled-way-back``) it is 0.2 + 0.02 for every request."""
+    from traceforge.simulate.fidelity import pooled_way_back
+
+    k = len(SPREAD_QUANTILES)
+    profile = _profile([[0, 2, 0.5, 40], [20, None, 0.15, 900]], spreads={
+        "outbound_spread_ms": {"enc": [0.02] * k},
+        "outbound_by_activity_spread_ms": {"enc": [0.3] * k}})
+    quiet = np.arange(40) * 30 * MS
+    trace = make_trace(quiet, models=["enc"] * 40, seq_len=np.full(40, 32))
+    simulate(trace, tmp_path / "table", profile=profile, mode="mps", seed=1)
+    np.testing.assert_allclose(_way_back_ms(tmp_path / "table"), 0.8, atol=1e-6)
+    simulate(trace, tmp_path / "pooled", profile=pooled_way_back(profile), mode="mps", seed=1)
+    np.testing.assert_allclose(_way_back_ms(tmp_path / "pooled"), 0.22, atol=1e-6)
+    # a profile without the activity spread: the bins' medians alone (never the pooled spread,
+    # which is measured around another median)
+    bare = _profile([[0, 2, 0.5, 40]], spreads={"outbound_spread_ms": {"enc": [0.02] * k}})
+    simulate(trace, tmp_path / "bare", profile=bare, mode="mps", seed=1)
+    np.testing.assert_allclose(_way_back_ms(tmp_path / "bare"), 0.5, atol=1e-6)
+    with pytest.raises(BadInput) as err:
+        _profile([[0, 2, 0.5, 40]], spreads={"outbound_by_activity_spread_ms": {"enc": [0.3]}})
+    assert err.value.key == "modes.mps.outbound_by_activity_spread_ms.enc"
+
+
+def test_fidelity_cli_pooled_way_back_refuses_the_oracle(capsys):
+    from traceforge.simulate.fidelity import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--oracle", "--pooled-way-back", "somewhere"])
+    assert exit_info.value.code == 2
+    assert "--pooled-way-back" in capsys.readouterr().err

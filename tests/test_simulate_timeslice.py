@@ -306,6 +306,7 @@ def test_a_failing_time_slice_fit_keeps_the_timeslice_mode(monkeypatch):
     for rows in by_activity.values():
         assert rows and all(r[0] in measure.ACTIVITY_BINS and r[2] > 0 and r[3] >= 8
                             for r in rows)
+    assert set(entry["outbound_by_activity_spread_ms"]) <= set(by_activity)
     assert "outbound_by_activity_ms" not in data["modes"].get("exclusive", {})
     loaded = profile_from_dict(data)  # and it loads: processor sharing for timeslice
     assert loaded.modes["timeslice"].activity_outbound_ms("tiny-bert", 0) > 0

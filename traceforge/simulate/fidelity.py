@@ -284,6 +284,18 @@ def size_blind(profile: Profile) -> Profile:
         mode: dataclasses.replace(mp, slowdown_by_size={}) for mode, mp in profile.modes.items()})
 
 
+def pooled_way_back(profile: Profile) -> Profile:
+    """``profile`` without its ``outbound_by_activity_ms`` tables: every request's way back is
+    the one pooled ``outbound_ms`` with its spread ``outbound_spread_ms`` (the A/B of the
+    activity model, ``--pooled-way-back``)."""
+    import dataclasses
+
+    return dataclasses.replace(profile, modes={
+        mode: dataclasses.replace(mp, outbound_by_activity_ms={},
+                                  outbound_by_activity_spread_ms={})
+        for mode, mp in profile.modes.items()})
+
+
 def oracle_run(run_dir: Path | str, handoff: str | None = None) -> dict[str, Any]:
     """Re-queue a measured run with its own measured service times: the simulator's queueing
     rules (per-model FIFO, or one global FIFO worker in ``exclusive``) with each request's
@@ -459,11 +471,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulate without the profile's slowdown_by_size tables (each "
                              "pair's reference slowdown whatever runs beside): what the size "
                              "model changes, on the same runs")
+    parser.add_argument("--pooled-way-back", action="store_true",
+                        help="simulate without the profile's outbound_by_activity_ms tables "
+                             "(one pooled way back per model): what the activity model "
+                             "changes, on the same runs")
     args = parser.parse_args(argv)
     if (not args.oracle or args.by_corunner_size) and args.profile is None:
         parser.error("--profile is required (or --oracle)")
-    if args.oracle and args.size_blind:
-        parser.error("--size-blind simulates with a profile; --oracle uses none")
+    if args.oracle and (args.size_blind or args.pooled_way_back):
+        parser.error("--size-blind and --pooled-way-back simulate with a profile; --oracle "
+                     "uses none")
     try:
         for run in args.runs:
             if not (run / "run.json").is_file():
@@ -474,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
             profile = load_profile(args.profile)
             if args.size_blind:
                 profile = size_blind(profile)
+            if args.pooled_way_back:
+                profile = pooled_way_back(profile)
         if args.by_corunner_size:
             by_size = {str(run): slowdown_by_corunner_size(run, profile) for run in args.runs}
             text = (json.dumps(by_size, indent=1) + "\n" if args.json

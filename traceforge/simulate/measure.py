@@ -923,8 +923,8 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
                 bins = outbound_activity_bins(replay.back_activity)
                 if bins:
                     mode_entry["outbound_by_activity_ms"] = bins
-                    mode_entry["outbound_spread_ms"].update(
-                        outbound_activity_spread(replay.back_activity, bins))
+                    mode_entry["outbound_by_activity_spread_ms"] = outbound_activity_spread(
+                        replay.back_activity, bins)
             # Transport by how long the worker had been idle, over the mode's reference phases,
             # and the spread of single transports around those medians.
             mode_entry["inbound_by_idle_ms"] = idle_transport_bins(replay.transport_samples)

@@ -197,6 +197,10 @@ class ModeProfile:
     # measured ones do (measure.idle_transport_spread, measure.outbound_spread). Empty in older profiles: the medians alone.
     inbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     outbound_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # the way back's spread around its activity bin's median (``outbound_by_activity_spread_ms``,
+    # measure.outbound_activity_spread): used with ``outbound_by_activity_ms``, in place of
+    # ``outbound_spread_ms`` (which stays the spread around ``outbound_ms``)
+    outbound_by_activity_spread_ms: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # A model's co-run slowdown by the size of the other model's request beside it
     # (``slowdown_by_size``: pair key -> victim -> {"aggressor", "size": [...], "slowdown":
     # [...]}; sizes are the aggressor's request size over its reference shape's, increasing;
@@ -438,7 +442,8 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                                    "lo < hi", source=source, key=key, value=rows) from None
                 binned[field_name][name] = sorted(parsed)
         spreads: dict[str, dict[str, tuple[float, ...]]] = {}
-        for field_name in ("inbound_spread_ms", "outbound_spread_ms"):
+        for field_name in ("inbound_spread_ms", "outbound_spread_ms",
+                           "outbound_by_activity_spread_ms"):
             spreads[field_name] = {}
             for name, qs in table(md.get(field_name) or {},
                                   f"modes.{mode}.{field_name}").items():
@@ -479,6 +484,7 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             slowdown_by_size=by_size,
             inbound_spread_ms=spreads["inbound_spread_ms"],
             outbound_spread_ms=spreads["outbound_spread_ms"],
+            outbound_by_activity_spread_ms=spreads["outbound_by_activity_spread_ms"],
             send_lag_ms=0.0 if lag is None else ms(lag, f"modes.{mode}.send_lag_ms"),
             alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
             inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},

@@ -892,10 +892,13 @@ def _transport_deviations(mp, rows_by_model: list[np.ndarray], names: list[str],
         p = mapping[names[m]]
         if not rows.size:
             continue
+        # the way back: around its activity bin's median where the profile has that table
+        back = (mp.outbound_by_activity_spread_ms if p in mp.outbound_by_activity_ms
+                else mp.outbound_spread_ms)
         for d, (table, floor) in enumerate((
                 (mp.inbound_spread_ms, -min([mp.inbound_ms.get(p, 0.0)]
                                             + [r[2] for r in mp.inbound_by_idle_ms.get(p, [])])),
-                (mp.outbound_spread_ms, -math.inf))):
+                (back, -math.inf))):
             q = table.get(p)
             if q is None:
                 continue
