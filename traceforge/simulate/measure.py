@@ -545,20 +545,28 @@ def idle_transport_bins(samples: list[dict[str, tuple[np.ndarray, np.ndarray]]],
     with fewer than ``minimum`` requests are left out. Measured on an H200 (distilbert-base
     under MPS, held-out replays, 2026-11-30): 0.17-0.25 ms after < 0.3 ms idle, 0.53-0.62 ms
     after > 10 ms — a single median carries whichever idle gaps its phase happened to have."""
+    return _median_bins(samples, IDLE_BINS_MS, minimum, x_scale=1e6)
+
+
+def _median_bins(samples: list[dict[str, tuple[np.ndarray, np.ndarray]]], edges: tuple,
+                 minimum: int, *, x_scale: float) -> dict[str, list[list[float]]]:
+    """Per model, pooled over ``samples`` (model -> (x, y ns)): the median of ``y`` (ms) in
+    each bin ``[lo, hi)`` of ``x / x_scale`` over consecutive ``edges`` (the last bin open);
+    rows ``[lo, hi or None, median_ms, n]``, bins with fewer than ``minimum`` left out."""
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for sample in samples:
         for name, pair in sample.items():
             pooled.setdefault(name, []).append(pair)
     out: dict[str, list[list[float]]] = {}
     for name, parts in sorted(pooled.items()):
-        gap = np.concatenate([p[0] for p in parts]) / 1e6
-        transport = np.concatenate([p[1] for p in parts]) / 1e6
+        x = np.concatenate([p[0] for p in parts]) / x_scale
+        y = np.concatenate([p[1] for p in parts]) / 1e6
         rows = []
-        for lo, hi in itertools.pairwise(IDLE_BINS_MS):
-            k = (gap >= lo) & ((gap < hi) | math.isinf(hi))  # the first request: idle forever
+        for lo, hi in itertools.pairwise(edges):
+            k = (x >= lo) & ((x < hi) | math.isinf(hi))  # idle gaps: the first request's is inf
             if int(k.sum()) >= minimum:
                 rows.append([lo, None if math.isinf(hi) else hi,
-                             round(float(np.median(transport[k])), 6), int(k.sum())])
+                             round(float(np.median(y[k])), 6), int(k.sum())])
         if rows:
             out[name] = rows
     return out
@@ -623,23 +631,7 @@ def outbound_activity_bins(samples: list[dict[str, tuple[np.ndarray, np.ndarray]
     fewer than 2 events in the 10 ms before, 197–220 µs with 10–20, in all four held-out
     replays, and 373 / 165–182 µs in the profile's mixed pass / co-runs at the same activity;
     one pooled median (156 µs, mostly co-run requests) against 218–293 µs measured."""
-    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for sample in samples:
-        for name, pair in sample.items():
-            pooled.setdefault(name, []).append(pair)
-    out: dict[str, list[list[float]]] = {}
-    for name, parts in sorted(pooled.items()):
-        activity = np.concatenate([p[0] for p in parts])
-        back = np.concatenate([p[1] for p in parts]) / 1e6
-        rows = []
-        for lo, hi in itertools.pairwise(ACTIVITY_BINS):
-            k = (activity >= lo) & (activity < hi)
-            if int(k.sum()) >= minimum:
-                rows.append([lo, None if math.isinf(hi) else hi,
-                             round(float(np.median(back[k])), 6), int(k.sum())])
-        if rows:
-            out[name] = rows
-    return out
+    return _median_bins(samples, ACTIVITY_BINS, minimum, x_scale=1.0)
 
 
 def outbound_activity_spread(samples: list[dict[str, tuple[np.ndarray, np.ndarray]]],
