@@ -103,6 +103,12 @@ def test_the_simulator_looks_the_way_back_up_by_its_own_activity(tmp_path):
     np.testing.assert_allclose(back[-300:], 0.15, atol=1e-6)  # past the burst's first 10 ms
     simulate(trace, tmp_path / "median", profile=_profile(None), mode="mps", seed=1)
     np.testing.assert_allclose(_way_back_ms(tmp_path / "median"), 0.2, atol=1e-6)
+    # run.json says which way back was used, per trace model
+    from traceforge.record import RunManifest
+
+    info = RunManifest.load(tmp_path / "by-activity")["backend_info"]
+    assert info["outbound_by_activity_ms"] == {"enc": [[0.0, 2.0, 0.5], [20.0, None, 0.15]]}
+    assert RunManifest.load(tmp_path / "median")["backend_info"]["outbound_by_activity_ms"] == {}
 
 
 @pytest.mark.parametrize("rows", [[[0, 2, -0.1, 5]], [[5, 2, 0.1, 5]], "fast", [[0]],

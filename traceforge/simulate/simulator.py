@@ -226,6 +226,14 @@ def simulate(
                          for n, p in mapping.items()
                          if p in profile.modes[mode].inbound_by_idle_ms}
                         if max_batch == 1 else {}),
+                    # the way back by the dispatcher's activity (profile
+                    # outbound_by_activity_ms), per trace model: [[lo, hi, median_ms], ...];
+                    # {} = constant outbound_ms
+                    "outbound_by_activity_ms": {
+                        n: [[lo, None if math.isinf(hi) else hi, v] for lo, hi, v in
+                            profile.modes[mode].outbound_by_activity_ms[p]]
+                        for n, p in mapping.items()
+                        if p in profile.modes[mode].outbound_by_activity_ms},
                     # the dispatcher's send lag added to every request (profile send_lag_ms)
                     "send_lag_ms": profile.modes[mode].send_lag_ms,
                     # how far the trace's shapes are from those the co-runs measured ({}
