@@ -162,6 +162,11 @@ def test_each_way_back_draws_from_its_own_spread_and_pooled_way_back_drops_the_t
     bare = _profile([[0, 2, 0.5, 40]], spreads={"outbound_spread_ms": {"enc": [0.02] * k}})
     simulate(trace, tmp_path / "bare", profile=bare, mode="mps", seed=1)
     np.testing.assert_allclose(_way_back_ms(tmp_path / "bare"), 0.5, atol=1e-6)
+    # an empty table is no table: the pooled median and its spread
+    empty = _profile([], spreads={"outbound_spread_ms": {"enc": [0.02] * k},
+                                  "outbound_by_activity_spread_ms": {"enc": [0.3] * k}})
+    simulate(trace, tmp_path / "empty", profile=empty, mode="mps", seed=1)
+    np.testing.assert_allclose(_way_back_ms(tmp_path / "empty"), 0.22, atol=1e-6)
     with pytest.raises(BadInput) as err:
         _profile([[0, 2, 0.5, 40]], spreads={"outbound_by_activity_spread_ms": {"enc": [0.3]}})
     assert err.value.key == "modes.mps.outbound_by_activity_spread_ms.enc"

@@ -901,7 +901,7 @@ def _transport_deviations(mp, rows_by_model: list[np.ndarray], names: list[str],
         if not rows.size:
             continue
         # the way back: around its activity bin's median where the profile has that table
-        back = (mp.outbound_by_activity_spread_ms if p in mp.outbound_by_activity_ms
+        back = (mp.outbound_by_activity_spread_ms if mp.outbound_by_activity_ms.get(p)
                 else mp.outbound_spread_ms)
         for d, (table, floor) in enumerate((
                 (mp.inbound_spread_ms, -min([mp.inbound_ms.get(p, 0.0)]
