@@ -15,7 +15,12 @@
    Lindley simulations: relative sd of the mean 6.5 % (M/M/1) / 2.9 % (M/D/1), of the p99
    15 % / 11 %. Hence ±20 % / ±9 % on the mean, ±45 % / ±33 % on the p99. The fixed seeds used
    here land well inside (sample-path offsets from theory: M/M/1 +4.6 % mean, +7.3 % p99;
-   M/D/1 -1.1 % mean, -3.8 % p99), so a failure means the replay, not the dice. These asserts
+   M/D/1 -1.1 % mean, -3.8 % p99), so a failure means the replay, not the dice. The means
+   also allow REALTIME_MEAN_MS for what real time adds on average: the null backend's service
+   is a real sleep whose wake-up lateness the queue carries forward (2026-12-01, this 2-core
+   VM: recorded minus sample-path mean 0.39 ms in an M/D/1 run that failed the bare ±9 %, which
+   left 0.30 ms above the seed's -1.1 %; 2 of 4 runs of the realtime tests that day). A
+   generator on stock asyncio timers still fails check 1. These asserts
    need a generator that kept time: when the run's own self-check reports it was generator
    limited (send-lag p99 > 1 ms: the machine was too busy), the run is repeated (at most three
    runs); if every run was limited, the test skips them and says so.
@@ -38,6 +43,7 @@ pytestmark = pytest.mark.realtime
 S_MS = 2.5
 RHO = 0.5
 N = 2000
+REALTIME_MEAN_MS = 0.25  # see the module docstring
 
 
 def md1_p99_sojourn_ms(s_ms: float, rho: float) -> float:
@@ -98,7 +104,8 @@ def test_mm1_matches_theory(tmp_path):
     assert_sample_path(recorded, predicted, summary)
     mean_theory = S_MS / (1 - RHO)
     p99_theory = math.log(100) * S_MS / (1 - RHO)
-    assert abs(recorded.mean() / mean_theory - 1) <= 0.20, recorded.mean()
+    assert abs(recorded.mean() - mean_theory) <= 0.20 * mean_theory + REALTIME_MEAN_MS, \
+        recorded.mean()
     assert abs(np.percentile(recorded, 99) / p99_theory - 1) <= 0.45
     # a generator on ms-rounded stock asyncio timers sits at ~550 µs (benchmarks/bench_pacing.py);
     # the precise loop measured 7-15 µs. (< 1000 would already follow from an unflagged p99.)
@@ -110,5 +117,6 @@ def test_md1_matches_theory(tmp_path):
     assert_sample_path(recorded, predicted, summary)
     mean_theory = S_MS + RHO * S_MS / (2 * (1 - RHO))
     p99_theory = md1_p99_sojourn_ms(S_MS, RHO)
-    assert abs(recorded.mean() / mean_theory - 1) <= 0.09, recorded.mean()
+    assert abs(recorded.mean() - mean_theory) <= 0.09 * mean_theory + REALTIME_MEAN_MS, \
+        (recorded.mean(), predicted.mean())
     assert abs(np.percentile(recorded, 99) / p99_theory - 1) <= 0.33
