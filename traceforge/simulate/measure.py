@@ -581,8 +581,10 @@ ACTIVITY_BINS = (0.0, 2.0, 5.0, 10.0, 20.0, math.inf)
 
 # Modes whose profile carries ``outbound_by_activity_ms``. Checked offline against the
 # held-out replays of four H200 calls of 2026-12-01 (profile phases and replays saved by
-# gpu_fidelity.sh; the way back's median per replay against the prediction at the replay's own
-# activity): MPS encoder 183-216 µs predicted vs 215-293 measured (one pooled median: 156),
+# gpu_fidelity.sh; an ad-hoc script, not shipped, rebuilt each call's tables from its saved
+# phase runs with back_activity_samples / outbound_activity_bins and scored the replays with
+# fidelity.compare_run; the way back's median per replay against the prediction at the
+# replay's own activity): MPS encoder 183-216 µs predicted vs 215-293 measured (one pooled median: 156),
 # decoder 418 vs 364-395 (285); with it the 10:47 call's MPS cells went from 5 to 8 of 8 within
 # 5 % / 10 % (both replays of both mixes). timeslice: the way back is predicted better too (decoder 249-342 vs
 # 257-342 measured, pooled 191-255), but its encoder p50, already over-predicted by the

@@ -774,7 +774,7 @@ def _simulate_profile(table: pa.Table, scheduled: np.ndarray, codes: np.ndarray,
             batched[rows] = r.batched_with
     way_back = outbound[codes]
     if n and mp.outbound_by_activity_ms:
-        way_back = _activity_outbound(mp, names, mapping, codes, sent, end, way_back)
+        way_back = _activity_outbound(mp, names, mapping, rows_by_model, sent, end, way_back)
     done = (end + np.rint(np.maximum(way_back + dev_out, 0.0)).astype(np.int64)
             if n else end.copy())
 
@@ -868,8 +868,9 @@ def _first_token_work(profile: Profile, mapping: dict[str, str], names: list[str
     return out
 
 
-def _activity_outbound(mp, names: list[str], mapping: dict[str, str], codes: np.ndarray,
-                       sent: np.ndarray, end: np.ndarray, way_back: np.ndarray) -> np.ndarray:
+def _activity_outbound(mp, names: list[str], mapping: dict[str, str],
+                       rows_by_model: list[np.ndarray], sent: np.ndarray, end: np.ndarray,
+                       way_back: np.ndarray) -> np.ndarray:
     """The way back of each request (ns) by the dispatcher's activity before its service end
     (profile ``outbound_by_activity_ms``; measure.dispatcher_activity on the simulated
     timeline: sends, and completions at ``end`` + the model's median way back); models without
@@ -878,10 +879,9 @@ def _activity_outbound(mp, names: list[str], mapping: dict[str, str], codes: np.
 
     activity = dispatcher_activity(sent, end + way_back, end)
     out = way_back.astype(np.float64).copy()
-    for m, name in enumerate(names):
-        rows = codes == m
-        value = mp.activity_outbound_ms(mapping[name], activity[rows])
-        if value is not None and rows.any():
+    for name, rows in zip(names, rows_by_model, strict=True):
+        value = mp.activity_outbound_ms(mapping[name], activity[rows]) if rows.size else None
+        if value is not None:
             out[rows] = np.asarray(value) * 1e6
     return out
 
