@@ -48,8 +48,12 @@ def simulate_command(
         None, "--time-slice",
         help="With --mode timeslice: QUANTUM_MS[,SWITCH_MS] runs the time-sliced engine with "
              "that slice (a what-if), none runs processor sharing; default: the profile's."),
+    zoo: str | None = typer.Option(
+        None, "--zoo",
+        help="With --profile: MODEL=ZOO_ENTRY,... (as replay --zoo; overrides the spec)."),
 ) -> None:
     """Simulate TRACE in virtual time and write the run directory a replay would write."""
+    from traceforge.commands.replay import parse_mapping
     from traceforge.simulate import simulate
 
     summary = simulate(trace, out, servers=servers, service_ms=service_ms,
@@ -57,7 +61,7 @@ def simulate_command(
                        max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
                        time_scale=time_scale, warmup_s=warmup, cold_start=cold_start,
                        rate=rate, duration_s=duration, drain_timeout_s=drain_timeout,
-                       time_slice=time_slice)
+                       time_slice=time_slice, zoo=parse_mapping(zoo, "--zoo") or None)
     n = sum(summary.counts.values())
     cut = summary.extra.get("not_due")
     tail = f" ({cut} not due after --duration)" if cut else ""

@@ -63,6 +63,16 @@ def _trace_of(run_dir: Path, manifest: dict[str, Any]) -> Path:
                    value=recorded)
 
 
+def _run_zoo(info: dict[str, Any], trace) -> dict[str, str] | None:
+    """The zoo entry each trace model ran as (``backend_info.zoo``: the spec's, or ``replay
+    --zoo``'s), for the models of ``trace``; None for a run that did not record it."""
+    zoo = info.get("zoo")
+    if not isinstance(zoo, dict):
+        return None
+    names = set(trace.table.column("model").unique().to_pylist())
+    return {k: v for k, v in zoo.items() if k in names and isinstance(v, str)} or None
+
+
 def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
                 cold_start: bool | None = True) -> dict[str, Any]:
     """Simulate the trace a measured run replayed and compare per-model latencies.
@@ -88,7 +98,7 @@ def compare_run(run_dir: Path | str, profile: Profile, *, seed: int = 0,
                  max_wait_ms=float(info.get("max_wait_ms") or 0.0),
                  time_scale=float(options.get("time_scale") or 1.0),
                  warmup_s=float(options.get("warmup_s") or 0.0), seed=seed,
-                 cold_start=cold_start)
+                 cold_start=cold_start, zoo=_run_zoo(info, trace))
         simulated = latencies_by_model(Path(tmp) / "sim")
     models: dict[str, Any] = {}
     for model, real in measured.items():
@@ -143,7 +153,9 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
     names = sorted(set(t.column("model").to_pylist()))
     if mode == "exclusive" or len(names) < 2 or mode not in profile.modes:
         return {}
-    mapping = map_models(names, read_trace(_trace_of(run_dir, manifest)), profile)
+    trace = read_trace(_trace_of(run_dir, manifest))
+    mapping = map_models(names, trace, profile,
+                         zoo=_run_zoo(manifest.get("backend_info") or {}, trace))
     mp = profile.modes[mode]
     col = {c: t.column(c).to_numpy(zero_copy_only=False) for c in
            ("model", "batch_size", "seq_len", "max_new_tokens", "service_start_ns",

@@ -93,6 +93,7 @@ def simulate(
     duration_s: float | None = None,
     drain_timeout_s: float | None = None,
     time_slice: str | None = None,
+    zoo: dict[str, str] | None = None,
 ) -> SimulationSummary:
     """Simulate ``trace`` and write ``run_dir`` (run.json with backend ``simulate`` + timeline).
 
@@ -157,6 +158,9 @@ def simulate(
         if cold_start is not None:  # the null model has no warm-up cost to model
             raise BadInput("--cold-start/--warm-start need --profile",
                            key="--cold-start" if cold_start else "--warm-start", value=True)
+        if zoo:
+            raise BadInput("--zoo needs --profile (the null model has no zoo entries)",
+                           key="--zoo", value=",".join(f"{k}={v}" for k, v in zoo.items()))
         if max_batch != 1 or max_wait_ms:
             raise BadInput("dynamic batching needs --profile (the null model serves one "
                            "request at a time)", key="--max-batch", value=max_batch)
@@ -186,7 +190,7 @@ def simulate(
         profile.mode(mode, source=profile.path)
         if time_slice is not None:
             profile = _with_time_slice(profile, mode, time_slice)
-        mapping = map_models(names, trace, profile)
+        mapping = map_models(names, trace, profile, zoo=zoo)
         if cold_start is None:
             cold_start = not any(profile.models[p].bucketed for p in mapping.values())
 
@@ -583,24 +587,43 @@ def _simulate_null(scheduled: np.ndarray, codes: np.ndarray, names: list[str],
                      tokens_out=np.where(tokens > 0, tokens, -1), worker=worker)
 
 
-def map_models(names: list[str], trace: Trace, profile: Profile) -> dict[str, str]:
-    """Trace model -> profile model: the same name, else the trace spec's ``zoo`` entry."""
+def map_models(names: list[str], trace: Trace, profile: Profile,
+               zoo: dict[str, str] | None = None) -> dict[str, str]:
+    """Trace model -> profile model: the ``zoo`` override's entry (``--zoo``, or the zoo a
+    replay ran the model as), else the same name, else the trace spec's ``zoo`` entry."""
     spec_models = ((trace.meta or {}).get("spec") or {}).get("models") or {}
     by_zoo = {p.zoo: key for key, p in profile.models.items() if p.zoo}
+    zoo = dict(zoo or {})
+    unknown = sorted(set(zoo) - set(names))
+    if unknown:
+        raise BadInput("model not in the trace", key="--zoo", value=unknown[0],
+                       allowed=", ".join(names))
     mapping: dict[str, str] = {}
     for name in names:
+        override = zoo.get(name)
+        if override is not None:
+            if override in profile.models:
+                mapping[name] = override
+            elif override in by_zoo:
+                mapping[name] = by_zoo[override]
+            else:
+                raise BadInput("zoo entry has no entry in the profile", source=profile.path,
+                               key="--zoo", value=f"{name}={override}",
+                               allowed=", ".join(profile.models))
+            continue
         if name in profile.models:
             mapping[name] = name
             continue
-        zoo = (spec_models.get(name) or {}).get("zoo")
-        if zoo in profile.models:
-            mapping[name] = zoo
-        elif zoo in by_zoo:
-            mapping[name] = by_zoo[zoo]
+        zoo_entry = (spec_models.get(name) or {}).get("zoo")
+        if zoo_entry in profile.models:
+            mapping[name] = zoo_entry
+        elif zoo_entry in by_zoo:
+            mapping[name] = by_zoo[zoo_entry]
         else:
             raise BadInput("trace model has no entry in the profile (matched by name, then by "
-                           "the spec's zoo entry)", source=profile.path, key="models",
-                           value=name if zoo is None else f"{name} (zoo {zoo})",
+                           "the spec's zoo entry; --zoo MODEL=ENTRY picks one)",
+                           source=profile.path, key="models",
+                           value=name if zoo_entry is None else f"{name} (zoo {zoo_entry})",
                            allowed=", ".join(profile.models))
     return mapping
 
