@@ -160,6 +160,34 @@ INDUCTOR_OPTIONS: dict = {}
 # fuse_projections): mistral-7b bf16 batch 1 on an H200 went from 5.33-5.35 to 4.74 ms/token
 # (1.37x the weight-streaming floor; docs/results/serving-h200.md).
 FUSE_PROJECTIONS = True
+# ``compiled`` compiles the decode step once for every bucket of a model (Inductor with dynamic
+# shapes: the KV-cache length and the batch are symbols; a batch of 1 and of more than 1 are two
+# compiles, as Dynamo specialises sizes 0 and 1), not once per bucket. Per bucket (False) each
+# decode bucket paid a full Inductor compile during pre-warm (~72 s for mistral-7b on the
+# H200), and past Dynamo's recompile limit (8 per function, shared by every model of the
+# process) the remaining buckets silently ran the uncompiled step: llama-1b's 11 decode buckets
+# of benchmarks/zoo-sweep.toml did not finish pre-warm in 85 s (H200, 2026-12-01), and on the
+# CPU the 9th tiny-llama bucket hit the limit. See docs/resident.md for the measured cost.
+COMPILE_DYNAMIC = True
+# Dynamo's recompile limit while ``compiled`` models are built: room for every bucket even where
+# a model compiles per bucket (COMPILE_DYNAMIC False), so none falls back to the uncompiled step.
+COMPILED_RECOMPILE_LIMIT = 256
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """Let Dynamo keep ``limit`` compiled versions of a function (its default, 8, counts every
+    bucket of every model in the process: beyond it a bucket silently runs uncompiled). The
+    option was ``cache_size_limit`` before torch 2.6."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(int(getattr(config, name)), limit))
+            break
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(int(config.accumulated_recompile_limit),
+                                                 4 * limit)
 
 
 class Launched(NamedTuple):
@@ -250,6 +278,7 @@ class LoadedModel:
         self.inductor_options = dict(INDUCTOR_OPTIONS)
         # ``compiled``: fuse q/k/v and gate/up projections first (zoo/serving.py)
         self.fuse_projections = FUSE_PROJECTIONS
+        self.compile_dynamic = COMPILE_DYNAMIC  # ``compiled``: one compile for all buckets
         self._events: list = []  # free (start, end) CUDA event pairs (_event_pair)
         self._prefill_events: list = []  # free untimed events (begin_decode)
         self._retired: collections.deque = collections.deque()  # pairs finish() may still read
@@ -274,6 +303,8 @@ class LoadedModel:
             import torch
 
             self._pool = torch.cuda.graph_pool_handle()  # one memory pool for all its graphs
+        if compile == "compiled":
+            _raise_recompile_limit(COMPILED_RECOMPILE_LIMIT)
 
     @property
     def params(self) -> int:
@@ -612,15 +643,18 @@ class LoadedModel:
             runner.step()
         return first_token
 
-    def prewarm(self, buckets, new_tokens: dict | None = None) -> dict[str, float]:
+    def prewarm(self, buckets, new_tokens: dict | None = None,
+                on_bucket=None) -> dict[str, float]:
         """Run every bucket once before traffic (graphs: capture them); seconds per bucket.
 
         ``new_tokens[bucket]``: the largest max_new_tokens a request in that bucket asks for
-        (eager decode warms that many steps; a captured decode step serves any count)."""
+        (eager decode warms that many steps; a captured decode step serves any count).
+        ``on_bucket(index, count, label, seconds)`` after each bucket (progress)."""
         import torch
 
         times: dict[str, float] = {}
-        for bucket in buckets:
+        buckets = list(buckets)
+        for i, bucket in enumerate(buckets):
             new = (new_tokens or {}).get(bucket, bucket.new_cap)
             t = time.perf_counter()
             # Graphs: capturing already ran the bucket (eager warm-up + capture); eager: one run
@@ -629,6 +663,8 @@ class LoadedModel:
             if self.is_cuda:
                 torch.cuda.synchronize(self.device)
             times[bucket.label()] = round(time.perf_counter() - t, 4)
+            if on_bucket is not None:
+                on_bucket(i + 1, len(buckets), bucket.label(), times[bucket.label()])
         return times
 
     def _vision_kwargs(self) -> dict:

@@ -309,13 +309,17 @@ class DecodeRunner:
         if inductor:
             # ``compiled``: the decode step's ~30 small kernels per layer (norms, rotary, SiLU,
             # residuals) fused by TorchInductor, then captured like the eager kernels. Compiled
-            # once per bucket shape during the warm-up below (pre-warm pays it). Inductor
-            # options come from the model (``LoadedModel.inductor_options``, see
-            # INDUCTOR_OPTIONS in zoo/__init__.py for what they do and what they measured).
+            # during the warm-up below (pre-warm pays it): once for all of a model's buckets
+            # with dynamic shapes (``LoadedModel.compile_dynamic``, COMPILE_DYNAMIC), else once
+            # per bucket shape. Dynamo keys its cache on this method's code, so buckets share
+            # the compiled step. Inductor options come from the model
+            # (``LoadedModel.inductor_options``, see INDUCTOR_OPTIONS in zoo/__init__.py for
+            # what they do and what they measured).
             options = dict(getattr(lm, "inductor_options", None) or {})
             if getattr(lm, "fuse_projections", False):
                 fuse_projections(lm.model)
-            step = torch.compile(self._step, dynamic=False, options=options or None)
+            dynamic = bool(getattr(lm, "compile_dynamic", False))
+            step = torch.compile(self._step, dynamic=dynamic, options=options or None)
         self._step_fn = step
         if graphs:
             g = _Graphs(pool)
