@@ -39,7 +39,7 @@ PROCESS_MODES = ("timeslice", "mps")
 # Per-process CUDA context + allocator slack + activations, counted against free memory on top
 # of the weights (an H100 context with cuBLAS workspaces is ~0.5 GiB).
 PER_PROCESS_OVERHEAD_BYTES = 1 << 30
-WORKER_START_TIMEOUT_S = 600.0
+WORKER_START_TIMEOUT_S = 600.0  # silence while a worker starts (its progress lines reset it)
 PING_SAMPLES = 200
 # CPU worker processes run at this niceness so the dispatcher's pacer gets a core the moment it
 # needs one (worker.py explains the measurement; docs/replay.md "CPU workers").
@@ -252,7 +252,8 @@ class ResidentBackend:
         from traceforge.zoo import BucketDoesNotFit
 
         try:
-            loaded, info = build_resident(self.models, self.device, self.seed, self._serving)
+            loaded, info = build_resident(self.models, self.device, self.seed, self._serving,
+                                          status=self.status)
         except BucketDoesNotFit as exc:
             raise RunFailure(str(exc)) from None
         self._info["models"] = info
@@ -299,7 +300,7 @@ class ResidentBackend:
                    "serving": {**self._serving,
                                "seq_buckets": {name: self._serving["seq_buckets"].get(name)},
                                "shapes": {name: self._serving["shapes"].get(name)}}}
-            self._workers[name] = WorkerProcess(name, cfg, env)
+            self._workers[name] = WorkerProcess(name, cfg, env, status=self.status)
         self._info["workers"] = {}
         # Models load in parallel: each worker builds on the device concurrently.
         started = time.perf_counter()

@@ -62,10 +62,14 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, name: str, cfg: dict[str, Any], env: dict[str, str]):
+    def __init__(self, name: str, cfg: dict[str, Any], env: dict[str, str], status=None):
         self.name = name
         self.cfg = cfg
         self.env = env
+        # status(line): the worker's progress lines while it starts (slow pre-warm); each one
+        # also restarts start()'s timeout, which bounds silence, not a long pre-warm
+        self.status = status
+        self._progress_at = 0.0
         # The worker's stdout/stderr: an already-unlinked temporary file (kept open here), so
         # nothing is left on disk however the dispatcher dies (SIGKILL included).
         self.log = None
@@ -99,11 +103,18 @@ class WorkerProcess:
         self._ready = self._loop.create_future()
         self._loop.add_reader(self.conn.fileno(), self._on_readable)
         self.conn.send(("init", self.cfg))
-        try:
-            self.info = await asyncio.wait_for(self._ready, timeout_s)
-        except TimeoutError:
-            raise RunFailure(f"worker {self.name} (pid {self.pid}) not ready after "
-                             f"{timeout_s:.0f} s; log: {self.log_tail()}") from None
+        self._progress_at = time.monotonic()
+        while True:
+            left = self._progress_at + timeout_s - time.monotonic()
+            if left > 0:
+                done, _ = await asyncio.wait({self._ready}, timeout=left)
+                if done:
+                    break
+                continue  # a progress line came meanwhile: wait again from it
+            self._ready.cancel()
+            raise RunFailure(f"worker {self.name} (pid {self.pid}) not ready: nothing heard "
+                             f"from it for {timeout_s:.0f} s; log: {self.log_tail()}")
+        self.info = self._ready.result()
 
     def submit(self, job: tuple) -> asyncio.Future:
         fut = self._loop.create_future()
@@ -149,6 +160,10 @@ class WorkerProcess:
                 elif tag == "ready":
                     if not self._ready.done():
                         self._ready.set_result(msg[1])
+                elif tag == "status":
+                    self._progress_at = time.monotonic()
+                    if self.status is not None:
+                        self.status(msg[1])
                 elif tag == "fail":
                     self._died(f"failed to start: {msg[1]}")
         except (EOFError, OSError):

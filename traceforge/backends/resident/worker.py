@@ -33,9 +33,33 @@ def warm_up(model) -> None:
         model.run(1, seq, new, label="warmup")
 
 
+# Pre-warm progress (build_resident's ``status``): a line for a bucket that took at least
+# PREWARM_SLOW_S (a CUDA graph capture takes < 2 s on the H200; an Inductor compile 15-80 s),
+# else at most one every PREWARM_EVERY_S, so a long pre-warm never looks like a hang.
+# TRACEFORGE_PREWARM_SLOW_S overrides the first (tests: 0 reports every bucket).
+PREWARM_SLOW_S = float(os.environ.get("TRACEFORGE_PREWARM_SLOW_S", "5"))
+PREWARM_EVERY_S = 15.0
+
+
+def _prewarm_reporter(name: str, zoo: str, status):
+    started = last = time.perf_counter()
+
+    def on_bucket(i: int, n: int, label: str, seconds: float) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if seconds >= PREWARM_SLOW_S or (now - last >= PREWARM_EVERY_S and i < n):
+            last = now
+            why = " (compiling)" if seconds >= PREWARM_SLOW_S else ""
+            status(f"    {name} ({zoo}): pre-warm {i}/{n} buckets, {now - started:.0f} s; "
+                   f"{label} took {seconds:.1f} s{why}")
+    return on_bucket
+
+
 def build_resident(models: dict[str, str], device: str, seed: int,
-                   serving: dict | None = None) -> tuple[dict, dict]:
+                   serving: dict | None = None, status=None) -> tuple[dict, dict]:
     """Build, configure and warm ``{trace model: zoo entry}``; returns (loaded, info per model).
+
+    ``status(line)``: progress lines while pre-warm is slow (an Inductor compile, many buckets).
 
     ``serving`` (all optional): ``compile`` (eager | graphs), ``seq_buckets`` {model: list or
     None}, ``batch_buckets`` (dynamic batching on), ``max_batch``, ``prewarm`` (bool) and
@@ -62,7 +86,9 @@ def build_resident(models: dict[str, str], device: str, seed: int,
         if serving.get("prewarm", True) and shapes:
             buckets, new_by_bucket = warm_plan(model, shapes, int(serving.get("max_batch", 1)))
             t = time.perf_counter()
-            per_bucket = model.prewarm(buckets, new_by_bucket)
+            per_bucket = model.prewarm(
+                buckets, new_by_bucket,
+                on_bucket=None if status is None else _prewarm_reporter(name, zoo, status))
             entry_info["prewarm"] = {"buckets": list(per_bucket),
                                      "seconds": round(time.perf_counter() - t, 3),
                                      "per_bucket_s": per_bucket}
@@ -154,7 +180,8 @@ def main(argv: list[str]) -> int:
                 with contextlib.suppress(RuntimeError):
                     torch.set_num_interop_threads(1)
         loaded, info = build_resident(cfg["models"], cfg["device"], cfg["seed"],
-                                      cfg.get("serving"))
+                                      cfg.get("serving"),
+                                      status=lambda line: send(("status", line)))
     except Exception as exc:
         send(("fail", f"{type(exc).__name__}: {exc}".replace("\n", " ")[:1000]))
         return 1
