@@ -55,6 +55,10 @@ def summarise(run_dir: Path, rc: str) -> dict:
     return out
 
 
+def f(x) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def main(work: Path, out_dir: Path) -> int:
     rcs = {}
     rc_file = work / "rc.txt"
@@ -75,7 +79,6 @@ def main(work: Path, out_dir: Path) -> int:
                          f"{r.get('error', 'no rows')} |")
         for model, v in r["models"].items():
             bad += v["ok"] < v["rows"]
-            f = (lambda x: "—" if x is None else f"{x:.2f}")
             lines.append(
                 f"| {r['run']} | {r['rc']} | {model} ({v['zoo']}, {v['compile']}) | "
                 f"{v['ok']} / {v['rows']} | {v['other'] or ''} | {f(v.get('p50_ms'))} | "

@@ -175,6 +175,73 @@ def test_prewarm_covers_every_bucket_before_the_first_request(tmp_path):
     assert stats["padded_share"] == 1.0
 
 
+@pytest.mark.parametrize("mode", ["exclusive", "timeslice"])
+def test_prewarm_progress_lines(tmp_path, mode):
+    """A slow pre-warm says what it is doing: with the slow-bucket threshold at 0 every bucket
+    is a line on stderr, from the dispatcher's process (exclusive) and from a worker process
+    over its socket (timeslice)."""
+    import os
+
+    trace = tmp_path / "t.parquet"
+    _small_trace(trace)
+    out = subprocess.run([sys.executable, "-m", "traceforge", "replay", str(trace), "-o",
+                          str(tmp_path / "run"), "--backend", "resident", "--mode", mode,
+                          "--no-progress"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "TRACEFORGE_PREWARM_SLOW_S": "0"})
+    assert out.returncode == 0, out.stderr
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["backend_info"]
+    for model in ("enc", "dec"):
+        buckets = info["prewarm"]["buckets"][model]
+        lines = [ln for ln in out.stderr.splitlines() if f"{model} (tiny-" in ln
+                 and "pre-warm" in ln]
+        assert len(lines) == len(buckets), out.stderr
+        assert lines[-1].strip().startswith(f"{model} (tiny-")
+        assert f"pre-warm {len(buckets)}/{len(buckets)} buckets" in lines[-1]
+
+
+def test_prewarm_reporter_throttles():
+    """Fast buckets are reported at most every PREWARM_EVERY_S, slow ones always."""
+    from traceforge.backends.resident import worker
+
+    lines: list[str] = []
+    report = worker._prewarm_reporter("m", "tiny-bert", lines.append)
+    for i in range(1, 6):
+        report(i, 5, f"b1s{16 * i}", 0.01)
+    assert lines == []
+    report(3, 5, "b1s64n32", worker.PREWARM_SLOW_S + 1)
+    assert len(lines) == 1 and "(compiling)" in lines[0] and "3/5" in lines[0]
+
+
+def test_compiled_decode_step_is_compiled_once_for_all_buckets():
+    """``compiled`` (zoo.COMPILE_DYNAMIC): the Inductor-compiled decode step of one model serves
+    every bucket from one or two Dynamo graphs (Dynamo may first compile static and then once
+    with dynamic shapes), not one per bucket (past Dynamo's limit of 8 a bucket silently ran
+    uncompiled), and its greedy tokens equal the eager path's (Inductor on the CPU; the GPU
+    path also captures the compiled step: benchmarks/gpu_compiled_buckets.py)."""
+    import torch._dynamo
+    import torch._dynamo.utils
+
+    from traceforge.zoo import _raise_recompile_limit, build_model
+
+    torch._dynamo.reset()
+    m = build_model("tiny-llama", "cpu", dtype="float32", seed=3)
+    assert m.compile_dynamic
+    ids = torch.randint(0, m.vocab_size, (1, 13), generator=torch.Generator().manual_seed(1))
+    eager = m.greedy_ids(ids, 6)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for seq in (16, 64, 256, 1024):
+        assert torch.equal(m.static_greedy_ids(ids, 6, bucket_seq=seq, inductor=True), eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    old = getattr(config, name)
+    try:
+        _raise_recompile_limit(300)
+        assert getattr(config, name) == max(old, 300)
+    finally:
+        setattr(config, name, old)
+
+
 def test_no_prewarm_keeps_shapes_cold(tmp_path):
     trace = tmp_path / "t.parquet"
     _small_trace(trace)

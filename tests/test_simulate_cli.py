@@ -338,3 +338,50 @@ def test_profile_streams_transports_and_slowdowns_from_the_mixed_pass(tmp_path):
     for m, e in est.items():
         assert entry["corun"]["tiny-bert+tiny-gpt2"]["repeats"][m] == [
             pytest.approx(e["slowdown"], abs=1e-4)]
+
+
+def test_simulate_zoo_override_picks_the_profile_entry(tmp_path):
+    """--zoo MODEL=ENTRY (as replay --zoo) simulates a trace model as that profile entry over
+    the spec's zoo; fidelity's compare_run uses the zoo a run recorded (backend_info.zoo), so a
+    run replayed with --zoo is compared against the entries it really ran."""
+    from traceforge.simulate.fidelity import compare_run
+
+    trace = write_poisson_trace(tmp_path / "t.parquet", rate_per_s=50, n=200,
+                                models=["a", "b"], seed=3,
+                                zoo={"a": "bert-base", "b": "gpt2"}, new={"b": 16})
+    base = ["simulate", str(trace), "--profile", "h200-fidelity", "--mode", "exclusive"]
+    bad = cli(*base, "-o", str(tmp_path / "no-zoo"))
+    assert bad.returncode == 2 and "a (zoo bert-base)" in bad.stderr
+    assert "--zoo" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    done = cli(*base, "-o", str(tmp_path / "sim"), "--zoo", "a=distilbert-base,b=distilgpt2")
+    assert done.returncode == 0, done.stderr
+    info = RunManifest.load(tmp_path / "sim")["backend_info"]
+    assert info["models"] == {"a": "distilbert-base", "b": "distilgpt2"}
+    for args, needle in [
+        (["--zoo", "c=distilbert-base"], "--zoo = 'c'"),
+        (["--zoo", "a=resnet-50,b=distilgpt2"], "--zoo = 'a=resnet-50'"),
+        (["--zoo", "a"], "--zoo = 'a'"),
+    ]:
+        bad = cli(*base, "-o", str(tmp_path / "bad"), *args)
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert not (tmp_path / "bad").exists()
+    bad = cli("simulate", str(trace), "-o", str(tmp_path / "bad"), "--zoo", "a=distilbert-base")
+    assert bad.returncode == 2 and "--zoo needs --profile" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+    # A "measured" run: the simulation above, as a replay with --zoo would record it.
+    manifest = json.loads((tmp_path / "sim" / "run.json").read_text())
+    manifest["backend_info"]["zoo"] = {"a": "distilbert-base", "b": "distilgpt2"}
+    manifest["mode"] = "exclusive"
+    (tmp_path / "sim" / "run.json").write_text(json.dumps(manifest))
+    result = compare_run(tmp_path / "sim", load_profile("h200-fidelity"), cold_start=False)
+    assert set(result["models"]) == {"a", "b"}
+    # the same profile, seed and trace: the simulation reproduces itself exactly
+    assert all(abs(row["error_p50"]) < 1e-9 for row in result["models"].values())
+    manifest["backend_info"].pop("zoo")
+    (tmp_path / "sim" / "run.json").write_text(json.dumps(manifest))
+    from traceforge.errors import BadInput
+
+    with pytest.raises(BadInput, match="bert-base"):
+        compare_run(tmp_path / "sim", load_profile("h200-fidelity"), cold_start=False)
