@@ -8,7 +8,7 @@
 # then (LLAMA_COMPILED=1) llama-1b alone with --compile compiled on zoo-sweep's llama rows.
 # Results under $WORK; the fidelity table, the profile and a tarball of the runs go to $OUT.
 # Env: OUT, PYTHON, MODES (default exclusive,mps), REPEATS (1), TARGET_UTIL (0.6), MIX_S (12),
-# PROFILE_LIMIT (240 s), REPLAY_LIMIT (90 s), LLAMA_COMPILED (1), GPU_NEWUSER_DRY=1 (tiny
+# PROFILE_LIMIT (240 s), REPLAY_LIMIT (90 s), LLAMA_COMPILED (1), LLAMA_LIMIT (150 s), GPU_NEWUSER_DRY=1 (tiny
 # models on the CPU: the plumbing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ if [ "${GPU_NEWUSER_DRY:-0}" = 1 ]; then
 else
   PMODELS=bert-base,gpt2,vit-base; PDEV=cuda
   ZOO=(); DEV=(--device cuda)
-  PEXTRA=(--corun-seconds 3 --corun-repeats 2 --corun-sizes 4,16 --corun-size-repeats 1)
+  PEXTRA=(--repeats 5 --corun-sets pairs --corun-seconds 2 --corun-repeats 2 --corun-sizes 4 --corun-size-repeats 1)
   COMPILED=compiled; SOLO=(--device cuda)
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | tee -a "$LOG"
 fi
@@ -100,7 +100,7 @@ write_trace(conform_trace_table(t), work / "llama.parquet", tr.meta)
 PY
   echo "---- llama-1b --compile $COMPILED" | tee -a "$LOG"
   t0=$(date +%s)
-  timeout -k 10 "${REPLAY_LIMIT:-90}" "$PY" -m traceforge replay "$WORK/llama.parquet" \
+  timeout -k 10 "${LLAMA_LIMIT:-150}" "$PY" -m traceforge replay "$WORK/llama.parquet" \
     -o "$WORK/runs/llama-$COMPILED" --backend resident --mode exclusive --compile "$COMPILED" \
     "${SOLO[@]}" --no-progress 2>&1 | tee -a "$LOG"
   echo "llama-$COMPILED rc=${PIPESTATUS[0]} $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
