@@ -342,6 +342,8 @@ def test_time_slice_override_runs_a_what_if_or_forces_processor_sharing(tmp_path
                           (dict(profile=fitted, mode="timeslice"), "2,-1"),
                           (dict(profile=fitted, mode="timeslice"), "fast"),
                           (dict(profile=fitted, mode="timeslice"), "1,2,3"),
+                          (dict(profile=fitted, mode="timeslice"), "1.25,25"),  # µs as ms
+                          (dict(profile=fitted, mode="timeslice"), "2,2"),
                           (dict(profile=fitted, mode="timeslice"), "nan"),
                           (dict(profile=fitted, mode="exclusive"), "2"),
                           ({}, "2")):

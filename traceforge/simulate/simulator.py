@@ -850,6 +850,11 @@ def parse_time_slice(value: object, mode: str | None, *, key: str = "--time-slic
             or (len(nums) == 2 and nums[1] < 0)):
         raise BadInput("give QUANTUM_MS (> 0), QUANTUM_MS,SWITCH_MS (>= 0) or none", key=key,
                        value=value)
+    if len(nums) == 2 and nums[1] >= nums[0]:
+        # A switch as long as the slice leaves the GPU switching half its time or more: almost
+        # surely µs given as ms (1.25,25 simulated latencies 10^4 x the measured ones).
+        raise BadInput("the switch cost must be shorter than the slice (both in ms: 25 µs is "
+                       "0.025)", key=key, value=value)
     return nums[0], (nums[1] if len(nums) == 2 else None)
 
 
