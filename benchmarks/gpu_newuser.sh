@@ -76,6 +76,8 @@ for rep in $(seq 1 "${REPEATS:-1}"); do
       -o "$WORK/runs/$name" --backend resident --mode "$mode" "${DEV[@]}" "${ZOO[@]}" \
       --time-scale "$SCALE" --warmup 1 --no-progress 2>&1 | tee -a "$LOG"
     echo "MPS daemons/servers left: $("$PY" -m traceforge.gpu.mps_left)" | tee -a "$LOG"
+    # the trace beside the run: the tarball's runs score anywhere (fidelity looks there first)
+    [ -d "$WORK/runs/$name" ] && cp "$WORK/mix.parquet" "$WORK/runs/$name/trace.parquet"
     [ -f "$WORK/runs/$name/run.json" ] && RUNS+=("$WORK/runs/$name")
   done
 done

@@ -40,6 +40,7 @@ replay() {  # NAME ARGS...
     --backend resident --no-progress --timeout 60 --drain-timeout 60 "$@" 2>&1 | tee -a "$LOG"
   echo "$name rc=${PIPESTATUS[0]} wall_ms=$(( ($(date +%s%N) - t0) / 1000000 ))" | tee -a "$WORK/rc.txt" "$LOG"
   echo "MPS daemons/servers left after $name: $("$PY" -m traceforge.gpu.mps_left)" | tee -a "$LOG"
+  [ -d "$WORK/runs/$name" ] && cp "$WORK/zoo.parquet" "$WORK/runs/$name/trace.parquet"
 }
 mkdir -p "$WORK/runs"
 for mode in $(echo "$MODES" | tr ',' ' '); do
