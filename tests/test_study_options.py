@@ -88,3 +88,51 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
     assert "6 groups, 36 grid cells; traces 360 s" in stdout
     assert "group bursty__mode=streams: 6 grid cells, 1 capacity searches" in stdout
+
+
+def test_simulate_zoo_option_in_a_study(tmp_path):
+    """``[options] zoo`` on the simulate backend (as simulate --zoo): the cells simulate the
+    workload's models as those profile entries; an override naming a model the workload lacks,
+    or an entry the profile lacks, is refused naming ``options.zoo`` before anything is
+    written."""
+    import pytest
+
+    from traceforge.errors import BadInput
+    from traceforge.record import RunManifest
+    from traceforge.study.engine import run_study
+    from traceforge.study.spec import load_study
+
+    def spec(zoo: str) -> object:
+        path = tmp_path / f"s{len(list(tmp_path.glob('s*.toml')))}.toml"
+        path.write_text(f"""name = "z"
+backend = "simulate"
+[mixes.m]
+duration_s = 2
+[mixes.m.models.a]
+arrival = {{ process = "poisson", rate = 40 }}
+seq_len = 32
+[mixes.m.models.b]
+arrival = {{ process = "poisson", rate = 5 }}
+seq_len = 32
+max_new_tokens = 8
+[axes]
+mode = ["exclusive", "mps"]
+[options]
+profile = "h200-fidelity"
+zoo = {zoo}
+""")
+        return load_study(path)
+
+    result = run_study(spec('{ a = "distilbert-base", b = "distilgpt2" }'), tmp_path / "ok")
+    assert result["status"] == "complete"
+    cells = list((tmp_path / "ok" / "cells").iterdir())
+    assert len(cells) == 2
+    for run in cells:
+        info = RunManifest.load(run)["backend_info"]
+        assert info["models"] == {"a": "distilbert-base", "b": "distilgpt2"}
+    for zoo, value in (('{ c = "distilbert-base" }', "c"),
+                       ('{ a = "resnet-50", b = "distilgpt2" }', "a=resnet-50")):
+        with pytest.raises(BadInput) as err:
+            run_study(spec(zoo), tmp_path / "bad")
+        assert err.value.key == "options.zoo" and value in str(err.value)
+        assert not (tmp_path / "bad").exists()

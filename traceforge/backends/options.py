@@ -96,6 +96,7 @@ class SimulateOptions:
     duration_s: float | None = None  # as replay's --duration / --drain-timeout
     drain_timeout_s: float | None = None
     time_slice: str | None = None  # --time-slice (timeslice with a profile): "Q[,S]" or "none"
+    zoo: dict[str, str] = field(default_factory=dict)  # --zoo: model -> profile entry
 
 
 BACKEND_OPTIONS: dict[str, tuple[type, ...]] = {

@@ -172,6 +172,9 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
         if opts.get("time_slice") is not None:
             raise BadInput("time_slice needs a profile and mode timeslice on the simulate "
                            "backend", key="time_slice", value=opts["time_slice"])
+        if opts.get("zoo"):
+            raise BadInput("zoo needs a profile on the simulate backend", key="zoo",
+                           value=opts["zoo"])
         if opts["max_batch"] != 1 or opts["max_wait_ms"]:
             raise BadInput("dynamic batching needs a profile on the simulate backend",
                            key="max_batch", value=opts["max_batch"])
@@ -200,7 +203,18 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
 
         parse_time_slice(opts["time_slice"], "timeslice", key="time_slice")
     by_zoo = {p.zoo for p in profile.models.values() if p.zoo}
+    overrides = opts.get("zoo") or {}
+    unknown = sorted(set(overrides) - set(workload["models"]))
+    if unknown:
+        raise BadInput("model not in the workload", key="zoo", value=unknown[0],
+                       allowed=", ".join(workload["models"]))
     for model, table in workload["models"].items():
+        if model in overrides:  # as simulate's map_models: the override decides alone
+            if overrides[model] not in profile.models and overrides[model] not in by_zoo:
+                raise BadInput("zoo entry has no entry in the profile", key="zoo",
+                               value=f"{model}={overrides[model]}",
+                               allowed=", ".join(profile.models))
+            continue
         zoo = table.get("zoo")
         if model not in profile.models and zoo not in profile.models and zoo not in by_zoo:
             raise BadInput("model has no entry in the profile", key="profile",
