@@ -48,6 +48,9 @@ def _references(text: str | None) -> dict[str, tuple[int, int, int | None]]:
         except ValueError as exc:
             raise BadInput("expected MODEL=BATCHxSEQ[xNEW_TOKENS]", key="--reference",
                            value=item) from exc
+        if model.strip() in out:
+            raise BadInput(f"model {model.strip()!r} given twice", key="--reference",
+                           value=text)
         out[model.strip()] = (nums[0], nums[1], nums[2] if len(nums) == 3 else None)
     return out
 

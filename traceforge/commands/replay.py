@@ -19,15 +19,18 @@ BACKENDS = ("null", "http", "resident")
 
 
 def parse_mapping(text: str | None, flag: str, *, value_type=str) -> dict:
-    """``A=1,B=2`` -> {"A": 1, "B": 2}; every malformed item is a BadInput naming the flag."""
+    """``A=1,B=2`` -> {"A": 1, "B": 2}; every malformed item (an empty flag, a model given twice
+    included) is a BadInput naming the flag."""
     out: dict = {}
-    if not text:
+    if text is None:
         return out
     for item in text.split(","):
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise BadInput("expected MODEL=VALUE[,MODEL=VALUE...]", key=flag, value=text)
+        if key in out:
+            raise BadInput(f"model {key!r} given twice", key=flag, value=text)
         try:
             out[key] = value_type(value)
         except ValueError as exc:

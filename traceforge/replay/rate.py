@@ -83,6 +83,9 @@ def apply_rate(trace: Trace, rate: str | None, time_scale: float,
     if not isinstance(wanted, dict):
         mean = n / window
         factor = mean / wanted
+        # named --rate here, not the --time-scale it becomes (the user gave no time scale)
+        last = float(trace.table.column("arrival_ns")[-1].as_py()) * factor / 1e9
+        check_schedule_seconds(last, key=key, value=rate)
         return trace, factor, {"rate": wanted, "trace_mean_rate": mean, "time_scale": factor}
 
     models = trace.table.column("model").combine_chunks().dictionary_encode()
@@ -102,7 +105,8 @@ def apply_rate(trace: Trace, rate: str | None, time_scale: float,
             per_model[name] = {"rate": wanted[name], "trace_mean_rate": mean,
                                "time_scale": factors[i]}
     arrival = trace.table.column("arrival_ns").to_numpy().astype(np.float64)
-    scaled = arrival * factors[codes]
+    with np.errstate(over="ignore", invalid="ignore"):  # inf is refused just below
+        scaled = arrival * factors[codes]
     top = float(scaled.max())
     worst = names[int(np.argmax(factors))]
     check_seconds(rate, key=key, seconds=top / 1e9)

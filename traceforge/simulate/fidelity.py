@@ -18,6 +18,7 @@ runs being compared (that would fit the model to them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -151,7 +152,10 @@ def slowdown_by_corunner_size(run_dir: Path | str, profile: Profile) -> dict[str
     t = read_timeline(run_dir)
     t = t.filter(pc.equal(t.column("status"), "ok"))
     names = sorted(set(t.column("model").to_pylist()))
-    if mode == "exclusive" or len(names) < 2 or mode not in profile.modes:
+    if mode not in profile.modes:
+        raise BadInput("the run's mode is not measured in this profile", source=run_dir,
+                       key="mode", value=mode, allowed=", ".join(profile.modes))
+    if mode == "exclusive" or len(names) < 2:
         return {}
     trace = read_trace(_trace_of(run_dir, manifest))
     mapping = map_models(names, trace, profile,
@@ -454,9 +458,29 @@ def render_corunner_size(by_run: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, like every traceforge command."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"fidelity: error: {message} (--help for usage)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _check_run(run: Path, what: str) -> None:
+    """``run`` is a readable run directory with ok rows to compare (BadInput otherwise): the
+    report's loader refuses a corrupt run.json or timeline in one line."""
+    from traceforge.analyze.rundata import load_run
+
+    if not (run / "run.json").is_file():
+        raise BadInput("not a run directory (no run.json in it)", key=what, value=str(run))
+    loaded = load_run(run)
+    if not np.any(loaded.ok & ~loaded.col("warmup")):
+        raise BadInput("no ok rows outside warmup to compare", key=what, value=str(run))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m traceforge.simulate.fidelity",
-                                     description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m traceforge.simulate.fidelity",
+                     description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("-o", "--out", type=Path)
@@ -493,11 +517,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.oracle and (args.size_blind or args.pooled_way_back):
         parser.error("--size-blind and --pooled-way-back simulate with a profile; --oracle "
                      "uses none")
+    if args.oracle_handoff and not args.oracle:
+        parser.error("--oracle-handoff needs --oracle")
+    if args.handoff_from and (args.oracle or args.by_corunner_size):
+        parser.error("--handoff-from feeds the simulation; --oracle and --by-corunner-size "
+                     "do not simulate")
+    warm = {w.strip() for w in args.warm.split(",") if w.strip()}
+    unknown = sorted(warm - {Path(r).name for r in args.runs})
+    if unknown:
+        parser.error(f"--warm names {unknown[0]!r}, which is not one of the runs' directory "
+                     "names")
     try:
         for run in args.runs:
-            if not (run / "run.json").is_file():
-                raise BadInput("not a run directory (no run.json in it)", key="RUN_DIR",
-                               value=str(run))
+            _check_run(run, "RUN_DIR")
+        for run in args.handoff_from:
+            _check_run(run, "--handoff-from")
         profile = None
         if args.profile is not None:
             profile = load_profile(args.profile)
@@ -518,11 +552,15 @@ def main(argv: list[str] | None = None) -> int:
                     raise BadInput("a hand-off run is also a compared run (that fits the "
                                    "model to the runs it is judged on)", key="--handoff-from")
                 profile = with_handoff(profile, handoff_from_runs(args.handoff_from))
-            warm = {w.strip() for w in args.warm.split(",") if w.strip()}
             results = [compare_run(run, profile, seed=args.seed,
                                    cold_start=Path(run).name not in warm) for run in args.runs]
     except BadInput as exc:
         print(f"fidelity: error: {exc}", file=sys.stderr)
+        return 2
+    if args.by_corunner_size and not any(by_size.values()):
+        print("fidelity: error: --by-corunner-size: no run has two models sharing the GPU in a "
+              "mode the profile measured (exclusive runs and one-model runs have no co-runner)",
+              file=sys.stderr)
         return 2
     if not args.by_corunner_size:
         text = (json.dumps(results, indent=1) + "\n") if args.json else render_markdown(results)
@@ -530,9 +568,15 @@ def main(argv: list[str] | None = None) -> int:
         from traceforge.paths import check_output
         from traceforge.schema import atomic_write
 
+        inputs = [("a run directory", r) for r in [*args.runs, *args.handoff_from]]
+        if profile is not None and profile.path is not None:
+            inputs.append(("the profile", profile.path))
+        for run in args.runs:  # the traces the runs replayed
+            with contextlib.suppress(BadInput, OSError, ValueError):
+                inputs.append(("a run's trace", _trace_of(Path(run), RunManifest.load(run))))
         try:
-            check_output(args.out, inputs=[("a run directory", r) for r in args.runs],
-                         key="--out")
+            check_output(args.out, inputs=inputs, key="--out",
+                         replaces=(".md", ".json", ".markdown"))
             atomic_write(args.out, lambda tmp: tmp.write_text(text))
         except BadInput as exc:
             print(f"fidelity: error: {exc}", file=sys.stderr)

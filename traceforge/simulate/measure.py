@@ -127,6 +127,19 @@ class ProfileSettings:
         for m in self.resolved_modes():
             if m not in MODES:
                 raise BadInput("unknown mode", key="--modes", value=m, allowed=", ".join(MODES))
+        if len(set(self.resolved_modes())) != len(self.resolved_modes()):
+            raise BadInput("modes repeat", key="--modes", value=",".join(self.resolved_modes()))
+        if self.compile is not None:
+            # checked before any backend starts (it was refused by the first mode's backend,
+            # after its "starting backend" line)
+            from traceforge.zoo import COMPILE_MODES
+
+            if self.compile not in COMPILE_MODES:
+                raise BadInput("unknown compile variant", key="--compile", value=self.compile,
+                               allowed=", ".join(COMPILE_MODES))
+            if self.compile != "eager" and not self.device.startswith("cuda"):
+                raise BadInput("CUDA graphs need a CUDA device (use --compile eager on the "
+                               "CPU)", key="--compile", value=self.compile)
         for key, values in (("--batch-sizes", self.batch_sizes), ("--seq-lens", self.seq_lens),
                             ("--image-sides", self.image_sides)):
             if not values or any(v < 1 for v in values) or sorted(set(values)) != list(values):

@@ -288,12 +288,17 @@ class Profile:
         if exact is not None and model in exact:
             return float(exact[model])
         total = 1.0
-        for other in busy:
-            if other == model:
-                continue
-            pair = table.get(corun_key([model, other]))
+        others = list(busy)
+        others.remove(model)
+        for other in others:
+            pair = table.get(corun_key([model, other])) if other != model else None
             if pair is None or model not in pair:
-                raise BadInput(f"no co-run slowdown measured for {corun_key([model, other])}",
+                # Two trace models simulated as one profile entry (--zoo, or two spec models
+                # with the same zoo entry): no profile measures a model beside itself, and
+                # counting no interference between them was silently wrong.
+                what = (f"{model} beside itself (two trace models are simulated as this one "
+                        "profile entry)" if other == model else corun_key([model, other]))
+                raise BadInput(f"no co-run slowdown measured for {what}",
                                source=self.path, key=f"modes.{mode}.slowdown",
                                allowed=", ".join(table) or "none")
             total += float(pair[model]) - 1.0
@@ -332,12 +337,64 @@ def load_profile(path: Path | str) -> Profile:
             raise BadInput("no such file or shipped profile", source=path,
                            allowed=", ".join(shipped) or "no shipped profiles")
     if not path.is_file():  # a directory, a FIFO...: refused before reading
-        raise BadInput(missing_file_reason(path), source=path)
+        raise BadInput(f"{missing_file_reason(path)} (--profile takes a profile JSON file or "
+                       f"a shipped profile's name)", source=path)
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(f"not JSON ({exc})", source=path) from exc
     return profile_from_dict(data, source=path)
+
+
+# Bounds of a profile's numbers (a hand-edited or corrupted profile is refused naming the key,
+# never simulated into garbage: a NaN way back once gave every row done_ns = INT64_MIN, status
+# ok): a per-request time in ms at most MAX_PROFILE_MS (~2.8 hours), a slowdown or scale at
+# most MAX_PROFILE_FACTOR, a service-time CV at most MAX_PROFILE_CV, a time slice at least
+# MIN_TIME_SLICE_MS (1 µs: below it the time-sliced engine's clock hardly moves per slice, and
+# at 1e-300 ms it never did).
+MAX_PROFILE_MS = 1e7
+MAX_PROFILE_FACTOR = 1e4
+MAX_PROFILE_CV = 100.0
+MIN_TIME_SLICE_MS = 0.001
+
+
+def _number(v, *, source: object, key: str, lo: float = 0.0, hi: float = MAX_PROFILE_MS,
+            lo_open: bool = False, what: str = "ms") -> float:
+    """A finite number in [lo, hi] (``(lo, hi]`` with ``lo_open``); BadInput naming ``key``."""
+    try:
+        x = math.nan if isinstance(v, bool) else float(v)
+    except (TypeError, ValueError, OverflowError):
+        x = math.nan
+    if not math.isfinite(x) or x < lo or (lo_open and x == lo) or x > hi:
+        bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        raise BadInput(f"must be a finite number {bound} and <= {hi:g} ({what})",
+                       source=source, key=key, value=v)
+    return x
+
+
+def _grid(m: dict, name: str, *, source: object, key: str, shape: tuple[int, int] | None,
+          lo: float, lo_open: bool) -> np.ndarray | None:
+    """A numeric grid (or axis, ``shape`` None) of finite values within the profile's bounds."""
+    value = m.get(name)
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput("must be numbers", source=source, key=f"{key}.{name}",
+                       value=str(value)[:80]) from None
+    want = 1 if shape is None else 2
+    if arr.ndim != want or (shape is not None and arr.shape != shape):
+        what = "a list" if shape is None else f"a {shape[0]}x{shape[1]} grid"
+        raise BadInput(f"must be {what} of numbers", source=source, key=f"{key}.{name}",
+                       value=str(value)[:80])
+    hi = MAX_PROFILE_MS if shape is not None else float(1 << 21)
+    if (not np.all(np.isfinite(arr)) or np.any(arr < lo) or (lo_open and np.any(arr == lo))
+            or np.any(arr > hi)):
+        bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        raise BadInput(f"values must be finite, {bound} and <= {hi:g}", source=source,
+                       key=f"{key}.{name}", value=str(value)[:80])
+    return arr
 
 
 def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile:
@@ -346,8 +403,43 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                        value=data.get("schema") if isinstance(data, dict) else None,
                        allowed=PROFILE_SCHEMA_ID)
     models: dict[str, ModelProfile] = {}
-    for name, m in (data.get("models") or {}).items():
+    raw_models = data.get("models") or {}
+    if not isinstance(raw_models, dict):
+        raise BadInput("must be a table of models", source=source, key="models",
+                       value=str(raw_models)[:80])
+    for name, m in raw_models.items():
         key = f"models.{name}"
+        if not isinstance(m, dict):
+            raise BadInput("must be a table", source=source, key=key, value=str(m)[:80])
+        for axis in ("batch_sizes", "seq_lens"):
+            if axis not in m:
+                raise BadInput("missing", source=source, key=f"{key}.{axis}")
+            _grid(m, axis, source=source, key=key, shape=None, lo=0.0, lo_open=True)
+        grid_shape = (len(m["batch_sizes"]), len(m["seq_lens"]))
+        _grid(m, "decode_ms_per_token", source=source, key=key, shape=grid_shape, lo=0.0,
+              lo_open=False)
+        reference = m.get("reference")
+        if reference is not None and not (
+                isinstance(reference, dict) and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 31
+                    for v in reference.values())):
+            raise BadInput("must be a table of shape integers (batch_size, seq_len, "
+                           "max_new_tokens)", source=source, key=f"{key}.reference",
+                           value=str(reference)[:80])
+        if m.get("buckets") is not None and not isinstance(m["buckets"], dict):
+            raise BadInput("must be a table (seq_buckets)", source=source, key=f"{key}.buckets",
+                           value=str(m["buckets"])[:80])
+        service_cv = _number(m.get("service_cv", 0.0), source=source, key=f"{key}.service_cv",
+                             hi=MAX_PROFILE_CV, what="a coefficient of variation")
+        new_tokens = m.get("new_tokens", 0)
+        if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not (
+                0 <= new_tokens < 1 << 31):
+            raise BadInput("must be an integer >= 0", source=source, key=f"{key}.new_tokens",
+                           value=new_tokens)
+        for text_key in ("zoo", "kind"):
+            if m.get(text_key) is not None and not isinstance(m[text_key], str):
+                raise BadInput("must be a string", source=source, key=f"{key}.{text_key}",
+                               value=m[text_key])
         try:
             bs = np.asarray(m["batch_sizes"], dtype=np.float64)
             seq = np.asarray(m["seq_lens"], dtype=np.float64)
@@ -364,52 +456,57 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                            key=f"{key}.service_ms")
         if np.any(np.diff(bs) <= 0) or np.any(np.diff(seq) <= 0):
             raise BadInput("grid axes must increase", source=source, key=key)
-        if not np.all(np.isfinite(svc)) or np.any(svc <= 0):
-            raise BadInput("service times must be finite and > 0", source=source,
-                           key=f"{key}.service_ms")
+        if not np.all(np.isfinite(svc)) or np.any(svc <= 0) or np.any(svc > MAX_PROFILE_MS):
+            raise BadInput(f"service times must be finite, > 0 and <= {MAX_PROFILE_MS:g} ms",
+                           source=source, key=f"{key}.service_ms")
         if dec is not None and dec.shape != shape:
             raise BadInput(f"decode_ms_per_token must be a {shape[0]}x{shape[1]} grid",
                            source=source, key=f"{key}.decode_ms_per_token")
         if cold is not None and (cold.shape != shape or np.any(~np.isfinite(cold))
-                                 or np.any(cold < 0)):
+                                 or np.any(cold < 0) or np.any(cold > MAX_PROFILE_MS)):
             raise BadInput(f"cold_extra_ms must be a {shape[0]}x{shape[1]} grid of values >= 0",
                            source=source, key=f"{key}.cold_extra_ms")
         models[name] = ModelProfile(
             name=name, zoo=m.get("zoo"), kind=str(m.get("kind", "")),
             generative=bool(m.get("generative", dec is not None)),
             batch_sizes=bs, seq_lens=seq, service_ms=svc,
-            service_cv=float(m.get("service_cv", 0.0)),
-            decode_ms_per_token=dec, new_tokens=int(m.get("new_tokens", 0)),
+            service_cv=service_cv,
+            decode_ms_per_token=dec, new_tokens=new_tokens,
             reference=dict(m.get("reference") or {}), cold_extra_ms=cold,
             seq_buckets=_seq_buckets(m, source, key), bucketed="buckets" in m,
         )
     if not models:
         raise BadInput("no models", source=source, key="models")
     modes: dict[str, ModeProfile] = {}
-    for mode, md in (data.get("modes") or {}).items():
+    raw_modes = data.get("modes") or {}
+    if not isinstance(raw_modes, dict):
+        raise BadInput("must be a table of modes", source=source, key="modes",
+                       value=str(raw_modes)[:80])
+    for mode, md in raw_modes.items():
         if mode not in MODES:
             raise BadInput("unknown mode", source=source, key="modes", value=mode,
                            allowed=", ".join(MODES))
-        slow = {k: {mm: float(v) for mm, v in d.items()}
-                for k, d in (md.get("slowdown") or {}).items()}
-        for k, d in slow.items():
-            if any(not np.isfinite(v) or v <= 0 for v in d.values()):
-                raise BadInput("slowdowns must be finite and > 0", source=source,
-                               key=f"modes.{mode}.slowdown.{k}")
+
         def ms(v, key: str) -> float:  # a time in ms (hand-off, send lag): finite and >= 0
-            try:
-                x = math.nan if isinstance(v, bool) else float(v)
-            except (TypeError, ValueError):
-                x = math.nan
-            if not math.isfinite(x) or x < 0:
-                raise BadInput("times must be finite numbers of ms >= 0", source=source,
-                               key=key, value=v)
-            return x
+            return _number(v, source=source, key=key)
 
         def table(value, key: str) -> dict:
             if not isinstance(value, dict):
                 raise BadInput("must be a table", source=source, key=key, value=value)
             return value
+
+        table(md, f"modes.{mode}")
+        slow = {k: {mm: _number(v, source=source, key=f"modes.{mode}.slowdown.{k}.{mm}",
+                                lo=0.0, lo_open=True, hi=MAX_PROFILE_FACTOR,
+                                what="a slowdown factor")
+                    for mm, v in table(d, f"modes.{mode}.slowdown.{k}").items()}
+                for k, d in table(md.get("slowdown") or {}, f"modes.{mode}.slowdown").items()}
+
+        def per_model(field_name: str, mode=mode, md=md, **bounds) -> dict[str, float]:
+            return {k: _number(v, source=source, key=f"modes.{mode}.{field_name}.{k}",
+                               **bounds)
+                    for k, v in table(md.get(field_name) or {},
+                                      f"modes.{mode}.{field_name}").items()}
 
         handoff = {k: ms(v, f"modes.{mode}.handoff_ms.{k}")
                    for k, v in table(md.get("handoff_ms") or {},
@@ -434,7 +531,8 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                     for row in rows:
                         lo, hi, value = float(row[0]), (math.inf if row[1] is None
                                                         else float(row[1])), float(row[2])
-                        if not (0 <= lo < hi and math.isfinite(value) and value >= 0):
+                        if not (0 <= lo < hi and math.isfinite(value)
+                                and 0 <= value <= MAX_PROFILE_MS):
                             raise ValueError
                         parsed.append((lo, hi, value))
                 except (TypeError, ValueError, IndexError):
@@ -453,7 +551,8 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                 except (TypeError, ValueError):
                     values = ()
                 if (len(values) != len(SPREAD_QUANTILES)
-                        or not all(math.isfinite(v) for v in values)
+                        or not all(math.isfinite(v) and abs(v) <= MAX_PROFILE_MS
+                                   for v in values)
                         or any(b < a for a, b in itertools.pairwise(values))):
                     raise BadInput(f"must be {len(SPREAD_QUANTILES)} finite, non-decreasing "
                                    "ms values (quantiles of transport - its median)",
@@ -474,11 +573,13 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             if not isinstance(applied, bool):
                 raise BadInput("must be true or false", source=source, key=f"{key}.applied",
                                value=applied)
-            quantum = ms(entry.get("quantum_ms"), f"{key}.quantum_ms")
-            if quantum <= 0:
-                raise BadInput("must be > 0", source=source, key=f"{key}.quantum_ms",
-                               value=entry.get("quantum_ms"))
-            time_slice = (quantum, ms(entry.get("switch_ms", 0.0), f"{key}.switch_ms"))
+            quantum = _number(entry.get("quantum_ms"), source=source, key=f"{key}.quantum_ms",
+                              lo=MIN_TIME_SLICE_MS)
+            switch = ms(entry.get("switch_ms", 0.0), f"{key}.switch_ms")
+            if switch >= quantum:
+                raise BadInput("the switch cost must be shorter than the slice", source=source,
+                               key=f"{key}.switch_ms", value=entry.get("switch_ms"))
+            time_slice = (quantum, switch)
         modes[mode] = ModeProfile(
             time_slice=time_slice, time_slice_applied=applied,
             slowdown_by_size=by_size,
@@ -486,9 +587,10 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
             outbound_spread_ms=spreads["outbound_spread_ms"],
             outbound_by_activity_spread_ms=spreads["outbound_by_activity_spread_ms"],
             send_lag_ms=0.0 if lag is None else ms(lag, f"modes.{mode}.send_lag_ms"),
-            alone_scale={k: float(v) for k, v in (md.get("alone_scale") or {}).items()},
-            inbound_ms={k: float(v) for k, v in (md.get("inbound_ms") or {}).items()},
-            outbound_ms={k: float(v) for k, v in (md.get("outbound_ms") or {}).items()},
+            alone_scale=per_model("alone_scale", lo=0.0, lo_open=True, hi=MAX_PROFILE_FACTOR,
+                                  what="a scale factor"),
+            inbound_ms=per_model("inbound_ms"),
+            outbound_ms=per_model("outbound_ms"),
             slowdown=slow, handoff_ms=handoff, handoff_pair_ms=pairs,
             inbound_by_idle_ms=binned["inbound_by_idle_ms"],
             outbound_by_activity_ms=binned["outbound_by_activity_ms"],
@@ -517,11 +619,12 @@ def _slowdown_by_size(value: dict, key: str, source: object
                                     for v in entry["size"]], np.float64)
                 slow = np.asarray([math.nan if isinstance(v, bool) else float(v)
                                    for v in entry["slowdown"]], np.float64)
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 sizes = slow = np.zeros(0)
             if (sizes.size == 0 or sizes.shape != slow.shape
                     or not np.all(np.isfinite(sizes)) or not np.all(np.isfinite(slow))
-                    or np.any(sizes <= 0) or np.any(np.diff(sizes) <= 0) or np.any(slow <= 0)):
+                    or np.any(sizes <= 0) or np.any(np.diff(sizes) <= 0) or np.any(slow <= 0)
+                    or np.any(slow > MAX_PROFILE_FACTOR)):
                 raise BadInput("'size' (increasing, > 0) and 'slowdown' (> 0) must be lists "
                                "of finite numbers of one length", source=source, key=where,
                                value={k: entry.get(k) for k in ("size", "slowdown")})
@@ -535,6 +638,9 @@ def _seq_buckets(m: dict, source: object, key: str) -> tuple[int, ...] | None:
         return None
     from traceforge.zoo.buckets import parse_buckets
 
+    if not isinstance(buckets, list):
+        raise BadInput("must be a list of integers", source=source,
+                       key=f"{key}.buckets.seq_buckets", value=buckets)
     return tuple(parse_buckets(list(buckets), key=f"{key}.buckets.seq_buckets", source=source))
 
 

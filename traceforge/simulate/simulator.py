@@ -126,7 +126,7 @@ def simulate(
     run_dir = Path(run_dir)
     out_inputs = [("the trace being simulated", trace.path),
                   ("the profile", profile.path if isinstance(profile, Profile)
-                   else (Path(profile) if profile is not None and Path(profile).exists()
+                   else (Path(profile) if profile is not None and Path(profile).is_file()
                          else None))]
     check_run_dir(run_dir, inputs=out_inputs)
     # Written as "not (x > 0)" so that NaN is refused too.
@@ -189,6 +189,11 @@ def simulate(
                            allowed=", ".join(profile.modes))
         profile.mode(mode, source=profile.path)
         if time_slice is not None:
+            if max_batch > 1:
+                # the time-sliced engine serves one request at a time per context (sliced());
+                # a batched run would silently use processor sharing
+                raise BadInput("the time-sliced engine runs unbatched; drop --max-batch or "
+                               "--time-slice", key="--time-slice", value=time_slice)
             profile = _with_time_slice(profile, mode, time_slice)
         mapping = map_models(names, trace, profile, zoo=zoo)
         if cold_start is None:
@@ -850,6 +855,11 @@ def parse_time_slice(value: object, mode: str | None, *, key: str = "--time-slic
             or (len(nums) == 2 and nums[1] < 0)):
         raise BadInput("give QUANTUM_MS (> 0), QUANTUM_MS,SWITCH_MS (>= 0) or none", key=key,
                        value=value)
+    from traceforge.simulate.profile import MAX_PROFILE_MS, MIN_TIME_SLICE_MS
+
+    if not MIN_TIME_SLICE_MS <= nums[0] <= MAX_PROFILE_MS:
+        raise BadInput(f"the slice must be between {MIN_TIME_SLICE_MS:g} ms (1 µs) and "
+                       f"{MAX_PROFILE_MS:g} ms", key=key, value=value)
     if len(nums) == 2 and nums[1] >= nums[0]:
         # A switch as long as the slice leaves the GPU switching half its time or more: almost
         # surely µs given as ms (1.25,25 simulated latencies 10^4 x the measured ones).
@@ -873,6 +883,10 @@ def _with_time_slice(profile: Profile, mode: str, value: str) -> Profile:
         quantum, switch = parsed
         if switch is None:
             switch = mp.time_slice[1] if mp.time_slice else 0.0
+            if switch >= quantum:
+                raise BadInput(f"the profile's switch cost ({switch:g} ms) is not shorter than "
+                               "this slice; give QUANTUM_MS,SWITCH_MS", key="--time-slice",
+                               value=value)
         modes[mode] = dataclasses.replace(mp, time_slice=(quantum, switch),
                                           time_slice_applied=True)
     return dataclasses.replace(profile, modes=modes)
