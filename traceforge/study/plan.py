@@ -202,6 +202,10 @@ def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> Non
         from traceforge.simulate.simulator import parse_time_slice
 
         parse_time_slice(opts["time_slice"], "timeslice", key="time_slice")
+        if opts["mode"] == "timeslice" and opts["max_batch"] > 1:
+            raise BadInput("the time-sliced engine runs unbatched; a timeslice cell with "
+                           "max_batch > 1 cannot use time_slice", key="time_slice",
+                           value=opts["time_slice"])
     by_zoo = {p.zoo for p in profile.models.values() if p.zoo}
     overrides = opts.get("zoo") or {}
     unknown = sorted(set(overrides) - set(workload["models"]))
