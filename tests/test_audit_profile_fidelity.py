@@ -180,3 +180,27 @@ def test_fidelity_never_overwrites_inputs_and_refuses_bad_runs_in_one_line(trace
     done = _fidelity(run, "--profile", profile, "-o", tmp_path / "ok.md")
     assert done.returncode == 0, done.stderr
     assert "| r_ex | exclusive |" in (tmp_path / "ok.md").read_text()
+
+
+def test_a_corrupted_time_beyond_2_53_ns_is_no_traceback(trace, tmp_path, capsys):
+    """report, compare and export read a timeline row whose time is far outside float64's exact
+    range (a corrupted part; simulate once wrote INT64_MIN there from a NaN profile) without a
+    traceback (pyarrow's checked cast raised ArrowInvalid)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from traceforge.simulate import simulate
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    simulate(trace, good, profile="h200-fidelity", mode="exclusive")
+    simulate(trace, bad, profile="h200-fidelity", mode="exclusive")
+    part = sorted((bad / "timeline").glob("*.parquet"))[0]
+    t = pq.read_table(part)
+    done = t.column("done_ns").to_pylist()
+    done[0] = -9223372036777749714
+    pq.write_table(t.set_column(t.schema.get_field_index("done_ns"), t.schema.field("done_ns"),
+                                pa.array(done, pa.int64())), part)
+    for argv in (["report", bad], ["compare", good, bad],
+                 ["export", "perfetto", bad, "-o", tmp_path / "e.json"]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 0 and "Traceback" not in err and "Warning" not in err, (argv, err)
