@@ -73,6 +73,10 @@ class ThreadServer:
             echo = {k: v for k, v in request.headers.items()}
             return web.Response(status=401, text=f"bad credentials: {json.dumps(echo)} "
                                 f"key={API_KEY}")
+        if model == "garbage":  # a 200 that is neither JSON nor an event stream
+            return web.Response(status=200, text="{not json", content_type="application/json")
+        if model == "cutkey":  # the key echoed right across the 300-character cut
+            return web.Response(status=500, text="x" * 286 + API_KEY)
         if model == "slow":
             async with self.sem:
                 self._open += 1
@@ -254,3 +258,28 @@ def test_the_recorder_masks_backend_secrets_in_every_error_row(tmp_path):
     for p in (tmp_path / "run").rglob("*"):
         if p.is_file():
             assert API_KEY.encode() not in p.read_bytes()
+
+
+def test_garbage_200s_are_errors_and_a_key_cut_in_half_is_masked(tmp_path):
+    """An OpenAI endpoint's 200 that is not JSON (or, streaming, not an event stream) is an
+    error row, not ``ok`` with no tokens; an echoed key that the 300-character cut of an error
+    body splits leaves no prefix of itself on disk (14 of its characters did)."""
+    trace = tmp_path / "t.parquet"
+    make_trace([0, MS, 2 * MS], models=["garbage", "cutkey", "garbage"], path=trace)
+    with ThreadServer() as server:
+        url = f"http://127.0.0.1:{server.port}"
+        runs = {}
+        for name, extra in (("stream", []), ("plain", ["--no-stream"])):
+            runs[name] = tmp_path / name
+            done = _cli(["replay", trace, "-o", runs[name], "--backend", "http", "--url", url,
+                         "--api-key-env", "TF_TEST_KEY", "--no-progress", *extra],
+                        env={"TF_TEST_KEY": API_KEY})
+            assert done.returncode == 0, done.stderr
+    for name, needle in (("stream", "no SSE 'data:' events"), ("plain", "bad JSON body")):
+        tl = read_timeline(runs[name]).to_pydict()
+        assert tl["status"] == ["error", "error", "error"], tl["error"]
+        assert needle in tl["error"][0] and "{not json" in tl["error"][0]
+        assert tl["error"][1].startswith("HTTP 500: xxx") and tl["error"][1].endswith("***")
+        for p in runs[name].rglob("*"):
+            if p.is_file():
+                assert API_KEY[:6].encode() not in p.read_bytes(), p

@@ -400,3 +400,19 @@ def test_an_interrupt_leaves_later_turns_not_due_not_dropped(tmp_path):
     assert status == {0: "ok", 1: "cancelled", 2: "dropped"}
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["not_due"] == 2 and manifest["rows_lost"] == 0
+
+
+def test_a_slot_freed_after_duration_reaches_a_waiting_turn_and_the_run_ends(tmp_path):
+    """``--max-inflight 1 --duration``: the schedule's row and a released turn both wait for
+    the slot; it frees after the end. The schedule stops without using it — and now passes it
+    on, so the turn sees the end too instead of waiting forever (the run never ended, audit of
+    2026-12-01). Both are due and never left: dropped."""
+    # turn 1 at 0 (ends 20 ms; turn 2 released at 20 + 10 = 30 ms); plain rows at 25 ms (ends
+    # 45 ms) and 28 ms (waits); --duration 40 ms
+    trace = session_trace([0, 10 * MS, 25 * MS, 28 * MS], [0, 0, -1, -1], [1, 2, -1, -1])
+    summary, tl = replay_virtual(trace, tmp_path / "run",
+                                 NullBackend(servers=4, service_ms=20, service_dist="const"),
+                                 max_inflight=1, duration_s=0.040)
+    assert summary.counts == {"ok": 2, "dropped": 2}
+    by_id = dict(zip(tl["request_id"], tl["status"], strict=True))
+    assert by_id == {0: "ok", 1: "dropped", 2: "ok", 3: "dropped"}

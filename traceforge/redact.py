@@ -53,4 +53,18 @@ class Scrubber:
         return _BEARER.sub(rf"\1 {MASK}", text)
 
 
+    def cut(self, text: str | None, limit: int) -> str | None:
+        """``text[:limit]`` scrubbed, with a secret cut off at the end masked too: a cut
+        through an echoed key left a prefix of it that no exact match recognises (14 of a
+        24-character key reached disk in an audit, 2026-12-01)."""
+        if not text:
+            return text
+        out = self(text[:limit])
+        for secret in self.secrets:
+            for k in range(min(len(secret) - 1, len(out)), 3, -1):
+                if out.endswith(secret[:k]):
+                    return out[:-k] + MASK
+        return out
+
+
 scrub_text = Scrubber()  # no known values: URL credentials and header echoes only

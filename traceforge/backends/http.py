@@ -359,13 +359,27 @@ class HttpBackend:
                 async with self._session.post(self.endpoint, json=body,
                                               trace_request_ctx=timing) as resp:
                     if resp.status >= 400:
-                        text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS]
+                        # Scrubber.cut: a cut through an echoed key would leave a prefix of it
+                        # that the recorder's scrub no longer recognises.
+                        text = self._scrub.cut(await resp.text(errors="replace"),
+                                               _ERROR_BODY_CHARS)
                         return Outcome(status="error", error=f"HTTP {resp.status}: {text}")
                     if self.stream:
                         return await self._read_stream(resp, request.max_new_tokens)
                     payload = await resp.read()
             except self._request_errors as exc:  # incl. EMFILE: a row, never a crash
-                return Outcome(status="error", error=f"{type(exc).__name__}: {exc}"[:500])
+                return Outcome(status="error",
+                               error=self._scrub.cut(f"{type(exc).__name__}: {exc}", 500))
+        if self.api != "json":
+            # An OpenAI endpoint's 200 must be a JSON object; anything else (an HTML error
+            # page, a cut body) was counted ok. A custom JSON API's body is not interpreted.
+            try:
+                parsed = json.loads(payload)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                head = self._scrub.cut(payload[:2000].decode("utf-8", "replace"), 200)
+                return Outcome(status="error", error=f"bad JSON body: {head!r}")
         return Outcome(tokens_out=_usage_tokens(payload))
 
     async def _read_stream(self, resp, max_new_tokens: int) -> Outcome:
@@ -375,10 +389,15 @@ class HttpBackend:
         chunks = 0
         usage = None
         done = False
+        events = 0
+        head = b""  # the start of a body that is not SSE, for the error row
         async for raw in resp.content:
             line = raw.strip()
             if not line.startswith(b"data:"):
+                if len(head) < 200:
+                    head += line[:200]
                 continue
+            events += 1
             data = line[5:].strip()
             if data == b"[DONE]":
                 done = True
@@ -387,10 +406,15 @@ class HttpBackend:
             try:
                 event = json.loads(data)
             except ValueError:
-                return Outcome(status="error", error=f"bad SSE chunk: {data[:200]!r}",
+                chunk = self._scrub.cut(data[:2000].decode("utf-8", "replace"), 200)
+                return Outcome(status="error", error=f"bad SSE chunk: {chunk!r}",
                                first_token_ns=first)
+            if not isinstance(event, dict):
+                return Outcome(status="error", error=f"bad SSE chunk: not a JSON object "
+                               f"({type(event).__name__})", first_token_ns=first)
             if "error" in event:
-                return Outcome(status="error", error=f"stream error: {event['error']}"[:500],
+                return Outcome(status="error",
+                               error=self._scrub.cut(f"stream error: {event['error']}", 500),
                                first_token_ns=first)
             if event.get("usage"):
                 usage = event["usage"].get("completion_tokens")
@@ -401,6 +425,12 @@ class HttpBackend:
                 else:
                     gaps.append(t - last)
                 last = t
+        if events == 0:
+            # Not an event stream at all (a JSON or HTML body answered a streaming request):
+            # it was counted ok with 0 tokens.
+            shown = self._scrub.cut(head.decode("utf-8", "replace"), 200)
+            return Outcome(status="error",
+                           error=f"no SSE 'data:' events in the response: {shown!r}")
         tokens = usage if usage is not None else chunks
         # The stream ended (the server closed it) without [DONE] and short of the tokens asked
         # for: still an answer (status ok), flagged so the report can count it.

@@ -242,6 +242,10 @@ class Dispatcher:
                     t = now()
                     if end is not None and t >= end:  # --duration is over: stop sending
                         self.send_cut = True
+                        # The slot this wait was handed goes unused: pass it on, or a session
+                        # turn waiting for one would wait forever (nothing left in flight to
+                        # free another) and the run never ended.
+                        self._wake_slot_waiter(t)
                         return
                 elif held is not None and self.ready_ns[i] < held:
                     # Queued behind a request that waited for a slot: the target held it back
@@ -362,6 +366,12 @@ class Dispatcher:
                 self.slot_waits += 1
                 while len(self._inflight) >= self.cap:
                     self.ready_ns[j] = await self._wait_slot()
+                if (self.duration_ns is not None
+                        and self.clock.now() >= self.origin_ns + self.duration_ns):
+                    # Its slot came after --duration: it never leaves (due, unsent: dropped,
+                    # as a schedule row that waited past the end), and the slot passes on.
+                    self._wake_slot_waiter(self.clock.now())
+                    return
             self._launch(j)
         finally:
             del self._turn_tasks[j]
