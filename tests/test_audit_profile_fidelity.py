@@ -204,3 +204,72 @@ def test_a_corrupted_time_beyond_2_53_ns_is_no_traceback(trace, tmp_path, capsys
                  ["export", "perfetto", bad, "-o", tmp_path / "e.json"]):
         code, _, err = run_cli(argv, capsys)
         assert code == 0 and "Traceback" not in err and "Warning" not in err, (argv, err)
+
+
+def _spec_trace(tmp_path, text: str, name: str = "w") -> Path:
+    spec = tmp_path / f"{name}.toml"
+    spec.write_text(text)
+    out = tmp_path / f"{name}.parquet"
+    done = subprocess.run([sys.executable, "-m", "traceforge", "trace", "gen", str(spec), "-o",
+                           str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--seq-buckets", "4"], "--seq-buckets"),  # were 25 error rows and exit 0
+    (["--seq-buckets", "99999999999"], "--seq-buckets"),
+    (["--max-batch", "99999999999"], "--max-batch"),  # pre-warmed to b524288, 16.6 GB
+])
+def test_resident_buckets_and_batches_the_trace_cannot_use(tmp_path, capsys, args, key):
+    trace = _spec_trace(tmp_path, 'duration_s = 2\n[models.a]\nzoo = "tiny-bert"\n'
+                        'arrival = { process = "poisson", rate = 5.0 }\n'
+                        'seq_len = { dist = "uniform", low = 8, high = 40 }\n')
+    out = tmp_path / "run"
+    code, _, err = run_cli(["replay", trace, "-o", out, "--backend", "resident", "--no-progress",
+                            *args], capsys)
+    assert_one_line_error(code, err, key)
+    assert not out.exists()
+
+
+def test_sharded_run_json_says_the_drain_expired(tmp_path, capsys):
+    trace = _spec_trace(tmp_path, 'duration_s = 2\n[models.a]\n'
+                        'arrival = { process = "poisson", rate = 20.0 }\n')
+    out = tmp_path / "run"
+    code, _, err = run_cli(["replay", trace, "-o", out, "--workers", "2", "--service-ms", "300",
+                            "--duration", "1", "--drain-timeout", "0", "--no-progress"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["drain_expired"] is True and manifest["counts"].get("cancelled", 0) > 0
+
+
+def test_a_study_with_sessions_and_concurrency_is_refused_up_front(tmp_path, capsys):
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "x"\nbackend = "null"\nrepeats = 1\nrequests = 5\n'
+                    '[mixes.m.models.a]\narrival = { process = "poisson", rate = 20.0 }\n'
+                    '[mixes.m.models.a.sessions]\nturns = 2\nthink_time_s = 0.1\n'
+                    '[options]\nconcurrency = 2\n')
+    out = tmp_path / "out"
+    code, _, err = run_cli(["study", spec, "-o", out], capsys)
+    assert_one_line_error(code, err, "options.concurrency")
+    assert not out.exists()
+
+
+POOL = ROOT / "traces" / "servegen-deepseek-r1-2h"
+
+
+@pytest.mark.skipif(not POOL.is_dir(), reason="the shipped ServeGen pool slice is absent")
+@pytest.mark.parametrize("extra, key", [("start_s = 1e300", "start_s"),
+                                        ("window_s = 1e-6", "window_s")])
+def test_servegen_values_that_cannot_be_sampled(tmp_path, capsys, extra, key):
+    spec = tmp_path / "sg.toml"
+    spec.write_text(f'duration_s = 60\n[models.ds]\narrival = {{ process = "servegen", '
+                    f'pool = "{POOL}", {extra} }}\n')
+    out = tmp_path / "sg.parquet"
+    code, _, err = run_cli(["trace", "gen", spec, "-o", out], capsys)
+    assert_one_line_error(code, err, f"models.ds.arrival.{key}")
+    assert not out.exists()
+    code, _, err = run_cli(["trace", "import", "servegen", POOL, "--duration", "60",
+                            "--rate-scale", "1e12", "-o", out], capsys)
+    assert_one_line_error(code, err, "--rate-scale", "memory")
+    assert not out.exists()

@@ -465,11 +465,16 @@ def _make_servegen(r: SpecReader, key: str, table: dict) -> ServeGenArrivals:
     mode = table.get("mode", "renewal")
     if mode not in MODES:
         r.fail(f"{key}.mode", mode, "unknown mode", ", ".join(MODES))
-    window_s = (r.number(table["window_s"], f"{key}.window_s", low=0, low_open=True)
+    # window_s >= 1 s: each pool window becomes a segment per client, so a window of 1e-6 s
+    # over a minute was 6e7 segments per client (7.5 GB, then killed) — and a pool window
+    # replayed in under a second of trace time is no longer that window's process.
+    window_s = (r.number(table["window_s"], f"{key}.window_s", low=1.0)
                 if "window_s" in table else None)
     rate_scale = (r.number(table["rate_scale"], f"{key}.rate_scale", low=0, low_open=True)
                   if "rate_scale" in table else 1.0)
-    start_s = r.number(table["start_s"], f"{key}.start_s", low=0) if "start_s" in table else 0.0
+    # the pool's day repeats; beyond ~31 years of pool time the window index leaves int64
+    start_s = (r.number(table["start_s"], f"{key}.start_s", low=0, high=1e9)
+               if "start_s" in table else 0.0)
     return ServeGenArrivals(pool=str(path.resolve()), clients=clients, window_s=window_s,
                             rate_scale=rate_scale, start_s=start_s, mode=mode)
 

@@ -83,6 +83,13 @@ def import_servegen(paths: list[Path], *, models, start_s: float, duration_s: fl
         duration_s = check_seconds(_positive(duration_s, "--duration"), key="--duration")
     # the sampled times run over [0, duration_s): refuse a --time-scale that wraps int64 ns
     check_seconds(time_scale, key="--time-scale", seconds=duration_s * time_scale)
+    # Refused before sampling (as a spec's servegen rate_scale is): --rate-scale 1e12 asked
+    # numpy for 1.24 PiB and ended in a traceback.
+    from traceforge.limits import BYTES_PER_REQUEST, check_memory
+
+    mean_rate = float(pool.rate[pool.select(chosen)].sum(axis=0).mean()) * rate_scale
+    check_memory(mean_rate * float(duration_s) * BYTES_PER_REQUEST, key="--rate-scale",
+                 value=rate_scale, what=f"~{mean_rate * float(duration_s):.3g} requests")
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed)))
     sample = sample_pool(pool, rng, float(duration_s), clients=chosen, rate_scale=rate_scale,
                          start_s=start_s)

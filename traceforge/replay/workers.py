@@ -431,6 +431,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
     counts: dict[str, int] = {}
     statuses = []
     rows_written = not_due = rows_lost = slot_waits = 0
+    drain_expired = False
     event_loop = None
     for k in sorted(results):
         msg = results[k]
@@ -443,6 +444,7 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
             rows_written += data.get("rows_written", 0)
             not_due += data.get("not_due", 0)
             rows_lost += data.get("rows_lost", 0)
+            drain_expired = drain_expired or bool(data.get("drain_expired"))
             slot_waits += res["slot_waits"]
             arrays.append(res)
             event_loop = event_loop or (data.get("self_check") or {}).get("event_loop")
@@ -496,6 +498,8 @@ def _merge(manifest: RunManifest, results: dict[int, tuple], options: ReplayOpti
     extra: dict[str, Any] = {"counts": counts, "self_check": check, "duration_s": duration_s,
                              "rows_written": rows_written, "not_due": not_due,
                              "rows_lost": rows_lost, "worker_runs": per_worker}
+    if drain_expired:  # as a one-process run says it (any worker's drain window ended)
+        extra["drain_expired"] = True
     if received:
         extra["interrupted_by"] = received[0]
     if problems:

@@ -148,6 +148,14 @@ def validate_backend_options(backend: str, options: dict[str, Any],
     from traceforge.replay import ReplayOptions
 
     ReplayOptions(**{k: v for k, v in replay_opts.items()}).validate()
+    sessions = [m for m, table in (workload.get("models") or {}).items()
+                if isinstance(table, dict) and table.get("sessions")]
+    if replay_opts.get("concurrency") and sessions:
+        # replay refuses it per cell (each session is a closed loop by itself): every cell
+        # would fail after the study had started
+        raise BadInput(f"a mix with sessions ({sessions[0]}) replays open loop; use "
+                       "max_inflight to cap what is in flight", key="concurrency",
+                       value=replay_opts["concurrency"])
     if backend == "null":
         from traceforge.backends.null import from_options
     elif backend == "http":

@@ -27,6 +27,7 @@ from traceforge.errors import BadInput
 
 SMALLEST_SEQ_BUCKET = 16
 SMALLEST_NEW_BUCKET = 16
+MAX_SEQ_BUCKET = 1 << 20  # a bucket beyond this many tokens fits no model of the zoo
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -79,6 +80,9 @@ def parse_buckets(text: str | Iterable[int] | None, *, key: str = "--seq-buckets
             raise BadInput("must be a list of integers", source=source, key=key, value=values)
     if not values or any(v < 1 for v in values) or sorted(set(values)) != values:
         raise BadInput("must be increasing integers >= 1", source=source, key=key,
+                       value=text if isinstance(text, str) else values)
+    if values[-1] > MAX_SEQ_BUCKET:  # the trace's seq_len is int32; no model takes more
+        raise BadInput(f"must be <= {MAX_SEQ_BUCKET}", source=source, key=key,
                        value=text if isinstance(text, str) else values)
     return values
 
