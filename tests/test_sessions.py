@@ -416,3 +416,19 @@ def test_a_slot_freed_after_duration_reaches_a_waiting_turn_and_the_run_ends(tmp
     assert summary.counts == {"ok": 2, "dropped": 2}
     by_id = dict(zip(tl["request_id"], tl["status"], strict=True))
     assert by_id == {0: "ok", 1: "dropped", 2: "ok", 3: "dropped"}
+
+
+def test_csv_sessions_of_per_file_models_stay_in_their_file(tmp_path):
+    """Each file is its own model: one session key in two files is two sessions (it was one
+    session alternating between the two models, audit of 2026-12-01)."""
+    from traceforge.importers import import_trace
+
+    (tmp_path / "f1.csv").write_text("ts,sess\n0,a\n1,a\n")
+    (tmp_path / "f2.csv").write_text("ts,sess\n0.5,a\n1.5,a\n")
+    tr = import_trace("csv", [tmp_path / "f1.csv", tmp_path / "f2.csv"],
+                      columns="time=ts,session=sess")
+    rows = tr.table.select(["model", "session_id", "turn"]).to_pylist()
+    by_session: dict = {}
+    for r in rows:
+        by_session.setdefault(r["session_id"], []).append((r["model"], r["turn"]))
+    assert sorted(by_session.values()) == [[("f1", 1), ("f1", 2)], [("f2", 1), ("f2", 2)]]

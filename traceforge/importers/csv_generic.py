@@ -1,7 +1,8 @@
 """Any CSV with a header, through a column mapping:
 ``--columns time=COL[,seq_len=COL][,max_new_tokens=COL][,batch_size=COL][,model=COL]
 [,session=COL[,turn=COL]]`` and ``--time-unit s|ms|us|ns|iso``. ``session`` (any text; empty =
-no session) makes the rows with one value the turns of one multi-turn session, numbered by time
+no session) makes the rows with one value the turns of one multi-turn session (of one file when
+each file is its own model; across files with a model column), numbered by time
 unless ``turn`` (integers >= 1) gives the numbers; replay then sends each turn after the
 previous one's answer plus the recorded gap (docs/replay.md, "Sessions"). Or ``id=COL,parent=COL``:
 each row names the row it follows up (its parent's id, empty for a first turn) within the same
@@ -116,6 +117,13 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
         session = turn = None
         if "session" in mapping:
             session = pc.utf8_trim_whitespace(cols.strings(mapping["session"]))
+            if per_file:
+                # Each file is its own model here: a session key is the file's, so one key in
+                # two files is two sessions (it was one, alternating between the two models).
+                # With model=COL a key still spans files (a log split over several).
+                empty = pc.equal(pc.utf8_length(session), 0)
+                session = pc.if_else(empty, session, pc.binary_join_element_wise(
+                    pa.scalar(str(code)), session, "\x1f"))
             if "turn" in mapping:
                 turn = cols.integers(mapping["turn"], low=1)
         elif "parent" in mapping:
