@@ -13,7 +13,9 @@ text chunks as ``itl_ns``; ``tokens_out`` is the server's ``usage.completion_tok
 sends one (we ask with ``stream_options.include_usage``), else the number of text chunks.
 
 Failures are rows, never crashes: HTTP >= 400 → ``error`` with the status code and the start of
-the body; a reset or broken connection → ``error``; a hang is cut by the dispatcher's ``--timeout``
+the body (secrets masked, a key cut in half by that cut included); an OpenAI API's 200 that is
+not a JSON object, or a streaming answer with no SSE ``data:`` events → ``error``; a reset or
+broken connection → ``error``; a hang is cut by the dispatcher's ``--timeout``
 (``timeout``). Only an endpoint that cannot be reached at start is bad input (exit 2). The API key
 is read from ``--api-key-env`` into memory only; ``describe()`` names the variable, never its value.
 """
