@@ -90,17 +90,7 @@ if [ -s "$WORK/profile.json" ] && [ "${#RUNS[@]}" -gt 0 ]; then
 fi
 if [ "${LLAMA_COMPILED:-1}" = 1 ]; then
   "$PY" -m traceforge trace gen benchmarks/zoo-sweep.toml -o "$WORK/zoo.parquet" --duration 6 >/dev/null 2>&1
-  "$PY" - "$WORK" <<'PY'
-import sys
-from pathlib import Path
-import numpy as np, pyarrow as pa, pyarrow.compute as pc
-from traceforge.schema import conform_trace_table, read_trace, write_trace
-work = Path(sys.argv[1])
-tr = read_trace(work / "zoo.parquet")
-t = tr.table.filter(pc.equal(tr.table["model"], "llama"))
-t = t.set_column(0, "request_id", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-write_trace(conform_trace_table(t), work / "llama.parquet", tr.meta)
-PY
+  "$PY" benchmarks/trace_model.py "$WORK/zoo.parquet" llama "$WORK/llama.parquet"
   echo "---- llama-1b --compile $COMPILED" | tee -a "$LOG"
   t0=$(date +%s)
   timeout -k 10 "${LLAMA_LIMIT:-150}" "$PY" -m traceforge replay "$WORK/llama.parquet" \

@@ -47,20 +47,8 @@ for mode in $(echo "$MODES" | tr ',' ' '); do
   replay "$mode" --mode "$mode" "${DEV[@]}"
 done
 replay exclusive-batch4 --mode exclusive --max-batch 4 --max-wait-ms 2 "${DEV[@]}"
-"$PY" - "$WORK" <<'PY'
-# llama-1b alone (the other models' rows dropped from the trace) for the compiled variant
-import sys
-from pathlib import Path
-import pyarrow.compute as pc
-from traceforge.schema import read_trace, write_trace, conform_trace_table
-import numpy as np
-import pyarrow as pa
-work = Path(sys.argv[1])
-tr = read_trace(work / "zoo.parquet")
-t = tr.table.filter(pc.equal(tr.table["model"], "llama"))
-t = t.set_column(0, "request_id", pa.array(np.arange(t.num_rows, dtype=np.int64)))
-write_trace(conform_trace_table(t), work / "llama.parquet", tr.meta)
-PY
+# llama-1b alone (the other models' rows dropped) for the compiled variant
+"$PY" benchmarks/trace_model.py "$WORK/zoo.parquet" llama "$WORK/llama.parquet"
 echo "---- llama-compiled" | tee -a "$LOG"
 t0=$(date +%s%N)
 timeout -k 15 "$LIMIT" "$PY" -m traceforge replay "$WORK/llama.parquet" -o "$WORK/runs/llama-$COMPILED" \
