@@ -138,13 +138,22 @@ def test_profile_flags_refused_before_anything_starts(tmp_path, capsys, args, ke
     assert not out.exists()
 
 
-def _fidelity(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "traceforge.simulate.fidelity",
-                           *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+def _fidelity(*args, capsys) -> subprocess.CompletedProcess:
+    """``python -m traceforge.simulate.fidelity ARGS`` in this process (a subprocess per case
+    cost ~1.5 s of imports each)."""
+    from traceforge.simulate.fidelity import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
-def test_fidelity_never_overwrites_inputs_and_refuses_bad_runs_in_one_line(trace, tmp_path):
+def test_fidelity_never_overwrites_inputs_and_refuses_bad_runs_in_one_line(trace, tmp_path,
+                                                                            capsys):
     from traceforge.simulate import simulate
 
     run = tmp_path / "r_ex"
@@ -170,14 +179,14 @@ def test_fidelity_never_overwrites_inputs_and_refuses_bad_runs_in_one_line(trace
         ([run, "--profile", profile, "--oracle-handoff", "exact"], "needs --oracle"),
         ([run, "--profile", profile, "--warm", "nosuchrun"], "nosuchrun"),
     ]:
-        done = _fidelity(*args)
+        done = _fidelity(*args, capsys=capsys)
         assert done.returncode == 2, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("fidelity: error: "), done.stderr
         assert needle in lines[0], (needle, lines[0])
     assert {p: p.read_bytes() for p in before} == before
     assert notes.read_text() == "keep"
-    done = _fidelity(run, "--profile", profile, "-o", tmp_path / "ok.md")
+    done = _fidelity(run, "--profile", profile, "-o", tmp_path / "ok.md", capsys=capsys)
     assert done.returncode == 0, done.stderr
     assert "| r_ex | exclusive |" in (tmp_path / "ok.md").read_text()
 

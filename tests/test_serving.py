@@ -183,14 +183,15 @@ def test_prewarm_progress_lines(tmp_path, mode):
     import os
 
     trace = tmp_path / "t.parquet"
-    _small_trace(trace)
+    # one model (one worker process in timeslice: each costs a torch import and a build)
+    _small_trace(trace, [("dec", 1, 9, 5), ("dec", 1, 40, 3), ("dec", 2, 20, 4)])
     out = subprocess.run([sys.executable, "-m", "traceforge", "replay", str(trace), "-o",
                           str(tmp_path / "run"), "--backend", "resident", "--mode", mode,
                           "--no-progress"], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "TRACEFORGE_PREWARM_SLOW_S": "0"})
     assert out.returncode == 0, out.stderr
     info = json.loads((tmp_path / "run" / "run.json").read_text())["backend_info"]
-    for model in ("enc", "dec"):
+    for model in ("dec",):
         buckets = info["prewarm"]["buckets"][model]
         lines = [ln for ln in out.stderr.splitlines() if f"{model} (tiny-" in ln
                  and "pre-warm" in ln]
@@ -229,7 +230,7 @@ def test_compiled_decode_step_is_compiled_once_for_all_buckets():
     ids = torch.randint(0, m.vocab_size, (1, 13), generator=torch.Generator().manual_seed(1))
     eager = m.greedy_ids(ids, 6)
     before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-    for seq in (16, 64, 256, 1024):
+    for seq in (16, 64, 256):
         assert torch.equal(m.static_greedy_ids(ids, 6, bucket_seq=seq, inductor=True), eager)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - before <= 2
     config = torch._dynamo.config
