@@ -539,6 +539,18 @@ def main(argv: list[str] | None = None) -> int:
                 profile = size_blind(profile)
             if args.pooled_way_back:
                 profile = pooled_way_back(profile)
+        if args.out:  # refused before the simulations, not after them
+            from traceforge.paths import check_output
+
+            inputs = [("a run directory", r) for r in [*args.runs, *args.handoff_from]]
+            if profile is not None and profile.path is not None:
+                inputs.append(("the profile", profile.path))
+            for run in args.runs:  # the traces the runs replayed
+                with contextlib.suppress(BadInput, OSError, ValueError):
+                    inputs.append(("a run's trace",
+                                   _trace_of(Path(run), RunManifest.load(run))))
+            check_output(args.out, inputs=inputs, key="--out",
+                         replaces=(".md", ".json", ".markdown"))
         if args.by_corunner_size:
             by_size = {str(run): slowdown_by_corunner_size(run, profile) for run in args.runs}
             text = (json.dumps(by_size, indent=1) + "\n" if args.json
@@ -565,18 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.by_corunner_size:
         text = (json.dumps(results, indent=1) + "\n") if args.json else render_markdown(results)
     if args.out:
-        from traceforge.paths import check_output
         from traceforge.schema import atomic_write
 
-        inputs = [("a run directory", r) for r in [*args.runs, *args.handoff_from]]
-        if profile is not None and profile.path is not None:
-            inputs.append(("the profile", profile.path))
-        for run in args.runs:  # the traces the runs replayed
-            with contextlib.suppress(BadInput, OSError, ValueError):
-                inputs.append(("a run's trace", _trace_of(Path(run), RunManifest.load(run))))
         try:
-            check_output(args.out, inputs=inputs, key="--out",
-                         replaces=(".md", ".json", ".markdown"))
             atomic_write(args.out, lambda tmp: tmp.write_text(text))
         except BadInput as exc:
             print(f"fidelity: error: {exc}", file=sys.stderr)
