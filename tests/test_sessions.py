@@ -321,7 +321,8 @@ def test_csv_import_keeps_sessions_from_a_session_column(tmp_path):
     # explicit turn numbers must increase with time
     bad = tmp_path / "bad.csv"
     bad.write_text("t,conv,k\n0.0,a,2\n1.0,a,1\n")
-    with pytest.raises(BadInput, match="turns of session 0 must increase"):
+    with pytest.raises(BadInput, match=r"bad\.csv: k = 1: turns of a session must increase "
+                       r"with arrival time: turn 1 \(line 3\) arrives after turn 2 \(line 2\)"):
         import_trace("csv", [bad], columns="time=t,session=conv,turn=k")
     with pytest.raises(BadInput, match="turn=COL needs session=COL"):
         import_trace("csv", [bad], columns="time=t,turn=k")

@@ -73,7 +73,9 @@ def scaled_ns(ns: np.ndarray, factor: float, *, key: str, value: object,
         return ns.copy()
     if ns.size:
         top = float(np.max(np.abs(ns))) * factor
-        if not np.isfinite(top) or top >= _NS_CEILING:
+        if not np.isfinite(top):  # nan (inf - inf upstream) reads as "beyond any range"
+            top = float("inf")
+        if top >= _NS_CEILING:
             raise BadInput(range_message(top / 1e9), source=source, key=key, value=value)
     return np.rint(ns * factor).astype(np.int64)
 

@@ -6,7 +6,6 @@ bad spec, flag or source row leaves no output file behind (exit 2, one line).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -78,8 +77,10 @@ def stats(
     report = trace_stats(trace, confidence=confidence)
     if plot is not None:
         plot_arrivals(trace, plot)
-    if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+    if as_json:  # strict JSON: a non-finite number (a zero-length span's rate) is null
+        from traceforge.analyze.jsonable import to_json
+
+        typer.echo(to_json(report))
     else:
         _print_stats(report)
         if plot is not None:

@@ -81,8 +81,11 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
                                    {p: _rng(seed, key, k) for p, k in parts.items()},
                                    model.seq_len, model.max_new_tokens, model.batch_size)
             by_time = np.argsort(rows["times"], kind="stable")
-            arrivals.append(seconds_to_ns(rows["times"][by_time], key=f"models.{model.name}",
-                                          value="sessions", source=spec.path))
+            # the times past the first turn are starts plus think times: name those
+            arrivals.append(seconds_to_ns(rows["times"][by_time],
+                                          key=f"models.{model.name}.sessions.think_time_s",
+                                          value=model.sessions.think_time_s.to_spec(),
+                                          source=spec.path))
             for f in SHAPE_FIELDS:
                 shapes[f].append(rows[f][by_time])
             sessions.append(rows["session"][by_time])

@@ -58,7 +58,8 @@ class ThinkDist:
             return rng.uniform(p["low"], p["high"], n)
         if self.dist == "exponential":
             return rng.exponential(p["mean"], n)
-        x = p["median"] * np.exp(p["sigma"] * rng.standard_normal(n))
+        with np.errstate(over="ignore"):  # an overflow becomes inf, refused as out of range
+            x = p["median"] * np.exp(p["sigma"] * rng.standard_normal(n))
         return np.minimum(x, p["max"]) if "max" in p else x
 
     def to_spec(self) -> Any:
@@ -145,7 +146,8 @@ def expand_sessions(spec: SessionSpec, starts_s: np.ndarray, rngs: dict[str, np.
     head = turn == 1
     think = spec.think_time_s.sample(rngs["think"], rows)
     think[head] = 0.0
-    times = starts_s[session] + _segment_cumsum(think, first, session)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf think times: refused by the caller
+        times = starts_s[session] + _segment_cumsum(think, first, session)
     user = seq_dist.sample(rngs["seq_len"], rows).astype(np.int64)
     new = new_dist.sample(rngs["max_new_tokens"], rows).astype(np.int64)
     if spec.context_growth == "append":

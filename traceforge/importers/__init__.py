@@ -170,6 +170,7 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
     time_ns = rec.time_ns[order]
     if time_ns.size == 0:
         raise BadInput("the source holds no requests (no data rows)", source=source)
+    _check_turns(rec, order, source)
     origin_ns = int(rec.origin_ns if rec.origin_ns is not None else time_ns[0])
     span = float(time_ns[-1]) - float(min(origin_ns, int(time_ns[0])))
     check_seconds(span / 1e9, key="time span", source=source)
@@ -214,8 +215,38 @@ def _window_and_scale(rec: Records, start_s: float, duration_s: float | None, ti
                         rec.seq_len[idx], rec.max_new_tokens[idx], prefix_blocks=blocks,
                         **_sessions(rec, order, idx))
     if rec.session_key is not None:
-        validate_sessions(table, source="SRC")
+        validate_sessions(table, source=source)
     return table, window_s, origin_ns, clipped
+
+
+def _check_turns(rec: Records, order: np.ndarray, source: str) -> None:
+    """Given turn numbers (a turn column, or parent chains) must increase with arrival time
+    within each session, over the whole source: refused naming the file and line of the first
+    turn that arrives no later than a turn numbered after it (``order``: time order)."""
+    if rec.session_key is None or rec.turn is None:
+        return
+    timed = order[rec.session_key[order] >= 0]
+    if timed.size < 2:
+        return
+    grouped = timed[np.argsort(rec.session_key[timed], kind="stable")]  # time order inside
+    same = rec.session_key[grouped][1:] == rec.session_key[grouped][:-1]
+    bad = np.flatnonzero(same & (np.diff(rec.turn[grouped]) <= 0))
+    if not bad.size:
+        return
+    prev, cur = int(grouped[bad[0]]), int(grouped[bad[0] + 1])
+    if rec.where is None:
+        file, at, before = source, f"record {cur}", f"record {prev}"
+    else:
+        (file, line), (_, prev_line) = rec.where(cur), rec.where(prev)
+        at, before = f"line {line}", f"line {prev_line}"
+    columns = rec.notes.get("columns", {})
+    key = columns.get("turn") or ("turn (depth in its id/parent chain)" if "parent" in columns
+                                  else "turn")
+    tie = "at the same time as" if rec.time_ns[cur] == rec.time_ns[prev] else "after"
+    raise BadInput(f"turns of a session must increase with arrival time: turn "
+                   f"{int(rec.turn[cur])} ({at}) arrives {tie} turn {int(rec.turn[prev])} "
+                   f"({before}) of the same session", source=file, key=key,
+                   value=int(rec.turn[cur]))
 
 
 def _sessions(rec: Records, order: np.ndarray, idx: np.ndarray) -> dict[str, pa.Array]:

@@ -9,6 +9,7 @@ rows), so clean files never take a Python loop and dirty ones still get the exac
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ class Records:
     # time within each session).
     session_key: np.ndarray | None = None
     turn: np.ndarray | None = None
+    # Record index -> (file, 1-based line) for messages about one record (None: not tracked)
+    where: Callable[[int], tuple[Path, int]] | None = None
 
 
 def file_info(path: Path, rows: int, skipped: int) -> dict[str, Any]:

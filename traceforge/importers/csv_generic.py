@@ -109,6 +109,8 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
     file_names = per_file_names(sources, models, lambda p: p.stem) if per_file else None
     times, shape_cols, model_cols, codes, files = [], {f: [] for f in LOWER}, [], [], []
     session_cols, turn_cols = [], []
+    # with sessions, each kept record's file and data row (for messages naming the line)
+    origin_file, origin_row, line_maps = [], [], []
     for code, path in enumerate(sources):
         cols = CsvColumns(path, list(dict.fromkeys(mapping.values())), skip_bad=skip_bad)
         t = cols.time_ns(mapping["time"], time_unit)
@@ -149,6 +151,9 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
             session_cols.append(session.filter(pa.array(keep)))
             if turn is not None:
                 turn_cols.append(turn[keep])
+            origin_file.append(np.full(n, code, dtype=np.int32))
+            origin_row.append(np.flatnonzero(keep))
+            line_maps.append(cols.line_of)
     time_ns = np.concatenate(times)
     shapes = {f: np.concatenate(v) for f, v in shape_cols.items()}
     sessions = {}
@@ -157,11 +162,13 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
         key = text.dictionary_encode().indices.to_numpy(zero_copy_only=False).astype(np.int64)
         key[pc.equal(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False)] = -1
         sessions = {"session_key": key,
-                    "turn": np.concatenate(turn_cols) if turn_cols else None}
+                    "turn": np.concatenate(turn_cols) if turn_cols else None,
+                    "origin_file": np.concatenate(origin_file),
+                    "origin_row": np.concatenate(origin_row)}
     if per_file:
         return Records(time_ns=time_ns, model_code=np.concatenate(codes), model_names=file_names,
                        files=files, notes={"columns": mapping, "time_unit": time_unit}, **shapes,
-                       **sessions)
+                       **_where(sessions, sources, line_maps))
     encoded = pa.chunked_array(model_cols, pa.string()).combine_chunks().dictionary_encode()
     present = encoded.dictionary.to_pylist()
     src_codes = encoded.indices.to_numpy(zero_copy_only=False)
@@ -173,4 +180,19 @@ def read(sources: list[Path], *, models, skip_bad: bool, columns: str | None, ti
                    model_names=[rename[m] for m in present if m in rename], files=files,
                    notes={"columns": mapping, "time_unit": time_unit},
                    **{f: v[keep] for f, v in shapes.items()},
-                   **{k: None if v is None else v[keep] for k, v in sessions.items()})
+                   **_where({k: None if v is None else v[keep] for k, v in sessions.items()},
+                            sources, line_maps))
+
+
+def _where(sessions: dict, sources: list[Path], line_maps: list) -> dict:
+    """The Records session fields, the origin columns folded into ``where`` (record index ->
+    file and line)."""
+    if not sessions:
+        return {}
+    files, rows = sessions.pop("origin_file"), sessions.pop("origin_row")
+
+    def where(i: int) -> tuple[Path, int]:
+        code = int(files[i])
+        return sources[code], line_maps[code](int(rows[i]))
+
+    return {**sessions, "where": where}
