@@ -167,6 +167,24 @@ def register(app: typer.Typer) -> None:
         if backend not in BACKENDS:
             raise BadInput("unknown backend", key="--backend", value=backend,
                            allowed=", ".join(BACKENDS))
+        _refuse_other_backends_flags(backend, {
+            "null": {"--servers": (servers, 1), "--service-ms": (service_ms, 10.0),
+                     "--service-dist": (service_dist, "exp"), "--seed": (seed, 0)},
+            "http": {"--url": (url, None), "--api": (api, "openai-completions"),
+                     "--api-key-env": (api_key_env, None), "--model-name": (model_name, None),
+                     "--body-template": (body_template, None), "--header": (header or None, None),
+                     "--stream/--no-stream": (stream, True),
+                     "--ignore-eos/--no-ignore-eos": (ignore_eos, True),
+                     "--tokenizer": (tokenizer, None), "--max-connections": (max_connections, None),
+                     "--prompt-seed": (prompt_seed, None)},
+            "resident": {"--mode": (mode, "exclusive"), "--device": (device, "cpu"),
+                         "--sm-percent": (sm_percent, None), "--max-batch": (max_batch, 1),
+                         "--max-wait-ms": (max_wait_ms, 0.0),
+                         "--telemetry/--no-telemetry": (telemetry, True),
+                         "--compile": (compile_, None), "--seq-buckets": (seq_buckets, None),
+                         "--prewarm/--no-prewarm": (prewarm, True),
+                         "--inline/--no-inline": (inline, True)},
+        })
         check_sharded(backend, workers, executor)
         if shard_by not in SHARD_BY:
             raise BadInput("unknown sharding", key="--shard-by", value=shard_by,
@@ -183,6 +201,11 @@ def register(app: typer.Typer) -> None:
                            body_template[1:] if (body_template or "").startswith("@") else None)])
         models = default_models(tr)
         zoo_map = parse_mapping(zoo, "--zoo")
+        if zoo_map:
+            from traceforge.zoo import get_entry
+
+            for zoo_name in zoo_map.values():  # every backend records the model's zoo entry
+                get_entry(zoo_name, key="--zoo")
         unknown = sorted(set(zoo_map) - {m.name for m in models})
         if unknown:
             raise BadInput("model not in the trace", key="--zoo", value=unknown[0],
@@ -260,3 +283,16 @@ def register(app: typer.Typer) -> None:
                              f"(partial timeline kept in {out})")
         if summary.status == "interrupted":
             raise typer.Exit(130)
+
+
+def _refuse_other_backends_flags(backend: str,
+                                 flags: dict[str, dict[str, tuple[object, object]]]) -> None:
+    """A flag of another backend given a value of its own (not its default) would be silently
+    ignored: refused naming it (``flags``: backend -> flag -> (value, default))."""
+    for other, table in flags.items():
+        if other == backend:
+            continue
+        for flag, (value, default) in table.items():
+            if value != default:
+                raise BadInput(f"applies to --backend {other} only (this replay's backend is "
+                               f"{backend}, which would ignore it)", key=flag, value=value)
