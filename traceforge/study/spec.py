@@ -33,7 +33,8 @@ CAPACITY_KEYS = ("slo", "tolerance", "start", "min_load", "max_load", "prescreen
                  "repeats", "max_probes", "duration_s")
 PRESCREENS = ("simulate",)
 DEFAULT_PROFILES = {"cpu": "cpu-tiny", "cuda": "h200"}
-RATE_KEYS = ("rate", "rates", "off_rate")  # arrival keys a load multiplier scales
+# arrival keys a load multiplier scales (a ServeGen pool's rate_scale: its rates are the pool's)
+RATE_KEYS = ("rate", "rates", "off_rate", "rate_scale")
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,8 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
             raw = tomllib.loads(wpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             r.fail(f"{key}.workload", rel, f"not a valid TOML workload spec ({exc})")
-        parsed = parse_spec(raw, source=wpath, path=wpath)  # its errors name the workload file
+        # its errors name the workload file; a relative ServeGen pool is the file's neighbour
+        parsed = parse_spec(raw, source=wpath, base_dir=wpath.parent, path=wpath)
         spec_dict = parsed.to_dict()
         spec_dict.pop("seed", None)  # the study's seed (+ repeat) drives every trace
         own = {k: table[k] for k in ("duration_s", "requests") if k in table}
@@ -258,7 +260,8 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
         raw = {k: v for k, v in table.items() if k in ("models", "modulations", "description")}
         raw["name"] = name
         try:
-            parsed = parse_spec(raw, source=r.source)
+            # a relative ServeGen pool lies beside the study file (to_dict keeps it absolute)
+            parsed = parse_spec(raw, source=r.source, base_dir=base_dir)
         except BadInput as exc:
             raise _rekey(exc, r.source, key) from None
         spec_dict = parsed.to_dict()
