@@ -47,6 +47,27 @@ PING_SAMPLES = 200
 CPU_WORKER_NICE = 10
 
 
+def cpu_worker_priority() -> tuple[int, bool]:
+    """(niceness, SCHED_IDLE) of CPU worker processes: CPU_WORKER_NICE and SCHED_IDLE unless
+    ``TRACEFORGE_CPU_WORKER_NICE`` (0-19) / ``TRACEFORGE_CPU_SCHED_IDLE=0`` say otherwise. A
+    machine busy with other work starves low-priority workers (the test suite's parallel
+    phase turns both off: a 10 s resident test took 111 s behind the other test processes)."""
+    text = os.environ.get("TRACEFORGE_CPU_WORKER_NICE")
+    nice = CPU_WORKER_NICE
+    if text is not None:
+        try:
+            nice = int(text)
+        except ValueError:
+            nice = -1
+        if not 0 <= nice <= 19:
+            raise BadInput("must be an integer from 0 to 19", key="TRACEFORGE_CPU_WORKER_NICE",
+                           value=text)
+    idle = os.environ.get("TRACEFORGE_CPU_SCHED_IDLE", "1")
+    if idle not in ("0", "1"):
+        raise BadInput("must be 0 or 1", key="TRACEFORGE_CPU_SCHED_IDLE", value=idle)
+    return nice, idle == "1"
+
+
 def from_options(opts: dict[str, Any]) -> ResidentBackend:
     """Validate the CLI options (see INTERFACES.md) and return an unstarted backend."""
     from traceforge.gpu.cuda import parse_device, require_cuda
@@ -57,6 +78,8 @@ def from_options(opts: dict[str, Any]) -> ResidentBackend:
         raise BadInput("unknown mode", key="--mode", value=mode, allowed=", ".join(MODES))
     device = opts.get("device") or "cpu"
     kind, _ = parse_device(device)
+    if kind == "cpu":
+        cpu_worker_priority()  # a bad environment value: refused before anything starts
     max_batch = 1 if opts.get("max_batch") is None else opts["max_batch"]
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
@@ -302,6 +325,7 @@ class ResidentBackend:
             await asyncio.to_thread(self._mps.start)
             self._live("mps", self._mps.describe())
         cpu_threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(self.models)))
+        cpu_nice, cpu_sched_idle = cpu_worker_priority()
         for i, (name, zoo) in enumerate(self.models.items()):
             env = dict(base_env)
             if self._mps is not None:
@@ -311,8 +335,7 @@ class ResidentBackend:
                    "mode": self.mode,
                    "batch_id_base": i << 40, "max_batch": self.max_batch,
                    "max_wait_ms": self.max_wait_ms, "cpu_threads": cpu_threads,
-                   "cpu_nice": CPU_WORKER_NICE,
-                   "cpu_sched_idle": os.environ.get("TRACEFORGE_CPU_SCHED_IDLE", "1") == "1",
+                   "cpu_nice": cpu_nice, "cpu_sched_idle": cpu_sched_idle,
                    "serving": {**self._serving,
                                "seq_buckets": {name: self._serving["seq_buckets"].get(name)},
                                "shapes": {name: self._serving["shapes"].get(name)}}}
