@@ -37,10 +37,16 @@ demo: $(STAMP)
 # target fails if either did. 3 workers on 2 cores: many tests wait on subprocesses and
 # sockets; the first phase took 413 / 387 s with 2, 364 / 329 s with 3, 732 s serial (this VM,
 # 2026-12-01).
+# `worksteal`: an idle worker takes tests queued on a busy one, so a few long tests don't
+# leave two workers idle at the end. compileall first: with PYTHONDONTWRITEBYTECODE set (this
+# machine's environment) every test subprocess recompiled traceforge's modules on import
+# (0.37 s each; the suite starts hundreds).
 PYTEST_WORKERS ?= 3
 test: $(STAMP)
+	@$(PY) -m compileall -q traceforge
 	@rc=0; \
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not gpu and not realtime" -p no:cacheprovider || rc=1; \
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not gpu and not realtime" \
+	  -p no:cacheprovider || rc=1; \
 	echo "== the realtime tests, one at a time"; \
 	$(PY) -m pytest -q -m "realtime and not gpu" -p no:cacheprovider || rc=1; \
 	exit $$rc
