@@ -484,3 +484,45 @@ def test_simulator_uses_the_bucket_service_time(tmp_path):
     # An older profile without buckets: interpolated at the request's own seq_len, cold first.
     assert svc[False][0] == pytest.approx(1.0 + 50.0)
     assert svc[False][1] == pytest.approx(1.0 + 1.0 / 32 + 50.0)  # its own shape: cold too
+
+
+def test_ctrl_c_during_prewarm_stops_it_and_records_nothing(tmp_path):
+    """Ctrl-C while the models pre-warm in the dispatcher's process (exclusive, streams) ends the
+    replay after the bucket being warmed -- the loader ran every remaining bucket first (all 40
+    here; a long GPU pre-warm held the signal for minutes) -- exit 130, no run directory left.
+    Worker processes (timeslice, mps) are terminated: tests/test_safety_kill.py."""
+    mode = "exclusive"
+    import os
+    import signal
+
+    trace = tmp_path / "t.parquet"
+    # 8 batch sizes x 5 seq_len buckets: 40 buckets of eager tiny-gpt2 decode
+    _small_trace(trace, [("dec", b, s, 16) for b in range(1, 9) for s in (9, 20, 40, 70, 130)],
+                 gap_ns=1_000_000)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "traceforge", "replay", str(trace), "-o",
+                             str(run), "--backend", "resident", "--mode", mode,
+                             "--no-progress"], stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "TRACEFORGE_PREWARM_SLOW_S": "0"})
+    lines: list[str] = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "pre-warm 2/" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read()
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert "nothing recorded" in err, err
+    warmed = [ln for ln in err.splitlines() if "pre-warm" in ln and "buckets" in ln]
+    total = int(warmed[0].split("/")[1].split()[0])
+    assert total == 40, warmed[0]
+    # stopped after the bucket in progress (one or two more lines), far from all 40
+    assert len(warmed) <= 4, err
+    assert not run.exists(), list(run.iterdir())

@@ -25,6 +25,7 @@ import os
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,7 @@ class ResidentBackend:
         self.compile = compile or ("graphs" if self.is_cuda else "eager")
         self.seq_buckets = seq_buckets  # --seq-buckets (None: each model's defaults)
         self.prewarm = prewarm
+        self._start_cancel: threading.Event | None = None  # set: in-process loading stops
         # In-process modes: an idle executor's graph-captured request is launched and polled by
         # the event loop's thread itself (Executor.try_inline): no thread hand-off either way.
         # Eager forwards never launch without waiting (LoadedModel.can_launch): not enabled.
@@ -219,7 +221,7 @@ class ResidentBackend:
         if self.mode in PROCESS_MODES:
             await self._start_workers()
         else:
-            await asyncio.to_thread(self._start_in_process)
+            await self._start_in_process_cancellable()
             if self.inline:
                 import torch
 
@@ -278,6 +280,41 @@ class ResidentBackend:
         self._sampler.start()
         self._live("telemetry", {"note": self._sampler.note or "sampling until stop()"})
 
+    async def _start_in_process_cancellable(self) -> None:
+        """Load and pre-warm in a thread of its own. Cancelled (Ctrl-C, SIGTERM: the replay's
+        task), it asks the thread to stop after the bucket it is warming and waits for that,
+        then re-raises. A daemon thread, not asyncio's executor: a second Ctrl-C leaves at once
+        instead of the interpreter joining the executor until pre-warm ends."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        self._start_cancel = threading.Event()
+
+        def settle(exc: BaseException | None) -> None:
+            if not done.done():
+                if exc is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(exc)
+
+        def body() -> None:
+            try:
+                self._start_in_process()
+                outcome = None
+            except BaseException as exc:  # handed to the loop
+                outcome = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, outcome)
+
+        threading.Thread(target=body, name="resident-start", daemon=True).start()
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._start_cancel.set()
+            self.status("    interrupted: loading stops after the bucket it is warming")
+            with contextlib.suppress(Exception):
+                await done
+            raise
+
     def _start_in_process(self) -> None:
         import torch
 
@@ -292,7 +329,8 @@ class ResidentBackend:
 
         try:
             loaded, info = build_resident(self.models, self.device, self.seed, self._serving,
-                                          status=self.status)
+                                          status=self.status,
+                                          cancel=self._start_cancel)
         except BucketDoesNotFit as exc:
             raise RunFailure(str(exc)) from None
         self._info["models"] = info

@@ -55,11 +55,18 @@ def _prewarm_reporter(name: str, zoo: str, status):
     return on_bucket
 
 
+class StartCancelled(Exception):
+    """Loading stopped at a model or bucket boundary: the replay was interrupted meanwhile."""
+
+
 def build_resident(models: dict[str, str], device: str, seed: int,
-                   serving: dict | None = None, status=None) -> tuple[dict, dict]:
+                   serving: dict | None = None, status=None,
+                   cancel: threading.Event | None = None) -> tuple[dict, dict]:
     """Build, configure and warm ``{trace model: zoo entry}``; returns (loaded, info per model).
 
     ``status(line)``: progress lines while pre-warm is slow (an Inductor compile, many buckets).
+    ``cancel``: once set, :class:`StartCancelled` is raised before the next model and after the
+    bucket being warmed (one bucket -- an Inductor compile -- cannot be cut short).
 
     ``serving`` (all optional): ``compile`` (eager | graphs), ``seq_buckets`` {model: list or
     None}, ``batch_buckets`` (dynamic batching on), ``max_batch``, ``prewarm`` (bool) and
@@ -72,7 +79,12 @@ def build_resident(models: dict[str, str], device: str, seed: int,
 
     serving = serving or {}
     loaded, info = {}, {}
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise StartCancelled("interrupted while the models were loading")
+
     for i, (name, zoo) in enumerate(models.items()):
+        check_cancel()
         started = time.perf_counter()
         model = build_model(zoo, device, seed=seed + i)
         model.configure(compile=serving.get("compile", "eager"),
@@ -86,9 +98,14 @@ def build_resident(models: dict[str, str], device: str, seed: int,
         if serving.get("prewarm", True) and shapes:
             buckets, new_by_bucket = warm_plan(model, shapes, int(serving.get("max_batch", 1)))
             t = time.perf_counter()
-            per_bucket = model.prewarm(
-                buckets, new_by_bucket,
-                on_bucket=None if status is None else _prewarm_reporter(name, zoo, status))
+            report = None if status is None else _prewarm_reporter(name, zoo, status)
+
+            def on_bucket(*args, report=report) -> None:
+                if report is not None:
+                    report(*args)
+                check_cancel()
+
+            per_bucket = model.prewarm(buckets, new_by_bucket, on_bucket=on_bucket)
             entry_info["prewarm"] = {"buckets": list(per_bucket),
                                      "seconds": round(time.perf_counter() - t, 3),
                                      "per_bucket_s": per_bucket}
