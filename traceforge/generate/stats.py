@@ -60,9 +60,14 @@ def index_of_dispersion(arrival_s: np.ndarray, duration_s: float, window_s: floa
     if n_windows < 2:
         return None
     inside = arrival_s[arrival_s < n_windows * window_s]
-    counts = np.bincount((inside / window_s).astype(np.int64), minlength=n_windows)
-    mean = counts.mean()
-    return float(counts.var(ddof=1) / mean) if mean > 0 else None
+    if not inside.size:
+        return None
+    # Occupied windows only, the empty ones counted in closed form: one count per window of a
+    # 5e9 s trace was a 37 GiB array. var(ddof=1) = (sum c^2 - n mean^2) / (n - 1).
+    _, counts = np.unique((inside / window_s).astype(np.int64), return_counts=True)
+    mean = inside.size / n_windows
+    square_sum = float(np.dot(counts.astype(np.float64), counts))
+    return float((square_sum - n_windows * mean * mean) / (n_windows - 1) / mean)
 
 
 # -- goodness of fit ---------------------------------------------------------------------------
@@ -270,6 +275,30 @@ def pc_first_turns(table) -> np.ndarray | None:
     return prev < 0
 
 
+def _parsed_arrivals(spec_models: object, modulations: dict) -> dict[str, bool]:
+    """{model: True} where the metadata's arrival (and modulation) parse as a spec would."""
+    from traceforge.generate.spec import parse_spec
+
+    out: dict[str, bool] = {}
+    if not isinstance(spec_models, dict):
+        return out
+    for name, table in spec_models.items():
+        out[name] = False
+        if not isinstance(table, dict) or not isinstance(table.get("arrival"), dict):
+            continue
+        part = {k: v for k, v in table.items() if k in ("arrival", "modulation")}
+        ref = part.get("modulation")
+        ref_name = ref.get("name") if isinstance(ref, dict) else ref
+        mods = ({ref_name: modulations[ref_name]}
+                if isinstance(ref_name, str) and ref_name in modulations else {})
+        try:
+            parse_spec({"modulations": mods, "models": {name: part}})
+        except Exception:  # any failure means "no target to test against"
+            continue
+        out[name] = True
+    return out
+
+
 def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Per-model and aggregate statistics of a trace (the ``trace stats --json`` object)."""
     from traceforge.generate.spec import parse_spec
@@ -280,14 +309,17 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
     duration_s = float(meta.get("duration_s") or (arrival_s[-1] if arrival_s.size else 0.0))
     spec = meta.get("spec") or {}
     spec_models = spec.get("models") or {}
-    modulations = spec.get("modulations") or {}
+    modulations = spec.get("modulations") if isinstance(spec.get("modulations"), dict) else {}
+    # each model's arrival as the spec parser reads it; None where it does not parse (an
+    # imported trace's "imported", a hand-edited entry): fitted against the realised rate
+    valid = _parsed_arrivals(spec_models, modulations)
     long_run = {}
     if (meta.get("source") or {}).get("kind") == "generate":
         try:  # only the arrival parts: shapes (e.g. empirical files) are not needed here
             parsed = parse_spec({
                 "modulations": modulations,
                 "models": {m: {k: v for k, v in t.items() if k in ("arrival", "modulation")}
-                           for m, t in spec_models.items()}})
+                           for m, t in spec_models.items() if valid.get(m)}})
             long_run = {m: s.long_run_rate(parsed.modulations) for m, s in parsed.models.items()}
         except Exception:  # a hand-edited spec in metadata: stats still work without targets
             long_run = {}
@@ -306,7 +338,7 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
     models: dict[str, Any] = {}
     for name in names:
         mask = model_codes == codes[name]
-        mspec = spec_models.get(name, {})
+        mspec = spec_models.get(name) if isinstance(spec_models.get(name), dict) else {}
         sessions = None
         if "sessions" in mspec and first_turn is not None:
             n_rows = int(mask.sum())
@@ -320,10 +352,10 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
             entry["sessions"] = sessions
             mask = mask_rows  # shapes over every turn
         entry["target_rate"] = long_run.get(name)
-        mod_ref = mspec.get("modulation")
+        mod_ref = mspec.get("modulation") if valid.get(name) else None
         mod_name = mod_ref.get("name") if isinstance(mod_ref, dict) else mod_ref
         entry["fit"] = goodness_of_fit(
-            times, mspec.get("arrival"),
+            times, mspec.get("arrival") if valid.get(name) else None,
             multipliers=mod_ref.get("multipliers") if isinstance(mod_ref, dict) else None,
             modulation=modulations.get(mod_name) if mod_name else None, duration_s=duration_s)
         entry["shapes"] = {f: _shape_summary(v[mask]) for f, v in shapes.items()}
@@ -333,7 +365,8 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
         models[name] = entry
 
     agg_times = arrival_s
-    with_sessions = first_turn is not None and any("sessions" in m for m in spec_models.values())
+    with_sessions = first_turn is not None and any(
+        isinstance(m, dict) and "sessions" in m for m in spec_models.values())
     if with_sessions:
         agg_times = arrival_s[first_turn]
     aggregate = _stream_stats(agg_times, duration_s, confidence)
@@ -342,11 +375,13 @@ def trace_stats(trace: Trace, *, confidence: float = CONFIDENCE) -> dict[str, An
                                  "rows": int(arrival_s.size)}
     aggregate["target_rate"] = sum(long_run.values()) if long_run else None
     all_poisson = spec_models and all(
-        (m.get("arrival") or {}).get("process") == "poisson" and "modulation" not in m
-        for m in spec_models.values())
+        valid.get(n) and m["arrival"].get("process") == "poisson" and "modulation" not in m
+        for n, m in spec_models.items())
     if all_poisson:  # a superposition of independent Poisson processes is Poisson
-        aggregate["fit"] = goodness_of_fit(
-            agg_times, {"process": "poisson", "rate": aggregate["target_rate"]})
+        rate = aggregate["target_rate"]
+        if rate is None:  # not a generated trace: the spec's rates still sum to the target
+            rate = sum(float(m["arrival"]["rate"]) for m in spec_models.values())
+        aggregate["fit"] = goodness_of_fit(agg_times, {"process": "poisson", "rate": rate})
     else:
         aggregate["fit"] = goodness_of_fit(agg_times, None)
     aggregate["shapes"] = {f: _shape_summary(v) for f, v in shapes.items()}
@@ -396,6 +431,9 @@ def prefix_reuse(table, block_tokens: int) -> dict[str, Any]:
             "token_fraction": float(reused.sum() / total) if total else 0.0}
 
 
+MAX_PLOT_BINS = 100_000  # a 10-inch figure at 100 dpi shows 1,000 columns: still 100x finer
+
+
 def plot_arrivals(trace: Trace, path, *, bin_s: float = 1.0) -> None:
     """PNG of arrivals per ``bin_s`` per model (matplotlib, Agg backend, no display needed)."""
     import matplotlib
@@ -410,6 +448,8 @@ def plot_arrivals(trace: Trace, path, *, bin_s: float = 1.0) -> None:
     names, codes = encode_models(table)
     duration = float((trace.meta or {}).get("duration_s") or
                      (arrival_s[-1] if arrival_s.size else 1.0))
+    # at most MAX_PLOT_BINS bins (one per second of a 5e9 s trace was 37 GiB): wider ones
+    bin_s = max(bin_s, duration / MAX_PLOT_BINS)
     n_bins = max(1, math.ceil(duration / bin_s))
     fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
     for code, name in enumerate(names):
@@ -421,7 +461,8 @@ def plot_arrivals(trace: Trace, path, *, bin_s: float = 1.0) -> None:
     ax.set_xlabel("time since trace start (s)")
     ax.set_ylabel(f"arrivals per second ({bin_s:g} s bins)")
     ax.set_title(trace.path.name if trace.path else "trace")
-    ax.legend(loc="upper right", fontsize="small")
+    if names:  # no models (an empty trace): no legend, and no matplotlib warning about it
+        ax.legend(loc="upper right", fontsize="small")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
