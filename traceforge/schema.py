@@ -211,7 +211,7 @@ def read_trace(path: Path | str, *, validate: bool = True) -> Trace:
     raw = (table.schema.metadata or {}).get(META_KEY)
     try:
         meta = json.loads(raw) if raw else {}
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:
         raise BadInput("metadata key 'traceforge' is not JSON", source=path) from exc
     _check_meta(meta, path)
     for field in TRACE_SCHEMA:
@@ -251,6 +251,14 @@ def _check_meta(meta: object, source: object) -> None:
         if value is not None and not isinstance(value, dict):
             raise BadInput(f"must be a JSON object, not {json_type(value)}", source=source,
                            key=f"traceforge.{key}")
+    models = spec.get("models") if isinstance(spec, dict) else None
+    for name, entry in (models or {}).items():  # the SLO the report and studies judge by
+        slo = entry.get("slo_ms") if isinstance(entry, dict) else None
+        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, int | float)
+                                or not math.isfinite(slo) or slo <= 0):
+            shown = {"value": slo} if not isinstance(slo, list | dict) else {}
+            raise BadInput("must be a number of milliseconds > 0", source=source,
+                           key=f"traceforge.spec.models.{name}.slo_ms", **shown)
     duration = meta.get("duration_s")
     if duration is not None and (isinstance(duration, bool)
                                  or not isinstance(duration, int | float)

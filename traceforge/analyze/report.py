@@ -55,15 +55,23 @@ def parse_slo(text: str, *, source: str = "--slo") -> dict[str, float]:
     return out
 
 
-def spec_slos(manifest: dict[str, Any]) -> dict[str, float]:
-    """Per-model ``slo_ms`` from the workload spec recorded in run.json (may be empty)."""
+def spec_slos(manifest: dict[str, Any], source: object = None) -> dict[str, float]:
+    """Per-model ``slo_ms`` from the workload spec recorded in run.json (may be empty). A value
+    that is not a finite number > 0 (NaN, negative, a boolean, a string: a hand-edited file) is
+    refused naming its key -- it gave "attained 0 %" (or 100 %) tables before."""
     spec = ((manifest.get("trace") or {}).get("meta") or {}).get("spec") or {}
-    models = spec.get("models") or {}
+    models = spec.get("models") if isinstance(spec, dict) else None
     out = {}
     if isinstance(models, dict):
         for name, entry in models.items():
-            if isinstance(entry, dict) and isinstance(entry.get("slo_ms"), int | float):
-                out[name] = float(entry["slo_ms"])
+            if not isinstance(entry, dict) or "slo_ms" not in entry:
+                continue
+            value = entry["slo_ms"]
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value <= 0):
+                raise BadInput("must be a number of milliseconds > 0", source=source,
+                               key=f"trace.meta.spec.models.{name}.slo_ms", value=value)
+            out[name] = float(value)
     return out
 
 
@@ -349,7 +357,7 @@ def resolve_slos(run: RunData, *, slo_ms: dict[str, float] | None,
         return dict(slo_ms), "--slo"
     if slo_from is not None:
         return baseline_slos(slo_from, slo_factor), f"{slo_factor:g} x p50 of {slo_from}"
-    spec = spec_slos(run.manifest)
+    spec = spec_slos(run.manifest, source=run.run_dir / "run.json")
     return spec, ("trace spec" if spec else None)
 
 

@@ -187,7 +187,7 @@ def load_study(study_dir: Path | str) -> Study:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInput("no such file: not a study directory", source=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"not JSON ({exc})", source=path) from exc
     if not isinstance(raw, dict):
         raise BadInput("not a JSON object", source=path)
@@ -260,7 +260,7 @@ def _read_cell(cell: StudyCell, options: StudyOptions, fallback_slo_ms: float | 
     elif baseline is not None:
         slos, source = dict(baseline), f"{options.slo_factor:g} x p50 of {options.slo_from}"
     else:
-        slos, source = spec_slos(run.manifest), "trace spec"
+        slos, source = spec_slos(run.manifest, source=run.run_dir / "run.json"), "trace spec"
         if fallback_slo_ms is not None:
             missing = [m for m in run.models if m not in slos]
             slos.update({m: fallback_slo_ms for m in missing})
