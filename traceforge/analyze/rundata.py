@@ -143,12 +143,50 @@ class RunData:
         path = self.run_dir / "telemetry.parquet"
         if not path.exists():
             return None
-        import pyarrow.parquet as pq
+        from traceforge.gpu.telemetry import TELEMETRY_SCHEMA
 
+        return read_checked_parquet(path, TELEMETRY_SCHEMA)
+
+
+def read_checked_parquet(path: Path, schema: pa.Schema, *,
+                         drop_nonfinite: tuple[str, ...] = ()) -> pa.Table:
+    """A side file of a run (telemetry, server metrics) as ``schema`` says: a torn file, a
+    missing required column, a column that does not cast to its type, or a null where none may
+    be is one line naming the file (and column); a non-finite float becomes null, or drops its
+    row for the columns in ``drop_nonfinite``. Columns outside the schema are left out."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # a torn side file must not hide the request data in a traceback
+        raise BadInput(f"not a readable Parquet file ({exc})", source=path) from exc
+    cols, keep = {}, None
+    for f in schema:
+        if f.name not in table.column_names:
+            if not f.nullable:
+                raise BadInput("missing column", source=path, key=f.name)
+            cols[f.name] = pa.nulls(table.num_rows, f.type)
+            continue
+        col = table.column(f.name)
         try:
-            return pq.read_table(path)
-        except Exception as exc:  # a torn telemetry file must not hide the request data
-            raise BadInput(f"not a readable Parquet file ({exc})", source=path) from exc
+            col = col.cast(f.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            raise BadInput(f"a column of {col.type}, not {f.type}", source=path,
+                           key=f.name) from None
+        if pa.types.is_floating(f.type):
+            finite = pc.fill_null(pc.is_finite(col), True)
+            if f.name in drop_nonfinite:
+                keep = finite if keep is None else pc.and_(keep, finite)
+            else:
+                col = pc.if_else(finite, col, pa.scalar(None, f.type))
+        cols[f.name] = col
+    out = pa.table(cols)
+    if keep is not None:
+        out = out.filter(keep)
+    for f in schema:
+        if not f.nullable:
+            refuse_nulls(out, f.name, path)
+    return out
 
 
 # run.json keys the analyses read, by the JSON type they must have where present (not null)
@@ -188,19 +226,29 @@ def load_run(run_dir: Path | str) -> RunData:
     if not manifest_path.exists():
         raise BadInput("missing run.json: not a run directory", source=run_dir)
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # NaN / Infinity tokens (a hand edit; run.json is written as strict JSON) read as
+        # unknown, never as numbers printed "nan"; ValueError: an integer of > 4300 digits
+        manifest = json.loads(manifest_path.read_text(), parse_constant=lambda _: None)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"not JSON ({exc})", source=manifest_path) from exc
+    except OSError as exc:  # a directory named run.json, unreadable permissions
+        raise BadInput(f"cannot read ({exc.strerror or exc})", source=manifest_path) from exc
     if not isinstance(manifest, dict):
         raise BadInput("not a JSON object", source=manifest_path)
     _check_manifest(manifest, manifest_path)
     try:
         table = read_timeline(run_dir)
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as exc:
         raise BadInput(f"unreadable timeline ({exc})", source=run_dir / "timeline") from exc
     for name in TIMELINE_SCHEMA.names:  # a part without the column reads as nulls
         if not TIMELINE_SCHEMA.field(name).nullable:
             refuse_nulls(table, name, run_dir / "timeline")
+    ids = table.column("request_id").to_numpy()  # sorted by read_timeline
+    twice = np.flatnonzero(ids[1:] == ids[:-1])
+    if twice.size:  # a part copied beside itself: every row of it would count twice
+        raise BadInput(f"{twice.size} request_id(s) appear more than once (e.g. "
+                       f"{int(ids[twice[0]])}): two parts hold the same rows",
+                       source=run_dir / "timeline")
     encoded = pc.dictionary_encode(table.column("model")).combine_chunks()
     dictionary = encoded.dictionary.to_pylist()
     models = sorted(dictionary)

@@ -53,7 +53,11 @@ class RunManifest:
         self.data.update(fields)
 
     def write(self) -> None:
-        text = json.dumps(self.data, indent=2, sort_keys=True, default=str)
+        from traceforge.analyze.jsonable import jsonable
+
+        # strict JSON: a NaN or infinity (an empty statistic) is written as null
+        text = json.dumps(jsonable(self.data), indent=2, sort_keys=True, default=str,
+                          allow_nan=False)
         atomic_write(self.path, lambda tmp: tmp.write_text(text + "\n"))
 
     def finish(self, status: str, **fields: Any) -> None:

@@ -262,12 +262,14 @@ SERVER_METRICS_SCHEMA = _schema()
 
 def read_server_metrics(run_dir: Path | str):
     """The run's server metrics as a pyarrow Table, or None when the run has none."""
-    import pyarrow.parquet as pq
 
     path = Path(run_dir) / FILE_NAME
     if not path.is_file():
         return None
-    return pq.read_table(path)
+    from traceforge.analyze.rundata import read_checked_parquet
+
+    # a NaN sample (a summary quantile with no observations) is no measurement: left out
+    return read_checked_parquet(path, SERVER_METRICS_SCHEMA, drop_nonfinite=("value",))
 
 
 def series(table, names: tuple[str, ...]):
