@@ -57,7 +57,7 @@ class BodyTemplate:
     def __init__(self, text: str, *, source: str = "--body-template") -> None:
         try:
             self.template = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:
             raise BadInput(f"not valid JSON ({exc.msg} at char {exc.pos})", key=source,
                            value=text[:80]) from exc
         for name in _PLACEHOLDER.findall(text):

@@ -244,7 +244,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise BadInput("not a UTF-8 text file", source=path) from exc
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:
         raise BadInput(f"not valid TOML ({exc})", source=path) from exc
 
 

@@ -341,7 +341,7 @@ def load_profile(path: Path | str) -> Profile:
                        f"a shipped profile's name)", source=path)
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise BadInput(f"not JSON ({exc})", source=path) from exc
     return profile_from_dict(data, source=path)
 

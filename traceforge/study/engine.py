@@ -227,7 +227,7 @@ def load_study_json(study_dir: Path) -> dict[str, Any]:
     path = study_dir / "study.json"
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise BadInput("not a study directory (no readable study.json)", key="--resume",
                        value=str(study_dir)) from exc
     if data.get("schema") != STUDY_SCHEMA_ID:

@@ -249,7 +249,7 @@ def _parse_mix(r: SpecReader, name: str, table: object, base_dir: Path | None,
             r.fail(f"{key}.workload", rel, "no such file (paths are relative to the study file)")
         try:
             raw = tomllib.loads(wpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError) as exc:
             r.fail(f"{key}.workload", rel, f"not a valid TOML workload spec ({exc})")
         # its errors name the workload file; a relative ServeGen pool is the file's neighbour
         parsed = parse_spec(raw, source=wpath, base_dir=wpath.parent, path=wpath)
