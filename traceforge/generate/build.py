@@ -79,7 +79,8 @@ def sample_columns(spec: WorkloadSpec, seed: int, horizon_s: float) -> dict[str,
             parts = {**_SHAPE_PARTS, **_SESSION_PARTS}
             rows = expand_sessions(model.sessions, times,
                                    {p: _rng(seed, key, k) for p, k in parts.items()},
-                                   model.seq_len, model.max_new_tokens, model.batch_size)
+                                   model.seq_len, model.max_new_tokens, model.batch_size,
+                                   key=f"models.{model.name}.sessions.turns", source=spec.path)
             by_time = np.argsort(rows["times"], kind="stable")
             # the times past the first turn are starts plus think times: name those
             arrivals.append(seconds_to_ns(rows["times"][by_time],

@@ -131,6 +131,7 @@ def _parse_think(r: SpecReader, key: str, value: object) -> ThinkDist:
 
 def expand_sessions(spec: SessionSpec, starts_s: np.ndarray, rngs: dict[str, np.random.Generator],
                     seq_dist: ShapeDist, new_dist: ShapeDist, batch_dist: ShapeDist,
+                    *, key: str = "sessions.turns", source: object = None,
                     ) -> dict[str, np.ndarray]:
     """One row per turn for sessions starting at ``starts_s`` (sorted seconds), rows grouped
     by session. Returns ``times`` (nominal seconds), ``session`` (local index), ``turn`` and
@@ -139,6 +140,12 @@ def expand_sessions(spec: SessionSpec, starts_s: np.ndarray, rngs: dict[str, np.
     s = starts_s.size
     turns = spec.turns.sample(rngs["turns"], s).astype(np.int64)
     rows = int(turns.sum())
+    # The estimate before sampling (build.sampling_bytes) probes the turns law; a rare huge
+    # value it never drew (choice [1, 2**31 - 1] weighted 30000:1) asked for 32 GiB here.
+    from traceforge.limits import BYTES_PER_SESSION_TURN, check_memory
+
+    check_memory(rows * BYTES_PER_SESSION_TURN, key=key, value=spec.turns.to_spec(),
+                 source=source, what=f"{s:,} sessions of {rows:,} turns in all")
     session = np.repeat(np.arange(s, dtype=np.int64), turns)
     first = np.zeros(s, np.int64)
     np.cumsum(turns[:-1], out=first[1:])
