@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import itertools
 import json
 import math
@@ -40,12 +41,27 @@ from pathlib import Path
 import numpy as np
 
 from traceforge.errors import BadInput
+from traceforge.generate.arrivals import GAMMA_MAX_CV, MAX_RATE
+from traceforge.limits import MAX_TIME_S
 from traceforge.schema import INT32_MAX
 
 MODES = ("renewal", "rescale")
 _CHUNK = re.compile(r"^chunk-(\d+)-trace\.csv$")
-_PAIR = re.compile(r"(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*:\s*(-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)")
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 MEDIA = ("image", "audio", "video")
+
+# What a pool's rows may hold, checked when the pool is loaded (both `trace import servegen`
+# and a spec's servegen arrival read pools through load_pool). Found by trying the samplers
+# below: renewal mode draws ~6 × CV × sqrt(expected) spare gaps per window, so a CV far above
+# 1000 asks for absurd arrays (Weibull shape 0.02: CV 3e14, 742 PiB), and below ~0.007 the
+# Weibull sampler's Γ(1 + 1/c) leaves float64 (numpy overflow warnings). Gamma's CV is 1/√a, so
+# a >= 1e-6 is arrivals.py's GAMMA_MAX_CV; Weibull CV 1000 is shape 0.0888. Large shapes
+# sample fine (CV → 0) up to the largest float. Real pools: Gamma 0.0118–400, Weibull 0.256–2.07.
+GAMMA_MIN_SHAPE = 1.0 / GAMMA_MAX_CV**2
+WEIBULL_MIN_SHAPE = 0.09  # CV 905
+# A positive rate below one request per 292 years has a mean gap beyond the int64-ns range
+# (and 1 / rate is inf below 5.6e-309); above MAX_RATE (one per ns) float products overflow.
+MIN_RATE = 1.0 / MAX_TIME_S
 
 
 @dataclass(frozen=True)
@@ -84,13 +100,16 @@ class Pool:
         cache = self._datasets
         if client not in cache:
             path = self.path / f"chunk-{client}-dataset.json"
+            if path.exists() and not path.is_file():  # a folder (or a FIFO: read would block)
+                raise BadInput("not a regular file", source=path)
             try:
-                cache[client] = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise BadInput(f"cannot read the client's length distributions ({exc})"[:300],
                                source=path) from exc
-            if not isinstance(cache[client], dict):
+            if not isinstance(data, dict):
                 raise BadInput("expected {window_start_s: {field: distribution}}", source=path)
+            cache[client] = data
         return cache[client]
 
 
@@ -106,8 +125,74 @@ def law_cv(law: np.ndarray, shape: np.ndarray) -> np.ndarray:
     g, w = law == 1, law == 2
     out[g] = 1.0 / np.sqrt(shape[g])
     c = shape[w]
-    out[w] = np.sqrt(np.exp(_lgamma(1 + 2 / c) - 2 * _lgamma(1 + 1 / c)) - 1)
+    # max(0, ·): rounding makes the c → ∞ limit slightly negative (c = 1e16: sqrt(-2e-16))
+    out[w] = np.sqrt(np.maximum(np.exp(_lgamma(1 + 2 / c) - 2 * _lgamma(1 + 1 / c)) - 1, 0))
     return out
+
+
+def _read_chunk(p: Path) -> list[tuple[float, float, int, float]]:
+    """(window start, rate, law, shape) per row of one ``chunk-K-trace.csv``, every value
+    checked (module constants above)."""
+    if not p.is_file():  # a folder named chunk-K-trace.csv was "Is a directory", exit 1
+        raise BadInput("not a regular file", source=p)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read ({exc.strerror or exc})", source=p) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise BadInput(f"not UTF-8 text ({exc.reason})", source=f"{p}:{line}") from None
+    table = []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if row:
+                table.append(_check_row(row, f"{p}:{reader.line_num}"))
+    except csv.Error as exc:
+        raise BadInput(f"not CSV ({exc})", source=f"{p}:{reader.line_num}") from None
+    return table
+
+
+def _check_row(row: list[str], where: str) -> tuple[float, float, int, float]:
+    try:
+        start, rate = float(row[0]), float(row[1])
+        pattern = row[3].strip()
+        p1 = float(row[4]) if row[4].strip() else 0.0
+    except (IndexError, ValueError):
+        raise BadInput("expected window_start_s,rate,cv,pattern,p1,p2", source=where,
+                       value=",".join(row)[:60]) from None
+    law = {"": 0, "Gamma": 1, "Weibull": 2}.get(pattern)
+    if law is None:
+        raise BadInput("unknown pattern", source=where, key="pattern", value=pattern,
+                       allowed="Gamma, Weibull, (empty)")
+    if not (math.isfinite(rate) and rate >= 0) or (rate > 0 and not law):
+        raise BadInput("rate must be >= 0, with a Gamma/Weibull law when > 0",
+                       source=where, value=",".join(row)[:60])
+    if not (math.isfinite(start) and 0 <= start <= MAX_TIME_S):
+        raise BadInput(f"must be a finite time in [0, {MAX_TIME_S:.3g}] s (the int64-ns range)",
+                       source=where, key="window_start_s", value=start)
+    if rate > 0 and not MIN_RATE <= rate <= MAX_RATE:
+        # 1e300 reached the memory check, which blamed --rate-scale = 1.0
+        raise BadInput(f"must be 0 (idle) or in [{MIN_RATE:.3g}, {MAX_RATE:.3g}] requests/s",
+                       source=where, key="rate", value=rate)
+    if law:
+        low = GAMMA_MIN_SHAPE if law == 1 else WEIBULL_MIN_SHAPE
+        # Weibull 1e-300: numpy overflow warnings, then "every chosen client is idle"
+        if not (math.isfinite(p1) and p1 >= low):
+            raise BadInput(f"{pattern} shape must be a finite number >= {low:g} (CV <= "
+                           f"{GAMMA_MAX_CV:g})", source=where, key="p1", value=p1)
+        try:
+            p2 = float(row[5])
+        except (IndexError, ValueError):
+            raise BadInput(f"{pattern} scale must be a number", source=where, key="p2",
+                           value=row[5] if len(row) > 5 else None) from None
+        # not used (the scale is set by the rate), but a pool with a broken one is broken
+        if not (math.isfinite(p2) and p2 > 0):
+            raise BadInput(f"{pattern} scale must be a finite number > 0", source=where,
+                           key="p2", value=p2)
+    return start, rate, law, p1
 
 
 @functools.lru_cache(maxsize=8)
@@ -122,29 +207,8 @@ def load_pool(path: str) -> Pool:
         raise BadInput("no chunk-K-trace.csv files (not a ServeGen client pool)", source=folder)
     ids, rows = [], []
     for client, p in files:
-        table = []
-        with open(p, newline="", encoding="utf-8") as fh:
-            for line_no, row in enumerate(csv.reader(fh), start=1):
-                if not row:
-                    continue
-                try:
-                    start, rate = float(row[0]), float(row[1])
-                    pattern = row[3].strip()
-                    p1 = float(row[4]) if row[4].strip() else 0.0
-                except (IndexError, ValueError):
-                    raise BadInput("expected window_start_s,rate,cv,pattern,p1,p2",
-                                   source=f"{p}:{line_no}", value=",".join(row)[:60]) from None
-                law = {"": 0, "Gamma": 1, "Weibull": 2}.get(pattern)
-                if law is None:
-                    raise BadInput("unknown pattern", source=f"{p}:{line_no}", key="pattern",
-                                   value=pattern, allowed="Gamma, Weibull, (empty)")
-                if not (math.isfinite(rate) and rate >= 0) or (rate > 0 and not
-                                                              (law and p1 > 0)):
-                    raise BadInput("rate must be >= 0, with a Gamma/Weibull law of shape > 0 "
-                                   "when > 0", source=f"{p}:{line_no}", value=",".join(row)[:60])
-                table.append((start, rate, law, p1))
         ids.append(client)
-        rows.append(table)
+        rows.append(_read_chunk(p))
     starts = np.asarray([r[0] for r in rows[0]])
     for (_, p), table in zip(files, rows, strict=True):
         if len(table) != len(starts) or any(r[0] != s for r, s in zip(table, starts,
@@ -244,19 +308,99 @@ def renewal_in_windows(rng: np.random.Generator, law: np.ndarray, shape: np.ndar
 
 
 # -- lengths -------------------------------------------------------------------------------------
-def _parse_pdf(text) -> tuple[np.ndarray, np.ndarray]:
+def _show(value: object) -> object:
+    """A value for a message: a JSON integer of 400 digits is shown by its head and length."""
+    text = repr(value)
+    return value if len(text) <= 40 else f"{text[:16]}... ({len(text)} characters)"
+
+
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _number(value: object, *, source: Path, key: str, what: str) -> float:
+    """A JSON number, or a number written as a string, as a float (inf where it is too large:
+    the caller's range check refuses it)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            return math.inf
+    raise BadInput(f"{what} is not a number", source=source, key=key, value=_show(value))
+
+
+def _pairs(text: object, *, source: Path, key: str) -> tuple[list, np.ndarray | None]:
+    """The (value, probability) pairs of one distribution, a JSON object or ServeGen's string
+    ``"{value: probability, ...}"``, read whole: a pair that is not two numbers is refused (the
+    old regex skipped it). For a string, also the pairs as an [n, 2] float array."""
     if isinstance(text, dict):
-        items = [(float(k), float(v)) for k, v in text.items()]
-    else:
-        items = [(float(a), float(b)) for a, b in _PAIR.findall(str(text))]
+        return list(text.items()), None
+    body = text.strip() if isinstance(text, str) else ""
+    if not (body.startswith("{") and body.endswith("}")):
+        raise BadInput("expected {value: probability, ...}", source=source, key=key,
+                       value=_show(text))
+    parts = body[1:-1].split(",")
+    if parts[-1].strip() == "":  # "{}" and a trailing comma
+        parts.pop()
+    pairs = [part.split(":") for part in parts]
+    try:
+        if all(len(pair) == 2 for pair in pairs):
+            # numpy reads these as float() does ("1e400" is inf: refused by the caller)
+            return pairs, np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+    except ValueError:
+        pass
+    for part, pair in zip(parts, pairs, strict=True):
+        try:
+            if len(pair) == 2:
+                float(pair[0]), float(pair[1])
+                continue
+        except ValueError:
+            pass
+        raise BadInput("expected value: probability (two numbers)", source=source, key=key,
+                       value=_show(part.strip()))
+    raise BadInput("expected {value: probability, ...}", source=source, key=key,
+                   value=_show(text))
+
+
+def _parse_pdf(text: object, *, source: Path, key: str,
+               counts: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted values, CDF) of one distribution; ``counts``: values are token or item counts,
+    integers the trace's int32 columns hold. An empty distribution is the value 0."""
+    items, table = _pairs(text, source=source, key=key)
     if not items:
         return np.zeros(1), np.ones(1)
-    values, probs = np.asarray(items).T
-    order = np.argsort(values)
-    values, probs = values[order], np.clip(probs[order], 0, None)
-    cdf = np.cumsum(probs)
-    cdf = cdf / cdf[-1] if cdf[-1] > 0 else np.linspace(1 / len(cdf), 1, len(cdf))
-    return values, cdf
+    if table is not None:
+        values, probs = table.T
+    else:
+        values = np.asarray([_number(v, source=source, key=key, what="value")
+                             for v, _ in items])
+        probs = np.asarray([_number(p, source=source, key=f"{key}[{v}]", what="probability")
+                            for v, p in items])
+    bad = ~np.isfinite(values)
+    if counts:
+        bad |= ~((values >= 0) & (values <= INT32_MAX)) | (np.floor(values) != values)
+    if bad.any():
+        # 1e400 tokens became seq_len 2147483647 (clipped) and the import exited 0
+        v = items[int(np.argmax(bad))][0]
+        raise BadInput(f"token/item counts must be integers in [0, {INT32_MAX}] (the trace's "
+                       "int32 columns)" if counts else "value must be a finite number",
+                       source=source, key=key, value=_show(_strip(v)))
+    bad = ~(np.isfinite(probs) & (probs >= 0))
+    if bad.any():
+        v, p = items[int(np.argmax(bad))]
+        raise BadInput("probability must be a finite number >= 0", source=source,
+                       key=f"{key}[{_strip(v)}]", value=_show(_strip(p)))
+    top = probs.max()
+    if not top > 0:
+        raise BadInput("probabilities must not all be 0", source=source, key=key,
+                       value=_show(text))
+    # scaled by the largest first: 1e300 + 1e300 would overflow the sum (1e400 was inf / inf,
+    # numpy's "invalid value encountered in divide", and exit 0)
+    order = np.argsort(values, kind="stable")
+    cdf = np.cumsum(probs[order] / top)
+    return values[order], cdf / cdf[-1]
 
 
 def _draw(rng: np.random.Generator, dist, n: int) -> np.ndarray:
@@ -265,22 +409,49 @@ def _draw(rng: np.random.Generator, dist, n: int) -> np.ndarray:
                              len(values) - 1)]
 
 
+def _window_start(key: str, source: Path) -> float:
+    value = float(key) if _NUMBER.fullmatch(key.strip()) else math.nan
+    if not math.isfinite(value):  # "abc" was ValueError: could not convert string to float
+        raise BadInput("window key must be a finite number (its window_start_s)",
+                       source=source, key="window_start_s", value=_show(key))
+    return value
+
+
 def _fields(pool: Pool, client: int, window_start: float) -> dict:
     """Parsed distributions of the latest dataset window at or before ``window_start`` (as
-    ServeGen's ClientPool picks them; these pools hold one every 6 h)."""
+    ServeGen's ClientPool picks them; these pools hold one every 6 h). Each window is checked
+    when it is first used, before anything is written."""
     data = pool.dataset(client)
-    stamps = sorted((float(k), k) for k in data if not isinstance(k, tuple))
+    source = pool.path / f"chunk-{client}-dataset.json"
+    if ("stamps",) not in data:
+        data[("stamps",)] = sorted((_window_start(k, source), k) for k in data
+                                   if not isinstance(k, tuple))
+    stamps = data[("stamps",)]
     if not stamps:
-        raise BadInput("no length distributions", source=pool.path / f"chunk-{client}-dataset.json")
+        raise BadInput("no length distributions", source=source)
     at = [k for t, k in stamps if t <= window_start]
     chosen = at[-1] if at else stamps[0][1]
     key = ("parsed", chosen)  # parsed distributions live beside the raw ones
     if key not in data:
         window = data[chosen]
         if not isinstance(window, dict):
-            raise BadInput("expected {field: distribution}",
-                           source=pool.path / f"chunk-{client}-dataset.json", key=chosen)
-        data[key] = {name: _parse_pdf(text) for name, text in window.items()}
+            raise BadInput("expected {field: distribution}", source=source, key=chosen,
+                           value=_show(window))
+        parsed = {name: _parse_pdf(text, source=source, key=f"{chosen}.{name}",
+                                   counts=name.endswith(("_tokens", "_count")))
+                  for name, text in window.items()}
+        if "input_tokens" not in parsed:
+            # the largest prompt: text plus, per medium, the most items of the most tokens
+            worst = parsed["text_tokens"][0][-1] if "text_tokens" in parsed else 0.0
+            for media in MEDIA:
+                if f"{media}_count" in parsed and f"{media}_tokens" in parsed:
+                    worst += parsed[f"{media}_count"][0][-1] * parsed[f"{media}_tokens"][0][-1]
+            if worst > INT32_MAX:
+                raise BadInput(f"the largest prompt (text plus the most items of the largest "
+                               f"media) exceeds the trace's int32 seq_len ({INT32_MAX})",
+                               source=source, key=f"{chosen}.text_tokens+media",
+                               value=int(worst))
+        data[key] = parsed
     return data[key]
 
 
@@ -302,8 +473,8 @@ def sample_lengths(pool: Pool, rng: np.random.Generator, client: int, window_sta
                 owner = np.repeat(np.arange(n), counts)
                 np.add.at(seq, owner, draws)
     out = _draw(rng, fields["output_tokens"], n) if "output_tokens" in fields else np.zeros(n)
-    return (np.clip(np.rint(seq), 1, INT32_MAX).astype(np.int64),
-            np.clip(np.rint(out), 0, INT32_MAX).astype(np.int64))
+    # every value is an integer in int32 and their sums were checked (_fields): no clipping
+    return np.maximum(np.rint(seq), 1).astype(np.int64), np.rint(out).astype(np.int64)
 
 
 # -- the whole stream ----------------------------------------------------------------------------
