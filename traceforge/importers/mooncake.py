@@ -29,26 +29,61 @@ FIELDS = (("timestamp", 0), ("input_length", 1), ("output_length", 0))
 BLOCK_TOKENS = 512  # Mooncake's KV block size (FAST'25 release README)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json.loads object_pairs_hook: a key given twice in one object is an error (json.loads
+    alone keeps the last: {"timestamp": 5, "timestamp": 99999} read as 99999)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: dict[str, object] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], value)
+            seen[key] = value
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _show(value: object) -> str:
+    """repr, with an integer of hundreds of digits shown by its head and length."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:16]}... ({len(text)} digits)"
+
+
 def _parse_line(text: str, block_tokens: int = BLOCK_TOKENS
                 ) -> tuple[float, int, int, list[int] | None] | str:
     """The fields of one line, or the reason it is malformed."""
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
+    except _DuplicateKey as exc:
+        key, first, again = exc.args
+        return f"{key} = {_show(again)}: given twice in one object (first {_show(first)})"
     except json.JSONDecodeError as exc:
         return f"not JSON ({exc.msg})"
+    except ValueError as exc:
+        # an integer of more than 4300 digits: Python refuses to convert it (sys.int_info)
+        return f"a number too long to read ({str(exc).split(':')[0]})"
     if not isinstance(obj, dict):
         return "not a JSON object"
     out = []
     for key, low in FIELDS:
         value = obj.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{key} = {value!r}: missing or not a number"
-        if not math.isfinite(value):
+            return f"{key} = {_show(value)}: missing or not a number"
+        # Python ints are exact and unbounded: compared as ints, never converted to float
+        # (math.isfinite of a 400-digit integer raised OverflowError)
+        if isinstance(value, float) and not math.isfinite(value):
             return f"{key} = {value!r}: not a finite number"
-        if key == "timestamp" and abs(value) * 1e6 >= 2.0**63:
-            return f"{key} = {value!r}: beyond the int64-nanosecond range (about 292 years)"
+        if key == "timestamp" and (abs(value) * 10**6 >= 2**63 if isinstance(value, int)
+                                   else abs(value) * 1e6 >= 2.0**63):
+            return f"{key} = {_show(value)}: beyond the int64-nanosecond range (about 292 years)"
         if value < low or (key != "timestamp" and (value != int(value) or value > INT32_MAX)):
-            return f"{key} = {value!r}: must be an integer >= {low} (int32)"
+            return f"{key} = {_show(value)}: must be an integer >= {low} (int32)"
         out.append(value)
     blocks = obj.get("hash_ids")
     if blocks is not None:
