@@ -180,6 +180,17 @@ class EmpiricalDist(ShapeDist):
         return hash((self.path, self.column))
 
 
+def _check_column(names: list[str], path: Path, column: str, *, source: object,
+                  key: str) -> None:
+    """``column`` must name exactly one column of ``path``."""
+    if column not in names:
+        raise BadInput(f"no such column in {path.name}", source=source, key=f"{key}.column",
+                       value=column, allowed=", ".join(names))
+    if names.count(column) > 1:
+        raise BadInput(f"{path.name} has {names.count(column)} columns of this name: which one "
+                       "is meant is ambiguous", source=source, key=f"{key}.column", value=column)
+
+
 def read_column(path: Path, column: str, *, source: object, key: str) -> np.ndarray:
     """One numeric column of a CSV or Parquet file, as a float64 array (nulls rejected)."""
     import pyarrow as pa
@@ -193,16 +204,12 @@ def read_column(path: Path, column: str, *, source: object, key: str) -> np.ndar
     try:
         if suffix == ".parquet":
             names = pq.read_schema(path).names
-            if column not in names:
-                raise BadInput(f"no such column in {path.name}", source=source,
-                               key=f"{key}.column", value=column, allowed=", ".join(names))
+            _check_column(names, path, column, source=source, key=key)
             array = pq.read_table(path, columns=[column]).column(column)
         elif suffix in (".csv", ".txt"):
             table = pacsv.read_csv(path)
-            if column not in table.column_names:
-                raise BadInput(f"no such column in {path.name}", source=source,
-                               key=f"{key}.column", value=column,
-                               allowed=", ".join(table.column_names))
+            # a header naming it twice (x,x) was KeyError: 'Field "x" exists 2 times in schema'
+            _check_column(table.column_names, path, column, source=source, key=key)
             array = table.column(column)
         else:
             raise BadInput("unsupported file type", source=source, key=f"{key}.path",

@@ -88,6 +88,13 @@ class CsvColumns:
                 raise BadInput("missing column", source=path, key=col,
                                allowed=", ".join(header[:12]) + (", ..." if len(header) > 12
                                                                  else ""))
+            # A header naming a column we read twice (t,t,s) was read silently from the first
+            # one. Only the columns read are checked: an unread column named twice is harmless.
+            where = [i + 1 for i, name in enumerate(header) if name == col]
+            if len(where) > 1:
+                raise BadInput(f"the header names this column {len(where)} times (fields "
+                               f"{', '.join(map(str, where))}): which one is meant is "
+                               "ambiguous", source=f"{path}:1", key="column", value=col)
         # rows with the wrong number of fields: (1-based line, text, expected, found). Arrow
         # ignores exceptions raised inside the handler, so rows are recorded and judged later.
         self.invalid_rows: list[tuple[int, str, int, int]] = []
