@@ -77,6 +77,28 @@ def test_closed_loop_duration(tmp_path):
     assert man["not_due"] == 40
 
 
+@pytest.mark.parametrize("loop", [{"max_inflight": 1}, {"concurrency": 2}])
+def test_duration_and_drain_bound_a_run_whose_slots_never_free(tmp_path, loop):
+    """Every slot busy with a 15 s request: sending ends at --duration (1 s) although no slot
+    freed, the drain cancels what is out 0.5 s later. The slot wait had no deadline: the run
+    took the 15 s of service (against a server that never answers: for ever)."""
+    arrival = [k * 100 * MS for k in range(30)]  # 3 s of schedule
+    _summary, tl, man = replay_virtual(make_trace(arrival), tmp_path / "run",
+                                      NullBackend(servers=4, service_ms=15_000,
+                                                  service_dist="const"),
+                                      duration_s=1.0, drain_timeout_s=0.5, **loop)
+    statuses = dict(zip(tl["request_id"], tl["status"], strict=True))
+    assert "ok" not in statuses.values()
+    assert list(statuses.values()).count("cancelled") == (loop.get("max_inflight")
+                                                          or loop.get("concurrency"))
+    assert man["drain_expired"] is True and man["status"] == "complete"
+    assert all("--drain-timeout" in e for e, st in zip(tl["error"], tl["status"], strict=True)
+               if st == "cancelled")
+    if "max_inflight" in loop:  # the rows due before 1 s that never got the slot
+        assert sorted(statuses) == list(range(10))
+        assert all(statuses[i] == "dropped" for i in range(1, 10))
+
+
 @pytest.mark.parametrize("opts", [{"duration_s": 0}, {"duration_s": float("nan")},
                                   {"drain_timeout_s": -1}])
 def test_bad_duration_values(opts, tmp_path):

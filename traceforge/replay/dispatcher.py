@@ -237,7 +237,11 @@ class Dispatcher:
                     self.slot_waits += 1
                     # A loop: a released session turn may take the freed slot first.
                     while len(self._inflight) >= self.cap:
-                        self.ready_ns[i] = await self._wait_slot()
+                        got = await self._wait_slot_until(end)
+                        if got is None:  # --duration ended while every slot stayed busy
+                            self.send_cut = True
+                            return
+                        self.ready_ns[i] = got
                     held = self.ready_ns[i]
                     t = now()
                     if end is not None and t >= end:  # --duration is over: stop sending
@@ -266,11 +270,17 @@ class Dispatcher:
                 self._collect()
             if len(self._inflight) >= self.cap:
                 # scheduled = when the slot freed: the dispatcher's own delay shows as send lag.
-                scheduled[i] = await self._wait_slot()
+                got = await self._wait_slot_until(end)
+                if got is None:  # --duration ended while every slot stayed busy
+                    self.send_cut = True
+                    return
+                scheduled[i] = got
             else:
                 scheduled[i] = now()
             if end is not None and scheduled[i] >= end:  # --duration is over
                 self.send_cut = True
+                if len(self._inflight) < self.cap:
+                    self._wake_slot_waiter(int(scheduled[i]))  # the unused slot passes on
                 return
             self._offset[i] = int(scheduled[i]) - self.origin_ns
             self._launch(i)
@@ -281,6 +291,33 @@ class Dispatcher:
         # The young generations; survivors age into gen 2, which every GC_FULL_EVERY-th pass
         # (and the automatic GC after the run) collects.
         gc.collect(2 if self.gc_passes % GC_FULL_EVERY == 0 else 1)
+
+    async def _wait_slot_until(self, end: int | None) -> int | None:
+        """:meth:`_wait_slot`, but give up at ``end`` (run clock ns; --duration's end): None
+        then. Without it a run whose slots all stayed busy (a stalled server, long requests
+        at --max-inflight / --concurrency) waited past --duration and --drain-timeout, for
+        ever against a server that never answered."""
+        if end is None:
+            return await self._wait_slot()
+        left = end - self.clock.now()
+        if left <= 0:
+            return None
+        slot = asyncio.ensure_future(self._wait_slot())
+        try:
+            done, _ = await asyncio.wait({slot}, timeout=left / 1e9)
+        except asyncio.CancelledError:
+            slot.cancel()  # this task is cancelled (interrupt, drain): no slot wait left over
+            raise
+        if slot in done:
+            return slot.result()
+        slot.cancel()  # a slot handed to it meanwhile is passed on (_wait_slot)
+        try:
+            return await slot  # it got one just before the cancel: the caller passes it on
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task itself is being cancelled, not just the slot wait
+            return None
 
     async def _wait_slot(self) -> int:
         """Wait for a freed slot (FIFO); returns when it freed. A cancelled waiter stays in the
@@ -364,8 +401,13 @@ class Dispatcher:
                 await asyncio.sleep(delay / 1e9)
             if self.cap is not None and len(self._inflight) >= self.cap:
                 self.slot_waits += 1
+                end = (None if self.duration_ns is None
+                       else self.origin_ns + self.duration_ns)
                 while len(self._inflight) >= self.cap:
-                    self.ready_ns[j] = await self._wait_slot()
+                    got = await self._wait_slot_until(end)
+                    if got is None:  # --duration ended first: never leaves (dropped)
+                        return
+                    self.ready_ns[j] = got
                 if (self.duration_ns is not None
                         and self.clock.now() >= self.origin_ns + self.duration_ns):
                     # Its slot came after --duration: it never leaves (due, unsent: dropped,
