@@ -128,6 +128,15 @@ class _PipeRole(WorkerRole):
 
 def _local_worker_main(job: ShardJob, conn) -> None:
     """Entry point of a spawned worker process."""
+    import multiprocessing
+    import signal
+
+    from traceforge.backends.resident.worker import die_with_parent
+
+    # A SIGKILLed driver left its workers sending the rest of the trace (re-parented to init,
+    # `daemon` only acts at a clean exit): SIGTERM when it dies stops the shard as an interrupt.
+    parent = multiprocessing.parent_process()
+    die_with_parent(parent.pid if parent is not None else None, signal.SIGTERM)
     role = _PipeRole(job.index, job.trace_info, conn)
     error = None
     try:

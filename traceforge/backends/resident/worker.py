@@ -118,17 +118,18 @@ def build_resident(models: dict[str, str], device: str, seed: int,
     return loaded, info
 
 
-def die_with_parent(parent_pid: int | None) -> None:
+def die_with_parent(parent_pid: int | None, sig: int = signal.SIGKILL) -> None:
     """Never outlive the dispatcher, even while still importing torch or building models (the
     socket reader that notices EOF only starts once the models are ready): the kernel sends
-    SIGKILL when the parent dies (PR_SET_PDEATHSIG, Linux), and a parent already gone by the
-    time this runs is caught by comparing getppid()."""
+    ``sig`` when the parent dies (PR_SET_PDEATHSIG, Linux), and a parent already gone by the
+    time this runs is caught by comparing getppid(). Also used by ``--workers`` replay
+    processes (replay/workers.py, with SIGTERM: the shard stops as if interrupted)."""
     try:
         import ctypes
         import ctypes.util
 
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        libc.prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):  # not Linux: the EOF check below still applies later
         pass
     if parent_pid is not None and os.getppid() != parent_pid:
