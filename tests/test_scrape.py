@@ -172,3 +172,35 @@ def test_with_workers_one_scraper_writes_the_file(tmp_path):
     assert scrape["warnings"] == 0 and scrape["scrapes"] >= 5
     t = np.unique(read_server_metrics(tmp_path / "run").column("t_ns").to_numpy())
     assert t.size == scrape["scrapes"] == server.requests  # one scraper, not one per worker
+
+
+def test_scrape_credentials_are_sent_as_auth_and_never_reach_disk(tmp_path):
+    """``--scrape http://user:pw@host/metrics?token=t``: the password and the token were
+    written to run.json three times (options, scrape.url, the first warning), and urllib
+    could not even fetch the URL ("Name or service not known"). Now the user information goes
+    as an Authorization header, and the URL is shown as http://***@host/...?token=***."""
+    import base64
+
+    with MetricsServer() as server:
+        seen: list[str | None] = []
+        handler = server.httpd.RequestHandlerClass
+        original = handler.do_GET
+
+        def do_get(self):
+            seen.append(self.headers.get("Authorization"))
+            original(self)
+
+        handler.do_GET = do_get
+        url = server.url.replace("http://", "http://scrapeuser:SCRAPEPASSWORD@") + \
+            "?token=SCRAPETOKEN"
+        summary, manifest, run_dir = replay_with_scrape(tmp_path, url, seconds=0.6)
+    assert summary.status == "complete"
+    assert manifest["scrape"]["scrapes"] >= 1 and manifest["scrape"]["warnings"] == 0
+    want = "Basic " + base64.b64encode(b"scrapeuser:SCRAPEPASSWORD").decode()
+    assert seen and set(seen) == {want}
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"SCRAPEPASSWORD" not in data and b"SCRAPETOKEN" not in data, path
+    assert manifest["options"]["scrape_url"].startswith("http://***@127.0.0.1:")
+    assert manifest["options"]["scrape_url"].endswith("?token=***")

@@ -21,18 +21,41 @@ _AUTH_HEADER = re.compile(
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}")
 
 
+# query parameters that carry credentials (?api_key=..., &token=..., &sig=...)
+_SECRET_PARAM = re.compile(r"(?i)(^|&)([^=&]*(?:key|token|secret|passw|auth|sig|credential)"
+                           r"[^=&]*=)[^&]*")
+
+
 def redact_url(url: str | None) -> str | None:
-    """``http://user:pw@host/p`` -> ``http://***@host/p``; anything else unchanged."""
+    """``http://user:pw@host/p?api_key=k`` -> ``http://***@host/p?api_key=***``: the user
+    information and the values of query parameters named like credentials (key, token,
+    secret, password, auth, signature); anything else unchanged."""
     if not url:
         return url
     try:
         parts = urlsplit(url)
     except ValueError:
         return _URL_USERINFO.sub(rf"\1{MASK}@", url)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=f"{MASK}@{parts.netloc.rsplit('@', 1)[1]}")
+    if parts.query:
+        parts = parts._replace(query=_SECRET_PARAM.sub(rf"\1\2{MASK}", parts.query))
+    return urlunsplit(parts)
+
+
+def url_and_auth(url: str) -> tuple[str, dict[str, str]]:
+    """(the URL without ``user:password@``, an Authorization header carrying them): urllib
+    cannot fetch a URL with user information in it ("Name or service not known")."""
+    import base64
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
     if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{MASK}@{host}"))
+        return url, {}
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
 class Scrubber:

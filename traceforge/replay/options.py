@@ -152,6 +152,9 @@ class ReplayOptions:
             {**asdict(m), "shapes": None if m.shapes is None else len(m.shapes)}
             for m in self.models]
         out["loop"] = self.loop_mode
+        from traceforge.redact import redact_url
+
+        out["scrape_url"] = redact_url(self.scrape_url)  # run.json: no credentials
         return out
 
 

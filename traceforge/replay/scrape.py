@@ -101,7 +101,9 @@ class MetricsScraper:
         """Stop the process; its summary for run.json (idempotent)."""
         if self._summary is not None:
             return self._summary
-        base = {"url": self.url, "interval_s": self.interval_s}
+        from traceforge.redact import redact_url
+
+        base = {"url": redact_url(self.url), "interval_s": self.interval_s}
         if self._proc is None:
             self._summary = {**base, "scrapes": 0, "warnings": 1, "rows": 0,
                              "first_warning": "the scraper was never started"}
@@ -123,7 +125,11 @@ class _Sampler:
     """The scraping loop, inside the child process."""
 
     def __init__(self, url: str, interval_s: float, clock: RunClock, timeout_s: float) -> None:
+        from traceforge.redact import redact_url, url_and_auth
+
         self.url = url
+        self.shown = redact_url(url)  # what warnings (stderr, run.json) say: no credentials
+        self._fetch_url, self._headers = url_and_auth(url)
         self.interval_ns = int(interval_s * 1e9)
         self.clock = clock
         self.timeout_s = timeout_s
@@ -150,18 +156,19 @@ class _Sampler:
     def scrape_once(self) -> None:
         t = self.clock.now()
         try:
-            with urllib.request.urlopen(self.url, timeout=self.timeout_s) as resp:
+            request = urllib.request.Request(self._fetch_url, headers=self._headers)
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
                 text = resp.read().decode("utf-8", errors="replace")
         except urllib.error.HTTPError as exc:
-            self._warn(f"HTTP {exc.code} from {self.url}")
+            self._warn(f"HTTP {exc.code} from {self.shown}")
             return
         except (OSError, ValueError) as exc:  # refused, reset, timeout, bad URL
-            self._warn(f"cannot scrape {self.url}: {getattr(exc, 'reason', None) or exc}")
+            self._warn(f"cannot scrape {self.shown}: {getattr(exc, 'reason', None) or exc}")
             return
         try:
             rows = list(parse_samples(text))
         except Exception as exc:  # the parser raises ValueError and others on bad text
-            self._warn(f"malformed metrics text from {self.url}: {type(exc).__name__}: {exc}"
+            self._warn(f"malformed metrics text from {self.shown}: {type(exc).__name__}: {exc}"
                        [:300])
             return
         for name, labels, value in rows:
