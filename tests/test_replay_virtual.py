@@ -284,3 +284,30 @@ def test_slot_waiters_cancel_in_constant_time_and_pass_a_handed_slot_on():
             assert t.cancelled()
 
     asyncio.run(main())
+
+
+class HugeTokensBackend(NullBackend):
+    """Answers ok with a token count beyond int32 (a server's usage.completion_tokens)."""
+
+    async def submit(self, request):
+        outcome = await super().submit(request)
+        outcome.tokens_out = 2**40 if request.request_id % 2 else 5
+        return outcome
+
+
+def test_an_outcome_the_timeline_cannot_hold_is_an_error_row(tmp_path):
+    """OverflowError inside the recorder left the row pending: a "complete" run whose rows
+    were all "cancelled: run interrupted", with asyncio tracebacks on stderr."""
+    summary, tl = replay_virtual(make_trace([k * MS for k in range(6)]), tmp_path / "run",
+                                 HugeTokensBackend(service_ms=1, service_dist="const"))
+    assert summary.status == "complete"
+    assert tl["status"] == ["ok", "error"] * 3
+    assert all("cannot be recorded" in e and "OverflowError" in e for e in tl["error"][1::2])
+    assert tl["tokens_out"][0::2] == [5, 5, 5]
+
+
+def test_http_usage_counts_outside_int32_are_error_answers():
+    from traceforge.backends.http import _token_count
+
+    assert [_token_count(v) for v in (0, 7, 2**31 - 1)] == [0, 7, 2**31 - 1]
+    assert [_token_count(v) for v in (-5, 2**31, 99999999999, True, "5", 1.0)] == [None] * 6

@@ -382,7 +382,12 @@ class HttpBackend:
             if not isinstance(parsed, dict):
                 head = self._scrub.cut(payload[:2000].decode("utf-8", "replace"), 200)
                 return Outcome(status="error", error=f"bad JSON body: {head!r}")
-        return Outcome(tokens_out=_usage_tokens(payload))
+        tokens = _usage_tokens(payload)
+        if tokens is not None and _token_count(tokens) is None:
+            return Outcome(status="error",
+                           error=f"the answer's usage.completion_tokens = {tokens!r:.40} is not "
+                                 "a token count (an integer 0 .. 2^31-1)")
+        return Outcome(tokens_out=tokens)
 
     async def _read_stream(self, resp, max_new_tokens: int) -> Outcome:
         now = self._clock.now
@@ -433,6 +438,10 @@ class HttpBackend:
             shown = self._scrub.cut(head.decode("utf-8", "replace"), 200)
             return Outcome(status="error",
                            error=f"no SSE 'data:' events in the response: {shown!r}")
+        if usage is not None and _token_count(usage) is None:
+            return Outcome(status="error", first_token_ns=first,
+                           error=f"the answer's usage.completion_tokens = {usage!r:.40} is not "
+                                 "a token count (an integer 0 .. 2^31-1)")
         tokens = usage if usage is not None else chunks
         # The stream ended (the server closed it) without [DONE] and short of the tokens asked
         # for: still an answer (status ok), flagged so the report can count it.
@@ -528,6 +537,14 @@ def _has_text(event: dict) -> bool:
         if delta.get("content"):
             return True
     return False
+
+
+def _token_count(value: object) -> int | None:
+    """``value`` when it can be a row's tokens_out (int32, >= 0); a usage count beyond int32
+    failed the recorder's write and turned every row of a "complete" run into cancelled."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**31 - 1:
+        return None
+    return value
 
 
 def _usage_tokens(payload: bytes) -> int | None:

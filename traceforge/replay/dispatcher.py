@@ -461,7 +461,16 @@ class Dispatcher:
             self.completed += 1
             if self._slot_waiters:  # open loop, no cap: none ever, so no clock read
                 self._wake_slot_waiter(now())  # the first still waiting takes the slot
-        rec.complete(i, status, done, outcome, error)
+        try:
+            rec.complete(i, status, done, outcome, error)
+        except (OverflowError, TypeError, ValueError) as exc:
+            # An outcome the timeline cannot hold (a token count beyond int32 from a server):
+            # the row is an error saying so -- left pending it was called "cancelled: run
+            # interrupted" at the end of a complete run.
+            status = ERROR
+            rec.complete(i, status, done, None,
+                         f"the backend's outcome cannot be recorded: {type(exc).__name__}: "
+                         f"{exc}"[:2000])
         if self._sessions:
             self._after_turn(i, status, done if done is not None else now())
 
