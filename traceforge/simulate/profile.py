@@ -355,6 +355,13 @@ def load_profile(path: Path | str) -> Profile:
 MAX_PROFILE_MS = 1e7
 MAX_PROFILE_FACTOR = 1e4
 MAX_PROFILE_CV = 100.0
+# A non-zero service-time CV is refused below MIN_PROFILE_CV rather than run as deterministic:
+# the simulator draws gamma(1/cv², cv²) noise, and at cv = 1e-300 cv² underflows to 0 (a
+# ZeroDivisionError); near the underflow the shape 1/cv² is astronomically large. Refusing
+# names the key instead of silently changing the model; measured profiles round their CV to
+# 4 decimals (0 or >= 1e-4), so no measured profile is refused, and a CV of 1e-6 is already
+# indistinguishable from constant service (a spread of 1 ns in a 1 ms service time).
+MIN_PROFILE_CV = 1e-6
 MIN_TIME_SLICE_MS = 0.001
 
 
@@ -407,6 +414,13 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
     if not isinstance(raw_models, dict):
         raise BadInput("must be a table of models", source=source, key="models",
                        value=str(raw_models)[:80])
+    if "device" in data and not isinstance(data["device"], dict):
+        # read as a table (its "name" labels the simulated run's device)
+        device = data["device"]
+        raise BadInput("must be a JSON object (the device the profile was measured on)",
+                       source=source, key="device",
+                       value=device if isinstance(device, (int, float, type(None)))
+                       else str(device)[:80])
     for name, m in raw_models.items():
         key = f"models.{name}"
         if not isinstance(m, dict):
@@ -431,6 +445,10 @@ def profile_from_dict(data: dict[str, Any], *, source: object = None) -> Profile
                            value=str(m["buckets"])[:80])
         service_cv = _number(m.get("service_cv", 0.0), source=source, key=f"{key}.service_cv",
                              hi=MAX_PROFILE_CV, what="a coefficient of variation")
+        if 0.0 < service_cv < MIN_PROFILE_CV:
+            raise BadInput(f"must be 0 (deterministic service) or >= {MIN_PROFILE_CV:g} (a "
+                           "coefficient of variation)", source=source, key=f"{key}.service_cv",
+                           value=m.get("service_cv"))
         new_tokens = m.get("new_tokens", 0)
         if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or not (
                 0 <= new_tokens < 1 << 31):

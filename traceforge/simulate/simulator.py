@@ -129,19 +129,9 @@ def simulate(
                    else (Path(profile) if profile is not None and Path(profile).is_file()
                          else None))]
     check_run_dir(run_dir, inputs=out_inputs)
-    # Written as "not (x > 0)" so that NaN is refused too.
-    if not (math.isfinite(time_scale) and time_scale > 0):
-        raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
-    if not (math.isfinite(warmup_s) and warmup_s >= 0):
-        raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
-    check_seconds(warmup_s, key="--warmup")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
-    if not (math.isfinite(max_wait_ms) and max_wait_ms >= 0):
-        raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
-    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
-    bound = RunBound.checked(duration_s, drain_timeout_s)
-    seed = check_seed(seed)
+    bound, seed = check_run_options(time_scale=time_scale, warmup_s=warmup_s,
+                                    max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
+                                    duration_s=duration_s, drain_timeout_s=drain_timeout_s)
 
     from traceforge.replay.rate import apply_rate
 
@@ -470,6 +460,31 @@ def _unpermute(r: SimResult, perm: np.ndarray) -> SimResult:
                                        else a[inv])
 
     return SimResult(**{f: back(getattr(r, f)) for f in SimResult.__dataclass_fields__})
+
+
+def check_run_options(*, time_scale: float = 1.0, warmup_s: float = 0.0, max_batch: int = 1,
+                      max_wait_ms: float = 0.0, seed: object = 0,
+                      duration_s: float | None = None, drain_timeout_s: float | None = None
+                      ) -> tuple[RunBound, int]:
+    """The checks of :func:`simulate`'s scalar options that need no trace or profile (keys as
+    the CLI spells them). A study runs them for every configuration before it writes anything.
+    Returns the run bound and the seed as an int."""
+    # Written as "not (x > 0)" so that NaN is refused too.
+    if (isinstance(time_scale, bool) or not isinstance(time_scale, (int, float))
+            or not (math.isfinite(time_scale) and time_scale > 0)):
+        raise BadInput("must be a positive number", key="--time-scale", value=time_scale)
+    if (isinstance(warmup_s, bool) or not isinstance(warmup_s, (int, float))
+            or not (math.isfinite(warmup_s) and warmup_s >= 0)):
+        raise BadInput("must be >= 0", key="--warmup", value=warmup_s)
+    check_seconds(warmup_s, key="--warmup")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise BadInput("must be an integer >= 1", key="--max-batch", value=max_batch)
+    if (isinstance(max_wait_ms, bool) or not isinstance(max_wait_ms, (int, float))
+            or not (math.isfinite(max_wait_ms) and max_wait_ms >= 0)):
+        raise BadInput("must be >= 0", key="--max-wait-ms", value=max_wait_ms)
+    check_seconds(max_wait_ms, key="--max-wait-ms", seconds=max_wait_ms / 1e3)
+    bound = RunBound.checked(duration_s, drain_timeout_s)
+    return bound, check_seed(seed)
 
 
 def _scheduled_ns(arrival_ns: np.ndarray, time_scale: float) -> np.ndarray:

@@ -166,10 +166,15 @@ def validate_backend_options(backend: str, options: dict[str, Any],
 
 
 def _validate_simulate(options: dict[str, Any], workload: dict[str, Any]) -> None:
-    from traceforge.simulate.simulator import SERVICE_DISTS, RunBound
+    from traceforge.simulate.simulator import SERVICE_DISTS, check_run_options
 
     (opts,) = split_options("simulate", options)
-    RunBound.checked(opts.get("duration_s"), opts.get("drain_timeout_s"))
+    # simulate()'s own checks of --time-scale, --warmup, --max-batch, --max-wait-ms, --seed,
+    # --duration and --drain-timeout: a bad value fails the study now, not each of its cells
+    check_run_options(time_scale=opts["time_scale"], warmup_s=opts["warmup_s"],
+                      max_batch=opts["max_batch"], max_wait_ms=opts["max_wait_ms"],
+                      seed=opts["seed"], duration_s=opts.get("duration_s"),
+                      drain_timeout_s=opts.get("drain_timeout_s"))
     if opts["profile"] is None:
         if opts["mode"] is not None:
             raise BadInput("mode needs a profile on the simulate backend", key="mode",

@@ -22,7 +22,7 @@ from typing import Any
 from traceforge.backends.options import BACKENDS, coerce_options, split_options
 from traceforge.errors import _MISSING, BadInput
 from traceforge.generate.spec import SpecReader, parse_spec, read_toml
-from traceforge.limits import check_service_ms
+from traceforge.limits import check_seconds, check_service_ms
 from traceforge.study.capacity import PERCENTILES
 from traceforge.study.cells import format_value
 
@@ -101,6 +101,13 @@ class StudySpec:
         options = dict(self.options)
         if "headers" in options:
             options["headers"] = _redacted(options["headers"])
+        from traceforge.redact import redact_url
+
+        for key in ("url", "scrape_url"):  # user:password@ and ?token= values: masked
+            if isinstance(options.get(key), str):
+                options[key] = redact_url(options[key])
+            if isinstance(axes.get(key), list):
+                axes[key] = [redact_url(v) if isinstance(v, str) else v for v in axes[key]]
         out: dict[str, Any] = {"name": self.name, "backend": self.backend,
                                "repeats": self.repeats, "seed": self.seed,
                                "mixes": self.mixes, "axes": axes, "options": options}
@@ -399,8 +406,12 @@ def _check_combinations(spec: StudySpec, source: object) -> None:
             opts = {**spec.options, **config}
             try:
                 validate_backend_options(spec.backend, opts, spec.mixes[mix])
+                rows, span = sizes[mix]
+                # the cell's trace scaled by time_scale must stay inside int64 ns (1e300 would
+                # otherwise fail every cell of the configuration when its schedule is built)
+                time_scale = float(opts.get("time_scale", 1.0))
+                check_seconds(time_scale, key="time_scale", seconds=span * time_scale)
                 if spec.backend in ("null", "simulate") and not opts.get("profile"):
-                    rows, span = sizes[mix]
                     filled = split_options(spec.backend, opts)[0]  # the options' defaults
                     check_service_ms(float(filled["service_ms"]), dist=filled["service_dist"],
                                      rows=rows, span_s=span, key="service_ms")
