@@ -8,13 +8,37 @@ Exit codes (CONTRACT.md): 0 done, 1 runtime failure, 2 bad input (one line, noth
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
+import signal
 import sys
 
-import typer
 
-from traceforge.errors import BadInput, TraceforgeError
+def _interrupted_while_starting(signum, frame) -> None:
+    import os
+
+    os._exit(130)  # nothing written yet: a quiet exit, not a traceback out of an import
+
+
+def _started_as_the_cli() -> bool:
+    """The `traceforge` script or `python -m traceforge` (not a program importing us)."""
+    import os
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    return (os.path.basename(argv0) == "traceforge"
+            or argv0.replace(os.sep, "/").endswith("traceforge/__main__.py"))
+
+
+if _started_as_the_cli() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C while typer and the commands import (~0.4 s) printed a 20-line KeyboardInterrupt
+    # traceback; main() restores Python's handler (asyncio's runner looks for it) first thing.
+    with contextlib.suppress(ValueError):  # imported from a thread other than the main one
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import typer  # noqa: E402
+
+from traceforge.errors import BadInput, TraceforgeError  # noqa: E402
 
 COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo",
                    "study")
@@ -80,6 +104,8 @@ _USER_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def main(argv: list[str] | None = None) -> None:
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     click_exc = _click_exceptions()
     _sigterm_like_sigint()
     try:

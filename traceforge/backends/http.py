@@ -103,8 +103,11 @@ class HttpBackend:
     ) -> None:
         if not url:
             raise BadInput("the http backend needs --url", key="--url", value=url)
-        parts = urlsplit(url)
         shown = redact_url(url)  # credentials in the URL never reach an error line or disk
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # "Invalid IPv6 URL": a traceback before
+            raise BadInput(f"not a URL ({exc})", key="--url", value=shown) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadInput("expected http://HOST[:PORT][/PATH] or https://...", key="--url",
                            value=shown)
@@ -160,6 +163,15 @@ class HttpBackend:
             raise BadInput("must be an integer >= 0", key="pool_size", value=pool_size)
         self.model_name = dict(model_name or {})
         self.extra_headers = dict(headers or {})
+        for name, value in self.extra_headers.items():
+            # CR / LF (header injection) and other control characters: aiohttp refused every
+            # request ("Forbidden control character"), a run of error rows with exit 0. The
+            # value is not shown: headers carry credentials.
+            if not name or any((ord(c) < 32 and c != "\t") or ord(c) == 127
+                               for c in f"{name}{value}"):
+                raise BadInput("a header name or value with a control character (CR, LF, ...) "
+                               "or an empty name (its value is not shown)", key="--header",
+                               value=name)
         self.stream = stream and api != "json"
         self.ignore_eos = ignore_eos
         self.pool_size = pool_size

@@ -189,6 +189,12 @@ def register(app: typer.Typer) -> None:
         if shard_by not in SHARD_BY:
             raise BadInput("unknown sharding", key="--shard-by", value=shard_by,
                            allowed=", ".join(SHARD_BY))
+        if shard_by != "request" and workers == 1 and executor != "ray":
+            raise BadInput("shards the replay across --workers N (N > 1): one process would "
+                           "ignore it", key="--shard-by", value=shard_by)
+        if scrape is None and scrape_interval != 0.5:
+            raise BadInput("needs --scrape URL (nothing is scraped without it)",
+                           key="--scrape-interval", value=scrape_interval)
         if address is not None and executor != "ray":
             raise BadInput("--address needs --executor ray", key="--address", value=address)
         sharded = workers > 1 or executor == "ray"

@@ -54,7 +54,16 @@ def simulate_command(
 ) -> None:
     """Simulate TRACE in virtual time and write the run directory a replay would write."""
     from traceforge.commands.replay import parse_mapping
+    from traceforge.errors import BadInput
     from traceforge.simulate import simulate
+
+    if profile is not None:  # the profile's service times replace the null model's
+        for flag, value, default in (("--servers", servers, 1),
+                                     ("--service-ms", service_ms, 10.0),
+                                     ("--service-dist", service_dist, "exp")):
+            if value != default:
+                raise BadInput("a null-model flag, ignored with --profile (the profile's "
+                               "service times are simulated)", key=flag, value=value)
 
     summary = simulate(trace, out, servers=servers, service_ms=service_ms,
                        service_dist=service_dist, profile=profile, mode=mode,

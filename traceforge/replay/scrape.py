@@ -48,9 +48,15 @@ def check_url(url: str | None, interval_s: float) -> None:
     """Validate ``--scrape`` / ``--scrape-interval`` (BadInput before anything is written)."""
     if url is None:
         return
-    parts = urlsplit(url)
+    from traceforge.redact import redact_url
+
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a traceback before
+        raise BadInput(f"not a URL ({exc})", key="--scrape", value=redact_url(url)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput("expected http://HOST[:PORT]/PATH", key="--scrape", value=url)
+        raise BadInput("expected http://HOST[:PORT]/PATH", key="--scrape",
+                       value=redact_url(url))
     if not (isinstance(interval_s, int | float) and 0.05 <= interval_s <= 3600):
         raise BadInput("must be in [0.05, 3600] seconds", key="--scrape-interval",
                        value=interval_s)

@@ -1,0 +1,48 @@
+"""The night audit's replay / simulate flag findings (2026-12-01): one line naming the flag,
+exit 2, nothing written, never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from replay_helpers import MS, make_trace
+from trace_cli_helpers import assert_one_line_error, run_cli
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    path = tmp_path_factory.mktemp("t") / "t.parquet"
+    make_trace([k * MS for k in range(6)], models=["a", "b"] * 3, path=path)
+    return path
+
+
+@pytest.mark.parametrize("args, flag, needle", [
+    # ValueError: Invalid IPv6 URL (a traceback)
+    (["--backend", "http", "--url", "http://[::1"], "--url", "not a URL"),
+    (["--scrape", "http://[::1/metrics"], "--scrape", "not a URL"),
+    # CR/LF in a header: every request failed in aiohttp, exit 0 with only error rows
+    (["--backend", "http", "--url", "http://127.0.0.1:9", "--header", "X-A: a\r\nInjected: 1"],
+     "--header", "control character"),
+    (["--backend", "http", "--url", "http://127.0.0.1:9", "--header", "X-\nA: 1"],
+     "--header", "control character"),
+    # silently ignored before
+    (["--shard-by", "model"], "--shard-by", "--workers"),
+    (["--scrape-interval", "1"], "--scrape-interval", "--scrape"),
+])
+def test_replay_flag_defects(trace, tmp_path, capsys, args, flag, needle):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["replay", trace, "-o", out, *args, "--no-progress"], capsys)
+    assert_one_line_error(code, err, flag, needle)
+    assert "Injected" not in err  # a header value is never shown (it may be a credential)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--servers", "7"), ("--service-ms", "5000"),
+                                         ("--service-dist", "const")])
+def test_simulate_refuses_null_model_flags_beside_a_profile(trace, tmp_path, capsys, flag,
+                                                            value):
+    out = tmp_path / "sim"
+    code, _, err = run_cli(["simulate", trace, "-o", out, "--profile", "cpu-tiny", "--mode",
+                            "exclusive", "--zoo", "a=tiny-bert,b=tiny-gpt2", flag, value],
+                           capsys)
+    assert_one_line_error(code, err, flag, "ignored with --profile")
+    assert not out.exists()
