@@ -75,6 +75,20 @@ class ThreadServer:
                                 f"key={API_KEY}")
         if model == "garbage":  # a 200 that is neither JSON nor an event stream
             return web.Response(status=200, text="{not json", content_type="application/json")
+        if model in ("empty", "huge") and not body.get("stream"):
+            return web.json_response(
+                {"choices": [], "usage": {"completion_tokens": 0}} if model == "empty" else
+                {"choices": [{"text": "a"}], "usage": {"completion_tokens": 99999999999}})
+        if model in ("empty", "huge"):  # streaming: only [DONE] / a usage beyond int32
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            if model == "huge":
+                await resp.write(b'data: {"choices": [{"text": "a"}]}\n\n')
+                await resp.write(b'data: {"choices": [], "usage": '
+                                 b'{"completion_tokens": 99999999999}}\n\n')
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
         if model == "cutkey":  # the key echoed right across the 300-character cut
             return web.Response(status=500, text="x" * 286 + API_KEY)
         if model == "slow":
@@ -283,3 +297,28 @@ def test_garbage_200s_are_errors_and_a_key_cut_in_half_is_masked(tmp_path):
         for p in runs[name].rglob("*"):
             if p.is_file():
                 assert API_KEY[:6].encode() not in p.read_bytes(), p
+
+
+def test_empty_answers_and_impossible_usage_counts_are_error_rows(tmp_path):
+    """A 200 with ``"choices": []``, a stream of only ``data: [DONE]`` (both were ``ok`` with 0
+    tokens) and a usage count beyond int32 (every row of the run became "cancelled: run
+    interrupted", exit 0, asyncio tracebacks on stderr) are error rows saying why."""
+    trace = tmp_path / "t.parquet"
+    make_trace([0, MS, 2 * MS, 3 * MS], models=["empty", "huge", "ok", "empty"], path=trace,
+               max_new_tokens=4)
+    with ThreadServer() as server:
+        url = f"http://127.0.0.1:{server.port}"
+        for name, extra in (("stream", []), ("plain", ["--no-stream"])):
+            out = tmp_path / name
+            done = _cli(["replay", trace, "-o", out, "--backend", "http", "--url", url,
+                         "--no-progress", *extra])
+            assert done.returncode == 0, done.stderr
+            assert "Traceback" not in done.stderr
+            tl = read_timeline(out).to_pydict()
+            status = tl["status"]
+            assert [status[0], status[1], status[3]] == ["error"] * 3, tl["error"]
+            assert name == "plain" or status[2] == "ok"  # (this stub streams "ok" always)
+            empty = "without any generated text" if name == "stream" else "no choices"
+            assert empty in tl["error"][0] and empty in tl["error"][3]
+            assert "99999999999" in tl["error"][1] and "not a token count" in tl["error"][1]
+

@@ -394,6 +394,10 @@ class HttpBackend:
             if not isinstance(parsed, dict):
                 head = self._scrub.cut(payload[:2000].decode("utf-8", "replace"), 200)
                 return Outcome(status="error", error=f"bad JSON body: {head!r}")
+            if not parsed.get("choices"):
+                # {"choices": []} (or none): no answer at all, counted ok with 0 tokens
+                head = self._scrub.cut(payload[:2000].decode("utf-8", "replace"), 200)
+                return Outcome(status="error", error=f"an answer with no choices: {head!r}")
         tokens = _usage_tokens(payload)
         if tokens is not None and _token_count(tokens) is None:
             return Outcome(status="error",
@@ -454,6 +458,13 @@ class HttpBackend:
             return Outcome(status="error", first_token_ns=first,
                            error=f"the answer's usage.completion_tokens = {usage!r:.40} is not "
                                  "a token count (an integer 0 .. 2^31-1)")
+        if chunks == 0 and not usage and max_new_tokens > 0 and self.ignore_eos:
+            # Events, but not one token and no usage count (only "data: [DONE]", or choices
+            # without text) although the body asked for exactly max_new_tokens: nothing was
+            # generated; it was an ok row with 0 tokens. (--no-ignore-eos: a model may stop at
+            # once.)
+            return Outcome(status="error", first_token_ns=first,
+                           error=f"a stream of {events} event(s) without any generated text")
         tokens = usage if usage is not None else chunks
         # The stream ended (the server closed it) without [DONE] and short of the tokens asked
         # for: still an answer (status ok), flagged so the report can count it.
