@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -123,6 +125,12 @@ class MetricsScraper:
             self._proc.wait()
             summary = {"scrapes": 0, "warnings": 1, "rows": 0,
                        "first_warning": f"the scraper process failed: {type(exc).__name__}"}
+            print(f"warning: {summary['first_warning']} (counted in run.json)",
+                  file=sys.stderr, flush=True)
+            if not self.out.exists():  # the file is written even when empty (contract)
+                with contextlib.suppress(Exception):
+                    _Sampler(self.url, self.interval_s, self.clock, self.timeout_s).write(
+                        self.out)
         self._summary = {**base, **summary}
         return self._summary
 
@@ -163,8 +171,16 @@ class _Sampler:
         t = self.clock.now()
         try:
             request = urllib.request.Request(self._fetch_url, headers=self._headers)
+            # The socket timeout bounds each read, not the scrape: a server trickling bytes
+            # held one scrape (and the run's end) for ever. A deadline over the whole body:
+            deadline = time.monotonic() + self.timeout_s
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
-                text = resp.read().decode("utf-8", errors="replace")
+                parts = []
+                while chunk := resp.read1(1 << 16):
+                    parts.append(chunk)
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"the answer took over {self.timeout_s:g} s")
+                text = b"".join(parts).decode("utf-8", errors="replace")
         except urllib.error.HTTPError as exc:
             self._warn(f"HTTP {exc.code} from {self.shown}")
             return
