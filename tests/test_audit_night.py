@@ -46,3 +46,28 @@ def test_simulate_refuses_null_model_flags_beside_a_profile(trace, tmp_path, cap
                            capsys)
     assert_one_line_error(code, err, flag, "ignored with --profile")
     assert not out.exists()
+
+
+def test_an_output_through_a_symlink_and_dotdot_is_the_kernel_s_path(tmp_path, capsys):
+    """``-o link/../p/run`` where link -> ../p: os.path.abspath dropped "link/.." lexically, so
+    the checks and the temp files named <parent>/p/run while mkdir made p/run: exit 2 with a
+    timeline/ left behind (or temp files in another folder). And an output that names the
+    input through the link is refused."""
+    import os
+
+    home = tmp_path / "p"
+    home.mkdir()
+    make_trace([k * MS for k in range(4)], path=home / "t.parquet")
+    (home / "link").symlink_to("../p")
+    cwd = os.getcwd()
+    os.chdir(home)
+    try:
+        code, _, err = run_cli(["replay", "t.parquet", "-o", "link/../p/run", "--no-progress"],
+                               capsys)
+        assert code == 0, err
+        assert (home / "run" / "run.json").exists() and not (home / "p").exists()
+        code, _, err = run_cli(["trace", "import", "csv", "t.parquet", "--columns", "time=t",
+                                "-o", "link/../p/t.parquet"], capsys)
+        assert_one_line_error(code, err, "link/../p/t.parquet", "a source being imported")
+    finally:
+        os.chdir(cwd)

@@ -24,11 +24,13 @@ TMP_NAME_EXTRA = 16  # what atomic_write's temporary name adds to a file name
 
 
 def _resolved(path: Path | str) -> Path:
-    absolute = os.path.abspath(Path(path).expanduser())
+    # No os.path.abspath first: it drops "link/.." lexically, where the kernel goes through
+    # the link and then up from its target (the check and the write named other folders).
+    path = Path(path).expanduser()
     try:
-        return Path(absolute).resolve(strict=False)
+        return path.resolve(strict=False)
     except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
-        return Path(os.path.realpath(absolute))
+        return Path(os.path.realpath(path))
 
 
 def _same_or_inside(out: Path, inp: Path) -> bool:

@@ -148,7 +148,10 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # realpath: mkstemp returns abspath(dir/name), which drops "link/.." lexically and so
+        # named another folder than the kernel's (the rename then failed or went elsewhere)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                   dir=os.path.realpath(path.parent))
     except OSError as exc:  # the place cannot take a file: one line, nothing written
         raise output_error(path, exc) from exc
     os.close(fd)
