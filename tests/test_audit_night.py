@@ -71,3 +71,17 @@ def test_an_output_through_a_symlink_and_dotdot_is_the_kernel_s_path(tmp_path, c
         assert_one_line_error(code, err, "link/../p/t.parquet", "a source being imported")
     finally:
         os.chdir(cwd)
+
+
+def test_study_json_never_holds_url_credentials():
+    """``[options] scrape_url = "http://u:pw@..."`` was copied into study.json as written."""
+    from traceforge.study.spec import parse_study
+
+    spec = parse_study({
+        "name": "s", "backend": "null", "duration_s": 1.0,
+        "mixes": {"m": {"models": {"a": {"arrival": {"process": "poisson", "rate": 5.0}}}}},
+        "axes": {"load": [1.0]},
+        "options": {"scrape_url": "http://u:STUDYPW@127.0.0.1:9/metrics?token=STUDYTOKEN"}})
+    text = str(spec.to_dict())
+    assert "STUDYPW" not in text and "STUDYTOKEN" not in text
+    assert "http://***@127.0.0.1:9/metrics?token=***" in text
