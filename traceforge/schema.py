@@ -254,14 +254,7 @@ def _check_meta(meta: object, source: object) -> None:
         if value is not None and not isinstance(value, dict):
             raise BadInput(f"must be a JSON object, not {json_type(value)}", source=source,
                            key=f"traceforge.{key}")
-    models = spec.get("models") if isinstance(spec, dict) else None
-    for name, entry in (models or {}).items():  # the SLO the report and studies judge by
-        slo = entry.get("slo_ms") if isinstance(entry, dict) else None
-        if slo is not None and (isinstance(slo, bool) or not isinstance(slo, int | float)
-                                or not math.isfinite(slo) or slo <= 0):
-            shown = {"value": slo} if not isinstance(slo, list | dict) else {}
-            raise BadInput("must be a number of milliseconds > 0", source=source,
-                           key=f"traceforge.spec.models.{name}.slo_ms", **shown)
+    spec_slo_ms(spec, source=source, prefix="traceforge.spec")
     duration = meta.get("duration_s")
     if duration is not None and (isinstance(duration, bool)
                                  or not isinstance(duration, int | float)
@@ -269,6 +262,29 @@ def _check_meta(meta: object, source: object) -> None:
         shown = {"value": duration} if not isinstance(duration, list | dict) else {}
         raise BadInput("must be a number of seconds >= 0", source=source,
                        key="traceforge.duration_s", **shown)
+
+
+def spec_slo_ms(spec: object, *, source: object, prefix: str) -> dict[str, float]:
+    """Per-model ``slo_ms`` of a workload spec (a trace's metadata, or the copy run.json
+    records), the SLO the report and studies judge by. A value that is not a finite number > 0
+    (NaN, negative, a boolean, a string, an explicit null: a hand-edited file) is BadInput
+    naming ``{prefix}.models.<name>.slo_ms`` -- it gave "attained 0 %" (or 100 %) tables.
+    ``trace gen`` never writes a null: the spec refuses one and leaves an unset SLO out."""
+    import math
+
+    models = spec.get("models") if isinstance(spec, dict) else None
+    out: dict[str, float] = {}
+    for name, entry in (models.items() if isinstance(models, dict) else ()):
+        if not isinstance(entry, dict) or "slo_ms" not in entry:
+            continue
+        slo = entry["slo_ms"]
+        if (isinstance(slo, bool) or not isinstance(slo, int | float)
+                or not math.isfinite(slo) or slo <= 0):
+            shown = {"value": slo} if not isinstance(slo, list | dict) else {}
+            raise BadInput("must be a number of milliseconds > 0", source=source,
+                           key=f"{prefix}.models.{name}.slo_ms", **shown)
+        out[name] = float(slo)
+    return out
 
 
 def refuse_nulls(table: pa.Table, name: str, source: object) -> None:

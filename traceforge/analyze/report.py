@@ -16,7 +16,7 @@ import numpy as np
 from traceforge.analyze.rundata import NS_PER_MS, NS_PER_S, RunData, load_run
 from traceforge.analyze.stats import PERCENTILES, percentile_ci, summarize
 from traceforge.errors import BadInput
-from traceforge.schema import STATUSES
+from traceforge.schema import STATUSES, spec_slo_ms
 
 REPORT_SCHEMA_ID = "traceforge.report/1"
 DEFAULT_SLO_FACTOR = 5.0
@@ -56,23 +56,10 @@ def parse_slo(text: str, *, source: str = "--slo") -> dict[str, float]:
 
 
 def spec_slos(manifest: dict[str, Any], source: object = None) -> dict[str, float]:
-    """Per-model ``slo_ms`` from the workload spec recorded in run.json (may be empty). A value
-    that is not a finite number > 0 (NaN, negative, a boolean, a string: a hand-edited file) is
-    refused naming its key -- it gave "attained 0 %" (or 100 %) tables before."""
+    """Per-model ``slo_ms`` from the workload spec recorded in run.json (may be empty); a bad
+    value is refused naming its key (:func:`traceforge.schema.spec_slo_ms`)."""
     spec = ((manifest.get("trace") or {}).get("meta") or {}).get("spec") or {}
-    models = spec.get("models") if isinstance(spec, dict) else None
-    out = {}
-    if isinstance(models, dict):
-        for name, entry in models.items():
-            if not isinstance(entry, dict) or "slo_ms" not in entry:
-                continue
-            value = entry["slo_ms"]
-            if (isinstance(value, bool) or not isinstance(value, int | float)
-                    or not math.isfinite(value) or value <= 0):
-                raise BadInput("must be a number of milliseconds > 0", source=source,
-                               key=f"trace.meta.spec.models.{name}.slo_ms", value=value)
-            out[name] = float(value)
-    return out
+    return spec_slo_ms(spec, source=source, prefix="trace.meta.spec")
 
 
 def baseline_slos(baseline_dir: Path | str, factor: float) -> dict[str, float]:
