@@ -122,6 +122,11 @@ def run_demo(out_dir: Path | str = DEFAULT_DIR, *, device: str | None = None,
                          ReplayOptions(progress=progress, warmup_s=WARMUP_S,
                                        time_scale=time_scale))
     console.print(f"    run {summary.status}: {summary.counts} → {run_dir}", soft_wrap=True)
+    if summary.status == "interrupted":
+        # Ctrl-C / SIGTERM, taken by the replay's own handlers: stop here as `traceforge
+        # replay` does (exit 130), the timeline so far kept (the demo went on to its report)
+        console.print("    interrupted: no report; the timeline so far is kept", soft_wrap=True)
+        raise KeyboardInterrupt
 
     console.print("3/4 report")
     run = load_run(run_dir)

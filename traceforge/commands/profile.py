@@ -147,13 +147,27 @@ def profile_command(
         "--corun-sizes", corun_sizes, "--corun-size-repeats", str(corun_size_repeats),
         "-o", str(out)])
 
+    saved: list[dict] = []
+
     def save(profile: dict) -> None:
         # Rewritten after every mode: a run cut short keeps what it measured ("partial").
         text = json.dumps(profile, indent=1)
         atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
+        saved[:] = [profile]
 
-    profile = measure_profile(settings, command=command,
-                              log=lambda line: typer.echo(line, err=True), on_update=save)
+    try:
+        profile = measure_profile(settings, command=command,
+                                  log=lambda line: typer.echo(line, err=True), on_update=save)
+    except KeyboardInterrupt:  # SIGINT / SIGTERM: exit 130 (cli.main), saying what was kept
+        if saved:
+            done = ", ".join(saved[0].get("modes") or {}) or "none"
+            typer.echo(f"profile interrupted: {out} keeps what was measured before (the "
+                       f"service grid; modes finished: {done}; \"status\": \"partial\")",
+                       err=True)
+        else:
+            typer.echo(f"profile interrupted before its service grid was measured: {out} "
+                       "not written", err=True)
+        raise
     save(profile)
     typer.echo(f"profile of {', '.join(settings.models)} on {profile['device'].get('name')} "
                f"({profile['elapsed_s']} s) -> {out}")

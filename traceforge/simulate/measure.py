@@ -984,6 +984,11 @@ async def _measure(settings: ProfileSettings, entries: dict, *, command: str | N
     return profile
 
 
+class ProfileInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM during a profile phase: the profile stops (the CLI exits 130); what
+    ``on_update`` last wrote -- the modes finished before, ``"status": "partial"`` -- stays."""
+
+
 class _Replayer:
     """Runs one closed-loop phase through ``replay_async`` and returns its timeline."""
 
@@ -1024,15 +1029,23 @@ class _Replayer:
         options = ReplayOptions(concurrency=concurrency,
                                 models=[i for i in self.infos if i.name in names])
         summary = await replay_async(trace, run_dir, self.backend, options)
+        if summary.status == "interrupted":
+            # The replay's own handlers took the SIGINT / SIGTERM and ended the phase: the
+            # profile stops here. (It was taken for a failed mode: "0 requests failed (first:
+            # interrupted)", and the profile went on with the next mode.)
+            raise ProfileInterrupted(f"profile phase {label} interrupted")
         self.runs[label] = (trace_path, run_dir)
         timeline = read_timeline(run_dir)
         bad = timeline.filter(pa.compute.not_equal(timeline.column("status"), "ok"))
         if summary.status != "complete" or bad.num_rows:
-            first = bad.column("error")[0].as_py() if bad.num_rows else summary.status
             where = (f"run kept in {run_dir}" if self.kept
                      else "--keep-runs DIR keeps the phase runs for inspection")
-            raise RunFailure(f"profile phase {label}: {bad.num_rows} requests failed "
-                             f"(first: {first}); {where}")
+            if bad.num_rows:
+                what = (f"{bad.num_rows} requests failed "
+                        f"(first: {bad.column('error')[0].as_py()})")
+            else:
+                what = f"the replay {summary.status}: {summary.error or 'no reason recorded'}"
+            raise RunFailure(f"profile phase {label}: {what}; {where}")
         ok = timeline.filter(pa.compute.equal(timeline.column("status"), "ok"))
         # Transport by idle time from the reference phases only (serving rates, the sparse
         # pass): the grid's and co-runs' open-loop phases send at ~1,200 req/s, where the
