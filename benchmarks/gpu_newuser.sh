@@ -83,6 +83,19 @@ for rep in $(seq 1 "${REPEATS:-1}"); do
 done
 if [ -s "$WORK/profile.json" ] && [ "${#RUNS[@]}" -gt 0 ]; then
   echo "---- fidelity" | tee -a "$LOG"
+  # a profile cut short (PROFILE_LIMIT) lacks its last modes: score the runs it can
+  # (fidelity refuses the whole set otherwise)
+  HAVE=$("$PY" -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["modes"]))' \
+    "$WORK/profile.json")
+  SCORED=()
+  for r in "${RUNS[@]}"; do
+    m=$(basename "$r"); m=${m%-r*}
+    if [[ " $HAVE " == *" $m "* ]]; then SCORED+=("$r")
+    else echo "not scored: $r (mode $m not in the profile: $HAVE)" | tee -a "$LOG"; fi
+  done
+  RUNS=("${SCORED[@]}")
+fi
+if [ -s "$WORK/profile.json" ] && [ "${#RUNS[@]}" -gt 0 ]; then
   "$PY" -m traceforge.simulate.fidelity --profile "$WORK/profile.json" "${RUNS[@]}" \
     -o "$OUT/fidelity-newuser.md" 2>&1 | tee -a "$LOG"
   "$PY" -m traceforge.simulate.fidelity --profile "$WORK/profile.json" --oracle "${RUNS[@]}" \
