@@ -27,7 +27,11 @@ GPU_S = 0.1  # each fake request's device time; the re-submit hop is 5 ms, far b
 
 
 class FakeDevice:
-    def __init__(self) -> None:
+    """``estimate_s``: the GPU time each request reports, from which the executor estimates when
+    the request in flight ends (and waits for the next one until shortly before)."""
+
+    def __init__(self, estimate_s: float = GPU_S) -> None:
+        self.estimate_ns = int(estimate_s * 1e9)
         self.log: list[tuple[str, int]] = []
         self._lock = threading.Lock()
         self._q: queue.Queue = queue.Queue()
@@ -57,14 +61,17 @@ class FakeDevice:
         handle.start_ev.wait()
         self.note("finish", handle.end_ev)
         end = time.monotonic_ns()
-        return RunStats(end - int(GPU_S * 1e9), None, end, int(GPU_S * 1e9), 0, 8, 1)
+        return RunStats(end - self.estimate_ns, None, end, self.estimate_ns, 0, 8, 1)
 
 
-def _closed_loop(concurrency: int, total: int, *,
-                 hop_s: float = 0.005) -> tuple[FakeDevice, dict]:
-    dev = FakeDevice()
+def _closed_loop(concurrency: int, total: int, *, hop_s: float = 0.005,
+                 estimate_s: float = GPU_S) -> tuple[FakeDevice, dict]:
+    """``estimate_s`` longer than GPU_S: the last request (nobody is sent behind it) is completed
+    by ``stop()`` once it was launched, not after the executor waited out its estimate."""
+    dev = FakeDevice(estimate_s)
     results: dict[int, dict] = {}
     all_done = threading.Event()
+    all_but_last = threading.Event()
     next_id = [concurrency]
     lock = threading.Lock()
 
@@ -76,6 +83,8 @@ def _closed_loop(concurrency: int, total: int, *,
             results[rid] = fields
             if len(results) == total:
                 all_done.set()
+            if len(results) == total - 1:
+                all_but_last.set()
             if next_id[0] < total:
                 threading.Timer(hop_s, submit, args=(next_id[0],)).start()
                 next_id[0] += 1
@@ -84,14 +93,24 @@ def _closed_loop(concurrency: int, total: int, *,
     executor.start_thread()
     for rid in range(concurrency):
         submit(rid)
-    assert all_done.wait(30), f"only {len(results)} of {total} results"
+    if estimate_s > GPU_S:
+        assert all_but_last.wait(60), f"only {len(results)} of {total} results"
+        deadline = time.monotonic() + 60
+        while ("launch", total - 1) not in dev.log and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert executor.stop() == []
+    assert all_done.wait(60), f"only {len(results)} of {total} results"
     assert executor.stop() == []
     executor.thread.join(5)
     return dev, results
 
 
 def test_next_request_is_launched_behind_the_one_in_flight():
-    dev, results = _closed_loop(concurrency=2, total=6)
+    # The executor waits for the next request until shortly before the one in flight is
+    # expected to end, from the GPU time reported: 0.1 s left the timer thread's 5 ms hop too
+    # little room on a loaded machine (a hop late by ~95 ms had the executor block on k-1
+    # first, rightly). A 30 s estimate makes the hop always arrive within the wait.
+    dev, results = _closed_loop(concurrency=2, total=6, estimate_s=30.0)
     assert all(r["status"] == "ok" for r in results.values())
     order = dev.log
     # From the third request on (the first result gives the GPU-time estimate), request k
@@ -164,9 +183,8 @@ async def _inline_executor(dev) -> tuple[Executor, dict, asyncio.AbstractEventLo
     executor = Executor({"m": dev}, t0_ns=0, worker="test", on_result=lambda rid, f: (
         loop.call_soon_threadsafe(results[rid].set_result, (f, threading.get_ident()))))
     executor.start_thread()
-    for _ in range(1000):  # until its thread waits for work
-        if executor._idle:
-            break
+    deadline = time.monotonic() + 60  # until its thread waits for work (a bound, not a time)
+    while not executor._idle and time.monotonic() < deadline:
         await asyncio.sleep(0.001)
     assert executor._idle, "the executor thread never waited for work"
     return executor, results, loop
@@ -204,7 +222,7 @@ def test_idle_executor_serves_inline_without_its_thread():
         me = threading.get_ident()
         for rid in range(5):  # closed loop, concurrency 1: every request inline
             assert _submit(executor, results, loop, rid)
-            fields, tid = await asyncio.wait_for(results[rid], 5)
+            fields, tid = await asyncio.wait_for(results[rid], 30)
             assert fields["status"] == "ok" and tid == me
             assert fields["service_start_ns"] <= fields["service_end_ns"]
             # the row carries the device's times: at least its GPU time from start to end
@@ -217,15 +235,34 @@ def test_idle_executor_serves_inline_without_its_thread():
     _with_inline_executor(dev, body)
 
 
+class FifoDevice(TimedDevice):
+    """Request k is not seen ended before request k-1 was: the service ends are when a thread
+    saw a request end, and on a loaded machine the loop thread saw the inline request 0 end
+    later than the executor thread saw request 1 (20 ms behind it) end."""
+
+    def __init__(self, *a, **k) -> None:
+        super().__init__(*a, **k)
+        self.reported: set[int] = set()  # requests whose end time (service_end_ns) was taken
+
+    def poll(self, handle) -> bool:
+        rid = handle.start_ev
+        return (rid == 0 or rid - 1 in self.reported) and super().poll(handle)
+
+    def finish(self, handle, anchor=None) -> RunStats:
+        stats = super().finish(handle, anchor)
+        self.reported.add(handle.start_ev)
+        return stats
+
+
 def test_request_during_inline_one_is_queued_and_runs_behind_it():
-    dev = TimedDevice(gpu_s=0.02)
+    dev = FifoDevice(gpu_s=0.02)
 
     async def body(executor, results, loop):
         me = threading.get_ident()
         assert _submit(executor, results, loop, 0)
         assert not _submit(executor, results, loop, 1)  # one inline request at a time
         assert not _submit(executor, results, loop, 2)  # the executor has one queued/in flight
-        out = [await asyncio.wait_for(results[r], 5) for r in range(3)]
+        out = [await asyncio.wait_for(results[r], 30) for r in range(3)]
         assert all(f["status"] == "ok" for f, _ in out)
         assert [r for r, _ in dev.launches] == [0, 1, 2]  # the device's (stream's) order
         ends = [f["service_end_ns"] for f, _ in out]
@@ -240,19 +277,28 @@ def test_request_during_inline_one_is_queued_and_runs_behind_it():
 
 
 def test_busy_executor_and_decode_requests_are_not_inlined():
-    dev = TimedDevice(gpu_s=0.02)
+    release = threading.Event()
+
+    class HeldDevice(TimedDevice):
+        """Request 0 runs until request 1 was submitted: its 20 ms could end (and the executor
+        go idle again) before a loaded loop thread looked."""
+
+        def poll(self, handle) -> bool:
+            return (handle.start_ev != 0 or release.is_set()) and super().poll(handle)
+
+    dev = HeldDevice(gpu_s=0.02)
 
     async def body(executor, results, loop):
         me = threading.get_ident()
         assert not _submit(executor, results, loop, 0, new=4)  # decode: the executor runs it
-        for _ in range(1000):  # its thread took it and runs it
-            if not executor._idle:
-                break
+        deadline = time.monotonic() + 60  # its thread took it and runs it
+        while executor._idle and time.monotonic() < deadline:
             await asyncio.sleep(0.001)
         assert not executor._idle, "the executor thread never took the decode request"
         assert not _submit(executor, results, loop, 1)  # executor busy: queued
+        release.set()
         for r in (0, 1):
-            fields, tid = await asyncio.wait_for(results[r], 5)
+            fields, tid = await asyncio.wait_for(results[r], 30)
             assert fields["status"] == "ok" and tid != me
         assert executor.inline_count == 0
         assert [r for r, _ in dev.launches] == [0, 1]
@@ -266,12 +312,12 @@ def test_inline_failures_become_error_rows():
                       (TimedDevice(fail_poll=True), "event query failed")):
         async def body(executor, results, loop, dev=dev, text=text):
             assert _submit(executor, results, loop, 0)
-            fields, _ = await asyncio.wait_for(results[0], 5)
+            fields, _ = await asyncio.wait_for(results[0], 30)
             assert fields["status"] == "error" and text in fields["error"]
             assert not executor.inline_in_flight
             dev.fail_launch = dev.fail_poll = False  # the executor serves the next one
             assert _submit(executor, results, loop, 1)
-            fields, _ = await asyncio.wait_for(results[1], 5)
+            fields, _ = await asyncio.wait_for(results[1], 30)
             assert fields["status"] == "ok"
 
         _with_inline_executor(dev, body)
@@ -383,7 +429,7 @@ def _run_jobs(dev, jobs, *, gap_s=0.0) -> dict[int, dict]:
             job(executor)
         else:
             executor.put(job)
-    assert done.wait(10), f"only {len(results)} of {len(jobs)} results"
+    assert done.wait(60), f"only {len(results)} of {len(jobs)} results"
     assert executor.stop() == []
     executor.thread.join(5)
     return results
@@ -412,13 +458,18 @@ def test_request_arriving_during_a_decode_is_enqueued_behind_its_steps():
     """Once a decode's step time is known for its bucket, the executor waits for new work until
     shortly before the decode is expected to end: a forward that arrives meanwhile is launched
     before the executor waits for the decode (the GPU does not idle while it reports)."""
-    dev = DecodeDevice(step_s=0.01)  # decode of 8 tokens: 70 ms of steps
+    # Real time, with room for a loaded machine: forward 1 must come after the executor began
+    # waiting for decode 0 (the executor thread goes there at once; 20 ms of room were once
+    # all there was), forward 3 before the executor's wait for new work ends ~350 ms after
+    # decode 2's first token (the test thread puts it 100 ms in; 50 ms of 70 were spare).
+    dev = DecodeDevice(step_s=0.05)  # decode of 8 tokens: 350 ms of steps
 
-    def during(rid):  # put forward `rid` 20 ms into the steps of decode `rid - 1`
+    def during(rid):  # put forward `rid` 100 ms into the steps of decode `rid - 1`
         def put(executor):
-            while ("resume", rid - 1) not in dev.log:
+            deadline = time.monotonic() + 60
+            while ("resume", rid - 1) not in dev.log and time.monotonic() < deadline:
                 time.sleep(0.0005)
-            time.sleep(0.02)
+            time.sleep(0.1)
             executor.put(Job(rid, "m", 1, 8, 0))
         return put
 
@@ -553,7 +604,7 @@ def test_executor_anchors_each_request_to_the_one_it_was_issued_behind():
                         idle_start_exact=False)
     executor.start_thread()
     executor.put(Job(0, "m", 1, 8, 0))
-    assert done.wait(5)
+    assert done.wait(60)
     executor.stop()
     executor.thread.join(5)
     assert dev.anchors[0] is None
@@ -580,7 +631,7 @@ def test_request_issued_behind_an_inline_one_is_anchored_to_its_start():
     async def body(executor, results, loop):
         assert _submit(executor, results, loop, 0)
         assert not _submit(executor, results, loop, 1)
-        out = [await asyncio.wait_for(results[r], 5) for r in range(2)]
+        out = [await asyncio.wait_for(results[r], 30) for r in range(2)]
         assert all(f["status"] == "ok" for f, _ in out)
         assert dev.anchors[0] == IDLE_STREAM
         host_ns, event = dev.anchors[1]
