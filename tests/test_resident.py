@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def wait_gone(pids, timeout_s: float = 15.0) -> list[int]:
+def wait_gone(pids, timeout_s: float = 60.0) -> list[int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         alive = [p for p in pids if pid_alive(p)]
@@ -145,7 +146,7 @@ def test_worker_crash_becomes_error_rows_and_leaves_no_process():
             long_one = asyncio.ensure_future(backend.submit(Request(0, "gpt", 1, 8, 1000, 0)))
             await asyncio.sleep(0.3)
             os.kill(pids["gpt"], signal.SIGKILL)
-            crashed = await asyncio.wait_for(long_one, 10)
+            crashed = await asyncio.wait_for(long_one, 60)
             after = await backend.submit(Request(1, "gpt", 1, 8, 2, 0))
             other = await backend.submit(Request(2, "bert", 1, 8, 0, 0))
         finally:
@@ -293,13 +294,25 @@ def test_inline_requests_through_the_backend_and_stop_waits_for_one_in_flight():
         await backend.start([ModelInfo("bert", "tiny-bert")], RunClock())
         described = backend.describe()  # what a manifest stores at start
         assert described["inline"] == {"enabled": False}
-        dev = TimedDevice(gpu_s=0.05)
+        release = threading.Event()
+
+        class HeldDevice(TimedDevice):
+            """Request 3 stays on the device until stop() comes: its 50 ms could pass (and the
+            loop's poll resolve it) before a loaded loop thread checked it was in flight."""
+
+            def poll(self, handle) -> bool:
+                return (handle.start_ev != 3 or release.is_set()) and super().poll(handle)
+
+        dev = HeldDevice(gpu_s=0.05)
         backend._executors["bert"].models["bert"] = dev
         backend.inline = True
         outs = [await backend.submit(Request(i, "bert", 1, 16, 0, 0)) for i in range(3)]
         last = asyncio.ensure_future(backend.submit(Request(3, "bert", 1, 16, 0, 0)))
-        await asyncio.sleep(0.005)  # launched inline, still on the device
-        assert backend._executors["bert"].inline_in_flight
+        deadline = time.monotonic() + 60
+        while len(dev.launches) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert backend._executors["bert"].inline_in_flight  # launched inline, on the device
+        release.set()
         await backend.stop()
         # stop() returned only after the request on the device was finished (not left to the
         # loop's later polls)
@@ -324,13 +337,23 @@ def test_a_timed_out_inline_request_leaves_nothing_behind():
         backend = from_options({"mode": "exclusive", "device": "cpu", "telemetry": False})
         await backend.start([ModelInfo("bert", "tiny-bert")], RunClock())
         executor = backend._executors["bert"]
-        dev = TimedDevice(gpu_s=0.2)  # well past the 5 ms timeout, even on a loaded host
+        release = threading.Event()
+
+        class HeldDevice(TimedDevice):
+            """Request 0 stays on the device until the test saw it there: its 200 ms could
+            pass before a loaded loop thread's 5 ms timeout fired."""
+
+            def poll(self, handle) -> bool:
+                return (handle.start_ev != 0 or release.is_set()) and super().poll(handle)
+
+        dev = HeldDevice(gpu_s=0.2)
         executor.models["bert"] = dev
         backend.inline = True
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(backend.submit(Request(0, "bert", 1, 16, 0, 0)), 0.005)
         assert backend._pending == {}
         assert executor.inline_in_flight  # still on the device
+        release.set()
         after = await backend.submit(Request(1, "bert", 1, 16, 0, 0))
         assert not executor.inline_in_flight
         count = executor.inline_count
