@@ -451,3 +451,29 @@ def test_a_p99_lead_needs_the_p99_interval_not_a_p50_shift():
     assert lead["ks_p"] < 1e-6 and lead["verdict"] == "faster"  # the p50 moved
     assert not lead["significant"]
     assert lead["reason"] == "bootstrap CI of the p99 difference includes 0"
+
+
+def test_the_best_table_is_whole_in_a_pipe_and_on_a_narrow_terminal(study, report):
+    """Piped (COLUMNS unset) rich drew 80 columns: the best-configuration table came out as
+    "mode=ti…" and "[0.79–3…" -- numbers cut. Now a pipe gets PIPE_WIDTH columns and the
+    table's cells fold on a narrow terminal instead of losing characters."""
+    import io
+
+    from rich.console import Console
+
+    from traceforge.analyze.render import PIPE_WIDTH
+    from traceforge.analyze.study_render import render_study
+
+    done = subprocess.run([sys.executable, "-m", "traceforge", "report", str(study)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    best = done.stdout[done.stdout.index("best configuration"):]
+    assert "…" not in best
+    assert max(len(line) for line in done.stdout.splitlines()) <= PIPE_WIDTH
+    for b in report["best"]:
+        assert b["config_label"] in best and b["model"] in best
+    narrow = io.StringIO()
+    render_study(report, Console(file=narrow, width=80, force_terminal=True, color_system=None))
+    text = narrow.getvalue()
+    assert "…" not in text[text.index("best configuration"):]

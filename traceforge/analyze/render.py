@@ -159,9 +159,26 @@ def slo_table(report: dict[str, Any]) -> Table | None:
     return table
 
 
+# Width of the tables when stdout is a pipe or a file and COLUMNS is not set: rich's 80
+# columns cut the study's best-configuration table to "mode=ti…" and "[0.79–3…" (numbers lost
+# from a report saved with `traceforge report DIR > report.txt`).
+PIPE_WIDTH = 200
+
+
+def table_console() -> Console:
+    """A console for stdout: a terminal's own width; a pipe or file (COLUMNS unset)
+    :data:`PIPE_WIDTH` columns."""
+    import os
+
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPE_WIDTH
+    return console
+
+
 def render_report(report: dict[str, Any], console: Console | None = None) -> None:
     """Print a report: self-check first, then latency, decomposition, generative and SLO."""
-    console = console or Console()
+    console = console or table_console()
     run = report.get("run") or {}
     window = report["window"]
     header = (f"[bold]{report['run_dir']}[/]  backend {run.get('backend') or '?'}"
@@ -221,7 +238,7 @@ def server_metrics_table(report: dict[str, Any]) -> Table | None:
 
 def render_compare(result: dict[str, Any], console: Console | None = None) -> None:
     """Print a comparison: per (A, B) pair, a latency table and a significance table."""
-    console = console or Console()
+    console = console or table_console()
     verdict_style = {"faster": "green", "slower": "red", "mixed": "yellow", "same": ""}
     for pair in result["comparisons"]:
         console.print(Text.from_markup(f"[bold]B[/] = {pair['b']}\n[bold]A[/] = {pair['a']}"),

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from traceforge.analyze.render import _ci, _f, _p, _pct
+from traceforge.analyze.render import _ci, _f, _p, _pct, table_console
 from traceforge.analyze.study import ALL
 
 METRIC_LABELS = {"p99_ms": "p99 ms ↓", "goodput_rps": "goodput/s ↑"}
@@ -96,7 +96,7 @@ def significance(lead: dict[str, Any] | None, without_value: list[str] | None = 
 def render_study(report: dict[str, Any], console: Console | None = None) -> None:
     """Print a study report: per mix the configs × loads grid, best configs, capacity, sim vs
     measured, and every cell that is not in the numbers."""
-    console = console or Console()
+    console = console or table_console()
     counts = report["counts"]
     by_status = ", ".join(f"{n} {s}" for s, n in sorted(counts["by_status"].items()))
     console.print(Text.from_markup(
@@ -153,7 +153,9 @@ def best_rows(report: dict[str, Any], mix: str, source: str) -> Table | None:
                   box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False)
     for col in (level_name(report, mix, source), "model", "best", "config", "mean [95 % CI]",
                 "runner-up", "p", "lead"):
-        table.add_column(col, justify="right" if col in ("mean [95 % CI]", "p") else "left")
+        # fold, never "…": on a narrow terminal a cut number is a wrong number
+        table.add_column(col, justify="right" if col in ("mean [95 % CI]", "p") else "left",
+                         overflow="fold")
     for b in rows:
         p, verdict = significance(b["lead"], b.get("without_value"))
         runner = b["runner_up"]

@@ -31,8 +31,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps({"models": [e.as_dict() for e in ZOO.values()]}, indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
+
+        from traceforge.analyze.render import table_console
 
         table = Table(title="traceforge model zoo (random weights, built from configs)")
         for col in ("name", "kind", "params", "GPU dtype", "weights", "description"):
@@ -40,6 +41,6 @@ def register(app: typer.Typer) -> None:
         for e in ZOO.values():
             table.add_row(e.name, e.kind, _params(e.params), e.cuda_dtype,
                           _gib(e.weight_bytes()), e.description)
-        Console().print(table)
+        table_console().print(table)
 
     app.add_typer(zoo_app, name="zoo")
