@@ -58,3 +58,32 @@ def test_restored_after_a_failing_backend(tmp_path):
     with pytest.raises(RunFailure):
         run_replay(make_trace(np.arange(20) * MS), tmp_path / "run", Broken(), ReplayOptions())
     assert gc.isenabled() and sys.getswitchinterval() == switch
+
+
+def test_the_signal_handlers_before_the_replay_are_given_back(tmp_path):
+    """asyncio's remove_signal_handler left SIGTERM at SIG_DFL after a replay: in a profile, a
+    demo or a study, a SIGTERM after the first replay killed the process outright (exit 143;
+    on the H200 a flusher process and the profile's temp directory were left behind)."""
+    import signal
+
+    seen: list[int] = []
+
+    def on_term(signum, frame) -> None:
+        seen.append(signum)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        for k in range(2):  # the second replay gives back what the first gave back
+            summary = run_replay(make_trace(np.arange(5, dtype=np.int64) * MS),
+                                 tmp_path / f"run{k}", NullBackend(service_ms=0.1,
+                                                                   service_dist="const"),
+                                 ReplayOptions())
+            assert summary.status == "complete"
+            assert signal.getsignal(signal.SIGTERM) is on_term
+            assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        signal.raise_signal(signal.SIGTERM)  # reaches the handler, does not end pytest
+        assert seen == [signal.SIGTERM]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

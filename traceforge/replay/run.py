@@ -273,8 +273,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         if scraper is not None:
             scraper.finish()
         # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        _remove_signal_handlers(loop, installed)
     if options.print_self_check:
         print(format_self_check(summary.self_check), file=sys.stderr)
     if cancelled:  # the caller cancelled us: the run is recorded as interrupted, then re-raise
@@ -439,19 +438,35 @@ def _safe_describe(backend: Backend) -> dict[str, Any]:
     return dict(info) if isinstance(info, dict) else {"describe": str(info)}
 
 
-def _install_signal_handlers(loop, dispatcher: Dispatcher, received: list[str]) -> list[int]:
+def _install_signal_handlers(loop, dispatcher: Dispatcher, received: list[str]
+                             ) -> list[tuple[int, Any]]:
+    """SIGINT / SIGTERM stop the run (``dispatcher.interrupt``) while it lasts; returns
+    (signal, the Python handler it had before) for :func:`_remove_signal_handlers`."""
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         def handler(sig=sig) -> None:
             received.append(signal.Signals(sig).name)
             dispatcher.interrupt()
 
+        previous = signal.getsignal(sig)
         try:
             loop.add_signal_handler(sig, handler)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread / Windows
             continue
-        installed.append(sig)
+        installed.append((sig, previous))
     return installed
+
+
+def _remove_signal_handlers(loop, installed: list[tuple[int, Any]]) -> None:
+    """Give back the handlers the process had before the run. asyncio's
+    ``remove_signal_handler`` leaves SIGTERM at SIG_DFL: after the first replay of a profile,
+    a demo or a study, SIGTERM killed the process outright (exit 143, no cleanup: a flusher
+    process, worker temp directories and the MPS daemon's children were left behind)."""
+    for sig, previous in installed:
+        loop.remove_signal_handler(sig)
+        if previous is not None:  # None: not set from Python, nothing to give back
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, previous)
 
 
 async def _show_progress(dispatcher: Dispatcher) -> None:

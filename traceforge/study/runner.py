@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import math
 import shutil
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -157,13 +155,8 @@ class _GroupRuntime:
             from traceforge.backends.http import from_options
 
             backend = from_options({**backend_opts, "pool_size": options.inflight_cap or 0})
-        # replay_async installs loop signal handlers for the run and, removing them, resets
-        # SIGTERM to the default (die): give back whatever the study had installed.
-        previous = _sigterm_handler()
-        try:
-            summary = runner.run(replay_async(trace, run_dir, backend, options))
-        finally:
-            _restore_sigterm(previous)
+        # replay_async gives back the signal handlers it found (the study's own)
+        summary = runner.run(replay_async(trace, run_dir, backend, options))
         return summary.status, summary.counts
 
     def _shared(self, models, backend_opts: dict[str, Any], trace):
@@ -203,19 +196,6 @@ def _add_shapes(models, trace) -> None:
     for m in models:
         if m.shapes is None:
             m.shapes = sorted(shapes.get(m.name, []))
-
-
-def _sigterm_handler():
-    return signal.getsignal(signal.SIGTERM) if _main_thread() else None
-
-
-def _restore_sigterm(handler) -> None:
-    if handler is not None and _main_thread() and signal.getsignal(signal.SIGTERM) != handler:
-        signal.signal(signal.SIGTERM, handler)
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def _fix_trace_path(run_dir: Path) -> None:

@@ -196,6 +196,10 @@ class WorkerProcess:
         self._pongs.clear()
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(RunFailure(self.dead_reason))
+            if self._stopping:  # stopped while starting (Ctrl-C during loading): start() may
+                # be gone already; marked seen, so asyncio does not print "Future exception
+                # was never retrieved" at exit (start() still raises it if it waits)
+                self._ready.exception()
 
     def log_text(self) -> str:
         """Everything the worker wrote so far (pread: the file offset, shared with the worker's
