@@ -102,3 +102,31 @@ def test_an_interrupted_demo_replay_stops_the_demo(monkeypatch, tmp_path, capsys
     (base,) = (tmp_path / "d").iterdir()
     assert (base / "run").is_dir() and not (base / "report.json").exists()
     assert not (base / "report.html").exists()
+
+
+@pytest.mark.parametrize("argv", [["trace", "gen", "SPEC", "-o", "OUT.parquet"],
+                                  ["report", "RUN"]])
+def test_ctrl_c_out_of_any_command_says_one_line(monkeypatch, tmp_path, capsys, argv):
+    """Typer turned a KeyboardInterrupt out of a command into a silent exit 130 (`trace gen`,
+    `simulate`, `report`, ... ended on Ctrl-C without a word); now one line, exit 130."""
+    import traceforge.analyze.report as report_mod
+    import traceforge.generate as generate_mod
+    from traceforge import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_mod, "generate_trace", interrupted)
+    monkeypatch.setattr(report_mod, "build_report", interrupted)
+    spec = tmp_path / "w.toml"
+    spec.write_text('[models.a]\narrival = { process = "poisson", rate = 10.0 }\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    args = [{"SPEC": str(spec), "OUT.parquet": str(tmp_path / "o.parquet"),
+             "RUN": str(run)}.get(a, a) for a in argv]
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "traceforge: interrupted"
+    assert not (tmp_path / "o.parquet").exists()

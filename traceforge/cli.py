@@ -18,7 +18,9 @@ import sys
 def _interrupted_while_starting(signum, frame) -> None:
     import os
 
-    os._exit(130)  # nothing written yet: a quiet exit, not a traceback out of an import
+    with contextlib.suppress(OSError):
+        os.write(2, b"traceforge: interrupted\n")
+    os._exit(130)  # nothing written yet: one line, not a traceback out of an import
 
 
 def _started_as_the_cli() -> bool:
@@ -43,7 +45,24 @@ from traceforge.errors import BadInput, TraceforgeError  # noqa: E402
 COMMAND_MODULES = ("trace", "replay", "simulate", "profile", "report", "export", "zoo", "demo",
                    "study")
 
+class _Interrupted(Exception):
+    """Ctrl-C / SIGTERM out of a command (see :class:`_Group`)."""
+
+
+class _Group(typer.core.TyperGroup):
+    """Typer turns a KeyboardInterrupt out of a command into a silent exit 130: main() never
+    saw it, and `trace gen`, `simulate`, `report`... ended on Ctrl-C without a word. Passed up
+    as :class:`_Interrupted` instead, so main() says "traceforge: interrupted"."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Interrupted() from exc
+
+
 app = typer.Typer(
+    cls=_Group,
     name="traceforge",
     help="Generate, replay and explain ML inference workload traces on shared GPUs.",
     no_args_is_help=True,
@@ -122,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.ClickException as exc:
         print(f"traceforge: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt, _Interrupted):
         print("traceforge: interrupted", file=sys.stderr)
         sys.exit(130)
     except BadInput as exc:

@@ -167,7 +167,7 @@ def profile_command(
         else:
             typer.echo(f"profile interrupted before its service grid was measured: {out} "
                        "not written", err=True)
-        raise
+        raise typer.Exit(130) from None  # that line says it all (no "traceforge: interrupted")
     save(profile)
     typer.echo(f"profile of {', '.join(settings.models)} on {profile['device'].get('name')} "
                f"({profile['elapsed_s']} s) -> {out}")
