@@ -271,8 +271,8 @@ def register(app: typer.Typer) -> None:
                 from traceforge.backends import make_backend
 
                 summary = run_replay(tr, out, make_backend(backend, backend_opts), options)
-        except KeyboardInterrupt:  # Ctrl-C before the dispatcher took over the signal
-            typer.echo("interrupted before the replay started; nothing recorded", err=True)
+        except KeyboardInterrupt as exc:  # SIGINT/SIGTERM before the schedule started
+            typer.echo(_setup_interrupted_line(exc, out), err=True)
             raise typer.Exit(130) from None
         if sharded:  # after the run, beside its self-check (a refused run prints one line only)
             from traceforge.replay.workers import crowding_warning
@@ -289,6 +289,19 @@ def register(app: typer.Typer) -> None:
                              f"(partial timeline kept in {out})")
         if summary.status == "interrupted":
             raise typer.Exit(130)
+
+
+def _setup_interrupted_line(exc: KeyboardInterrupt, out: Path) -> str:
+    """The one line for an interrupt before the schedule started, saying what is on disk: the
+    replay removes what its setup wrote (and the run directory, if it created it)."""
+    sig = getattr(exc, "signal", None)
+    head = f"interrupted ({sig}) before the replay started" if sig else \
+        "interrupted before the replay started"
+    if (out / "run.json").is_file():  # never expected; the line must still match the disk
+        return f"{head}; run.json kept in {out}"
+    if out.is_dir():
+        return f"{head}; nothing recorded ({out} left empty)"
+    return f"{head}; nothing recorded (no run directory left at {out})"
 
 
 def _refuse_other_backends_flags(backend: str,

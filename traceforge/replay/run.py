@@ -158,25 +158,93 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     # (A --workers shard writes into the directory its coordinator claimed.)
     claim = (paths.claim_run_dir(run_dir, inputs=_output_inputs(trace)) if worker is None
              else None)
+    # SIGINT / SIGTERM are ours from the claim on: before the dispatch the first one calls the
+    # setup off (nothing recorded, nothing left); a second one while that is cleaned up is
+    # only noted (it used to raise KeyboardInterrupt out of the cleanup, leaving a timeline/
+    # without run.json and an unclosed HTTP session).
+    loop = asyncio.get_running_loop()
+    interrupts = _Interrupts(asyncio.current_task())
+    installed = _install_signal_handlers(loop, interrupts)
     try:
-        await backend.start(models, clock)
-    except BaseException:
         try:
-            await backend.stop()
-        finally:
-            if claim is not None:
-                claim.release(remove_if_empty=True)
-        raise
-    try:
+            await backend.start(models, clock)
+        except BaseException as exc:
+            try:
+                await backend.stop()
+            finally:
+                if claim is not None:
+                    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                        _discard_setup(claim)
+                    claim.release(remove_if_empty=True)
+            raise
         return await _replay_claimed(trace, run_dir, backend, options, clock, table, encoded,
-                                     model_names, arrival_ns, models, trace_info, worker)
+                                     model_names, arrival_ns, models, trace_info, worker,
+                                     interrupts, claim)
+    except asyncio.CancelledError:
+        if interrupts.received and not interrupts.dispatching:
+            # our own setup cancel (a signal before the schedule started): the caller sees
+            # Ctrl-C, as it would without these handlers
+            raise SetupInterrupted(interrupts.received[0]) from None
+        raise
     finally:
+        _remove_signal_handlers(loop, installed)
         if claim is not None:
             claim.release()
 
 
+class SetupInterrupted(KeyboardInterrupt):
+    """SIGINT / SIGTERM before the schedule started: nothing was recorded, and what the setup
+    had written into the run directory (and the directory, if the replay created it) is gone.
+    ``signal``: the signal's name."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal = signal_name
+
+
+class _Interrupts:
+    """Where SIGINT / SIGTERM go while a replay holds them: during the setup, the first one
+    cancels the replay's task; once the dispatch runs, ``dispatcher.interrupt``; any later one
+    is only recorded (``received``: the signals' names, in order)."""
+
+    def __init__(self, task) -> None:
+        self.task = task
+        self.received: list[str] = []
+        self.dispatching = False
+        self.target = self._cancel_setup
+
+    def _cancel_setup(self) -> None:
+        if len(self.received) == 1 and self.task is not None:
+            self.task.cancel()
+
+    def __call__(self, name: str) -> None:
+        self.received.append(name)
+        self.target()
+
+    def start_dispatch(self, dispatcher: Dispatcher) -> None:
+        self.dispatching = True
+        self.target = dispatcher.interrupt
+
+
+def _discard_setup(claim) -> None:
+    """An interrupt before the schedule started: remove what the setup wrote (the claim was
+    taken on a new or empty directory, so everything in it but the lock is this run's)."""
+    import shutil
+
+    with contextlib.suppress(OSError):
+        for entry in claim.run_dir.iterdir():
+            if entry.name == paths.LOCK_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+
+
 async def _replay_claimed(trace, run_dir, backend, options, clock, table, encoded, model_names,
-                          arrival_ns, models, trace_info, worker) -> RunSummary:
+                          arrival_ns, models, trace_info, worker, interrupts: _Interrupts,
+                          claim) -> RunSummary:
 
     # -- from here on we write -----------------------------------------------------------------
     loop = asyncio.get_running_loop()
@@ -202,6 +270,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         scrub=Scrubber(backend_secrets(backend)),
         flusher=options.flusher,
     )
+    progress_task = scraper = None
     try:  # until the dispatch owns the recorder: a failure here must not leave its flusher
         describe = _safe_describe(backend)
         manifest = RunManifest(
@@ -232,11 +301,8 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
             worker.attach(loop, dispatcher)
         # A recorder that cannot write ends the run at once (then status failed, exit 1).
         recorder.on_error = lambda exc: loop.call_soon_threadsafe(dispatcher.interrupt)
-        received: list[str] = []
-        installed = _install_signal_handlers(loop, dispatcher, received)
         progress_task = (loop.create_task(_show_progress(dispatcher))
                          if options.progress and len(arrival_ns) else None)
-        scraper = None
         # Its own process (replay/scrape.py); it starts idle, then begin(). With --workers only
         # worker 0 scrapes (one server, one file); the driver copies its summary into run.json.
         if options.scrape_url and (worker is None or worker.index == 0):
@@ -256,24 +322,41 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
                                    "schedule_origin_ns": origin_ns,
                                    "time_scale": options.time_scale})
+        # A signal that came during the synchronous setup is delivered by the loop: let it
+        # call the setup off here rather than stop a dispatch that has sent nothing.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        if interrupts.received:
+            raise asyncio.CancelledError
+        interrupts.start_dispatch(dispatcher)
         manifest.write()
         if scraper is not None:
             scraper.begin(origin_ns)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):
             recorder.close()
+        if scraper is not None:
+            with contextlib.suppress(Exception):
+                scraper.finish()
+        if progress_task is not None:
+            progress_task.cancel()
+            await asyncio.gather(progress_task, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the dispatch, which stops it, never ran
+            await backend.stop()
+        if claim is not None and isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+            _discard_setup(claim)  # nothing recorded: nothing left (the message says so)
+            claim.release(remove_if_empty=True)
         raise
     quiet = _QuietRuntime(options, probe)  # GC at safe points, short GIL switch (options.py)
     try:
         summary, failure, cancelled = await _dispatch_and_finish(
             dispatcher, recorder, manifest, backend, pacer, progress_task, options, quiet,
-            worker=worker, n_rows=len(arrival_ns), received=received, loop=loop, run_dir=run_dir,
-            scraper=scraper)
+            worker=worker, n_rows=len(arrival_ns), received=interrupts.received, loop=loop,
+            run_dir=run_dir, scraper=scraper)
     finally:
         if scraper is not None:
             scraper.finish()
-        # Kept until run.json is final, so a second Ctrl-C cannot cut the bookkeeping short.
-        _remove_signal_handlers(loop, installed)
+        # (the signal handlers stay until run.json is final: replay_async removes them)
     if options.print_self_check:
         print(format_self_check(summary.self_check), file=sys.stderr)
     if cancelled:  # the caller cancelled us: the run is recorded as interrupted, then re-raise
@@ -438,15 +521,14 @@ def _safe_describe(backend: Backend) -> dict[str, Any]:
     return dict(info) if isinstance(info, dict) else {"describe": str(info)}
 
 
-def _install_signal_handlers(loop, dispatcher: Dispatcher, received: list[str]
-                             ) -> list[tuple[int, Any]]:
-    """SIGINT / SIGTERM stop the run (``dispatcher.interrupt``) while it lasts; returns
-    (signal, the Python handler it had before) for :func:`_remove_signal_handlers`."""
+def _install_signal_handlers(loop, interrupts: _Interrupts) -> list[tuple[int, Any]]:
+    """SIGINT / SIGTERM go to ``interrupts`` (the setup's cancel, then
+    ``dispatcher.interrupt``) while the replay lasts; returns (signal, the Python handler it had
+    before) for :func:`_remove_signal_handlers`."""
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         def handler(sig=sig) -> None:
-            received.append(signal.Signals(sig).name)
-            dispatcher.interrupt()
+            interrupts(signal.Signals(sig).name)
 
         previous = signal.getsignal(sig)
         try:
