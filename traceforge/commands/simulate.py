@@ -65,12 +65,16 @@ def simulate_command(
                 raise BadInput("a null-model flag, ignored with --profile (the profile's "
                                "service times are simulated)", key=flag, value=value)
 
-    summary = simulate(trace, out, servers=servers, service_ms=service_ms,
-                       service_dist=service_dist, profile=profile, mode=mode,
-                       max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
-                       time_scale=time_scale, warmup_s=warmup, cold_start=cold_start,
-                       rate=rate, duration_s=duration, drain_timeout_s=drain_timeout,
-                       time_slice=time_slice, zoo=parse_mapping(zoo, "--zoo") or None)
+    try:
+        summary = simulate(trace, out, servers=servers, service_ms=service_ms,
+                           service_dist=service_dist, profile=profile, mode=mode,
+                           max_batch=max_batch, max_wait_ms=max_wait_ms, seed=seed,
+                           time_scale=time_scale, warmup_s=warmup, cold_start=cold_start,
+                           rate=rate, duration_s=duration, drain_timeout_s=drain_timeout,
+                           time_slice=time_slice, zoo=parse_mapping(zoo, "--zoo") or None)
+    except KeyboardInterrupt:  # SIGINT / SIGTERM: exit 130 (cli.main), saying what was kept
+        typer.echo(_interrupted_note(out), err=True)
+        raise
     n = sum(summary.counts.values())
     cut = summary.extra.get("not_due")
     tail = f" ({cut} not due after --duration)" if cut else ""
@@ -83,3 +87,22 @@ def simulate_command(
     note = interference_note(info.get("interference_shapes") or {})
     if note:
         typer.echo(note, err=True)
+
+
+def _interrupted_note(out: Path) -> str:
+    """What an interrupted simulate left at ``out`` (simulate() wrote run.json status
+    ``interrupted`` once it had started writing; before that nothing is written)."""
+    import contextlib
+    import json
+
+    manifest = None
+    with contextlib.suppress(Exception):
+        manifest = json.loads((out / "run.json").read_text())
+    if not isinstance(manifest, dict):
+        return "simulate interrupted before writing the run; nothing recorded"
+    if manifest.get("status") != "interrupted":
+        return f"simulate interrupted: {out}/run.json says status {manifest.get('status')!r}"
+    written = manifest.get("rows_written", 0)
+    lost = manifest.get("rows_lost", 0)
+    return (f"simulate interrupted while writing the timeline: {out} keeps {written} rows "
+            f"({lost} not written); run.json status interrupted")

@@ -302,8 +302,19 @@ def simulate(
                                     **session_info})
     except BaseException as exc:
         if manifest is not None:
-            with contextlib.suppress(Exception):  # leave a readable "failed", never "running"
-                manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+            # Leave a readable outcome, never "running". Ctrl-C / SIGTERM (KeyboardInterrupt;
+            # cli.main maps SIGTERM to it): "interrupted" with what the parts on disk hold, as
+            # an interrupted replay keeps what it recorded; anything else: "failed".
+            with _signals_held(), contextlib.suppress(Exception):
+                if isinstance(exc, KeyboardInterrupt):
+                    manifest.finish("interrupted", self_check=self_check,
+                                    **_written_so_far(run_dir, out, n=n, n_due=n_due),
+                                    interrupted_by="KeyboardInterrupt (SIGINT or SIGTERM)",
+                                    simulation={"elapsed_s": round(time.perf_counter() - t_wall,
+                                                                   4),
+                                                "virtual_s": virtual_s, **session_info})
+                else:
+                    manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         # The lock goes on every path; the directory too if this call made it and a failure
@@ -312,6 +323,47 @@ def simulate(
     return SimulationSummary(run_dir=run_dir, status="complete", counts=counts,
                              self_check=self_check, elapsed_s=elapsed, virtual_s=virtual_s,
                              extra=extra)
+
+
+def _written_so_far(run_dir: Path, out: pa.Table, *, n: int, n_due: int) -> dict[str, Any]:
+    """run.json's counts for a simulate stopped while writing its timeline: the parts on disk
+    (each written whole, then renamed) hold the first rows of ``out``, in order. They are counted
+    on disk, not by the writer, so an interrupt between a part's rename and the writer's count
+    still counts that part. ``rows_lost``: due rows that have no row (never written)."""
+    import pyarrow.parquet as pq
+
+    written = 0
+    for part in sorted((run_dir / "timeline").glob("part-*.parquet")):
+        try:
+            written += pq.read_metadata(part).num_rows
+        except Exception:  # unreadable part: count nothing from it (report will say so)
+            continue
+    written = min(written, out.num_rows)
+    statuses = out.column("status").slice(0, written)
+    counts = {row["values"]: int(row["counts"])
+              for row in pc.value_counts(statuses).to_pylist()} if written else {}
+    return {"counts": counts, "rows_written": written, "not_due": n - n_due,
+            "rows_lost": max(0, n_due - written)}
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """A second Ctrl-C / SIGTERM while the interrupted run.json is written is ignored (the run is
+    already on its way out with exit 130); the handlers found are put back. Only the main thread
+    can set handlers: elsewhere nothing changes."""
+    import signal
+    import threading
+
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError, OSError):
+                saved[sig] = signal.signal(sig, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # -- building blocks ----------------------------------------------------------------------------
