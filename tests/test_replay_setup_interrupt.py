@@ -131,3 +131,130 @@ def test_run_replay_raises_keyboard_interrupt_naming_the_signal(tmp_path, trace_
                    ReplayOptions(flusher="thread"))
     assert isinstance(info.value, SetupInterrupted) and info.value.signal == "SIGTERM"
     assert not (tmp_path / "run").exists()
+
+
+# -- --workers: the driver spawning its workers ----------------------------------------------
+def _jobs(tmp_path, n=2):
+    from traceforge.clock import RunClock
+    from traceforge.replay import ReplayOptions
+    from traceforge.replay.workers import ShardJob, table_to_ipc
+
+    trace = make_trace(np.arange(40) * 10 * MS)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    clock = RunClock()
+    table = table_to_ipc(trace.table)
+    jobs = [ShardJob(index=k, workers=n, table_ipc=table, trace_meta=trace.meta,
+                     trace_info={"rows": 40}, backend="null",
+                     backend_options={"service_ms": 1.0},
+                     options=ReplayOptions(flusher="thread", progress=False),
+                     run_dir=str(run_dir), t0_ns=0, wall_t0_ns=clock.wall_t0_ns)
+            for k in range(n)]
+    return jobs, clock
+
+
+class SignalWhenPickled:
+    """Sends SIGINT to this process while the driver writes the job to its worker (which
+    reads back a plain 1.0)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (float, (1.0,))
+
+
+def test_a_signal_while_workers_are_spawned_waits_until_all_are_started(tmp_path):
+    """SIGTERM / SIGINT at the driver while it wrote a job to its child cut the pickle short
+    (the child printed ``UnpicklingError: pickle data was truncated``): the signal is noted and
+    raised once every worker has its whole job."""
+    from traceforge.replay.workers import LocalPool
+
+    jobs, clock = _jobs(tmp_path)
+    jobs[0].backend_options = {"service_ms": SignalWhenPickled()}
+    pool = LocalPool()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pool.start(jobs, clock)
+        assert len(pool.procs) == 2  # both started, each with its whole job
+        ready = pool.wait_ready()
+        assert [msg[0] for msg in ready.values()] == ["ready", "ready"], ready
+    finally:
+        pool.abort(list(range(len(pool.procs))))
+        pool.results()
+        pool.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_workers_start_with_sigint_and_sigterm_ignored(tmp_path):
+    """A Ctrl-C to the process group while a spawned worker imported printed a 32-line
+    KeyboardInterrupt traceback per worker: they are born with both signals ignored (the
+    driver stops them before the start barrier over their pipe)."""
+
+    from multiprocessing import util as mp_util
+
+    from traceforge.replay.workers import _spawn_ignoring_signals
+
+    out = tmp_path / "status"
+    spawn = _spawn_ignoring_signals(mp_util.spawnv_passfds, [signal.SIGINT, signal.SIGTERM],
+                                    signal.default_int_handler)
+    pid = spawn(b"/bin/sh", [b"/bin/sh", b"-c", f"grep SigIgn /proc/self/status > {out}".encode()],
+                [])
+    os.waitpid(pid, 0)
+    ignored = int(out.read_text().split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1)) and ignored & (1 << (signal.SIGTERM - 1))
+    # and this process's handler is back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def _spawned_children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.realtime
+def test_ctrl_c_to_the_group_while_workers_import(tmp_path):
+    """``--workers 2``: Ctrl-C to the process group as the spawned workers start (importing):
+    exit 130, one line, no traceback from a child, and no half-written run directory."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from trace_cli_helpers import REPO
+
+    trace = tmp_path / "t.parquet"
+    make_trace(np.arange(400) * 10 * MS, models=["a", "b"] * 200, path=trace)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "traceforge", "replay", str(trace), "-o", str(run_dir),
+         "--backend", "null", "--workers", "2", "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_spawned_children(proc.pid)) < 2:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert "interrupted" in err and len(err.strip().splitlines()) == 1, err
+    if run_dir.exists():  # either nothing, or a run.json that says interrupted
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    else:
+        assert "nothing recorded" in err, err

@@ -162,8 +162,10 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
     # setup off (nothing recorded, nothing left); a second one while that is cleaned up is
     # only noted (it used to raise KeyboardInterrupt out of the cleanup, leaving a timeline/
     # without run.json and an unclosed HTTP session).
+    # A --workers shard's setup is called off by its driver (over the pipe), not by a signal:
+    # one before its dispatch is only noted there, and stops the dispatch as it starts.
     loop = asyncio.get_running_loop()
-    interrupts = _Interrupts(asyncio.current_task())
+    interrupts = _Interrupts(asyncio.current_task() if worker is None else None)
     installed = _install_signal_handlers(loop, interrupts)
     try:
         try:
@@ -224,6 +226,8 @@ class _Interrupts:
     def start_dispatch(self, dispatcher: Dispatcher) -> None:
         self.dispatching = True
         self.target = dispatcher.interrupt
+        if self.received:  # a shard's: noted during its setup, honoured now
+            dispatcher.interrupt()
 
 
 def _discard_setup(claim) -> None:
@@ -326,7 +330,7 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
         # call the setup off here rather than stop a dispatch that has sent nothing.
         for _ in range(3):
             await asyncio.sleep(0)
-        if interrupts.received:
+        if interrupts.received and worker is None:
             raise asyncio.CancelledError
         interrupts.start_dispatch(dispatcher)
         manifest.write()

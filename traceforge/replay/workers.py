@@ -136,6 +136,12 @@ def _local_worker_main(job: ShardJob, conn) -> None:
     # A SIGKILLed driver left its workers sending the rest of the trace (re-parented to init,
     # `daemon` only acts at a clean exit): SIGTERM when it dies stops the shard as an interrupt.
     parent = multiprocessing.parent_process()
+    # Started with SIGINT / SIGTERM ignored (LocalPool.start): a Ctrl-C to the process group
+    # while this interpreter imported printed a KeyboardInterrupt traceback per worker. They
+    # stay ignored until its replay takes them over (noted, then honoured as the dispatch
+    # starts): before the start barrier the driver calls the shard off over the pipe.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     die_with_parent(parent.pid if parent is not None else None, signal.SIGTERM)
     role = _PipeRole(job.index, job.trace_info, conn)
     error = None
@@ -157,6 +163,21 @@ def exception_record(exc: BaseException) -> dict:
             "traceback": "".join(traceback.format_exception(exc))[-4000:]}
 
 
+def _spawn_ignoring_signals(spawn, signals: list[int], handler):
+    """``multiprocessing.util.spawnv_passfds`` with ``signals`` ignored across the fork and
+    exec, so the child inherits them ignored (a handled signal is reset to its default by
+    exec); ``handler`` (this process's noting one) is back right after."""
+    def spawnv_passfds(path, args, passfds):
+        for sig in signals:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            return spawn(path, args, passfds)
+        finally:
+            for sig in signals:
+                signal.signal(sig, handler)
+    return spawnv_passfds
+
+
 class LocalPool:
     """N spawned processes on this host, talking over pipes."""
 
@@ -171,15 +192,42 @@ class LocalPool:
         self.clock_offsets: list[dict] | None = None
 
     def start(self, jobs: list[ShardJob], clock: RunClock) -> None:
-        for job in jobs:
-            job.t0_ns = clock.t0_ns  # CLOCK_MONOTONIC is system-wide on one host
-            parent, child = self._ctx.Pipe()
-            proc = self._ctx.Process(target=_local_worker_main, args=(job, child),
-                                     name=f"traceforge-replay-w{job.index:02d}", daemon=True)
-            proc.start()
-            child.close()
-            self.procs.append(proc)
-            self.conns.append(parent)
+        # SIGINT / SIGTERM while the workers are spawned: one that interrupted the write of a
+        # job to its child cut the pickle short (the child printed UnpicklingError), so this
+        # process only notes them here and raises them again once every worker is started;
+        # and each child starts with them ignored (_spawn_ignoring_signals), so a Ctrl-C to
+        # the process group does not print a KeyboardInterrupt traceback from its imports.
+        from multiprocessing import util as mp_util
+
+        noted: list[int] = []
+
+        def note(signum, _frame) -> None:
+            noted.append(signum)
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                previous[sig] = signal.signal(sig, note)
+        spawn = mp_util.spawnv_passfds
+        mp_util.spawnv_passfds = _spawn_ignoring_signals(spawn, list(previous), note)
+        try:
+            for job in jobs:
+                job.t0_ns = clock.t0_ns  # CLOCK_MONOTONIC is system-wide on one host
+                parent, child = self._ctx.Pipe()
+                proc = self._ctx.Process(target=_local_worker_main, args=(job, child),
+                                         name=f"traceforge-replay-w{job.index:02d}",
+                                         daemon=True)
+                proc.start()
+                child.close()
+                self.procs.append(proc)
+                self.conns.append(parent)
+        finally:
+            mp_util.spawnv_passfds = spawn
+            for sig, handler in previous.items():
+                if handler is not None:  # None: not set from Python, nothing to give back
+                    signal.signal(sig, handler)
+            for sig in dict.fromkeys(noted):
+                signal.raise_signal(sig)  # the handler this process had, now
 
     def _recv_all(self, want: set[int]) -> dict[int, tuple]:
         """One message from each worker in ``want``; a dead worker answers ("died", code)."""
@@ -355,7 +403,30 @@ def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: 
         pool.close()  # every worker has exited before its files are removed
         _remove_partial(run_dir, existed)
         raise
+    # From here a signal is forwarded to the workers (they stop as their dispatch starts), or,
+    # before the origin is sent, calls the run off with nothing written (no run.json left
+    # "running" by a Ctrl-C between the barrier and the start).
+    received: list[str] = []
+    previous = _forward_signals(pool, received)
+    try:
+        return _drive_ready(pool, jobs, ready, clock, run_dir, existed, options, trace_info,
+                            models, backend, shard_by, scrub, received, started,
+                            shard_rows=shard_rows)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _drive_ready(pool, jobs, ready, clock, run_dir, existed, options, trace_info, models,
+                 backend, shard_by, scrub, received, started, *, shard_rows) -> RunSummary:
     failed = {k: msg for k, msg in ready.items() if msg[0] != "ready"}
+    if received and not failed:  # interrupted at the barrier: call every worker off
+        pool.abort(list(range(len(jobs))))
+        pool.results()
+        _remove_partial(run_dir, existed)
+        from traceforge.replay.run import SetupInterrupted
+
+        raise SetupInterrupted(received[0])
     if failed:
         pool.abort([k for k, msg in ready.items() if msg[0] == "ready"])
         pool.results()  # let every worker finish before the directory is cleaned up
@@ -373,15 +444,16 @@ def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: 
     manifest.update(run_clock={"t0_monotonic_ns": clock.t0_ns, "wall_t0_ns": clock.wall_t0_ns,
                                "schedule_origin_ns": origin_ns,
                                "time_scale": options.time_scale})
+    if received:  # came while run.json was prepared: still nothing to keep
+        pool.abort(list(range(len(jobs))))
+        pool.results()
+        _remove_partial(run_dir, existed)
+        from traceforge.replay.run import SetupInterrupted
+
+        raise SetupInterrupted(received[0])
     manifest.write()
-    received: list[str] = []
-    previous = _forward_signals(pool, received)
-    try:
-        pool.go(origin_ns)
-        results = pool.results()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    pool.go(origin_ns)
+    results = pool.results()
     duration_s = time.perf_counter() - started
     return _merge(manifest, results, options, run_dir, received, duration_s, scrub,
                   shard_rows=shard_rows)
