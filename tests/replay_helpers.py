@@ -85,3 +85,20 @@ def timeline_rows(run_dir: Path, *, worker: bool = False) -> tuple[list, ...]:
     out = (tl.column("request_id").to_pylist(), tl.column("model").to_pylist(),
            (tl.column("scheduled_ns").to_numpy() - origin).tolist())
     return (*out, tl.column("replay_worker").to_pylist()) if worker else out
+
+
+def children_of(pid: int, marker: bytes) -> list[int]:
+    """The live processes whose parent is ``pid`` and whose command line holds ``marker``
+    (read from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmd:
+            out.append(int(entry.name))
+    return out

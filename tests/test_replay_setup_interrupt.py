@@ -15,7 +15,7 @@ import signal
 
 import numpy as np
 import pytest
-from replay_helpers import make_trace
+from replay_helpers import children_of, make_trace
 
 from traceforge.backends.null import NullBackend
 from traceforge.cli import main
@@ -206,20 +206,7 @@ def test_workers_start_with_sigint_and_sigterm_ignored(tmp_path):
 
 
 def _spawned_children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmd:
-            out.append(int(entry.name))
-    return out
+    return children_of(pid, b"spawn_main")
 
 
 @pytest.mark.realtime

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from replay_helpers import make_trace
+from replay_helpers import children_of, make_trace
 from trace_cli_helpers import REPO
 
 pytest.importorskip("torch")
@@ -22,19 +22,7 @@ MS = 1_000_000
 
 
 def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"traceforge.backends.resident.worker" in cmd:
-            out.append(int(entry.name))
-    return out
+    return children_of(pid, b"traceforge.backends.resident.worker")
 
 
 def _tmpdir(tmp_path: Path) -> Path:
