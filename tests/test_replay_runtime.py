@@ -87,3 +87,52 @@ def test_the_signal_handlers_before_the_replay_are_given_back(tmp_path):
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_an_app_s_loop_signal_callback_and_overlapping_replays_are_given_back(tmp_path):
+    """replay_async inside a bigger app: the app's own loop callback for SIGTERM is its again
+    after the replay (putting back the Python handler -- asyncio's placeholder -- left SIGTERM
+    doing nothing); two replays at once on one loop leave the handlers found before both."""
+    import asyncio
+    import signal
+
+    from traceforge.replay import replay_async
+
+    def trace():
+        return make_trace(np.arange(5, dtype=np.int64) * MS)
+
+    def backend():
+        return NullBackend(service_ms=0.1, service_dist="const")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    async def app() -> None:
+        loop = asyncio.get_running_loop()
+        got = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, got.set)
+        try:
+            summary = await replay_async(trace(), tmp_path / "one", backend(),
+                                         ReplayOptions(progress=False))
+            assert summary.status == "complete"
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.wait_for(got.wait(), 5)  # the app's callback ran
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    async def two() -> None:
+        slow = make_trace(np.arange(5, dtype=np.int64) * 50 * MS)
+        both = await asyncio.gather(
+            replay_async(slow, tmp_path / "a", backend(), ReplayOptions(progress=False)),
+            replay_async(trace(), tmp_path / "b", backend(), ReplayOptions(progress=False)))
+        assert [s.status for s in both] == ["complete", "complete"]
+        loop = asyncio.get_running_loop()
+        assert signal.SIGTERM not in (getattr(loop, "_signal_handlers", None) or {})
+
+    try:
+        asyncio.run(app())
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        asyncio.run(two())
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -527,19 +527,25 @@ def _safe_describe(backend: Backend) -> dict[str, Any]:
 
 def _install_signal_handlers(loop, interrupts: _Interrupts) -> list[tuple[int, Any]]:
     """SIGINT / SIGTERM go to ``interrupts`` (the setup's cancel, then
-    ``dispatcher.interrupt``) while the replay lasts; returns (signal, the Python handler it had
-    before) for :func:`_remove_signal_handlers`."""
+    ``dispatcher.interrupt``) while the replay lasts; returns (signal, our handler) for
+    :func:`_remove_signal_handlers`. Each handler remembers what it replaced: the Python
+    handler, and the loop's own callback for the signal where an application (or another
+    replay on the same loop) had one -- the Python handler is then only asyncio's placeholder,
+    and putting that back would leave the signal doing nothing."""
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         def handler(sig=sig) -> None:
             interrupts(signal.Signals(sig).name)
 
-        previous = signal.getsignal(sig)
+        # asyncio's registry of loop callbacks (absent on other loops: nothing to give back)
+        prior = (getattr(loop, "_signal_handlers", None) or {}).get(sig)
+        handler._traceforge_replaced = (signal.getsignal(sig), prior)  # type: ignore[attr-defined]
+        handler._traceforge_done = False  # type: ignore[attr-defined]
         try:
             loop.add_signal_handler(sig, handler)
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread / Windows
             continue
-        installed.append((sig, previous))
+        installed.append((sig, handler))
     return installed
 
 
@@ -547,11 +553,24 @@ def _remove_signal_handlers(loop, installed: list[tuple[int, Any]]) -> None:
     """Give back the handlers the process had before the run. asyncio's
     ``remove_signal_handler`` leaves SIGTERM at SIG_DFL: after the first replay of a profile,
     a demo or a study, SIGTERM killed the process outright (exit 143, no cleanup: a flusher
-    process, worker temp directories and the MPS daemon's children were left behind)."""
-    for sig, previous in installed:
+    process, worker temp directories and the MPS daemon's children were left behind).
+    Where another handler was set over ours meanwhile (a second replay on the same loop), it
+    stays; when that one goes, it skips the replays already finished."""
+    registry = getattr(loop, "_signal_handlers", None)
+    for sig, handler in reversed(installed):
+        handler._traceforge_done = True
+        current = registry.get(sig) if registry is not None else None
+        if current is not None and getattr(current, "_callback", None) is not handler:
+            continue  # someone else's now: theirs to give back
+        previous, prior = handler._traceforge_replaced
+        while prior is not None and getattr(prior._callback, "_traceforge_done", False):
+            previous, prior = prior._callback._traceforge_replaced  # a finished replay's
         loop.remove_signal_handler(sig)
-        if previous is not None:  # None: not set from Python, nothing to give back
-            with contextlib.suppress(ValueError, OSError, TypeError):
+        with contextlib.suppress(ValueError, OSError, TypeError, RuntimeError,
+                                 AttributeError):
+            if prior is not None:  # the loop had a callback of its own: that, again
+                loop.add_signal_handler(sig, prior._callback, *prior._args)
+            elif previous is not None:  # None: not set from Python, nothing to give back
                 signal.signal(sig, previous)
 
 

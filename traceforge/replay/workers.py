@@ -414,7 +414,8 @@ def _drive(pool, jobs: list[ShardJob], clock: RunClock, run_dir: Path, existed: 
                             shard_rows=shard_rows)
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: not set from Python, nothing to give back
+                signal.signal(sig, handler)
 
 
 def _drive_ready(pool, jobs, ready, clock, run_dir, existed, options, trace_info, models,
