@@ -245,3 +245,31 @@ def test_ctrl_c_to_the_group_while_workers_import(tmp_path):
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     else:
         assert "nothing recorded" in err, err
+
+
+def test_a_spawn_from_another_thread_passes_through_the_signal_wrapper():
+    """While LocalPool.start has multiprocessing's spawn swapped, another thread's spawn goes
+    straight through (signal.signal from that thread raised ValueError: its spawn failed)."""
+    import threading
+
+    from traceforge.replay.workers import _spawn_ignoring_signals
+
+    calls, errors = [], []
+
+    def spawn(path, args, passfds):
+        calls.append(signal.getsignal(signal.SIGINT))
+        return 4242
+
+    wrapped = _spawn_ignoring_signals(spawn, [signal.SIGINT], signal.default_int_handler)
+
+    def other() -> None:
+        try:
+            assert wrapped("/bin/true", ["true"], []) == 4242
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(10)
+    assert errors == [] and len(calls) == 1
+    assert calls[0] is signal.getsignal(signal.SIGINT)  # untouched from that thread

@@ -32,6 +32,7 @@ import os
 import platform
 import shutil
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ def _spawn_ignoring_signals(spawn, signals: list[int], handler):
     exec, so the child inherits them ignored (a handled signal is reset to its default by
     exec); ``handler`` (this process's noting one) is back right after."""
     def spawnv_passfds(path, args, passfds):
+        if threading.current_thread() is not threading.main_thread():
+            return spawn(path, args, passfds)  # another thread's spawn: handlers are not its
         for sig in signals:
             signal.signal(sig, signal.SIG_IGN)
         try:
