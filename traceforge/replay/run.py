@@ -177,7 +177,8 @@ async def replay_async(trace: Trace, run_dir: Path | str, backend: Backend,
                 if claim is not None:
                     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                         _discard_setup(claim)
-                    claim.release(remove_if_empty=True)
+                    else:  # a failed start wrote nothing: an empty directory it made goes
+                        claim.release(remove_if_empty=True)
             raise
         return await _replay_claimed(trace, run_dir, backend, options, clock, table, encoded,
                                      model_names, arrival_ns, models, trace_info, worker,
@@ -232,7 +233,8 @@ class _Interrupts:
 
 def _discard_setup(claim) -> None:
     """An interrupt before the schedule started: remove what the setup wrote (the claim was
-    taken on a new or empty directory, so everything in it but the lock is this run's)."""
+    taken on a new or empty directory, so everything in it but the lock is this run's), then
+    release the claim, removing the directory if the replay made it."""
     import shutil
 
     with contextlib.suppress(OSError):
@@ -244,6 +246,7 @@ def _discard_setup(claim) -> None:
             else:
                 with contextlib.suppress(OSError):
                     entry.unlink()
+    claim.release(remove_if_empty=True)
 
 
 async def _replay_claimed(trace, run_dir, backend, options, clock, table, encoded, model_names,
@@ -349,7 +352,6 @@ async def _replay_claimed(trace, run_dir, backend, options, clock, table, encode
             await backend.stop()
         if claim is not None and isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
             _discard_setup(claim)  # nothing recorded: nothing left (the message says so)
-            claim.release(remove_if_empty=True)
         raise
     quiet = _QuietRuntime(options, probe)  # GC at safe points, short GIL switch (options.py)
     try:
