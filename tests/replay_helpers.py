@@ -102,3 +102,11 @@ def children_of(pid: int, marker: bytes) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == pid and marker in cmd:
             out.append(int(entry.name))
     return out
+
+
+def two_model_trace(directory: Path, rows: int) -> Path:
+    """``rows`` requests 1 ms apart alternating models a and b, written to DIRECTORY/t.parquet
+    (the audit tests' module fixture)."""
+    path = Path(directory) / "t.parquet"
+    make_trace([k * 1_000_000 for k in range(rows)], models=["a", "b"] * (rows // 2), path=path)
+    return path

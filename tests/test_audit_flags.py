@@ -4,15 +4,13 @@ naming the flag and value, exit 2, no traceback, nothing written."""
 from __future__ import annotations
 
 import pytest
-from replay_helpers import MS, make_trace
+from replay_helpers import MS, make_trace, two_model_trace
 from trace_cli_helpers import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t") / "t.parquet"
-    make_trace([k * MS for k in range(20)], models=["a", "b"] * 10, path=path)
-    return path
+    return two_model_trace(tmp_path_factory.mktemp("t"), 20)
 
 
 @pytest.mark.parametrize("command, flag, value", [

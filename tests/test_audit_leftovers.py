@@ -8,7 +8,7 @@ import json
 import warnings
 
 import pytest
-from replay_helpers import MS, make_trace
+from replay_helpers import two_model_trace
 from trace_cli_helpers import assert_one_line_error, run_cli
 
 SESSION_SPEC = """
@@ -96,9 +96,7 @@ def test_stats_json_is_strict_for_a_zero_length_trace(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t") / "t.parquet"
-    make_trace([k * MS for k in range(10)], models=["a", "b"] * 5, path=path)
-    return path
+    return two_model_trace(tmp_path_factory.mktemp("t"), 10)
 
 
 @pytest.mark.parametrize("backend, args, flag", [

@@ -4,15 +4,13 @@ exit 2, nothing written, never a traceback."""
 from __future__ import annotations
 
 import pytest
-from replay_helpers import MS, make_trace
+from replay_helpers import MS, make_trace, two_model_trace
 from trace_cli_helpers import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
 def trace(tmp_path_factory):
-    path = tmp_path_factory.mktemp("t") / "t.parquet"
-    make_trace([k * MS for k in range(6)], models=["a", "b"] * 3, path=path)
-    return path
+    return two_model_trace(tmp_path_factory.mktemp("t"), 6)
 
 
 @pytest.mark.parametrize("args, flag, needle", [
